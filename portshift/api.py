@@ -1,0 +1,231 @@
+"""The shapes a plugin implements: :class:`Source`, :class:`Sink`, :class:`ManifestWriter`.
+
+A plugin registers its classes through the hooks in :mod:`portshift.hookspecs`. Each class has
+an ``Options`` model (a :class:`portshift.options.PluginOptions`) that is both the schema of its
+section of the job file and its documentation (``portshift plugins`` prints it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar
+
+from .hashing import HashingStream
+from .options import PluginOptions
+
+__all__ = [
+    "Artifact",
+    "JobInfo",
+    "ManifestEntry",
+    "ManifestWriter",
+    "Opened",
+    "PutResult",
+    "Recording",
+    "Sink",
+    "Source",
+    "StoredFile",
+    "Window",
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The export window: recordings that started at or after ``start`` and before ``end``."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass
+class Recording:
+    """One recorded call as the source lists it.
+
+    ``id`` is the source's stable identifier (used for resume and in keys). ``fields`` are extra
+    values the key template may use (``{type}``...); they are made key-safe by the core. Do not
+    put call metadata (titles, participants) here: it never goes to the state DB.
+    """
+
+    id: str
+    started_at: datetime | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Opened:
+    """An artifact opened for reading: its bytes and what became known on opening."""
+
+    chunks: Iterator[bytes]
+    size: int | None = None  #: declared size (e.g. Content-Length), checked by the core
+    extension: str | None = None  #: overrides Artifact.extension (e.g. from the Content-Type)
+    content_type: str | None = None
+    close: Callable[[], None] | None = None
+
+
+@dataclass
+class Artifact:
+    """One file of a recording (``media``, ``transcript``, ``metadata``, ``captions``...).
+
+    ``open()`` may be called more than once: each call starts the download again (a retry).
+    ``size`` and ``sha256``, when the source knows them in advance, are checked by the core: a
+    mismatch is a failure, never a done file.
+    """
+
+    name: str
+    open: Callable[[], Opened]
+    extension: str = "bin"
+    size: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes, extension: str, content_type: str | None = None) -> Artifact:
+        """An artifact whose content is already in memory (a small JSON document)."""
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        return cls(
+            name=name,
+            open=lambda: Opened(chunks=iter((data,)), size=len(data), content_type=content_type),
+            extension=extension,
+            size=len(data),
+            sha256=digest,
+            content_type=content_type,
+        )
+
+
+class Source(ABC):
+    """Lists recordings in a window and yields each one's artifacts."""
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    #: One line shown by ``portshift plugins``.
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: PluginOptions) -> None:
+        self.options = options
+
+    def location(self) -> str:
+        """Where the data comes from, safe to log and store (no credentials)."""
+        return ""
+
+    def check(self) -> None:
+        """Reach the source without exporting (``portshift check``); raise on failure."""
+
+    @abstractmethod
+    def recordings(self, window: Window) -> Iterable[Recording]:
+        """Every recording in ``window``, each exactly once."""
+
+    @abstractmethod
+    def artifacts(self, recording: Recording) -> Iterable[Artifact]:
+        """The artifacts of one recording. Raise :class:`portshift.errors.SkipRecording` to skip
+        it with a reason, :class:`portshift.errors.AuthError` to stop the job."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass
+class PutResult:
+    """What the store confirmed about one object."""
+
+    key: str
+    size: int
+    #: provider-confirmed checksums, e.g. ``{"sha256": <hex>}``, ``{"md5": <base64>}``
+    checksums: dict[str, str] = field(default_factory=dict)
+    version: str | None = None  #: ETag, version id or generation
+    #: what the provider verified, for the record (``"S3 checked SHA-256 of each part"``)
+    verified: str = ""
+
+
+class Sink(ABC):
+    """Stores objects. Needs write access only: never lists, reads or deletes."""
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: PluginOptions) -> None:
+        self.options = options
+
+    def location(self) -> str:
+        """Where the data goes (``s3://bucket/prefix``), safe to log and store."""
+        return ""
+
+    def check(self) -> None:
+        """Reach the destination without writing an export (``portshift check``)."""
+
+    @abstractmethod
+    def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        """Store ``stream`` under ``key`` (relative to the sink's own prefix).
+
+        Read ``stream`` to its end. ``size`` is the declared size when known. On any failure,
+        leave nothing visible under ``key`` (abort multipart uploads, remove temporary files)
+        and raise. Return only after the store confirmed a durable write.
+        """
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass
+class ManifestEntry:
+    """One exported file as a manifest writer sees it."""
+
+    path: str  #: relative to the export root, ``/``-separated, key-safe
+    size: int
+    sha256: str
+    recording_id: str
+    artifact: str
+    content_type: str | None = None
+    recorded_at: str | None = None  #: the recording's start time (ISO 8601), if known
+    verified: str = ""
+
+
+@dataclass
+class JobInfo:
+    """The finished job, as manifest writers and lifecycle hooks see it (no secrets)."""
+
+    id: str
+    window_start: str
+    window_end: str
+    started_at: str
+    finished_at: str | None
+    source: str  #: "<type> <location>"
+    sink: str
+    export_root: str
+    file_count: int = 0
+    total_bytes: int = 0
+    tool_version: str = ""
+    status: str = "running"
+
+
+@dataclass
+class StoredFile:
+    """A manifest file the core stored for a writer."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class ManifestWriter(ABC):
+    """Renders the finished job into files stored through the same sink."""
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: PluginOptions) -> None:
+        self.options = options
+
+    @abstractmethod
+    def write(
+        self,
+        job: JobInfo,
+        entries: Callable[[], Iterator[ManifestEntry]],
+        store: Callable[[str, Iterable[bytes]], StoredFile],
+    ) -> str:
+        """Write the manifest. ``entries()`` streams the done files (sorted by path; call it as
+        often as needed). ``store(path, chunks)`` stores one file under the export root and
+        returns its size and SHA-256. Return the path of the primary file, whose SHA-256 the
+        core prints and keeps with the job."""

@@ -1,0 +1,111 @@
+"""The built-in ``local`` sink: a folder on this machine (or a mounted volume).
+
+Each object is written to a temporary name in its destination folder, fsynced, and renamed
+into place atomically; the folder is fsynced too. A partial file never exists under the final
+name. This folder is the destination, the one place portshift writes recording bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from pydantic import Field
+
+from portshift import hookimpl
+from portshift.api import PutResult, Sink
+from portshift.errors import ConfigError, IntegrityError, SinkError
+from portshift.hashing import HashingStream
+from portshift.options import PluginOptions
+
+CHUNK = 1024 * 1024
+
+
+class LocalOptions(PluginOptions):
+    section = "sink"
+    path: Path = Field(description="destination folder; created if missing")
+    fsync: bool = Field(default=True, description="fsync each file and its folder before it counts as written")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalSink(Sink):
+    Options = LocalOptions
+    description = "a folder on this machine: atomic rename, fsynced"
+
+    def __init__(self, options: LocalOptions) -> None:
+        super().__init__(options)
+        self.root = Path(options.path).expanduser()
+
+    def location(self) -> str:
+        return str(self.root.resolve())
+
+    def check(self) -> None:
+        probe_dir = self.root
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise ConfigError(f"[sink] path: {probe_dir} is not a folder")
+        if not os.access(probe_dir, os.W_OK):
+            raise ConfigError(f"[sink] path: {probe_dir} is not writable by this user")
+
+    def _target(self, key: str) -> Path:
+        target = (self.root / key).resolve()
+        root = self.root.resolve()
+        if root not in target.parents:
+            raise SinkError(f"key {key!r} escapes the destination folder", retryable=False)
+        return target
+
+    def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        target = self._target(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SinkError(f"cannot create folder {target.parent}: {e.strerror}", operation="put", retryable=False) from None
+        tmp = target.parent / f".{target.name}.portshift-{uuid.uuid4().hex[:8]}.part"
+        written = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                for piece in stream.chunks(CHUNK):
+                    view = memoryview(piece)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    written += len(piece)
+                if self.options.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            if self.options.fsync:
+                _fsync_dir(target.parent)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise SinkError(f"cannot write {target}: {e.strerror}", operation="put", retryable=False) from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        on_disk = target.stat().st_size
+        if on_disk != written:
+            raise IntegrityError(f"{target}: {on_disk} bytes on disk, {written} written")
+        return PutResult(key=key, size=written, verified="size re-read from disk after fsync")
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+@hookimpl
+def register_sinks(register):  # type: ignore[no-untyped-def]
+    register("local", LocalSink)

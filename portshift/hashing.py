@@ -1,0 +1,108 @@
+"""HashingStream: the one pass over an artifact's bytes.
+
+The core wraps every artifact's chunk iterator in a :class:`HashingStream` and hands it to the
+sink. As the sink reads, SHA-256 and the byte count are computed on the fly; nothing is
+buffered beyond what the sink asks for, nothing is re-read, nothing touches the disk. A sink
+that needs a provider checksum of its own (MD5, CRC32C, per-part SHA-256) computes it on the
+same bytes it reads (or registers an observer with :meth:`HashingStream.observe`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from .errors import Interrupted
+
+DEFAULT_CHUNK = 1024 * 1024
+
+
+class HashingStream:
+    """A read-once, file-like byte stream that hashes what passes through it."""
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        cancel: threading.Event | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._source: Iterator[bytes] = iter(chunks)
+        self._buf = bytearray()
+        self._sha = hashlib.sha256()
+        self._observers: list[Callable[[bytes], object]] = []
+        self._cancel = cancel
+        self._max = max_bytes
+        self.bytes_read = 0  #: bytes taken from the source (and hashed)
+        self.finished = False  #: the source is exhausted
+
+    # --- what the core reads afterwards -------------------------------------------------
+    def sha256_hex(self) -> str:
+        return self._sha.hexdigest()
+
+    def sha256_digest(self) -> bytes:
+        return self._sha.digest()
+
+    def observe(self, fn: Callable[[bytes], object]) -> None:
+        """Call ``fn(chunk)`` for every chunk from now on (same pass, e.g. ``md5.update``)."""
+        if self.bytes_read:
+            raise RuntimeError("observe() must be called before the first read")
+        self._observers.append(fn)
+
+    # --- what the sink uses -------------------------------------------------------------
+    def _pull(self) -> bool:
+        if self.finished:
+            return False
+        if self._cancel is not None and self._cancel.is_set():
+            raise Interrupted("interrupted while transferring")
+        for chunk in self._source:
+            if not chunk:
+                continue
+            chunk = bytes(chunk)
+            self._sha.update(chunk)
+            for fn in self._observers:
+                fn(chunk)
+            self.bytes_read += len(chunk)
+            if self._max is not None and self.bytes_read > self._max:
+                from .errors import IntegrityError
+
+                raise IntegrityError(f"the source sent more than the {self._max} bytes it declared")
+            self._buf += chunk
+            return True
+        self.finished = True
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left when ``n < 0``); ``b""`` at the end."""
+        if n is None or n < 0:
+            while self._pull():
+                pass
+            out = bytes(self._buf)
+            self._buf.clear()
+            return out
+        while len(self._buf) < n and self._pull():
+            pass
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def read_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, fewer only at the end of the stream (for fixed-size parts)."""
+        return self.read(n)
+
+    def chunks(self, size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+        """Fixed-size pieces of ``size`` bytes (the last one shorter) until the end."""
+        while True:
+            piece = self.read(size)
+            if not piece:
+                return
+            yield piece
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()

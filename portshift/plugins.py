@@ -1,0 +1,133 @@
+"""Plugin discovery and the registries of sources, sinks and manifest writers.
+
+Plugins are found through the entry-point group ``portshift``. ``PORTSHIFT_LOAD_PLUGINS=a,b``
+limits loading to those distributions (an empty value loads none). A plugin that fails to
+import is a warning naming it, never a crash. Two plugins registering the same name is an error
+naming both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError
+
+log = logging.getLogger("portshift.plugins")
+
+pm = pluggy.PluginManager("portshift")
+pm.add_hookspecs(hookspecs)
+
+#: Built-in plugins, registered like any other.
+DEFAULT_PLUGINS = (
+    "portshift.default_plugins.local_sink",
+    "portshift.default_plugins.example_source",
+    "portshift.default_plugins.sha256sum_manifest",
+)
+
+_loaded = False
+_lock = threading.Lock()
+#: plugins that failed to load: (name, one-line reason)
+load_failures: list[tuple[str, str]] = []
+
+
+def load_plugins() -> None:
+    """Register the built-ins and every installed plugin (once)."""
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        _loaded = True
+        for module_name in DEFAULT_PLUGINS:
+            mod = importlib.import_module(module_name)
+            if not pm.is_registered(mod):
+                pm.register(mod, name=module_name)
+        _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    allow_env = os.environ.get("PORTSHIFT_LOAD_PLUGINS")
+    allowed: set[str] | None = None
+    if allow_env is not None:
+        allowed = {p.strip() for p in allow_env.split(",") if p.strip()}
+    for ep in importlib.metadata.entry_points(group="portshift"):
+        dist = ep.dist.name if ep.dist else ep.name
+        if allowed is not None and dist not in allowed and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not take the CLI down
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            load_failures.append((dist, reason))
+            log.warning("plugin %s failed to load and was skipped (%s)", dist, reason)
+            continue
+
+
+def plugin_distribution(plugin: Any) -> str:
+    """The distribution (or built-in module) a registered plugin object comes from."""
+    for p, dist in pm.list_plugin_distinfo():
+        if p is plugin:
+            return dist.project_name if hasattr(dist, "project_name") else dist.metadata["Name"]
+    return pm.get_name(plugin) or repr(plugin)
+
+
+@dataclass
+class Registry:
+    """Named classes contributed by plugins, with the plugin that registered each."""
+
+    kind: str
+    classes: dict[str, type] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> type:
+        try:
+            return self.classes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.classes)) or "none installed"
+            raise ConfigError(
+                f"unknown {self.kind} type {name!r}",
+                hint=f"installed {self.kind}s: {known}; `portshift plugins` lists them",
+            ) from None
+
+
+def _collect(hook_name: str, kind: str) -> Registry:
+    load_plugins()
+    registry = Registry(kind)
+    hook = getattr(pm.hook, hook_name)
+    for impl in hook.get_hookimpls():
+        owner = plugin_distribution(impl.plugin)
+
+        def register(name: str, cls: type, _owner: str = owner) -> None:
+            if name in registry.classes and registry.classes[name] is not cls:
+                raise ConfigError(
+                    f"two plugins register the {kind} {name!r}: {registry.owners[name]} and {_owner}",
+                    hint="uninstall one of them, or limit loading with PORTSHIFT_LOAD_PLUGINS",
+                )
+            registry.classes[name] = cls
+            registry.owners[name] = _owner
+
+        impl.function(**{a: v for a, v in {"register": register}.items() if a in impl.argnames})
+    return registry
+
+
+def sources() -> Registry:
+    return _collect("register_sources", "source")
+
+
+def sinks() -> Registry:
+    return _collect("register_sinks", "sink")
+
+
+def manifest_writers() -> Registry:
+    return _collect("register_manifest_writers", "manifest writer")

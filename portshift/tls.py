@@ -1,0 +1,141 @@
+"""One TLS policy for every connection portshift makes.
+
+- :func:`ssl_context` is the only SSL context factory: TLS 1.2 minimum, certificates and host
+  names verified, trust from the system store plus an explicit ``ca_bundle`` and nothing else.
+  ``SSL_CERT_FILE``, ``REQUESTS_CA_BUNDLE``, ``AWS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` are ignored
+  (reported once at debug level), so the environment cannot swap portshift's trust store.
+- :func:`https_client` is an httpx client built on it that refuses anything but ``https://``,
+  never follows redirects by itself and ignores proxy/trust environment variables.
+- :func:`require_https` checks an endpoint option before any connection is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import ConfigError
+
+log = logging.getLogger("portshift.tls")
+
+#: Environment variables that would silently change trust or endpoints in the SDKs we use.
+IGNORED_ENV = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "AWS_CA_BUNDLE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "STORAGE_EMULATOR_HOST",
+    "API_ENDPOINT_OVERRIDE",
+)
+
+_reported = False
+
+
+def report_ignored_environment() -> list[str]:
+    """Log (debug) which trust/endpoint variables are set and ignored. Returns their names."""
+    global _reported
+    present = [name for name in IGNORED_ENV if os.environ.get(name)]
+    if present and not _reported:
+        log.debug("ignoring %s: portshift trusts the system store plus ca_bundle only", ", ".join(present))
+        _reported = True
+    return present
+
+
+def _system_trust(ctx: ssl.SSLContext) -> None:
+    # ssl.create_default_context() would honour SSL_CERT_FILE/SSL_CERT_DIR; load the compiled-in
+    # OpenSSL locations instead so that the environment cannot swap the trust store.
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if paths.openssl_cafile and os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if paths.openssl_capath and os.path.isdir(paths.openssl_capath) else None
+    if cafile or capath:
+        ctx.load_verify_locations(cafile=cafile, capath=capath)
+    if not ctx.get_ca_certs() and not capath:
+        try:  # a machine with no system store at all (slim containers): certifi, if present
+            import certifi
+
+            ctx.load_verify_locations(cafile=certifi.where())
+        except ImportError:  # pragma: no cover - nothing else to try
+            pass
+
+
+def ssl_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """The SSL context every client uses: TLS >= 1.2, CERT_REQUIRED, host names checked."""
+    report_ignored_environment()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    _system_trust(ctx)
+    if ca_bundle is not None:
+        path = Path(ca_bundle)
+        if not path.is_file():
+            raise ConfigError(f"ca_bundle {path} does not exist or is not a file")
+        try:
+            ctx.load_verify_locations(cafile=str(path))
+        except (ssl.SSLError, OSError):
+            raise ConfigError(f"ca_bundle {path} is not a PEM certificate file") from None
+    return ctx
+
+
+def require_https(url: str, what: str = "endpoint") -> str:
+    """Return ``url`` if it is an https:// URL with a host; raise ConfigError otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "https":
+        shown = f"{parts.scheme}://{parts.hostname or ''}" if parts.scheme else url[:40]
+        raise ConfigError(
+            f"{what} must be an https:// URL, got {shown}",
+            hint="portshift never sends anything over plain HTTP",
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{what} has no host name")
+    if parts.username or parts.password:
+        raise ConfigError(f"{what} must not carry a user name or password")
+    return url
+
+
+class HttpsOnlyTransport(httpx.BaseTransport):
+    """An httpx transport that refuses to send any request that is not https://."""
+
+    def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._inner = httpx.HTTPTransport(verify=context, trust_env=False, **kwargs)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            from .redact import redact_url
+
+            raise httpx.UnsupportedProtocol(f"refusing to send a request to {redact_url(str(request.url))}: https only")
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def https_client(
+    ca_bundle: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float | httpx.Timeout = 60.0,
+    headers: dict[str, str] | None = None,
+    max_connections: int = 20,
+    base_url: str = "",
+) -> httpx.Client:
+    """An httpx client that only speaks https, with portshift's SSL context, never following
+    redirects on its own and ignoring proxy/CA environment variables."""
+    ctx = ssl_context(ca_bundle)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.Client(
+        transport=HttpsOnlyTransport(ctx, limits=limits),
+        timeout=timeout,
+        headers=headers,
+        follow_redirects=False,
+        trust_env=False,
+        base_url=base_url,
+    )
