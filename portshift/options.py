@@ -59,7 +59,7 @@ class PluginOptions(BaseModel):
             if value is not None:
                 raise ConfigError(
                     f"[{section}] {name}: credentials are never read from the job file",
-                    hint=f"remove it and set {env}, or {file_key} = \"/path/to/secret\"",
+                    hint=f'remove it and set {env}, or {file_key} = "/path/to/secret"',
                 )
             file_path = data.get(file_key)
             if file_path:
@@ -72,6 +72,6 @@ class PluginOptions(BaseModel):
             if extra.get("required_secret", True):
                 hint = f"set {env}"
                 if file_key in cls.model_fields:
-                    hint += f", or {file_key} = \"/path/to/secret\" in [{section}]"
+                    hint += f', or {file_key} = "/path/to/secret" in [{section}]'
                 raise ConfigError(f"[{section}] {name}: the credential is missing", hint=hint)
         return data

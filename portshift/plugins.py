@@ -37,6 +37,8 @@ _loaded = False
 _lock = threading.Lock()
 #: plugins that failed to load: (name, one-line reason)
 load_failures: list[tuple[str, str]] = []
+#: plugin name -> (distribution name, version) for plugins loaded from entry points
+distributions: dict[str, tuple[str, str]] = {}
 
 
 def load_plugins() -> None:
@@ -67,6 +69,8 @@ def _load_entry_points() -> None:
         try:
             module = ep.load()
             pm.register(module, name=ep.name)
+            if ep.dist is not None:
+                distributions[ep.name] = (ep.dist.name, ep.dist.version)
         except Exception as e:  # noqa: BLE001 - a broken plugin must not take the CLI down
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             load_failures.append((dist, reason))
@@ -76,10 +80,10 @@ def _load_entry_points() -> None:
 
 def plugin_distribution(plugin: Any) -> str:
     """The distribution (or built-in module) a registered plugin object comes from."""
-    for p, dist in pm.list_plugin_distinfo():
-        if p is plugin:
-            return dist.project_name if hasattr(dist, "project_name") else dist.metadata["Name"]
-    return pm.get_name(plugin) or repr(plugin)
+    name = pm.get_name(plugin) or repr(plugin)
+    if name in distributions:
+        return distributions[name][0]
+    return name
 
 
 @dataclass

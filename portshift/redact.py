@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 from .secrets import known_masks
@@ -28,4 +29,20 @@ def scrub(text: str) -> str:
     for mask in sorted(known_masks(), key=len, reverse=True):
         if mask in text:
             text = text.replace(mask, REDACTED)
+    return text
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]+)[?#][^\s'\"<>]*")
+_URL_USERINFO = re.compile(r"(https?://)[^\s/@'\"<>]+@")
+
+
+def sanitize_message(text: str, limit: int = 300) -> str:
+    """An error text made safe to show and store: known secrets scrubbed, URL query strings and
+    user info removed, one line, bounded length."""
+    text = scrub(str(text))
+    text = _URL_QUERY.sub(r"\1?[REDACTED]", text)
+    text = _URL_USERINFO.sub(r"\1[REDACTED]@", text)
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
     return text

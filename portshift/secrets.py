@@ -116,9 +116,7 @@ class Secret:
         # with a message saying where the credential must come from.
         return core_schema.is_instance_schema(
             cls,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda v: _MASK, when_used="always"
-            ),
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: _MASK, when_used="always"),
         )
 
     @classmethod

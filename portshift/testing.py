@@ -57,8 +57,7 @@ def chunked(data: bytes, sizes: Iterator[int] | None = None) -> Iterator[bytes]:
 
 def failing_chunks(data: bytes, fail_after: int) -> Iterator[bytes]:
     """Yield ``data`` up to ``fail_after`` bytes, then raise :class:`SourceFailure`."""
-    for piece in chunked(data[:fail_after]):
-        yield piece
+    yield from chunked(data[:fail_after])
     raise SourceFailure(f"connection dropped after {fail_after} bytes")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from pydantic import Field
 
@@ -23,7 +23,11 @@ BLOCK = 64 * 1024
 
 class ExampleOptions(PluginOptions):
     section = "source"
-    count: int = Field(default=12, ge=0, le=10_000_000, description="recordings in the window")
+    count: int = Field(default=12, ge=0, le=10_000_000, description="recordings in the tenant")
+    first: datetime = Field(
+        default=datetime(2024, 1, 1, 9, 0, tzinfo=timezone.utc), description="start time of the first recording"
+    )
+    every_minutes: float = Field(default=24 * 60, gt=0, description="minutes between two recordings")
     media_size: int = Field(default=256 * 1024, ge=0, description="bytes of each media file")
     seed: int = Field(default=0, description="changes every byte generated")
     chunk_size: int = Field(default=BLOCK, ge=1, le=16 * 1024 * 1024, description="bytes per chunk yielded")
@@ -63,16 +67,17 @@ class ExampleSource(Source):
         return f"example:seed={self.options.seed}"
 
     def recordings(self, window: Window) -> Iterator[Recording]:
-        n = self.options.count
-        if n == 0:
-            return
-        span = (window.end - window.start) / n
-        for i in range(n):
-            started = window.start + span * i
+        first = self.options.first
+        if first.tzinfo is None:
+            first = first.replace(tzinfo=timezone.utc)
+        step = timedelta(minutes=self.options.every_minutes)
+        for i in range(self.options.count):
+            started = first + step * i
             if started >= window.end:
-                started = window.end - timedelta(microseconds=1)
-            rid = f"ex{self.options.seed:04d}{i:06d}"
-            yield Recording(id=rid, started_at=started, fields={"type": "meeting"})
+                return
+            if started >= window.start:
+                rid = f"ex{self.options.seed:04d}{i:06d}"
+                yield Recording(id=rid, started_at=started, fields={"type": "meeting"})
 
     def artifacts(self, recording: Recording) -> Iterator[Artifact]:
         seed = f"{self.options.seed}:{recording.id}"

@@ -1,0 +1,87 @@
+"""`portshift jobs`: list jobs; `portshift jobs show ID`: one job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+from ..progress import human_bytes
+from ..state import State
+from . import common_options
+
+state_option = click.option("--state", "state_path", type=click.Path(path_type=Path), help="the state DB")
+
+
+@click.group("jobs", invoke_without_command=True)
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--limit", default=50, show_default=True, help="how many jobs, newest first")
+@common_options
+@click.pass_context
+def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: int) -> None:
+    """List export jobs, newest first."""
+    ctx.ensure_object(dict)
+    ctx.obj["state_path"] = state_path
+    if ctx.invoked_subcommand:
+        return
+    with State.open(state_path) as state:
+        rows = state.jobs(limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no jobs yet")
+        return
+    click.echo(f"{'JOB':<24} {'STATUS':<11} {'FILES':>7} {'BYTES':>10}  WINDOW")
+    for r in rows:
+        click.echo(
+            f"{r['id']:<24} {r['status']:<11} {r['file_count'] or 0:>7} {human_bytes(r['byte_count'] or 0):>10}  "
+            f"{r['window_start']} .. {r['window_end']}"
+        )
+
+
+@command.command("show")
+@click.argument("job_id")
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@common_options
+@click.pass_context
+def show(ctx: click.Context, job_id: str, state_path: Path | None, as_json: bool) -> None:
+    """Show one job: its window, counts, manifest digest and problems."""
+    with State.open(state_path or ctx.obj.get("state_path")) as state:
+        row = state.job(job_id)
+        if row is None:
+            raise ConfigError(f"no job {job_id!r} in the state file", hint="`portshift jobs` lists them")
+        problems = state.problems(row["id"])
+        counts = state.recording_counts(row["id"])
+    row["recordings"] = counts
+    row["problems"] = problems
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    for k in (
+        "id",
+        "status",
+        "window_start",
+        "window_end",
+        "started_at",
+        "finished_at",
+        "source_type",
+        "source_location",
+        "sink_type",
+        "sink_location",
+        "export_root",
+        "file_count",
+        "byte_count",
+        "manifest_key",
+        "manifest_sha256",
+        "error",
+    ):
+        if row.get(k) not in (None, ""):
+            click.echo(f"{k.replace('_', ' '):<16} {row[k]}")
+    click.echo(f"{'recordings':<16} " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for p in problems:
+        click.echo(f"  {p['status']:<8} {p['recording_id']}  {p['reason']}  {p['message']}")

@@ -1,0 +1,107 @@
+"""Logging: one handler, scrubbed at the formatter, SDK loggers pinned to WARNING.
+
+The scrubber sits on the *handler*, so it sees every library's records (a filter on the root
+logger would miss them). It replaces every registered secret, in raw, URL-encoded, JSON and
+base64 forms, in the final text: message, arguments, extras and exception text alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from .redact import scrub
+
+#: Loggers of HTTP libraries and cloud SDKs: their DEBUG/INFO output carries URLs with
+#: signatures, session tokens and JWT assertions. Pinned to WARNING whatever --log-level says.
+PINNED_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "requests",
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "azure",
+    "google",
+    "google.auth",
+    "google.api_core",
+    "google.cloud",
+    "google.resumable_media",
+    "hpack",
+    "charset_normalizer",
+)
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Formats a record, then removes every known secret from the text."""
+
+    def __init__(self, json_format: bool = False) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self.json_format = json_format
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging API
+        # plain traceback lines, never locals
+        return super().formatException(ei)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.json_format:
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 - wrong args must not print raw args
+                message = str(record.msg)
+            doc: dict[str, Any] = {
+                "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": message,
+            }
+            for key, value in vars(record).items():
+                if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                    doc[key] = value
+            if record.exc_info:
+                doc["exception"] = self.formatException(record.exc_info)
+            text = json.dumps(doc, default=str)
+        else:
+            try:
+                text = super().format(record)
+            except Exception:  # noqa: BLE001
+                text = f"{record.levelname} {record.name}: {record.msg}"
+            extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+            if extras:
+                text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return scrub(text)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.set_name("portshift")
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        # logging's default prints the raw arguments to stderr: never.
+        return
+
+
+def pin_sdk_loggers(unsafe_wire_debug: bool = False) -> None:
+    for name in PINNED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if unsafe_wire_debug else logging.WARNING)
+
+
+def configure_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> None:
+    """Install portshift's single, scrubbing handler on the root logger."""
+    logging.raiseExceptions = False
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if h.get_name() == "portshift":
+            root.removeHandler(h)
+    handler = _Handler(stream or sys.stderr)
+    handler.setFormatter(ScrubbingFormatter(json_format=(fmt == "json")))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    pin_sdk_loggers()

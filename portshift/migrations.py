@@ -1,0 +1,89 @@
+"""Named, ordered migrations of the job state DB (the simonw/llm pattern).
+
+Each migration runs once, in order, and is recorded in ``_portshift_migrations``. Never edit a
+released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+migration = MIGRATIONS.append
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every migration not yet applied; return the names applied now."""
+    db["_portshift_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+    done = {row["name"] for row in db["_portshift_migrations"].rows}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        with db.conn:
+            fn(db)
+            db["_portshift_migrations"].insert({"name": fn.__name__, "applied_at": datetime.now(timezone.utc).isoformat()})
+        applied.append(fn.__name__)
+    return applied
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["jobs"].create(
+        {
+            "id": str,
+            "job_key": str,  # what the job exports from/to (no window); same job file => same key
+            "fingerprint": str,  # job_key + window
+            "config_path": str,
+            "source_type": str,
+            "source_location": str,
+            "sink_type": str,
+            "sink_location": str,
+            "window_start": str,
+            "window_end": str,
+            "export_root": str,
+            "started_at": str,
+            "finished_at": str,
+            "status": str,
+            "file_count": int,
+            "byte_count": int,
+            "error": str,
+        },
+        pk="id",
+    )
+    db["jobs"].create_index(["job_key", "started_at"])
+    db["recordings"].create(
+        {"job_id": str, "recording_id": str, "status": str, "reason": str, "message": str, "updated_at": str},
+        pk=("job_id", "recording_id"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["files"].create(
+        {
+            "job_id": str,
+            "key": str,
+            "size": int,
+            "sha256": str,
+            "recording_id": str,
+            "artifact": str,
+            "content_type": str,
+            "recorded_at": str,
+            "done_at": str,
+        },
+        pk=("job_id", "key"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+
+
+@migration
+def m002_verification_and_manifest(db: sqlite_utils.Database) -> None:
+    """What the provider verified per file; the manifest's digest per job."""
+    db["files"].add_column("verified", str)
+    db["files"].add_column("provider_checksums", str)
+    db["files"].add_column("kind", str, not_null_default="content")
+    db["jobs"].add_column("manifest_key", str)
+    db["jobs"].add_column("manifest_sha256", str)
+    db["jobs"].add_column("skipped_count", int, not_null_default=0)
+    db["jobs"].add_column("failed_count", int, not_null_default=0)

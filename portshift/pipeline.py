@@ -1,0 +1,551 @@
+"""The export pipeline: list, skip what is done, stream each artifact through a
+:class:`HashingStream` into the sink, check, record, and write the manifest last.
+
+    source.recordings(window) -> skip if done -> source.artifacts(rec) -> HashingStream
+    -> sink.put(key, stream) -> check size/hash -> state: file done -> ... -> manifest writers
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__
+from .api import Artifact, JobInfo, ManifestEntry, Recording, Sink, Source, StoredFile, Window
+from .config import DEFAULT_SINCE, JobConfig
+from .errors import (
+    AuthError,
+    ConfigError,
+    ExitCode,
+    IntegrityError,
+    Interrupted,
+    PortshiftError,
+    SkipRecording,
+)
+from .events import FileExported
+from .hashing import HashingStream
+from .keys import build_key
+from .plugins import pm
+from .progress import Progress
+from .redact import sanitize_message
+from .retry import Backoff
+from .state import FileRecord, State, now_iso
+
+log = logging.getLogger("portshift.run")
+
+
+@dataclass
+class RunRequest:
+    since: datetime | None = None
+    since_last: bool = False
+    until: datetime | None = None
+    transfers: int | None = None
+    dry_run: bool = False
+    new: bool = False
+
+
+@dataclass
+class RunResult:
+    job_id: str | None
+    status: str
+    exit_code: int
+    export_root: str = ""
+    files: int = 0
+    bytes: int = 0
+    already_done: int = 0
+    exported_now: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    manifest_key: str | None = None
+    manifest_sha256: str | None = None
+    message: str = ""
+    resumed: bool = False
+
+
+def job_key(cfg: JobConfig, source: Source, sink: Sink) -> str:
+    """What identifies "the same job": source, sink, their non-secret options, the key layout."""
+    doc = {
+        "source": [cfg.source_type, source.location(), cfg.source_options.model_dump(mode="json")],
+        "sink": [cfg.sink_type, sink.location(), cfg.sink_options.model_dump(mode="json")],
+        "key_template": cfg.job.key_template,
+        "manifest": cfg.job.manifest,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _age(started_iso: str) -> str:
+    try:
+        started = datetime.fromisoformat(started_iso)
+    except ValueError:
+        return "earlier"
+    secs = max(0, int((datetime.now(timezone.utc) - started).total_seconds()))
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 7200:
+        return f"{secs // 60}m ago"
+    if secs < 172800:
+        return f"{secs // 3600}h ago"
+    return f"{secs // 86400}d ago"
+
+
+class _Fatal(Exception):
+    pass
+
+
+class Runner:
+    """Runs one job. Create with a validated :class:`JobConfig` and an open :class:`State`."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        state: State,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        retry_base: float = 1.0,
+    ) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.progress = progress or Progress(enabled=False)
+        self.cancel = cancel or threading.Event()
+        self.retry_base = retry_base
+        self._fatal: BaseException | None = None
+        self._fatal_lock = threading.Lock()
+
+    # --- window and job selection -----------------------------------------------------------
+    def _window(self, req: RunRequest, key: str) -> tuple[Window, bool]:
+        explicit = req.since is not None or req.since_last or req.until is not None
+        until = req.until
+        if until is None and self.cfg.job.until is not None:
+            from .config import parse_when
+
+            until = parse_when(self.cfg.job.until, "[job] until")
+        if until is None:
+            until = datetime.now(timezone.utc).replace(microsecond=0)
+        since = req.since
+        if req.since_last:
+            last = self.state.last_complete_job(key)
+            if last is None:
+                raise ConfigError(
+                    "--since last: no completed job of this job file yet",
+                    hint="run it once without --since last, or give a date",
+                )
+            since = datetime.fromisoformat(last["window_end"].replace("Z", "+00:00"))
+        if since is None and self.cfg.job.since is not None:
+            from .config import parse_when
+
+            since = parse_when(self.cfg.job.since, "[job] since")
+        if since is None:
+            since = DEFAULT_SINCE
+        if since >= until:
+            raise ConfigError(f"the export window is empty: since {_iso(since)} is not before until {_iso(until)}")
+        return Window(since, until), explicit
+
+    # --- the run ----------------------------------------------------------------------------
+    def run(self, req: RunRequest) -> RunResult:
+        cfg = self.cfg
+        source: Source = cfg.source_cls(cfg.source_options)
+        sink: Sink = cfg.sink_cls(cfg.sink_options)
+        try:
+            return self._run(req, source, sink)
+        finally:
+            for closer in (source.close, sink.close):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - closing must not mask the result
+                    log.debug("close failed", exc_info=True)
+
+    def _run(self, req: RunRequest, source: Source, sink: Sink) -> RunResult:
+        cfg = self.cfg
+        key = job_key(cfg, source, sink)
+        if not req.dry_run:
+            self.state.lock(key)
+        window, explicit = self._window(req, key)
+        transfers = req.transfers or cfg.job.transfers
+
+        resumed = False
+        unfinished = self.state.unfinished_job(key)
+        if unfinished and unfinished["status"] == "abandoned":
+            unfinished = None
+        if req.new and unfinished and not req.dry_run:
+            self.state.abandon_unfinished(key)
+            log.info("starting over: job %s abandoned (--new)", unfinished["id"])
+            unfinished = None
+        if unfinished:
+            same_window = unfinished["window_start"] == _iso(window.start) and unfinished["window_end"] == _iso(window.end)
+            if explicit and not same_window:
+                raise ConfigError(
+                    f"job {unfinished['id']} of this job file is unfinished "
+                    f"(window {unfinished['window_start']} .. {unfinished['window_end']})",
+                    hint="re-run without --since/--until to finish it, or add --new to start over",
+                )
+            window = Window(
+                datetime.fromisoformat(unfinished["window_start"].replace("Z", "+00:00")),
+                datetime.fromisoformat(unfinished["window_end"].replace("Z", "+00:00")),
+            )
+            resumed = True
+
+        if not unfinished and not explicit and not req.new:
+            last = self.state.last_complete_job(key)
+            if last is not None:
+                return RunResult(
+                    job_id=last["id"],
+                    status="up-to-date",
+                    exit_code=ExitCode.OK,
+                    export_root=last["export_root"],
+                    manifest_key=last["manifest_key"],
+                    manifest_sha256=last["manifest_sha256"],
+                    message=(
+                        f"job {last['id']} of this job file is already complete "
+                        f"({last['window_start']} .. {last['window_end']}); nothing to do. "
+                        "Use --since last to export what is newer, or --new for a fresh full export"
+                    ),
+                )
+
+        done: set[str] = self.state.done_recordings(unfinished["id"]) if unfinished else set()
+
+        if req.dry_run:
+            return self._dry_run(source, window, done, unfinished)
+
+        if unfinished:
+            job_id = unfinished["id"]
+            export_root = unfinished["export_root"]
+            self.state.update_job(job_id, status="running", finished_at=None, error=None)
+            log.info(
+                "skipping %d recordings already exported (job %s, started %s); --new to start over",
+                len(done),
+                job_id,
+                _age(unfinished["started_at"]),
+            )
+        else:
+            from .state import new_job_id
+
+            job_id = new_job_id()
+            export_root = job_id
+            self.state.create_job(
+                id=job_id,
+                job_key=key,
+                fingerprint=hashlib.sha256(f"{key}|{_iso(window.start)}|{_iso(window.end)}".encode()).hexdigest(),
+                config_path=str(cfg.path) if cfg.path else None,
+                source_type=cfg.source_type,
+                source_location=source.location(),
+                sink_type=cfg.sink_type,
+                sink_location=sink.location(),
+                window_start=_iso(window.start),
+                window_end=_iso(window.end),
+                export_root=export_root,
+            )
+            log.info(
+                "job %s: exporting %s .. %s into %s/%s",
+                job_id,
+                _iso(window.start),
+                _iso(window.end),
+                sink.location(),
+                export_root,
+            )
+
+        info = self._job_info(job_id)
+        pm.hook.job_started(job=info, resumed=resumed)
+        status, error = self._transfer(job_id, export_root, source, sink, window, done, transfers, info)
+
+        result = RunResult(job_id=job_id, status=status, exit_code=ExitCode.OK, export_root=export_root, resumed=resumed)
+        result.already_done = len(done)
+        if status == "complete":
+            try:
+                key_, digest = self._write_manifests(job_id, export_root, sink)
+                result.manifest_key, result.manifest_sha256 = key_, digest
+            except PortshiftError as e:
+                status, error = "failed", f"writing the manifest: {sanitize_message(str(e))}"
+            except Exception as e:  # noqa: BLE001
+                status, error = "failed", f"writing the manifest: {sanitize_message(f'{type(e).__name__}: {e}')}"
+        files, nbytes = self.state.totals(job_id)
+        counts = self.state.recording_counts(job_id)
+        self.state.update_job(
+            job_id,
+            status=status,
+            finished_at=now_iso(),
+            file_count=files,
+            byte_count=nbytes,
+            error=error,
+            skipped_count=counts.get("skipped", 0),
+            failed_count=counts.get("failed", 0),
+        )
+        result.status = status
+        result.files, result.bytes = files, nbytes
+        problems = self.state.problems(job_id)
+        result.skipped = [p for p in problems if p["status"] == "skipped"]
+        result.failed = [p for p in problems if p["status"] == "failed"]
+        result.message = error or ""
+        result.exit_code = {
+            "complete": ExitCode.OK,
+            "partial": ExitCode.PARTIAL,
+            "interrupted": ExitCode.INTERRUPTED,
+        }.get(status, ExitCode.FATAL)
+        pm.hook.job_finished(job=self._job_info(job_id), manifest_sha256=result.manifest_sha256)
+        return result
+
+    def _dry_run(self, source: Source, window: Window, done: set[str], unfinished: dict[str, Any] | None) -> RunResult:
+        total = 0
+        todo = 0
+        for rec in source.recordings(window):
+            total += 1
+            if rec.id not in done:
+                todo += 1
+        msg = f"dry run: {total} recordings in {_iso(window.start)} .. {_iso(window.end)}, {todo} to export"
+        if unfinished:
+            msg += f" ({len(done)} already exported by job {unfinished['id']})"
+        return RunResult(job_id=None, status="dry-run", exit_code=ExitCode.OK, message=msg)
+
+    def _job_info(self, job_id: str) -> JobInfo:
+        row = self.state.job(job_id) or {}
+        files, nbytes = self.state.totals(job_id)
+        return JobInfo(
+            id=job_id,
+            window_start=row.get("window_start", ""),
+            window_end=row.get("window_end", ""),
+            started_at=row.get("started_at", ""),
+            finished_at=row.get("finished_at"),
+            source=f"{row.get('source_type', '')} {row.get('source_location', '')}".strip(),
+            sink=f"{row.get('sink_type', '')} {row.get('sink_location', '')}".strip(),
+            export_root=row.get("export_root", ""),
+            file_count=files,
+            total_bytes=nbytes,
+            tool_version=__version__,
+            status=row.get("status", "running"),
+        )
+
+    # --- transfers --------------------------------------------------------------------------
+    def _set_fatal(self, e: BaseException) -> None:
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._fatal = e
+        self.cancel.set()
+
+    def _transfer(
+        self,
+        job_id: str,
+        export_root: str,
+        source: Source,
+        sink: Sink,
+        window: Window,
+        done: set[str],
+        transfers: int,
+        info: JobInfo,
+    ) -> tuple[str, str | None]:
+        slots = threading.BoundedSemaphore(transfers * 2)
+        futures: set[Future[None]] = set()
+        listing_error: str | None = None
+        self.progress.start()
+        with ThreadPoolExecutor(max_workers=transfers, thread_name_prefix="transfer") as pool:
+            try:
+                for rec in source.recordings(window):
+                    if self.cancel.is_set():
+                        break
+                    self.progress.listed()
+                    if rec.id in done:
+                        self.progress.recording_finished("already")
+                        continue
+                    slots.acquire()
+                    if self.cancel.is_set():
+                        slots.release()
+                        break
+                    fut = pool.submit(self._recording, job_id, export_root, source, sink, rec, info)
+                    futures.add(fut)
+                    fut.add_done_callback(lambda f: (slots.release(), futures.discard(f)))
+            except AuthError as e:
+                self._set_fatal(e)
+            except Interrupted:
+                self.cancel.set()
+            except PortshiftError as e:
+                listing_error = f"listing recordings failed: {sanitize_message(str(e))}"
+                log.error("%s", listing_error)
+            except Exception as e:  # noqa: BLE001 - a plugin bug must not lose state
+                listing_error = f"listing recordings failed: {sanitize_message(f'{type(e).__name__}: {e}')}"
+                log.error("%s", listing_error)
+            self.progress.listing_done()
+        self.progress.stop()
+        counts = self.state.recording_counts(job_id)
+        if self._fatal is not None:
+            return "failed", sanitize_message(str(self._fatal))
+        if self.cancel.is_set():
+            return "interrupted", "interrupted; re-run to resume"
+        if listing_error:
+            return "failed", listing_error
+        if counts.get("failed", 0):
+            return "partial", f"{counts['failed']} recordings failed; re-run to retry them"
+        return "complete", None
+
+    def _recording(self, job_id: str, export_root: str, source: Source, sink: Sink, rec: Recording, info: JobInfo) -> None:
+        if self.cancel.is_set():
+            return
+        try:
+            artifacts = self._with_retries(lambda: list(source.artifacts(rec)), f"recording {rec.id}")
+            for artifact in artifacts:
+                if self.cancel.is_set():
+                    return
+                self._with_retries(
+                    lambda a=artifact: self._artifact(job_id, export_root, sink, rec, a, info),
+                    f"{rec.id}/{artifact.name}",
+                )
+        except SkipRecording as e:
+            self.state.set_recording(job_id, rec.id, "skipped", e.reason, sanitize_message(str(e)))
+            self.progress.recording_finished("skipped")
+            log.warning("skipped recording %s: %s", rec.id, sanitize_message(str(e)))
+            return
+        except AuthError as e:
+            self._set_fatal(e)
+            return
+        except Interrupted:
+            return
+        except Exception as e:  # noqa: BLE001 - recorded as failed, the job goes on
+            if self.cancel.is_set() and not isinstance(e, PortshiftError):
+                return
+            msg = sanitize_message(str(e) if isinstance(e, PortshiftError) else f"{type(e).__name__}: {e}")
+            self.state.set_recording(job_id, rec.id, "failed", type(e).__name__, msg)
+            self.progress.recording_finished("failed")
+            log.error("recording %s failed: %s", rec.id, msg)
+            return
+        self.state.set_recording(job_id, rec.id, "done")
+        self.progress.recording_finished("done")
+
+    def _with_retries(self, fn: Any, what: str) -> Any:
+        backoff = Backoff(base=self.retry_base, cap=max(30.0, self.retry_base), attempts=self.cfg.job.retries + 1)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except (SkipRecording, AuthError, ConfigError, Interrupted):
+                raise
+            except Exception as e:  # noqa: BLE001
+                retryable = e.retryable if isinstance(e, PortshiftError) else True
+                if self.cancel.is_set() or not retryable or attempt >= backoff.attempts:
+                    raise
+                delay = backoff.delay(attempt)
+                log.warning(
+                    "%s: attempt %d failed (%s); retrying in %.1fs",
+                    what,
+                    attempt,
+                    sanitize_message(str(e) if isinstance(e, PortshiftError) else type(e).__name__),
+                    delay,
+                )
+                if self.cancel.wait(delay):
+                    raise Interrupted("interrupted") from None
+
+    def _artifact(self, job_id: str, export_root: str, sink: Sink, rec: Recording, artifact: Artifact, info: JobInfo) -> None:
+        opened = artifact.open()
+        try:
+            ext = opened.extension or artifact.extension
+            rel = build_key(
+                self.cfg.job.key_template,
+                recording_id=rec.id,
+                artifact=artifact.name,
+                ext=ext,
+                started_at=rec.started_at,
+                fields=rec.fields,
+                source=self.cfg.source_type,
+            )
+            declared = opened.size if opened.size is not None else artifact.size
+            stream = HashingStream(opened.chunks, cancel=self.cancel, max_bytes=declared)
+            stream.observe(self.progress.add_bytes)
+            result = sink.put(f"{export_root}/{rel}", stream, declared)
+            if not stream.finished:
+                raise IntegrityError(f"{rel}: the sink stopped reading before the end of the stream")
+            got = stream.bytes_read
+            if declared is not None and got != declared:
+                raise IntegrityError(f"{rel}: {got} bytes received, {declared} declared by the source")
+            digest = stream.sha256_hex()
+            if artifact.sha256 and artifact.sha256.lower() != digest:
+                raise IntegrityError(f"{rel}: SHA-256 differs from the one the source declared")
+            if result.size != got:
+                raise IntegrityError(f"{rel}: the sink stored {result.size} bytes, {got} were sent")
+            confirmed = result.checksums.get("sha256")
+            if confirmed and confirmed.lower() != digest:
+                raise IntegrityError(f"{rel}: the sink confirmed a different SHA-256")
+        finally:
+            if opened.close:
+                try:
+                    opened.close()
+                except Exception:  # noqa: BLE001
+                    log.debug("closing an artifact failed", exc_info=True)
+        self.state.add_file(
+            job_id,
+            FileRecord(
+                key=rel,
+                size=got,
+                sha256=digest,
+                recording_id=rec.id,
+                artifact=artifact.name,
+                content_type=opened.content_type or artifact.content_type,
+                recorded_at=_iso(rec.started_at) if rec.started_at else None,
+                verified=result.verified,
+                provider_checksums=result.checksums,
+            ),
+        )
+        self.progress.file_done(got)
+        pm.hook.file_exported(
+            job=info, file=FileExported(key=rel, size=got, sha256=digest, recording_id=rec.id, artifact=artifact.name)
+        )
+
+    # --- manifest ---------------------------------------------------------------------------
+    def _write_manifests(self, job_id: str, export_root: str, sink: Sink) -> tuple[str, str]:
+        files, nbytes = self.state.totals(job_id)
+        self.state.update_job(job_id, finished_at=now_iso(), file_count=files, byte_count=nbytes)
+        info = self._job_info(job_id)
+
+        def entries() -> Iterator[ManifestEntry]:
+            for row in self.state.files(job_id):
+                yield ManifestEntry(
+                    path=row["key"],
+                    size=row["size"],
+                    sha256=row["sha256"],
+                    recording_id=row["recording_id"],
+                    artifact=row["artifact"],
+                    content_type=row["content_type"],
+                    recorded_at=row["recorded_at"],
+                    verified=row["verified"] or "",
+                )
+
+        stored: dict[str, StoredFile] = {}
+
+        def store(path: str, chunks: Iterable[bytes]) -> StoredFile:
+            stream = HashingStream(chunks)
+            result = sink.put(f"{export_root}/{path}", stream, None)
+            if not stream.finished or result.size != stream.bytes_read:
+                raise IntegrityError(f"{path}: the sink did not store the whole manifest")
+            sf = StoredFile(path=path, size=stream.bytes_read, sha256=stream.sha256_hex())
+            self.state.add_file(
+                job_id,
+                FileRecord(
+                    key=path,
+                    size=sf.size,
+                    sha256=sf.sha256,
+                    recording_id="",
+                    artifact="manifest",
+                    kind="manifest",
+                    verified=result.verified,
+                    provider_checksums=result.checksums,
+                ),
+            )
+            stored[path] = sf
+            return sf
+
+        primary_key = primary_sha = ""
+        for n, (_name, cls, options) in enumerate(self.cfg.writers):
+            writer = cls(options)
+            primary = writer.write(info, entries, store)
+            if n == 0:
+                primary_key, primary_sha = f"{export_root}/{primary}", stored[primary].sha256
+        self.state.update_job(job_id, manifest_key=primary_key, manifest_sha256=primary_sha)
+        return primary_key, primary_sha

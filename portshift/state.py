@@ -1,0 +1,249 @@
+"""Job state: one SQLite file that holds jobs, per-recording progress and exported files.
+
+It holds only names, locations, ids, sizes, hashes and sanitised errors: never a credential,
+never content, never call metadata. ``secure_delete`` is on so overwritten values do not linger.
+Writes come from worker threads through one connection guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets as _random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import sqlite_utils
+
+from .errors import ConfigError, LockedError
+from .migrations import migrate
+
+
+def default_state_path() -> Path:
+    env = os.environ.get("PORTSHIFT_STATE")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("portshift")) / "state.db"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_job_id() -> str:
+    """Sortable, readable: ``20261129T054012Z-3f9a1c``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + _random.token_hex(3)
+
+
+@dataclass
+class FileRecord:
+    key: str
+    size: int
+    sha256: str
+    recording_id: str
+    artifact: str
+    content_type: str | None = None
+    recorded_at: str | None = None
+    verified: str = ""
+    provider_checksums: dict[str, str] | None = None
+    kind: str = "content"
+
+
+class State:
+    """The state DB. Open with :meth:`open`; use as a context manager."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        self._lock_files: list[int] = []
+
+    @classmethod
+    def open(cls, path: Path | str | None = None) -> State:
+        path = Path(path) if path else default_state_path()
+        if path.exists() and path.is_dir():
+            raise ConfigError(f"--state {path} is a folder", hint="give the path of a file, e.g. state.db")
+        if not path.parent.exists():
+            if path == default_state_path():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            else:
+                raise ConfigError(f"the folder of the state file {path} does not exist", hint="create it first")
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            state = cls(path, conn)
+            migrate(state.db)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"cannot open the state file {path}: {e}", hint="use --state to choose another file") from None
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass
+        return state
+
+    def close(self) -> None:
+        for fd in self._lock_files:
+            os.close(fd)
+        self._lock_files.clear()
+        self.conn.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- locking: one run per job file at a time ------------------------------------------
+    def lock(self, job_key: str) -> None:
+        """Take the run lock of this job (released when the process ends, even on SIGKILL)."""
+        lock_dir = self.path.parent / (self.path.name + ".locks")
+        lock_dir.mkdir(exist_ok=True, mode=0o700)
+        fd = os.open(lock_dir / f"{job_key[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(
+                "another portshift run of this job is in progress",
+                hint="wait for it to finish; two runs of the same job never run at once",
+            ) from None
+        self._lock_files.append(fd)
+
+    # --- jobs -------------------------------------------------------------------------------
+    def create_job(self, **values: Any) -> str:
+        job_id = values.pop("id", None) or new_job_id()
+        row = {"id": job_id, "started_at": now_iso(), "status": "running", "file_count": 0, "byte_count": 0}
+        row.update(values)
+        with self._lock:
+            self.db["jobs"].insert(row)
+        return job_id
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        with self._lock:
+            self.db["jobs"].update(job_id, values)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from jobs where id = ? or id like ?", [job_id, job_id + "%"]))
+        if len(rows) == 1:
+            return rows[0]
+        return None
+
+    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from jobs order by started_at desc, id desc limit ?", [limit]))
+
+    def unfinished_job(self, job_key: str) -> dict[str, Any] | None:
+        rows = list(
+            self.db.query(
+                "select * from jobs where job_key = ? and status != 'complete' order by started_at desc, id desc limit 1",
+                [job_key],
+            )
+        )
+        return rows[0] if rows else None
+
+    def last_complete_job(self, job_key: str) -> dict[str, Any] | None:
+        rows = list(
+            self.db.query(
+                "select * from jobs where job_key = ? and status = 'complete' order by window_end desc, started_at desc limit 1",
+                [job_key],
+            )
+        )
+        return rows[0] if rows else None
+
+    def abandon_unfinished(self, job_key: str) -> int:
+        """Mark unfinished jobs of this job file as abandoned (``--new``)."""
+        with self._lock:
+            cur = self.conn.execute(
+                "update jobs set status = 'abandoned', finished_at = coalesce(finished_at, ?) "
+                "where job_key = ? and status != 'complete' and status != 'abandoned'",
+                [now_iso(), job_key],
+            )
+            return cur.rowcount
+
+    # --- progress ---------------------------------------------------------------------------
+    def done_recordings(self, job_id: str) -> set[str]:
+        return {
+            r[0] for r in self.conn.execute("select recording_id from recordings where job_id = ? and status = 'done'", [job_id])
+        }
+
+    def set_recording(self, job_id: str, recording_id: str, status: str, reason: str = "", message: str = "") -> None:
+        with self._lock:
+            self.conn.execute(
+                "insert into recordings (job_id, recording_id, status, reason, message, updated_at) "
+                "values (?, ?, ?, ?, ?, ?) on conflict(job_id, recording_id) do update set "
+                "status = excluded.status, reason = excluded.reason, message = excluded.message, "
+                "updated_at = excluded.updated_at",
+                [job_id, recording_id, status, reason, message[:500], now_iso()],
+            )
+
+    def recording_counts(self, job_id: str) -> dict[str, int]:
+        return {
+            r[0]: r[1]
+            for r in self.conn.execute("select status, count(*) from recordings where job_id = ? group by status", [job_id])
+        }
+
+    def problems(self, job_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select recording_id, status, reason, message from recordings "
+                "where job_id = ? and status in ('failed', 'skipped') order by status, recording_id",
+                [job_id],
+            )
+        )
+
+    def add_file(self, job_id: str, f: FileRecord) -> None:
+        with self._lock:
+            self.conn.execute(
+                "insert into files (job_id, key, size, sha256, recording_id, artifact, content_type, "
+                "recorded_at, done_at, verified, provider_checksums, kind) values (?,?,?,?,?,?,?,?,?,?,?,?) "
+                "on conflict(job_id, key) do update set size = excluded.size, sha256 = excluded.sha256, "
+                "recording_id = excluded.recording_id, artifact = excluded.artifact, "
+                "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
+                "done_at = excluded.done_at, verified = excluded.verified, "
+                "provider_checksums = excluded.provider_checksums, kind = excluded.kind",
+                [
+                    job_id,
+                    f.key,
+                    f.size,
+                    f.sha256,
+                    f.recording_id,
+                    f.artifact,
+                    f.content_type,
+                    f.recorded_at,
+                    now_iso(),
+                    f.verified,
+                    json.dumps(f.provider_checksums or {}, sort_keys=True),
+                    f.kind,
+                ],
+            )
+
+    def remove_files_of(self, job_id: str, recording_id: str) -> None:
+        with self._lock:
+            self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
+
+    def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
+        """Done files of a job, sorted by key, streamed from the DB."""
+        cur = self.conn.execute(
+            "select key, size, sha256, recording_id, artifact, content_type, recorded_at, verified "
+            "from files where job_id = ? and kind = ? order by key",
+            [job_id, kind],
+        )
+        cols = [d[0] for d in cur.description]
+        for row in cur:
+            yield dict(zip(cols, row))
+
+    def totals(self, job_id: str) -> tuple[int, int]:
+        row = self.conn.execute(
+            "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]
+        ).fetchone()
+        return int(row[0]), int(row[1])
