@@ -1,0 +1,32 @@
+# portshift — two commands for a fresh machine (Python 3.10+, make, the package registries):
+#   make demo   set everything up, export the Chorus simulator into ./demo-export, verify it
+#   make test   set everything up, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+STAMP  := $(VENV)/.portshift-installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard plugins/*/setup.sh) Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "portshift needs Python 3.10 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGIN_DIRS),-e '$(p)[test]')
+	@for s in $(wildcard plugins/*/setup.sh); do echo "setup: $$s"; PYTHON=$(CURDIR)/$(BIN)/python bash $$s || exit 1; done
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check portshift plugins tests benchmarks
+
+test: setup lint
+	$(BIN)/python -m pytest tests $(addsuffix /tests,$(PLUGIN_DIRS)) -q -p no:randomly
+
+demo: setup
+	$(BIN)/python demo/demo.py
+
+clean:
+	rm -rf $(VENV) .tools demo-export

@@ -1,0 +1,3 @@
+from portshift.cli import main
+
+main()
