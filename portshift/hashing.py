@@ -27,13 +27,17 @@ class HashingStream:
         *,
         cancel: threading.Event | None = None,
         max_bytes: int | None = None,
+        expect_size: int | None = None,
+        expect_sha256: str | None = None,
     ) -> None:
         self._source: Iterator[bytes] = iter(chunks)
         self._buf = bytearray()
         self._sha = hashlib.sha256()
         self._observers: list[Callable[[bytes], object]] = []
         self._cancel = cancel
-        self._max = max_bytes
+        self._max = max_bytes if max_bytes is not None else expect_size
+        self._expect_size = expect_size
+        self._expect_sha256 = expect_sha256.lower() if expect_sha256 else None
         self.bytes_read = 0  #: bytes taken from the source (and hashed)
         self.finished = False  #: the source is exhausted
 
@@ -67,11 +71,22 @@ class HashingStream:
             if self._max is not None and self.bytes_read > self._max:
                 from .errors import IntegrityError
 
-                raise IntegrityError(f"the source sent more than the {self._max} bytes it declared")
+                raise IntegrityError(f"the source sent more than the {self._max} bytes declared")
             self._buf += chunk
             return True
+        self._check_end()
         self.finished = True
         return False
+
+    def _check_end(self) -> None:
+        # Raised from read() *before* the sink sees the end of the stream, so that a truncated
+        # or corrupted artifact makes the sink abort instead of committing it.
+        from .errors import IntegrityError
+
+        if self._expect_size is not None and self.bytes_read != self._expect_size:
+            raise IntegrityError(f"{self.bytes_read} bytes received, {self._expect_size} declared by the source")
+        if self._expect_sha256 is not None and self._sha.hexdigest() != self._expect_sha256:
+            raise IntegrityError("the SHA-256 differs from the one the source declared")
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all that is left when ``n < 0``); ``b""`` at the end."""

@@ -7,8 +7,10 @@ name. This folder is the destination, the one place portshift writes recording b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field
@@ -65,38 +67,46 @@ class LocalSink(Sink):
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         target = self._target(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SinkError(f"cannot create folder {target.parent}: {e.strerror}", operation="put", retryable=False) from None
         tmp = target.parent / f".{target.name}.portshift-{uuid.uuid4().hex[:8]}.part"
+        fd = -1
         written = 0
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                for piece in stream.chunks(CHUNK):
+            with _disk_errors(target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            # errors raised by the stream (the source) pass through unchanged: they are retryable
+            for piece in stream.chunks(CHUNK):
+                with _disk_errors(target):
                     view = memoryview(piece)
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
-                    written += len(piece)
+                written += len(piece)
+            with _disk_errors(target):
                 if self.options.fsync:
                     os.fsync(fd)
-            finally:
                 os.close(fd)
-            os.replace(tmp, target)
-            if self.options.fsync:
-                _fsync_dir(target.parent)
-        except OSError as e:
-            _unlink_quietly(tmp)
-            raise SinkError(f"cannot write {target}: {e.strerror}", operation="put", retryable=False) from None
+                fd = -1
+                os.replace(tmp, target)
+                if self.options.fsync:
+                    _fsync_dir(target.parent)
+                on_disk = target.stat().st_size
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             _unlink_quietly(tmp)
             raise
-        on_disk = target.stat().st_size
         if on_disk != written:
             raise IntegrityError(f"{target}: {on_disk} bytes on disk, {written} written")
         return PutResult(key=key, size=written, verified="size re-read from disk after fsync")
+
+
+@contextlib.contextmanager
+def _disk_errors(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise SinkError(f"cannot write {target}: {e.strerror or type(e).__name__}", operation="put", retryable=False) from None
 
 
 def _unlink_quietly(path: Path) -> None:
