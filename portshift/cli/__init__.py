@@ -106,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("portshift: aborted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "portshift"
+        click.echo(f"portshift: error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(ExitCode.USAGE)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"portshift: error: {e.format_message()}", err=True)
         sys.exit(ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

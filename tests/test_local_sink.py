@@ -1,0 +1,50 @@
+"""The built-in local sink passes the conformance kit, and never leaves partial files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from portshift.default_plugins.local_sink import LocalOptions, LocalSink
+from portshift.errors import SinkError
+from portshift.hashing import HashingStream
+from portshift.testing import SinkContract, failing_chunks, pattern_bytes
+
+
+class TestLocalSinkContract(SinkContract):
+    @pytest.fixture
+    def sink(self, tmp_path: Path) -> LocalSink:
+        return LocalSink(LocalOptions(path=tmp_path / "dest"))
+
+    @pytest.fixture
+    def read_back(self, tmp_path: Path) -> Callable[[str], bytes | None]:
+        def read(key: str) -> bytes | None:
+            path = tmp_path / "dest" / key
+            return path.read_bytes() if path.is_file() else None
+
+        return read
+
+
+def test_a_failed_put_leaves_no_temporary_file(tmp_path: Path) -> None:
+    sink = LocalSink(LocalOptions(path=tmp_path))
+    data = pattern_bytes(100_000)
+    with pytest.raises(Exception, match="dropped"):
+        sink.put("a/b.bin", HashingStream(failing_chunks(data, 50_000)), len(data))
+    assert [p.name for p in (tmp_path / "a").iterdir()] == []
+
+
+def test_keys_cannot_escape_the_destination(tmp_path: Path) -> None:
+    sink = LocalSink(LocalOptions(path=tmp_path / "dest"))
+    with pytest.raises(SinkError, match="escapes"):
+        sink.put("../outside.bin", HashingStream(iter([b"x"])), 1)
+    assert not (tmp_path / "outside.bin").exists()
+
+
+def test_a_destination_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sink = LocalSink(LocalOptions(path=blocker))
+    with pytest.raises(SinkError, match="cannot write"):
+        sink.put("x/y.bin", HashingStream(iter([b"abc"])), 3)
