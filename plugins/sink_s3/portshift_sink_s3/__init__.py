@@ -1,0 +1,25 @@
+"""portshift sink plugin for Amazon S3 and S3-compatible stores (``type = "s3"``).
+
+Streams each artifact into the bucket (one PutObject, or a multipart upload when it is larger
+than one part), sends the SHA-256 of every request's bytes and compares what S3 confirms, and
+aborts what it could not finish. Write-only: it never lists, reads or deletes in the bucket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portshift import hookimpl
+
+from .client import pin_sdk_loggers
+from .options import S3Options
+from .sink import S3Sink
+
+pin_sdk_loggers()
+
+__all__ = ["S3Options", "S3Sink"]
+
+
+@hookimpl
+def register_sinks(register: Any) -> None:
+    register("s3", S3Sink)

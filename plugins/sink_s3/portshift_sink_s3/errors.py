@@ -1,0 +1,116 @@
+"""Turning botocore's exceptions into portshift errors at the SDK boundary.
+
+The result carries the operation, the HTTP status, S3's error code and ``s3://bucket/key``; never
+the request (its headers hold the session token and signature), never a credential. Callers
+raise it ``from None`` so botocore's exception, its request object and its frames' locals do
+not travel up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import botocore.exceptions
+
+from portshift.errors import AuthError, ConfigError, PortshiftError, SinkError
+from portshift.redact import scrub
+
+from .client import PlainHTTPRefused, RegionMismatch
+
+#: Error codes that mean "these credentials will not work": the job stops, no retries.
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidPayer",
+        "KMS.AccessDeniedException",
+        "KMS.DisabledException",
+        "KMS.NotFoundException",
+        "KMS.KMSInvalidStateException",
+    }
+)
+
+#: Error codes worth retrying (the core retries the artifact; botocore already retried the call).
+RETRYABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "BadDigest",
+        "IncompleteBody",
+        "OperationAborted",
+        "Throttling",
+        "ThrottlingException",
+    }
+)
+
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]|(certificate verify failed[^)\]'\"]*)|(alert protocol version)", re.I)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = scrub(" ".join(str(text).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
+    """The portshift error for botocore exception ``e`` raised by ``operation`` on ``location``."""
+    if isinstance(e, PortshiftError):
+        return e
+    if isinstance(e, RegionMismatch):
+        where = f"in region {e.region}" if e.region else "elsewhere (redirect)"
+        return ConfigError(
+            f"{operation}: S3 says the bucket is {where} (HTTP {e.status}) at {location}; "
+            "portshift does not follow region redirects",
+            hint="set region to the bucket's region, if allowed_regions permits it",
+        )
+    if isinstance(e, botocore.exceptions.ClientError):
+        err = e.response.get("Error", {}) if isinstance(e.response, dict) else {}
+        meta = e.response.get("ResponseMetadata", {}) if isinstance(e.response, dict) else {}
+        code = str(err.get("Code") or "Unknown")
+        status = meta.get("HTTPStatusCode")
+        message = _short(err.get("Message") or "")
+        text = f"{code}: {message}" if message else code
+        if code in AUTH_CODES or status in (401,):
+            return AuthError(text, operation=operation, status=status, location=location,
+                             hint="check the credentials and the IAM policy (docs/permissions/s3.md)")
+        if code == "NoSuchBucket":
+            return SinkError(text, operation=operation, status=status, location=location, retryable=False)
+        retryable = code in RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
+        return SinkError(text, operation=operation, status=status, location=location, retryable=retryable)
+    if isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return AuthError("no usable AWS credentials", operation=operation, location=location)
+    if isinstance(e, botocore.exceptions.SSLError):
+        return SinkError(f"TLS failure ({_tls_reason(e)})", operation=operation, location=location, retryable=False)
+    if isinstance(e, botocore.exceptions.HTTPClientError) and isinstance(e.kwargs.get("error"), PlainHTTPRefused):
+        return ConfigError(f"{operation}: refusing to send a request that is not https:// to {location}")
+    if isinstance(e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
+        return SinkError("could not connect to the S3 endpoint", operation=operation, location=location, retryable=True)
+    if isinstance(
+        e,
+        botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectionClosedError
+        | botocore.exceptions.HTTPClientError,
+    ):
+        return SinkError(f"connection failed ({type(e).__name__})", operation=operation, location=location,
+                         retryable=True)
+    if isinstance(e, botocore.exceptions.ParamValidationError):
+        return SinkError("invalid request parameters", operation=operation, location=location, retryable=False)
+    if isinstance(e, botocore.exceptions.BotoCoreError):
+        return SinkError(type(e).__name__, operation=operation, location=location, retryable=True)
+    return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
+
+
+def _tls_reason(e: Any) -> str:
+    m = _SSL_REASON.search(str(e))
+    if m:
+        return next(g for g in m.groups() if g)
+    return "handshake failed"

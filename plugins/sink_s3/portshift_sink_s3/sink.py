@@ -1,0 +1,285 @@
+"""The ``s3`` sink: one PutObject for an artifact that fits in one part, a multipart upload
+otherwise; every request carries the SHA-256 of its bytes and S3's answer is compared with it.
+
+Write-only by construction: the only S3 operations this module calls are PutObject,
+CreateMultipartUpload, UploadPart, CompleteMultipartUpload and AbortMultipartUpload. No list,
+no get, no head, no delete.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from portshift.api import PutResult, Sink
+from portshift.errors import IntegrityError, PortshiftError, SinkError
+from portshift.hashing import HashingStream
+
+from .client import build_client, pin_sdk_loggers, refresh_masks
+from .errors import s3_error
+from .options import MAX_PARTS, S3Options, check_region_allowed
+
+log = logging.getLogger("portshift.s3")
+
+CHECK_KEY = ".portshift-check"
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+@dataclass(frozen=True)
+class _Part:
+    number: int
+    etag: str
+    checksum: str  # base64 SHA-256, as S3 returned it (and equal to ours)
+    digest: bytes
+    size: int
+
+
+class _StoreError(Exception):
+    """An S3 call failed: carries the mapped portshift error, raised from None at the boundary."""
+
+    def __init__(self, error: PortshiftError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class S3Sink(Sink):
+    """Amazon S3 or an S3-compatible store; streaming, checksum-verified, write-only."""
+
+    Options = S3Options
+    description = "Amazon S3 / S3-compatible: streaming multipart, SHA-256 verified by S3, write-only"
+
+    def __init__(self, options: S3Options) -> None:
+        super().__init__(options)
+        self.options: S3Options = options
+        # Residency first: nothing is built, resolved or sent for a region outside allowed_regions.
+        check_region_allowed(options.region, options.allowed_regions)
+        self.client, self._chain_creds = build_client(
+            options, max_pool_connections=max(10, options.max_concurrency * 8)
+        )
+        self._extra: dict[str, str] = {}
+        if options.sse:
+            self._extra["ServerSideEncryption"] = options.sse
+        if options.kms_key_id:
+            self._extra["SSEKMSKeyId"] = options.kms_key_id
+        if options.storage_class:
+            self._extra["StorageClass"] = options.storage_class
+        self._owner: dict[str, str] = {}
+        if options.expected_bucket_owner:
+            self._owner["ExpectedBucketOwner"] = options.expected_bucket_owner
+
+    # --- Sink API ---------------------------------------------------------------------------
+    def location(self) -> str:
+        return f"s3://{self.options.bucket}/{self.options.prefix}".rstrip("/")
+
+    def check(self) -> None:
+        """Validate without touching the bucket: options, region, TLS settings and credentials
+        were checked when the sink was built. With ``check_write = true`` also store a small
+        marker object (the only write-only probe there is; it stays in the bucket)."""
+        refresh_masks(self._chain_creds)
+        if not self.options.check_write:
+            return
+        body = b"portshift write check\n"
+        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest())
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing idle connections cannot fail meaningfully
+            pass
+
+    def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        full_key = self._full_key(key)
+        refresh_masks(self._chain_creds)
+        pin_sdk_loggers()
+        part_size = self.options.part_size
+        # Read one part; if the stream ends within it (a second read gives nothing), it is a
+        # single PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.
+        first = stream.read(part_size)
+        second = stream.read(part_size) if len(first) == part_size else b""
+        if not second:
+            if not stream.finished or stream.bytes_read != len(first):
+                raise SinkError("the stream did not end where it said", operation="put object",
+                                location=self._loc(full_key), retryable=False)
+            return self._put_single(full_key, key, first, stream.sha256_digest())
+        return self._put_multipart(full_key, key, stream, first, second)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _full_key(self, key: str) -> str:
+        key = key.lstrip("/")
+        if not key:
+            raise SinkError("empty key", operation="put object", retryable=False)
+        full = f"{self.options.prefix}/{key}" if self.options.prefix else key
+        if len(full.encode()) > 1024:
+            raise SinkError("key longer than S3's 1024 bytes", operation="put object",
+                            location=self._loc(full[:100]), retryable=False)
+        return full
+
+    def _loc(self, full_key: str) -> str:
+        return f"s3://{self.options.bucket}/{full_key}"
+
+    def _call(self, operation: str, full_key: str, fn: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return fn(Bucket=self.options.bucket, Key=full_key, **self._owner, **kwargs)  # type: ignore[no-any-return]
+        except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
+            mapped = s3_error(e, operation, self._loc(full_key))
+        raise _StoreError(mapped)
+
+    def _put_single(self, full_key: str, key: str, body: bytes, digest: bytes) -> PutResult:
+        ours = b64(digest)
+        try:
+            resp = self._call(
+                "put object", full_key, self.client.put_object,
+                Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=ours, **self._extra,
+            )
+        except _StoreError as e:
+            raise e.error from None
+        theirs = resp.get("ChecksumSHA256")
+        if theirs != ours:
+            # S3 verifies the header before storing, so this means the answer was altered or the
+            # store ignores checksums. The object may be visible; it is never recorded as done.
+            raise IntegrityError(
+                f"put object: S3 confirmed SHA-256 {theirs or 'nothing'} for {self._loc(full_key)}, "
+                f"portshift sent {ours}; the object is not recorded as exported"
+            )
+        return PutResult(
+            key=key,
+            size=len(body),
+            checksums={"sha256": digest.hex(), "s3-sha256": theirs},
+            version=_version(resp),
+            verified="S3 checked SHA-256 of 1 part (the whole object: the manifest SHA-256)",
+        )
+
+    def _put_multipart(self, full_key: str, key: str, stream: HashingStream, first: bytes, second: bytes) -> PutResult:
+        loc = self._loc(full_key)
+        try:
+            created = self._call("create multipart upload", full_key, self.client.create_multipart_upload,
+                                 ChecksumAlgorithm="SHA256", **self._extra)
+        except _StoreError as e:
+            raise e.error from None
+        upload_id = created.get("UploadId")
+        if not upload_id:
+            raise SinkError("S3 returned no upload id", operation="create multipart upload", location=loc)
+        conc = self.options.max_concurrency
+        pool = ThreadPoolExecutor(max_workers=conc, thread_name_prefix="portshift-s3-part") if conc > 1 else None
+        pending: deque[Future[_Part]] = deque()
+        done: list[_Part] = []
+        try:
+            number = 0
+            piece, carry = first, second
+            while piece:
+                number += 1
+                if number > MAX_PARTS:
+                    raise _StoreError(SinkError(f"more than {MAX_PARTS} parts: raise part_size",
+                                                operation="upload part", location=loc, retryable=False))
+                if pool is None:
+                    done.append(self._upload_part(full_key, upload_id, number, piece))
+                else:
+                    # At most max_concurrency parts in flight, plus the one being read.
+                    while len(pending) >= conc:
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in finished:
+                            pending.remove(f)
+                            done.append(f.result())  # raises that part's error
+                    pending.append(pool.submit(self._upload_part, full_key, upload_id, number, piece))
+                if carry:
+                    piece, carry = carry, b""
+                else:
+                    piece = b""  # drop the reference before reading the next part
+                    piece = stream.read(self.options.part_size)
+            while pending:
+                done.append(pending.popleft().result())
+            parts = sorted(done, key=lambda p: p.number)
+            total = sum(p.size for p in parts)
+            if not stream.finished or total != stream.bytes_read:
+                raise _StoreError(SinkError(f"sent {total} bytes in parts, the stream had {stream.bytes_read}",
+                                            operation="upload part", location=loc, retryable=False))
+            resp = self._call(
+                "complete multipart upload", full_key, self.client.complete_multipart_upload,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": p.checksum} for p in parts]
+                },
+            )
+        except BaseException as exc:
+            for f in pending:
+                f.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)  # in-flight parts end before the abort, or they could outlive it
+                pool = None
+            self._abort(full_key, upload_id)
+            if isinstance(exc, _StoreError):
+                raise exc.error from None
+            raise  # the stream's own error (a source failure, an interrupt) goes up unchanged
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return self._completed(full_key, key, parts, total, resp)
+
+    def _upload_part(self, full_key: str, upload_id: str, number: int, body: bytes) -> _Part:
+        digest = hashlib.sha256(body).digest()
+        ours = b64(digest)
+        resp = self._call(
+            f"upload part {number}", full_key, self.client.upload_part,
+            UploadId=upload_id, PartNumber=number, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=ours,
+        )
+        theirs = resp.get("ChecksumSHA256")
+        if theirs != ours:
+            raise _StoreError(
+                IntegrityError(
+                    f"upload part {number}: S3 confirmed SHA-256 {theirs or 'nothing'}, portshift sent {ours} "
+                    f"for {self._loc(full_key)}; the upload was aborted"
+                )
+            )
+        return _Part(number=number, etag=_etag(resp) or "", checksum=theirs, digest=digest, size=len(body))
+
+    def _completed(self, full_key: str, key: str, parts: list[_Part], total: int, resp: dict[str, Any]) -> PutResult:
+        composite = f"{b64(hashlib.sha256(b''.join(p.digest for p in parts)).digest())}-{len(parts)}"
+        verified = f"S3 checked SHA-256 of each of {len(parts)} parts"
+        theirs = resp.get("ChecksumSHA256")
+        if theirs:
+            base, _, count = str(theirs).partition("-")
+            if base != composite.split("-")[0] or (count and count != str(len(parts))):
+                # The upload is complete: the object is visible but never recorded as exported.
+                raise IntegrityError(
+                    f"complete multipart upload: S3 confirmed composite SHA-256 {theirs}, portshift expected "
+                    f"{composite} for {self._loc(full_key)}; the object is not recorded as exported"
+                )
+            verified += "; composite SHA-256 confirmed by S3"
+        else:
+            verified += "; the store returned no composite checksum"
+        return PutResult(key=key, size=total, checksums={"s3-sha256-composite": composite},
+                         version=_version(resp), verified=verified)
+
+    def _abort(self, full_key: str, upload_id: str) -> None:
+        try:
+            self._call("abort multipart upload", full_key, self.client.abort_multipart_upload, UploadId=upload_id)
+        except _StoreError as e:
+            # Never hide the original failure behind this one; say what remains and how it goes away.
+            log.warning(
+                "could not abort multipart upload at %s (%s); an AbortIncompleteMultipartUpload lifecycle "
+                "rule on the bucket removes it", self._loc(full_key), e.error,
+            )
+
+
+def _version(resp: dict[str, Any]) -> str | None:
+    """The version id when the bucket is versioned, else the ETag."""
+    vid = resp.get("VersionId")
+    if vid and vid != "null":
+        return str(vid)
+    return _etag(resp)
+
+
+def _etag(resp: dict[str, Any]) -> str | None:
+    etag = resp.get("ETag")
+    return str(etag) if etag else None
+
+
+__all__ = ["S3Options", "S3Sink"]

@@ -1,0 +1,386 @@
+"""Real servers for the S3 sink's tests, all on 127.0.0.1, all over TLS with a throw-away CA.
+
+- ``moto``: moto in server mode over HTTPS (``-c/-k`` with a trustme certificate), one per session.
+- ``tls_proxy``: a small TLS-terminating proxy in front of moto whose ``rule`` can see, count,
+  alter or answer each HTTP request (used where moto cannot show a behaviour: it never verifies
+  checksums and never answers with a region redirect).
+- ``plain_listener``: a plain TCP listener that counts connections (must stay at 0).
+
+Nothing here reads SSL_CERT_FILE, REQUESTS_CA_BUNDLE or AWS_CA_BUNDLE: the CA is always passed
+explicitly, and the tests that set those variables set them to hostile values on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import trustme
+from botocore.config import Config
+
+ACCESS_KEY = "AKIACANARYAK0000001"
+SECRET_KEY = "CANARYSECRETKEY/abc123+xyz"
+SESSION_TOKEN = "CANARYSESSIONTOKEN999"
+PART = 5 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Certs:
+    dir: Path
+    ca: trustme.CA
+    ca_pem: Path
+    server_pem: Path
+    server_key: Path
+    other_ca_pem: Path  # a second, unrelated CA ("hostile" trust)
+
+    def server_context(self, **kwargs: Any) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.server_pem, self.server_key)
+        for k, v in kwargs.items():
+            setattr(ctx, k, v)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(d / "ca.pem")
+    cert.private_key_pem.write_to_path(d / "server.key")
+    cert.cert_chain_pems[0].write_to_path(d / "server.pem")
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(d / "server.pem", append=True)
+    trustme.CA().cert_pem.write_to_path(d / "other-ca.pem")
+    return Certs(d, ca, d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem")
+
+
+@dataclass
+class Moto:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+def _wait_https(port: int, ca: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, ctx.wrap_socket(
+                raw, server_hostname="127.0.0.1"
+            ) as s:
+                s.sendall(b"GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                if s.recv(12).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto did not start in time")
+
+
+@pytest.fixture(scope="session")
+def moto(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()",
+         "-H", "127.0.0.1", "-p", str(port), "-c", str(certs.server_pem), "-k", str(certs.server_key)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        _wait_https(port, certs.ca_pem, proc)
+        yield Moto(f"https://127.0.0.1:{port}", port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def admin(moto: Moto, certs: Certs) -> Any:
+    """A plain boto3 client for the tests themselves (they may list, head and get)."""
+    return boto3.client(
+        "s3", endpoint_url=moto.url, region_name="us-east-1", verify=str(certs.ca_pem),
+        aws_access_key_id="test", aws_secret_access_key="test",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+@pytest.fixture
+def bucket(admin: Any) -> str:
+    """A fresh, empty bucket per test (so "no pending multipart upload" means this test's)."""
+    name = f"pt-{uuid.uuid4().hex[:16]}"
+    admin.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def creds_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTSHIFT_AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("PORTSHIFT_AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("PORTSHIFT_AWS_SESSION_TOKEN", SESSION_TOKEN)
+
+
+@pytest.fixture
+def make_options(moto: Moto, certs: Certs, bucket: str, creds_env: None) -> Callable[..., Any]:
+    from portshift_sink_s3 import S3Options
+
+    def make(**overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "bucket": bucket,
+            "region": "us-east-1",
+            "endpoint_url": moto.url,
+            "ca_bundle": str(certs.ca_pem),
+            "addressing_style": "path",
+            "part_size": PART,
+        }
+        values.update(overrides)
+        return S3Options(**{k: v for k, v in values.items() if v is not None})
+
+    return make
+
+
+@pytest.fixture
+def make_sink(make_options: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    from portshift_sink_s3 import S3Sink
+
+    made: list[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        sink = S3Sink(make_options(**overrides))
+        made.append(sink)
+        return sink
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def read_object(admin: Any, bucket: str, key: str) -> bytes | None:
+    try:
+        return admin.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+    except admin.exceptions.NoSuchKey:
+        return None
+
+
+def pending_uploads(admin: Any, bucket: str) -> list[dict[str, Any]]:
+    return admin.list_multipart_uploads(Bucket=bucket).get("Uploads", [])  # type: ignore[no-any-return]
+
+
+# --- a TLS-terminating proxy that can see, alter or answer requests ---------------------------------
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body_len: int = 0
+
+
+@dataclass
+class Action:
+    """What the proxy does with one request (defaults: forward it unchanged)."""
+
+    drop_headers: tuple[str, ...] = ()
+    set_headers: dict[str, str] = field(default_factory=dict)
+    flip_body_byte: int | None = None  # XOR 0x01 into this offset of the body
+    respond: bytes | None = None  # answer with these raw bytes instead of forwarding, then close
+    close: bool = False  # drop the client connection instead of forwarding
+
+
+class TLSProxy:
+    """127.0.0.1 TLS listener -> moto over TLS. ``rule(req) -> Action | None`` decides per request."""
+
+    def __init__(self, certs: Certs, upstream_port: int) -> None:
+        self.certs = certs
+        self.upstream_port = upstream_port
+        self.rule: Callable[[SeenRequest], Action | None] = lambda req: None
+        self.seen: list[SeenRequest] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._server_ctx = certs.server_context()
+        self._client_ctx = ssl.create_default_context(cafile=str(certs.ca_pem))
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client = self._server_ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        up: ssl.SSLSocket | None = None
+        try:
+            up = self._client_ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1"
+            )
+            threading.Thread(target=self._pump, args=(up, client), daemon=True).start()
+            reader = client.makefile("rb")
+            while True:
+                head = self._read_head(reader)
+                if head is None:
+                    return
+                request_line, headers = head
+                method, target, _ = request_line.split(" ", 2)
+                req = SeenRequest(method, target, headers)
+                action = self.rule(req) or Action()
+                with self._lock:
+                    self.seen.append(req)
+                if action.close:
+                    return
+                if action.respond is not None:
+                    client.sendall(action.respond)
+                    return
+                for name in action.drop_headers:
+                    for k in [k for k in headers if k.lower() == name.lower()]:
+                        del headers[k]
+                headers.update(action.set_headers)
+                out = request_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+                up.sendall(out.encode("latin-1"))
+                length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
+                body = bytearray(reader.read(length)) if length else bytearray()
+                req.body_len = len(body)
+                if action.flip_body_byte is not None and action.flip_body_byte < len(body):
+                    body[action.flip_body_byte] ^= 0x01
+                if body:
+                    up.sendall(body)
+        except (OSError, ValueError):
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                client.close()
+            if up is not None:
+                with contextlib.suppress(OSError):
+                    up.close()
+
+    @staticmethod
+    def _read_head(reader: Any) -> tuple[str, dict[str, str]] | None:
+        line = reader.readline()
+        if not line:
+            return None
+        request_line = line.decode("latin-1").rstrip("\r\n")
+        headers: dict[str, str] = {}
+        while True:
+            h = reader.readline().decode("latin-1").rstrip("\r\n")
+            if not h:
+                break
+            k, _, v = h.partition(":")
+            headers[k.strip()] = v.strip()
+        return request_line, headers
+
+    @staticmethod
+    def _pump(src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def tls_proxy(certs: Certs, moto: Moto) -> Iterator[TLSProxy]:
+    proxy = TLSProxy(certs, moto.port)
+    yield proxy
+    proxy.close()
+
+
+class PlainListener:
+    """A plain-TCP listener on 127.0.0.1 that counts connections and what arrived."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.connections = 0
+        self.received = b""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.settimeout(1)
+            with contextlib.suppress(OSError):
+                self.received += conn.recv(65536)
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def plain_listener() -> Iterator[PlainListener]:
+    listener = PlainListener()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def read_obj(admin: Any, bucket: str) -> Callable[[str], bytes | None]:
+    """Bytes stored under the full key in this test's bucket, or None."""
+    return lambda key: read_object(admin, bucket, key)
+
+
+@pytest.fixture
+def pending(admin: Any, bucket: str) -> Callable[[], list[dict[str, Any]]]:
+    """Multipart uploads still open in this test's bucket."""
+    return lambda: pending_uploads(admin, bucket)
+
+
+@pytest.fixture
+def canaries() -> tuple[str, str, str]:
+    return ACCESS_KEY, SECRET_KEY, SESSION_TOKEN

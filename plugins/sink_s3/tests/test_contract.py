@@ -1,0 +1,28 @@
+"""The core's conformance kit, run against moto over HTTPS with 5 MiB parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from portshift.testing import SinkContract
+
+PART = 5 * 1024 * 1024
+
+
+class TestS3SinkContract(SinkContract):
+    many_size = 2 * PART + 12345  # three parts
+
+    @pytest.fixture
+    def sink(self, make_sink: Callable[..., Any]) -> Any:
+        return make_sink(prefix="exports/contract")
+
+    @pytest.fixture
+    def read_back(self, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]) -> Any:
+        def read(key: str) -> bytes | None:
+            assert pending() == [], "a multipart upload was left open"
+            return read_obj(f"exports/contract/{key}")
+
+        return read
