@@ -214,6 +214,8 @@ class ManifestWriter(ABC):
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
     description: ClassVar[str] = ""
+    #: A folder every exported file goes under when this writer is configured (BagIt: ``data/``).
+    payload_prefix: ClassVar[str] = ""
 
     def __init__(self, options: PluginOptions) -> None:
         self.options = options

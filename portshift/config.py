@@ -58,6 +58,9 @@ class JobSection(BaseModel):
     manifest: list[str] = Field(default_factory=lambda: ["sha256sum"], description="manifest writers to run")
     since: datetime | date | None = Field(default=None, description="start of the export window (default 2015-01-01)")
     until: datetime | date | None = Field(default=None, description="end of the export window (default: now)")
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) to sign the manifest; or PORTSHIFT_SIGNING_KEY"
+    )
 
     @field_validator("key_template")
     @classmethod
@@ -77,6 +80,7 @@ class JobConfig:
     sink_cls: type
     sink_options: PluginOptions
     writers: list[tuple[str, type, PluginOptions]]
+    signing_key: Secret | None = None
 
 
 def format_validation_error(e: ValidationError, section: str, model: type[BaseModel]) -> str:
@@ -197,7 +201,10 @@ def load_job(path: Path | None, doc: dict[str, Any] | None = None, secrets: dict
         if not isinstance(opts, dict):
             raise ConfigError(f"[manifest.{name}] must be a table")
         writers.append((name, cls, build_options(cls.Options, opts, f"manifest.{name}")))
+    from .signing import load_signing_key
+
     return JobConfig(
+        signing_key=load_signing_key(job.signing_key_file),
         path=path,
         job=job,
         source_type=src_type,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import threading
@@ -32,6 +33,7 @@ from .errors import (
 from .events import FileExported
 from .hashing import HashingStream
 from .keys import build_key
+from .manifest import SIGNATURE_SUFFIX
 from .plugins import pm
 from .progress import Progress
 from .redact import sanitize_message
@@ -122,6 +124,10 @@ class Runner:
         self.retry_base = retry_base
         self._fatal: BaseException | None = None
         self._fatal_lock = threading.Lock()
+        prefixes = {cls.payload_prefix for _, cls, _ in cfg.writers if getattr(cls, "payload_prefix", "")}
+        if len(prefixes) > 1:
+            raise ConfigError(f"manifest writers disagree on the payload folder: {', '.join(sorted(prefixes))}")
+        self._payload_prefix = prefixes.pop() if prefixes else ""
 
     # --- window and job selection -----------------------------------------------------------
     def _window(self, req: RunRequest, key: str) -> tuple[Window, bool]:
@@ -447,7 +453,7 @@ class Runner:
         opened = artifact.open()
         try:
             ext = opened.extension or artifact.extension
-            rel = build_key(
+            rel = self._payload_prefix + build_key(
                 self.cfg.job.key_template,
                 recording_id=rec.id,
                 artifact=artifact.name,
@@ -500,11 +506,17 @@ class Runner:
 
     # --- manifest ---------------------------------------------------------------------------
     def _write_manifests(self, job_id: str, export_root: str, sink: Sink) -> tuple[str, str]:
+        """Run the manifest writers, the primary (first-named) one last, so that its manifest
+        also lists the files the other writers stored (BagIt tag files): ``sha256sum -c`` then
+        covers everything under the export root but the manifest and its signature."""
         files, nbytes = self.state.totals(job_id)
         self.state.update_job(job_id, finished_at=now_iso(), file_count=files, byte_count=nbytes)
+        self.state.remove_manifest_files(job_id)  # a manifest attempt that crashed is rewritten
         info = self._job_info(job_id)
+        stored: dict[str, StoredFile] = {}
+        signed: dict[str, bytearray] = {}
 
-        def entries() -> Iterator[ManifestEntry]:
+        def content() -> Iterator[ManifestEntry]:
             for row in self.state.files(job_id):
                 yield ManifestEntry(
                     path=row["key"],
@@ -517,10 +529,18 @@ class Runner:
                     verified=row["verified"] or "",
                 )
 
-        stored: dict[str, StoredFile] = {}
+        def entries_for(earlier: list[StoredFile]) -> Iterator[ManifestEntry]:
+            extra = [
+                ManifestEntry(path=f.path, size=f.size, sha256=f.sha256, recording_id="", artifact="manifest")
+                for f in sorted(earlier, key=lambda f: f.path)
+            ]
+            return heapq.merge(content(), extra, key=lambda e: e.path)
 
         def store(path: str, chunks: Iterable[bytes]) -> StoredFile:
             stream = HashingStream(chunks)
+            if self.cfg.signing_key is not None:
+                signed[path] = bytearray()
+                stream.observe(signed[path].extend)
             result = sink.put(f"{export_root}/{path}", stream, None)
             if not stream.finished or result.size != stream.bytes_read:
                 raise IntegrityError(f"{path}: the sink did not store the whole manifest")
@@ -542,10 +562,17 @@ class Runner:
             return sf
 
         primary_key = primary_sha = ""
-        for n, (_name, cls, options) in enumerate(self.cfg.writers):
+        for n, (_name, cls, options) in reversed(list(enumerate(self.cfg.writers))):
             writer = cls(options)
-            primary = writer.write(info, entries, store)
+            earlier = list(stored.values())
+            primary = writer.write(info, lambda earlier=earlier: entries_for(earlier), store)
             if n == 0:
                 primary_key, primary_sha = f"{export_root}/{primary}", stored[primary].sha256
+                if self.cfg.signing_key is not None:
+                    from .signing import sign
+
+                    signature = sign(self.cfg.signing_key, bytes(signed[primary]))
+                    store(primary + SIGNATURE_SUFFIX, iter([signature]))
+            signed.clear()
         self.state.update_job(job_id, manifest_key=primary_key, manifest_sha256=primary_sha)
         return primary_key, primary_sha

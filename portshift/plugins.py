@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "portshift.default_plugins.local_sink",
     "portshift.default_plugins.example_source",
     "portshift.default_plugins.sha256sum_manifest",
+    "portshift.default_plugins.bagit_manifest",
 )
 
 _loaded = False

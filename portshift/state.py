@@ -231,6 +231,10 @@ class State:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
 
+    def remove_manifest_files(self, job_id: str) -> None:
+        with self._lock:
+            self.conn.execute("delete from files where job_id = ? and kind = 'manifest'", [job_id])
+
     def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
         """Done files of a job, sorted by key, streamed from the DB."""
         cur = self.conn.execute(

@@ -70,7 +70,7 @@ def verify_dir(root: Path, manifest_name: str = MANIFEST_NAME) -> Report:
             report.ok.append(rel)
     ignore = {manifest_name, manifest_name + SIGNATURE_SUFFIX, INDEX_NAME}
     for rel in _walk(root):
-        if rel not in listed and rel not in ignore and not rel.startswith("bagit"):
+        if rel not in listed and rel not in ignore:
             report.extra.append(rel)
     if INDEX_NAME not in listed and (root / INDEX_NAME).exists():
         report.extra.append(INDEX_NAME)

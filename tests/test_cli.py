@@ -156,7 +156,7 @@ def test_plugin_loading_broken_duplicate_and_allow_list(tmp_path: Path) -> None:
     none = portshift("plugins", "--json", env={**env, "PORTSHIFT_LOAD_PLUGINS": ""})
     names = {p["name"] for p in json.loads(none.stdout)["plugins"]}
     assert names == {"portshift.default_plugins.local_sink", "portshift.default_plugins.example_source",
-                     "portshift.default_plugins.sha256sum_manifest"}
+                     "portshift.default_plugins.sha256sum_manifest", "portshift.default_plugins.bagit_manifest"}
 
 
 def test_secrets_from_stdin_must_be_json(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import ExitCode
+from ..errors import ExitCode, VerificationError
+from ..manifest import MANIFEST_NAME, SIGNATURE_SUFFIX
+from ..signing import verify_signature
 from ..verify import verify_dir
 from . import common_options
 
@@ -15,11 +17,23 @@ from . import common_options
 @click.command("verify")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path),
+    help="also check portshift-manifest.txt.sig with this Ed25519 public key (PEM)",
+)
 @common_options
-def command(root: Path, as_json: bool) -> int:
+def command(root: Path, as_json: bool, public_key: Path | None) -> int:
     """Re-hash every file of an export root against portshift-manifest.txt and report
     ok / differ / missing / extra."""
     report = verify_dir(root)
+    if public_key is not None:
+        sig = root / (MANIFEST_NAME + SIGNATURE_SUFFIX)
+        if not sig.is_file():
+            raise VerificationError(f"no signature {sig.name} beside the manifest: the export was not signed")
+        verify_signature(public_key, (root / MANIFEST_NAME).read_bytes(), sig.read_bytes())
+        if not as_json:
+            click.echo(f"signature: OK ({sig.name}, Ed25519)")
     if as_json:
         click.echo(
             json.dumps(
