@@ -1,0 +1,184 @@
+"""The ``[sink] type = "azure"`` options."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from portshift.errors import ConfigError
+from portshift.options import HttpsUrl, PluginOptions
+from portshift.secrets import Secret, secret_field
+
+from .sas import inspect_sas, warn
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+DEFAULT_BLOCK_SIZE = 8 * MiB
+MIN_BLOCK_SIZE = 1 * MiB
+#: Azure's limit for one Put Block (service version 2019-12-12 and later).
+MAX_BLOCK_SIZE = 4000 * MiB
+#: Azure's limit of committed blocks per blob.
+MAX_BLOCKS = 50_000
+
+_UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
+_REGION = re.compile(r"^[a-z0-9]+$")
+
+
+def parse_size(value: Any, what: str) -> int:
+    """An int (bytes) or a string like ``"8MiB"``, ``"4 MiB"``, ``"1048576"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"[sink] {what}: expected a size such as 8388608 or \"8MiB\"")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    raise ConfigError(f"[sink] {what}: expected a size such as 8388608 or \"8MiB\" (units B, KiB, MiB, GiB)")
+
+
+def normalize_region(name: str) -> str:
+    """``"West Europe"`` -> ``"westeurope"`` (Azure's programmatic region names)."""
+    return re.sub(r"[\s_-]+", "", name.strip().lower())
+
+
+class AzureOptions(PluginOptions):
+    """Azure Blob Storage: one block blob per file, in a container you own."""
+
+    section = "sink"
+
+    account_url: HttpsUrl = Field(
+        description="the blob endpoint, https://<account>.blob.core.windows.net (no SAS, no query string)"
+    )
+    container: str = Field(description="the destination container (it must exist)")
+    prefix: str = Field(default="", description="blob name prefix inside the container, e.g. exports/chorus")
+    block_size: int = Field(
+        default=DEFAULT_BLOCK_SIZE,
+        description="bytes per block (1 MiB to 4000 MiB; default 8 MiB); a file up to this size is one Put Blob. "
+        "Memory per transfer is about one block",
+    )
+    access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = Field(
+        default=None, description="access tier set on each blob (default: the account's default tier)"
+    )
+    encryption_scope: str | None = Field(
+        default=None, description="encryption scope (customer-managed keys) every blob is written with"
+    )
+    ca_bundle: Path | None = Field(default=None, description="extra CA certificates (PEM) to trust, e.g. a proxy CA")
+    region: str | None = Field(
+        default=None,
+        description="the storage account's region as you know it (e.g. westeurope); a SAS cannot read it",
+    )
+    allowed_regions: list[str] | None = Field(
+        default=None,
+        description="refuse to run unless `region` is one of these (a declaration check, see the README)",
+    )
+    api_version: str | None = Field(
+        default=None, description="storage service API version to send (default: the SDK's); e.g. for Azurite"
+    )
+    request_retries: int = Field(
+        default=3, ge=0, le=10, description="retries of one request (one block) on timeouts, 5xx and throttling"
+    )
+    connect_timeout: float = Field(default=20.0, gt=0, description="seconds to establish a connection")
+    read_timeout: float = Field(default=120.0, gt=0, description="seconds to wait for a response")
+    sas: Secret | None = secret_field(
+        env="PORTSHIFT_AZURE_SAS",
+        description="SAS token (sv=...&sig=...) with create+write on the container; "
+        "from PORTSHIFT_AZURE_SAS or sas_file",
+    )
+    sas_file: Path | None = Field(default=None, description="a file holding the SAS token")
+
+    @field_validator("account_url")
+    @classmethod
+    def _account_url(cls, v: str) -> str:
+        parts = urllib.parse.urlsplit(v)
+        if parts.query or parts.fragment or "?" in v:
+            # never echo the value: it probably holds a SAS
+            raise ConfigError(
+                "[sink] account_url must not carry a query string (a SAS in the job file is refused)",
+                hint="put only https://<account>.blob.core.windows.net in account_url and the SAS token "
+                "in PORTSHIFT_AZURE_SAS or sas_file",
+            )
+        return v.rstrip("/")
+
+    @field_validator("container")
+    @classmethod
+    def _container(cls, v: str) -> str:
+        if v in ("$root", "$web"):
+            return v
+        if not _CONTAINER.match(v):
+            raise ConfigError(
+                f"[sink] container {v[:70]!r} is not a valid container name",
+                hint="3-63 characters: lowercase letters, digits and single hyphens, starting with a letter or digit",
+            )
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip().strip("/")
+        if "\\" in v or any(part in ("", ".", "..") for part in v.split("/") if v):
+            raise ConfigError("[sink] prefix: use '/'-separated names without empty, '.' or '..' parts")
+        if len(v) > 512:
+            raise ConfigError("[sink] prefix is too long (Azure blob names are at most 1024 characters)")
+        return v
+
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _block_size(cls, v: Any) -> int:
+        size = parse_size(v, "block_size")
+        if not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE:
+            raise ConfigError(
+                f"[sink] block_size {size} is out of range",
+                hint="between 1 MiB and 4000 MiB (Azure's limit for one block); 8 MiB is a good default",
+            )
+        return size
+
+    @field_validator("encryption_scope")
+    @classmethod
+    def _scope(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9]{3,63}", v):
+            raise ConfigError("[sink] encryption_scope: 3-63 letters and digits")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        r = normalize_region(v)
+        if not _REGION.match(r):
+            raise ConfigError(f"[sink] region {v[:40]!r} is not a region name such as westeurope")
+        return r
+
+    @field_validator("allowed_regions")
+    @classmethod
+    def _allowed(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out = [normalize_region(r) for r in v]
+        if not out or not all(_REGION.match(r) for r in out):
+            raise ConfigError("[sink] allowed_regions: a non-empty list of region names such as [\"westeurope\"]")
+        return out
+
+    @model_validator(mode="after")
+    def _checks(self) -> AzureOptions:
+        if self.allowed_regions is not None:
+            if self.region is None:
+                raise ConfigError(
+                    "[sink] allowed_regions is set but region is not: a SAS cannot read the account's location",
+                    hint="declare the account's region, e.g. region = \"westeurope\" (see the sink's README)",
+                )
+            if self.region not in self.allowed_regions:
+                raise ConfigError(
+                    f"[sink] region {self.region} is not in allowed_regions ({', '.join(self.allowed_regions)})"
+                )
+        if self.sas is not None:
+            warn(inspect_sas(self.sas))
+        return self

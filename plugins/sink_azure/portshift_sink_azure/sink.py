@@ -1,0 +1,304 @@
+"""The Azure Blob sink: one block blob per file, streamed in blocks, each checked by Azure.
+
+How one file is stored:
+
+- It is read in blocks of ``block_size`` bytes, with one byte of look-ahead to know whether a
+  block is the last. A file that fits in one block is a single **Put Blob**; a larger one is
+  one **Put Block** per block, then **Put Block List** (commit).
+- Every Put Blob / Put Block carries the MD5 of its body (``Content-MD5``); Azure computes the
+  MD5 of what arrived and refuses the request (HTTP 400) when they differ.
+- The MD5 of the whole file, computed in the same pass, is stored as the blob's Content-MD5
+  property (``x-ms-blob-content-md5``) and its SHA-256 as metadata ``sha256``, so anyone can
+  compare them later.
+- Nothing is visible under the blob's name until the commit (or the single Put Blob)
+  succeeds. Staged blocks that are never committed are invisible to readers and are discarded
+  by Azure (after a week); a failed upload therefore leaves no blob, and an existing blob of
+  the same name stays as it was.
+- Memory: about one block (plus one chunk of the source) per transfer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import mimetypes
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from azure.core.credentials import AzureSasCredential
+from azure.core.exceptions import AzureError
+from azure.storage.blob import BlobServiceClient, BlobType, ContentSettings, StandardBlobTier
+
+from portshift.api import PutResult, Sink
+from portshift.errors import IntegrityError, SinkError
+from portshift.hashing import HashingStream
+
+from .errors import translate
+from .options import MAX_BLOCKS, AzureOptions
+from .sas import inspect_sas, normalize_token
+from .transport import Retries, build_transport, pin_loggers
+
+log = logging.getLogger("portshift.sink.azure")
+
+T = TypeVar("T")
+
+
+def _md5(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+def _transactional_md5(data: bytes) -> bytes:
+    """The Content-MD5 sent with a request body (Azure recomputes it on receipt).
+
+    A module-level function so that tests can make it lie and watch the server refuse.
+    """
+    return _md5(data)
+
+
+def _b64(digest: bytes | bytearray) -> str:
+    return base64.b64encode(bytes(digest)).decode("ascii")
+
+
+def read_blocks(stream: HashingStream, block_size: int) -> Iterator[tuple[bytes, bool]]:
+    """``(block, is_last)`` pairs of up to ``block_size`` bytes; at least one (empty) block.
+
+    One byte of look-ahead tells whether a block is the last, so memory stays at one block.
+    """
+    carry = b""
+    while True:
+        block = carry + stream.read(block_size - len(carry))
+        carry = stream.read(1)
+        yield block, not carry
+        if not carry:
+            return
+
+
+class AzureSink(Sink):
+    Options = AzureOptions
+    description = "Azure Blob Storage: block blobs, MD5 checked by Azure per block, SAS credential"
+
+    def __init__(self, options: AzureOptions) -> None:
+        super().__init__(options)
+        self.options: AzureOptions = options
+        if options.sas is None:  # pragma: no cover - the options model requires it
+            raise SinkError("no SAS token", retryable=False)
+        self.sas_info = inspect_sas(options.sas)  # raises on an expired token (again, just before use)
+        pin_loggers()
+        self._base = options.account_url.rstrip("/")
+        self._transport = build_transport(
+            options.ca_bundle, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
+        )
+        kwargs: dict[str, Any] = {
+            "credential": AzureSasCredential(normalize_token(options.sas)),
+            "transport": self._transport,
+            "retry_policy": Retries(options.request_retries),
+            "permit_redirects": False,
+            "max_single_put_size": options.block_size,
+            "max_block_size": options.block_size,
+        }
+        if options.api_version:
+            kwargs["api_version"] = options.api_version
+        try:
+            self._service = BlobServiceClient(self._base, **kwargs)
+            self._container = self._service.get_container_client(options.container)
+        except (ValueError, AzureError) as e:
+            raise SinkError(
+                f"cannot set up the Azure client ({type(e).__name__})", operation="connect", location=self.location(),
+                retryable=False,
+            ) from None
+        self._tier = StandardBlobTier(options.access_tier) if options.access_tier else None
+
+    # --- names -------------------------------------------------------------------------------
+    def location(self) -> str:
+        loc = f"{self._base}/{self.options.container}"
+        if self.options.prefix:
+            loc += f"/{self.options.prefix}"
+        return loc
+
+    def blob_name(self, key: str) -> str:
+        key = key.lstrip("/")
+        return f"{self.options.prefix}/{key}" if self.options.prefix else key
+
+    def _blob_location(self, name: str) -> str:
+        return f"{self._base}/{self.options.container}/{urllib.parse.quote(name, safe='/')}"
+
+    def _call(self, operation: str, location: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except AzureError as e:
+            error = translate(e, operation, location)
+        raise error from None
+
+    def _common(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.options.encryption_scope:
+            out["encryption_scope"] = self.options.encryption_scope
+        return out
+
+    # --- the contract ------------------------------------------------------------------------
+    def check(self) -> None:
+        """Stage one 1-byte block on a probe name, never committed.
+
+        This proves, without creating any blob, that the endpoint is reachable over TLS, the
+        container exists, the SAS is accepted with write permission, the encryption scope is
+        usable and Azure checks MD5. The uncommitted block is invisible and Azure discards it.
+        """
+        name = self.blob_name(f".portshift-check/{uuid.uuid4().hex}")
+        blob = self._container.get_blob_client(name)
+        data = b"\n"
+        self._call(
+            "check (put block)",
+            self._blob_location(name),
+            blob.stage_block,
+            _block_id(uuid.uuid4().hex[:16], 1),
+            data,
+            length=len(data),
+            transactional_content_md5=_transactional_md5(data),
+            **self._common(),
+        )
+
+    def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        name = self.blob_name(key)
+        location = self._blob_location(name)
+        block_size = self.options.block_size
+        if size is not None and size > block_size * MAX_BLOCKS:
+            raise SinkError(
+                f"{size} bytes need more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
+                operation="put", location=location, retryable=False, hint="raise block_size",
+            )
+        blob = self._container.get_blob_client(name)
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        whole = hashlib.md5(usedforsecurity=False)
+        blocks = read_blocks(stream, block_size)
+
+        data, last = next(blocks)
+        whole.update(data)
+        total = len(data)
+        if last:
+            return self._put_single(blob, name, location, data, stream, size, content_type)
+
+        attempt = uuid.uuid4().hex[:16]
+        ids: list[str] = []
+        while True:
+            if len(ids) >= MAX_BLOCKS:
+                raise SinkError(
+                    f"more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
+                    operation="put block", location=location, retryable=False, hint="raise block_size",
+                )
+            block_id = _block_id(attempt, len(ids) + 1)
+            sent_md5 = _transactional_md5(data)
+            response = self._call(
+                "put block",
+                location,
+                blob.stage_block,
+                block_id,
+                data,
+                length=len(data),
+                transactional_content_md5=sent_md5,
+                **self._common(),
+            )
+            _check_echo(response, sent_md5, location, "put block")
+            ids.append(block_id)
+            if last:
+                break
+            data, last = next(blocks)
+            whole.update(data)
+            total += len(data)
+        del data
+
+        self._check_size(total, size, location)
+        digest = whole.digest()
+        response = self._call(
+            "put block list",
+            location,
+            blob.commit_block_list,
+            ids,
+            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(digest)),
+            metadata={"sha256": stream.sha256_hex()},
+            standard_blob_tier=self._tier,
+            **self._common(),
+        )
+        self._check_scope(response, location)
+        verified = f"Azure checked MD5 of each of {len(ids)} blocks; Content-MD5 set"
+        return PutResult(
+            key=name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified
+        )
+
+    def _put_single(
+        self,
+        blob: Any,
+        name: str,
+        location: str,
+        data: bytes,
+        stream: HashingStream,
+        size: int | None,
+        content_type: str,
+    ) -> PutResult:
+        self._check_size(len(data), size, location)
+        digest = _md5(data)
+        sent_md5 = _transactional_md5(data)
+        response = self._call(
+            "put blob",
+            location,
+            blob.upload_blob,
+            data,
+            length=len(data),
+            blob_type=BlobType.BLOCKBLOB,
+            overwrite=True,
+            max_concurrency=1,
+            transactional_content_md5=sent_md5,
+            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(digest)),
+            metadata={"sha256": stream.sha256_hex()},
+            standard_blob_tier=self._tier,
+            **self._common(),
+        )
+        # Put Blob answers with the MD5 Azure computed over what it stored.
+        _check_echo(response, digest, location, "put blob")
+        self._check_scope(response, location)
+        return PutResult(
+            key=name,
+            size=len(data),
+            checksums={"md5": _b64(digest)},
+            version=_etag(response),
+            verified="Azure checked MD5 of the single Put Blob; Content-MD5 set",
+        )
+
+    def _check_size(self, total: int, size: int | None, location: str) -> None:
+        # Before anything becomes visible: a short stream must not be committed.
+        if size is not None and total != size:
+            raise IntegrityError(f"{location}: {total} bytes read, {size} declared; nothing was committed")
+
+    def _check_scope(self, response: Any, location: str) -> None:
+        want = self.options.encryption_scope
+        got = response.get("encryption_scope") if isinstance(response, dict) else None
+        if want and got and got != want:
+            raise IntegrityError(f"{location}: Azure stored the blob with encryption scope {got!r}, not {want!r}")
+
+    def close(self) -> None:
+        try:
+            self._service.close()
+        except Exception:  # noqa: BLE001 - closing must not fail a finished job
+            log.debug("closing the Azure client failed", exc_info=False)
+
+
+def _block_id(attempt: str, n: int) -> str:
+    # Block ids must all have the same length within a blob; a fresh attempt prefix keeps a
+    # retried upload's blocks apart from a failed attempt's leftovers.
+    return f"{attempt}-{n:06d}"
+
+
+def _etag(response: Any) -> str | None:
+    if isinstance(response, dict):
+        etag = response.get("etag")
+        return str(etag).strip('"') if etag else None
+    return None
+
+
+def _check_echo(response: Any, sent: bytes, location: str, operation: str) -> None:
+    """Compare the Content-MD5 Azure returned (when it returned one) with ours."""
+    got = response.get("content_md5") if isinstance(response, dict) else None
+    if got and bytes(got) != bytes(sent):
+        raise IntegrityError(f"{operation} {location}: Azure reports MD5 {_b64(got)}, portshift sent {_b64(sent)}")
