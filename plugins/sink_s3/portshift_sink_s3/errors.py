@@ -53,7 +53,13 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
-_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]|(certificate verify failed[^)\]'\"]*)|(alert protocol version)", re.I)
+_SSL_REASON = re.compile(
+    r"\[SSL: ([A-Z0-9_]+)\]|(certificate verify failed[^)\]'\"]*)|(alert protocol version)"
+    r"|(EOF occurred in violation of protocol)",
+    re.I,
+)
+_TLS_FATAL = ("CERTIFICATE", "VERIFY", "PROTOCOL_VERSION", "PROTOCOL VERSION", "WRONG_VERSION", "UNSUPPORTED_PROTOCOL",
+              "HOSTNAME", "NO_PROTOCOLS", "HANDSHAKE_FAILURE")
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -66,10 +72,12 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
     if isinstance(e, PortshiftError):
         return e
     if isinstance(e, RegionMismatch):
-        where = f"in region {e.region}" if e.region else "elsewhere (redirect)"
-        return ConfigError(
-            f"{operation}: S3 says the bucket is {where} (HTTP {e.status}) at {location}; "
-            "portshift does not follow region redirects",
+        # Fatal for the job (AuthError is the core's "stop everything" error): every further
+        # request would meet the same answer, and following it would break data residency.
+        where = f"in region {e.region}" if e.region else "elsewhere (a redirect)"
+        return AuthError(
+            f"S3 says the bucket is {where}; portshift does not follow region redirects",
+            operation=operation, status=e.status, location=location,
             hint="set region to the bucket's region, if allowed_regions permits it",
         )
     if isinstance(e, botocore.exceptions.ClientError):
@@ -89,7 +97,11 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
     if isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return AuthError("no usable AWS credentials", operation=operation, location=location)
     if isinstance(e, botocore.exceptions.SSLError):
-        return SinkError(f"TLS failure ({_tls_reason(e)})", operation=operation, location=location, retryable=False)
+        reason = _tls_reason(e)
+        # A certificate or protocol-version refusal will not heal by retrying; a dropped
+        # connection (EOF in the middle of a request) may.
+        fatal = any(word in reason.upper() for word in _TLS_FATAL)
+        return SinkError(f"TLS failure ({reason})", operation=operation, location=location, retryable=not fatal)
     if isinstance(e, botocore.exceptions.HTTPClientError) and isinstance(e.kwargs.get("error"), PlainHTTPRefused):
         return ConfigError(f"{operation}: refusing to send a request that is not https:// to {location}")
     if isinstance(e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):

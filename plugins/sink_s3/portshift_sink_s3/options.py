@@ -88,8 +88,8 @@ class S3Options(PluginOptions):
         default=2,
         ge=1,
         le=32,
-        description="parts of one artifact uploaded at the same time; memory per transfer is about "
-        "part_size x (max_concurrency + 2)",
+        description="parts of one artifact uploaded at the same time; memory per transfer is at most about "
+        "part_size x (max_concurrency + 1) plus one source chunk",
     )
     ca_bundle: Path | None = Field(
         default=None, description="extra CA certificates (PEM) to trust besides the system store"

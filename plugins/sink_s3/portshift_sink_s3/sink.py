@@ -27,6 +27,38 @@ from .options import MAX_PARTS, S3Options, check_region_allowed
 log = logging.getLogger("portshift.s3")
 
 CHECK_KEY = ".portshift-check"
+#: How much is taken from the stream at a time while a part is filled.
+READ_SIZE = 256 * 1024
+
+
+def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | bytearray:
+    """Up to ``size`` bytes of ``stream`` (after ``start``), fewer only at its end.
+
+    A small artifact comes back as the bytes read; a large one is copied into one buffer of
+    ``size`` bytes allocated up front, so that a part costs its own size in memory and not the
+    several transient copies a single ``stream.read(size)`` would make.
+    """
+    head = start or stream.read(min(READ_SIZE, size))
+    if len(head) < READ_SIZE:
+        more = stream.read(min(READ_SIZE, size - len(head))) if head and len(head) < size else b""
+        if not more:
+            return head
+        head = head + more
+    buf = bytearray(size)
+    view = memoryview(buf)
+    pos = len(head)
+    view[:pos] = head
+    del head
+    while pos < size:
+        chunk = stream.read(min(READ_SIZE, size - pos))
+        if not chunk:
+            break
+        view[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    view.release()
+    if pos < size:
+        del buf[pos:]
+    return buf
 
 
 def b64(digest: bytes) -> str:
@@ -99,17 +131,20 @@ class S3Sink(Sink):
         full_key = self._full_key(key)
         refresh_masks(self._chain_creds)
         pin_sdk_loggers()
-        part_size = self.options.part_size
-        # Read one part; if the stream ends within it (a second read gives nothing), it is a
-        # single PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.
-        first = stream.read(part_size)
-        second = stream.read(part_size) if len(first) == part_size else b""
-        if not second:
+        # Fill one part; if the stream ends within it (the next read gives nothing), it is one
+        # PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.
+        first = read_part(stream, self.options.part_size)
+        lookahead = stream.read(READ_SIZE) if len(first) == self.options.part_size else b""
+        if not lookahead:
             if not stream.finished or stream.bytes_read != len(first):
                 raise SinkError("the stream did not end where it said", operation="put object",
                                 location=self._loc(full_key), retryable=False)
             return self._put_single(full_key, key, first, stream.sha256_digest())
-        return self._put_multipart(full_key, key, stream, first, second)
+        # Hand the buffers over in a list, so that no frame keeps the first part alive while the
+        # rest of the artifact is uploaded (memory stays at one part per part in flight).
+        seed = [first, lookahead]
+        del first, lookahead
+        return self._put_multipart(full_key, key, stream, seed)
 
     # --- helpers ----------------------------------------------------------------------------
     def _full_key(self, key: str) -> str:
@@ -132,7 +167,7 @@ class S3Sink(Sink):
             mapped = s3_error(e, operation, self._loc(full_key))
         raise _StoreError(mapped)
 
-    def _put_single(self, full_key: str, key: str, body: bytes, digest: bytes) -> PutResult:
+    def _put_single(self, full_key: str, key: str, body: bytes | bytearray, digest: bytes) -> PutResult:
         ours = b64(digest)
         try:
             resp = self._call(
@@ -157,7 +192,9 @@ class S3Sink(Sink):
             verified="S3 checked SHA-256 of 1 part (the whole object: the manifest SHA-256)",
         )
 
-    def _put_multipart(self, full_key: str, key: str, stream: HashingStream, first: bytes, second: bytes) -> PutResult:
+    def _put_multipart(
+        self, full_key: str, key: str, stream: HashingStream, seed: list[bytes | bytearray]
+    ) -> PutResult:
         loc = self._loc(full_key)
         try:
             created = self._call("create multipart upload", full_key, self.client.create_multipart_upload,
@@ -173,7 +210,8 @@ class S3Sink(Sink):
         done: list[_Part] = []
         try:
             number = 0
-            piece, carry = first, second
+            piece, carry = seed
+            seed.clear()
             while piece:
                 number += 1
                 if number > MAX_PARTS:
@@ -189,11 +227,9 @@ class S3Sink(Sink):
                             pending.remove(f)
                             done.append(f.result())  # raises that part's error
                     pending.append(pool.submit(self._upload_part, full_key, upload_id, number, piece))
-                if carry:
-                    piece, carry = carry, b""
-                else:
-                    piece = b""  # drop the reference before reading the next part
-                    piece = stream.read(self.options.part_size)
+                piece = b""  # drop the reference before filling the next part
+                piece = read_part(stream, self.options.part_size, carry)
+                carry = b""
             while pending:
                 done.append(pending.popleft().result())
             parts = sorted(done, key=lambda p: p.number)
@@ -223,7 +259,7 @@ class S3Sink(Sink):
                 pool.shutdown(wait=True)
         return self._completed(full_key, key, parts, total, resp)
 
-    def _upload_part(self, full_key: str, upload_id: str, number: int, body: bytes) -> _Part:
+    def _upload_part(self, full_key: str, upload_id: str, number: int, body: bytes | bytearray) -> _Part:
         digest = hashlib.sha256(body).digest()
         ours = b64(digest)
         resp = self._call(

@@ -218,6 +218,8 @@ class Action:
 class TLSProxy:
     """127.0.0.1 TLS listener -> moto over TLS. ``rule(req) -> Action | None`` decides per request."""
 
+    Action = Action
+
     def __init__(self, certs: Certs, upstream_port: int) -> None:
         self.certs = certs
         self.upstream_port = upstream_port

@@ -1,0 +1,213 @@
+"""Uploads against moto over HTTPS: sizes around the part boundary, what S3 confirmed, SSE and
+storage class on the server, parallel parts, bounded memory, and aborts that leave nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from portshift.errors import AuthError, SinkError
+from portshift.hashing import HashingStream
+from portshift.testing import chunked, failing_chunks, pattern_bytes
+
+PART = 5 * 1024 * 1024
+MiB = 1024 * 1024
+
+
+def b64sha(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.mark.parametrize(
+    ("size", "parts"),
+    [
+        (0, 1),
+        (1000, 1),
+        (PART - 1, 1),
+        (PART, 1),  # exactly one part: still a single PutObject
+        (PART + 1, 2),  # one byte more: multipart, the second part is 1 byte
+        (2 * PART + 12345, 3),
+        (25 * MiB, 5),
+    ],
+    ids=["zero", "small", "part-minus-1", "exactly-one-part", "one-part-plus-1", "three-parts", "25MiB"],
+)
+def test_sizes_round_trip_and_say_what_s3_checked(
+    make_sink: Callable[..., Any], admin: Any, bucket: str, pending: Callable[[], list[Any]], size: int, parts: int
+) -> None:
+    sink = make_sink(prefix="p")
+    data = pattern_bytes(size, seed=size)
+    stream = HashingStream(chunked(data))
+    result = sink.put("a/obj.bin", stream, size)
+
+    assert stream.finished and stream.bytes_read == size
+    assert result.size == size and result.key == "a/obj.bin"
+    if parts == 1:
+        # The checksum S3 verified IS the manifest's SHA-256.
+        assert result.checksums["sha256"] == hashlib.sha256(data).hexdigest() == stream.sha256_hex()
+        assert result.checksums["s3-sha256"] == b64sha(data)
+        assert result.verified.startswith("S3 checked SHA-256 of 1 part")
+    else:
+        assert "sha256" not in result.checksums
+        part_digests = b"".join(hashlib.sha256(data[i : i + PART]).digest() for i in range(0, size, PART))
+        import base64
+
+        expected = base64.b64encode(hashlib.sha256(part_digests).digest()).decode() + f"-{parts}"
+        assert result.checksums["s3-sha256-composite"] == expected
+        assert result.verified.startswith(f"S3 checked SHA-256 of each of {parts} parts")
+    assert result.version
+
+    # Independent check: download with plain boto3 and re-hash.
+    obj = admin.get_object(Bucket=bucket, Key="p/a/obj.bin", ChecksumMode="ENABLED")
+    body = obj["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
+    if parts == 1:
+        assert obj["ChecksumSHA256"] == b64sha(data)  # stored with the object
+    assert pending() == []
+
+
+@pytest.mark.parametrize("size", [1000, 2 * PART + 7])
+def test_sse_kms_and_storage_class_reach_the_server(make_sink: Callable[..., Any], admin: Any, bucket: str,
+                                                    size: int) -> None:
+    sink = make_sink(sse="aws:kms", kms_key_id="alias/portshift-test", storage_class="STANDARD_IA")
+    data = pattern_bytes(size)
+    sink.put("kms.bin", HashingStream(chunked(data)), size)
+    head = admin.head_object(Bucket=bucket, Key="kms.bin")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"] == "alias/portshift-test"
+    assert head["StorageClass"] == "STANDARD_IA"
+
+
+@pytest.mark.parametrize("size", [10, PART + 10])
+def test_sse_s3_reaches_the_server(make_sink: Callable[..., Any], admin: Any, bucket: str, size: int) -> None:
+    sink = make_sink(sse="AES256")
+    sink.put("aes.bin", HashingStream(chunked(pattern_bytes(size))), size)
+    head = admin.head_object(Bucket=bucket, Key="aes.bin")
+    assert head["ServerSideEncryption"] == "AES256"
+    assert "StorageClass" not in head  # STANDARD: not set, not sent
+
+
+def test_parallel_parts_arrive_in_order(make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None]) -> None:
+    sink = make_sink(max_concurrency=4)
+    data = os.urandom(6 * PART + 999)
+    result = sink.put("par.bin", HashingStream(chunked(data)), None)
+    assert result.verified.startswith("S3 checked SHA-256 of each of 7 parts")
+    assert read_obj("par.bin") == data
+
+
+def _generated(total: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    block = os.urandom(chunk)
+    sent = 0
+    counter = 0
+    while sent < total:
+        counter += 1
+        piece = counter.to_bytes(8, "big") + block[8 : min(chunk, total - sent)]
+        piece = piece[: total - sent]
+        sent += len(piece)
+        yield piece
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_memory_is_bounded_by_part_size_not_file_size(make_sink: Callable[..., Any], concurrency: int) -> None:
+    total = 40 * MiB
+    sink = make_sink(max_concurrency=concurrency)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = sink.put("mem.bin", HashingStream(_generated(total)), None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.size == total
+    bound = PART * (concurrency + 1) + 3 * MiB  # documented: parts in flight + the one being filled
+    assert bound < 0.6 * total, "the artifact must be much larger than the bound for this test to mean anything"
+    assert peak < bound, f"peak {peak / MiB:.1f} MiB above the bound {bound / MiB:.1f} MiB"
+
+
+def test_source_failure_mid_multipart_aborts_and_leaves_nothing(
+    make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
+) -> None:
+    sink = make_sink(max_concurrency=2)
+    data = pattern_bytes(3 * PART + 100)
+    stream = HashingStream(failing_chunks(data, fail_after=2 * PART + 50))
+    from portshift.testing import SourceFailure
+
+    with pytest.raises(SourceFailure):  # the source's own error goes up unchanged
+        sink.put("broken.bin", stream, len(data))
+    assert read_obj("broken.bin") is None
+    assert pending() == []
+
+
+def test_interrupt_mid_multipart_aborts(
+    make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
+) -> None:
+    import threading
+
+    from portshift.errors import Interrupted
+
+    cancel = threading.Event()
+    data = pattern_bytes(3 * PART)
+
+    def chunks() -> Iterator[bytes]:
+        for i, piece in enumerate(chunked(data)):
+            if i == 40:
+                cancel.set()  # like SIGTERM arriving mid-transfer
+            yield piece
+
+    sink = make_sink()
+    with pytest.raises(Interrupted):
+        sink.put("int.bin", HashingStream(chunks(), cancel=cancel), len(data))
+    assert read_obj("int.bin") is None
+    assert pending() == []
+
+
+def test_server_failure_on_one_part_aborts_and_leaves_nothing(
+    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]]
+) -> None:
+    # Every attempt at part 3 loses its connection (botocore retries it, then gives up).
+    tls_proxy.rule = lambda req: tls_proxy.Action(close=True) if "partNumber=3&" in req.target + "&" else None
+    sink = make_sink(endpoint_url=tls_proxy.url, max_concurrency=2)
+    data = pattern_bytes(4 * PART + 1)
+    with pytest.raises(SinkError) as e:
+        sink.put("dropped.bin", HashingStream(chunked(data)), len(data))
+    assert "upload part 3" in str(e.value) and e.value.retryable
+    assert sum("partNumber=3" in r.target for r in tls_proxy.seen) == 3  # botocore's 3 attempts
+    assert [r.method for r in tls_proxy.seen if "uploadId" in r.target and r.method == "DELETE"] == ["DELETE"]
+    assert read_obj("dropped.bin") is None
+    assert pending() == []
+
+
+def test_no_such_bucket_is_a_sink_error_with_location(make_sink: Callable[..., Any]) -> None:
+    sink = make_sink(bucket="no-such-bucket-here")
+    with pytest.raises(SinkError) as e:
+        sink.put("x.bin", HashingStream(iter([b"data"])), 4)
+    assert not isinstance(e.value, AuthError)
+    assert e.value.retryable is False
+    text = str(e.value)
+    assert "NoSuchBucket" in text and "put object" in text and "s3://no-such-bucket-here/x.bin" in text
+    assert "(HTTP 404)" in text
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_location_is_bucket_and_prefix(make_sink: Callable[..., Any], bucket: str) -> None:
+    assert make_sink(prefix="/exports/acme/").location() == f"s3://{bucket}/exports/acme"
+    assert make_sink().location() == f"s3://{bucket}"
+
+
+def test_check_contacts_nothing_unless_check_write(
+    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None]
+) -> None:
+    sink = make_sink(endpoint_url=tls_proxy.url, prefix="chk")
+    sink.check()
+    assert tls_proxy.connections == 0
+    writer = make_sink(endpoint_url=tls_proxy.url, prefix="chk", check_write=True)
+    writer.check()
+    assert [r.method for r in tls_proxy.seen] == ["PUT"]
+    assert read_obj("chk/.portshift-check") == b"portshift write check\n"
