@@ -240,6 +240,8 @@ class AzureSink(Sink):
         self._check_size(len(data), size, location)
         digest = _md5(data)
         sent_md5 = _transactional_md5(data)
+        # The same MD5 goes as Content-MD5 (checked by Azure against the body) and as the blob's
+        # stored Content-MD5: Azurite checks the latter against the body when both are sent.
         response = self._call(
             "put blob",
             location,
@@ -250,7 +252,7 @@ class AzureSink(Sink):
             overwrite=True,
             max_concurrency=1,
             transactional_content_md5=sent_md5,
-            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(digest)),
+            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(sent_md5)),
             metadata={"sha256": stream.sha256_hex()},
             standard_blob_tier=self._tier,
             **self._common(),
