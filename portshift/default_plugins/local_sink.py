@@ -73,6 +73,10 @@ class LocalSink(Sink):
         try:
             with _disk_errors(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
+                # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: the
+                # next put of the same key removes it
+                for stale in target.parent.glob(f".{target.name}.portshift-*.part"):
+                    _unlink_quietly(stale)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             # errors raised by the stream (the source) pass through unchanged: they are retryable
             for piece in stream.chunks(CHUNK):
