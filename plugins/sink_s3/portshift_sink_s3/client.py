@@ -158,13 +158,22 @@ def build_client(options: S3Options, *, max_pool_connections: int = 32) -> tuple
     verify = verify_value(options)
     context = ssl_context(options.ca_bundle)
 
-    core = botocore.session.Session()
+    # Session variables (botocore's public override of "which env var / config key feeds this")
+    # that must never come from the environment or a profile, whatever the credential mode.
+    session_vars: dict[str, tuple[Any, Any, Any, Any]] = {
+        "data_path": (None, None, None, None),  # AWS_DATA_PATH could swap the S3 model/endpoint rules
+        "ca_bundle": (None, None, None, None),  # verify= is explicit anyway
+        "csm_enabled": (None, None, False, None),  # client-side monitoring sends call data over UDP
+    }
+    if not options.credential_chain:
+        # Static keys: read no shared file at all (and no AWS_PROFILE), so no profile can add an
+        # endpoint, a CA bundle or S3 settings.
+        session_vars["profile"] = (None, None, None, None)
+        session_vars["config_file"] = (None, None, _NO_FILE, None)
+        session_vars["credentials_file"] = (None, None, _NO_FILE, None)
+    core = botocore.session.Session(session_vars=session_vars)
     kwargs: dict[str, Any] = {}
     if not options.credential_chain:
-        # Static keys: read no shared file at all, so no profile can add an endpoint, CA or proxy.
-        core.set_config_variable("config_file", _NO_FILE)
-        core.set_config_variable("credentials_file", _NO_FILE)
-        core.set_config_variable("profile", None)
         assert options.access_key_id is not None and options.secret_access_key is not None
         kwargs["aws_access_key_id"] = options.access_key_id.reveal()
         kwargs["aws_secret_access_key"] = options.secret_access_key.reveal()

@@ -20,7 +20,7 @@ from portshift.api import PutResult, Sink
 from portshift.errors import IntegrityError, PortshiftError, SinkError
 from portshift.hashing import HashingStream
 
-from .client import build_client, pin_sdk_loggers, refresh_masks
+from .client import build_client, refresh_masks
 from .errors import s3_error
 from .options import MAX_PARTS, S3Options, check_region_allowed
 
@@ -130,7 +130,6 @@ class S3Sink(Sink):
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         full_key = self._full_key(key)
         refresh_masks(self._chain_creds)
-        pin_sdk_loggers()
         # Fill one part; if the stream ends within it (the next read gives nothing), it is one
         # PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.
         first = read_part(stream, self.options.part_size)

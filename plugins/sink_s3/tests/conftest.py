@@ -215,10 +215,22 @@ class Action:
     close: bool = False  # drop the client connection instead of forwarding
 
 
+def s3_error_response(status: int, reason: str, code: str, extra_xml: str = "",
+                      headers: dict[str, str] | None = None) -> bytes:
+    """Raw bytes of an S3-style XML error response (for TLSProxy's ``respond``)."""
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code} from the test'
+            f"</Message>{extra_xml}<RequestId>T1</RequestId></Error>").encode()
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+    for k, v in (headers or {}).items():
+        head += f"{k}: {v}\r\n"
+    return (head + "Connection: close\r\n\r\n").encode() + body
+
+
 class TLSProxy:
     """127.0.0.1 TLS listener -> moto over TLS. ``rule(req) -> Action | None`` decides per request."""
 
     Action = Action
+    error_response = staticmethod(s3_error_response)
 
     def __init__(self, certs: Certs, upstream_port: int) -> None:
         self.certs = certs
@@ -276,6 +288,10 @@ class TLSProxy:
                 if action.close:
                     return
                 if action.respond is not None:
+                    if not any(k.lower() == "expect" for k in headers):
+                        # the client sends its body without waiting: take it before answering
+                        length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
+                        reader.read(length)
                     client.sendall(action.respond)
                     return
                 for name in action.drop_headers:

@@ -1,0 +1,274 @@
+"""TLS only, and nothing in the environment or the shared AWS files can redirect the client or
+change whom it trusts."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from portshift.errors import ConfigError, SinkError
+from portshift.hashing import HashingStream
+
+HOSTILE_ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+TRUST_VARS = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+
+
+def plain(listener: Any) -> str:
+    return "http" + f"://127.0.0.1:{listener.port}"
+
+
+def test_an_http_endpoint_is_a_config_error_before_any_connection(
+    make_options: Callable[..., Any], plain_listener: Any
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        make_options(endpoint_url=plain(plain_listener))
+    assert "https://" in str(e.value)
+    assert plain_listener.connections == 0
+
+
+def test_hostile_endpoint_proxy_and_trust_variables_are_ignored(
+    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, plain_listener: Any, certs: Any,
+    read_obj: Callable[[str], bytes | None]
+) -> None:
+    for name in HOSTILE_ENDPOINT_VARS + ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, plain(plain_listener))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    for name in TRUST_VARS:
+        monkeypatch.setenv(name, str(certs.other_ca_pem))  # a CA that did not sign moto's cert
+    sink = make_sink()
+    sink.put("env.bin", HashingStream(iter([b"hello", b" world"])), 11)
+    sink.put("env-big.bin", HashingStream(iter([b"\x01" * (6 * 1024 * 1024)])), None)
+    assert read_obj("env.bin") == b"hello world"
+    assert plain_listener.connections == 0
+
+
+def test_without_an_endpoint_it_is_aws_over_https_whatever_the_environment(
+    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, plain_listener: Any
+) -> None:
+    for name in HOSTILE_ENDPOINT_VARS:
+        monkeypatch.setenv(name, plain(plain_listener))
+    sink = make_sink(endpoint_url=None, region="eu-central-1")  # built only: no request is made
+    assert sink.client.meta.endpoint_url == "https://s3.eu-central-1.amazonaws.com"
+    assert plain_listener.connections == 0
+
+
+def test_trust_variables_do_not_add_trust(
+    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, certs: Any, tls_proxy: Any
+) -> None:
+    """With the test CA only in AWS_CA_BUNDLE & co (not in ca_bundle), moto's cert is refused."""
+    for name in TRUST_VARS:
+        monkeypatch.setenv(name, str(certs.ca_pem))
+    sink = make_sink(endpoint_url=tls_proxy.url, ca_bundle=None)
+    with pytest.raises(SinkError) as e:
+        sink.put("untrusted.bin", HashingStream(iter([b"x"])), 1)
+    assert "TLS failure" in str(e.value) and "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+    assert e.value.retryable is False
+    assert tls_proxy.seen == []
+
+
+def test_shared_config_files_cannot_redirect_or_add_trust_with_the_credential_chain(
+    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plain_listener: Any,
+    certs: Any, read_obj: Callable[[str], bytes | None]
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        "[default]\n"
+        f"endpoint_url = {plain(plain_listener)}\n"
+        f"ca_bundle = {certs.other_ca_pem}\n"
+        "region = ap-south-1\n"
+        "s3 =\n  addressing_style = virtual\n  use_accelerate_endpoint = true\n"
+        "use_dualstack_endpoint = true\n"
+        "[services s3]\n"
+    )
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKIAFROMFILE\naws_secret_access_key = CANARYfilesecret\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("PORTSHIFT_AWS_ACCESS_KEY_ID", "PORTSHIFT_AWS_SECRET_ACCESS_KEY", "PORTSHIFT_AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    sink = make_sink(credential_chain=True)
+    sink.put("chain.bin", HashingStream(iter([b"from the chain"])), 14)
+    assert read_obj("chain.bin") == b"from the chain"
+    assert plain_listener.connections == 0
+
+
+def test_static_keys_read_no_shared_file(
+    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plain_listener: Any,
+    read_obj: Callable[[str], bytes | None]
+) -> None:
+    config = tmp_path / "config"
+    config.write_text("[profile other]\nregion = ap-south-1\n[default]\nthis is not an ini file\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")  # would be ProfileNotFound if files were read
+    sink = make_sink()
+    sink.put("static.bin", HashingStream(iter([b"ok"])), 2)
+    assert read_obj("static.bin") == b"ok"
+
+
+def test_the_client_uses_portshifts_tls_context(make_sink: Callable[..., Any]) -> None:
+    from portshift_sink_s3.client import HTTPSOnlySession
+
+    session = make_sink().client._endpoint.http_session
+    assert isinstance(session, HTTPSOnlySession)
+    ctx = session._get_ssl_context()
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname is True
+
+
+def test_the_http_session_refuses_plain_http(make_sink: Callable[..., Any], plain_listener: Any) -> None:
+    import botocore.exceptions
+    from botocore.awsrequest import AWSRequest
+    from portshift_sink_s3.client import PlainHTTPRefused
+
+    session = make_sink().client._endpoint.http_session
+    request = AWSRequest(method="GET", url=plain(plain_listener) + "/b/k").prepare()
+    with pytest.raises(botocore.exceptions.HTTPClientError) as e:
+        session.send(request)
+    assert isinstance(e.value.kwargs["error"], PlainHTTPRefused)
+    assert plain_listener.connections == 0
+
+
+# --- servers that must be refused -------------------------------------------------------------------
+
+
+class TLSServer:
+    """A TLS server on 127.0.0.1 that records handshakes and answers one HTTP 200."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.handshakes_ok = 0
+        self.requests = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            try:
+                conn = self.ctx.wrap_socket(raw, server_side=True)
+                self.handshakes_ok += 1
+                if conn.recv(65536):
+                    self.requests += 1
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                conn.close()
+            except (ssl.SSLError, OSError):
+                with contextlib.suppress(OSError):
+                    raw.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def old_tls_server(certs: Any) -> Iterator[TLSServer]:
+    import warnings
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs.server_pem, certs.server_key)
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    server = TLSServer(ctx)
+    yield server
+    server.close()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_a_tls_1_1_server_is_refused(make_sink: Callable[..., Any], old_tls_server: TLSServer, certs: Any) -> None:
+    # Control: the server does speak TLS 1.1 to a client that allows it.
+    loose = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    loose.load_verify_locations(str(certs.ca_pem))
+    loose.set_ciphers("ALL:@SECLEVEL=0")
+    loose.minimum_version = ssl.TLSVersion.TLSv1
+    try:
+        with socket.create_connection(("127.0.0.1", old_tls_server.port)) as raw, loose.wrap_socket(
+            raw, server_hostname="127.0.0.1"
+        ) as s:
+            assert s.version() == "TLSv1.1"
+    except ssl.SSLError as exc:  # pragma: no cover - this OpenSSL build cannot do TLS 1.1 at all
+        pytest.fail(f"the TLS 1.1 test server does not work on this machine: {exc}")
+    before = old_tls_server.handshakes_ok
+
+    sink = make_sink(endpoint_url=f"https://127.0.0.1:{old_tls_server.port}")
+    with pytest.raises(SinkError) as e:
+        sink.put("old.bin", HashingStream(iter([b"x"])), 1)
+    assert "TLS failure" in str(e.value) and e.value.retryable is False
+    assert old_tls_server.handshakes_ok == before and old_tls_server.requests == 0
+
+
+def test_a_certificate_for_another_host_is_refused(make_sink: Callable[..., Any], certs: Any, tmp_path: Path) -> None:
+    other = certs.ca.issue_cert("other.example")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    other.configure_cert(ctx)
+    server = TLSServer(ctx)
+    try:
+        sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")
+        with pytest.raises(SinkError) as e:
+            sink.put("host.bin", HashingStream(iter([b"x"])), 1)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+        assert server.requests == 0
+    finally:
+        server.close()
+
+
+def test_an_unknown_ca_is_refused(make_sink: Callable[..., Any], tmp_path: Path) -> None:
+    stranger = trustme.CA().issue_cert("127.0.0.1")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    stranger.configure_cert(ctx)
+    server = TLSServer(ctx)
+    try:
+        sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")  # ca_bundle: the test CA, not this one
+        with pytest.raises(SinkError) as e:
+            sink.put("ca.bin", HashingStream(iter([b"x"])), 1)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+        assert server.requests == 0
+    finally:
+        server.close()
+
+
+def test_client_side_monitoring_from_the_environment_stays_off(
+    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, moto: Any, certs: Any
+) -> None:
+    """AWS_CSM_ENABLED would make botocore send call records (with the access key id) over UDP."""
+    import boto3
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.5)
+    monkeypatch.setenv("AWS_CSM_ENABLED", "true")
+    monkeypatch.setenv("AWS_CSM_HOST", "127.0.0.1")
+    monkeypatch.setenv("AWS_CSM_PORT", str(udp.getsockname()[1]))
+    try:
+        # Control: a default boto3 client does send them here.
+        plain_client = boto3.session.Session().client(
+            "s3", endpoint_url=moto.url, region_name="us-east-1", verify=str(certs.ca_pem),
+            aws_access_key_id="AKIACONTROL", aws_secret_access_key="x",
+        )
+        plain_client.list_buckets()
+        control = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                control.append(udp.recv(65536))
+        assert any(b"AKIACONTROL" in d for d in control)
+        make_sink().put("csm.bin", HashingStream(iter([b"x"])), 1)
+        with pytest.raises(TimeoutError):
+            udp.recv(65536)
+    finally:
+        udp.close()
