@@ -14,7 +14,10 @@ from .secrets import Secret, read_secret_file, secret_from_env
 def _require_https(url: str) -> str:
     from .tls import require_https
 
-    return require_https(url, "url")
+    try:
+        return require_https(url, "the URL")
+    except ConfigError as e:
+        raise ValueError(str(e).replace("the URL ", "", 1)) from None
 
 
 #: A URL option that must be https:// (checked before any connection is made).

@@ -65,10 +65,14 @@ class State:
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._lock_files: list[int] = []
+        self.created = False  #: this process created the file
 
     @classmethod
-    def open(cls, path: Path | str | None = None) -> State:
+    def open(cls, path: Path | str | None = None, *, create: bool = True) -> State:
         path = Path(path) if path else default_state_path()
+        if not create and not path.exists():
+            raise ConfigError(f"no state file at {path}", hint="nothing has run yet, or use --state to point at it")
+        created = not path.exists()
         if path.exists() and path.is_dir():
             raise ConfigError(f"--state {path} is a folder", hint="give the path of a file, e.g. state.db")
         if not path.parent.exists():
@@ -83,6 +87,7 @@ class State:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             state = cls(path, conn)
+            state.created = created
             migrate(state.db)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"cannot open the state file {path}: {e}", hint="use --state to choose another file") from None
@@ -97,6 +102,25 @@ class State:
             os.close(fd)
         self._lock_files.clear()
         self.conn.close()
+
+    def discard_if_unused(self) -> None:
+        """Remove the state file this process created when no job was ever recorded in it (a run
+        that stopped on bad input leaves nothing behind)."""
+        if not self.created:
+            return
+        if self.conn.execute("select count(*) from jobs").fetchone()[0]:
+            return
+        self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(f"{self.path}{suffix}")
+            except FileNotFoundError:
+                pass
+        locks = self.path.parent / (self.path.name + ".locks")
+        if locks.is_dir():
+            for f in locks.iterdir():
+                f.unlink()
+            locks.rmdir()
 
     def __enter__(self) -> State:
         return self

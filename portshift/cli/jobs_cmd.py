@@ -27,7 +27,12 @@ def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: i
     ctx.obj["state_path"] = state_path
     if ctx.invoked_subcommand:
         return
-    with State.open(state_path) as state:
+    from ..state import default_state_path
+
+    if not Path(state_path or default_state_path()).exists():
+        click.echo("[]" if as_json else f"no jobs yet (no state file at {state_path or default_state_path()})")
+        return
+    with State.open(state_path, create=False) as state:
         rows = state.jobs(limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -51,7 +56,7 @@ def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: i
 @click.pass_context
 def show(ctx: click.Context, job_id: str, state_path: Path | None, as_json: bool) -> None:
     """Show one job: its window, counts, manifest digest and problems."""
-    with State.open(state_path or ctx.obj.get("state_path")) as state:
+    with State.open(state_path or ctx.obj.get("state_path"), create=False) as state:
         row = state.job(job_id)
         if row is None:
             raise ConfigError(f"no job {job_id!r} in the state file", hint="`portshift jobs` lists them")

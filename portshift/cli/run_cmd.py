@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..config import parse_when
-from ..errors import ConfigError, ExitCode
+from ..errors import ConfigError, ExitCode, PortshiftError
 from ..hardening import harden_process
 from ..pipeline import Runner, RunRequest
 from ..progress import Progress, human_bytes
@@ -81,9 +81,15 @@ def command(
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _stop)
     try:
-        with State.open(state_path) as state:
+        state = State.open(state_path)
+        try:
             runner = Runner(cfg, state, progress=bar, cancel=cancel, retry_base=_retry_base())
             result = runner.run(req)
+        except PortshiftError:
+            state.discard_if_unused()
+            raise
+        finally:
+            state.close()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
