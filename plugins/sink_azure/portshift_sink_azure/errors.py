@@ -62,6 +62,12 @@ def translate(e: BaseException, operation: str, location: str) -> PortshiftError
         what = f"Azure answered {code or 'an error'}"
         if detail and detail not in what:
             what += f": {detail}"
+        if 300 <= status < 400:
+            return SinkError(
+                "the endpoint answered with a redirect, which portshift never follows",
+                operation=operation, status=status, location=location, retryable=False,
+                hint="set account_url to the storage account's blob endpoint itself",
+            )
         if status in (401, 403):
             return AuthError(what, operation=operation, status=status, location=location, hint=_AUTH_HINTS.get(code))
         if status == 400 and (code == "Md5Mismatch" or "md5" in detail.lower()):

@@ -222,6 +222,7 @@ class AzureSink(Sink):
             **self._common(),
         )
         self._check_scope(response, location)
+        log.debug("stored %s: %d bytes in %d blocks", location, total, len(ids))
         verified = f"Azure checked MD5 of each of {len(ids)} blocks; Content-MD5 set"
         return PutResult(
             key=name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified
@@ -260,6 +261,7 @@ class AzureSink(Sink):
         # Put Blob answers with the MD5 Azure computed over what it stored.
         _check_echo(response, digest, location, "put blob")
         self._check_scope(response, location)
+        log.debug("stored %s: %d bytes in one Put Blob", location, len(data))
         return PutResult(
             key=name,
             size=len(data),

@@ -79,7 +79,6 @@ class _RefusePlainHTTP(HTTPAdapter):
 def build_session(ca_bundle: Path | None, pool_maxsize: int = 64) -> requests.Session:
     session = requests.Session()
     session.trust_env = False
-    session.max_redirects = 0
     session.mount("https://", _TLSAdapter(ssl_context(ca_bundle), pool_maxsize))
     session.mount("http" + "://", _RefusePlainHTTP())
     return session

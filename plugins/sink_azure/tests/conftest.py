@@ -26,9 +26,9 @@ import pytest
 import trustme
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from portshift_sink_azure import AzureOptions, AzureSink
 
 from portshift.secrets import Secret
-from portshift_sink_azure import AzureOptions, AzureSink
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE.parent
@@ -65,7 +65,8 @@ class Azurite:
 
     def admin(self, **kwargs: Any) -> BlobServiceClient:
         return BlobServiceClient(
-            self.url, credential={"account_name": ACCOUNT, "account_key": KEY}, connection_verify=str(self.ca), **kwargs
+            self.url, credential={"account_name": ACCOUNT, "account_key": KEY}, connection_verify=str(self.ca),
+            retry_total=1, initial_backoff=1, **kwargs
         )
 
     def sas(self, container: str = CONTAINER, *, permission: str = "cw", https_only: bool = True,
@@ -321,6 +322,8 @@ class TLSServer:
                     if not piece:
                         break
                     rest += piece
+                if not head:
+                    continue
                 self.requests.append(head)
                 tls.sendall(self.respond(head))
             except (ssl.SSLError, OSError):

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from portshift_sink_azure import AzureSink
 
 from portshift.testing import SinkContract
-from portshift_sink_azure import AzureSink
 
 from .conftest import MiB, download
 

@@ -16,14 +16,14 @@ from azure.storage.blob import (
     generate_blob_sas,
     generate_container_sas,
 )
+from portshift_sink_azure import AzureOptions, AzureSink
 
 from portshift.config import build_options
 from portshift.errors import ConfigError
 from portshift.plugins import load_plugins, sinks
 from portshift.secrets import Secret
-from portshift_sink_azure import AzureOptions, AzureSink
 
-from .conftest import ACCOUNT, CONTAINER, KEY, MiB, Azurite, PlainListener
+from .conftest import ACCOUNT, CONTAINER, KEY, Azurite, MiB, PlainListener
 
 LOGGER = "portshift.sink.azure"
 

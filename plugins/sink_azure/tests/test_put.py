@@ -7,17 +7,17 @@ import hashlib
 import threading
 from collections.abc import Callable
 
+import portshift_sink_azure.sink as sink_module
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
+from portshift_sink_azure import AzureSink
 
-import portshift_sink_azure.sink as sink_module
 from portshift.errors import IntegrityError, SinkError
 from portshift.hashing import HashingStream
 from portshift.testing import chunked, failing_chunks, pattern_bytes, put_bytes
-from portshift_sink_azure import AzureSink
 
-from .conftest import CONTAINER, MiB, Azurite, Recorder, Sent, download, md5, unique
+from .conftest import CONTAINER, Azurite, MiB, Recorder, Sent, download, md5, unique
 
 
 def stored_checks(admin: BlobServiceClient, sink: AzureSink, key: str, data: bytes) -> None:
