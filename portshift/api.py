@@ -23,6 +23,7 @@ __all__ = [
     "ManifestWriter",
     "Opened",
     "PutResult",
+    "Reader",
     "Recording",
     "Sink",
     "Source",
@@ -163,6 +164,35 @@ class Sink(ABC):
         leave nothing visible under ``key`` (abort multipart uploads, remove temporary files)
         and raise. Return only after the store confirmed a durable write.
         """
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class Reader(ABC):
+    """Reads an export back from a store, for ``portshift verify --store`` (read-only access).
+
+    Usually registered under the same name as the sink, with the same ``Options`` model, so that
+    the verify file looks like the job file's ``[sink]`` — with separate, read-only credentials.
+    """
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: PluginOptions) -> None:
+        self.options = options
+
+    def location(self) -> str:
+        return ""
+
+    @abstractmethod
+    def open(self, key: str) -> Iterator[bytes]:
+        """The bytes stored under ``key`` (relative to the configured prefix), streamed. Raise
+        :class:`FileNotFoundError` when there is no such object."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix`` (relative to the configured prefix)."""
 
     def close(self) -> None:
         """Release connections."""

@@ -45,6 +45,15 @@ def register_manifest_writers(register: Any) -> None:
 
 
 @hookspec
+def register_readers(register: Any) -> None:
+    """Contribute readers, used by ``portshift verify --store`` to check an export in place:
+    call ``register(name, ReaderClass)`` with the same name as the matching sink.
+
+    :param register: ``register(name: str, cls: type[portshift.api.Reader])``
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands or groups to the ``portshift`` command line.
 

@@ -134,5 +134,9 @@ def sinks() -> Registry:
     return _collect("register_sinks", "sink")
 
 
+def readers() -> Registry:
+    return _collect("register_readers", "reader")
+
+
 def manifest_writers() -> Registry:
     return _collect("register_manifest_writers", "manifest writer")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .api import Reader
 from .errors import ConfigError
 from .manifest import INDEX_NAME, MANIFEST_NAME, SIGNATURE_SUFFIX, parse
 
@@ -74,4 +75,37 @@ def verify_dir(root: Path, manifest_name: str = MANIFEST_NAME) -> Report:
             report.extra.append(rel)
     if INDEX_NAME not in listed and (root / INDEX_NAME).exists():
         report.extra.append(INDEX_NAME)
+    return report
+
+
+def verify_store(reader: Reader, root: str, manifest_name: str = MANIFEST_NAME) -> Report:
+    """Check an export root in its store: stream every listed object back, re-hash it in memory
+    (nothing touches the disk), and list objects the manifest does not know."""
+    root = root.strip("/")
+    try:
+        text = b"".join(reader.open(f"{root}/{manifest_name}")).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no {manifest_name} under {root}/ in {reader.location()}", hint="give the export root (the job id)"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{root}/{manifest_name} is not a text manifest") from None
+    parsed = parse(text)
+    report = Report(bad_lines=parsed.bad_lines, header=parsed.header)
+    listed = set()
+    for digest, rel in parsed.entries:
+        listed.add(rel)
+        h = hashlib.sha256()
+        try:
+            for block in reader.open(f"{root}/{rel}"):
+                h.update(block)
+        except FileNotFoundError:
+            report.missing.append(rel)
+            continue
+        (report.ok if h.hexdigest() == digest else report.differ).append(rel)
+    ignore = {manifest_name, manifest_name + SIGNATURE_SUFFIX}
+    for key in reader.list(root + "/"):
+        rel = key[len(root) + 1 :]
+        if rel not in listed and rel not in ignore:
+            report.extra.append(rel)
     return report

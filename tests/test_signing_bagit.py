@@ -71,3 +71,21 @@ def test_bagit_output_validates_with_the_library_of_congress_tool(tmp_path: Path
     check = sha256sum_check(root)
     assert check.returncode == 0 and "tagmanifest-sha256.txt: OK" in check.stdout
     assert portshift("verify", str(root)).returncode == 0
+
+
+def test_verify_store_streams_the_export_back_through_a_reader(tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+    key, pub = keypair
+    result = run_job(doc(tmp_path / "out", signing_key_file=str(key)), tmp_path / "s.db")
+    store = tmp_path / "store.toml"
+    store.write_text(f'[store]\ntype = "local"\npath = "{tmp_path / "out"}"\n')
+    ok = portshift("verify", "--store", str(store), result.export_root, "--public-key", str(pub))
+    assert ok.returncode == 0, ok.stderr
+    assert "signature: OK" in ok.stdout and "OK: 9 ok, 0 differ, 0 missing, 0 extra" in ok.stdout
+    media = sorted((tmp_path / "out" / result.export_root).rglob("media.mp3"))
+    media[0].write_bytes(b"changed")
+    (tmp_path / "out" / result.export_root / "extra.bin").write_bytes(b"x")
+    bad = portshift("verify", "--store", str(store), result.export_root, "--json")
+    assert bad.returncode == ExitCode.VERIFY_FAILED
+    report = __import__("json").loads(bad.stdout)
+    assert report["differ"] == [media[0].relative_to(tmp_path / "out" / result.export_root).as_posix()]
+    assert report["extra"] == ["extra.bin"]

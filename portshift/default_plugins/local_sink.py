@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field
 
 from portshift import hookimpl
-from portshift.api import PutResult, Sink
+from portshift.api import PutResult, Reader, Sink
 from portshift.errors import ConfigError, IntegrityError, SinkError
 from portshift.hashing import HashingStream
 from portshift.options import PluginOptions
@@ -120,6 +120,40 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+class LocalReader(Reader):
+    """Reads an export back from a local folder (``portshift verify --store``)."""
+
+    Options = LocalOptions
+    description = "reads a local folder"
+
+    def __init__(self, options: LocalOptions) -> None:
+        super().__init__(options)
+        self.root = Path(options.path).expanduser()
+
+    def location(self) -> str:
+        return str(self.root.resolve())
+
+    def open(self, key: str) -> Iterator[bytes]:
+        path = self.root / key
+        with open(path, "rb") as f:  # FileNotFoundError when missing
+            while True:
+                block = f.read(CHUNK)
+                if not block:
+                    return
+                yield block
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                yield path.relative_to(self.root).as_posix()
+
+
 @hookimpl
 def register_sinks(register):  # type: ignore[no-untyped-def]
     register("local", LocalSink)
+
+
+@hookimpl
+def register_readers(register):  # type: ignore[no-untyped-def]
+    register("local", LocalReader)
