@@ -180,5 +180,12 @@ class AzureOptions(PluginOptions):
                     f"[sink] region {self.region} is not in allowed_regions ({', '.join(self.allowed_regions)})"
                 )
         if self.sas is not None:
-            warn(inspect_sas(self.sas))
+            info = inspect_sas(self.sas)
+            if info.encryption_scope and info.encryption_scope != self.encryption_scope:
+                raise ConfigError(
+                    f"[sink] the SAS is bound to encryption scope {info.encryption_scope!r} (ses) but "
+                    f"encryption_scope is {self.encryption_scope!r}",
+                    hint=f"set encryption_scope = \"{info.encryption_scope}\"",
+                )
+            warn(info)
         return self

@@ -58,6 +58,7 @@ class SasInfo:
     expiry: datetime | None
     https_only: bool
     stored_policy: bool
+    encryption_scope: str | None = None  #: ``ses``: every write must use this scope
     warnings: list[str] = field(default_factory=list)
 
 
@@ -216,6 +217,7 @@ def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
         expiry=expiry,
         https_only=https_only,
         stored_policy=stored,
+        encryption_scope=params.get("ses") or None,
         warnings=warnings,
     )
 

@@ -244,3 +244,12 @@ def test_options_never_show_the_sas(azurite: Azurite) -> None:
     o = build(opts(token))
     for text in (repr(o), str(o), o.model_dump_json(), str(o.model_dump(mode="json"))):
         assert sig_of(token) not in text and "sig=" not in text
+
+
+def test_sas_bound_to_an_encryption_scope_must_match_the_option() -> None:
+    token = "sv=2025-11-05&sr=c&sp=cw&se=2999-01-01&spr=https&ses=custkeys01&sig=abcdefgh"
+    with pytest.raises(ConfigError, match="encryption scope 'custkeys01'"):
+        build(opts(token))
+    with pytest.raises(ConfigError, match="ses"):
+        build(opts(token, encryption_scope="otherscope"))
+    assert build(opts(token, encryption_scope="custkeys01")).encryption_scope == "custkeys01"
