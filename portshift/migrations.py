@@ -87,3 +87,9 @@ def m002_verification_and_manifest(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("manifest_sha256", str)
     db["jobs"].add_column("skipped_count", int, not_null_default=0)
     db["jobs"].add_column("failed_count", int, not_null_default=0)
+
+
+@migration
+def m003_files_by_recording(db: sqlite_utils.Database) -> None:
+    """Resume skips artifacts already done within a recording."""
+    db["files"].create_index(["job_id", "recording_id"], if_not_exists=True)

@@ -128,6 +128,7 @@ class Runner:
         if len(prefixes) > 1:
             raise ConfigError(f"manifest writers disagree on the payload folder: {', '.join(sorted(prefixes))}")
         self._payload_prefix = prefixes.pop() if prefixes else ""
+        self._resuming = False
 
     # --- window and job selection -----------------------------------------------------------
     def _window(self, req: RunRequest, key: str) -> tuple[Window, bool]:
@@ -262,6 +263,7 @@ class Runner:
             )
 
         info = self._job_info(job_id)
+        self._resuming = resumed
         pm.hook.job_started(job=info, resumed=resumed)
         status, error = self._transfer(job_id, export_root, source, sink, window, done, transfers, info)
 
@@ -397,9 +399,12 @@ class Runner:
             return
         try:
             artifacts = self._with_retries(lambda: list(source.artifacts(rec)), f"recording {rec.id}")
+            already = self.state.done_artifacts(job_id, rec.id) if self._resuming else set()
             for artifact in artifacts:
                 if self.cancel.is_set():
                     return
+                if artifact.name in already:
+                    continue
                 self._with_retries(
                     lambda a=artifact: self._artifact(job_id, export_root, sink, rec, a, info),
                     f"{rec.id}/{artifact.name}",

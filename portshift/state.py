@@ -255,6 +255,15 @@ class State:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
 
+    def done_artifacts(self, job_id: str, recording_id: str) -> set[str]:
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "select artifact from files where job_id = ? and recording_id = ? and kind = 'content'",
+                [job_id, recording_id],
+            )
+        }
+
     def remove_manifest_files(self, job_id: str) -> None:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and kind = 'manifest'", [job_id])

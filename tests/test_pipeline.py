@@ -261,8 +261,10 @@ def test_cancel_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
     root = out / first.export_root
     assert not (root / "portshift-manifest.txt").exists()
     assert not [p for p in files_under(root) if p.endswith(".part")], "a temporary file was left behind"
-    second = run_job(doc, tmp_path / "s.db")
+    with plugin("test-cancel-2", file_exported=lambda job, file: seen.append(file.key)):
+        second = run_job(doc, tmp_path / "s.db")
     assert second.resumed and second.status == "complete" and second.files == 80
+    assert len(seen) == 80 and len(set(seen)) == 80, "a file done before the stop was transferred again"
     assert sha256sum_check(root).returncode == 0
 
 
