@@ -113,3 +113,15 @@ def test_auth_error_names_operation_status_code_location(azurite: Azurite, make_
     assert err.operation == "put blob" and err.status == 403 and not err.retryable
     assert err.location == f"{azurite.url}/exports/tests/{key}"
     assert "AuthorizationFailure" in str(err) or "AuthenticationFailed" in str(err)
+
+
+def test_permission_mismatch_is_an_auth_error_with_a_hint(
+    azurite: Azurite, make_sink: Callable[..., AzureSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    sink = make_sink(sas=Secret(azurite.sas(permission="c"), "sas"), block_size=MiB)
+    assert any("not write (w)" in r.getMessage() for r in caplog.records)  # warned at config time
+    with pytest.raises(AuthError) as e:
+        put_bytes(sink, unique("blocks.bin"), pattern_bytes(2 * MiB), 2 * MiB)
+    assert e.value.operation == "put block" and e.value.status == 403
+    assert "AuthorizationPermissionMismatch" in str(e.value) and "sp=cw" in str(e.value)

@@ -171,3 +171,19 @@ def test_sas_kept_for_the_tls_failure_messages(
     with pytest.raises(SinkError) as e:
         put_bytes(sink, unique("x.bin"), b"abc", 3)
     assert "sig=" not in str(e.value) and token not in repr(e.value)
+
+
+def test_server_errors_are_retried_per_request_then_reported(
+    make_sink: Callable[..., AzureSink], certs: tuple[trustme.CA, Path]
+) -> None:
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    server = TLSServer(server_context(certs[0]), lambda head: busy)
+    try:
+        sink = make_sink(account_url=f"https://127.0.0.1:{server.port}/{ACCOUNT}", request_retries=1)
+        with pytest.raises(SinkError) as e:
+            put_bytes(sink, unique("busy.bin"), b"abc", 3)
+        assert e.value.status == 503 and e.value.retryable and "ServerBusy" in str(e.value)
+        assert len(server.requests) == 2, "one try plus one retry"
+    finally:
+        server.close()
