@@ -29,6 +29,7 @@ class HashingStream:
         max_bytes: int | None = None,
         expect_size: int | None = None,
         expect_sha256: str | None = None,
+        content_type: str | None = None,
     ) -> None:
         self._source: Iterator[bytes] = iter(chunks)
         self._buf = bytearray()
@@ -38,6 +39,8 @@ class HashingStream:
         self._max = max_bytes if max_bytes is not None else expect_size
         self._expect_size = expect_size
         self._expect_sha256 = expect_sha256.lower() if expect_sha256 else None
+        #: the artifact's media type when the source knows it (sinks may store it with the object)
+        self.content_type = content_type
         self.bytes_read = 0  #: bytes taken from the source (and hashed)
         self.finished = False  #: the source is exhausted
 

@@ -468,7 +468,13 @@ class Runner:
                 source=self.cfg.source_type,
             )
             declared = opened.size if opened.size is not None else artifact.size
-            stream = HashingStream(opened.chunks, cancel=self.cancel, expect_size=declared, expect_sha256=artifact.sha256)
+            stream = HashingStream(
+                opened.chunks,
+                cancel=self.cancel,
+                expect_size=declared,
+                expect_sha256=artifact.sha256,
+                content_type=opened.content_type or artifact.content_type,
+            )
             stream.observe(self.progress.add_bytes)
             result = sink.put(f"{export_root}/{rel}", stream, declared)
             if not stream.finished:
