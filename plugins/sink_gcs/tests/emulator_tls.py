@@ -1,0 +1,136 @@
+"""Run gcp-storage-emulator over HTTPS, with what real GCS does that the emulator lacks.
+
+    python emulator_tls.py --port P --cert server.pem --key server.key --bucket b [--bucket c]
+
+gcp-storage-emulator (PyPI, pure Python) is the local GCS server that verifies ``crc32c`` and
+``md5Hash`` like real GCS. This launcher, used only by the plugin's tests, adds:
+
+1. **TLS**: the emulator has no flag for it; its ``http.server`` socket is wrapped with an
+   ``ssl.SSLContext`` (TLS 1.2+) using the test CA's server certificate.
+2. **https session URIs**: the emulator builds the resumable ``Location`` from a hard-coded
+   ``http://`` base; it is rewritten to ``https://`` (otherwise the sink, rightly, refuses it).
+3. **X-Goog-Hash at finalize**: real GCS checks the ``X-Goog-Hash: crc32c=…,md5=…`` header of
+   the final request of a resumable upload against the whole object (google-cloud-storage
+   sends it, see ``google/cloud/storage/_media/requests/upload.py``); the emulator checks only
+   hashes given in the metadata. The header's values are put into the pending object's
+   metadata, so the emulator's own check (and its 400 answer) applies.
+4. **Cancel**: ``DELETE`` on a session URI cancels the session, answering 499 like GCS.
+5. ``GET /_test/resumable``: ``{"open": N, "cancelled": M}`` so that tests can prove no
+   session is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import ssl
+import sys
+import threading
+from http import HTTPStatus
+from types import SimpleNamespace
+
+from gcp_storage_emulator import server as emu_server
+from gcp_storage_emulator import settings
+from gcp_storage_emulator.handlers import buckets, objects
+from gcp_storage_emulator.server import Request
+from gcp_storage_emulator.storage import Storage
+
+CANCELLED = {"count": 0}
+_lock = threading.Lock()
+
+_original_init = Request.__init__
+
+
+def _https_request_init(self, request_handler, method):  # type: ignore[no-untyped-def]
+    _original_init(self, request_handler, method)
+    plain = "http" + "://"
+    if self._base_url.startswith(plain):
+        self._base_url = "https://" + self._base_url[len(plain):]
+        self._full_url = self._base_url + self._path
+
+
+Request.__init__ = _https_request_init  # type: ignore[method-assign]
+
+_original_upload_partial = objects.upload_partial
+
+
+def _upload_partial_with_hash(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+    header = request.get_header("X-Goog-Hash", "") or ""
+    if header:
+        try:
+            obj = storage.get_resumable_file_obj(request.query.get("upload_id")[0])
+        except Exception:  # noqa: BLE001 - the original handler answers 404
+            obj = None
+        if obj is not None:
+            for part in header.split(","):
+                kind, _, value = part.strip().partition("=")
+                if kind == "crc32c":
+                    obj["crc32c"] = value
+                elif kind == "md5":
+                    obj["md5Hash"] = value
+    return _original_upload_partial(request, response, storage, *args, **kwargs)
+
+
+def _cancel(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+    upload_id = (request.query.get("upload_id") or [""])[0]
+    try:
+        storage.delete_resumable_file_obj(upload_id)
+    except Exception:  # noqa: BLE001
+        response.status = HTTPStatus.NOT_FOUND
+        return
+    try:
+        storage._delete_file("_resumable", storage.safe_id(upload_id))
+    except Exception:  # noqa: BLE001, S110
+        pass
+    with _lock:
+        CANCELLED["count"] += 1
+    response.status = SimpleNamespace(value=499, phrase="Client Closed Request")
+
+
+def _test_status(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+    response.json({"open": len(storage.resumable), "cancelled": CANCELLED["count"]})
+
+
+def _patch_routes() -> None:
+    upload_re = r"^{}/b/(?P<bucket_name>[-.\w]+)/o$".format(settings.UPLOAD_API_ENDPOINT)
+    for regex, handlers in emu_server.HANDLERS:
+        if regex == upload_re:
+            handlers[emu_server.PUT] = _upload_partial_with_hash
+            handlers[emu_server.DELETE] = _cancel
+    emu_server.HANDLERS = ((r"^/_test/resumable$", {emu_server.GET: _test_status}), *emu_server.HANDLERS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--bucket", action="append", default=[])
+    args = parser.parse_args()
+
+    _patch_routes()
+    storage = Storage(use_memory_fs=True)
+    for name in args.bucket:
+        buckets.create_bucket(name, storage)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(args.cert, args.key)
+
+    def handler(*a, **kw):  # type: ignore[no-untyped-def]
+        return emu_server.RequestHandler(storage, *a, **kw)
+
+    httpd = http.server.HTTPServer(("127.0.0.1", args.port), handler)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    print("ready", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:  # pragma: no cover
+        pass
+    finally:
+        httpd.server_close()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
