@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import mimetypes
+import re
 import time
 import urllib.parse
 import uuid
@@ -53,6 +54,8 @@ from .options import GcsOptions
 log = logging.getLogger("portshift.sink.gcs")
 
 _MULTIPART_BOUNDARY_PREFIX = "portshift-"
+#: a media type safe to put in a header and a multipart part header
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9_.-]+=[A-Za-z0-9_.\"-]+)*$")
 
 
 def _b64(digest: bytes) -> str:
@@ -160,7 +163,10 @@ class GcsSink(Sink):
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         name = self.object_name(key)
         where = self._where(name)
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        content_type = (getattr(stream, "content_type", None) or mimetypes.guess_type(name)[0]
+                        or "application/octet-stream")
+        if not _CONTENT_TYPE.match(content_type):
+            content_type = "application/octet-stream"
         digests = _Digests()
         stream.observe(digests.update)
         chunks = read_chunks(stream, self.options.chunk_size)

