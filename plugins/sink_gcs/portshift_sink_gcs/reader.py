@@ -78,10 +78,15 @@ class GcsReader(Reader):
         with reader:
             while True:
                 failure: PortshiftError | None = None
+                missing = False
                 try:
                     block = reader.read(READ_CHUNK)
+                except api_exceptions.NotFound:
+                    missing = True
                 except Exception as e:  # noqa: BLE001
                     failure = _translate(e, "read object", where)
+                if missing:
+                    raise FileNotFoundError(where)
                 if failure is not None:
                     raise failure from None
                 if not block:
@@ -110,7 +115,10 @@ class GcsReader(Reader):
 def _translate(e: BaseException, operation: str, where: str) -> PortshiftError:
     if isinstance(e, api_exceptions.GoogleAPICallError):
         status = getattr(e, "code", None)
-        text = sanitize_message(getattr(e, "message", "") or type(e).__name__, 200)
+        text = f"{type(e).__name__}"
+        reason = getattr(e, "reason", None)
+        if reason:
+            text += f" ({sanitize_message(str(reason), 120)})"
         if status in (401, 403):
             return AuthError(f"GCS answered: {text}", operation=operation, status=status, location=where,
                              hint="reading back needs roles/storage.objectViewer on the bucket")

@@ -459,15 +459,18 @@ class TokenServer:
     def _respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         form = urllib.parse.parse_qs(body.decode())
         assertion = (form.get("assertion") or [""])[0]
-        if method != "POST" or path != "/token" or form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+        grant = form.get("grant_type") == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+        if method != "POST" or path != "/token" or not grant:
             return 400, {"Content-Type": "application/json"}, b'{"error": "unsupported_grant_type"}'
         self.assertions.append(assertion)
         try:
-            claims = jwt.decode(assertion, certs=self.public_pems, verify=True, audience=self.token_uri)
+            # google-auth signs for Google's token audience whatever token_uri says
+            claims = jwt.decode(assertion, certs=self.public_pems, verify=True,
+                                audience="https://oauth2.googleapis.com/token")
         except ValueError:
-            return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
+            return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "bad JWT"}'
         if self.refuse or "devstorage" not in str(claims.get("scope", "")):
-            return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "account disabled"}'
+            return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "disabled"}'
         token = "CANARY-ACCESS-" + secrets.token_urlsafe(24)
         self.issued.append(token)
         doc = {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import json
 import ssl
 import sys
 import threading
@@ -93,7 +92,7 @@ def _test_status(request, response, storage, *args, **kwargs):  # type: ignore[n
 
 
 def _patch_routes() -> None:
-    upload_re = r"^{}/b/(?P<bucket_name>[-.\w]+)/o$".format(settings.UPLOAD_API_ENDPOINT)
+    upload_re = rf"^{settings.UPLOAD_API_ENDPOINT}/b/(?P<bucket_name>[-.\w]+)/o$"
     for regex, handlers in emu_server.HANDLERS:
         if regex == upload_re:
             handlers[emu_server.PUT] = _upload_partial_with_hash

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from portshift_sink_gcs import GcsSink, sink as sink_module
+from portshift_sink_gcs import GcsSink
+from portshift_sink_gcs import sink as sink_module
 
 from portshift.errors import IntegrityError, SinkError
 from portshift.hashing import HashingStream
