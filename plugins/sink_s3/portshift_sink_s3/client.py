@@ -187,7 +187,7 @@ def build_client(options: S3Options, *, max_pool_connections: int = 32) -> tuple
         ignore_configured_endpoint_urls=True,
         proxies={},
         connect_timeout=15,
-        read_timeout=120,
+        read_timeout=60,
         max_pool_connections=max_pool_connections,
         retries={"mode": "standard", "total_max_attempts": 3},
         request_checksum_calculation="when_required",  # we send our own SHA-256 on every upload
@@ -250,7 +250,7 @@ def _install_https_session(client: Any, context: ssl.SSLContext, verify: str, ma
         context,
         verify=verify,
         proxies={},
-        timeout=(15, 120),
+        timeout=(15, 60),
         max_pool_connections=max_pool_connections,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from portshift.errors import AuthError, ConfigError, PortshiftError, SinkError
+from portshift.errors import AuthError, ConfigError, PortshiftError, RemoteError, SinkError
 from portshift.redact import scrub
 
 from .client import PlainHTTPRefused, RegionMismatch
@@ -87,13 +87,17 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
         status = meta.get("HTTPStatusCode")
         message = _short(err.get("Message") or "")
         text = f"{code}: {message}" if message else code
+        error: RemoteError
         if code in AUTH_CODES or status in (401,):
-            return AuthError(text, operation=operation, status=status, location=location,
-                             hint="check the credentials and the IAM policy (docs/permissions/s3.md)")
-        if code == "NoSuchBucket":
-            return SinkError(text, operation=operation, status=status, location=location, retryable=False)
-        retryable = code in RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
-        return SinkError(text, operation=operation, status=status, location=location, retryable=retryable)
+            error = AuthError(text, operation=operation, status=status, location=location,
+                              hint="check the credentials and the IAM policy (docs/permissions/s3.md)")
+        elif code == "NoSuchBucket":
+            error = SinkError(text, operation=operation, status=status, location=location, retryable=False)
+        else:
+            retryable = code in RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
+            error = SinkError(text, operation=operation, status=status, location=location, retryable=retryable)
+        error.code = code  # type: ignore[attr-defined]  # S3's error code, for callers that branch on it
+        return error
     if isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return AuthError("no usable AWS credentials", operation=operation, location=location)
     if isinstance(e, botocore.exceptions.SSLError):

@@ -297,6 +297,10 @@ class S3Sink(Sink):
         try:
             self._call("abort multipart upload", full_key, self.client.abort_multipart_upload, UploadId=upload_id)
         except _StoreError as e:
+            if getattr(e.error, "code", None) == "NoSuchUpload":
+                # botocore retried an abort whose answer was lost: the first attempt removed it.
+                log.debug("multipart upload at %s was already aborted", self._loc(full_key))
+                return
             # Never hide the original failure behind this one; say what remains and how it goes away.
             log.warning(
                 "could not abort multipart upload at %s (%s); an AbortIncompleteMultipartUpload lifecycle "

@@ -151,7 +151,10 @@ def creds_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_options(moto: Moto, certs: Certs, bucket: str, creds_env: None) -> Callable[..., Any]:
     from portshift_sink_s3 import S3Options
 
+    from portshift.config import build_options
+
     def make(**overrides: Any) -> Any:
+        """Options validated the way the core reads a job file's [sink] section."""
         values: dict[str, Any] = {
             "bucket": bucket,
             "region": "us-east-1",
@@ -161,7 +164,7 @@ def make_options(moto: Moto, certs: Certs, bucket: str, creds_env: None) -> Call
             "part_size": PART,
         }
         values.update(overrides)
-        return S3Options(**{k: v for k, v in values.items() if v is not None})
+        return build_options(S3Options, {k: v for k, v in values.items() if v is not None}, "sink")
 
     return make
 
@@ -263,6 +266,8 @@ class TLSProxy:
             threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
+        # One thread per connection, strictly request -> response: an SSL socket is never read
+        # and written by two threads at once.
         try:
             client = self._server_ctx.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
@@ -273,8 +278,8 @@ class TLSProxy:
             up = self._client_ctx.wrap_socket(
                 socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1"
             )
-            threading.Thread(target=self._pump, args=(up, client), daemon=True).start()
             reader = client.makefile("rb")
+            up_reader = up.makefile("rb")
             while True:
                 head = self._read_head(reader)
                 if head is None:
@@ -285,28 +290,31 @@ class TLSProxy:
                 action = self.rule(req) or Action()
                 with self._lock:
                     self.seen.append(req)
+                expects = [k for k in headers if k.lower() == "expect"]
+                length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
                 if action.close:
                     return
                 if action.respond is not None:
-                    if not any(k.lower() == "expect" for k in headers):
-                        # the client sends its body without waiting: take it before answering
-                        length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
-                        reader.read(length)
+                    if not expects:
+                        reader.read(length)  # the client sends its body without waiting: take it first
                     client.sendall(action.respond)
                     return
+                if expects:  # answer "100 Continue" here and forward the request without Expect
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    for k in expects:
+                        del headers[k]
+                body = bytearray(reader.read(length)) if length else bytearray()
+                req.body_len = len(body)
+                if action.flip_body_byte is not None and action.flip_body_byte < len(body):
+                    body[action.flip_body_byte] ^= 0x01
                 for name in action.drop_headers:
                     for k in [k for k in headers if k.lower() == name.lower()]:
                         del headers[k]
                 headers.update(action.set_headers)
                 out = request_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-                up.sendall(out.encode("latin-1"))
-                length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
-                body = bytearray(reader.read(length)) if length else bytearray()
-                req.body_len = len(body)
-                if action.flip_body_byte is not None and action.flip_body_byte < len(body):
-                    body[action.flip_body_byte] ^= 0x01
-                if body:
-                    up.sendall(body)
+                up.sendall(out.encode("latin-1") + bytes(body))
+                if not self._relay_response(up_reader, client, method):
+                    return
         except (OSError, ValueError):
             return
         finally:
@@ -316,12 +324,49 @@ class TLSProxy:
                 with contextlib.suppress(OSError):
                     up.close()
 
+    def _relay_response(self, up_reader: Any, client: ssl.SSLSocket, method: str) -> bool:
+        """Copy one response (skipping interim 1xx ones); False when the connection must close."""
+        while True:
+            head = self._read_head(up_reader)
+            if head is None:
+                return False
+            status_line, headers = head
+            status = int(status_line.split(" ", 2)[1])
+            out = status_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            if 100 <= status < 200:
+                continue  # our own 100 Continue went out already
+            client.sendall(out.encode("latin-1"))
+            lower = {k.lower(): v for k, v in headers.items()}
+            if method == "HEAD" or status in (204, 304):
+                pass
+            elif "content-length" in lower:
+                remaining = int(lower["content-length"])
+                while remaining:
+                    data = up_reader.read(min(remaining, 65536))
+                    if not data:
+                        return False
+                    client.sendall(data)
+                    remaining -= len(data)
+            elif "chunked" in lower.get("transfer-encoding", "").lower():
+                while True:
+                    size_line = up_reader.readline()
+                    client.sendall(size_line)
+                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                    chunk = up_reader.read(size + 2)
+                    client.sendall(chunk)
+                    if size == 0:
+                        break
+            else:
+                client.sendall(up_reader.read())
+                return False
+            return "close" not in lower.get("connection", "").lower()
+
     @staticmethod
     def _read_head(reader: Any) -> tuple[str, dict[str, str]] | None:
         line = reader.readline()
         if not line:
             return None
-        request_line = line.decode("latin-1").rstrip("\r\n")
+        first = line.decode("latin-1").rstrip("\r\n")
         headers: dict[str, str] = {}
         while True:
             h = reader.readline().decode("latin-1").rstrip("\r\n")
@@ -329,21 +374,7 @@ class TLSProxy:
                 break
             k, _, v = h.partition(":")
             headers[k.strip()] = v.strip()
-        return request_line, headers
-
-    @staticmethod
-    def _pump(src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_RDWR)
+        return first, headers
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def test_a_part_corrupted_in_flight_fails_the_upload_and_aborts(
     assert "upload part 2" in str(e.value) and f"portshift sent {part2}" in str(e.value)
     assert any(_is_part(r, 2) and r.body_len == PART for r in tls_proxy.seen), "the corrupted part reached moto"
     assert _completes(tls_proxy) == [], "a corrupted upload must never be completed"
-    assert len(_aborts(tls_proxy)) == 1
+    assert len(_aborts(tls_proxy)) >= 1  # botocore may retry an abort whose answer was lost
     assert read_obj("corrupt.bin") is None
     assert pending() == []
 
@@ -174,5 +174,5 @@ def test_rejected_credentials_stop_the_job_and_abort(
     text = str(e.value)
     assert text.startswith("upload part 2:") and code in text and "(HTTP 403)" in text and "/denied.bin" in text
     assert e.value.retryable is False
-    assert len(_aborts(tls_proxy)) == 1
+    assert len(_aborts(tls_proxy)) >= 1  # botocore may retry an abort whose answer was lost
     assert pending() == []

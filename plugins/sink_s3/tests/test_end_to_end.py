@@ -1,0 +1,152 @@
+"""`portshift run` as a real subprocess into moto over HTTPS, then an independent check: every
+object the manifest lists is downloaded with plain boto3 and re-hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portshift.errors import ExitCode
+
+MEDIA = 11 * 1024 * 1024 + 7  # three 5 MiB parts
+
+
+def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, count: int = 3, retries: int = 3) -> Path:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f"[job]\ntransfers = 2\nretries = {retries}\n\n"
+        f'[source]\ntype = "example"\ncount = {count}\nmedia_size = {MEDIA}\n\n'
+        f'[sink]\ntype = "s3"\nbucket = "{bucket}"\nprefix = "exports/acme"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{endpoint}"\nca_bundle = "{ca}"\naddressing_style = "path"\npart_size = "5MiB"\n'
+        'allowed_regions = ["us-*"]\n'
+    )
+    return job
+
+
+def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
+    env.update(
+        PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
+        PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
+        PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
+        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
+    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state),
+             "--log-level", "debug", "--no-progress"],
+            capture_output=True, text=True, env=env, timeout=90,
+        )
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(f"portshift run did not finish; stderr ends with: {err[-3000:]}") from None
+
+
+def export(admin: Any, bucket: str) -> tuple[str, dict[str, int]]:
+    """The export root (under the prefix) and every object in it with its size."""
+    objects = {o["Key"]: o["Size"] for o in admin.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    manifests = [k for k in objects if k.endswith("/portshift-manifest.txt")]
+    assert len(manifests) == 1, objects
+    root = manifests[0].rsplit("/", 1)[0]
+    assert root.startswith("exports/acme/")
+    return root, objects
+
+
+def manifest_entries(admin: Any, bucket: str, root: str) -> dict[str, str]:
+    text = admin.get_object(Bucket=bucket, Key=f"{root}/portshift-manifest.txt")["Body"].read().decode()
+    entries = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            digest, path = line.split("  ", 1)
+            entries[path] = digest
+    return entries
+
+
+def test_run_into_s3_then_rehash_every_object(
+    tmp_path: Path, moto: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]]
+) -> None:
+    r = run(write_job(tmp_path, bucket, moto.url, certs.ca_pem), tmp_path / "state.db", canaries)
+    assert r.returncode == 0, r.stderr
+    assert "complete — 6 files" in r.stdout
+    for c in canaries:
+        assert c not in r.stdout + r.stderr
+
+    root, objects = export(admin, bucket)
+    entries = manifest_entries(admin, bucket, root)
+    assert len([p for p in entries if p.endswith("media.mp3")]) == 3
+    # The manifest describes exactly the files under its root.
+    assert {f"{root}/{p}" for p in entries} | {f"{root}/portshift-manifest.txt"} == set(objects)
+    for path, digest in entries.items():
+        body = admin.get_object(Bucket=bucket, Key=f"{root}/{path}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == digest, path
+    # What S3 checked is recorded with each file.
+    meta = json.loads(admin.get_object(Bucket=bucket, Key=f"{root}/portshift-manifest.json")["Body"].read())
+    verified = {f["path"]: f["verified"] for f in meta["files"]}
+    assert all(v.startswith("S3 checked SHA-256 of each of 3 parts") for p, v in verified.items() if p.endswith(".mp3"))
+    assert all(v.startswith("S3 checked SHA-256 of 1 part") for p, v in verified.items() if p.endswith(".json"))
+    assert pending() == []
+
+
+def test_a_corrupted_upload_is_never_recorded_as_done(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]]
+) -> None:
+    victim = "ex0000000001/media.mp3"
+    tls_proxy.rule = lambda req: (
+        tls_proxy.Action(flip_body_byte=99, drop_headers=("x-amz-checksum-sha256",))
+        if victim in req.target and "partNumber=2" in req.target else None
+    )
+    job, state = write_job(tmp_path, bucket, tls_proxy.url, certs.ca_pem, retries=1), tmp_path / "state.db"
+    r = run(job, state, canaries)
+    assert r.returncode == ExitCode.PARTIAL, (r.returncode, r.stdout, r.stderr)
+    assert "upload part 2" in r.stderr and "S3 confirmed SHA-256" in r.stderr
+    tries = [q for q in tls_proxy.seen if victim in q.target and "partNumber=2" in q.target]
+    assert len(tries) == 2  # the first attempt and one retry, both damaged in flight
+
+    objects = {o["Key"] for o in admin.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert not [k for k in objects if k.endswith(victim)], "the damaged object must not exist"
+    assert not [k for k in objects if k.endswith("portshift-manifest.txt")], "a partial job writes no manifest"
+    assert pending() == []
+    jobs = subprocess.run([sys.executable, "-m", "portshift", "jobs", "--state", str(state), "--json"],
+                          capture_output=True, text=True, check=True)
+    (row,) = json.loads(jobs.stdout)
+    assert row["status"] == "partial" and row["file_count"] == len(objects)  # the damaged file is not done
+    show = subprocess.run([sys.executable, "-m", "portshift", "jobs", "show", row["id"], "--state", str(state),
+                           "--json"], capture_output=True, text=True, check=True)
+    print(show.stdout)
+
+    # Without the damage, a re-run resumes, uploads only what is missing, and completes.
+    tls_proxy.rule = lambda req: None
+    tls_proxy.seen.clear()
+    again = run(job, state, canaries)
+    assert again.returncode == 0, again.stderr
+    assert {q.target.split("?")[0].rsplit("/", 2)[-2] for q in tls_proxy.seen if "media.mp3" in q.target} == {
+        "ex0000000001"
+    }
+    root, objects_now = export(admin, bucket)
+    entries = manifest_entries(admin, bucket, root)
+    assert len([p for p in entries if p.endswith("media.mp3")]) == 3
+    for path, digest in entries.items():
+        assert hashlib.sha256(admin.get_object(Bucket=bucket, Key=f"{root}/{path}")["Body"].read()).hexdigest() == digest
+    assert pending() == []
+
+
+@pytest.mark.parametrize("region", ["eu-west-1"])
+def test_a_region_outside_allowed_regions_stops_before_anything_is_sent(
+    tmp_path: Path, tls_proxy: Any, certs: Any, bucket: str, canaries: tuple[str, str, str], region: str
+) -> None:
+    job = write_job(tmp_path, bucket, tls_proxy.url, certs.ca_pem)
+    job.write_text(job.read_text().replace('region = "us-east-1"', f'region = "{region}"'))
+    r = run(job, tmp_path / "state.db", canaries)
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert "allowed_regions" in r.stderr
+    assert tls_proxy.connections == 0
