@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, model_validator
 
 from .errors import ConfigError
 from .secrets import Secret, read_secret_file, secret_from_env
 
 
-def _require_https(url: str) -> str:
+def _require_https(url: str, info: ValidationInfo) -> str:
     from .tls import require_https
 
-    try:
-        return require_https(url, "the URL")
-    except ConfigError as e:
-        raise ValueError(str(e).replace("the URL ", "", 1)) from None
+    # a ConfigError (not a ValueError): it passes through pydantic unchanged, even when a plugin
+    # builds its options directly
+    return require_https(url, info.field_name or "url")
 
 
 #: A URL option that must be https:// (checked before any connection is made).
