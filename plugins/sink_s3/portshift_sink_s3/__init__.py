@@ -3,6 +3,9 @@
 Streams each artifact into the bucket (one PutObject, or a multipart upload when it is larger
 than one part), sends the SHA-256 of every request's bytes and compares what S3 confirms, and
 aborts what it could not finish. Write-only: it never lists, reads or deletes in the bucket.
+
+A separate ``s3`` reader (``portshift verify --store``) reads an export back with read-only
+credentials; the sink never uses it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from portshift import hookimpl
 
 from .client import pin_sdk_loggers
 from .options import S3Options
+from .reader import S3Reader
 from .sink import S3Sink
 
 pin_sdk_loggers()
 
-__all__ = ["S3Options", "S3Sink"]
+__all__ = ["S3Options", "S3Reader", "S3Sink"]
 
 
 @hookimpl
 def register_sinks(register: Any) -> None:
     register("s3", S3Sink)
+
+
+@hookimpl
+def register_readers(register: Any) -> None:
+    register("s3", S3Reader)

@@ -150,3 +150,35 @@ def test_a_region_outside_allowed_regions_stops_before_anything_is_sent(
     assert r.returncode == ExitCode.USAGE, r.stderr
     assert "allowed_regions" in r.stderr
     assert tls_proxy.connections == 0
+
+
+def test_verify_store_reads_the_export_back_from_s3(
+    tmp_path: Path, moto: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str]
+) -> None:
+    assert run(write_job(tmp_path, bucket, moto.url, certs.ca_pem, count=2), tmp_path / "s.db", canaries).returncode == 0
+    root, _ = export(admin, bucket)
+    job_id = root.rsplit("/", 1)[1]
+    store = tmp_path / "store.toml"
+    store.write_text(
+        f'[store]\ntype = "s3"\nbucket = "{bucket}"\nprefix = "exports/acme"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{moto.url}"\nca_bundle = "{certs.ca_pem}"\naddressing_style = "path"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
+    env.update(PORTSHIFT_AWS_ACCESS_KEY_ID="AKIAREADONLY", PORTSHIFT_AWS_SECRET_ACCESS_KEY="CANARYreadonly")
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "portshift", "verify", job_id, "--store", str(store), "--json"],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    ok = verify()
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] == 5  # 4 files + the JSON manifest
+
+    media = next(p for p in manifest_entries(admin, bucket, root) if p.endswith("media.mp3"))
+    admin.put_object(Bucket=bucket, Key=f"{root}/{media}", Body=b"replaced")
+    admin.put_object(Bucket=bucket, Key=f"{root}/stray.txt", Body=b"not exported by portshift")
+    bad = verify()
+    assert bad.returncode == ExitCode.VERIFY_FAILED
+    report = json.loads(bad.stdout)
+    assert report["differ"] == [media] and report["extra"] == ["stray.txt"]
+    assert "CANARYreadonly" not in bad.stdout + bad.stderr
