@@ -46,30 +46,38 @@ def _load_json(text: str) -> tuple[Any, str | None]:
 
 
 def parse_key(key: Secret) -> dict[str, str]:
-    """The service-account key as a dict; masks registered. Errors never show the content."""
-    info, problem = _load_json(key.reveal())
+    """The service-account key as a dict; masks registered. Errors never show the content.
+
+    The checks run in :func:`_checked`, which returns instead of raising, so that no frame of
+    the raised error's traceback holds the parsed key in its locals (tracebacks rendered with
+    locals would print it).
+    """
+    info, problem, hint = _checked(key.reveal())
     if problem is not None:
-        raise ConfigError(
-            f"[sink] key: the service-account key is not a JSON document ({problem})",
-            hint="PORTSHIFT_GCS_KEY or key_file must hold the JSON key file downloaded from Google Cloud",
-        )
-    if not isinstance(info, dict):
-        raise ConfigError("[sink] key: the service-account key must be a JSON object")
-    if info.get("type") != "service_account":
-        raise ConfigError(
-            '[sink] key: not a service-account key (its "type" is not "service_account")',
-            hint="for user or workload-identity credentials use application_default_credentials = true",
-        )
-    missing = [name for name in _REQUIRED if not isinstance(info.get(name), str) or not info.get(name)]
+        raise ConfigError(f"[sink] key: {problem}", hint=hint)
+    assert info is not None
+    return info
+
+
+def _checked(text: str) -> tuple[dict[str, str] | None, str | None, str | None]:
+    doc, syntax = _load_json(text)
+    if syntax is not None:
+        return None, f"the service-account key is not a JSON document ({syntax})", (
+            "PORTSHIFT_GCS_KEY or key_file must hold the JSON key file downloaded from Google Cloud")
+    if not isinstance(doc, dict):
+        return None, "the service-account key must be a JSON object", None
+    if doc.get("type") != "service_account":
+        return None, 'not a service-account key (its "type" is not "service_account")', (
+            "for user or workload-identity credentials use application_default_credentials = true")
+    missing = [name for name in _REQUIRED if not isinstance(doc.get(name), str) or not doc.get(name)]
     if missing:
-        raise ConfigError(f"[sink] key: the service-account key lacks {', '.join(missing)}")
-    _register_key_masks(info)
-    token_uri = info["token_uri"]
+        return None, f"the service-account key lacks {', '.join(missing)}", None
+    _register_key_masks(doc)
     try:
-        require_https(token_uri, "the key's token_uri")
+        require_https(doc["token_uri"], "the key's token_uri")
     except ConfigError as e:
-        raise ConfigError(f"[sink] key: {e.message}", hint="the token exchange posts a signed grant: https only") from None
-    return {k: v for k, v in info.items() if isinstance(v, str)}
+        return None, e.message, "the token exchange posts a signed grant: https only"
+    return {k: v for k, v in doc.items() if isinstance(v, str)}, None, None
 
 
 def _register_key_masks(info: dict[str, Any]) -> None:
@@ -89,18 +97,20 @@ def _register_key_masks(info: dict[str, Any]) -> None:
 
 
 def service_account_credentials(key: Secret) -> Credentials:
-    info = parse_key(key)
-    failed = False
-    try:
-        creds = service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
-    except (ValueError, TypeError, google.auth.exceptions.GoogleAuthError):
-        failed = True
-    if failed:  # raised outside the handler: no exception context that could hold key material
+    creds = _from_info(parse_key(key))
+    if creds is None:  # raised from a frame that holds no key material, outside any handler
         raise ConfigError(
             "[sink] key: the service-account key's private_key cannot be read (not a PEM RSA key)",
             hint="download a new JSON key for the service account",
         )
     return creds
+
+
+def _from_info(info: dict[str, str]) -> Credentials | None:
+    try:
+        return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
+    except (ValueError, TypeError, google.auth.exceptions.GoogleAuthError):
+        return None
 
 
 def default_credentials(request: Any) -> Credentials:

@@ -173,7 +173,6 @@ def harden(session: requests.Session, ca_bundle: Path | None, *, pool_maxsize: i
     session.trust_env = False
     session.verify = True  # a path here would make urllib3 add trust to the shared context
     session.proxies = {}
-    session.max_redirects = 0
     session.mount("https://", _TLSAdapter(ssl_context(ca_bundle), pool_maxsize))
     session.mount("http" + "://", _MetadataServerOnly() if allow_metadata_server else _RefusePlainHTTP())
     return session

@@ -395,8 +395,12 @@ class TLSServer:
 def server_context(ca: trustme.CA, *hosts: str, tls11_only: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if tls11_only:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
         ctx.set_ciphers("ALL:@SECLEVEL=0")
     ca.issue_cert(*(hosts or ("127.0.0.1", "localhost"))).configure_cert(ctx)
     return ctx
