@@ -111,7 +111,8 @@ def sections(text: str) -> list[tuple[int, str, str]]:
     prose = without_code(text)
     lines = prose.split("\n")
     raw = text.split("\n")
-    heads = [(i, len(m.group(1)), m.group(2).strip()) for i, line in enumerate(lines) if (m := re.match(r"^(#{1,6})\s+(.*)$", line))]
+    heads = [(i, len(m.group(1)), m.group(2).strip())
+             for i, line in enumerate(lines) if (m := re.match(r"^(#{1,6})\s+(.*)$", line))]
     out = []
     for n, (i, level, title) in enumerate(heads):
         end = heads[n + 1][0] if n + 1 < len(heads) else len(lines)
@@ -190,7 +191,9 @@ def test_every_hook_section_has_arguments_when_and_an_example() -> None:
         assert "**When it is called:**" in body, f"{name}: say when it is called"
         examples = [b for b in fenced_blocks(body) if b.lang == "python"]
         assert examples, f"{name}: no example"
-        assert any(f"def {name}(" in b.body and "@hookimpl" in b.body for b in examples), f"{name}: the example implements no {name}"
+        assert any(f"def {name}(" in b.body and "@hookimpl" in b.body for b in examples), (
+            f"{name}: the example implements no {name}"
+        )
 
 
 @pytest.mark.parametrize("page", ["plugins.md", "writing-plugins.md"])
@@ -275,7 +278,8 @@ def test_every_cli_command_and_option_is_documented_and_exists() -> None:
     missing = sorted(" ".join(("portshift", *p)) for p in commands if p not in documented)
     assert not missing, f"commands missing from docs/cli.md (add a heading `portshift <command>`): {missing}"
     for path, cmd in commands.items():
-        shown = {opt for cell in first_cells(documented[path]) for tick in ticked(cell) for opt in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", tick)}
+        shown = {opt for cell in first_cells(documented[path]) for tick in ticked(cell)
+                 for opt in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", tick)}
         real = option_names(cmd) | HELP  # click adds -h/--help to every command
         where = "portshift " + " ".join(path)
         assert shown <= real, f"{where}: docs/cli.md shows options that do not exist: {sorted(shown - real)}"
@@ -302,7 +306,8 @@ def test_every_environment_variable_the_core_reads_is_documented() -> None:
     names: set[str] = set()
     for path in (REPO / "portshift").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"PORTSHIFT_[A-Z0-9_]+", node.value):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"PORTSHIFT_[A-Z0-9_]+",
+                                                                                                 node.value):
                 names.add(node.value)
     assert {"PORTSHIFT_DEBUG", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE"} <= names
     table = section(read("cli.md"), "Environment variables")
