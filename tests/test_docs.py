@@ -334,6 +334,19 @@ def test_job_file_doc_lists_every_option() -> None:
     assert sorted(names("`[manifest.<writer>]`")) == sorted(BagitOptions.model_fields)
 
 
+def test_key_template_example_is_what_portshift_builds() -> None:
+    from datetime import datetime, timezone
+
+    from portshift.keys import build_key, check_template
+
+    m = re.search(r'`key_template = "([^"]+)"` gives `([^`]+)`', read("job-file.md"))
+    assert m, "docs/job-file.md should show a key_template example and the key it gives"
+    check_template(m.group(1))
+    built = build_key(m.group(1), recording_id="ex0000000000", artifact="media", ext="mp3",
+                      started_at=datetime(2024, 1, 1, 9, tzinfo=timezone.utc), fields={"type": "meeting"}, source="example")
+    assert built == m.group(2)
+
+
 def job_blocks() -> list[Any]:
     params = []
     for page in sorted(DOCS.glob("*.md")):
@@ -539,3 +552,26 @@ def test_writing_plugins_shows_the_example_files_verbatim() -> None:
         assert shown[name] == (EXAMPLE / name).read_text(encoding="utf-8"), (
             f"docs/writing-plugins.md shows a different {name} than docs/examples/portshift-sink-memo/{name}"
         )
+
+
+# --- links between the pages ----------------------------------------------------------------------
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md"])
+def test_links_resolve(page: str) -> None:
+    prose = without_code(read(page))
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+        if re.match(r"https?://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (DOCS / path).resolve() if path else DOCS / page
+        assert file.exists(), f"docs/{page}: link to {target}: no such file"
+        if anchor:
+            assert file.suffix == ".md", f"docs/{page}: anchor in a link to a non-Markdown file: {target}"
+            anchors = {slug(t) for _, t, _ in sections(file.read_text(encoding="utf-8"))}
+            assert anchor in anchors, f"docs/{page}: link to {target}: no heading with that anchor"
