@@ -53,10 +53,17 @@ def parse_key(key: Secret) -> dict[str, str]:
     locals would print it).
     """
     info, problem, hint = _checked(key.reveal())
-    if problem is not None:
+    if info is None:
         raise ConfigError(f"[sink] key: {problem}", hint=hint)
-    assert info is not None
     return info
+
+
+def key_problem(key: Secret) -> str | None:
+    """What is wrong with the key (one line, never its content), or None."""
+    info, problem, hint = _checked(key.reveal())
+    if info is None:
+        return f"{problem} ({hint})" if hint else problem
+    return None
 
 
 def _checked(text: str) -> tuple[dict[str, str] | None, str | None, str | None]:

@@ -36,14 +36,14 @@ StorageClass = Literal["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"]
 def parse_size(value: Any, what: str) -> int:
     """An int (bytes) or a string like ``"8MiB"``, ``"256 KiB"``, ``"1048576"``."""
     if isinstance(value, bool):
-        raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
+        raise ValueError('expected a size such as 8388608 or "8MiB"')
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
         if m and m.group(2).lower() in _UNITS:
             return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB" (units B, KiB, MiB, GiB)')
+    raise ValueError('expected a size such as 8388608 or "8MiB" (units B, KiB, MiB, GiB)')
 
 
 def is_loopback_endpoint(url: str) -> bool:
@@ -113,10 +113,9 @@ class GcsOptions(PluginOptions):
     @classmethod
     def _bucket(cls, v: str) -> str:
         if not _BUCKET.match(v) or ".." in v or v.startswith("goog"):
-            raise ConfigError(
-                f"[sink] bucket {v[:70]!r} is not a valid bucket name",
-                hint="3-63 characters (222 with dots): lowercase letters, digits, '-', '_' and '.', "
-                "starting and ending with a letter or digit; the bucket name only, no gs://",
+            raise ValueError(
+                f"{v[:70]!r} is not a valid bucket name (3-63 characters, 222 with dots: lowercase letters, "
+                "digits, '-', '_' and '.', starting and ending with a letter or digit; the name only, no gs://)"
             )
         return v
 
@@ -125,11 +124,11 @@ class GcsOptions(PluginOptions):
     def _prefix(cls, v: str) -> str:
         v = v.strip().strip("/")
         if any(part in ("", ".", "..") for part in v.split("/") if v) or "\\" in v:
-            raise ConfigError("[sink] prefix: use '/'-separated names without empty, '.' or '..' parts")
+            raise ValueError("use '/'-separated names without empty, '.' or '..' parts")
         if any(ord(c) < 32 or ord(c) == 127 for c in v):
-            raise ConfigError("[sink] prefix must not contain control characters")
+            raise ValueError("must not contain control characters")
         if len(v.encode()) > 512:
-            raise ConfigError("[sink] prefix is too long (GCS object names are at most 1024 bytes)")
+            raise ValueError("too long (GCS object names are at most 1024 bytes)")
         return v
 
     @field_validator("chunk_size", mode="before")
@@ -137,9 +136,9 @@ class GcsOptions(PluginOptions):
     def _chunk_size(cls, v: Any) -> int:
         size = parse_size(v, "chunk_size")
         if size <= 0 or size % CHUNK_QUANTUM or size > MAX_CHUNK_SIZE:
-            raise ConfigError(
-                f"[sink] chunk_size {size} is not a multiple of 256 KiB between 256 KiB and 1 GiB",
-                hint='GCS takes resumable chunks in multiples of 262144 bytes; e.g. "8MiB" (the default)',
+            raise ValueError(
+                f"{size} is not a multiple of 256 KiB between 256 KiB and 1 GiB (GCS takes resumable chunks "
+                'in multiples of 262144 bytes; e.g. "8MiB", the default)'
             )
         return size
 
@@ -147,9 +146,8 @@ class GcsOptions(PluginOptions):
     @classmethod
     def _kms(cls, v: str | None) -> str | None:
         if v is not None and not _KMS.match(v):
-            raise ConfigError(
-                "[sink] kms_key_name must look like projects/P/locations/L/keyRings/R/cryptoKeys/K",
-                hint="the key's resource name, without /cryptoKeyVersions/N",
+            raise ValueError(
+                "must look like projects/P/locations/L/keyRings/R/cryptoKeys/K (without /cryptoKeyVersions/N)"
             )
         return v
 
@@ -158,11 +156,10 @@ class GcsOptions(PluginOptions):
     def _endpoint(cls, v: str) -> str:
         parts = urllib.parse.urlsplit(v)
         if parts.query or parts.fragment:
-            raise ConfigError("[sink] api_endpoint must not carry a query string or fragment")
+            raise ValueError("must not carry a query string or fragment")
         if parts.path not in ("", "/"):
-            raise ConfigError(
-                "[sink] api_endpoint is the scheme and host only (e.g. https://storage.googleapis.com)",
-                hint="the sink adds /storage/v1 and /upload/storage/v1 itself",
+            raise ValueError(
+                "is the scheme and host only, e.g. https://storage.googleapis.com (the sink adds the API paths)"
             )
         return f"{parts.scheme}://{parts.netloc}"
 
@@ -170,7 +167,7 @@ class GcsOptions(PluginOptions):
     @classmethod
     def _project(cls, v: str | None) -> str | None:
         if v is not None and not _PROJECT.match(v):
-            raise ConfigError(f"[sink] project {v[:40]!r} is not a project id or number")
+            raise ValueError(f"{v[:40]!r} is not a project id or number")
         return v
 
     @model_validator(mode="after")
@@ -198,11 +195,15 @@ class GcsOptions(PluginOptions):
                 "IP address such as https://127.0.0.1:4443",
                 hint="use a service-account key or application_default_credentials for a real bucket",
             )
-        if self.key is not None:
-            from .credentials import parse_key
-
-            parse_key(self.key)  # a malformed key is a config error now, before any connection
         return self
 
-    def endpoint_name(self) -> str:
-        return self.api_endpoint
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: Secret | None) -> Secret | None:
+        if v is not None:
+            from .credentials import key_problem
+
+            problem = key_problem(v)  # a malformed key is a config error now, before any connection
+            if problem is not None:
+                raise ValueError(problem)
+        return v
