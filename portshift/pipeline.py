@@ -34,7 +34,7 @@ from .events import FileExported
 from .hashing import HashingStream
 from .keys import build_key
 from .manifest import SIGNATURE_SUFFIX
-from .plugins import pm
+from .plugins import call_event
 from .progress import Progress
 from .redact import sanitize_message
 from .retry import Backoff
@@ -264,7 +264,7 @@ class Runner:
 
         info = self._job_info(job_id)
         self._resuming = resumed
-        pm.hook.job_started(job=info, resumed=resumed)
+        call_event("job_started", job=info, resumed=resumed)
         status, error = self._transfer(job_id, export_root, source, sink, window, done, transfers, info)
 
         result = RunResult(job_id=job_id, status=status, exit_code=ExitCode.OK, export_root=export_root, resumed=resumed)
@@ -300,7 +300,7 @@ class Runner:
             "partial": ExitCode.PARTIAL,
             "interrupted": ExitCode.INTERRUPTED,
         }.get(status, ExitCode.FATAL)
-        pm.hook.job_finished(job=self._job_info(job_id), manifest_sha256=result.manifest_sha256)
+        call_event("job_finished", job=self._job_info(job_id), manifest_sha256=result.manifest_sha256)
         return result
 
     def _dry_run(self, source: Source, window: Window, done: set[str], unfinished: dict[str, Any] | None) -> RunResult:
@@ -511,8 +511,10 @@ class Runner:
             ),
         )
         self.progress.file_done(got)
-        pm.hook.file_exported(
-            job=info, file=FileExported(key=rel, size=got, sha256=digest, recording_id=rec.id, artifact=artifact.name)
+        call_event(
+            "file_exported",
+            job=info,
+            file=FileExported(key=rel, size=got, sha256=digest, recording_id=rec.id, artifact=artifact.name),
         )
 
     # --- manifest ---------------------------------------------------------------------------

@@ -61,11 +61,18 @@ def _load_entry_points() -> None:
     allowed: set[str] | None = None
     if allow_env is not None:
         allowed = {p.strip() for p in allow_env.split(",") if p.strip()}
+    seen: set[str] = set()
     for ep in importlib.metadata.entry_points(group="portshift"):
         dist = ep.dist.name if ep.dist else ep.name
         if allowed is not None and dist not in allowed and ep.name not in allowed:
             continue
+        seen.update({dist, ep.name})
         if pm.get_plugin(ep.name) is not None:
+            other = distributions.get(ep.name, ("another distribution",))[0]
+            if other != dist:
+                reason = f"its plugin name {ep.name!r} is already taken by {other}"
+                load_failures.append((dist, reason))
+                log.warning("plugin %s was not loaded: %s", dist, reason)
             continue
         try:
             module = ep.load()
@@ -77,6 +84,24 @@ def _load_entry_points() -> None:
             load_failures.append((dist, reason))
             log.warning("plugin %s failed to load and was skipped (%s)", dist, reason)
             continue
+    _warn_missing(allowed, seen)
+
+
+def _warn_missing(allowed: set[str] | None, seen: set[str]) -> None:
+    for name in sorted((allowed or set()) - seen):
+        load_failures.append((name, "not installed"))
+        log.warning("PORTSHIFT_LOAD_PLUGINS names %s, which is not installed", name)
+
+
+def call_event(hook_name: str, **kwargs: Any) -> None:
+    """Call a lifecycle hook; an exception in one plugin is logged (naming it) and never
+    changes the outcome of the export."""
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+        except Exception as e:  # noqa: BLE001 - an observer must not break the export
+            log.warning("plugin %s: %s hook failed (%s); ignored", plugin_distribution(impl.plugin), hook_name, type(e).__name__)
 
 
 def plugin_distribution(plugin: Any) -> str:

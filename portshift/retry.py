@@ -45,7 +45,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None, cap: float
 
 @dataclass
 class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
+    """Exponential backoff with jitter: retry n waits between half and all of
+    ``min(cap, base * 2**(n-1))`` seconds; a server's hint (``Retry-After``) is used as given."""
 
     base: float = 0.5
     cap: float = 30.0
@@ -55,7 +56,7 @@ class Backoff:
     def delay(self, attempt: int, hint: float | None = None) -> float:
         """Delay before retry number ``attempt`` (1 for the first retry); a server hint wins."""
         if hint is not None:
-            return min(hint, max(self.cap, hint))
+            return hint
         ceiling = min(self.cap, self.base * (2 ** (attempt - 1)))
         return (self.rng or random).uniform(ceiling / 2, ceiling)
 

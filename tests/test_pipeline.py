@@ -278,3 +278,14 @@ def test_manifest_json_index_lists_every_file_with_its_recording(tmp_path: Path)
     for f in index["files"]:
         data = (out / result.export_root / f["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["size"]
+
+
+def test_a_failing_lifecycle_hook_never_changes_the_outcome(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def boom(**kwargs: object) -> None:
+        raise RuntimeError("observer bug")
+
+    with plugin("test-broken-observer", job_started=lambda job, resumed: boom(),
+                file_exported=lambda job, file: boom(), job_finished=lambda job, manifest_sha256: boom()):
+        result = run_job(example_doc(tmp_path / "out", count=2), tmp_path / "s.db")
+    assert result.status == "complete" and result.files == 4
+    assert "file_exported hook failed (RuntimeError); ignored" in caplog.text

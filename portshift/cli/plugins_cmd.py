@@ -12,7 +12,7 @@ from . import common_options
 
 
 def describe() -> dict[str, Any]:
-    out: dict[str, Any] = {"plugins": [], "sources": {}, "sinks": {}, "manifest_writers": {}}
+    out: dict[str, Any] = {"plugins": [], "sources": {}, "sinks": {}, "readers": {}, "manifest_writers": {}}
     registry.load_plugins()
     for plugin in registry.pm.get_plugins():
         name = registry.pm.get_name(plugin) or repr(plugin)
@@ -26,6 +26,7 @@ def describe() -> dict[str, Any]:
     for key, reg in (
         ("sources", registry.sources()),
         ("sinks", registry.sinks()),
+        ("readers", registry.readers()),
         ("manifest_writers", registry.manifest_writers()),
     ):
         for name, cls in sorted(reg.classes.items()):
@@ -47,7 +48,12 @@ def command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    for kind, title in (("sources", "Sources"), ("sinks", "Sinks"), ("manifest_writers", "Manifest writers")):
+    for kind, title in (
+        ("sources", "Sources"),
+        ("sinks", "Sinks"),
+        ("readers", "Readers (portshift verify --store)"),
+        ("manifest_writers", "Manifest writers"),
+    ):
         click.echo(f"{title}:")
         for name, d in info[kind].items():
             opts = ", ".join(d["options"].get("properties", {}))
