@@ -54,12 +54,17 @@ def from_response(response: requests.Response, operation: str, location: str) ->
     if status == 401:
         return AuthError(what, operation=operation, status=status, location=location,
                          hint="the access token was refused: check the key or the workload identity binding")
+    if status == 403 and "storage.objects.delete" in message:
+        # not a credentials problem: this one object already exists (e.g. a retry after a write
+        # whose answer was lost). The file fails; the job goes on.
+        return SinkError(
+            what, operation=operation, status=status, location=location, retryable=False,
+            hint="an object already exists under this name and replacing it needs storage.objects.delete, "
+            "which roles/storage.objectCreator does not grant (docs/permissions/gcs.md)",
+        )
     if status == 403:
         hint = "the identity needs roles/storage.objectCreator on the bucket (docs/permissions/gcs.md)"
-        if "storage.objects.delete" in message:
-            hint = ("an object already exists under this name and replacing it needs storage.objects.delete, "
-                    "which roles/storage.objectCreator does not grant")
-        elif "cloudkms" in message.lower() or "kms" in reason.lower():
+        if "cloudkms" in message.lower() or "kms" in reason.lower():
             hint = "the bucket's Cloud Storage service agent needs roles/cloudkms.cryptoKeyEncrypterDecrypter on kms_key_name"
         return AuthError(what, operation=operation, status=status, location=location, hint=hint)
     if status == 400 and ("crc32c" in message.lower() or "md5" in message.lower() or "hash" in message.lower()):

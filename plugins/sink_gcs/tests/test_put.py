@@ -6,6 +6,7 @@ Every stored object is re-downloaded by the independent admin client and re-hash
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 
 import pytest
@@ -261,3 +262,30 @@ def test_store_that_does_not_verify_is_caught_by_the_comparison(
     with pytest.raises(IntegrityError) as e:
         put_bytes(sink, unique(), pattern_bytes(size), size)
     assert "CRC32C" in str(e.value) and "MD5" in str(e.value)
+
+
+def test_permission_answers_are_translated() -> None:
+    """GCS's 403 answers (the JSON API error shape, texts as GCS words them) become the right portshift errors: a
+    missing create permission stops the job (AuthError); an existing object that objectCreator may
+    not replace fails that one file only."""
+    from portshift_sink_gcs import errors as gcs_errors
+
+    from portshift.errors import AuthError
+
+    def answer(message: str) -> requests.Response:
+        r = requests.Response()
+        r.status_code = 403
+        r._content = json.dumps({"error": {"code": 403, "message": message,
+                                           "errors": [{"reason": "forbidden", "message": message}]}}).encode()
+        return r
+
+    denied = gcs_errors.from_response(answer(
+        "sa@p.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage "
+        "object. Permission 'storage.objects.create' denied on resource (or it may not exist)."),
+        "upload object", "gs://b/k")
+    assert isinstance(denied, AuthError) and "objectCreator" in str(denied)
+    exists = gcs_errors.from_response(answer(
+        "sa@p.iam.gserviceaccount.com does not have storage.objects.delete access to the Google Cloud Storage "
+        "object. Permission 'storage.objects.delete' denied on resource (or it may not exist)."),
+        "upload object", "gs://b/k")
+    assert type(exists) is SinkError and not exists.retryable and "already exists" in str(exists)
