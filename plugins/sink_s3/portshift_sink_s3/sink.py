@@ -129,6 +129,12 @@ class S3Sink(Sink):
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         full_key = self._full_key(key)
+        if size is not None and size > self.options.part_size * MAX_PARTS:
+            raise SinkError(
+                f"{size} bytes need more than S3's {MAX_PARTS} parts of {self.options.part_size} bytes",
+                operation="put object", location=self._loc(full_key), retryable=False,
+                hint="raise part_size in [sink]",
+            )
         refresh_masks(self._chain_creds)
         # Fill one part; if the stream ends within it (the next read gives nothing), it is one
         # PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.

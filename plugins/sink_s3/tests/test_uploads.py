@@ -211,3 +211,31 @@ def test_check_contacts_nothing_unless_check_write(
     writer.check()
     assert [r.method for r in tls_proxy.seen] == ["PUT"]
     assert read_obj("chk/.portshift-check") == b"portshift write check\n"
+
+
+def test_a_declared_size_beyond_10000_parts_is_refused_before_sending(
+    make_sink: Callable[..., Any], tls_proxy: Any
+) -> None:
+    sink = make_sink(endpoint_url=tls_proxy.url)
+    with pytest.raises(SinkError, match="raise part_size"):
+        sink.put("huge.bin", HashingStream(iter([b"x"])), PART * 10_000 + 1)
+    assert tls_proxy.connections == 0
+
+
+def test_a_composite_checksum_returned_by_s3_is_compared(make_sink: Callable[..., Any]) -> None:
+    """moto returns no composite checksum on CompleteMultipartUpload; AWS does (``<b64>-<parts>``)."""
+    import base64
+
+    from portshift_sink_s3.sink import _Part
+
+    from portshift.errors import IntegrityError
+
+    sink = make_sink()
+    parts = [_Part(n, f'"e{n}"', "", hashlib.sha256(bytes([n])).digest(), 1) for n in (1, 2, 3)]
+    composite = base64.b64encode(hashlib.sha256(b"".join(p.digest for p in parts)).digest()).decode()
+    ok = sink._completed("k", "k", parts, 3, {"ChecksumSHA256": f"{composite}-3", "ETag": '"x-3"'})
+    assert ok.verified.endswith("composite SHA-256 confirmed by S3")
+    assert ok.checksums == {"s3-sha256-composite": f"{composite}-3"} and ok.version == '"x-3"'
+    for wrong in (f"{composite}-2", base64.b64encode(b"\0" * 32).decode() + "-3"):
+        with pytest.raises(IntegrityError, match="composite"):
+            sink._completed("k", "k", parts, 3, {"ChecksumSHA256": wrong})
