@@ -28,6 +28,13 @@ _AUTH_HINTS = {
     "KeyBasedAuthenticationNotPermitted": "the storage account does not allow SAS/key authorization",
 }
 
+#: The same codes, for the reader of ``portshift verify --store`` (read + list SAS).
+_READ_AUTH_HINTS = {
+    **_AUTH_HINTS,
+    "AuthorizationPermissionMismatch": "the SAS lacks a permission this operation needs: verification needs "
+    "read and list (sp=rl) on the container",
+}
+
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -53,8 +60,9 @@ def _server_message(e: HttpResponseError) -> str:
     return sanitize_message(text, 200)
 
 
-def translate(e: BaseException, operation: str, location: str) -> PortshiftError:
-    """A portshift error describing ``e``; raise it ``from None``."""
+def translate(e: BaseException, operation: str, location: str, *, reading: bool = False) -> PortshiftError:
+    """A portshift error describing ``e``; raise it ``from None``. ``reading``: for the reader
+    (verify --store), whose hints name the read-only SAS."""
     if isinstance(e, HttpResponseError) and e.status_code is not None:
         status = int(e.status_code)
         code = _code(e)
@@ -69,7 +77,8 @@ def translate(e: BaseException, operation: str, location: str) -> PortshiftError
                 hint="set account_url to the storage account's blob endpoint itself",
             )
         if status in (401, 403):
-            return AuthError(what, operation=operation, status=status, location=location, hint=_AUTH_HINTS.get(code))
+            hints = _READ_AUTH_HINTS if reading else _AUTH_HINTS
+            return AuthError(what, operation=operation, status=status, location=location, hint=hints.get(code))
         if status == 400 and (code == "Md5Mismatch" or "md5" in detail.lower()):
             return SinkError(
                 "Azure rejected the data: the MD5 it computed on receipt differs from the one sent "
@@ -82,7 +91,7 @@ def translate(e: BaseException, operation: str, location: str) -> PortshiftError
         if status == 404 and code == "ContainerNotFound":
             return SinkError(
                 what, operation=operation, status=status, location=location, retryable=False,
-                hint="create the container first; the sink never creates containers",
+                hint="check the container name" if reading else "create the container first; the sink never creates containers",
             )
         if status == 409 and code in ("EncryptionScopeDisabled", "EncryptionScopeNotFound"):
             return SinkError(what, operation=operation, status=status, location=location, retryable=False)

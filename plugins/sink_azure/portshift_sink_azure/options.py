@@ -7,13 +7,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, PrivateAttr, field_validator, model_validator
 
 from portshift.errors import ConfigError
 from portshift.options import HttpsUrl, PluginOptions
 from portshift.secrets import Secret, secret_field
 
-from .sas import inspect_sas, warn
+from .sas import READ, WRITE, inspect_sas, warn
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -29,6 +29,10 @@ MAX_BLOCKS = 50_000
 _UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _REGION = re.compile(r"^[a-z0-9]+$")
+
+#: The section a reader's options come from (``portshift verify --store``): the same keys as
+#: ``[sink]``, but the SAS is checked for reading (read + list) instead of writing.
+READ_SECTION = "store"
 
 
 def parse_size(value: Any, what: str) -> int:
@@ -167,6 +171,43 @@ class AzureOptions(PluginOptions):
             raise ConfigError("[sink] allowed_regions: a non-empty list of region names such as [\"westeurope\"]")
         return out
 
+    #: "write" for ``[sink]``, "read" for ``[store]`` (verify --store); set from the section.
+    _role: str = PrivateAttr(default=WRITE)
+    _section: str = PrivateAttr(default="sink")
+
+    @property
+    def role(self) -> str:
+        """What the SAS was checked for: ``"write"`` (the sink) or ``"read"`` (the reader)."""
+        return self._role
+
+    @property
+    def section_name(self) -> str:
+        return self._section
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_sas_for_its_section(cls, data: Any, handler: ModelWrapValidatorHandler[AzureOptions]) -> AzureOptions:
+        """The SAS checks depend on who uses the options: ``[sink]`` needs create/write, ``[store]``
+        (``portshift verify --store``) needs read/list and is warned about anything that writes.
+        The core passes the section as ``__section__``; options built without it are the sink's."""
+        section = data.get("__section__", cls.section) if isinstance(data, dict) else cls.section
+        options = handler(data)
+        if not isinstance(options, AzureOptions):  # pragma: no cover - pydantic returns the model
+            return options
+        options._section = str(section)
+        options._role = READ if section == READ_SECTION else WRITE
+        if options.sas is not None:
+            info = inspect_sas(options.sas, role=options._role, section=options._section)
+            # a scope bound into the token matters for writes only
+            if options._role == WRITE and info.encryption_scope and info.encryption_scope != options.encryption_scope:
+                raise ConfigError(
+                    f"[{section}] the SAS is bound to encryption scope {info.encryption_scope!r} (ses) but "
+                    f"encryption_scope is {options.encryption_scope!r}",
+                    hint=f"set encryption_scope = \"{info.encryption_scope}\"",
+                )
+            warn(info, options._section)
+        return options
+
     @model_validator(mode="after")
     def _checks(self) -> AzureOptions:
         if self.allowed_regions is not None:
@@ -179,13 +220,4 @@ class AzureOptions(PluginOptions):
                 raise ConfigError(
                     f"[sink] region {self.region} is not in allowed_regions ({', '.join(self.allowed_regions)})"
                 )
-        if self.sas is not None:
-            info = inspect_sas(self.sas)
-            if info.encryption_scope and info.encryption_scope != self.encryption_scope:
-                raise ConfigError(
-                    f"[sink] the SAS is bound to encryption scope {info.encryption_scope!r} (ses) but "
-                    f"encryption_scope is {self.encryption_scope!r}",
-                    hint=f"set encryption_scope = \"{info.encryption_scope}\"",
-                )
-            warn(info)
         return self

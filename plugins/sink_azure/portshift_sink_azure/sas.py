@@ -22,6 +22,16 @@ log = logging.getLogger("portshift.sink.azure")
 #: overwriting a blob); ``c`` alone can create new blobs only (see docs/permissions/azure.md).
 NEEDED = frozenset("cw")
 
+#: What the reader (``portshift verify --store``) needs: Get Blob (``r``) and List Blobs (``l``).
+READ_NEEDED = frozenset("rl")
+
+#: Letters that let a token change or remove data (everything but read, list, filter by tags).
+MODIFYING = frozenset("acwdxymtoepiu")
+
+#: The two roles a token is checked for: the sink writes, the reader (verify --store) reads.
+WRITE = "write"
+READ = "read"
+
 #: Permission letters of service and account SAS tokens, for messages.
 PERMISSION_NAMES = {
     "r": "read",
@@ -81,12 +91,12 @@ def _parse_time(value: str) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
-def normalize_token(secret: Secret) -> str:
+def normalize_token(secret: Secret, section: str = "sink") -> str:
     """The token as the SDK wants it: no leading ``?``. Refuses a URL (point to account_url)."""
     value = secret.reveal().strip()
     if "://" in value:
         raise ConfigError(
-            "[sink] sas: PORTSHIFT_AZURE_SAS / sas_file holds a URL, not a SAS token",
+            f"[{section}] sas: PORTSHIFT_AZURE_SAS / sas_file holds a URL, not a SAS token",
             hint="keep only the part after '?' (sv=...&sig=...); the account goes in account_url",
         )
     if value.startswith("?"):
@@ -94,24 +104,30 @@ def normalize_token(secret: Secret) -> str:
     return value
 
 
-def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
-    """Check a SAS token before any transfer.
+def inspect_sas(
+    secret: Secret, *, now: datetime | None = None, role: str = WRITE, section: str = "sink"
+) -> SasInfo:
+    """Check a SAS token before any transfer, for the sink (``role="write"``) or for the reader
+    of ``portshift verify --store`` (``role="read"``).
 
-    Raises :class:`ConfigError` when it cannot work (not a SAS, expired, no write permission,
-    not for blobs). Returns what it found, with ``warnings`` for what works but is unsafe
-    (plain HTTP allowed, more permissions than the sink needs, expiry close).
+    Raises :class:`ConfigError` when it cannot work (not a SAS, expired, not for blobs; for the
+    sink: no create/write; for the reader: no read or no list). Returns what it found, with
+    ``warnings`` for what works but is unsafe (plain HTTP allowed, more permissions than needed
+    -- for the reader, any permission that can change the export -- expiry close).
     """
+    if role not in (WRITE, READ):  # pragma: no cover - programming error
+        raise ValueError(f"unknown role {role!r}")
     now = now or datetime.now(timezone.utc)
-    token = normalize_token(secret)
+    token = normalize_token(secret, section)
     try:
         fields = urllib.parse.parse_qs(token, keep_blank_values=True, strict_parsing=False)
     except ValueError:
-        raise ConfigError("[sink] sas: the SAS token cannot be parsed") from None
+        raise ConfigError(f"[{section}] sas: the SAS token cannot be parsed") from None
     params = {k: v[-1] for k, v in fields.items()}
     sig = params.get("sig")
     if not sig:
         raise ConfigError(
-            "[sink] sas: this is not a SAS token (no sig field)",
+            f"[{section}] sas: this is not a SAS token (no sig field)",
             hint="generate one with `az storage container generate-sas` (see docs/permissions/azure.md)",
         )
     # The signature may travel in other encodings than the whole token (the scrubber knows the
@@ -125,20 +141,30 @@ def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
     stored = bool(params.get("si"))
 
     # --- what it is for -------------------------------------------------------------------
+    # The sink touches objects only; the reader also lists the container (List Blobs is a
+    # container-level operation: an account SAS needs srt to include c for it).
+    used_types = {"o"} if role == WRITE else {"c", "o"}
+    who = "the sink" if role == WRITE else "verification"
     if account:
         services = params.get("ss", "")
         if "b" not in services:
-            raise ConfigError("[sink] sas: this account SAS does not cover the blob service (ss has no 'b')")
+            raise ConfigError(f"[{section}] sas: this account SAS does not cover the blob service (ss has no 'b')")
         extra_services = sorted({_SERVICE_NAMES.get(s, s) for s in services if s != "b"})
         if extra_services:
             warnings.append(f"the account SAS also grants access to other services: {', '.join(extra_services)}")
         types = params.get("srt", "")
         if "o" not in types:
-            raise ConfigError("[sink] sas: this account SAS does not cover objects (srt has no 'o')")
-        extra_types = sorted({_RESOURCE_TYPE_NAMES.get(t, t) for t in types if t != "o"})
+            raise ConfigError(f"[{section}] sas: this account SAS does not cover objects (srt has no 'o')")
+        if role == READ and "c" not in types:
+            raise ConfigError(
+                f"[{section}] sas: this account SAS does not cover containers (srt has no 'c'): "
+                "verification cannot list the export's blobs",
+                hint="generate a container SAS (sr=c) with --permissions rl instead",
+            )
+        extra_types = sorted({_RESOURCE_TYPE_NAMES.get(t, t) for t in types if t not in used_types})
         if extra_types:
             warnings.append(
-                "the account SAS also grants access to resource types the sink never uses: "
+                f"the account SAS also grants access to resource types {who} never uses: "
                 + ", ".join(extra_types)
                 + " (a container SAS is narrower)"
             )
@@ -146,32 +172,21 @@ def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
         resource = params.get("sr", "")
         if resource in ("b", "bs", "bv"):
             raise ConfigError(
-                "[sink] sas: this SAS is for a single blob (sr=b); the sink writes many blobs",
-                hint="generate a container SAS (sr=c) for the destination container",
+                f"[{section}] sas: this SAS is for a single blob (sr=b); "
+                + ("the sink writes many blobs" if role == WRITE else "verification reads and lists many blobs"),
+                hint="generate a container SAS (sr=c) for the " + ("destination " if role == WRITE else "") + "container",
             )
 
     # --- permissions ----------------------------------------------------------------------
     perms = params.get("sp", "")
     if not perms and not stored:
-        raise ConfigError("[sink] sas: the SAS grants no permissions (no sp field)")
+        raise ConfigError(f"[{section}] sas: the SAS grants no permissions (no sp field)")
     if perms:
         letters = set(perms)
-        if not letters & NEEDED:
-            raise ConfigError(
-                "[sink] sas: the SAS grants neither create (c) nor write (w): the sink cannot store anything",
-                hint="generate it with --permissions cw",
-            )
-        if "w" not in letters:
-            warnings.append(
-                "the SAS grants create (c) but not write (w): Put Block List and overwriting an existing "
-                "blob need write; uploads larger than one block or re-runs may be refused"
-            )
-        extras = sorted(letters - NEEDED, key=lambda c: list(PERMISSION_NAMES).index(c) if c in PERMISSION_NAMES else 99)
-        if extras:
-            names = ", ".join(f"{PERMISSION_NAMES.get(c, 'unknown')} ({c})" for c in extras)
-            warnings.append(
-                f"the SAS grants more than the sink needs: {names}; portshift only needs create and write (sp=cw)"
-            )
+        if role == WRITE:
+            _check_write_permissions(letters, section, warnings)
+        else:
+            _check_read_permissions(letters, section, warnings)
     if stored:
         warnings.append(
             "the SAS refers to a stored access policy (si=...): its permissions and expiry are set on the "
@@ -196,7 +211,7 @@ def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
             warnings.append("the SAS expiry (se) could not be read; it is not checked")
         elif expiry <= now:
             raise ConfigError(
-                f"[sink] sas: the SAS expired at {expiry.isoformat()} (se)",
+                f"[{section}] sas: the SAS expired at {expiry.isoformat()} (se)",
                 hint="generate a new one with a later --expiry",
             )
         elif expiry - now < EXPIRY_WARNING:
@@ -209,7 +224,7 @@ def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
     # A user delegation SAS also ends with its delegation key (ske).
     ske = _parse_time(params.get("ske", "") or "")
     if ske is not None and ske <= now:
-        raise ConfigError(f"[sink] sas: the user delegation key of this SAS expired at {ske.isoformat()} (ske)")
+        raise ConfigError(f"[{section}] sas: the user delegation key of this SAS expired at {ske.isoformat()} (ske)")
 
     return SasInfo(
         kind=kind,
@@ -222,6 +237,56 @@ def inspect_sas(secret: Secret, *, now: datetime | None = None) -> SasInfo:
     )
 
 
-def warn(info: SasInfo) -> None:
+def _ordered(letters: set[str]) -> list[str]:
+    order = list(PERMISSION_NAMES)
+    return sorted(letters, key=lambda c: order.index(c) if c in order else 99)
+
+
+def _named(letters: list[str]) -> str:
+    return ", ".join(f"{PERMISSION_NAMES.get(c, 'unknown')} ({c})" for c in letters)
+
+
+def _check_write_permissions(letters: set[str], section: str, warnings: list[str]) -> None:
+    if not letters & NEEDED:
+        raise ConfigError(
+            f"[{section}] sas: the SAS grants neither create (c) nor write (w): the sink cannot store anything",
+            hint="generate it with --permissions cw",
+        )
+    if "w" not in letters:
+        warnings.append(
+            "the SAS grants create (c) but not write (w): Put Block List and overwriting an existing "
+            "blob need write; uploads larger than one block or re-runs may be refused"
+        )
+    extras = _ordered(letters - NEEDED)
+    if extras:
+        warnings.append(
+            f"the SAS grants more than the sink needs: {_named(extras)}; portshift only needs create and write (sp=cw)"
+        )
+
+
+def _check_read_permissions(letters: set[str], section: str, warnings: list[str]) -> None:
+    """verify --store: read (Get Blob) and list (List Blobs) are needed; never create/write."""
+    missing = _ordered(set(READ_NEEDED) - letters)
+    if missing:
+        why = {
+            "r": "it cannot read the exported blobs",
+            "l": "it cannot list the export, so blobs the manifest does not know would go unnoticed",
+        }
+        raise ConfigError(
+            f"[{section}] sas: verification needs {_named(missing)}: " + "; ".join(why[c] for c in missing),
+            hint="generate a read-only SAS with --permissions rl (see docs/permissions/azure.md)",
+        )
+    modifying = _ordered(letters & MODIFYING)
+    if modifying:
+        warnings.append(
+            f"the SAS can change the export it is meant to verify: it grants {_named(modifying)}; "
+            "verification needs only read and list (sp=rl) -- use a separate, read-only SAS"
+        )
+    other = _ordered(letters - READ_NEEDED - MODIFYING)
+    if other:
+        warnings.append(f"the SAS grants more than verification needs: {_named(other)}; only sp=rl is needed")
+
+
+def warn(info: SasInfo, section: str = "sink") -> None:
     for message in info.warnings:
-        log.warning("[sink] sas: %s", message)
+        log.warning("[%s] sas: %s", section, message)

@@ -23,27 +23,49 @@ import base64
 import hashlib
 import logging
 import mimetypes
+import re
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from azure.core.credentials import AzureSasCredential
 from azure.core.exceptions import AzureError
-from azure.storage.blob import BlobServiceClient, BlobType, ContentSettings, StandardBlobTier
+from azure.storage.blob import BlobType, ContentSettings, StandardBlobTier
 
 from portshift.api import PutResult, Sink
 from portshift.errors import IntegrityError, SinkError
 from portshift.hashing import HashingStream
 
+from .client import connect, location_of
 from .errors import translate
 from .options import MAX_BLOCKS, AzureOptions
-from .sas import inspect_sas, normalize_token
-from .transport import Retries, build_transport, pin_loggers
+from .sas import WRITE, inspect_sas
 
 log = logging.getLogger("portshift.sink.azure")
 
 T = TypeVar("T")
+
+
+#: A media type as HTTP allows it in a header: ``type/subtype`` and optional ``; k=v`` parameters.
+_NAME_CHARS = r"[A-Za-z0-9!#$&^_.+-]{1,127}"
+_MEDIA_TYPE = re.compile(
+    rf"{_NAME_CHARS}/{_NAME_CHARS}(?:[ \t]*;[ \t]*{_NAME_CHARS}=(?:{_NAME_CHARS}|\"[^\"\\\x00-\x1f\x7f]{{0,200}}\"))*"
+)
+
+
+def content_type_for(stream: HashingStream, name: str) -> str:
+    """The blob's Content-Type: the media type the source gave with the artifact
+    (``stream.content_type``), else a guess from the file extension, else octet-stream.
+
+    A value that is not a well-formed media type (e.g. with a line break) is not sent.
+    """
+    given = getattr(stream, "content_type", None)
+    if isinstance(given, str) and given.strip():
+        value = given.strip()
+        if len(value) <= 255 and _MEDIA_TYPE.fullmatch(value):
+            return value
+        log.warning("%s: the source's content type is not a valid media type; guessing from the name", name)
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _md5(data: bytes) -> bytes:
@@ -85,38 +107,17 @@ class AzureSink(Sink):
         self.options: AzureOptions = options
         if options.sas is None:  # pragma: no cover - the options model requires it
             raise SinkError("no SAS token", retryable=False)
-        self.sas_info = inspect_sas(options.sas)  # raises on an expired token (again, just before use)
-        pin_loggers()
+        # raises on an expired token (again, just before use)
+        self.sas_info = inspect_sas(options.sas, role=WRITE, section=options.section_name)
         self._base = options.account_url.rstrip("/")
-        self._transport = build_transport(
-            options.ca_bundle, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
+        self._transport, self._service, self._container = connect(
+            options, max_single_put_size=options.block_size, max_block_size=options.block_size
         )
-        kwargs: dict[str, Any] = {
-            "credential": AzureSasCredential(normalize_token(options.sas)),
-            "transport": self._transport,
-            "retry_policy": Retries(options.request_retries),
-            "permit_redirects": False,
-            "max_single_put_size": options.block_size,
-            "max_block_size": options.block_size,
-        }
-        if options.api_version:
-            kwargs["api_version"] = options.api_version
-        try:
-            self._service = BlobServiceClient(self._base, **kwargs)
-            self._container = self._service.get_container_client(options.container)
-        except (ValueError, AzureError) as e:
-            raise SinkError(
-                f"cannot set up the Azure client ({type(e).__name__})", operation="connect", location=self.location(),
-                retryable=False,
-            ) from None
         self._tier = StandardBlobTier(options.access_tier) if options.access_tier else None
 
     # --- names -------------------------------------------------------------------------------
     def location(self) -> str:
-        loc = f"{self._base}/{self.options.container}"
-        if self.options.prefix:
-            loc += f"/{self.options.prefix}"
-        return loc
+        return location_of(self.options)
 
     def blob_name(self, key: str) -> str:
         key = key.lstrip("/")
@@ -170,7 +171,7 @@ class AzureSink(Sink):
                 operation="put", location=location, retryable=False, hint="raise block_size",
             )
         blob = self._container.get_blob_client(name)
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        content_type = content_type_for(stream, name)
         whole = hashlib.md5(usedforsecurity=False)
         blocks = read_blocks(stream, block_size)
 

@@ -262,3 +262,44 @@ def test_check_stages_an_invisible_probe(sink: AzureSink, admin: BlobServiceClie
     assert base64.b64decode(probe.headers["content-md5"]) == md5(probe.body or b"")
     container = admin.get_container_client(CONTAINER)
     assert not [b.name for b in container.list_blobs(name_starts_with="tests/.portshift-check")]
+
+
+@pytest.mark.parametrize("size", [10, 2 * MiB + 5])  # single Put Blob; blocks + Put Block List
+def test_content_type_comes_from_the_stream(
+    make_sink: Callable[..., AzureSink], admin: BlobServiceClient, size: int
+) -> None:
+    """The artifact's media type (``stream.content_type``) wins over the extension's guess."""
+    sink = make_sink(block_size=MiB)
+    rec = Recorder(sink)
+    data = pattern_bytes(size, seed=3)
+    key = unique("recording.bin")  # the extension alone would give application/octet-stream
+    sink.put(key, HashingStream(chunked(data), content_type="audio/ogg; codecs=opus"), size)
+    props = admin.get_blob_client(CONTAINER, sink.blob_name(key)).get_blob_properties()
+    assert props.content_settings.content_type == "audio/ogg; codecs=opus"
+    committing = rec.ops("blocklist") if size > MiB else rec.ops(None)
+    assert [s.headers.get("x-ms-blob-content-type") for s in committing] == ["audio/ogg; codecs=opus"]
+
+
+@pytest.mark.parametrize(
+    ("given", "name", "expected"),
+    [
+        (None, "transcript.json", "application/json"),
+        ("", "media.mp3", "audio/mpeg"),
+        (None, "blob.unknownext", "application/octet-stream"),
+        ("text/plain\r\nx-ms-meta-evil: 1", "notes.json", "application/json"),  # never sent as a header
+        ("not a media type", "notes.json", "application/json"),
+    ],
+)
+def test_content_type_falls_back_to_the_extension(
+    make_sink: Callable[..., AzureSink], admin: BlobServiceClient, given: str | None, name: str, expected: str
+) -> None:
+    sink = make_sink()
+    rec = Recorder(sink)
+    key = unique(name)
+    sink.put(key, HashingStream(chunked(b"{}"), content_type=given), 2)
+    blob = admin.get_blob_client(CONTAINER, sink.blob_name(key))
+    props = blob.get_blob_properties()
+    assert props.content_settings.content_type == expected
+    assert "evil" not in props.metadata
+    (put,) = rec.ops(None)
+    assert put.headers.get("x-ms-blob-content-type") == expected
