@@ -24,6 +24,7 @@ __all__ = [
     "Opened",
     "PutResult",
     "Reader",
+    "Journal",
     "Recording",
     "Sink",
     "Source",
@@ -165,8 +166,32 @@ class Sink(ABC):
         and raise. Return only after the store confirmed a durable write.
         """
 
+    def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
+        """Clean up what a killed process left behind (called once per run, before transfers).
+
+        ``pending`` holds what this sink wrote with :meth:`Journal.begin` and did not
+        :meth:`Journal.end` in an earlier run of the same job: e.g. an S3 multipart upload id to
+        abort. Only called on sinks that set :attr:`journal`; never store a credential there.
+        """
+
+    #: Set by the core before the first put when the job has a state DB: an append-only record
+    #: of in-flight operations that survives a crash (SIGKILL, power loss). ``None`` otherwise.
+    journal: Journal | None = None
+
     def close(self) -> None:
         """Release connections."""
+
+
+class Journal(ABC):
+    """Records in-flight operations of a sink in the job state, so a later run can clean them up."""
+
+    @abstractmethod
+    def begin(self, key: str, data: dict[str, str]) -> None:
+        """An operation on ``key`` started (``data``: ids needed to undo it, never a secret)."""
+
+    @abstractmethod
+    def end(self, key: str) -> None:
+        """The operation on ``key`` finished (completed or aborted)."""
 
 
 class Reader(ABC):

@@ -93,3 +93,13 @@ def m002_verification_and_manifest(db: sqlite_utils.Database) -> None:
 def m003_files_by_recording(db: sqlite_utils.Database) -> None:
     """Resume skips artifacts already done within a recording."""
     db["files"].create_index(["job_id", "recording_id"], if_not_exists=True)
+
+
+@migration
+def m004_sink_journal(db: sqlite_utils.Database) -> None:
+    """In-flight sink operations (e.g. multipart upload ids) that a crashed run must clean up."""
+    db["sink_journal"].create(
+        {"job_id": str, "key": str, "data": str, "started_at": str},
+        pk=("job_id", "key"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )

@@ -264,6 +264,18 @@ class Runner:
 
         info = self._job_info(job_id)
         self._resuming = resumed
+        journal = self.state.journal(job_id)
+        sink.journal = journal
+        pending = journal.pending()
+        if pending:
+            log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
+            try:
+                sink.recover(pending)
+            except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
+                log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
+            else:
+                for key, _ in pending:
+                    journal.end(key)
         call_event("job_started", job=info, resumed=resumed)
         status, error = self._transfer(job_id, export_root, source, sink, window, done, transfers, info)
 
@@ -334,6 +346,15 @@ class Runner:
         )
 
     # --- transfers --------------------------------------------------------------------------
+    def _escaped(self, fut: Future[None]) -> None:
+        """Anything that escaped a worker (SystemExit, a bug) stops the job: a recording must end
+        done, skipped or failed, never silently nothing."""
+        if fut.cancelled():
+            return
+        e = fut.exception()
+        if e is not None:
+            self._set_fatal(e)
+
     def _set_fatal(self, e: BaseException) -> None:
         with self._fatal_lock:
             if self._fatal is None:
@@ -370,7 +391,7 @@ class Runner:
                         break
                     fut = pool.submit(self._recording, job_id, export_root, source, sink, rec, info)
                     futures.add(fut)
-                    fut.add_done_callback(lambda f: (slots.release(), futures.discard(f)))
+                    fut.add_done_callback(lambda f: (slots.release(), futures.discard(f), self._escaped(f)))
             except AuthError as e:
                 self._set_fatal(e)
             except Interrupted:
@@ -384,6 +405,8 @@ class Runner:
             self.progress.listing_done()
         self.progress.stop()
         counts = self.state.recording_counts(job_id)
+        if self._fatal is not None and not isinstance(self._fatal, Exception):
+            raise self._fatal  # SystemExit/KeyboardInterrupt in a worker: end the process as asked
         if self._fatal is not None:
             return "failed", sanitize_message(str(self._fatal))
         if self.cancel.is_set():

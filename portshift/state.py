@@ -255,6 +255,9 @@ class State:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
 
+    def journal(self, job_id: str) -> StateJournal:
+        return StateJournal(self, job_id)
+
     def done_artifacts(self, job_id: str, recording_id: str) -> set[str]:
         return {
             r[0]
@@ -284,3 +287,29 @@ class State:
             "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]
         ).fetchone()
         return int(row[0]), int(row[1])
+
+
+class StateJournal:
+    """A sink's journal of in-flight operations, kept in the job state."""
+
+    def __init__(self, state: State, job_id: str) -> None:
+        self.state = state
+        self.job_id = job_id
+
+    def begin(self, key: str, data: dict[str, str]) -> None:
+        with self.state._lock:
+            self.state.conn.execute(
+                "insert into sink_journal (job_id, key, data, started_at) values (?, ?, ?, ?) "
+                "on conflict(job_id, key) do update set data = excluded.data, started_at = excluded.started_at",
+                [self.job_id, key, json.dumps(data, sort_keys=True), now_iso()],
+            )
+
+    def end(self, key: str) -> None:
+        with self.state._lock:
+            self.state.conn.execute("delete from sink_journal where job_id = ? and key = ?", [self.job_id, key])
+
+    def pending(self) -> list[tuple[str, dict[str, str]]]:
+        rows = self.state.conn.execute(
+            "select key, data from sink_journal where job_id = ? order by started_at", [self.job_id]
+        ).fetchall()
+        return [(key, json.loads(data)) for key, data in rows]

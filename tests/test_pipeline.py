@@ -289,3 +289,41 @@ def test_a_failing_lifecycle_hook_never_changes_the_outcome(tmp_path: Path, capl
         result = run_job(example_doc(tmp_path / "out", count=2), tmp_path / "s.db")
     assert result.status == "complete" and result.files == 4
     assert "file_exported hook failed (RuntimeError); ignored" in caplog.text
+
+
+class JournalingSink(Sink):
+    """Journals every put; 'crashes' (a BaseException, like SIGKILL it skips cleanup) on r3."""
+
+    class Options(PluginOptions):
+        section = "sink"
+        path: str
+
+    recovered: list[tuple[str, dict[str, str]]] = []
+
+    def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        assert self.journal is not None
+        self.journal.begin(key, {"upload_id": f"u-{key}"})
+        data = stream.read()
+        if "/r3/" in key and not JournalingSink.recovered:
+            raise SystemExit("simulated crash: the journal entry stays")
+        self.journal.end(key)
+        return PutResult(key=key, size=len(data))
+
+    def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
+        JournalingSink.recovered.extend(pending)
+
+
+def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+    JournalingSink.recovered = []
+    with plugin("test-journal", sinks={"journaling": JournalingSink}):
+        doc = flaky_doc(tmp_path / "out", count=5)
+        doc["job"]["transfers"] = 1
+        doc["sink"] = {"type": "journaling", "path": "x"}
+        with pytest.raises(SystemExit):
+            run_job(doc, tmp_path / "s.db")
+        result = run_job(doc, tmp_path / "s.db")
+    assert result.resumed and result.status == "complete"
+    assert [k for k, _ in JournalingSink.recovered] == [f"{result.export_root}/2024/03/01/r3/media.bin"]
+    assert JournalingSink.recovered[0][1] == {"upload_id": f"u-{JournalingSink.recovered[0][0]}"}
+    with State.open(tmp_path / "s.db") as state:
+        assert state.journal(result.job_id).pending() == []
