@@ -95,10 +95,15 @@ class SinkError(RemoteError):
     retryable = True
 
 
-class AuthError(RemoteError):
-    """Credentials were rejected: the whole job stops at once, no retries."""
+class FatalError(RemoteError):
+    """The whole job stops at once, no retries: going on could only fail the same way (the
+    destination vanished, a region redirect that must not be followed, ...)."""
 
     retryable = False
+
+
+class AuthError(FatalError):
+    """Credentials were rejected: the whole job stops at once, no retries."""
 
 
 class SkipRecording(PortshiftError):
@@ -129,3 +134,7 @@ class Interrupted(PortshiftError):
     """The run was asked to stop (SIGINT/SIGTERM)."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class StateError(FatalError):
+    """The state DB cannot be written (disk full, read-only): the job stops, nothing done is lost."""

@@ -22,9 +22,9 @@ from . import __version__
 from .api import Artifact, JobInfo, ManifestEntry, Recording, Sink, Source, StoredFile, Window
 from .config import DEFAULT_SINCE, JobConfig
 from .errors import (
-    AuthError,
     ConfigError,
     ExitCode,
+    FatalError,
     IntegrityError,
     Interrupted,
     PortshiftError,
@@ -392,7 +392,7 @@ class Runner:
                     fut = pool.submit(self._recording, job_id, export_root, source, sink, rec, info)
                     futures.add(fut)
                     fut.add_done_callback(lambda f: (slots.release(), futures.discard(f), self._escaped(f)))
-            except AuthError as e:
+            except FatalError as e:
                 self._set_fatal(e)
             except Interrupted:
                 self.cancel.set()
@@ -437,7 +437,7 @@ class Runner:
             self.progress.recording_finished("skipped")
             log.warning("skipped recording %s: %s", rec.id, sanitize_message(str(e)))
             return
-        except AuthError as e:
+        except FatalError as e:
             self._set_fatal(e)
             return
         except Interrupted:
@@ -460,7 +460,7 @@ class Runner:
             attempt += 1
             try:
                 return fn()
-            except (SkipRecording, AuthError, ConfigError, Interrupted):
+            except (SkipRecording, FatalError, ConfigError, Interrupted):
                 raise
             except Exception as e:  # noqa: BLE001
                 retryable = e.retryable if isinstance(e, PortshiftError) else True

@@ -22,7 +22,7 @@ from typing import Any
 import platformdirs
 import sqlite_utils
 
-from .errors import ConfigError, LockedError
+from .errors import ConfigError, LockedError, StateError
 from .migrations import migrate
 
 
@@ -54,6 +54,23 @@ class FileRecord:
     verified: str = ""
     provider_checksums: dict[str, str] | None = None
     kind: str = "content"
+
+
+def _guard(fn):  # noqa: ANN001, ANN202
+    """Turn SQLite write failures (disk full, read-only file system) into one clear StateError."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            raise StateError(
+                f"cannot write the state file {self.path}: {e}",
+                hint="free space or fix permissions, then re-run the same command to resume",
+            ) from None
+
+    return wrapper
 
 
 class State:
@@ -145,6 +162,7 @@ class State:
         self._lock_files.append(fd)
 
     # --- jobs -------------------------------------------------------------------------------
+    @_guard
     def create_job(self, **values: Any) -> str:
         job_id = values.pop("id", None) or new_job_id()
         row = {"id": job_id, "started_at": now_iso(), "status": "running", "file_count": 0, "byte_count": 0}
@@ -153,6 +171,7 @@ class State:
             self.db["jobs"].insert(row)
         return job_id
 
+    @_guard
     def update_job(self, job_id: str, **values: Any) -> None:
         with self._lock:
             self.db["jobs"].update(job_id, values)
@@ -184,6 +203,7 @@ class State:
         )
         return rows[0] if rows else None
 
+    @_guard
     def abandon_unfinished(self, job_key: str) -> int:
         """Mark unfinished jobs of this job file as abandoned (``--new``)."""
         with self._lock:
@@ -200,6 +220,7 @@ class State:
             r[0] for r in self.conn.execute("select recording_id from recordings where job_id = ? and status = 'done'", [job_id])
         }
 
+    @_guard
     def set_recording(self, job_id: str, recording_id: str, status: str, reason: str = "", message: str = "") -> None:
         with self._lock:
             self.conn.execute(
@@ -225,6 +246,7 @@ class State:
             )
         )
 
+    @_guard
     def add_file(self, job_id: str, f: FileRecord) -> None:
         with self._lock:
             self.conn.execute(
@@ -251,6 +273,7 @@ class State:
                 ],
             )
 
+    @_guard
     def remove_files_of(self, job_id: str, recording_id: str) -> None:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
@@ -267,6 +290,7 @@ class State:
             )
         }
 
+    @_guard
     def remove_manifest_files(self, job_id: str) -> None:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and kind = 'manifest'", [job_id])
@@ -296,6 +320,11 @@ class StateJournal:
         self.state = state
         self.job_id = job_id
 
+    @property
+    def path(self) -> Path:
+        return self.state.path
+
+    @_guard
     def begin(self, key: str, data: dict[str, str]) -> None:
         with self.state._lock:
             self.state.conn.execute(
@@ -304,6 +333,7 @@ class StateJournal:
                 [self.job_id, key, json.dumps(data, sort_keys=True), now_iso()],
             )
 
+    @_guard
     def end(self, key: str) -> None:
         with self.state._lock:
             self.state.conn.execute("delete from sink_journal where job_id = ? and key = ?", [self.job_id, key])

@@ -8,7 +8,9 @@ name. This folder is the destination, the one place portshift writes recording b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from pydantic import Field
 
 from portshift import hookimpl
 from portshift.api import PutResult, Reader, Sink
-from portshift.errors import ConfigError, IntegrityError, SinkError
+from portshift.errors import ConfigError, FatalError, IntegrityError, SinkError
 from portshift.hashing import HashingStream
 from portshift.options import PluginOptions
 
@@ -45,6 +47,24 @@ class LocalSink(Sink):
     def __init__(self, options: LocalOptions) -> None:
         super().__init__(options)
         self.root = Path(options.path).expanduser()
+        self._root_seen = False
+        self._root_lock = threading.Lock()
+
+    def _ensure_root(self) -> None:
+        """Create the destination folder once; if it vanishes later (an unmounted volume, a
+        deleted folder), stop the job rather than write into whatever is there now."""
+        with self._root_lock:
+            if self._root_seen:
+                if not self.root.is_dir():
+                    raise FatalError(
+                        f"the destination folder {self.root} disappeared during the export",
+                        operation="put",
+                        hint="check the volume is mounted, then re-run the same command to resume",
+                    )
+                return
+            with _disk_errors(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
+            self._root_seen = True
 
     def location(self) -> str:
         return str(self.root.resolve())
@@ -66,6 +86,7 @@ class LocalSink(Sink):
         return target
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        self._ensure_root()
         target = self._target(key)
         tmp = target.parent / f".{target.name}.portshift-{uuid.uuid4().hex[:8]}.part"
         fd = -1
@@ -110,6 +131,11 @@ def _disk_errors(target: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            # every later write would fail the same way: stop the job, keep what is done
+            raise FatalError(
+                f"cannot write {target}: {e.strerror}", operation="put", hint="free space, then re-run the same command to resume"
+            ) from None
         raise SinkError(f"cannot write {target}: {e.strerror or type(e).__name__}", operation="put", retryable=False) from None
 
 
