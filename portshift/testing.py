@@ -23,6 +23,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -209,3 +210,124 @@ class SourceContract:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 that injects network faults between a client and a server.
+
+    TLS passes through untouched (the client still validates the server's certificate), so it
+    works in front of any HTTPS server a test starts. Use it as a context manager and point the
+    plugin at ``proxy.port`` instead of the server's port::
+
+        with FaultProxy(server_port, fault="reset", after_bytes=200_000, times=1) as proxy:
+            ...  # the first connection that carries 200 kB upstream is reset
+
+    ``fault``: ``"reset"`` (RST after ``after_bytes`` client->server bytes), ``"stall"`` (stop
+    forwarding for ``stall_seconds`` after ``after_bytes``), ``"half-close"`` (shut the server
+    side's write half after ``after_bytes``: the server sees EOF mid-request), or ``None``.
+    ``times`` faults at most that many connections; ``connections`` and ``faults`` count them.
+    """
+
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        fault: str | None = None,
+        after_bytes: int = 0,
+        times: int = 1,
+        stall_seconds: float = 5.0,
+        target_host: str = "127.0.0.1",
+    ) -> None:
+        import socket
+        import threading
+
+        self.target = (target_host, target_port)
+        self.fault = fault
+        self.after_bytes = after_bytes
+        self.times = times
+        self.stall_seconds = stall_seconds
+        self.connections = 0
+        self.faults = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> FaultProxy:
+        import threading
+
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                faulty = self.fault is not None and self.faults < self.times
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            state = {"armed": faulty}
+            threading.Thread(target=self._pipe, args=(client, upstream, state, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, state, False), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, state: dict[str, bool], upstream: bool) -> None:
+        import socket
+        import struct
+        import time
+
+        sent = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream and state["armed"] and sent + len(data) >= self.after_bytes:
+                    cut = max(0, self.after_bytes - sent)
+                    dst.sendall(data[:cut])
+                    with self._lock:
+                        if self.faults >= self.times:
+                            state["armed"] = False
+                        else:
+                            self.faults += 1
+                    if state["armed"]:
+                        state["armed"] = False
+                        if self.fault == "reset":
+                            for s in (src, dst):
+                                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                                s.close()
+                            return
+                        if self.fault == "half-close":
+                            dst.shutdown(socket.SHUT_WR)
+                            return
+                        if self.fault == "stall":
+                            time.sleep(self.stall_seconds)
+                    dst.sendall(data[cut:])
+                    sent += len(data)
+                    continue
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
