@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 STAMP  := $(VENV)/.portshift-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint soak clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest tests $(addsuffix /tests,$(PLUGIN_DIRS)) -q -p no:randomly
+
+soak: setup
+	PORTSHIFT_SOAK=1 $(BIN)/python -m pytest tests/test_crash_resume.py -q -p no:randomly
 
 demo: setup
 	$(BIN)/python demo/demo.py

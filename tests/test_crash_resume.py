@@ -18,7 +18,10 @@ import pytest
 
 from .support import PORTSHIFT, files_under, manifest_paths, sha256sum_check
 
-CALLS = 200
+#: `make soak` (PORTSHIFT_SOAK=1): a larger export and many more kill points
+SOAK = os.environ.get("PORTSHIFT_SOAK", "") not in ("", "0")
+CALLS = 1000 if SOAK else 200
+PER_PHASE = 12 if SOAK else 0
 HERE = Path(__file__).parent
 
 
@@ -37,7 +40,9 @@ def kill_points(seed: int = 20261129) -> list[str]:
     rng = random.Random(seed)
     points = ["manifest:1", "list:1", f"list:{CALLS}"]
     for phase, count in (("download", 5), ("upload", 5), ("committed", 4), ("recorded", 4)):
-        points += [f"{phase}:{rng.randint(1, 2 * CALLS)}" for _ in range(count)]
+        points += [f"{phase}:{rng.randint(1, 2 * CALLS)}" for _ in range(count + PER_PHASE)]
+    if SOAK:
+        points += [f"list:{rng.randint(2, CALLS)}" for _ in range(PER_PHASE)]
     return points
 
 
