@@ -1,0 +1,137 @@
+"""The service database (SQLite through sqlite-utils).
+
+It holds only what the service promises: job metadata (id, times, status, types, counts, the
+manifest digest and a sanitised error), early-access sign-ups (name, e-mail, company: the only
+personal data), and rate-limit counters keyed by HMAC-SHA-256(server secret, client IP). Never a
+credential, a bucket listing or a client address. ``secure_delete`` is on, so deleted or
+overwritten rows are zeroed on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+TERMINAL = ("complete", "partial", "failed", "cancelled")
+
+JOB_COLUMNS = {
+    "id": str,
+    "created_at": str,
+    "started_at": str,
+    "finished_at": str,
+    "status": str,
+    "source_type": str,
+    "sink_type": str,
+    "attempts": int,
+    "file_count": int,
+    "byte_count": int,
+    "recordings_done": int,
+    "recordings_failed": int,
+    "recordings_skipped": int,
+    "portshift_job_id": str,
+    "export_root": str,
+    "manifest_sha256": str,
+    "exit_code": int,
+    "error": str,
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ServiceDB:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self.conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA secure_delete=ON")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.db = sqlite_utils.Database(self.conn)
+        self._migrate()
+        path.chmod(0o600)
+
+    def _migrate(self) -> None:
+        with self._lock:
+            if "jobs" not in self.db.table_names():
+                self.db["jobs"].create(JOB_COLUMNS, pk="id", not_null={"status"})
+            if "signups" not in self.db.table_names():
+                self.db["signups"].create(
+                    {"id": int, "created_at": str, "name": str, "email": str, "company": str}, pk="id"
+                )
+            if "rate_limits" not in self.db.table_names():
+                self.db["rate_limits"].create(
+                    {"key": str, "bucket": str, "window_start": float, "count": int}, pk=("key", "bucket")
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.conn.close()
+
+    # --- jobs ---------------------------------------------------------------------------------
+    def insert_job(self, **row: Any) -> None:
+        base = {"created_at": now_iso(), "attempts": 0, "file_count": 0, "byte_count": 0,
+                "recordings_done": 0, "recordings_failed": 0, "recordings_skipped": 0}
+        base.update(row)
+        with self._lock:
+            self.db["jobs"].insert(base)
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        with self._lock:
+            self.db["jobs"].update(job_id, values)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from jobs where id = ?", [job_id]))
+        return rows[0] if rows else None
+
+    def unfinished_jobs(self) -> list[str]:
+        with self._lock:
+            return [r["id"] for r in self.db.query(
+                "select id from jobs where status not in ('complete', 'partial', 'failed', 'cancelled')")]
+
+    # --- sign-ups -----------------------------------------------------------------------------
+    def add_signup(self, name: str, email: str, company: str) -> None:
+        with self._lock:
+            self.db["signups"].insert({"created_at": now_iso(), "name": name, "email": email, "company": company})
+
+    # --- rate limits --------------------------------------------------------------------------
+    def hit(self, key: str, bucket: str, limit: int, window: float) -> float:
+        """Count one request; return 0 if allowed, else the seconds until the window ends."""
+        now = time.time()
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.conn.execute(
+                    "select window_start, count from rate_limits where key = ? and bucket = ?", [key, bucket]
+                ).fetchone()
+                if row is None or now - row[0] >= window:
+                    self.conn.execute(
+                        "insert into rate_limits (key, bucket, window_start, count) values (?, ?, ?, 1) "
+                        "on conflict(key, bucket) do update set window_start = excluded.window_start, count = 1",
+                        [key, bucket, now],
+                    )
+                    wait = 0.0
+                elif row[1] >= limit:
+                    wait = max(0.001, row[0] + window - now)
+                else:
+                    self.conn.execute("update rate_limits set count = count + 1 where key = ? and bucket = ?", [key, bucket])
+                    wait = 0.0
+                # forget expired counters (the hashes of addresses that came by once)
+                self.conn.execute("delete from rate_limits where bucket = ? and window_start < ?", [bucket, now - window])
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return wait

@@ -1,0 +1,342 @@
+"""Jobs of the service: a private work folder each, one worker each, progress from its state DB.
+
+A job's work folder (mode 0700, under ``<data dir>/jobs/``) holds its job file (no secret) and its
+state DB, and nothing else; no two jobs share a file. Progress is read from the worker's state
+DB, opened read-only (the file and byte counts of files the sink confirmed), and the worker's own
+output: its JSON log lines on stderr (warnings and errors, kept in memory) and its summary on
+stdout. When the worker has ended, its exit code and the state DB's job row say how the job ended.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import secrets as _random
+import sqlite3
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portshift.redact import sanitize_message
+
+from .db import TERMINAL, ServiceDB, now_iso
+from .launcher import Handle, JobSpec, Launcher, zero
+from .offers import Catalogue, build_credentials, build_job
+
+log = logging.getLogger("portshift.server.jobs")
+
+#: exit codes of ``portshift run`` (docs/cli.md)
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_FATAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 2, 3, 5, 6, 130
+_MANIFEST = re.compile(r"^manifest sha256: ([0-9a-f]{64})$")
+_RESUMED = re.compile(r"^resumed job \S+: (\d+) recordings were already exported")
+
+
+class Busy(Exception):
+    """Too many jobs running (HTTP 503)."""
+
+
+class Conflict(Exception):
+    """The job is not in a state that allows this (HTTP 409)."""
+
+
+@dataclass
+class Run:
+    """A running worker and what it has told us so far (memory only)."""
+
+    job_id: str
+    spec: JobSpec
+    handle: Handle | None = None
+    cancel_requested: bool = False
+    cancel_at: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    messages: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=5))
+    error_line: str | None = None
+    manifest_sha256: str | None = None
+    already_done: int | None = None
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The latest job of a worker's state DB, read-only; None if there is none (yet)."""
+    if not path.exists():
+        return None
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=2)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute(
+            "select id, status, export_root, manifest_sha256, error from jobs order by started_at desc, id desc limit 1"
+        ).fetchone()
+        if row is None:
+            return None
+        job_id = row[0]
+        files, nbytes = conn.execute(
+            "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]
+        ).fetchone()
+        recs = dict(conn.execute("select status, count(*) from recordings where job_id = ? group by status", [job_id]).fetchall())
+        return {
+            "portshift_job_id": job_id,
+            "state_status": row[1],
+            "export_root": row[2],
+            "manifest_sha256": row[3],
+            "state_error": row[4],
+            "file_count": int(files),
+            "byte_count": int(nbytes),
+            "recordings_done": int(recs.get("done", 0)),
+            "recordings_failed": int(recs.get("failed", 0)),
+            "recordings_skipped": int(recs.get("skipped", 0)),
+        }
+    except sqlite3.Error:
+        return None  # not migrated yet, or busy: try again on the next tick
+    finally:
+        conn.close()
+
+
+class JobManager:
+    def __init__(
+        self,
+        db: ServiceDB,
+        catalogue: Catalogue,
+        launcher: Launcher,
+        jobs_dir: Path,
+        *,
+        max_jobs: int = 4,
+        cancel_grace: float = 15.0,
+        poll_interval: float = 0.5,
+        max_runtime: float | None = None,
+    ) -> None:
+        self.db = db
+        self.catalogue = catalogue
+        self.launcher = launcher
+        self.jobs_dir = jobs_dir
+        self.max_jobs = max_jobs
+        self.cancel_grace = cancel_grace
+        self.poll_interval = poll_interval
+        self.max_runtime = max_runtime
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(jobs_dir, 0o700)
+        for job_id in db.unfinished_jobs():
+            db.update_job(job_id, status="failed", finished_at=now_iso(),
+                          error="the service stopped while this job ran; nothing exported is lost: resume the job to continue")
+
+    # --- API --------------------------------------------------------------------------------------
+    def create(self, doc: Any) -> str:
+        """Validate, write the job file, start the worker. Returns the new job id."""
+        if self.running() >= self.max_jobs:
+            raise Busy(f"{self.max_jobs} jobs are running; try again in a minute")
+        job_id = _random.token_urlsafe(18)
+        built = build_job(self.catalogue, doc, job_id)
+        try:
+            work = self.jobs_dir / job_id
+            work.mkdir(mode=0o700)
+            job_file = work / "job.toml"
+            fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(built.job_toml)
+            self.db.insert_job(id=job_id, status="starting", source_type=built.source_type, sink_type=built.sink_type)
+            self._start(job_id, built.secrets)
+        finally:
+            zero(built.secrets)
+        return job_id
+
+    def resume(self, job_id: str, doc: Any) -> None:
+        row = self.db.job(job_id)
+        if row is None:
+            raise KeyError(job_id)
+        creds = build_credentials(self.catalogue, doc, row["source_type"], row["sink_type"])
+        try:
+            if row["status"] not in ("failed", "partial", "cancelled"):
+                raise Conflict(f"a {row['status']} job cannot be resumed")
+            if not (self.jobs_dir / job_id / "job.toml").is_file():
+                raise Conflict("this job's work folder is gone; start a new job")
+            self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
+            self._start(job_id, creds)
+        finally:
+            zero(creds)
+
+    def cancel(self, job_id: str) -> str:
+        row = self.db.job(job_id)
+        if row is None:
+            raise KeyError(job_id)
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is None or run.handle is None:
+            if row["status"] in TERMINAL:
+                raise Conflict(f"the job is already {row['status']}")
+            raise Conflict("the job is not running")
+        self._request_cancel(run)
+        self.db.update_job(job_id, status="cancelling")
+        return "cancelling"
+
+    def snapshot(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.job(job_id)
+        if row is None:
+            return None
+        with self._lock:
+            run = self._runs.get(job_id)
+        out = {
+            "id": row["id"],
+            "status": row["status"],
+            "created_at": row["created_at"],
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+            "source_type": row["source_type"],
+            "sink_type": row["sink_type"],
+            "attempts": row["attempts"],
+            "files": row["file_count"] or 0,
+            "bytes": row["byte_count"] or 0,
+            "recordings": {"done": row["recordings_done"] or 0, "failed": row["recordings_failed"] or 0,
+                           "skipped": row["recordings_skipped"] or 0},
+            "export_root": row["export_root"],
+            "manifest_sha256": row["manifest_sha256"],
+            "error": row["error"],
+            "messages": list(run.messages) if run else [],
+        }
+        return out
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+    def shutdown(self, timeout: float = 20.0) -> None:
+        """Stop every worker cleanly (their state is kept; the jobs can be resumed)."""
+        self._closing = True
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            self._request_cancel(run)
+        deadline = time.monotonic() + timeout
+        for run in runs:
+            if run.handle is not None and run.handle.wait(max(0.1, deadline - time.monotonic())) is None:
+                run.handle.kill()
+                run.handle.wait(5)
+        for t in [t for t in threading.enumerate() if t.name.startswith("job-")]:
+            t.join(timeout=5)
+
+    # --- internals ------------------------------------------------------------------------------
+    def _start(self, job_id: str, secrets: bytearray) -> None:
+        work = self.jobs_dir / job_id
+        with self._lock:
+            if self._closing:
+                raise Busy("the service is stopping")
+            if job_id in self._runs:
+                raise Conflict("the job is already running")
+            if len(self._runs) >= self.max_jobs:
+                self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
+                raise Busy(f"{self.max_jobs} jobs are running; try again in a minute")
+            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"))
+            run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
+            self._runs[job_id] = run
+        row = self.db.job(job_id) or {}
+        try:
+            run.handle = self.launcher.start(run.spec, secrets)
+        except OSError as e:
+            with self._lock:
+                self._runs.pop(job_id, None)
+            self.db.update_job(job_id, status="failed", error=f"the worker could not be started ({type(e).__name__})")
+            log.error("job %s: worker could not be started: %s", job_id[:6], type(e).__name__)
+            return
+        self.db.update_job(job_id, status="running", started_at=now_iso(), attempts=(row.get("attempts") or 0) + 1)
+        log.info("job %s: worker started (attempt %d)", job_id[:6], (row.get("attempts") or 0) + 1)
+        threading.Thread(target=self._monitor, args=(run,), name=f"job-{job_id[:6]}", daemon=True).start()
+
+    def _on_output(self, run: Run, stream: str, line: str) -> None:
+        if not line.strip():
+            return
+        if stream == "stdout":
+            m = _MANIFEST.match(line)
+            if m:
+                run.manifest_sha256 = m.group(1)
+            m = _RESUMED.match(line)
+            if m:
+                run.already_done = int(m.group(1))
+            return
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return
+            if isinstance(rec, dict) and rec.get("level") in ("warning", "error", "critical"):
+                run.messages.append(sanitize_message(str(rec.get("message", "")), 300))
+            return
+        for prefix in ("portshift: error: ", "portshift: internal error: "):
+            if line.startswith(prefix):
+                run.error_line = sanitize_message(line[len(prefix):], 500)
+
+    def _progress(self, run: Run) -> dict[str, Any] | None:
+        st = read_state(run.spec.state_file)
+        if st is None:
+            return None
+        values = {k: st[k] for k in ("file_count", "byte_count", "recordings_done", "recordings_failed",
+                                     "recordings_skipped", "portshift_job_id", "export_root")}
+        return {**values, "_state": st}
+
+    def _monitor(self, run: Run) -> None:
+        assert run.handle is not None
+        last: dict[str, Any] = {}
+        rc: int | None = None
+        killed = False
+        while rc is None:
+            rc = run.handle.wait(self.poll_interval)
+            if rc is None and run.cancel_at is not None and not killed and time.monotonic() - run.cancel_at > self.cancel_grace:
+                run.handle.kill()  # it did not stop cleanly in time; its state is still consistent
+                killed = True
+            if rc is None and self.max_runtime and time.monotonic() - run.started > self.max_runtime and not run.cancel_requested:
+                run.messages.append("the job ran longer than the service allows; stopping it")
+                self._request_cancel(run)
+            got = self._progress(run)
+            if got is not None:
+                values = {k: v for k, v in got.items() if not k.startswith("_")}
+                if values != last:
+                    self.db.update_job(run.job_id, **values)
+                    last = values
+        self._finish(run, rc)
+
+    def _finish(self, run: Run, rc: int) -> None:
+        got = self._progress(run) or {}
+        st = got.pop("_state", None) or {}
+        values: dict[str, Any] = {k: v for k, v in got.items()}
+        manifest = st.get("manifest_sha256") or run.manifest_sha256
+        if rc == EXIT_OK and (st.get("state_status") == "complete" or manifest):
+            status, error = "complete", None
+        elif rc == EXIT_PARTIAL:
+            status, error = "partial", st.get("state_error") or "some recordings failed; resume the job to retry them"
+        elif run.cancel_requested and (rc == EXIT_INTERRUPTED or rc < 0):
+            status, error = "cancelled", "cancelled; nothing exported is lost: resume the job to continue"
+        elif rc < 0:
+            status = "failed"
+            error = (f"the worker stopped unexpectedly (signal {-rc}); nothing exported is lost: "
+                     "resume the job to continue")
+        elif rc == EXIT_INTERRUPTED:
+            status, error = "failed", "the worker was interrupted; resume the job to continue"
+        elif rc == EXIT_LOCKED:
+            status, error = "failed", "another worker of this job is still running; try again when it has ended"
+        else:
+            status = "failed"
+            error = run.error_line or st.get("state_error") or f"the worker ended with exit code {rc}"
+        values.update(status=status, finished_at=now_iso(), exit_code=rc,
+                      error=sanitize_message(error, 500) if error else None)
+        if status == "complete":
+            values["manifest_sha256"] = manifest
+        self.db.update_job(run.job_id, **values)
+        with self._lock:
+            self._runs.pop(run.job_id, None)
+        log.info("job %s: %s (exit %s)", run.job_id[:6], status, rc)
+
+    @staticmethod
+    def _request_cancel(run: Run) -> None:
+        if run.handle is None or run.cancel_requested:
+            return
+        run.cancel_requested = True
+        run.cancel_at = time.monotonic()
+        run.handle.cancel()

@@ -1,0 +1,380 @@
+"""What a customer may ask the service for: which source and sink types are offered, which of
+their options a request may set, which credentials it must carry, and which options the operator
+fixes. A request is turned into a job file (no secret) and a credential document (for the
+worker's standard input) here, and nowhere else.
+
+Why an allow-list: the job file options of a plugin include things a stranger must never choose
+on the operator's machine, such as ``ca_bundle``, ``*_file`` paths that read server files,
+``credential_chain`` (the server's own cloud identity) or an ``endpoint_url``. A request can only
+set what its offer lists; operator settings come from the service configuration file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from portshift.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FIELD_TYPES = ("string", "integer", "number", "boolean")
+#: Option names a request may never set, whatever the configuration says.
+NEVER_USER_SETTABLE = re.compile(r"(_file$|^ca_bundle$|^credential_chain$|^application_default_credentials$|^anonymous$|"
+                                 r"^endpoint_url$|^api_endpoint$|^base_url$|^signing_key)")
+MAX_STRING = 2048
+MAX_SECRET = 16 * 1024
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,7}$")
+
+
+class RequestError(ValueError):
+    """A request the service refuses (HTTP 400). The message never contains a submitted value."""
+
+
+@dataclass
+class Field_:
+    name: str
+    kind: str = "string"
+    required: bool = False
+    label: str = ""
+
+
+@dataclass
+class Offer:
+    """One offered source or sink type."""
+
+    section: str  # "source" or "sink"
+    type: str
+    label: str
+    fields: dict[str, Field_] = field(default_factory=dict)
+    secrets: dict[str, bool] = field(default_factory=dict)  # name -> required
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """For the page and GET /api/offers: names and kinds only, never the fixed values."""
+        return {
+            "type": self.type,
+            "label": self.label,
+            "fields": [{"name": f.name, "kind": f.kind, "required": f.required, "label": f.label or f.name}
+                       for f in self.fields.values()],
+            "secrets": [{"name": n, "required": r} for n, r in self.secrets.items()],
+        }
+
+
+def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
+    offers = [
+        Offer("source", "chorus", "Chorus by ZoomInfo", secrets={"token": True}),
+        Offer(
+            "sink", "s3", "Amazon S3",
+            fields={"bucket": Field_("bucket", required=True, label="Bucket"),
+                    "prefix": Field_("prefix", label="Prefix"),
+                    "region": Field_("region", required=True, label="Region")},
+            secrets={"access_key_id": True, "secret_access_key": True, "session_token": False},
+            fixed={"credential_chain": False},
+        ),
+        Offer(
+            "sink", "azure", "Azure Blob Storage",
+            fields={"account_url": Field_("account_url", required=True, label="Account URL (https://<account>.blob.core.windows.net)"),
+                    "container": Field_("container", required=True, label="Container"),
+                    "prefix": Field_("prefix", label="Prefix")},
+            secrets={"sas": True},
+        ),
+        Offer(
+            "sink", "gcs", "Google Cloud Storage",
+            fields={"bucket": Field_("bucket", required=True, label="Bucket"),
+                    "prefix": Field_("prefix", label="Prefix")},
+            secrets={"key": True},
+            fixed={"application_default_credentials": False, "anonymous": False},
+        ),
+    ]
+    if local_root is not None:
+        offers.append(Offer("sink", "local", "A folder on the server (trials)",
+                            fields={"folder": Field_("folder", label="Folder under the server's export root")}))
+    return {(o.section, o.type): o for o in offers}
+
+
+@dataclass
+class Catalogue:
+    """The offers of this service, in the order the page shows them."""
+
+    sources: dict[str, Offer]
+    sinks: dict[str, Offer]
+    local_root: Path | None = None
+    transfers: int = 4
+
+    def describe(self) -> dict[str, Any]:
+        return {"sources": [o.describe() for o in self.sources.values()],
+                "sinks": [o.describe() for o in self.sinks.values()]}
+
+    def offer(self, section: str, type_: Any) -> Offer:
+        table = self.sources if section == "source" else self.sinks
+        if not isinstance(type_, str) or type_ not in table:
+            raise RequestError(f"{section}.type: must be one of {', '.join(table) or '(none offered)'}")
+        return table[type_]
+
+
+def load_catalogue(config_path: Path | None, local_root: Path | None, transfers: int = 4) -> Catalogue:
+    """The built-in offers, changed by the operator's service configuration (TOML)::
+
+        sources = ["chorus"]                 # offered source types, in order
+        sinks = ["s3", "azure", "gcs"]       # offered sink types (local needs --local-root)
+
+        [source.chorus.fixed]                # options set by the operator for every job
+        ca_bundle = "/etc/portshift/chorus-ca.pem"
+
+        [source.acme]                        # a source from another plugin
+        label = "Acme Calls"
+        fields = { region = "string" }       # options a request may set (string/integer/number/boolean)
+        required = ["region"]
+        secrets = { api_key = true }         # credentials a request carries (true = required)
+    """
+    builtin = _builtin_offers(local_root)
+    doc: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            doc = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"--service-config {config_path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--service-config {config_path} is not valid TOML: {e}") from None
+    unknown = set(doc) - {"sources", "sinks", "source", "sink"}
+    if unknown:
+        raise ConfigError(f"--service-config: unknown keys {', '.join(sorted(unknown))} (valid: sources, sinks, source, sink)")
+    tables: dict[str, dict[str, Offer]] = {"source": {}, "sink": {}}
+    for section in ("source", "sink"):
+        configured = doc.get(section, {})
+        if not isinstance(configured, dict):
+            raise ConfigError(f"--service-config: [{section}] must be a table of [{section}.<type>] tables")
+        default_names = [t for (s, t) in builtin if s == section]
+        names = doc.get(section + "s", default_names)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"--service-config: {section}s must be a list of type names")
+        for name in names:
+            base = builtin.get((section, name))
+            table = configured.get(name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--service-config: [{section}.{name}] must be a table")
+            if name == "local" and section == "sink" and local_root is None:
+                raise ConfigError("--service-config offers the local sink, which needs --local-root")
+            tables[section][name] = _offer(section, name, base, table)
+        for name in configured:
+            if name not in names:
+                raise ConfigError(f"--service-config: [{section}.{name}] is configured but not in {section}s")
+    return Catalogue(tables["source"], tables["sink"], local_root, transfers)
+
+
+def _offer(section: str, name: str, base: Offer | None, table: dict[str, Any]) -> Offer:
+    where = f"--service-config [{section}.{name}]"
+    unknown = set(table) - {"label", "fields", "required", "secrets", "fixed"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    if base is None and "fields" not in table and "secrets" not in table:
+        raise ConfigError(f"{where}: a type portshift-server does not know needs fields and/or secrets")
+    offer = Offer(section, name, str(table.get("label", base.label if base else name)))
+    if base is not None:
+        offer.fields = dict(base.fields)
+        offer.secrets = dict(base.secrets)
+        offer.fixed = dict(base.fixed)
+    if "fields" in table:
+        fields = table["fields"]
+        if not isinstance(fields, dict):
+            raise ConfigError(f"{where}: fields must be a table of name = kind")
+        required = table.get("required", [])
+        offer.fields = {}
+        for fname, kind in fields.items():
+            if kind not in FIELD_TYPES or not _NAME.match(fname):
+                raise ConfigError(f"{where}: field {fname!r}: kind must be one of {', '.join(FIELD_TYPES)}")
+            offer.fields[fname] = Field_(fname, kind, fname in required)
+    if "secrets" in table:
+        secrets = table["secrets"]
+        if not isinstance(secrets, dict) or not all(isinstance(v, bool) and _NAME.match(k) for k, v in secrets.items()):
+            raise ConfigError(f"{where}: secrets must be a table of name = true/false (required)")
+        offer.secrets = dict(secrets)
+    fixed = table.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{where}: fixed must be a table")
+    offer.fixed.update(fixed)
+    for fname in offer.fields:
+        if NEVER_USER_SETTABLE.search(fname) and not (name == "local" and fname == "folder"):
+            raise ConfigError(f"{where}: {fname!r} must not be settable by a request (it reads server files or "
+                              "chooses endpoints or the server's own identity); put it under fixed")
+        if fname in offer.fixed or fname in offer.secrets or fname == "type":
+            raise ConfigError(f"{where}: {fname!r} is both a request field and a fixed option or secret")
+    for sname in offer.secrets:
+        if sname in offer.fixed:
+            raise ConfigError(f"{where}: {sname!r} is a secret and cannot be fixed in the configuration")
+    return offer
+
+
+# --- turning a request into a job file and a credential document --------------------------------------
+
+
+@dataclass
+class BuiltJob:
+    job_toml: str
+    secrets: bytearray  #: the JSON document for ``--secrets-from-stdin``; zeroed after hand-off
+    source_type: str
+    sink_type: str
+
+
+def _value(offer: Offer, f: Field_, value: Any) -> Any:
+    where = f"{offer.section}.{f.name}"
+    if f.kind == "string":
+        if not isinstance(value, str):
+            raise RequestError(f"{where}: must be a string")
+        if len(value) > MAX_STRING or any(ord(c) < 32 for c in value):
+            raise RequestError(f"{where}: too long or contains control characters")
+        return value
+    if f.kind == "boolean":
+        if not isinstance(value, bool):
+            raise RequestError(f"{where}: must be true or false")
+        return value
+    if f.kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**53:
+            raise RequestError(f"{where}: must be an integer")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e15:
+        raise RequestError(f"{where}: must be a number")
+    return float(value)
+
+
+def _section(catalogue: Catalogue, section: str, doc: Any, secrets_only: bool = False) -> tuple[Offer, dict[str, Any], dict[str, str]]:
+    if not isinstance(doc, dict):
+        raise RequestError(f"{section}: must be an object")
+    offer = catalogue.offer(section, doc.get("type"))
+    options: dict[str, Any] = {}
+    creds: dict[str, str] = {}
+    for key, value in doc.items():
+        if key == "type":
+            continue
+        if key in offer.secrets:
+            if not isinstance(value, str):
+                raise RequestError(f"{section}.{key}: must be a string")
+            if len(value) > MAX_SECRET:
+                raise RequestError(f"{section}.{key}: longer than {MAX_SECRET} characters")
+            if value:
+                creds[key] = value
+        elif key in offer.fields and not secrets_only:
+            if value is None or value == "":
+                continue
+            options[key] = _value(offer, offer.fields[key], value)
+        else:
+            valid = ", ".join(["type", *(offer.secrets if secrets_only else [*offer.fields, *offer.secrets])])
+            shown = key if _NAME.match(key) else "(a key)"
+            raise RequestError(f"{section}: unknown field {shown} (valid: {valid})")
+    for name, required in offer.secrets.items():
+        if required and name not in creds:
+            raise RequestError(f"{section}.{name}: the credential is missing")
+    if not secrets_only:
+        for f in offer.fields.values():
+            if f.required and f.name not in options:
+                raise RequestError(f"{section}.{f.name}: required")
+    return offer, options, creds
+
+
+def _window(doc: dict[str, Any]) -> dict[str, date]:
+    out: dict[str, date] = {}
+    for key in ("since", "until"):
+        value = doc.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or len(value) != 10:
+            raise RequestError(f"{key}: must be a date like 2024-01-31")
+        try:
+            out[key] = date.fromisoformat(value)
+        except ValueError:
+            raise RequestError(f"{key}: must be a date like 2024-01-31") from None
+    if "since" in out and "until" in out and out["since"] >= out["until"]:
+        raise RequestError("since must be before until")
+    return out
+
+
+def _credentials(source: dict[str, str], sink: dict[str, str]) -> bytearray:
+    doc: dict[str, dict[str, str]] = {}
+    if source:
+        doc["source"] = source
+    if sink:
+        doc["sink"] = sink
+    return bytearray(json.dumps(doc).encode())
+
+
+def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
+    """Validate a POST /api/jobs body; return the job file text and the credential document."""
+    if not isinstance(doc, dict):
+        raise RequestError("the body must be a JSON object with source and sink")
+    unknown = set(doc) - {"source", "sink", "since", "until"}
+    if unknown:
+        raise RequestError("unknown top-level fields (valid: source, sink, since, until)")
+    if "source" not in doc or "sink" not in doc:
+        raise RequestError("source and sink are required")
+    src_offer, src_opts, src_creds = _section(catalogue, "source", doc["source"])
+    snk_offer, snk_opts, snk_creds = _section(catalogue, "sink", doc["sink"])
+    window = _window(doc)
+    if snk_offer.type == "local":
+        assert catalogue.local_root is not None
+        folder = snk_opts.pop("folder", None) or job_id
+        if not _FOLDER.match(folder) or ".." in folder.split("/"):
+            raise RequestError("sink.folder: letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels")
+        snk_opts["path"] = str(catalogue.local_root / folder)
+    job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
+    text = to_toml({
+        "job": job,
+        "source": {"type": src_offer.type, **src_offer.fixed, **src_opts},
+        "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
+    })
+    return BuiltJob(text, _credentials(src_creds, snk_creds), src_offer.type, snk_offer.type)
+
+
+def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_type: str) -> bytearray:
+    """Validate a resume body (credentials only, for the types the job was created with)."""
+    if not isinstance(doc, dict) or set(doc) - {"source", "sink"}:
+        raise RequestError("the body must be a JSON object with source and sink credentials only")
+    src = dict(doc.get("source") or {})
+    snk = dict(doc.get("sink") or {})
+    for part, expected in ((src, source_type), (snk, sink_type)):
+        if part.setdefault("type", expected) != expected:
+            raise RequestError("source.type and sink.type cannot change when resuming")
+    _, _, src_creds = _section(catalogue, "source", src, secrets_only=True)
+    _, _, snk_creds = _section(catalogue, "sink", snk, secrets_only=True)
+    return _credentials(src_creds, snk_creds)
+
+
+# --- a small TOML writer (job files only: tables of scalars, lists of scalars) ------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        # a JSON string is a valid TOML basic string when non-ASCII stays as is (no surrogate escapes)
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to a job file")
+
+
+def to_toml(doc: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for table, values in doc.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if not _NAME.match(key):
+                raise TypeError(f"bad option name {key!r}")
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The OpenAPI 3.1 document of the API, built from this service's offers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portshift import __version__
+
+from .offers import Catalogue, Offer
+
+_KIND = {"string": {"type": "string", "maxLength": 2048}, "integer": {"type": "integer"},
+         "number": {"type": "number"}, "boolean": {"type": "boolean"}}
+
+
+def _offer_schema(offer: Offer, secrets_only: bool = False) -> dict[str, Any]:
+    props: dict[str, Any] = {"type": {"const": offer.type}}
+    required = ["type"]
+    if not secrets_only:
+        for f in offer.fields.values():
+            props[f.name] = {**_KIND[f.kind], "description": f.label or f.name}
+            if f.required:
+                required.append(f.name)
+    for name, req in offer.secrets.items():
+        props[name] = {"type": "string", "format": "password", "writeOnly": True, "maxLength": 16384,
+                       "description": "a credential: handed to the job's worker over a pipe, never stored or echoed"}
+        if req:
+            required.append(name)
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(schema_ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": schema_ref}}}}
+
+
+def spec(catalogue: Catalogue) -> dict[str, Any]:
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "the random job id returned when the job was created"}
+    limited = {"429": {**_err("rate limited; see Retry-After"),
+                       "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+    date = {"type": "string", "format": "date", "description": "YYYY-MM-DD"}
+    job = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": ["starting", "running", "cancelling", "complete", "partial", "failed", "cancelled"]},
+            "created_at": {"type": ["string", "null"]},
+            "started_at": {"type": ["string", "null"]},
+            "finished_at": {"type": ["string", "null"]},
+            "source_type": {"type": "string"},
+            "sink_type": {"type": "string"},
+            "attempts": {"type": ["integer", "null"]},
+            "files": {"type": "integer", "description": "files stored and confirmed by the destination"},
+            "bytes": {"type": "integer"},
+            "recordings": {"type": "object", "properties": {k: {"type": "integer"} for k in ("done", "failed", "skipped")}},
+            "export_root": {"type": ["string", "null"], "description": "folder of this export under the destination prefix"},
+            "manifest_sha256": {"type": ["string", "null"], "description": "SHA-256 of portshift-manifest.txt"},
+            "error": {"type": ["string", "null"]},
+            "messages": {"type": "array", "items": {"type": "string"}, "description": "recent warnings of the worker"},
+        },
+        "required": ["id", "status", "files", "bytes"],
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "portshift service",
+            "version": __version__,
+            "description": "Export call recordings into your own bucket. Credentials sent to this API are handed "
+                           "to one fresh worker process per job over a pipe and are never stored, logged or echoed.",
+        },
+        "paths": {
+            "/api/health": {"get": {"summary": "liveness", "responses": {"200": {"description": "up"}}}},
+            "/api/offers": {"get": {"summary": "source and sink types offered, with their fields",
+                                    "responses": {"200": {"description": "the offers"}}}},
+            "/api/jobs": {"post": {
+                "summary": "start an export job",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+                "responses": {"201": _json("#/components/schemas/Job", "started"),
+                              "400": _err("invalid request (the message names the field, never its value)"),
+                              "403": _err("cross-origin request"), "413": _err("body too large"),
+                              "415": _err("not application/json"), **limited,
+                              "503": _err("too many jobs running")},
+            }},
+            "/api/jobs/{job_id}": {"get": {
+                "summary": "a job's status and progress", "parameters": [job_id],
+                "responses": {"200": _json("#/components/schemas/Job", "the job"), "404": _err("no such job")},
+            }},
+            "/api/jobs/{job_id}/events": {"get": {
+                "summary": "server-sent events: `status` (a Job document) on every change, then `end`",
+                "parameters": [job_id],
+                "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "404": _err("no such job")},
+            }},
+            "/api/jobs/{job_id}/cancel": {"post": {
+                "summary": "stop a running job cleanly (it can be resumed)", "parameters": [job_id],
+                "responses": {"202": _json("#/components/schemas/Job", "cancelling"), "403": _err("cross-origin request"),
+                              "404": _err("no such job"), "409": _err("not running")},
+            }},
+            "/api/jobs/{job_id}/resume": {"post": {
+                "summary": "resume a failed, partial or cancelled job: send its credentials again",
+                "parameters": [job_id],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResumeRequest"}}}},
+                "responses": {"202": _json("#/components/schemas/Job", "resumed"), "400": _err("invalid request"),
+                              "403": _err("cross-origin request"), "404": _err("no such job"),
+                              "409": _err("the job cannot be resumed now"), "413": _err("body too large"),
+                              "415": _err("not application/json"), **limited, "503": _err("too many jobs running")},
+            }},
+            "/api/signups": {"post": {
+                "summary": "early-access sign-up",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Signup"}}}},
+                "responses": {"201": {"description": "stored"}, "400": _err("invalid"), "403": _err("cross-origin request"),
+                              "413": _err("body too large"), "415": _err("not application/json"), **limited},
+            }},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+            "Job": job,
+            "JobRequest": {
+                "type": "object",
+                "properties": {
+                    "source": {"oneOf": [_offer_schema(o) for o in catalogue.sources.values()]},
+                    "sink": {"oneOf": [_offer_schema(o) for o in catalogue.sinks.values()]},
+                    "since": date,
+                    "until": date,
+                },
+                "required": ["source", "sink"],
+                "additionalProperties": False,
+            },
+            "ResumeRequest": {
+                "type": "object",
+                "properties": {
+                    "source": {"oneOf": [_offer_schema(o, True) for o in catalogue.sources.values()]},
+                    "sink": {"oneOf": [_offer_schema(o, True) for o in catalogue.sinks.values()]},
+                },
+                "additionalProperties": False,
+            },
+            "Signup": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 200}, "email": {"type": "string", "format": "email", "maxLength": 254},
+                               "company": {"type": "string", "maxLength": 200}},
+                "required": ["name", "email"],
+                "additionalProperties": False,
+            },
+        }},
+    }

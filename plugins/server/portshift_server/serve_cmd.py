@@ -1,0 +1,128 @@
+"""`portshift serve`: the export service over HTTPS (there is no plain-HTTP listener)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets as _random
+import ssl
+from pathlib import Path
+from typing import Any
+
+import click
+import platformdirs
+
+from portshift.cli import common_options
+from portshift.errors import ConfigError
+from portshift.hardening import harden_process
+
+log = logging.getLogger("portshift.server")
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """TLS 1.2 minimum, the certificate chain and key given; no client certificates."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS:!RC4:!3DES")
+    try:
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except FileNotFoundError:
+        raise ConfigError("--cert/--key: file not found") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"--cert/--key: not a matching PEM certificate and private key ({type(e).__name__})") from None
+    return ctx
+
+
+def load_server_secret(path: Path | None) -> bytes:
+    if path is None:
+        log.info("no --secret-file: a new rate-limit key was generated for this run (counters restart at each start)")
+        return _random.token_bytes(32)
+    try:
+        data = path.read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"--secret-file {path}: cannot read it ({type(e).__name__})") from None
+    if len(data) < 32:
+        raise ConfigError(f"--secret-file {path}: needs at least 32 bytes", hint="e.g. head -c 48 /dev/urandom | base64 > FILE")
+    return data
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    from .app import RateLimit
+
+    try:
+        return RateLimit.parse(value)
+    except ValueError:
+        raise click.BadParameter("expected N/SECONDS, e.g. 10/3600", ctx=ctx, param=param) from None
+
+
+@click.command("serve")
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False), required=True, help="TLS certificate chain (PEM)")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), required=True, help="TLS private key (PEM)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="service DB and job work folders (default: the user data folder, portshift-server)")
+@click.option("--service-config", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML: offered sources/sinks, options fixed by the operator (see docs/serve.md)")
+@click.option("--local-root", type=click.Path(path_type=Path, file_okay=False),
+              help="offer the local sink, confined to this folder (trials and tests)")
+@click.option("--secret-file", type=click.Path(path_type=Path, dir_okay=False), envvar="PORTSHIFT_SERVER_SECRET_FILE",
+              help="key (>= 32 bytes) for the HMAC of client addresses; default: a new one per start")
+@click.option("--max-jobs", default=4, show_default=True, type=click.IntRange(1, 256), help="jobs running at once")
+@click.option("--transfers", default=4, show_default=True, type=click.IntRange(1, 64), help="transfers per job")
+@click.option("--rate-jobs", default="10/3600", show_default=True, callback=_rate,
+              help="job creations/resumptions per client address: N/SECONDS")
+@click.option("--rate-signups", default="5/3600", show_default=True, callback=_rate,
+              help="sign-ups per client address: N/SECONDS")
+@click.option("--cancel-grace", default=15.0, show_default=True, type=float,
+              help="seconds a cancelled worker has to stop cleanly before it is killed")
+@click.option("--max-runtime", default=24 * 3600.0, show_default=True, type=float, help="seconds a job may run")
+@common_options
+def command(cert: Path, key_path: Path, host: str, port: int, data_dir: Path | None, service_config: Path | None,
+            local_root: Path | None, secret_file: Path | None, max_jobs: int, transfers: int, rate_jobs: Any,
+            rate_signups: Any, cancel_grace: float, max_runtime: float) -> None:
+    """Run the export service: the JSON API and the web page, over HTTPS only.
+
+    Each job runs in a fresh `portshift run` worker process that gets its credentials over a
+    pipe. See docs/serve.md."""
+    import uvicorn
+
+    from .app import create_app
+    from .db import ServiceDB
+    from .jobs import JobManager
+    from .launcher import LocalLauncher
+    from .offers import load_catalogue
+
+    harden_process()
+    os.umask(0o077)
+    ctx = server_ssl_context(cert, key_path)
+    data_dir = (data_dir or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    if local_root is not None:
+        local_root = local_root.resolve()
+        local_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    catalogue = load_catalogue(service_config, local_root, transfers)
+    secret = load_server_secret(secret_file)
+    db = ServiceDB(data_dir / "service.db")
+    manager = JobManager(db, catalogue, LocalLauncher(), data_dir / "jobs", max_jobs=max_jobs,
+                         cancel_grace=cancel_grace, max_runtime=max_runtime)
+    app = create_app(db, manager, catalogue, secret, rate_jobs, rate_signups)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # portshift's scrubbing handler is already on the root logger
+        access_log=False,  # our own request line: no query string, job ids shortened
+        proxy_headers=False,  # the client address is the TLS peer; X-Forwarded-For is not trusted
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        ssl_context_factory=lambda config, default: ctx,
+    )
+    server = uvicorn.Server(config)
+    log.info("serving https://%s:%d (TLS 1.2+), data in %s", host, port, data_dir)
+    try:
+        server.run()
+    finally:
+        db.close()
