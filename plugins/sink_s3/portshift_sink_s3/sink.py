@@ -4,6 +4,10 @@ otherwise; every request carries the SHA-256 of its bytes and S3's answer is com
 Write-only by construction: the only S3 operations this module calls are PutObject,
 CreateMultipartUpload, UploadPart, CompleteMultipartUpload and AbortMultipartUpload. No list,
 no get, no head, no delete.
+
+A multipart upload is recorded in the core's sink journal (the job's state DB) from just after
+CreateMultipartUpload until it was completed or aborted; :meth:`S3Sink.recover` aborts what a
+killed process left there, so no upload stays pending without listing the bucket.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -27,6 +32,12 @@ from .options import MAX_PARTS, S3Options, check_region_allowed
 log = logging.getLogger("portshift.s3")
 
 CHECK_KEY = ".portshift-check"
+#: A media type as HTTP allows it (RFC 9110 token "/" token, optional parameters); anything else
+#: from a source is not sent as Content-Type (it could carry line breaks into a header).
+_TCHARS = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_MEDIA_TYPE = re.compile(
+    rf'{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"))*'
+)
 #: How much is taken from the stream at a time while a part is filled.
 READ_SIZE = 256 * 1024
 
@@ -63,6 +74,19 @@ def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | b
 
 def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
+
+
+def content_type_args(value: str | None) -> dict[str, str]:
+    """``{"ContentType": value}`` for a well-formed media type, else nothing (S3 then stores
+    ``binary/octet-stream``). The value comes from the source, so it is checked before it
+    becomes a header."""
+    if not value:
+        return {}
+    value = value.strip()
+    if len(value) > 255 or not _MEDIA_TYPE.fullmatch(value):
+        log.warning("the source gave a content type that is not a valid media type; the object is stored without one")
+        return {}
+    return {"ContentType": value}
 
 
 @dataclass(frozen=True)
@@ -119,13 +143,49 @@ class S3Sink(Sink):
         if not self.options.check_write:
             return
         body = b"portshift write check\n"
-        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest())
+        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(),
+                         {"ContentType": "text/plain"})
 
     def close(self) -> None:
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing idle connections cannot fail meaningfully
             pass
+
+    def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
+        """Abort the multipart uploads an earlier, killed run of this job left open.
+
+        Each entry is what :meth:`_put_multipart` journaled. ``NoSuchUpload`` means the upload is
+        gone already (completed, or aborted before the journal heard of it): fine. Any other
+        failure (``AccessDenied``, a 5xx, no connection) is raised after trying every entry, so
+        the core keeps the ones still open for the next run; the ones aborted here leave the
+        journal at once.
+        """
+        refresh_masks(self._chain_creds)
+        failed: list[PortshiftError] = []
+        for key, data in pending:
+            upload_id, full_key, bucket = data.get("upload_id"), data.get("key"), data.get("bucket")
+            if not upload_id or not full_key or bucket != self.options.bucket:
+                # Not ours to act on (another format or bucket): leave it to the lifecycle rule.
+                log.warning("ignoring a journal entry that is not an upload in s3://%s", self.options.bucket)
+                self._journal_end(key)
+                continue
+            try:
+                self._call("abort multipart upload", full_key, self.client.abort_multipart_upload,
+                           UploadId=upload_id)
+            except _StoreError as e:
+                if getattr(e.error, "code", None) != "NoSuchUpload":
+                    failed.append(e.error)
+                    continue
+                log.debug("multipart upload at %s is already gone", self._loc(full_key))
+            else:
+                log.info("aborted the multipart upload a previous run left open at %s", self._loc(full_key))
+            self._journal_end(key)
+        if len(failed) == 1:
+            raise failed[0] from None
+        if failed:
+            raise SinkError(f"{len(failed)} multipart uploads left by a previous run could not be aborted, "
+                            f"the first: {failed[0]}", retryable=True) from None
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         full_key = self._full_key(key)
@@ -144,7 +204,8 @@ class S3Sink(Sink):
             if not stream.finished or stream.bytes_read != len(first):
                 raise SinkError("the stream did not end where it said", operation="put object",
                                 location=self._loc(full_key), retryable=False)
-            return self._put_single(full_key, key, first, stream.sha256_digest())
+            return self._put_single(full_key, key, first, stream.sha256_digest(),
+                                    content_type_args(stream.content_type))
         # Hand the buffers over in a list, so that no frame keeps the first part alive while the
         # rest of the artifact is uploaded (memory stays at one part per part in flight).
         seed = [first, lookahead]
@@ -172,12 +233,13 @@ class S3Sink(Sink):
             mapped = s3_error(e, operation, self._loc(full_key))
         raise _StoreError(mapped)
 
-    def _put_single(self, full_key: str, key: str, body: bytes | bytearray, digest: bytes) -> PutResult:
+    def _put_single(self, full_key: str, key: str, body: bytes | bytearray, digest: bytes,
+                    headers: dict[str, str] | None = None) -> PutResult:
         ours = b64(digest)
         try:
             resp = self._call(
                 "put object", full_key, self.client.put_object,
-                Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=ours, **self._extra,
+                Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=ours, **self._extra, **(headers or {}),
             )
         except _StoreError as e:
             raise e.error from None
@@ -203,12 +265,23 @@ class S3Sink(Sink):
         loc = self._loc(full_key)
         try:
             created = self._call("create multipart upload", full_key, self.client.create_multipart_upload,
-                                 ChecksumAlgorithm="SHA256", **self._extra)
+                                 ChecksumAlgorithm="SHA256", **self._extra, **content_type_args(stream.content_type))
         except _StoreError as e:
             raise e.error from None
         upload_id = created.get("UploadId")
         if not upload_id:
             raise SinkError("S3 returned no upload id", operation="create multipart upload", location=loc)
+        # From here until it is completed or aborted, the upload is in the job's journal: if this
+        # process dies (SIGKILL, power loss), the next run of the job aborts it (recover()).
+        # What is journaled: bucket, key and upload id; an upload id is not a credential (every
+        # request with it is still signed).
+        journal = self.journal
+        if journal is not None:
+            try:
+                journal.begin(key, {"bucket": self.options.bucket, "key": full_key, "upload_id": str(upload_id)})
+            except BaseException:
+                self._abort(full_key, upload_id)  # not journaled: do not leave it behind
+                raise
         conc = self.options.max_concurrency
         pool = ThreadPoolExecutor(max_workers=conc, thread_name_prefix="portshift-s3-part") if conc > 1 else None
         pending: deque[Future[_Part]] = deque()
@@ -255,14 +328,24 @@ class S3Sink(Sink):
             if pool is not None:
                 pool.shutdown(wait=True)  # in-flight parts end before the abort, or they could outlive it
                 pool = None
-            self._abort(full_key, upload_id)
+            if self._abort(full_key, upload_id):
+                self._journal_end(key)  # else it stays journaled, and the next run aborts it
             if isinstance(exc, _StoreError):
                 raise exc.error from None
             raise  # the stream's own error (a source failure, an interrupt) goes up unchanged
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+        self._journal_end(key)  # completed: nothing left to abort
         return self._completed(full_key, key, parts, total, resp)
+
+    def _journal_end(self, key: str) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.end(key)
+        except Exception as e:  # noqa: BLE001 - a stale entry only costs one harmless abort next run
+            log.warning("could not record the end of an upload in the job state (%s)", type(e).__name__)
 
     def _upload_part(self, full_key: str, upload_id: str, number: int, body: bytes | bytearray) -> _Part:
         digest = hashlib.sha256(body).digest()
@@ -299,19 +382,23 @@ class S3Sink(Sink):
         return PutResult(key=key, size=total, checksums={"s3-sha256-composite": composite},
                          version=_version(resp), verified=verified)
 
-    def _abort(self, full_key: str, upload_id: str) -> None:
+    def _abort(self, full_key: str, upload_id: str) -> bool:
+        """Abort an upload; True when it is gone (aborted now or before)."""
         try:
             self._call("abort multipart upload", full_key, self.client.abort_multipart_upload, UploadId=upload_id)
         except _StoreError as e:
             if getattr(e.error, "code", None) == "NoSuchUpload":
                 # botocore retried an abort whose answer was lost: the first attempt removed it.
                 log.debug("multipart upload at %s was already aborted", self._loc(full_key))
-                return
+                return True
             # Never hide the original failure behind this one; say what remains and how it goes away.
             log.warning(
-                "could not abort multipart upload at %s (%s); an AbortIncompleteMultipartUpload lifecycle "
-                "rule on the bucket removes it", self._loc(full_key), e.error,
+                "could not abort multipart upload at %s (%s); the next run of this job tries again, and an "
+                "AbortIncompleteMultipartUpload lifecycle rule on the bucket removes it",
+                self._loc(full_key), e.error,
             )
+            return False
+        return True
 
 
 def _version(resp: dict[str, Any]) -> str | None:

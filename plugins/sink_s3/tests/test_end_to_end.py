@@ -6,8 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, count: int =
     return job
 
 
-def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
+def run_args(job: Path, state: Path, canaries: tuple[str, str, str]) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
     env.update(
         PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
@@ -39,12 +43,14 @@ def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.Co
         PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
         PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
     )
+    return [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state),
+            "--log-level", "debug", "--no-progress"], env
+
+
+def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
+    argv, env = run_args(job, state, canaries)
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state),
-             "--log-level", "debug", "--no-progress"],
-            capture_output=True, text=True, env=env, timeout=90,
-        )
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=90)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         raise AssertionError(f"portshift run did not finish; stderr ends with: {err[-3000:]}") from None
@@ -94,6 +100,9 @@ def test_run_into_s3_then_rehash_every_object(
     assert all(v.startswith("S3 checked SHA-256 of each of 3 parts") for p, v in verified.items() if p.endswith(".mp3"))
     assert all(v.startswith("S3 checked SHA-256 of 1 part") for p, v in verified.items() if p.endswith(".json"))
     assert pending() == []
+    # The source's media types became the objects' Content-Type (multipart and single PUT).
+    types = {p.rsplit(".", 1)[1]: admin.head_object(Bucket=bucket, Key=f"{root}/{p}")["ContentType"] for p in entries}
+    assert types["mp3"] == "audio/mpeg" and types["json"] == "application/json"
 
 
 def test_a_corrupted_upload_is_never_recorded_as_done(
@@ -182,3 +191,82 @@ def test_verify_store_reads_the_export_back_from_s3(
     report = json.loads(bad.stdout)
     assert report["differ"] == [media] and report["extra"] == ["stray.txt"]
     assert "CANARYreadonly" not in bad.stdout + bad.stderr
+
+
+# --- issue 9: SIGKILL in the middle of a multipart upload, then a re-run -------------------------
+
+def kill_points(seed: int = 20261130) -> list[tuple[int, str]]:
+    """Three seeded (recording, request) pairs: SIGKILL when that request of that recording's
+    media upload reaches the server. One while part 1 is in flight (the upload holds no part
+    yet), one while a later part is (parts stored), one while CompleteMultipartUpload is."""
+    rng = random.Random(seed)
+    return [(rng.randrange(2), "partNumber=1"), (rng.randrange(2), f"partNumber={rng.choice((2, 3))}"),
+            (rng.randrange(2), "complete")]
+
+
+@pytest.mark.parametrize(("rec", "what"), kill_points(), ids=lambda v: str(v))
+def test_a_run_killed_mid_multipart_upload_leaves_no_pending_upload_after_the_rerun(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]], rec: int, what: str
+) -> None:
+    victim = f"ex0000{rec:06d}/media.mp3"
+    proc: list[subprocess.Popen[bytes]] = []
+    started, killed = threading.Event(), threading.Event()
+
+    def rule(req: Any) -> Any:
+        if killed.is_set() or victim not in req.target.split("?")[0]:
+            return None
+        hit = ("uploadId=" in req.target and "partNumber=" not in req.target and req.method == "POST"
+               if what == "complete" else f"?{what}&" in req.target or f"&{what}&" in req.target
+               or req.target.endswith(what))
+        if not hit:
+            return None
+        started.wait(10)
+        os.kill(proc[0].pid, signal.SIGKILL)  # no cleanup at all: the upload stays open on the server
+        killed.set()
+        return tls_proxy.Action(close=True)
+
+    tls_proxy.rule = rule
+    # transfers = 1: at the moment of the kill exactly one upload is open, and it is journaled
+    # (the instant between CreateMultipartUpload's answer and the journal write is not tested).
+    job = write_job(tmp_path, bucket, tls_proxy.url, certs.ca_pem, count=2)
+    job.write_text(job.read_text().replace("transfers = 2", "transfers = 1"))
+    state = tmp_path / "state.db"
+    argv, env = run_args(job, state, canaries)
+    proc.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    started.set()
+    _, err = proc[0].communicate(timeout=90)
+    assert proc[0].returncode == -signal.SIGKILL, err.decode()[-2000:]
+
+    # The crash left an upload open on the server, and the state DB journaled exactly it.
+    left = {u["UploadId"]: u["Key"] for u in pending()}
+    assert len(left) == 1 and next(iter(left.values())).endswith(victim), left
+    with sqlite3.connect(state) as db:
+        journaled = [json.loads(d) for (d,) in db.execute("select data from sink_journal")]
+    assert [(j["upload_id"], j["key"]) for j in journaled] == list(left.items())
+    assert journaled[0]["bucket"] == bucket and set(journaled[0]) == {"bucket", "key", "upload_id"}
+    for path in (p for p in tmp_path.glob("state.db*") if p.is_file()):  # the DB and its WAL: no credential
+        raw = path.read_bytes()
+        assert not any(c.encode() in raw for c in canaries), path.name
+
+    tls_proxy.rule = lambda req: None
+    tls_proxy.seen.clear()
+    again = run(job, state, canaries)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "cleaning up 1 operations" in again.stderr
+    aborts = [q for q in tls_proxy.seen if q.method == "DELETE"]
+    assert len(aborts) == 1 and f"uploadId={next(iter(left))}" in aborts[0].target
+    assert pending() == []
+    with sqlite3.connect(state) as db:
+        assert db.execute("select count(*) from sink_journal").fetchone() == (0,)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    # Every object the manifest lists, downloaded and re-hashed; nothing else under the root.
+    root, objects = export(admin, bucket)
+    entries = manifest_entries(admin, bucket, root)
+    assert sorted(p.rsplit("/", 1)[-1] for p in entries) == ["media.mp3"] * 2 + ["metadata.json"] * 2 + [
+        "portshift-manifest.json"]
+    assert {f"{root}/{p}" for p in entries} | {f"{root}/portshift-manifest.txt"} == set(objects)
+    for path, digest in entries.items():
+        body = admin.get_object(Bucket=bucket, Key=f"{root}/{path}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == digest, path
