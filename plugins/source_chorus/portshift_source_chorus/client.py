@@ -90,10 +90,18 @@ LINK_KEYS = (
 )
 
 
+PINNED = ("httpx", "httpcore", "hpack", "h11", "h2")
+
+
 def pin_loggers() -> None:
-    """httpx logs full URLs (media links with their signature) at INFO: keep it at WARNING."""
-    for name in ("httpx", "httpcore", "hpack", "h11", "h2"):
+    """httpx logs full URLs (media links with their signature) at INFO and httpcore logs response
+    headers (a redirect's Location) at DEBUG: keep them, and any child logger someone configured
+    more verbosely, at WARNING."""
+    for name in PINNED:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(tuple(p + "." for p in PINNED)):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def extension_for(content_type: str | None) -> str:
@@ -164,6 +172,18 @@ def find_link(doc: Any) -> str | None:
                 nxt.extend(node)
         level = nxt
     return fallback
+
+
+def _drain(resp: httpx.Response) -> None:
+    """Close a response; read a small body first so that its connection can be reused."""
+    try:
+        length = resp.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= MAX_ERROR_BODY:
+            resp.read()
+    except httpx.HTTPError:
+        pass
+    finally:
+        resp.close()
 
 
 def _tls_failure(e: BaseException) -> bool:
@@ -259,17 +279,15 @@ class ChorusClient:
         attempt = 0
         while True:
             attempt += 1
-            hdrs = dict(headers or {})
             if api:
                 self.limiter.acquire()
-                hdrs["Authorization"] = self._auth_value()
             with self._lock:
                 self.sent[operation] = self.sent.get(operation, 0) + 1
             failure: str | None = None
             status: int | None = None
             hint: float | None = None
             try:
-                resp = self.http.send(self.http.build_request("GET", url, params=params, headers=hdrs), stream=True)
+                resp = self._send(url, params, headers, api)
             except httpx.TimeoutException:
                 failure = "timed out"
             except httpx.TransportError as e:
@@ -334,6 +352,14 @@ class ChorusClient:
                 delay,
             )
             self.sleep(delay)
+
+    def _send(self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None, api: bool) -> httpx.Response:
+        # The only frame that holds the revealed token (as a header of the request it builds);
+        # the token goes only to base_url's origin.
+        hdrs = dict(headers or {})
+        if api:
+            hdrs["Authorization"] = self._auth_value()
+        return self.http.send(self.http.build_request("GET", url, params=params, headers=hdrs), stream=True)
 
     @staticmethod
     def _read_error(resp: httpx.Response) -> str:
@@ -429,7 +455,7 @@ class ChorusClient:
             ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if status in REDIRECTS:
                 location = resp.headers.get("location")
-                resp.close()
+                _drain(resp)
                 if not location:
                     raise SourceError("a redirect without a Location", operation="get media", status=status, retryable=True)
                 target = str(resp.url.join(location))

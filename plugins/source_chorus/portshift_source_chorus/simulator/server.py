@@ -116,6 +116,9 @@ class Stats:
     hosts: dict[str, Counter[str]] = field(default_factory=lambda: {"api": Counter(), "media": Counter()})
     api_times: list[float] = field(default_factory=list)  #: monotonic time of every API request
     list_queries: list[dict[str, str]] = field(default_factory=list)  #: /v3/engagements query parameters
+    links: list[str] = field(default_factory=list)  #: media links handed out (tests grep logs for them)
+    #: every request: (server, Host header, path without query, Authorization or None)
+    seen: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
     def total(self, server: str) -> int:
         with self.lock:
@@ -180,6 +183,10 @@ class _Server(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         # TLS handshake in the worker thread, so a slow or failing client blocks nobody.
         request.settimeout(30)
+        try:  # headers and body go out in separate writes: no Nagle delay between them
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         try:
             tls = self.ctx.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
@@ -251,6 +258,8 @@ class ChorusSimulator:
         self._bucket = (0.0, time.monotonic())
         self._bucket_lock = threading.Lock()
         self._issued_keys: dict[str, str] = {}
+        self._active = 0
+        self._idle = threading.Condition()
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
         self.certs: ServerCerts | None = None
@@ -311,7 +320,9 @@ class ChorusSimulator:
         return self._ca_path
 
     def reset(self) -> None:
-        """Forget counters and fault history (faults then hit their resources afresh)."""
+        """Forget counters and fault history (faults then hit their resources afresh), once the
+        requests still being answered are done."""
+        self.wait_idle()
         with self._fault_lock:
             self._fault_counts.clear()
         self.stats = Stats()
@@ -370,6 +381,9 @@ class ChorusSimulator:
             self.stats.requests[f"{server}:{route}"] += 1
             self.stats.authorization[server].append(h.headers.get("Authorization"))
             self.stats.hosts[server][h.headers.get("Host", "")] += 1
+            self.stats.seen.append(
+                (server, h.headers.get("Host", ""), urllib.parse.urlsplit(h.path).path, h.headers.get("Authorization"))
+            )
             if server == "api":
                 self.stats.api_times.append(time.monotonic())
 
@@ -380,6 +394,21 @@ class ChorusSimulator:
                 self.stats.throttled += 1
 
     def _dispatch(self, h: _Handler, server: str) -> None:
+        with self._idle:
+            self._active += 1
+        try:
+            self._route(h, server)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is being handled (e.g. a slow answer to a client that gave up)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def _route(self, h: _Handler, server: str) -> None:
         parts = urllib.parse.urlsplit(h.path)
         path = parts.path
         query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
@@ -509,7 +538,7 @@ class ChorusSimulator:
         try:
             if how == "reset":
                 # let the client read what was sent, so that the reset comes mid-body
-                time.sleep(0.1)
+                time.sleep(0.03)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 h.rfile.close()
                 conn.close()
@@ -646,9 +675,12 @@ class ChorusSimulator:
         """A signed link to a call's media (already expired when ``expired``)."""
         expires = int(time.time() - 60) if expired else int(time.time() + self.media.link_ttl)
         url = f"{self.media_origin}/media/{call.engagement_id}?expires={expires}&sig={self._sign(call.engagement_id, expires)}"
+        if self.media.rewrite_link:
+            url = self.media.rewrite_link(url)
         with self.stats.lock:
             self.stats.links_issued += 1
-        return self.media.rewrite_link(url) if self.media.rewrite_link else url
+            self.stats.links.append(url)
+        return url
 
     def _media_api(self, h: _Handler, cid: str, q: dict[str, str], resource: str) -> None:
         call = self._visible(h, cid, "media")
