@@ -1,0 +1,121 @@
+"""`portshift run` as a real subprocess from the simulator (over HTTPS, with faults) into a local
+folder; then GNU `sha256sum -c` in the export root and an independent comparison of every file
+with the tenant's truth; then a sweep of every output for the token and the media links."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from portshift_source_chorus.options import DEFAULT_FIELDS
+from portshift_source_chorus.simulator import ChorusSimulator, Fault, Faults
+
+from .conftest import CANARY, EXT, WINDOW
+
+
+def run_portshift(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
+    env.update(PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus", PORTSHIFT_RETRY_BASE="0.01", **(env_extra or {}))
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=120
+        )
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(f"portshift {args[0]} did not finish; stderr ends with: {err[-3000:]}") from None
+
+
+def write_job(tmp_path: Path, sim: ChorusSimulator, out: Path) -> Path:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        "[job]\ntransfers = 4\nretries = 3\n"
+        f'since = "{WINDOW.start.date().isoformat()}"\nuntil = "{WINDOW.end.date().isoformat()}"\n\n'
+        '[source]\ntype = "chorus"\n'
+        f'base_url = "{sim.base_url}"\nca_bundle = "{sim.ca_path}"\n'
+        "requests_per_second = 200\nburst = 4\nbackoff_base = 0.01\nbackoff_cap = 0.1\nwindow_days = 20\n\n"
+        f'[sink]\ntype = "local"\npath = "{out}"\nfsync = false\n'
+    )
+    return job
+
+
+def test_portshift_run_exports_the_tenant_and_sha256sum_checks_it(sim: ChorusSimulator, tmp_path: Path) -> None:
+    sim.configure(
+        faults=Faults(
+            throttle=Fault(ratio=0.15, times=1),
+            retry_after="garbage",
+            server_error=Fault(ratio=0.15, times=1),
+            truncate=Fault(ratio=0.2, times=1, on=("media", "conversation")),
+            expired_link=Fault(ratio=0.3, times=1, on=("media_api",)),
+        )
+    )
+    out, state = tmp_path / "export", tmp_path / "state.db"
+    job = write_job(tmp_path, sim, out)
+    r = run_portshift(
+        ["run", "--config", str(job), "--state", str(state), "--log-level", "debug", "--no-progress"],
+        {"PORTSHIFT_CHORUS_TOKEN": CANARY},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "complete" in r.stdout
+    assert sim.stats.throttled > 0 and sim.stats.statuses["media:403"] > 0  # the faults were met
+
+    (root,) = [p.parent for p in out.glob("*/portshift-manifest.txt")]
+    check = subprocess.run(["sha256sum", "--strict", "-c", "portshift-manifest.txt"], cwd=root, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # independent of portshift: every visible call's files are exactly the tenant's
+    t = sim.tenant
+    expected = t.exportable(WINDOW.start, WINDOW.end)
+    visible = [c for c in expected if not c.hidden]
+    lines = [ln for ln in (root / "portshift-manifest.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    listed = {ln.split("  ", 1)[1]: ln.split("  ", 1)[0] for ln in lines}
+    assert len(listed) == 4 * len(visible) + 1  # four artifacts per call, and portshift-manifest.json
+    for c in visible:
+        d = c.started_at
+        folder = root / f"{d:%Y}/{d:%m}/{d:%d}/{c.engagement_id}"
+        media = folder / f"media.{EXT[c.content_type]}"
+        assert hashlib.sha256(media.read_bytes()).hexdigest() == t.media_sha256(c.engagement_id)
+        assert (folder / "transcript.json").read_bytes() == t.conversation_bytes(c.engagement_id, set(DEFAULT_FIELDS))
+        assert json.loads((folder / "metadata.json").read_bytes()) == t.engagement(c)
+        assert (folder / "captions.vtt").read_bytes().startswith(b"WEBVTT\n")
+    for c in expected:
+        if c.hidden:
+            assert not list(root.rglob(f"*{c.engagement_id}*"))
+
+    # the hidden calls are listed as skipped, with their reason
+    job_id = root.name
+    shown = run_portshift(["jobs", "show", job_id, "--state", str(state), "--json"])
+    assert shown.returncode == 0, shown.stderr
+    problems = {p["recording_id"]: p for p in json.loads(shown.stdout)["problems"]}
+    assert {k: v["status"] for k, v in problems.items()} == {c.engagement_id: "skipped" for c in expected if c.hidden}
+    assert sorted({p["reason"] for p in problems.values()}) == ["forbidden", "not_found"]
+
+    # no token and no media link anywhere: output, logs, state DB (and its WAL), exported files
+    links = list(sim.stats.links)
+    assert links
+    secrets = [CANARY] + links + [link.split("sig=")[1] for link in links]
+    blobs = [r.stdout.encode(), r.stderr.encode(), shown.stdout.encode()]
+    blobs += [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "job.toml"]
+    for blob in blobs:
+        for s in secrets:
+            assert s.encode() not in blob
+
+    # a second run of the same job file has nothing to do
+    again = run_portshift(["run", "--config", str(job), "--state", str(state), "--no-progress"],
+                          {"PORTSHIFT_CHORUS_TOKEN": CANARY})
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_portshift_run_with_a_wrong_token_stops_at_once(sim: ChorusSimulator, tmp_path: Path) -> None:
+    job = write_job(tmp_path, sim, tmp_path / "export")
+    r = run_portshift(
+        ["run", "--config", str(job), "--state", str(tmp_path / "state.db"), "--no-progress"],
+        {"PORTSHIFT_CHORUS_TOKEN": CANARY + "-wrong"},
+    )
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "the Chorus token was rejected" in r.stdout + r.stderr
+    assert CANARY not in r.stdout + r.stderr
+    assert sim.stats.total("api") == 1
