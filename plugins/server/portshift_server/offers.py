@@ -247,7 +247,9 @@ def _value(offer: Offer, f: Field_, value: Any) -> Any:
     return float(value)
 
 
-def _section(catalogue: Catalogue, section: str, doc: Any, secrets_only: bool = False) -> tuple[Offer, dict[str, Any], dict[str, str]]:
+def _section(
+    catalogue: Catalogue, section: str, doc: Any, secrets_only: bool = False
+) -> tuple[Offer, dict[str, Any], dict[str, str]]:
     if not isinstance(doc, dict):
         raise RequestError(f"{section}: must be an object")
     offer = catalogue.offer(section, doc.get("type"))
@@ -321,8 +323,10 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
     window = _window(doc)
     if snk_offer.type == "local":
         assert catalogue.local_root is not None
-        folder = snk_opts.pop("folder", None) or job_id
-        if not _FOLDER.match(folder) or ".." in folder.split("/"):
+        folder = snk_opts.pop("folder", None)
+        if folder is None:
+            folder = job_id  # URL-safe base64: letters, digits, '-' and '_'
+        elif not _FOLDER.match(folder) or ".." in folder.split("/"):
             raise RequestError("sink.folder: letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels")
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}

@@ -32,6 +32,10 @@ def _err(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _body(ref: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
 def _json(schema_ref: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": schema_ref}}}}
 
@@ -77,7 +81,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                                     "responses": {"200": {"description": "the offers"}}}},
             "/api/jobs": {"post": {
                 "summary": "start an export job",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+                "requestBody": _body("JobRequest"),
                 "responses": {"201": _json("#/components/schemas/Job", "started"),
                               "400": _err("invalid request (the message names the field, never its value)"),
                               "403": _err("cross-origin request"), "413": _err("body too large"),
@@ -91,7 +95,8 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "/api/jobs/{job_id}/events": {"get": {
                 "summary": "server-sent events: `status` (a Job document) on every change, then `end`",
                 "parameters": [job_id],
-                "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "responses": {"200": {"description": "an event stream",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                               "404": _err("no such job")},
             }},
             "/api/jobs/{job_id}/cancel": {"post": {
@@ -102,7 +107,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "/api/jobs/{job_id}/resume": {"post": {
                 "summary": "resume a failed, partial or cancelled job: send its credentials again",
                 "parameters": [job_id],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResumeRequest"}}}},
+                "requestBody": _body("ResumeRequest"),
                 "responses": {"202": _json("#/components/schemas/Job", "resumed"), "400": _err("invalid request"),
                               "403": _err("cross-origin request"), "404": _err("no such job"),
                               "409": _err("the job cannot be resumed now"), "413": _err("body too large"),
@@ -110,7 +115,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             }},
             "/api/signups": {"post": {
                 "summary": "early-access sign-up",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Signup"}}}},
+                "requestBody": _body("Signup"),
                 "responses": {"201": {"description": "stored"}, "400": _err("invalid"), "403": _err("cross-origin request"),
                               "413": _err("body too large"), "415": _err("not application/json"), **limited},
             }},
@@ -139,7 +144,8 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             },
             "Signup": {
                 "type": "object",
-                "properties": {"name": {"type": "string", "maxLength": 200}, "email": {"type": "string", "format": "email", "maxLength": 254},
+                "properties": {"name": {"type": "string", "maxLength": 200},
+                               "email": {"type": "string", "format": "email", "maxLength": 254},
                                "company": {"type": "string", "maxLength": 200}},
                 "required": ["name", "email"],
                 "additionalProperties": False,

@@ -19,6 +19,11 @@ from portshift.hardening import harden_process
 log = logging.getLogger("portshift.server")
 
 
+def _no_color_message(record: logging.LogRecord) -> bool:
+    record.__dict__.pop("color_message", None)  # uvicorn's terminal-coloured copy of the message
+    return True
+
+
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     """TLS 1.2 minimum, the certificate chain and key given; no client certificates."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -95,6 +100,8 @@ def command(cert: Path, key_path: Path, host: str, port: int, data_dir: Path | N
     from .offers import load_catalogue
 
     harden_process()
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_no_color_message)
     os.umask(0o077)
     ctx = server_ssl_context(cert, key_path)
     data_dir = (data_dir or Path(platformdirs.user_data_dir("portshift-server"))).resolve()

@@ -1,0 +1,323 @@
+"""Fixtures: a trustme CA and server certificate, a test-only plugin distribution with credentials
+(the ``canary`` source and the ``canarylocal`` sink), and `portshift serve` started as a real
+subprocess over HTTPS on a free loopback port."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+
+CANARY_PLUGIN = '''
+"""Test-only plugins: a source and a sink that need a credential (values starting "canary-")."""
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from portshift import hookimpl
+from portshift.api import Artifact, Recording, Source, Opened
+from portshift.default_plugins.example_source import ExampleOptions, ExampleSource, synthetic_chunks
+from portshift.default_plugins.local_sink import LocalOptions, LocalSink
+from portshift.errors import AuthError
+from portshift.secrets import Secret, secret_field
+
+
+class CanaryOptions(ExampleOptions):
+    token: Secret | None = secret_field(env="CANARY_SOURCE_TOKEN")
+    token_file: Path | None = None
+    delay: float = Field(default=0.0, ge=0, description="seconds to wait before each media file")
+
+
+class CanarySource(ExampleSource):
+    Options = CanaryOptions
+
+    def recordings(self, window):
+        if not self.options.token.reveal().startswith("canary-"):
+            raise AuthError("the token was refused by the canary service", operation="list")
+        yield from super().recordings(window)
+
+    def artifacts(self, recording):
+        for art in super().artifacts(recording):
+            if art.name == "media" and self.options.delay:
+                inner = art.open
+                delay = self.options.delay
+
+                def slow(inner=inner, delay=delay):
+                    time.sleep(delay)
+                    return inner()
+
+                art = Artifact(name=art.name, open=slow, extension=art.extension, size=art.size,
+                               content_type=art.content_type)
+            yield art
+
+
+class CanaryLocalOptions(LocalOptions):
+    key: Secret | None = secret_field(env="CANARY_SINK_KEY")
+
+
+class CanaryLocalSink(LocalSink):
+    Options = CanaryLocalOptions
+
+    def check(self):
+        if not self.options.key.reveal().startswith("canary-"):
+            raise AuthError("the key was refused", operation="check")
+        super().check()
+
+
+@hookimpl
+def register_sources(register):
+    register("canary", CanarySource)
+
+
+@hookimpl
+def register_sinks(register):
+    register("canarylocal", CanaryLocalSink)
+'''
+
+
+@dataclass
+class Certs:
+    ca: trustme.CA
+    ca_pem: Path
+    cert: Path
+    key: Path
+
+    def client_context(self, **versions: Any) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_pem))  # cafile given: no SSL_CERT_FILE
+        for attr, value in versions.items():
+            setattr(ctx, attr, value)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    leaf.private_key_pem.write_to_path(str(d / "key.pem"))
+    with open(d / "cert.pem", "wb") as f:
+        for blob in leaf.cert_chain_pems:
+            f.write(blob.bytes())
+    return Certs(ca, d / "ca.pem", d / "cert.pem", d / "key.pem")
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real installed distribution (dist-info with an entry point) on PYTHONPATH."""
+    d = tmp_path_factory.mktemp("canary-plugin")
+    (d / "portshift_canary_test.py").write_text(textwrap.dedent(CANARY_PLUGIN))
+    info = d / "portshift_canary_test-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: portshift-canary-test\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[portshift]\ncanary_test = portshift_canary_test\n")
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SERVICE_CONFIG = """
+sources = ["canary", "example"]
+sinks = ["local", "canarylocal"]
+
+[source.canary]
+label = "Canary (tests)"
+fields = {{ count = "integer", media_size = "integer", delay = "number", seed = "integer" }}
+secrets = {{ token = true }}
+
+[source.example]
+fields = {{ count = "integer", media_size = "integer" }}
+
+[sink.canarylocal]
+fields = {{}}
+secrets = {{ key = true }}
+[sink.canarylocal.fixed]
+path = "{canary_out}"
+"""
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    certs: Certs
+    data_dir: Path
+    local_root: Path
+    canary_out: Path
+    stdout: Path
+    stderr: Path
+    secret: bytes
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, **kw: Any) -> httpx.Client:
+        c = httpx.Client(base_url=self.url, verify=self.certs.client_context(), trust_env=False, timeout=30, **kw)
+        self.clients.append(c)
+        return c
+
+    def workers(self) -> list[int]:
+        """Process ids of this server's running workers."""
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == self.pid and b"run" in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0"):
+                    out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def worker_of(self, job_id: str, timeout: float = 10) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid in self.workers():
+                try:
+                    if f"/jobs/{job_id}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        return pid
+                except OSError:
+                    continue
+            time.sleep(0.05)
+        raise AssertionError(f"no worker for job {job_id}")
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_server(certs: Certs, plugin_path: Path, root: Path, *extra: str, secret: bytes | None = None) -> Server:
+    data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "service.toml"
+    config.write_text(SERVICE_CONFIG.format(canary_out=canary_out))
+    secret = secret or secrets.token_hex(32).encode()
+    secret_file = root / "server-secret"
+    secret_file.write_bytes(secret)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-server,portshift-canary-test"
+    for _ in range(5):
+        port = free_port()
+        stdout, stderr = root / f"server-{port}.out", root / f"server-{port}.err"
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "portshift", "--log-format", "json", "serve", "--cert", str(certs.cert),
+                 "--key", str(certs.key), "--port", str(port), "--data-dir", str(data_dir),
+                 "--local-root", str(local_root), "--service-config", str(config), "--secret-file", str(secret_file),
+                 *extra],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+            )
+        server = Server(proc, port, certs, data_dir, local_root, canary_out, stdout, stderr, secret)
+        deadline = time.monotonic() + 30
+        with httpx.Client(verify=certs.client_context(), trust_env=False, timeout=2) as c:
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if c.get(f"{server.url}/api/health").status_code == 200:
+                        return server
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        server.stop()
+        if b"address already in use" not in stderr.read_bytes().lower():
+            raise AssertionError("the server did not start:\n" + stderr.read_text()[-3000:])
+    raise AssertionError("no free port")
+
+
+@pytest.fixture(scope="session")
+def server(certs: Certs, plugin_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(certs, plugin_path, tmp_path_factory.mktemp("service"), "--max-jobs", "6", "--transfers", "2",
+                     "--cancel-grace", "10", "--rate-jobs", "1000/60", "--rate-signups", "1000/60")
+    yield s
+    s.stop()
+
+
+def canary_value(label: str) -> str:
+    # characters that URL-encoding, JSON and base64 all change
+    return f"canary-{label}-{secrets.token_hex(8)}/+= \"x\\y"
+
+
+def encoded_forms(value: str) -> set[bytes]:
+    """The value as text (raw, JSON-escaped, URL-encoded) and each of those as hex and as base64
+    at every alignment inside a longer text."""
+    texts = set()
+    for text in (value, json.dumps(value)[1:-1]):
+        texts |= {text.encode(), urllib.parse.quote(text, safe="").encode(), urllib.parse.quote(text).encode(),
+                  urllib.parse.quote_plus(text).encode(), urllib.parse.quote_plus(text, safe="/").encode()}
+    forms = set(texts)
+    for raw in texts:
+        forms.add(binascii.hexlify(raw))
+        for pad in range(3):
+            for enc in (base64.b64encode, base64.urlsafe_b64encode):
+                text = enc(b"\0" * pad + raw)
+                first, last = (1 if pad else 0), (pad + len(raw)) // 3  # the 3-byte groups of value bytes only
+                forms.add(text[4 * first:4 * last])
+    return {f for f in forms if len(f) >= 12}
+
+
+def find_canary(data: bytes, values: list[str]) -> list[str]:
+    hits = []
+    for v in values:
+        for form in encoded_forms(v):
+            if form in data:
+                hits.append(f"{v[:14]}… as {form[:20]!r}")
+    return hits
+
+
+def wait_status(client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        doc = client.get(f"/api/jobs/{job_id}").json()
+        if doc["status"] in statuses:
+            return doc
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {doc.get('status')} after {timeout}s: {doc}")
+
+
+def canary_job(token: str, count: int = 4, delay: float = 0.0, **source: Any) -> dict[str, Any]:
+    return {"source": {"type": "canary", "token": token, "count": count, "media_size": 40_000, "delay": delay, **source},
+            "sink": {"type": "local"}}
+
+
+def start_job(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    resp = client.post("/api/jobs", json=body)
+    assert resp.status_code == 201, (resp.status_code, resp.text)
+    return resp.json()
