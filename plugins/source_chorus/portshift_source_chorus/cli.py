@@ -51,6 +51,37 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text + "\n")
 
 
+def write_job(
+    path: Path, base_url: str, ca: Path, export_to: Path, start: str, end: str, token_file: Path | None = None
+) -> None:
+    """A job file that exports the simulated tenant into a local folder (written atomically)."""
+    text = (
+        "# written by `portshift chorus simulate` (demo): the simulated tenant into a local folder\n"
+        "[job]\n"
+        "transfers = 4\n"
+        f'since = "{start}"\n'
+        f'until = "{end}"\n\n'
+        "[source]\n"
+        'type = "chorus"\n'
+        f"base_url = {json.dumps(base_url)}\n"
+        f"ca_bundle = {json.dumps(str(ca))}  # the simulator's throw-away CA\n"
+        "requests_per_second = 50\n"
+        + (
+            f"token_file = {json.dumps(str(token_file))}\n\n"
+            if token_file
+            else "# the token comes from PORTSHIFT_CHORUS_TOKEN (the one the simulator was started with)\n\n"
+        )
+        +
+        "[sink]\n"
+        'type = "local"\n'
+        f"path = {json.dumps(str(export_to))}\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @click.group("chorus")
 def chorus() -> None:
     """Chorus source tools."""
@@ -69,6 +100,18 @@ def chorus() -> None:
 @click.option("--ca-out", type=click.Path(path_type=Path), help="write the throw-away CA (PEM) here, for ca_bundle")
 @click.option("--token-out", type=click.Path(path_type=Path), help="write the token here (mode 0600), for token_file")
 @click.option("--info-out", type=click.Path(path_type=Path), help="write {base_url, ca_bundle, media_origin} as JSON when ready")
+@click.option(
+    "--job-out",
+    type=click.Path(path_type=Path),
+    help="when ready, write a job file exporting this tenant into --export-to (the token stays in the environment)",
+)
+@click.option(
+    "--export-to",
+    type=click.Path(path_type=Path),
+    default=Path("demo-export"),
+    show_default=True,
+    help="the local folder the --job-out job file exports into",
+)
 @click.option("--media-mode", type=click.Choice(["redirect", "json", "direct"]), default="redirect", show_default=True)
 @click.option("--json-shape", type=click.Choice(["flat", "jsonapi"]), default="flat", show_default=True)
 @click.option("--link-ttl", type=float, default=300.0, show_default=True, help="seconds a media link stays valid")
@@ -194,6 +237,12 @@ def simulate(**kw: Any) -> None:
             tmp = kw["info_out"].with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2) + "\n")
             tmp.replace(kw["info_out"])
+        if kw["job_out"]:
+            token_file = kw["token_out"].resolve() if kw["token_out"] and not token else None
+            write_job(
+                kw["job_out"], sim.base_url, sim.ca_path.resolve(), kw["export_to"].resolve(), kw["start"], kw["end"], token_file
+            )
+            echo(f"  job file     {kw['job_out']}  (portshift run --config {kw['job_out']})")
         while not stop.wait(0.5):
             pass
     finally:

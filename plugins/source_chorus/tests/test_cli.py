@@ -107,3 +107,28 @@ def test_size_ranges() -> None:
         parse_sizes("2KiB-1KiB")
     with pytest.raises(click.BadParameter):
         parse_size("lots")
+
+
+def test_the_demo_flow(tmp_path: Path) -> None:
+    """What `make demo` does: simulate with --job-out, `portshift run` that job file, stop the
+    simulator, `sha256sum -c` the export."""
+    job, export = tmp_path / "demo" / "job.toml", tmp_path / "demo-export"
+    proc, info = start(tmp_path, "--calls", "40", "--seed", "1", "--media-size", "64KiB-1MiB",
+                       "--job-out", str(job), "--export-to", str(export))
+    try:
+        deadline = time.monotonic() + 10
+        while not job.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
+        env.update(PORTSHIFT_CHORUS_TOKEN=CANARY, PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus")
+        r = subprocess.run([sys.executable, "-m", "portshift", "run", "--config", str(job), "--state",
+                            str(tmp_path / "state.db"), "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        stop(proc)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (root,) = [p.parent for p in export.glob("*/portshift-manifest.txt")]
+    check = subprocess.run(["sha256sum", "-c", "portshift-manifest.txt"], cwd=root, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    names = {p.name.split(".")[0] for p in root.rglob("*") if p.is_file() and "portshift-manifest" not in p.name}
+    assert names == {"media", "transcript", "captions", "metadata"}
+    assert len(list(root.rglob("media.*"))) == info["exportable"]
