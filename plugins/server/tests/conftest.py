@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from portshift_source_chorus.simulator import ChorusSimulator, Tenant, TenantSpec
 
 CANARY_PLUGIN = '''
 """Test-only plugins: a source and a sink that need a credential (values starting "canary-")."""
@@ -140,8 +141,16 @@ def free_port() -> int:
 
 
 SERVICE_CONFIG = """
-sources = ["canary", "example"]
+sources = ["chorus", "canary", "example"]
 sinks = ["local", "canarylocal"]
+
+[source.chorus.fixed]
+base_url = "{chorus_url}"
+ca_bundle = "{chorus_ca}"
+requests_per_second = 0
+backoff_base = 0.01
+backoff_cap = 0.1
+window_days = 31
 
 [source.canary]
 label = "Canary (tests)"
@@ -224,17 +233,18 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(certs: Certs, plugin_path: Path, root: Path, *extra: str, secret: bytes | None = None) -> Server:
+def start_server(certs: Certs, plugin_path: Path, chorus: ChorusSimulator, root: Path, *extra: str,
+                 secret: bytes | None = None) -> Server:
     data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "service.toml"
-    config.write_text(SERVICE_CONFIG.format(canary_out=canary_out))
+    config.write_text(SERVICE_CONFIG.format(canary_out=canary_out, chorus_url=chorus.base_url, chorus_ca=chorus.ca_path))
     secret = secret or secrets.token_hex(32).encode()
     secret_file = root / "server-secret"
     secret_file.write_bytes(secret)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-server,portshift-canary-test"
+    env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-server,portshift-canary-test,portshift-source-chorus"
     for _ in range(5):
         port = free_port()
         stdout, stderr = root / f"server-{port}.out", root / f"server-{port}.err"
@@ -261,9 +271,23 @@ def start_server(certs: Certs, plugin_path: Path, root: Path, *extra: str, secre
     raise AssertionError("no free port")
 
 
+CHORUS_TOKEN = "canary-chorus-" + secrets.token_hex(8) + "/+="
+CHORUS_WINDOW = {"since": "2024-01-01", "until": "2024-04-01"}
+
+
 @pytest.fixture(scope="session")
-def server(certs: Certs, plugin_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = start_server(certs, plugin_path, tmp_path_factory.mktemp("service"), "--max-jobs", "6", "--transfers", "2",
+def chorus() -> Iterator[ChorusSimulator]:
+    """The Chorus simulator (from portshift-source-chorus), HTTPS on loopback, a canary token."""
+    tenant = Tenant(TenantSpec(calls=10, seed=5, media_size=(1_000, 60_000)))
+    with ChorusSimulator(tenant, token=CHORUS_TOKEN) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="session")
+def server(
+    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    s = start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp("service"), "--max-jobs", "6", "--transfers", "2",
                      "--cancel-grace", "10", "--rate-jobs", "1000/60", "--rate-signups", "1000/60")
     yield s
     s.stop()

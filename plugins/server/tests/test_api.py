@@ -99,15 +99,16 @@ def test_every_response_carries_the_security_headers(server: Server) -> None:
 def test_the_offers_and_the_openapi_document(server: Server) -> None:
     c = server.client()
     offers = c.get("/api/offers").json()
-    assert [o["type"] for o in offers["sources"]] == ["canary", "example"]
+    assert [o["type"] for o in offers["sources"]] == ["chorus", "canary", "example"]
     assert [o["type"] for o in offers["sinks"]] == ["local", "canarylocal"]
     assert str(server.canary_out) not in json.dumps(offers), "operator-fixed options are not published"
     spec = c.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/cancel",
             "/api/jobs/{job_id}/resume", "/api/signups"} <= set(spec["paths"])
-    canary_src = spec["components"]["schemas"]["JobRequest"]["properties"]["source"]["oneOf"][0]
-    assert canary_src["properties"]["token"]["writeOnly"] is True
+    for src in spec["components"]["schemas"]["JobRequest"]["properties"]["source"]["oneOf"][:2]:
+        assert src["properties"]["token"]["writeOnly"] is True and "token" in src["required"]
+    assert "base_url" not in json.dumps(spec) and "ca_bundle" not in json.dumps(spec)
 
 
 def test_refusals_name_the_field_never_its_value(server: Server) -> None:

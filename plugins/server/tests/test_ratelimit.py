@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from portshift_source_chorus.simulator import ChorusSimulator
 
 from .conftest import Certs, Server, canary_job, start_server
 
 
 @pytest.fixture(scope="module")
-def strict(certs: Certs, plugin_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = start_server(certs, plugin_path, tmp_path_factory.mktemp("strict"), "--rate-jobs", "2/3", "--rate-signups", "2/3")
+def strict(certs: Certs, plugin_path: Path, chorus: ChorusSimulator,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp("strict"), "--rate-jobs", "2/3", "--rate-signups", "2/3")
     yield s
     s.stop()
 
