@@ -121,7 +121,7 @@ class JobManager:
         self.poll_interval = poll_interval
         self.max_runtime = max_runtime
         self._runs: dict[str, Run] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: begin_shutdown runs in a signal handler
         self._closing = False
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(jobs_dir, 0o700)
@@ -208,13 +208,19 @@ class JobManager:
         with self._lock:
             return len(self._runs)
 
-    def shutdown(self, timeout: float = 20.0) -> None:
-        """Stop every worker cleanly (their state is kept; the jobs can be resumed)."""
+    def begin_shutdown(self) -> None:
+        """Refuse new jobs and ask every worker to stop cleanly (their state is kept)."""
         self._closing = True
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
             self._request_cancel(run)
+
+    def shutdown(self, timeout: float = 20.0) -> None:
+        """Stop every worker cleanly and wait for them (the jobs can be resumed)."""
+        self.begin_shutdown()
+        with self._lock:
+            runs = list(self._runs.values())
         deadline = time.monotonic() + timeout
         for run in runs:
             if run.handle is not None and run.handle.wait(max(0.1, deadline - time.monotonic())) is None:

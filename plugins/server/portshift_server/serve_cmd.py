@@ -127,7 +127,12 @@ def command(cert: Path, key_path: Path, host: str, port: int, data_dir: Path | N
         timeout_graceful_shutdown=5,
         ssl_context_factory=lambda config, default: ctx,
     )
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            manager.begin_shutdown()  # workers start stopping now, not after open connections close
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     log.info("serving https://%s:%d (TLS 1.2+), data in %s", host, port, data_dir)
     try:
         server.run()
