@@ -28,7 +28,7 @@ else:  # pragma: no cover
 DEFAULT_SINCE = datetime(2015, 1, 1, tzinfo=timezone.utc)
 
 
-def parse_when(value: str | date | datetime, what: str, *, end_of_day: bool = False) -> datetime:
+def parse_when(value: str | date | datetime, what: str) -> datetime:
     """An ISO date or date-time; naive values are UTC. A bare date is midnight."""
     if isinstance(value, datetime):
         dt = value
@@ -144,6 +144,8 @@ def _with_secrets(data: dict[str, Any], given: dict[str, Any] | None, section: s
     for k, v in given.items():
         if not isinstance(v, str):
             raise ConfigError(f"secret {section}.{k} must be a string")
+        if not v.strip():
+            raise ConfigError(f"secret {section}.{k} is empty")
         out[k] = Secret(v, k)
     return out
 

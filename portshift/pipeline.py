@@ -101,8 +101,14 @@ def _age(started_iso: str) -> str:
     return f"{secs // 86400}d ago"
 
 
-class _Fatal(Exception):
-    pass
+def _storable(recording_id: str) -> str:
+    """The id as the state DB can store it: a lone surrogate (possible in JSON) is written as its
+    escape sequence, deterministically, so that resume still recognises the recording."""
+    try:
+        recording_id.encode("utf-8")
+        return recording_id
+    except UnicodeEncodeError:
+        return recording_id.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
 
 
 class Runner:
@@ -382,6 +388,7 @@ class Runner:
                     if self.cancel.is_set():
                         break
                     self.progress.listed()
+                    rec.id = _storable(rec.id)
                     if rec.id in done:
                         self.progress.recording_finished("already")
                         continue

@@ -25,7 +25,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None, cap: float
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
+        if len(value) > 12:
+            return cap
         seconds = float(int(value))
     else:
         try:
@@ -57,7 +59,7 @@ class Backoff:
         """Delay before retry number ``attempt`` (1 for the first retry); a server hint wins."""
         if hint is not None:
             return hint
-        ceiling = min(self.cap, self.base * (2 ** (attempt - 1)))
+        ceiling = min(self.cap, self.base * (2 ** min(max(attempt - 1, 0), 62)))
         return (self.rng or random).uniform(ceiling / 2, ceiling)
 
 
@@ -117,7 +119,7 @@ def call_with_retries(
         attempt += 1
         try:
             return fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised below unless retryable
+        except Exception as e:  # noqa: BLE001 - re-raised below unless retryable
             if attempt >= backoff.attempts or not should_retry(e):
                 raise
             delay = backoff.delay(attempt, hint(e))

@@ -36,7 +36,7 @@ _known: set[str] = set()
 
 
 def _variants(value: str) -> set[str]:
-    forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+    forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote(value), urllib.parse.quote_plus(value)}
     forms.add(json.dumps(value)[1:-1])
     raw = value.encode()
     forms.add(base64.b64encode(raw).decode().rstrip("="))

@@ -97,6 +97,13 @@ class State:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             else:
                 raise ConfigError(f"the folder of the state file {path} does not exist", hint="create it first")
+        if created:
+            try:  # private from the first byte: SQLite gives -wal/-shm the database file's mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise ConfigError(f"cannot create the state file {path}: {e.strerror}") from None
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
             conn.execute("PRAGMA secure_delete=ON")

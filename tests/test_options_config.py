@@ -158,7 +158,6 @@ def test_bad_secrets_documents(tmp_path: Path, secrets: dict, expect: str) -> No
     assert expect in error_of(tmp_path, SRC + SINK, secrets=secrets)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: an empty credential from --secrets-from-stdin is accepted")
 @pytest.mark.parametrize("value", ["", "   "])
 def test_an_empty_credential_in_the_secrets_document_is_refused(tmp_path: Path, value: str) -> None:
     """An empty env var counts as missing and an empty secret file is refused; the stdin document

@@ -165,7 +165,6 @@ def test_file_modes(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "s.db.locks").stat().st_mode) == 0o700
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: state -wal/-shm are created 0644 before the DB is chmod 0600")
 def test_wal_and_shm_are_private_too(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with State.open(path) as state:
