@@ -546,8 +546,10 @@ class ChorusClient:
             raise SourceError(f"call {cid}: unexpected HTTP {resp.status_code} for the media", retryable=True)
         ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower() or None
         size: int | None = None
+        # asked for identity; a server that compresses anyway gets decoded (and cannot be resumed)
+        decoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
         length = resp.headers.get("content-length")
-        if length is not None and length.isdigit() and not resp.headers.get("content-encoding"):
+        if length is not None and length.isdigit() and not decoded:
             size = int(length)
         etag = resp.headers.get("etag")
         where = self._where(resp.url, self.same_origin(resp.url))
@@ -560,7 +562,8 @@ class ChorusClient:
                 while True:
                     broke: str | None = None
                     try:
-                        for piece in current["resp"].iter_raw(self.options.chunk_size):
+                        body = current["resp"].iter_bytes if decoded else current["resp"].iter_raw
+                        for piece in body(self.options.chunk_size):
                             offset += len(piece)
                             yield piece
                     except httpx.TimeoutException:
