@@ -119,3 +119,27 @@ def test_portshift_run_with_a_wrong_token_stops_at_once(sim: ChorusSimulator, tm
     assert "the Chorus token was rejected" in r.stdout + r.stderr
     assert CANARY not in r.stdout + r.stderr
     assert sim.stats.total("api") == 1
+
+
+def test_a_media_that_always_arrives_truncated_is_never_recorded_as_done(sim: ChorusSimulator, tmp_path: Path) -> None:
+    from portshift_source_chorus.simulator.tenant import _unit
+
+    sim.configure(faults=Faults(truncate=Fault(ratio=0.25, times=-1, on=("media",))))
+    visible = [c for c in sim.tenant.exportable() if not c.hidden]
+    seed = sim.tenant.spec.seed
+    cut = {c.engagement_id for c in visible if c.media_size > 1 and _unit(seed, "truncate", f"media:{c.engagement_id}") < 0.25}
+    assert cut and len(cut) < len(visible)
+    out, state = tmp_path / "export", tmp_path / "state.db"
+    job = write_job(tmp_path, sim, out)
+    job.write_text(job.read_text().replace("retries = 3", "retries = 1").replace("[source]\n", "[source]\nretries = 1\n"))
+    r = run_portshift(["run", "--config", str(job), "--state", str(state), "--no-progress"], {"PORTSHIFT_CHORUS_TOKEN": CANARY})
+    assert r.returncode == 3, r.stdout + r.stderr  # partial: re-run to retry them
+    (root,) = list(out.iterdir())
+    assert not (root / "portshift-manifest.txt").exists()  # a partial job writes no manifest
+    stored = {p.parent.name for p in root.rglob("media.*")}
+    assert stored == {c.engagement_id for c in visible} - cut
+    shown = run_portshift(["jobs", "show", root.name, "--state", str(state), "--json"])
+    problems = json.loads(shown.stdout)["problems"]
+    assert {p["recording_id"] for p in problems if p["status"] == "failed"} == cut
+    assert all("broke off" in p["message"] for p in problems if p["status"] == "failed")
+    assert not list(root.rglob("*.tmp*")) and not [p for p in root.rglob("*") if p.name.startswith(".")]
