@@ -172,6 +172,9 @@ def create_app(
     async def style_css(request: Request) -> Response:
         return asset("style.css", "text/css; charset=utf-8")
 
+    async def icon(request: Request) -> Response:
+        return asset("icon.svg", "image/svg+xml")
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(spec(catalogue))
 
@@ -302,6 +305,8 @@ def create_app(
         Route("/", index),
         Route("/static/app.js", app_js),
         Route("/static/style.css", style_css),
+        Route("/static/icon.svg", icon),
+        Route("/favicon.ico", icon),
         Route("/openapi.json", openapi),
         Route("/api/health", health),
         Route("/api/offers", offers),
