@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import io
 import os
+import shutil
 import socket
 import ssl
 import statistics
@@ -205,8 +206,10 @@ def run_pipeline(work: Path, url: str, ca: Path, size: int, prefix: str, profile
             "--no-progress"]
     if profile:
         Path(profile).mkdir(parents=True, exist_ok=True)
-        argv = ["py-spy", "record", "--subprocesses", "--rate", "50", "--format", "speedscope",
-                "-o", str(Path(profile) / f"{prefix}.speedscope.json"), "--", *argv]
+        if not shutil.which("py-spy"):
+            sys.exit("--profile needs py-spy on PATH (pip install py-spy)")
+        argv = ["py-spy", "record", "--subprocesses", "--rate", "50", "--format", "raw",
+                "-o", str(Path(profile) / f"{prefix}.folded.txt"), "--", *argv]
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job_started = started
