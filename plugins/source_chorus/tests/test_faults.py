@@ -46,8 +46,8 @@ def test_retry_after_is_honoured(sim: ChorusSimulator, retry_after: str, low: fl
 def test_useless_retry_after_falls_back_to_backoff(sim: ChorusSimulator, retry_after: str) -> None:
     sim.configure(faults=Faults(throttle=Fault(ratio=0.3, times=2, on=ALL), retry_after=retry_after))
     sleeps = Sleeps()
-    got = export_all(make_source(sim, sleeps, backoff_base=0.01, backoff_cap=0.05))
-    check_export(sim, got)
+    got = export_all(make_source(sim, sleeps, backoff_base=0.01, backoff_cap=0.05, artifacts=["media"]))
+    check_export(sim, got, artifacts=("media",))
     assert sim.stats.throttled >= 5
     assert len(sleeps.delays) == sim.stats.throttled
     assert all(0.005 <= d <= 0.05 for d in sleeps.delays), sleeps.delays
