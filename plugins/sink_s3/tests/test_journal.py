@@ -51,7 +51,7 @@ def test_a_multipart_upload_is_journaled_while_open_and_only_then(
     sink = make_sink(prefix="exports")
     seen: list[tuple[dict[str, str], set[str]]] = []
     sink.journal = MemoryJournal(on_begin=lambda key, data: seen.append((data, upload_ids(pending))))
-    size = 2 * PART + 3
+    size = PART + 3
     sink.put("job/a/media.mp3", HashingStream(chunked(pattern_bytes(size))), size)
 
     ((data, open_then),) = seen
@@ -71,9 +71,9 @@ def test_a_failed_upload_is_aborted_and_leaves_the_journal(
 ) -> None:
     sink = make_sink()
     sink.journal = MemoryJournal()
-    data = pattern_bytes(3 * PART)
-    with pytest.raises(SourceFailure):
-        sink.put("k.bin", HashingStream(failing_chunks(data, fail_after=2 * PART)), len(data))
+    data = pattern_bytes(2 * PART)
+    with pytest.raises(SourceFailure):  # after part 1 was sent
+        sink.put("k.bin", HashingStream(failing_chunks(data, fail_after=PART + 300_000)), len(data))
     assert sink.journal.calls == [("begin", "k.bin"), ("end", "k.bin")]
     assert pending() == []
 
@@ -88,7 +88,7 @@ def test_an_abort_that_fails_stays_journaled_and_the_next_run_aborts_it(
     )
     sink = make_sink(endpoint_url=tls_proxy.url)
     sink.journal = journal = MemoryJournal()
-    data = pattern_bytes(2 * PART + 1)
+    data = pattern_bytes(PART + 1)
     with pytest.raises(AuthError):
         sink.put("k.bin", HashingStream(chunked(data)), len(data))
     ((key, entry),) = journal.pending()
