@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,11 +30,17 @@ from .db import TERMINAL, ServiceDB
 from .jobs import Busy, Conflict, JobManager
 from .launcher import zero
 from .offers import Catalogue, RequestError
+from .openapi import EMAIL as _EMAIL
+from .openapi import SIGNUP_NAME as _SIGNUP_NAME
+from .openapi import SIGNUP_TEXT as _SIGNUP_TEXT
 from .openapi import spec
 
 log = logging.getLogger("portshift.server")
 
 MAX_BODY = 64 * 1024
+SIGNUP_TEXT = re.compile(_SIGNUP_TEXT)
+SIGNUP_NAME = re.compile(_SIGNUP_NAME)
+EMAIL = re.compile(_EMAIL)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = [
@@ -279,13 +286,12 @@ def create_app(
         values = {}
         for key, limit in (("name", 200), ("email", 254), ("company", 200)):
             value = doc.get(key, "")
-            if not isinstance(value, str) or len(value.strip()) > limit or any(ord(c) < 32 for c in value):
+            if not isinstance(value, str) or len(value) > limit or not SIGNUP_TEXT.match(value):
                 return error(400, f"{key}: at most {limit} characters of text")
-            values[key] = value.strip()
-        if not values["name"] or not values["email"]:
+            values[key] = value
+        if not SIGNUP_NAME.match(values["name"]) or not values["email"]:
             return error(400, "name and email are required")
-        local, _, domain = values["email"].rpartition("@")
-        if not local or "." not in domain or " " in values["email"]:
+        if not EMAIL.match(values["email"]):
             return error(400, "email: not an e-mail address")
         await run_in_threadpool(db.add_signup, values["name"], values["email"], values["company"])
         return JSONResponse({"ok": True}, status_code=201)

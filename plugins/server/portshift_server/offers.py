@@ -32,6 +32,9 @@ NEVER_USER_SETTABLE = re.compile(r"(_file$|^ca_bundle$|^credential_chain$|^appli
                                  r"^endpoint_url$|^api_endpoint$|^base_url$|^signing_key)")
 MAX_STRING = 2048
 MAX_SECRET = 16 * 1024
+MAX_INTEGER = 2**53
+MAX_NUMBER = 1e15
+TEXT = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")  #: no control characters (C0, DEL, C1)
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,7}$")
 
@@ -46,6 +49,7 @@ class Field_:
     kind: str = "string"
     required: bool = False
     label: str = ""
+    pattern: str | None = None  #: a regular expression (Python and ECMAScript) the value must match
 
 
 @dataclass
@@ -98,7 +102,8 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
     ]
     if local_root is not None:
         offers.append(Offer("sink", "local", "A folder on the server (trials)",
-                            fields={"folder": Field_("folder", label="Folder under the server's export root")}))
+                            fields={"folder": Field_("folder", label="Folder under the server's export root",
+                                                     pattern=_FOLDER.pattern)}))
     return {(o.section, o.type): o for o in offers}
 
 
@@ -231,18 +236,20 @@ def _value(offer: Offer, f: Field_, value: Any) -> Any:
     if f.kind == "string":
         if not isinstance(value, str):
             raise RequestError(f"{where}: must be a string")
-        if len(value) > MAX_STRING or any(ord(c) < 32 for c in value):
+        if len(value) > MAX_STRING or not TEXT.match(value):
             raise RequestError(f"{where}: too long or contains control characters")
+        if f.pattern and not re.match(f.pattern, value):
+            raise RequestError(f"{where}: letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels")
         return value
     if f.kind == "boolean":
         if not isinstance(value, bool):
             raise RequestError(f"{where}: must be true or false")
         return value
     if f.kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**53:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_INTEGER:
             raise RequestError(f"{where}: must be an integer")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e15:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > MAX_NUMBER:
         raise RequestError(f"{where}: must be a number")
     return float(value)
 
@@ -323,11 +330,7 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
     window = _window(doc)
     if snk_offer.type == "local":
         assert catalogue.local_root is not None
-        folder = snk_opts.pop("folder", None)
-        if folder is None:
-            folder = job_id  # URL-safe base64: letters, digits, '-' and '_'
-        elif not _FOLDER.match(folder) or ".." in folder.split("/"):
-            raise RequestError("sink.folder: letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels")
+        folder = snk_opts.pop("folder", None) or job_id  # checked against its pattern; a job id is URL-safe base64
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
     text = to_toml({

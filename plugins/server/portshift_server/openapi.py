@@ -6,10 +6,27 @@ from typing import Any
 
 from portshift import __version__
 
-from .offers import Catalogue, Offer
+from .offers import MAX_INTEGER, MAX_NUMBER, MAX_STRING, TEXT, Catalogue, Field_, Offer
 
-_KIND = {"string": {"type": "string", "maxLength": 2048}, "integer": {"type": "integer"},
-         "number": {"type": "number"}, "boolean": {"type": "boolean"}}
+_KIND: dict[str, dict[str, Any]] = {
+    "string": {"type": "string", "maxLength": MAX_STRING, "pattern": TEXT.pattern},
+    "integer": {"type": "integer", "minimum": -MAX_INTEGER, "maximum": MAX_INTEGER},
+    "number": {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER},
+    "boolean": {"type": "boolean"},
+}
+#: Patterns shared by the schema and the server (written so Python and ECMAScript read them alike).
+_CTRL = r"\x00-\x1f\x7f-\x9f"
+_SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+SIGNUP_TEXT = rf"^[^{_CTRL}]*$"
+SIGNUP_NAME = rf"^[^{_CTRL}]*[^{_CTRL}{_SPACE}][^{_CTRL}]*$"
+EMAIL = rf"^[^@{_CTRL}{_SPACE}]+@[^@{_CTRL}{_SPACE}]+$"
+
+
+def _field_schema(f: Field_) -> dict[str, Any]:
+    schema = {**_KIND[f.kind], "description": f.label or f.name}
+    if f.pattern:
+        schema["pattern"] = f.pattern
+    return schema
 
 
 def _offer_schema(offer: Offer, secrets_only: bool = False) -> dict[str, Any]:
@@ -17,7 +34,7 @@ def _offer_schema(offer: Offer, secrets_only: bool = False) -> dict[str, Any]:
     required = ["type"]
     if not secrets_only:
         for f in offer.fields.values():
-            props[f.name] = {**_KIND[f.kind], "description": f.label or f.name}
+            props[f.name] = _field_schema(f)
             if f.required:
                 required.append(f.name)
     for name, req in offer.secrets.items():
@@ -25,6 +42,7 @@ def _offer_schema(offer: Offer, secrets_only: bool = False) -> dict[str, Any]:
                        "description": "a credential: handed to the job's worker over a pipe, never stored or echoed"}
         if req:
             required.append(name)
+            props[name]["minLength"] = 1
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
@@ -45,7 +63,8 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
               "description": "the random job id returned when the job was created"}
     limited = {"429": {**_err("rate limited; see Retry-After"),
                        "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
-    date = {"type": "string", "format": "date", "description": "YYYY-MM-DD"}
+    date = {"type": "string", "format": "date", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+            "description": "YYYY-MM-DD; since must be before until"}
     job = {
         "type": "object",
         "properties": {
@@ -144,9 +163,9 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             },
             "Signup": {
                 "type": "object",
-                "properties": {"name": {"type": "string", "maxLength": 200},
-                               "email": {"type": "string", "format": "email", "maxLength": 254},
-                               "company": {"type": "string", "maxLength": 200}},
+                "properties": {"name": {"type": "string", "maxLength": 200, "pattern": SIGNUP_NAME},
+                               "email": {"type": "string", "maxLength": 254, "pattern": EMAIL},
+                               "company": {"type": "string", "maxLength": 200, "pattern": SIGNUP_TEXT}},
                 "required": ["name", "email"],
                 "additionalProperties": False,
             },

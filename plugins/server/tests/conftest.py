@@ -234,11 +234,11 @@ class Server:
 
 
 def start_server(certs: Certs, plugin_path: Path, chorus: ChorusSimulator, root: Path, *extra: str,
-                 secret: bytes | None = None) -> Server:
+                 secret: bytes | None = None, config_text: str = SERVICE_CONFIG) -> Server:
     data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "service.toml"
-    config.write_text(SERVICE_CONFIG.format(canary_out=canary_out, chorus_url=chorus.base_url, chorus_ca=chorus.ca_path))
+    config.write_text(config_text.format(canary_out=canary_out, chorus_url=chorus.base_url, chorus_ca=chorus.ca_path))
     secret = secret or secrets.token_hex(32).encode()
     secret_file = root / "server-secret"
     secret_file.write_bytes(secret)
