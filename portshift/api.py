@@ -7,6 +7,7 @@ section of the job file and its documentation (``portshift plugins`` prints it).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -123,6 +124,11 @@ class Source(ABC):
     def artifacts(self, recording: Recording) -> Iterable[Artifact]:
         """The artifacts of one recording. Raise :class:`portshift.errors.SkipRecording` to skip
         it with a reason, :class:`portshift.errors.AuthError` to stop the job."""
+
+    #: Set by the core before listing: set when the run is asked to stop (SIGINT/SIGTERM, a fatal
+    #: error elsewhere). Wait on it instead of ``time.sleep`` (``if self.cancel.wait(delay): ...``)
+    #: so that a long ``Retry-After`` never holds up Ctrl-C. ``None`` outside a run.
+    cancel: threading.Event | None = None
 
     def close(self) -> None:
         """Release connections."""

@@ -169,6 +169,7 @@ class Runner:
     def run(self, req: RunRequest) -> RunResult:
         cfg = self.cfg
         source: Source = cfg.source_cls(cfg.source_options)
+        source.cancel = self.cancel
         sink: Sink = cfg.sink_cls(cfg.sink_options)
         try:
             return self._run(req, source, sink)
@@ -192,6 +193,7 @@ class Runner:
         if unfinished and unfinished["status"] == "abandoned":
             unfinished = None
         if req.new and unfinished and not req.dry_run:
+            self._recover(self.state.journal(unfinished["id"]), sink)  # its in-flight uploads too
             self.state.abandon_unfinished(key)
             log.info("starting over: job %s abandoned (--new)", unfinished["id"])
             unfinished = None
@@ -272,16 +274,7 @@ class Runner:
         self._resuming = resumed
         journal = self.state.journal(job_id)
         sink.journal = journal
-        pending = journal.pending()
-        if pending:
-            log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
-            try:
-                sink.recover(pending)
-            except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
-                log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
-            else:
-                for key, _ in pending:
-                    journal.end(key)
+        self._recover(journal, sink)
         call_event("job_started", job=info, resumed=resumed)
         status, error = self._transfer(job_id, export_root, source, sink, window, done, transfers, info)
 
@@ -320,6 +313,22 @@ class Runner:
         }.get(status, ExitCode.FATAL)
         call_event("job_finished", job=self._job_info(job_id), manifest_sha256=result.manifest_sha256)
         return result
+
+    def _recover(self, journal: Any, sink: Sink) -> None:
+        """Let the sink clean up what earlier runs left in flight (e.g. abort multipart uploads)."""
+        pending = journal.pending()
+        if not pending:
+            return
+        log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
+        try:
+            sink.recover(pending)
+        except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
+            log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
+            return
+        remaining = {k for k, _ in journal.pending()}
+        for key, _ in pending:
+            if key in remaining:
+                journal.end(key)
 
     def _dry_run(self, source: Source, window: Window, done: set[str], unfinished: dict[str, Any] | None) -> RunResult:
         total = 0

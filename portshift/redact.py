@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from .secrets import known_masks
+from .secrets import known_masks, masks_version
 
 REDACTED = "[REDACTED]"
 
@@ -26,14 +26,27 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+_compiled: tuple[int, re.Pattern[str] | None] = (-1, None)
+
+
+def _pattern() -> re.Pattern[str] | None:
+    """One compiled alternation of every mask (longest first), rebuilt only when masks change."""
+    global _compiled
+    version = masks_version()
+    if _compiled[0] != version:
+        masks = sorted(known_masks(), key=len, reverse=True)
+        _compiled = (version, re.compile("|".join(map(re.escape, masks))) if masks else None)
+    return _compiled[1]
+
+
 def scrub(text: str) -> str:
     """Replace every registered secret (in any of its encoded forms) in ``text``."""
     if not text:
         return text
-    for mask in sorted(known_masks(), key=len, reverse=True):
-        if mask in text:
-            text = text.replace(mask, REDACTED)
-    return text
+    pattern = _pattern()
+    if pattern is None:
+        return text
+    return pattern.sub(REDACTED, text)
 
 
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]+)[?#][^\s'\"<>]*")

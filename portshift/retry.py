@@ -84,9 +84,15 @@ class RateLimiter:
 
     def acquire(self) -> float:
         """Block until a request may be sent; returns the time waited."""
-        if self.rate <= 0:
-            return 0.0
         waited = 0.0
+        if self.rate <= 0:  # no ceiling, but a pause (a 429's Retry-After) still holds everyone
+            while True:
+                with self._lock:
+                    wait = self._paused_until - self._clock()
+                if wait <= 0:
+                    return waited
+                time.sleep(wait)
+                waited += wait
         while True:
             with self._lock:
                 now = self._clock()

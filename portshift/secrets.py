@@ -33,6 +33,7 @@ from .errors import ConfigError
 _MASK = "**********"
 _lock = threading.Lock()
 _known: set[str] = set()
+_version = 0
 
 
 def _variants(value: str) -> set[str]:
@@ -52,13 +53,32 @@ def register_mask(value: str) -> None:
     """
     if not value or len(value) < 4:
         return
+    global _version
+    forms = _variants(value)
     with _lock:
-        _known.update(_variants(value))
+        if not forms <= _known:
+            _known.update(forms)
+            _version += 1
+
+
+def forget_mask(value: str) -> None:
+    """Stop masking ``value`` (a short-lived derived secret that can no longer be used, such as
+    a media link that expired or was consumed), so that the mask set does not grow for ever."""
+    global _version
+    forms = _variants(value)
+    with _lock:
+        if forms & _known:
+            _known.difference_update(forms)
+            _version += 1
 
 
 def known_masks() -> frozenset[str]:
     with _lock:
         return frozenset(_known)
+
+
+def masks_version() -> int:
+    return _version
 
 
 class Secret:

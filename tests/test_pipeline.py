@@ -327,3 +327,16 @@ def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Pa
     assert JournalingSink.recovered[0][1] == {"upload_id": f"u-{JournalingSink.recovered[0][0]}"}
     with State.open(tmp_path / "s.db") as state:
         assert state.journal(result.job_id).pending() == []
+
+
+def test_new_cleans_up_what_the_abandoned_job_left_in_flight(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+    JournalingSink.recovered = []
+    with plugin("test-journal-new", sinks={"journaling": JournalingSink}):
+        doc = flaky_doc(tmp_path / "out", count=5)
+        doc["job"]["transfers"] = 1
+        doc["sink"] = {"type": "journaling", "path": "x"}
+        with pytest.raises(SystemExit):
+            run_job(doc, tmp_path / "s.db")
+        fresh = run_job(doc, tmp_path / "s.db", RunRequest(new=True))
+    assert not fresh.resumed and fresh.status == "complete"
+    assert len(JournalingSink.recovered) == 1 and "/r3/" in JournalingSink.recovered[0][0]

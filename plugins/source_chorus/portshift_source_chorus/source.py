@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from portshift.api import Artifact, Recording, Source, Window
-from portshift.errors import SourceError
+from portshift.errors import Interrupted, SourceError
 
 from . import captions, listing
 from .client import ChorusClient
@@ -43,9 +44,16 @@ class ChorusSource(Source):
     def __init__(self, options: ChorusOptions) -> None:
         super().__init__(options)
         self.options: ChorusOptions = options
-        self.client = ChorusClient(options)
+        self.client = ChorusClient(options, sleep=self._sleep)
         self._metadata: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake up at once when the run is asked to stop."""
+        if self.cancel is None:
+            time.sleep(seconds)
+        elif self.cancel.wait(seconds):
+            raise Interrupted("interrupted while waiting to retry")
 
     def location(self) -> str:
         return self.client.location
