@@ -159,7 +159,6 @@ class JobManager:
                 raise Conflict(f"a {row['status']} job cannot be resumed")
             if not (self.jobs_dir / job_id / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
-            self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
             self._start(job_id, creds)
         finally:
             zero(creds)
@@ -243,6 +242,7 @@ class JobManager:
             run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"))
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
+            self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
         row = self.db.job(job_id) or {}
         try:
             run.handle = self.launcher.start(run.spec, secrets)
