@@ -1,0 +1,430 @@
+"""Sink faults (issue 9): a TCP fault proxy between the GCS sink and gcp-storage-emulator (over
+HTTPS; TLS passes through the proxy untouched and is still validated) resets, stalls or
+half-closes connections in the middle of uploads.
+
+Outcome rules checked here:
+
+- ``sink.put``: without request retries, every fault makes the put raise a portshift error, no
+  object is visible under the name and the resumable session was cancelled (the emulator's
+  count of open sessions is back where it was, its count of cancelled ones one higher); with
+  retries the plugin recovers (resending what GCS did not persist) and the object re-downloaded
+  is byte-for-byte what was sent, with GCS's CRC32C and MD5 matching.
+- ``portshift run`` (a real subprocess, 30 recordings whose media go up in 3 chunks) through a
+  chain of proxies faulting several connections, with every retry off: exit 3, the failed
+  recordings listed on stderr exactly as the state DB has them, each with the call that failed
+  and why; every file recorded as done is in the bucket with the recorded size and SHA-256, and
+  no resumable session is left open. A re-run on a clean path exits 0, writes only the missing
+  files (the others keep their generation) and every file of the manifest re-hashes OK.
+
+The emulator answers one request per connection (HTTP/1.0) and one connection at a time, so
+the proxy's byte counts are per request; a fault meant for chunk 3 is armed when the source
+is read past chunk 2. ``Proxy`` is ``portshift.testing.FaultProxy`` with one local fix (see its
+docstring): without it a reset leaves the single-threaded emulator waiting forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import pytest
+from portshift_sink_gcs import GcsSink
+
+from portshift.errors import PortshiftError
+from portshift.hashing import HashingStream
+from portshift.testing import FaultProxy, pattern_bytes
+
+from .conftest import BUCKET, CHUNK, Certs, KiB, MiB, Server, make_options
+
+#: Seconds a stalled connection holds its bytes; longer than READ_TIMEOUT, shorter than CONNECT_TIMEOUT.
+STALL = 2.0
+READ_TIMEOUT = 1.0
+#: urllib3 sends a request body (and does the TLS handshake) under the *connect* timeout: kept
+#: above STALL so that requests queued behind a stalled one at the single-threaded emulator wait
+#: instead of failing, and a stall always surfaces as a read timeout (faults sit near the end of
+#: a request body, whose rest then fits in the socket buffers).
+CONNECT_TIMEOUT = 5.0
+
+
+class _WakingSocket:
+    """Delegates to a socket; ``close()`` first shuts its read side so that a thread blocked in
+    ``recv`` on it returns and the descriptor is really released. ``seen`` gets what ``recv`` got."""
+
+    def __init__(self, sock: socket.socket, seen: Callable[[bytes], None] | None = None) -> None:
+        self._sock = sock
+        self._seen = seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if self._seen is not None:
+            self._seen(data)
+        return data
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+class Proxy(FaultProxy):
+    """``FaultProxy`` whose ``reset`` reaches the server too, and which measures requests.
+
+    The core's reset sets SO_LINGER 0 and closes both sockets, but the server-side socket is
+    also held by the other pipe thread, blocked in ``recv`` on it: on Linux ``close()`` does not
+    release a socket another thread is blocked on, so no RST is sent and the server waits for
+    the rest of the body forever -- the single-threaded emulator then serves nobody again
+    (reported in /work/briefs/core-bugs.md). Closing through ``_WakingSocket`` wakes that
+    thread; the last close then sends the RST.
+
+    ``marks[i]``: for the i-th connection, the client->server byte counts at which the server
+    started answering, i.e. where each request ended (after the TLS handshake's).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.marks: list[list[int]] = []
+
+    def _pipe(self, src: Any, dst: Any, state: dict[str, Any], upstream: bool) -> None:  # type: ignore[override]
+        with self._lock:
+            if "marks" not in state:
+                state["marks"], state["sent"] = [], 0
+                self.marks.append(state["marks"])
+
+        def seen(data: bytes) -> None:
+            if upstream:
+                state["sent"] += len(data)
+            elif data and (not state["marks"] or state["marks"][-1] != state["sent"]):
+                state["marks"].append(state["sent"])
+
+        super()._pipe(_WakingSocket(src, seen), _WakingSocket(dst), state, upstream)
+
+
+def through(server: Server, certs: Certs, proxy: FaultProxy, **overrides: Any) -> GcsSink:
+    return GcsSink(make_options(
+        server, certs.ca_pem, api_endpoint=f"https://127.0.0.1:{proxy.port}", read_timeout=READ_TIMEOUT,
+        connect_timeout=CONNECT_TIMEOUT, **overrides,
+    ))
+
+
+def pieces(data: bytes, arm: tuple[FaultProxy, str, int] | None = None) -> Iterator[bytes]:
+    """``data`` in 16 KiB pieces; ``arm = (proxy, fault, offset)`` sets the proxy's fault just
+    before the piece at ``offset`` is read, i.e. once everything before it has been sent."""
+    step = 16 * KiB
+    for pos in range(0, len(data), step):
+        if arm is not None and pos == arm[2]:
+            arm[0].fault = arm[1]
+        yield data[pos:pos + step]
+
+
+def put(sink: GcsSink, key: str, data: bytes, arm: tuple[FaultProxy, str, int] | None = None) -> None:
+    stream = HashingStream(pieces(data, arm))
+    sink.put(key, stream, len(data))
+    assert stream.finished and stream.bytes_read == len(data)
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def assert_stored(server: Server, name: str, data: bytes) -> None:
+    got = server.admin.download(name)
+    assert got is not None, f"{name}: no object after a successful put"
+    assert got == data, f"{name}: the stored object differs from what was sent"
+    meta = server.admin.meta(name)
+    assert meta is not None and int(meta["size"]) == len(data)
+    assert meta["md5Hash"] == b64(hashlib.md5(data, usedforsecurity=False).digest())
+    assert meta["crc32c"] == b64(google_crc32c.Checksum(data).digest())
+
+
+# What each fault hits: (bytes of the file, the request it hits on its connection, where in the
+# source the proxy is armed). chunk_size is 256 KiB.
+SHAPES: dict[str, tuple[int, int, int | None]] = {
+    # one multipart upload (armed from the start: the only connection)
+    "single-request": (200_000, 0, None),
+    # resumable: initiate, then 5 chunks; armed once chunk 2 is sent, so chunk 3's request is hit
+    "chunk-3-of-5": (4 * CHUNK + 12_345, 3, 2 * CHUNK + 16 * KiB),
+}
+#: The fault sits this many bytes before the end of the request, i.e. in its last TLS record:
+#: requests has then written the whole body, and the drop reaches it while it waits for the
+#: answer. (A drop while it is still writing is the plugin bug of the MISREAD_AS_TLS test.)
+BEFORE_END = 300
+FAULTS = ["reset", "stall", "half-close"]
+LATE = pytest.mark.xfail(
+    strict=True,
+    reason="plugin limitation (see /work/briefs/plugin-bugs.md): a single-request (multipart) upload "
+    "that timed out at the client is still completed by the store when the stalled bytes arrive, so "
+    "an object appears under the name after put raised (complete and checksum-checked: see "
+    "test_a_late_single_request_upload_is_complete_and_correct)",
+)
+CASES = [
+    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-request") else (), id=f"{f}-{s}")
+    for f in FAULTS for s in SHAPES
+]
+
+
+def new_key() -> str:
+    return f"faults/{uuid.uuid4().hex}.bin"  # always the same length: the same request sizes
+
+
+@pytest.fixture(scope="module")
+def request_ends(emulator: Server, certs: Certs) -> dict[str, int]:
+    """Client->server bytes of the request each shape's fault hits, measured on a clean upload."""
+    out = {}
+    for shape, (size, nth, _) in SHAPES.items():
+        with Proxy(emulator.port) as proxy:
+            sink = through(emulator, certs, proxy, request_retries=0)
+            put(sink, new_key(), pattern_bytes(size))
+            sink.close()
+        out[shape] = max(proxy.marks[nth])
+        assert out[shape] > (CHUNK if nth else size)
+    return out
+
+
+def faulted_put(emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str,
+                retries: int) -> tuple[GcsSink, str, bytes, FaultProxy, PortshiftError | None, float]:
+    size, _, arm_at = SHAPES[shape]
+    data = pattern_bytes(size, seed=size + retries)
+    key = new_key()
+    error: PortshiftError | None = None
+    with Proxy(emulator.port, fault=fault if arm_at is None else None, after_bytes=request_ends[shape] - BEFORE_END,
+               times=1, stall_seconds=STALL) as proxy:
+        sink = through(emulator, certs, proxy, request_retries=retries)
+        started = time.monotonic()
+        try:
+            put(sink, key, data, None if arm_at is None else (proxy, fault, arm_at))
+        except PortshiftError as e:
+            error = e
+        finally:
+            sink.close()
+    assert proxy.faults == 1, "the fault was not injected"
+    return sink, key, data, proxy, error, started
+
+
+@pytest.mark.parametrize(("fault", "shape"), CASES)
+def test_without_retries_a_fault_fails_the_put_cancels_the_session_and_stores_nothing(
+    emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str
+) -> None:
+    before = emulator.admin.resumable()
+    sink, key, _, _, error, started = faulted_put(emulator, certs, request_ends, fault, shape, 0)
+    assert error is not None, f"the put succeeded through a {fault} without retries"
+    assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
+    assert ("upload object" if shape == "single-request" else "upload chunk") in str(error)
+    assert "upload_id" not in str(error)
+    # let a stalled connection deliver what it held (the emulator then completes that request)
+    time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)) if fault == "stall" else 0.2)
+    after = emulator.admin.resumable()
+    if shape != "single-request":
+        assert after["open"] == before["open"], "the resumable session was left open"
+        assert after["cancelled"] == before["cancelled"] + 1, "the resumable session was not cancelled"
+    else:
+        assert after == before
+    name = sink.object_name(key)
+    assert emulator.admin.download(name) is None, f"a failed put ({fault}, {shape}) left an object"
+    assert emulator.admin.names(name) == []
+
+
+def test_a_late_single_request_upload_is_complete_and_correct(
+    emulator: Server, certs: Certs, request_ends: dict[str, int]
+) -> None:
+    """What the xfail above documents, and the guarantee that does hold: whatever lands under the
+    name after a failed single-request upload is the whole file, checked by CRC32C and MD5."""
+    sink, key, data, _, error, started = faulted_put(emulator, certs, request_ends, "stall", "single-request", 0)
+    assert error is not None
+    time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)))
+    name = sink.object_name(key)
+    if emulator.admin.download(name) is not None:
+        assert_stored(emulator, name, data)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_plugins_request_retry_recovers_from_a_fault(
+    emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str
+) -> None:
+    before = emulator.admin.resumable()
+    sink, key, data, proxy, error, _ = faulted_put(emulator, certs, request_ends, fault, shape, 2)
+    assert error is None, f"the plugin did not recover from one {fault}: {error}"
+    assert proxy.connections >= 2
+    assert_stored(emulator, sink.object_name(key), data)
+    assert emulator.admin.resumable()["open"] == before["open"]
+
+
+MISREAD_AS_TLS = pytest.mark.xfail(
+    strict=True,
+    reason="plugin bug (see /work/briefs/plugin-bugs.md): a connection dropped while requests is still "
+    "writing a request body surfaces as ssl.SSLEOFError; errors.from_exception / transport.tls_failure "
+    "take any ssl.SSLError for a TLS handshake failure: retryable=False, so neither _send nor the core "
+    "retries, and the message carries a ca_bundle hint",
+)
+
+
+@MISREAD_AS_TLS
+@pytest.mark.parametrize("fault", ["reset", "half-close"])
+def test_a_connection_dropped_mid_body_at_the_default_chunk_size_is_retried(
+    emulator: Server, certs: Certs, fault: str
+) -> None:
+    """At the default 8 MiB chunk size a request body is far larger than the socket buffers, so
+    the drop reaches requests while it is still writing."""
+    data = pattern_bytes(6 * MiB, seed=9)
+    key = new_key()
+    with Proxy(emulator.port, fault=fault, after_bytes=200_000, times=1) as proxy:
+        sink = through(emulator, certs, proxy, request_retries=2, chunk_size="8MiB")
+        try:
+            put(sink, key, data)
+        finally:
+            sink.close()
+    assert proxy.faults == 1
+    assert_stored(emulator, sink.object_name(key), data)
+
+
+# --- job level ---------------------------------------------------------------------------------
+
+RECORDINGS = 30
+MEDIA = 700_001  # 3 chunks of 256 KiB
+FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
+OPERATIONS = r"(upload object|start resumable upload|upload chunk|finish upload|query upload status|confirm upload)"
+
+
+def portshift(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def failed_on_stderr(stderr: str) -> dict[str, str]:
+    lines = stderr.splitlines()
+    heads = [i for i, line in enumerate(lines) if re.match(r"^failed \d+ recordings", line)]
+    assert len(heads) == 1, stderr[-3000:]
+    count = int(lines[heads[0]].split()[1])
+    out: dict[str, str] = {}
+    for line in lines[heads[0] + 1:]:
+        m = FAILED_LINE.match(line)
+        if not m:
+            break
+        out[m.group(1)] = m.group(2)
+    assert len(out) == count, stderr[-3000:]
+    return out
+
+
+def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        return list(db.execute(sql, args))
+
+
+@pytest.fixture
+def chain(emulator: Server) -> Iterator[list[Proxy]]:
+    """client -> reset x2 -> half-close x2 -> stall x1 -> emulator. A request reset early never
+    reaches the later proxies' thresholds, so each fault hits its own request (a chunk)."""
+    stall = Proxy(emulator.port, fault="stall", after_bytes=240_000, times=1, stall_seconds=STALL)
+    half = Proxy(stall.port, fault="half-close", after_bytes=150_000, times=2)
+    reset = Proxy(half.port, fault="reset", after_bytes=100_000, times=2)
+    with stall, half, reset:
+        yield [reset, half, stall]
+
+
+def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
+    emulator: Server, certs: Certs, chain: list[Proxy], tmp_path: Path
+) -> None:
+    front = chain[0]
+    admin = emulator.admin
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        "[job]\ntransfers = 3\nretries = 0\n\n"
+        f'[source]\ntype = "example"\ncount = {RECORDINGS}\nmedia_size = {MEDIA}\n\n'
+        "[sink]\n"
+        'type = "gcs"\n'
+        f'bucket = "{BUCKET}"\n'
+        f'prefix = "{prefix}"\n'
+        'chunk_size = "256KiB"\n'
+        f'api_endpoint = "https://127.0.0.1:{front.port}"\n'
+        f'ca_bundle = "{certs.ca_pem}"\n'
+        "anonymous = true\n"
+        "request_retries = 0\n"
+        f"read_timeout = {READ_TIMEOUT}\n"
+        f"connect_timeout = {CONNECT_TIMEOUT}\n"
+    )
+    state = tmp_path / "state.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
+    env.update({"HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)})
+    sessions = admin.resumable()
+
+    # --- run 1: through the faults, no retries anywhere -------------------------------------------
+    first = portshift("run", "--config", str(job), "--state", str(state), env=env)
+    faults = sum(p.faults for p in chain)
+    assert faults >= 3, f"only {faults} faults were injected"
+    assert first.returncode == 3, f"exit {first.returncode}\n{first.stdout}\n{first.stderr[-3000:]}"
+    ((job_id, root, status),) = query(state, "select id, export_root, status from jobs")
+    assert status == "partial"
+    listed = failed_on_stderr(first.stderr)
+    in_db = dict(query(state, "select recording_id, message from recordings where status = 'failed'"))
+    assert listed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+    assert 1 <= len(listed) <= RECORDINGS
+    for rid, message in listed.items():
+        # the call, what went wrong, and the object (of that recording) it was writing
+        assert re.match(rf"^{OPERATIONS}: .+ at gs://{BUCKET}/{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$",
+                        message), message
+    # a failed recording has a missing file; every other recording has both of its files
+    done1 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
+        state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
+    per_recording: dict[str, int] = {}
+    for _, _, rid, _ in done1.values():
+        per_recording[rid] = per_recording.get(rid, 0) + 1
+    assert {rid for rid, n in per_recording.items() if n == 2} == {
+        f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
+    assert all(per_recording.get(rid, 0) < 2 for rid in listed)
+    # nothing recorded as done is truncated or corrupted
+    generations1: dict[str, str] = {}
+    for key, (size, sha, _, _) in done1.items():
+        data = admin.download(f"{prefix}/{root}/{key}")
+        assert data is not None and len(data) == size, f"{key} is recorded done but is missing or short"
+        assert hashlib.sha256(data).hexdigest() == sha, f"{key} is recorded done but differs"
+        meta = admin.meta(f"{prefix}/{root}/{key}")
+        assert meta is not None
+        generations1[key] = str(meta["generation"])
+    assert not [n for n in admin.names(f"{prefix}/") if n.endswith("portshift-manifest.txt")]
+    assert admin.resumable()["open"] == sessions["open"], "a failed upload left a resumable session open"
+
+    # --- run 2: the same job on a clean path ---------------------------------------------------------
+    for proxy in chain:
+        proxy.fault = None
+    second = portshift("run", "--config", str(job), "--state", str(state), env=env)
+    assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
+    assert f"resumed job {job_id}" in second.stdout
+    assert sum(p.faults for p in chain) == faults
+    done2 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
+        state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
+    written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
+    assert len(done2) == 2 * RECORDINGS
+    assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"
+    assert {done2[key][2] for key in written} == set(listed), "the re-run wrote files of other recordings"
+    for key, generation in generations1.items():
+        meta = admin.meta(f"{prefix}/{root}/{key}")
+        assert meta is not None and str(meta["generation"]) == generation, f"{key} was uploaded again by the re-run"
+
+    # --- everything verifies ------------------------------------------------------------------------------
+    names = set(admin.names(f"{prefix}/"))
+    manifest = (admin.download(f"{prefix}/{root}/portshift-manifest.txt") or b"").decode()
+    entries = [line.split("  ", 1) for line in manifest.splitlines() if line and not line.startswith("#")]
+    assert len(entries) == 2 * RECORDINGS + 1, manifest  # media + metadata + the JSON manifest
+    for digest, path in entries:
+        data = admin.download(f"{prefix}/{root}/{path}")
+        assert data is not None and hashlib.sha256(data).hexdigest() == digest, f"{path}: differs from the manifest"
+    assert names == {f"{prefix}/{root}/{p}" for _, p in entries} | {f"{prefix}/{root}/portshift-manifest.txt"}
+    assert admin.resumable()["open"] == sessions["open"]
