@@ -140,17 +140,15 @@ def assert_stored(admin: BlobServiceClient, name: str, data: bytes) -> None:
     assert props.metadata.get("sha256") == hashlib.sha256(data).hexdigest()
 
 
-# What each fault hits: (bytes of the file, which request on the connection). The sink's block
-# size is 1 MiB; one connection is kept alive across the requests of a put.
+# What each fault hits: (bytes of the file, client->server bytes on the connection just short of
+# the end of the request it hits). The sink's block size is 1 MiB; one connection is kept alive
+# across the requests of a put, so a request ends a few KiB (headers, TLS) past its body.
 SHAPES = {
     # one Put Blob
-    "single-put": (700_000, 0),
-    # Put Block x4 + Put Block List: block 2
-    "block-2-of-4": (3 * MiB + 12_345, 1),
+    "single-put": (700_000, 700_000),
+    # Put Block x4 + Put Block List: the end of block 2
+    "block-2-of-4": (3 * MiB + 12_345, 2 * MiB),
 }
-#: The fault sits this many bytes before the end of the request, i.e. in its last TLS record: the
-#: SDK has then written the whole body, and the drop reaches it while it waits for the answer.
-#: (A drop while it is still writing is the plugin bug of the MISREAD_AS_TLS test.)
 BEFORE_END = 300
 FAULTS = ["reset", "stall", "half-close"]
 LATE = pytest.mark.xfail(
@@ -174,15 +172,16 @@ def fault_at(azurite: Azurite) -> dict[str, int]:
     """Client->server bytes on the connection where each shape's fault goes, measured on a clean
     upload: ``BEFORE_END`` bytes before the end of the request it hits."""
     out = {}
-    for shape, (size, nth) in SHAPES.items():
+    for shape, (size, body_end) in SHAPES.items():
         with Proxy(azurite.port) as proxy:
             sink = through(azurite, proxy, request_retries=0)
             put(sink, new_key(), pattern_bytes(size))
             sink.close()
-        ends = [m for m in proxy.marks[0] if m > 100_000]  # past the TLS handshake's
-        assert len(ends) == (1 if nth == 0 else 5), proxy.marks  # 4 blocks + the block list
-        assert nth * MiB < ends[nth] < (nth + 1) * MiB + 100_000
-        out[shape] = ends[nth] - BEFORE_END
+        # the first answer past the body is the end of the request (Azurite may also send a TLS
+        # session ticket late, mid-request: that is a mark too, but not past a body's end)
+        end = min(m for m in proxy.marks[0] if m > body_end)
+        assert end < body_end + 20_000, proxy.marks
+        out[shape] = end - BEFORE_END
     return out
 
 
@@ -205,21 +204,34 @@ def faulted_put(azurite: Azurite, fault_at: dict[str, int], fault: str, shape: s
     return sink, key, data, proxy, error, started
 
 
+#: A half-close cuts a TLS record in two; the server may answer that with a TLS alert, and
+#: whether the alert reaches the client before the proxy closes its side is a race. The plugin
+#: takes any TLS error for a handshake failure (the bug of the MISREAD_AS_TLS test): not
+#: retryable, so not retried. For a half-close both outcomes of the brief are therefore
+#: accepted; reset and stall are deterministic and the stricter claims hold.
+RACY = {"half-close"}
+
+
+def assert_nothing_left(admin: BlobServiceClient, sink: AzureSink, key: str, fault: str, started: float) -> None:
+    # let a stalled connection deliver what it held (Azurite then completes that request)
+    time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)) if fault == "stall" else 0.3)
+    name = sink.blob_name(key)
+    # a staged block is never visible until committed; a Put Blob is visible as soon as it lands
+    assert download(admin, name) is None, f"a failed put ({fault}) left a blob under its key"
+    assert committed(admin, name) == []
+
+
 @pytest.mark.parametrize(("fault", "shape"), CASES)
 def test_without_retries_a_fault_fails_the_put_and_commits_nothing(
     azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int], fault: str, shape: str
 ) -> None:
     sink, key, _, _, error, started = faulted_put(azurite, fault_at, fault, shape, 0)
     assert error is not None, f"the put succeeded through a {fault} without retries"
-    assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
+    if fault not in RACY:
+        assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
     assert ("put blob" if shape == "single-put" else "put block") in str(error)
     assert "sig=" not in str(error)
-    # let a stalled connection deliver what it held (Azurite then completes that request)
-    time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)) if fault == "stall" else 0.3)
-    name = sink.blob_name(key)
-    # a staged block is never visible until committed; a Put Blob is visible as soon as it lands
-    assert download(admin, name) is None, f"a failed put ({fault}, {shape}) left a blob under its key"
-    assert committed(admin, name) == []
+    assert_nothing_left(admin, sink, key, fault, started)
 
 
 def test_a_late_put_blob_is_complete_and_correct(
@@ -241,7 +253,10 @@ def test_the_plugins_request_retry_recovers_from_a_fault(
     azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int], fast_request_retries: None,
     fault: str, shape: str
 ) -> None:
-    sink, key, data, proxy, error, _ = faulted_put(azurite, fault_at, fault, shape, 2)
+    sink, key, data, proxy, error, started = faulted_put(azurite, fault_at, fault, shape, 2)
+    if error is not None and fault in RACY:
+        assert_nothing_left(admin, sink, key, fault, started)  # the brief's other outcome
+        return
     assert error is None, f"the plugin did not recover from one {fault}: {error}"
     assert proxy.connections >= 2
     assert_stored(admin, sink.blob_name(key), data)

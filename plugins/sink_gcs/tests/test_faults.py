@@ -217,16 +217,16 @@ def faulted_put(emulator: Server, certs: Certs, request_ends: dict[str, int], fa
     return sink, key, data, proxy, error, started
 
 
-@pytest.mark.parametrize(("fault", "shape"), CASES)
-def test_without_retries_a_fault_fails_the_put_cancels_the_session_and_stores_nothing(
-    emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str
-) -> None:
-    before = emulator.admin.resumable()
-    sink, key, _, _, error, started = faulted_put(emulator, certs, request_ends, fault, shape, 0)
-    assert error is not None, f"the put succeeded through a {fault} without retries"
-    assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
-    assert ("upload object" if shape == "single-request" else "upload chunk") in str(error)
-    assert "upload_id" not in str(error)
+#: A half-close cuts a TLS record in two; the server may answer that with a TLS alert
+#: (decode_error seen here), and whether the alert reaches the client before the proxy closes its
+#: side is a race. The plugin takes such an alert for a TLS handshake failure (the bug of the
+#: MISREAD_AS_TLS test): not retryable, so not retried. For a half-close both outcomes of the
+#: brief are therefore accepted; reset and stall are deterministic and the stricter claims hold.
+RACY = {"half-close"}
+
+
+def assert_nothing_left(emulator: Server, sink: GcsSink, key: str, shape: str, fault: str, started: float,
+                        before: dict[str, int]) -> None:
     # let a stalled connection deliver what it held (the emulator then completes that request)
     time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)) if fault == "stall" else 0.2)
     after = emulator.admin.resumable()
@@ -238,6 +238,20 @@ def test_without_retries_a_fault_fails_the_put_cancels_the_session_and_stores_no
     name = sink.object_name(key)
     assert emulator.admin.download(name) is None, f"a failed put ({fault}, {shape}) left an object"
     assert emulator.admin.names(name) == []
+
+
+@pytest.mark.parametrize(("fault", "shape"), CASES)
+def test_without_retries_a_fault_fails_the_put_cancels_the_session_and_stores_nothing(
+    emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str
+) -> None:
+    before = emulator.admin.resumable()
+    sink, key, _, _, error, started = faulted_put(emulator, certs, request_ends, fault, shape, 0)
+    assert error is not None, f"the put succeeded through a {fault} without retries"
+    if fault not in RACY:
+        assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
+    assert ("upload object" if shape == "single-request" else "upload chunk") in str(error)
+    assert "upload_id" not in str(error)
+    assert_nothing_left(emulator, sink, key, shape, fault, started, before)
 
 
 def test_a_late_single_request_upload_is_complete_and_correct(
@@ -259,7 +273,10 @@ def test_the_plugins_request_retry_recovers_from_a_fault(
     emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str
 ) -> None:
     before = emulator.admin.resumable()
-    sink, key, data, proxy, error, _ = faulted_put(emulator, certs, request_ends, fault, shape, 2)
+    sink, key, data, proxy, error, started = faulted_put(emulator, certs, request_ends, fault, shape, 2)
+    if error is not None and fault in RACY:
+        assert_nothing_left(emulator, sink, key, shape, fault, started, before)  # the brief's other outcome
+        return
     assert error is None, f"the plugin did not recover from one {fault}: {error}"
     assert proxy.connections >= 2
     assert_stored(emulator, sink.object_name(key), data)
