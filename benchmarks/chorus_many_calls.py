@@ -5,10 +5,11 @@ A simulated tenant with exactly ``--calls`` (2,000) recorded calls, each exporte
 behind a redirect to a signed link on the media host), all over HTTPS on 127.0.0.1. In the same
 run, for each ``--transfers`` setting (1, 2, 4, 8, 16):
 
-- **portshift**: a ``portshift run`` subprocess (``requests_per_second = 0``: no client-side
-  ceiling; the local sink with ``fsync = false``, so the figure is portshift's own cost and not
-  the disk's; ``--fsync`` to turn it on), calls per second from process start to exit and over
-  the job phase (first log line to exit);
+- **portshift**: a ``portshift run`` subprocess as cron would run it (no terminal: a progress
+  log line every 10 s), ``requests_per_second = 0`` (no client-side ceiling), the local sink
+  with ``fsync = false`` (the figure is portshift's own cost, not the disk's; ``--fsync`` to turn
+  it on); calls per second from process start to exit and over the job phase (first log line to
+  exit);
 - **plain client** (the simulator's capacity): a thread pool of the same size in this process,
   httpx with keep-alive, doing only the downloads: the same listing, then for each call the
   conversation document and the media (the redirect followed), bodies read and thrown away.
@@ -17,7 +18,7 @@ Every portshift export is checked: 6,000 files in the manifest and every media S
 the simulator's. Target: at the best setting, portshift >= 0.7 x the best plain-client rate.
 
     .venv/bin/python benchmarks/chorus_many_calls.py [--calls 2000] [--transfers 1,2,4,8,16]
-        [--fsync] [--profile DIR]
+        [--fsync] [--no-progress] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def main() -> None:
     ap.add_argument("--media-kib", type=int, default=256)
     ap.add_argument("--transfers", default="1,2,4,8,16", help="comma list (default 1,2,4,8,16)")
     ap.add_argument("--fsync", action="store_true", help="the local sink fsyncs every file (its default)")
+    ap.add_argument("--no-progress", action="store_true", help="run portshift with --no-progress (no log lines)")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy record each portshift run into DIR")
     args = ap.parse_args()
     settings = [int(t) for t in args.transfers.split(",")]
@@ -185,7 +187,8 @@ def main() -> None:
                           f"CPU {cpu['plain'][t]:.1f} s, simulator {cpu['sim-plain'][t]:.1f} s)", flush=True)
                     continue
                 prof = args.profile / f"portshift-t{t}.speedscope.json" if args.profile else None
-                res = portshift_run(job, work / f"state-{t}.db", transfers=t, profile=prof)
+                res = portshift_run(job, work / f"state-{t}.db", transfers=t, profile=prof,
+                                    progress=not args.no_progress)
                 cpu["sim-portshift"][t] = sim.cpu() - s0
                 cpu["portshift"][t] = res.cpu
                 digests = manifest_digests(out_dir)
@@ -208,7 +211,8 @@ def main() -> None:
     best = max(settings, key=lambda t: n / ps_wall[t])
     print()
     print(f"benchmark 4: {n} calls x (transcript, metadata, {args.media_kib} KiB media), Chorus simulator over HTTPS on "
-          f"127.0.0.1, local sink fsync {'on' if args.fsync else 'off'} (load average {os.getloadavg()[0]:.1f} on "
+          f"127.0.0.1, local sink fsync {'on' if args.fsync else 'off'}, "
+          f"{'--no-progress' if args.no_progress else 'progress log lines every 10 s'} (load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores)")
     print("  transfers   portshift calls/s (job phase)   plain client calls/s   portshift / plain")
     for t in settings:

@@ -132,10 +132,13 @@ class RunResult:
 
 
 def portshift_run(job: Path, state: Path, *, transfers: int | None = None, profile: Path | None = None,
-                  log_level: str = "info", env: dict[str, str] | None = None) -> RunResult:
-    """One ``portshift run`` subprocess, timed; exits the benchmark if the job is not complete."""
-    argv = [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state), "--no-progress",
-            "--log-level", log_level]
+                  log_level: str = "info", env: dict[str, str] | None = None, progress: bool = True) -> RunResult:
+    """One ``portshift run`` subprocess, timed; exits the benchmark if the job is not complete.
+
+    Run as cron or a Kubernetes Job would: no terminal, so ``portshift run`` logs a progress
+    line every 10 s (its default without a TTY); ``progress=False`` passes ``--no-progress``."""
+    argv = [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state),
+            "--log-level", log_level, *([] if progress else ["--no-progress"])]
     if transfers is not None:
         argv += ["--transfers", str(transfers)]
     if profile is not None:
