@@ -31,7 +31,7 @@ from portshift.api import Opened
 from portshift.errors import AuthError, ConfigError, SkipRecording, SourceError
 from portshift.redact import redact_url, sanitize_message
 from portshift.retry import Backoff, RateLimiter, parse_retry_after
-from portshift.secrets import register_mask
+from portshift.secrets import forget_mask, register_mask
 from portshift.tls import https_client
 
 from .options import ChorusOptions
@@ -197,17 +197,21 @@ def _tls_failure(e: BaseException) -> bool:
     return False
 
 
-def mask_link(url: str) -> None:
-    """A download link is a credential: hide it (and its signature parts) from every log."""
-    register_mask(url)
+def mask_link(url: str) -> list[str]:
+    """A download link is a credential: hide it (and its signature parts) from every log.
+    Returns what was masked, so it can be forgotten once the download is over."""
+    masked = [url]
     parts = urllib.parse.urlsplit(url)
     if parts.query:
-        register_mask(parts.query)
+        masked.append(parts.query)
         for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
             if len(value) >= 12:
-                register_mask(value)
+                masked.append(value)
     if len(parts.path) >= 24:
-        register_mask(parts.path)
+        masked.append(parts.path)
+    for value in masked:
+        register_mask(value)
+    return masked
 
 
 class ChorusClient:
@@ -225,6 +229,8 @@ class ChorusClient:
         self._origin = self._origin_of(base)
         self.location = redact_url(options.base_url)
         self.sleep = sleep
+        #: masks of the signed links handed out per call, forgotten when its download ends
+        self._links: dict[str, list[str]] = {}
         pin_loggers()
         timeout = httpx.Timeout(
             connect=options.connect_timeout, read=options.read_timeout, write=options.read_timeout, pool=None
@@ -447,7 +453,7 @@ class ChorusClient:
         return body, doc
 
     # --- media ---------------------------------------------------------------------------------
-    def _follow(self, resp: httpx.Response, headers: dict[str, str]) -> httpx.Response:
+    def _follow(self, resp: httpx.Response, headers: dict[str, str], cid: str = "") -> httpx.Response:
         """Follow redirects and JSON links by hand: https only, the token only to base_url's origin."""
         hops = 0
         while True:
@@ -478,7 +484,7 @@ class ChorusClient:
                 target = str(resp.url.join(target_raw))
             else:
                 return resp
-            mask_link(target)
+            self._links.setdefault(cid, []).extend(mask_link(target))
             hops += 1
             if hops > MAX_HOPS:
                 raise SourceError("too many redirects", operation="get media", location=self.location, retryable=True)
@@ -504,7 +510,7 @@ class ChorusClient:
                 headers=headers,
                 stream=True,
             )
-            resp = self._follow(resp, headers)
+            resp = self._follow(resp, headers, cid)
             status = resp.status_code
             if status in (200, 206):
                 return resp
@@ -588,6 +594,8 @@ class ChorusClient:
                     current["resp"] = self._resume(cid, offset, size, etag)
             finally:
                 current["resp"].close()
+                for value in self._links.pop(cid, []):  # the link is spent: keep the mask set small
+                    forget_mask(value)
 
         return Opened(
             chunks=chunks(),

@@ -68,7 +68,7 @@ class ChorusOptions(PluginOptions):
     requests_per_second: float = Field(
         default=2.0, ge=0, le=1000, description="ceiling on requests to the Chorus API (0: no limit)"
     )
-    burst: int = Field(default=2, ge=1, le=100, description="requests that may go out at once before the ceiling applies")
+    burst: int = Field(default=1, ge=1, le=100, description="requests that may go out at once before the ceiling applies")
     retries: int = Field(default=5, ge=0, le=20, description="retries of one request (429, 5xx, resets, timeouts)")
     backoff_base: float = Field(default=1.0, ge=0, le=60, description="first retry delay in seconds (doubles, with jitter)")
     backoff_cap: float = Field(default=60.0, ge=0, le=600, description="longest retry delay in seconds")
