@@ -311,6 +311,12 @@ class FaultProxy:
                         if self.fault == "reset":
                             for s in (src, dst):
                                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                                try:
+                                    # wake the other direction's thread blocked in recv() on this
+                                    # socket, so the descriptor is really released and the RST goes out
+                                    s.shutdown(socket.SHUT_RD)
+                                except OSError:
+                                    pass
                                 s.close()
                             return
                         if self.fault == "half-close":
