@@ -186,15 +186,39 @@ def _drain(resp: httpx.Response) -> None:
         resp.close()
 
 
-def _tls_failure(e: BaseException) -> bool:
+#: errors that end a connection after the handshake: a dropped connection, not a TLS problem
+_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_failure(e: BaseException) -> tuple[str, str] | None:
+    """(message, hint) when ``e`` is a TLS failure that no retry can fix, else None.
+
+    Certificate verification failures keep OpenSSL's verify reason (a host name or an issuer
+    problem: no secret). Any other SSL error raised while connecting (a protocol version the
+    server refuses, a handshake alert) is a handshake failure. An EOF or zero-return after the
+    handshake is a dropped connection and stays retryable.
+    """
+    connecting = isinstance(e, httpx.ConnectError)
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError) or (isinstance(cur, ssl.SSLError) and "CERTIFICATE" in str(cur)):
-            return True
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            reason = (cur.verify_message or cur.reason or "").strip().rstrip(".")
+            if "hostname mismatch" in reason.lower() or "ip address mismatch" in reason.lower():
+                return (f"TLS certificate verification failed: {reason}",
+                        "the host name in base_url must be one the server certificate names")
+            message = f"TLS certificate verification failed: {reason}" if reason else "TLS certificate verification failed"
+            return message, "for a private CA set ca_bundle to its PEM file"
+        if isinstance(cur, ssl.SSLError) and not isinstance(cur, _DROPPED):
+            if "CERTIFICATE" in str(cur):
+                return "TLS certificate verification failed", "for a private CA set ca_bundle to its PEM file"
+            if connecting:
+                reason = cur.reason or type(cur).__name__
+                return (f"TLS handshake failed: {reason}",
+                        "the server must speak TLS 1.2 or later with a certificate your ca_bundle trusts")
         cur = cur.__cause__ or cur.__context__
-    return False
+    return None
 
 
 def mask_link(url: str) -> list[str]:
@@ -297,8 +321,10 @@ class ChorusClient:
             except httpx.TimeoutException:
                 failure = "timed out"
             except httpx.TransportError as e:
-                if _tls_failure(e):
-                    failure = "tls"
+                tls = _tls_failure(e)
+                if tls is not None:
+                    message, tls_hint = tls
+                    raise SourceError(message, operation=operation, location=where, retryable=False, hint=tls_hint) from None
                 else:
                     failure = f"connection failed ({type(e).__name__})"
             else:
@@ -329,14 +355,6 @@ class ChorusClient:
                 else:
                     return resp
             # --- only failures that may be retried get here ---------------------------------
-            if failure == "tls":
-                raise SourceError(
-                    "TLS certificate verification failed",
-                    operation=operation,
-                    location=where,
-                    retryable=False,
-                    hint="for a private CA set ca_bundle to its PEM file",
-                )
             if attempt >= attempts:
                 raise SourceError(
                     f"gave up after {attempt} attempts: {failure}",

@@ -214,12 +214,6 @@ def test_a_certificate_for_another_host_name_is_refused(
     assert other_host_server.wait_for(lambda: other_host_server.handshakes_failed == 1)  # tried once, not retried
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug (plugin-bugs.md #4): a host-name mismatch is reported as 'TLS certificate "
-    "verification failed (for a private CA set ca_bundle to its PEM file)': the reason is dropped and the "
-    "hint points at ca_bundle, which is right",
-)
 def test_a_host_name_mismatch_is_named_as_such(sim: ChorusSimulator, other_host_server: TLSServer, ca_file: Path) -> None:
     err = refuse(ChorusSource(options(sim, base_url=other_host_server.url, ca_bundle=ca_file)))
     assert "host name" in str(err).lower() or "hostname" in str(err).lower()
@@ -259,12 +253,6 @@ def test_a_tls_1_1_only_server_is_refused(sim: ChorusSimulator, tls11_server: TL
     assert tls11_server.handshakes_failed >= 1, "the source never even tried"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug (plugin-bugs.md #3): a protocol-version refusal (UNSUPPORTED_PROTOCOL) is "
-    "taken for a connection failure: retried retries+1 times with backoff, then 'gave up after N attempts: "
-    "connection failed (ConnectError)', retryable=True (the core retries the file as well)",
-)
 def test_a_tls_1_1_only_server_is_refused_at_once_with_a_tls_error(
     sim: ChorusSimulator, tls11_server: TLSServer, ca_file: Path
 ) -> None:
