@@ -13,7 +13,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from portshift.errors import AuthError, PortshiftError, SinkError
 from portshift.redact import sanitize_message
 
-from .transport import is_plain_http_refusal, tls_failure
+from .transport import dropped_connection, is_plain_http_refusal, tls_failure
 
 _AUTH_HINTS = {
     "AuthorizationPermissionMismatch": "the SAS lacks a permission this operation needs: it must grant create "
@@ -106,7 +106,6 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
         if tls:
             return SinkError(tls, operation=operation, location=location, retryable=False,
                              hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later")
-        return SinkError(
-            f"connection to Azure failed ({type(e).__name__})", operation=operation, location=location, retryable=True
-        )
+        why = dropped_connection(e) or type(e).__name__
+        return SinkError(f"connection to Azure failed ({why})", operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)

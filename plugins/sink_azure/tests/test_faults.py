@@ -262,16 +262,6 @@ def test_the_plugins_request_retry_recovers_from_a_fault(
     assert_stored(admin, sink.blob_name(key), data)
 
 
-MISREAD_AS_TLS = pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug (see /work/briefs/plugin-bugs.md): a connection dropped while the SDK is still "
-    "writing a request body surfaces as ssl.SSLEOFError; errors.translate / transport.tls_failure take "
-    "any ssl.SSLError for a TLS handshake failure: not retried (Retries.increment returns False, "
-    "retryable=False for the core) and reported with a ca_bundle hint",
-)
-
-
-@MISREAD_AS_TLS
 @pytest.mark.parametrize("fault", ["reset", "half-close"])
 def test_a_connection_dropped_mid_body_at_the_default_block_size_is_retried(
     azurite: Azurite, admin: BlobServiceClient, fast_request_retries: None, fault: str

@@ -18,7 +18,7 @@ import requests
 from portshift.errors import AuthError, PortshiftError, SinkError
 from portshift.redact import sanitize_message
 
-from .transport import is_plain_http_refusal, tls_failure
+from .transport import dropped_connection, is_plain_http_refusal, tls_failure
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -103,8 +103,8 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
     if isinstance(e, requests.exceptions.Timeout):
         return SinkError("GCS did not answer in time", operation=operation, location=location, retryable=True)
     if isinstance(e, (requests.exceptions.RequestException, OSError)):
-        return SinkError(f"connection to GCS failed ({type(e).__name__})", operation=operation, location=location,
-                         retryable=True)
+        why = dropped_connection(e) or type(e).__name__
+        return SinkError(f"connection to GCS failed ({why})", operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
 
 

@@ -283,16 +283,6 @@ def test_the_plugins_request_retry_recovers_from_a_fault(
     assert emulator.admin.resumable()["open"] == before["open"]
 
 
-MISREAD_AS_TLS = pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug (see /work/briefs/plugin-bugs.md): a connection dropped while requests is still "
-    "writing a request body surfaces as ssl.SSLEOFError; errors.from_exception / transport.tls_failure "
-    "take any ssl.SSLError for a TLS handshake failure: retryable=False, so neither _send nor the core "
-    "retries, and the message carries a ca_bundle hint",
-)
-
-
-@MISREAD_AS_TLS
 @pytest.mark.parametrize("fault", ["reset", "half-close"])
 def test_a_connection_dropped_mid_body_at_the_default_chunk_size_is_retried(
     emulator: Server, certs: Certs, fault: str

@@ -9,6 +9,7 @@ not travel up.
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any
 
 import botocore.exceptions
@@ -101,9 +102,12 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
     if isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return AuthError("no usable AWS credentials", operation=operation, location=location)
     if isinstance(e, botocore.exceptions.SSLError):
+        dropped = _dropped_connection(e)
+        if dropped:
+            return SinkError(f"connection failed ({dropped})", operation=operation, location=location, retryable=True)
         reason = _tls_reason(e)
-        # A certificate or protocol-version refusal will not heal by retrying; a dropped
-        # connection (EOF in the middle of a request) may.
+        # A certificate or protocol-version refusal will not heal by retrying; another failed
+        # handshake may.
         fatal = any(word in reason.upper() for word in _TLS_FATAL)
         return SinkError(f"TLS failure ({reason})", operation=operation, location=location, retryable=not fatal)
     if isinstance(e, botocore.exceptions.HTTPClientError) and isinstance(e.kwargs.get("error"), PlainHTTPRefused):
@@ -123,6 +127,60 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
     if isinstance(e, botocore.exceptions.BotoCoreError):
         return SinkError(type(e).__name__, operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
+
+
+#: SSL errors that mean the peer went away (EOF, close_notify, a failed system call).
+_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _ssl_errors(error: BaseException) -> list[ssl.SSLError]:
+    """The ``ssl.SSLError``s in ``error``'s chain (botocore's ``error`` kwarg, urllib3's wrapped
+    exception and ``reason``, cause and context)."""
+    seen: set[int] = set()
+    out: list[ssl.SSLError] = []
+    stack: list[Any] = [error]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLError):
+            out.append(e)
+        kwargs = getattr(e, "kwargs", None)
+        stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None),
+                      kwargs.get("error") if isinstance(kwargs, dict) else None])
+        stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
+    return out
+
+
+def _during_handshake(e: ssl.SSLError) -> bool:
+    """Whether ``e`` was raised by the TLS handshake (``SSLSocket.do_handshake``) rather than by a
+    read or write on an established connection. Without a traceback, only a reason that names a
+    handshake-time problem counts."""
+    tb = e.__traceback__
+    if tb is None:
+        return any(word in str(getattr(e, "reason", "") or "").upper() for word in _TLS_FATAL)
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "do_handshake":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _dropped_connection(e: BaseException) -> str | None:
+    """What happened when ``e`` is a connection that ended under TLS rather than a TLS set-up
+    failure: an EOF/close_notify at any time, or an SSL error (a TLS alert after a half-close)
+    on an established connection. None for a certificate or handshake failure."""
+    found = _ssl_errors(e)
+    if not found:
+        return None
+    if any(isinstance(x, ssl.SSLCertVerificationError) for x in found):
+        return None
+    if any(not isinstance(x, _DROPPED) and _during_handshake(x) for x in found):
+        return None
+    if all(_during_handshake(x) for x in found):
+        return "connection closed during the TLS handshake"
+    return "connection dropped mid-request"
 
 
 def _tls_reason(e: Any) -> str:

@@ -231,15 +231,6 @@ def test_a_late_put_object_is_the_whole_file(
     assert pending() == []
 
 
-MISNAMED = pytest.mark.xfail(
-    strict=True,
-    reason="plugin bug (plugin-bugs.md #6): a connection dropped mid-body often surfaces as ssl.SSLEOFError "
-    "(or a TLS alert after a half-close); errors.s3_error reports any botocore SSLError as 'TLS failure "
-    "(EOF occurred in violation of protocol)' - retryable, rightly, but named like a TLS set-up problem",
-)
-
-
-@MISNAMED
 def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
     moto: Moto, make_sink: Callable[..., Any], low_timeouts: None, no_retries: None
 ) -> None:
