@@ -329,6 +329,16 @@ class ChorusSimulator:
         with self._bucket_lock:
             self._bucket = (self.faults.rate_limit_burst, time.monotonic())
 
+    def injected(self) -> Counter[str]:
+        """How many faults were injected since the last reset, per fault name ("reset", ...)."""
+        out: Counter[str] = Counter()
+        with self._fault_lock:
+            for (name, _resource), n in self._fault_counts.items():
+                fault = getattr(self.faults, name, None)
+                times = fault.times if isinstance(fault, Fault) else 0
+                out[name] += n if times < 0 else min(n, times)
+        return out
+
     def configure(
         self, faults: Faults | None = None, paging: Paging | None = None, media: MediaConfig | None = None
     ) -> None:
