@@ -58,15 +58,17 @@ class HashingStream:
         self._observers.append(fn)
 
     # --- what the sink uses -------------------------------------------------------------
-    def _pull(self) -> bool:
+    def _next(self) -> bytes | None:
+        """The next non-empty chunk of the source, hashed and counted; None at the end."""
         if self.finished:
-            return False
+            return None
         if self._cancel is not None and self._cancel.is_set():
             raise Interrupted("interrupted while transferring")
         for chunk in self._source:
             if not chunk:
                 continue
-            chunk = bytes(chunk)
+            if type(chunk) is not bytes:
+                chunk = bytes(chunk)  # a bytearray/memoryview the source may reuse: take a copy
             self._sha.update(chunk)
             for fn in self._observers:
                 fn(chunk)
@@ -75,11 +77,17 @@ class HashingStream:
                 from .errors import IntegrityError
 
                 raise IntegrityError(f"the source sent more than the {self._max} bytes declared")
-            self._buf += chunk
-            return True
+            return chunk
         self._check_end()
         self.finished = True
-        return False
+        return None
+
+    def _pull(self) -> bool:
+        chunk = self._next()
+        if chunk is None:
+            return False
+        self._buf += chunk
+        return True
 
     def _check_end(self) -> None:
         # Raised from read() *before* the sink sees the end of the stream, so that a truncated
@@ -99,10 +107,28 @@ class HashingStream:
             out = bytes(self._buf)
             self._buf.clear()
             return out
-        while len(self._buf) < n and self._pull():
+        buf = self._buf
+        if not buf and n:
+            # the common case: a source chunk of the size asked for passes through without a copy
+            chunk = self._next()
+            if chunk is None:
+                return b""
+            size = len(chunk)
+            if size == n:
+                return chunk
+            if size > n:
+                buf += memoryview(chunk)[n:]
+                return chunk[:n]
+            buf += chunk
+        while len(buf) < n and self._pull():
             pass
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        if len(buf) <= n:
+            out = bytes(buf)
+            buf.clear()
+            return out
+        with memoryview(buf) as view:
+            out = bytes(view[:n])  # one copy (slicing a bytearray and then bytes() made two)
+        del buf[:n]  # O(1): a bytearray drops its head without moving the rest
         return out
 
     def read_exactly(self, n: int) -> bytes:
