@@ -49,6 +49,7 @@ class LocalSink(Sink):
         self.root = Path(options.path).expanduser()
         self._root_seen = False
         self._root_lock = threading.Lock()
+        self._real_root: str | None = None  #: the resolved root, once (not on every put)
 
     def _ensure_root(self) -> None:
         """Create the destination folder once; if it vanishes later (an unmounted volume, a
@@ -79,11 +80,14 @@ class LocalSink(Sink):
             raise ConfigError(f"[sink] path: {probe_dir} is not writable by this user")
 
     def _target(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        root = self.root.resolve()
-        if root not in target.parents:
+        root = self._real_root
+        if root is None:
+            root = self._real_root = os.path.realpath(self.root)
+        target = os.path.realpath(os.path.join(root, key))
+        prefix = root if root.endswith(os.sep) else root + os.sep
+        if not target.startswith(prefix) or len(target) == len(prefix):
             raise SinkError(f"key {key!r} escapes the destination folder", retryable=False)
-        return target
+        return Path(target)
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         self._ensure_root()
