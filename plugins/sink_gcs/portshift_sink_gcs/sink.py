@@ -17,6 +17,13 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
   499), so no upload is left behind, and the error is raised.
 - The object resource GCS returns is compared with what was sent: size, ``crc32c`` and
   ``md5Hash`` must match, or the put fails (:class:`~portshift.errors.IntegrityError`).
+- Every upload (the single request, the resumable session) carries ``ifGenerationMatch=0``:
+  GCS creates the object only if none exists under the name, and never replaces one. When it
+  answers 412 (an object exists, e.g. the late landing of an earlier attempt that timed out at
+  the client), the rest of the stream is read and hashed, and the stored object's size, CRC32C
+  and MD5 are compared with it: equal means the file is already stored (a normal
+  :class:`~portshift.api.PutResult`); different is a non-retryable error. Reading the stored
+  object's metadata needs ``storage.objects.get`` (see docs/permissions/gcs.md).
 - The session URI is a capability (whoever holds it can write the object): it is registered
   as a mask, never logged, stored or put in an error, and must point at the configured
   endpoint's host over https.
@@ -88,6 +95,14 @@ class _Digests:
         return {"crc32c": _b64(self.crc32c.digest()), "md5": _b64(self.md5.digest())}
 
 
+class _ObjectExists(Exception):
+    """GCS answered 412 to an upload carrying ``ifGenerationMatch=0``: an object exists."""
+
+
+#: Sent with every upload: create the object only if none exists under the name.
+_ONLY_IF_ABSENT = {"ifGenerationMatch": "0"}
+
+
 def _sent_checksums(values: dict[str, str]) -> dict[str, str]:
     """The checksums put on the wire. A module-level function so that tests can make it lie
     (a test-only corruption path) and watch GCS refuse the upload."""
@@ -150,6 +165,10 @@ class GcsSink(Sink):
             else:
                 if response.status_code in ok:
                     return response
+                if response.status_code == 412:
+                    # only uploads carry a precondition (ifGenerationMatch=0): the name is taken
+                    response.close()
+                    raise _ObjectExists()
                 failure = errors.from_response(response, operation, where)
                 hint = parse_retry_after(response.headers.get("Retry-After"))
                 response.close()
@@ -171,9 +190,69 @@ class GcsSink(Sink):
         stream.observe(digests.update)
         chunks = read_chunks(stream, self.options.chunk_size)
         first, last = next(chunks)
-        if last:
-            return self._multipart(name, where, content_type, first, digests)
-        return self._resumable(name, where, content_type, first, chunks, digests, size)
+        try:
+            if last:
+                return self._multipart(name, where, content_type, first, digests)
+            return self._resumable(name, where, content_type, first, chunks, digests, size)
+        except _ObjectExists:
+            pass
+        del first
+        for _ in chunks:  # the rest of the file, hashed as it goes by (one chunk in memory)
+            pass
+        return self._compare_existing(name, where, stream.bytes_read, digests.values())
+
+    def _compare_existing(self, name: str, where: str, size: int, values: dict[str, str]) -> PutResult:
+        """GCS refused the upload because an object exists under ``name``: compare it with the
+        file just read. Equal (size, CRC32C and, when GCS reports it, MD5): the file is stored.
+        Anything else fails the put for good; portshift never replaces an object."""
+        url = f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}/o/" \
+              f"{urllib.parse.quote(name, safe='')}"
+        response = self._send("GET", url, "compare existing object", where, ok=(200, 403, 404),
+                              params={"fields": "size,crc32c,md5Hash,generation"})
+        status = response.status_code
+        try:
+            obj = response.json() if status == 200 else None
+        except ValueError:
+            obj = None
+        finally:
+            response.close()
+        if status == 403:
+            raise SinkError(
+                "an object already exists under this name (left by an earlier attempt, or another writer); "
+                "portshift never replaces an object, and cannot compare this one with the file: reading its "
+                "metadata needs storage.objects.get",
+                operation="compare existing object", status=403, location=where, retryable=False,
+                hint="grant storage.objects.get as well (docs/permissions/gcs.md), or delete the object "
+                "if it is not wanted, then run the job again",
+            )
+        if status == 404:  # it was there a moment ago: deleted since; a new attempt can write it
+            raise SinkError("GCS refused the upload because an object existed under this name, which is now gone",
+                            operation="compare existing object", status=404, location=where, retryable=True)
+        if not isinstance(obj, dict):
+            raise SinkError("GCS did not return the existing object's metadata", operation="compare existing object",
+                            location=where, retryable=True)
+        try:
+            stored_size = int(obj.get("size", -1))
+        except (TypeError, ValueError):
+            stored_size = -1
+        md5 = obj.get("md5Hash")
+        if stored_size != size or obj.get("crc32c") != values["crc32c"] or (md5 is not None and md5 != values["md5"]):
+            raise SinkError(
+                f"an object already exists under this name with other content ({stored_size} bytes stored, "
+                f"{size} in this file, or different CRC32C/MD5); portshift never replaces an object",
+                operation="upload object", status=412, location=where, retryable=False,
+                hint="an earlier export or another writer used this name: move or delete that object, or "
+                "export into another prefix",
+            )
+        checksums = {"crc32c": values["crc32c"]}
+        how = (f"an object with the same size and CRC32C{' and MD5' if md5 is not None else ''} already existed "
+               "under the name (an earlier attempt's upload); GCS refused to replace it (ifGenerationMatch=0)")
+        if md5 is not None:
+            checksums["md5"] = values["md5"]
+        generation = obj.get("generation")
+        log.info("%s already stored with the same content (generation %s); not uploaded again", where, generation)
+        return PutResult(key=name, size=size, checksums=checksums,
+                         version=str(generation) if generation else None, verified=how)
 
     def _multipart(self, name: str, where: str, content_type: str, data: bytes, digests: _Digests) -> PutResult:
         values = digests.values()
@@ -191,7 +270,7 @@ class GcsSink(Sink):
         ])
         response = self._send(
             "POST", self._upload_url(), "upload object", where, ok=(200,),
-            data=body, params={"uploadType": "multipart"},
+            data=body, params={"uploadType": "multipart", **_ONLY_IF_ABSENT},
             headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
         )
         return self._confirm(name, where, response, len(data), values,
@@ -226,7 +305,8 @@ class GcsSink(Sink):
             headers["X-Upload-Content-Length"] = str(size)
         response = self._send(
             "POST", self._upload_url(), "start resumable upload", where, ok=(200, 201),
-            data=json.dumps(self._metadata(name, content_type)).encode(), params={"uploadType": "resumable"},
+            data=json.dumps(self._metadata(name, content_type)).encode(),
+            params={"uploadType": "resumable", **_ONLY_IF_ABSENT},
             headers=headers,
         )
         session_uri = response.headers.get("Location", "")
@@ -372,7 +452,10 @@ class GcsSink(Sink):
         an object."""
         name = self.object_name(f".portshift-check-{uuid.uuid4().hex[:12]}")
         where = self._where(name)
-        session_uri = self._initiate(name, where, "application/octet-stream", 0)
+        try:
+            session_uri = self._initiate(name, where, "application/octet-stream", 0)
+        except _ObjectExists:  # a random name that exists: GCS checked the create permission
+            return
         self._cancel(session_uri, where)
 
     def close(self) -> None:

@@ -17,6 +17,10 @@ gcp-storage-emulator (PyPI, pure Python) is the local GCS server that verifies `
 4. **Cancel**: ``DELETE`` on a session URI cancels the session, answering 499 like GCS.
 5. ``GET /_test/resumable``: ``{"open": N, "cancelled": M}`` so that tests can prove no
    session is left behind.
+6. **ifGenerationMatch=0** (the emulator ignores preconditions): a multipart upload, a
+   resumable session's initiation and its finalizing request that carry it are refused with
+   412 ``conditionNotMet`` when an object of that name exists (nothing is written; a refused
+   session is dropped). fake-gcs-server honours it natively for multipart uploads only.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from types import SimpleNamespace
 
 from gcp_storage_emulator import server as emu_server
 from gcp_storage_emulator import settings
+from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import buckets, objects
 from gcp_storage_emulator.server import Request
 from gcp_storage_emulator.storage import Storage
@@ -87,6 +92,66 @@ def _cancel(request, response, storage, *args, **kwargs):  # type: ignore[no-unt
     response.status = SimpleNamespace(value=499, phrase="Client Closed Request")
 
 
+class _PreconditionFailed(Exception):
+    pass
+
+
+#: set while a request with ifGenerationMatch=0 is handled (the server is single-threaded)
+_absent_only = threading.local()
+_original_create_file = Storage.create_file
+
+
+def _exists(storage, bucket, name):  # type: ignore[no-untyped-def]
+    try:
+        storage.get_file_obj(bucket, name)
+    except NotFound:
+        return False
+    return True
+
+
+def _create_file_if_absent(self, bucket_name, file_name, content, file_obj, file_id=None):  # type: ignore[no-untyped-def]
+    if getattr(_absent_only, "on", False) and _exists(self, bucket_name, file_name):
+        if file_id is not None:  # a finalizing request: the session is over
+            try:
+                self.delete_resumable_file_obj(file_id)
+            except Exception:  # noqa: BLE001, S110
+                pass
+        raise _PreconditionFailed()
+    return _original_create_file(self, bucket_name, file_name, content, file_obj, file_id)
+
+
+Storage.create_file = _create_file_if_absent  # type: ignore[method-assign]
+
+
+def _precondition_failed(response):  # type: ignore[no-untyped-def]
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold.",
+                             "errors": [{"domain": "global", "reason": "conditionNotMet",
+                                         "message": "At least one of the pre-conditions you specified did not hold.",
+                                         "locationType": "header", "location": "If-Match"}]}})
+
+
+def _honouring_if_generation_match(handler, initiation):  # type: ignore[no-untyped-def]
+    def wrapped(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+        absent_only = (request.query.get("ifGenerationMatch") or [""])[0] == "0"
+        if absent_only and initiation and (request.query.get("uploadType") or [""])[0] == "resumable":
+            meta = request.data if isinstance(request.data, dict) else {}
+            name = (request.query.get("name") or [meta.get("name")])[0]
+            if name and _exists(storage, request.params["bucket_name"], name):
+                _precondition_failed(response)
+                return None
+        _absent_only.on = absent_only
+        try:
+            return handler(request, response, storage, *args, **kwargs)
+        except _PreconditionFailed:
+            _precondition_failed(response)
+            return None
+        finally:
+            _absent_only.on = False
+
+    return wrapped
+
+
 def _test_status(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
     response.json({"open": len(storage.resumable), "cancelled": CANCELLED["count"]})
 
@@ -95,7 +160,8 @@ def _patch_routes() -> None:
     upload_re = rf"^{settings.UPLOAD_API_ENDPOINT}/b/(?P<bucket_name>[-.\w]+)/o$"
     for regex, handlers in emu_server.HANDLERS:
         if regex == upload_re:
-            handlers[emu_server.PUT] = _upload_partial_with_hash
+            handlers[emu_server.POST] = _honouring_if_generation_match(handlers[emu_server.POST], True)
+            handlers[emu_server.PUT] = _honouring_if_generation_match(_upload_partial_with_hash, False)
             handlers[emu_server.DELETE] = _cancel
     emu_server.HANDLERS = ((r"^/_test/resumable$", {emu_server.GET: _test_status}), *emu_server.HANDLERS)
 
