@@ -79,7 +79,9 @@ def files_in(out: Path) -> int:
 def run_until_killed(job: Path, state: Path, out: Path, after_files: int) -> int | None:
     """Start a run and SIGKILL it once ``after_files`` files landed; its exit code if it ended first."""
     argv, env = command(job, state)
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = job.with_name("stderr.txt")
+    with log.open("w") as sink:  # a file, not a pipe nobody reads while waiting (a full pipe blocks the run)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if files_in(out) >= after_files:
@@ -90,8 +92,7 @@ def run_until_killed(job: Path, state: Path, out: Path, after_files: int) -> int
     if proc.poll() is None:
         proc.kill()
         raise AssertionError("a run neither finished nor reached its kill point in 10 minutes")
-    assert proc.stderr is not None
-    err = proc.stderr.read()
+    err = log.read_text()
     assert proc.returncode in (0, 3), f"run ended with {proc.returncode}: {err[-3000:]}"
     return proc.returncode
 
