@@ -32,8 +32,9 @@ from portshift.errors import AuthError, ConfigError, SkipRecording, SourceError
 from portshift.redact import redact_url, sanitize_message
 from portshift.retry import Backoff, RateLimiter, parse_retry_after
 from portshift.secrets import forget_mask, register_mask
-from portshift.tls import https_client
+from portshift.tls import https_client, ssl_context
 
+from .media import MediaConnections, MediaResponse
 from .options import ChorusOptions
 
 log = logging.getLogger("portshift.chorus")
@@ -174,7 +175,7 @@ def find_link(doc: Any) -> str | None:
     return fallback
 
 
-def _drain(resp: httpx.Response) -> None:
+def _drain(resp: httpx.Response | MediaResponse) -> None:
     """Close a response; read a small body first so that its connection can be reused."""
     try:
         length = resp.headers.get("content-length")
@@ -260,6 +261,10 @@ class ChorusClient:
             connect=options.connect_timeout, read=options.read_timeout, write=options.read_timeout, pool=None
         )
         self.http = https_client(options.ca_bundle, timeout=timeout, max_connections=32)
+        #: the media host (another origin, no token): bodies read with http.client, see media.py
+        self.media = MediaConnections(
+            ssl_context(options.ca_bundle), connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
+        )
         self.limiter = RateLimiter(options.requests_per_second, burst=options.burst)
         self.backoff = Backoff(base=options.backoff_base, cap=options.backoff_cap, attempts=options.retries + 1)
         self._lock = threading.Lock()
@@ -288,6 +293,7 @@ class ChorusClient:
 
     def close(self) -> None:
         self.http.close()
+        self.media.close()
 
     def request(
         self,
@@ -297,7 +303,7 @@ class ChorusClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         stream: bool = False,
-    ) -> httpx.Response:
+    ) -> httpx.Response | MediaResponse:
         """GET ``url``, retrying 408/429/5xx, resets and timeouts with backoff and jitter.
 
         Returns the response for any other status (read, unless ``stream``). A 401 from the
@@ -377,16 +383,21 @@ class ChorusClient:
             )
             self.sleep(delay)
 
-    def _send(self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None, api: bool) -> httpx.Response:
+    def _send(
+        self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None, api: bool
+    ) -> httpx.Response | MediaResponse:
         # The only frame that holds the revealed token (as a header of the request it builds);
         # the token goes only to base_url's origin.
         hdrs = dict(headers or {})
         if api:
             hdrs["Authorization"] = self._auth_value()
+        elif params is None:
+            # a media link on another origin (no token): its body is read with http.client
+            return self.media.get(httpx.URL(url), hdrs)
         return self.http.send(self.http.build_request("GET", url, params=params, headers=hdrs), stream=True)
 
     @staticmethod
-    def _read_error(resp: httpx.Response) -> str:
+    def _read_error(resp: httpx.Response | MediaResponse) -> str:
         try:
             body = resp.read()
         except httpx.HTTPError:
@@ -430,7 +441,7 @@ class ChorusClient:
         return doc
 
     # --- one call ------------------------------------------------------------------------------
-    def _per_call(self, op: str, cid: str, resp: httpx.Response, body: bytes) -> None:
+    def _per_call(self, op: str, cid: str, resp: httpx.Response | MediaResponse, body: bytes) -> None:
         """Raise for a non-2xx answer about one call: 403/404 skip it (or fail, when strict)."""
         status = resp.status_code
         where = redact_url(str(resp.url))
@@ -471,7 +482,9 @@ class ChorusClient:
         return body, doc
 
     # --- media ---------------------------------------------------------------------------------
-    def _follow(self, resp: httpx.Response, headers: dict[str, str], cid: str = "") -> httpx.Response:
+    def _follow(
+        self, resp: httpx.Response | MediaResponse, headers: dict[str, str], cid: str = ""
+    ) -> httpx.Response | MediaResponse:
         """Follow redirects and JSON links by hand: https only, the token only to base_url's origin."""
         hops = 0
         while True:
@@ -515,7 +528,7 @@ class ChorusClient:
                 )
             resp = self.request(target, operation="download media", headers=headers, stream=True)
 
-    def _fetch_media(self, cid: str, headers: dict[str, str]) -> httpx.Response:
+    def _fetch_media(self, cid: str, headers: dict[str, str]) -> httpx.Response | MediaResponse:
         """A streaming response with the media bytes (or a Range of them), asking for a new link
         when the media host refuses an expired one."""
         refused = 0
@@ -577,7 +590,11 @@ class ChorusClient:
             size = int(length)
         etag = resp.headers.get("etag")
         where = self._where(resp.url, self.same_origin(resp.url))
-        current = {"resp": resp}
+        current: dict[str, Any] = {"resp": resp, "closed": False}
+
+        def close() -> None:
+            current["closed"] = True  # a download closed from another thread is not resumed
+            current["resp"].close()
 
         def chunks() -> Iterator[bytes]:
             offset = 0
@@ -597,6 +614,9 @@ class ChorusClient:
                     if broke is None:
                         return  # complete: httpx checks the body against Content-Length
                     current["resp"].close()
+                    if current["closed"]:
+                        raise SourceError(f"call {cid}: the media download was closed", operation="download media",
+                                          location=where, retryable=True)
                     if not self.options.resume_downloads or size is None or resumes >= self.options.retries:
                         raise SourceError(
                             f"call {cid}: the media download broke off after {offset} of {size if size is not None else '?'} "
@@ -620,10 +640,10 @@ class ChorusClient:
             size=size,
             extension=extension_for(ctype),
             content_type=ctype,
-            close=lambda: current["resp"].close(),
+            close=close,
         )
 
-    def _resume(self, cid: str, offset: int, size: int, etag: str | None) -> httpx.Response:
+    def _resume(self, cid: str, offset: int, size: int, etag: str | None) -> httpx.Response | MediaResponse:
         headers = {"Accept-Encoding": "identity", "Range": f"bytes={offset}-"}
         if etag:
             headers["If-Range"] = etag

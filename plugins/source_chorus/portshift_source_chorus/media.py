@@ -1,0 +1,238 @@
+"""Requests to the media host, read with the standard library's ``http.client``.
+
+A media link's body is the bulk of an export's bytes. httpx reads a body through h11, httpcore
+and its own generator layers one TLS record (at most 16 KiB) at a time, and then copies the
+records into the chunk size asked for; ``http.client``'s buffered reader fills a whole chunk in C.
+On a 1 GiB download that is about 1 CPU-second less (``benchmarks/perf-findings.md``, F3).
+
+Only requests that leave ``base_url``'s origin come here, and they never carry the token (the
+client adds it only for its own origin, and :meth:`MediaConnections.get` drops any
+``Authorization`` header regardless). The URL was checked to be https before (and is checked
+again here); the SSL context is :func:`portshift.tls.ssl_context` (TLS 1.2+, certificate and host
+name checked, trust from ``ca_bundle`` and the system store only); proxies and CA variables from
+the environment are ignored, as in the httpx client; the connect timeout covers TCP and the TLS
+handshake, and the read timeout every later receive. Redirects are not followed here:
+:class:`~portshift_source_chorus.client.ChorusClient` follows them by hand.
+
+Failures are raised as the httpx exceptions httpcore raises for the same events
+(:class:`httpx.ConnectError`, :class:`httpx.ReadTimeout`, :class:`httpx.RemoteProtocolError`
+for a body shorter than its ``Content-Length``, ...) with the OS or SSL error as their cause and
+no URL in their text, so that the client's retries, Range resumes and TLS-failure reporting
+treat both paths alike.
+
+Connections are kept for reuse when a body was read to its end (as httpx's pool does), so many
+small downloads from one media host do not each pay for a TLS handshake. A kept connection the
+server has closed in the meantime is replaced once, silently (a GET is safe to send again).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import zlib
+from collections.abc import Iterator
+
+import httpx
+
+from portshift import __version__
+
+DEFAULT_READ = 1024 * 1024
+USER_AGENT = f"portshift/{__version__}"
+
+
+class MediaResponse:
+    """A media host's answer: the part of :class:`httpx.Response` the Chorus client uses."""
+
+    def __init__(
+        self,
+        pool: MediaConnections,
+        key: tuple[str, int],
+        conn: http.client.HTTPSConnection,
+        sock: socket.socket,
+        raw: http.client.HTTPResponse,
+        url: httpx.URL,
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self._conn = conn
+        self._sock = sock
+        self._raw = raw
+        self.url = url
+        self.status_code: int = raw.status
+        self.headers = httpx.Headers(raw.getheaders())
+        length = self.headers.get("content-length")
+        chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self._length = int(length) if length is not None and length.isdigit() and not chunked else None
+        self._received = 0
+        self._complete = False  #: the body was read to its end
+        self._closed = False
+
+    # --- the body ---------------------------------------------------------------------------
+    def _read(self, amt: int) -> bytes:
+        if self._complete:
+            return b""
+        if self._closed:
+            raise httpx.ReadError("the download was closed")
+        try:
+            data = self._raw.read(amt)
+        except TimeoutError as e:
+            raise httpx.ReadTimeout("timed out receiving from the media host") from e
+        except http.client.IncompleteRead as e:
+            raise httpx.RemoteProtocolError("the media host ended a chunked body early") from e
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            if self._closed:
+                raise httpx.ReadError("the download was closed") from e
+            raise httpx.ReadError(f"receiving from the media host failed ({type(e).__name__})") from e
+        if data:
+            self._received += len(data)
+            return data
+        if self._length is not None and self._received < self._length:
+            raise httpx.RemoteProtocolError(
+                f"the media host closed the connection after {self._received} of {self._length} body bytes"
+            )
+        self._complete = True
+        return b""
+
+    def iter_raw(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The body as sent, in pieces of ``chunk_size`` bytes (the last one shorter)."""
+        size = chunk_size or DEFAULT_READ
+        while True:
+            data = self._read(size)
+            if not data:
+                return
+            yield data
+
+    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The body with its ``Content-Encoding`` (gzip, deflate) undone."""
+        encoding = self.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            yield from self.iter_raw(chunk_size)
+            return
+        if encoding in ("gzip", "x-gzip"):
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            inflate = None  # zlib-wrapped or raw: decided on the first bytes
+        else:
+            raise httpx.DecodingError(f"the media host sent Content-Encoding {encoding[:40]!r}, which cannot be decoded")
+        for data in self.iter_raw(chunk_size):
+            if inflate is None:
+                inflate = zlib.decompressobj(zlib.MAX_WBITS if (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS)
+            try:
+                out = inflate.decompress(data)
+            except zlib.error as e:
+                raise httpx.DecodingError("the media body does not decode") from e
+            if out:
+                yield out
+        if inflate is not None:
+            tail = inflate.flush()
+            if tail:
+                yield tail
+            if not inflate.eof:
+                raise httpx.DecodingError("the compressed media body ended early")
+
+    def read(self) -> bytes:
+        """The whole body (for small answers: redirects, errors)."""
+        return b"".join(self.iter_raw())
+
+    def close(self) -> None:
+        """Release the connection: kept for reuse when the body was read to its end, otherwise
+        shut down at once (which also wakes a thread blocked receiving from it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._complete and self._raw.isclosed():
+            self._pool._release(self._key, self._conn)
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._raw.close()
+        self._conn.close()
+        self._sock.close()
+
+
+class MediaConnections:
+    """HTTPS connections to media hosts, kept for reuse. Thread-safe."""
+
+    def __init__(
+        self, context: ssl.SSLContext, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 8
+    ) -> None:
+        self._ctx = context
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_idle = max_idle_per_host
+        self._idle: dict[tuple[str, int], list[http.client.HTTPSConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _connect(self, host: str, port: int) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(host, port, timeout=self._connect_timeout, context=self._ctx)
+        try:
+            conn.connect()  # TCP and the TLS handshake, within the connect timeout
+        except TimeoutError as e:
+            conn.close()
+            raise httpx.ConnectTimeout("timed out connecting to the media host") from e
+        except OSError as e:  # ssl.SSLError (a certificate, the handshake) is an OSError
+            conn.close()
+            raise httpx.ConnectError(f"could not connect to the media host ({type(e).__name__})") from e
+        assert conn.sock is not None
+        conn.sock.settimeout(self._read_timeout)
+        return conn
+
+    def _take(self, key: tuple[str, int]) -> http.client.HTTPSConnection | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def _release(self, key: tuple[str, int], conn: http.client.HTTPSConnection) -> None:
+        if conn.sock is not None:  # None: the server said Connection: close
+            with self._lock:
+                idle = self._idle.setdefault(key, [])
+                if not self._closed and len(idle) < self._max_idle:
+                    idle.append(conn)
+                    return
+        conn.close()
+
+    def get(self, url: httpx.URL, headers: dict[str, str]) -> MediaResponse:
+        """Send ``GET url`` and read the status line and headers; the body is left to the caller."""
+        if url.scheme != "https":
+            raise httpx.UnsupportedProtocol("refusing to send a request that is not https")
+        host = url.host
+        port = url.port or 443
+        key = (host, port)
+        target = url.raw_path.decode("ascii") or "/"
+        hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        hdrs.update({k: v for k, v in headers.items() if k.lower() not in ("authorization", "host", "cookie")})
+        for attempt in (1, 2):
+            conn = self._take(key)
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(host, port)
+            sock = conn.sock
+            assert sock is not None
+            try:
+                conn.request("GET", target, headers=hdrs)
+                raw = conn.getresponse()
+            except TimeoutError as e:
+                conn.close()
+                raise httpx.ReadTimeout("timed out waiting for the media host's answer") from e
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                if reused and attempt == 1:
+                    continue  # a kept connection the server had closed: once more on a new one
+                if isinstance(e, http.client.HTTPException) and not isinstance(e, ConnectionError):
+                    raise httpx.RemoteProtocolError(f"the media host's answer is not HTTP ({type(e).__name__})") from e
+                raise httpx.ReadError(f"the media host dropped the connection ({type(e).__name__})") from e
+            return MediaResponse(self, key, conn, sock, raw, url)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle = [c for conns in self._idle.values() for c in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
