@@ -50,11 +50,12 @@ from portshift.default_plugins.example_source import synthetic_sha256
 from .conftest import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, Certs, Moto, pending_uploads
 
 SOAK = os.environ.get("PORTSHIFT_SOAK", "") not in ("", "0")
-CALLS = 1000 if SOAK else 200
-MORE = 4 if SOAK else 0  # extra kill points per phase in the soak variant
+#: the issue's 200 calls; PORTSHIFT_S3_CRASH_CALLS overrides it (e.g. to time other sizes)
+CALLS = int(os.environ.get("PORTSHIFT_S3_CRASH_CALLS", 1000 if SOAK else 200))
+MORE = 2 if SOAK else 0  # extra kill points per phase in the soak variant
 MEDIA = 3000
 CHUNK = 1024
-LARGE_EVERY = 50  # recordings 25, 75, 125, 175 (...) have large media
+LARGE_EVERY = min(50, CALLS)  # recordings 25, 75, 125, 175 (...) have large media
 LARGE_SIZE = 5 * 1024 * 1024 + 64 * 1024  # a multipart upload of two parts (part_size = 5 MiB)
 LARGE = CALLS // LARGE_EVERY
 PREFIX = "crash"
