@@ -7,14 +7,16 @@ Outcome rules checked here:
 - ``sink.put``: without request retries, every fault makes the put raise a portshift error and
   no blob is committed under the key; with retries the plugin's own per-request retry recovers
   and the blob re-downloaded is byte-for-byte what was sent (with its Content-MD5 and sha256).
-- ``portshift run`` (a real subprocess, 30 recordings of 3 blocks each) through a chain of
-  proxies faulting several connections, with every retry off: exit 3, the failed recordings
+- ``portshift run`` (a real subprocess, 15 recordings of 3 blocks each) through a fault proxy
+  faulting several connections in turn (resets, half-closes, a stall), with every retry off: exit 3, the failed recordings
   listed on stderr exactly as the state DB has them, each with the call that failed and why;
   every file recorded as done is in the store with the recorded size and SHA-256. A re-run on a
   clean path exits 0, writes only the missing files (the others keep their ETag) and every file
   of the manifest re-downloads and re-hashes OK.
 
-``Proxy`` is ``portshift.testing.FaultProxy`` with one local fix (see its docstring).
+Faults go through ``portshift.testing.FaultProxy`` itself; ``Meter`` (a fault-free FaultProxy that
+counts bytes) only measures, on a clean upload, where a request ends so that a fault can be put in
+its last TLS record.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from portshift_sink_azure import AzureSink
 from portshift_sink_azure import transport as azure_transport
@@ -44,18 +48,17 @@ from portshift.testing import FaultProxy, chunked, pattern_bytes
 from .conftest import ACCOUNT, CONTAINER, Azurite, MiB, download, make_options, md5
 
 #: Seconds a stalled connection holds its bytes; longer than READ_TIMEOUT, shorter than CONNECT_TIMEOUT.
-STALL = 2.0
-READ_TIMEOUT = 1.0
+STALL = 1.5
+READ_TIMEOUT = 0.8
 #: urllib3 sends a request body under the *connect* timeout: kept above STALL so that a stall
 #: always surfaces as a read timeout (the faults are placed near the end of a request body).
 CONNECT_TIMEOUT = 5.0
 
 
-class _WakingSocket:
-    """Delegates to a socket; ``close()`` first shuts its read side so that a thread blocked in
-    ``recv`` on it returns and the descriptor is really released. ``seen`` gets what ``recv`` got."""
+class _Counted:
+    """Delegates to a socket; ``seen`` gets what each ``recv`` got."""
 
-    def __init__(self, sock: socket.socket, seen: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, sock: socket.socket, seen: Callable[[bytes], None]) -> None:
         self._sock = sock
         self._seen = seen
 
@@ -64,33 +67,17 @@ class _WakingSocket:
 
     def recv(self, n: int) -> bytes:
         data = self._sock.recv(n)
-        if self._seen is not None:
-            self._seen(data)
+        self._seen(data)
         return data
 
-    def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-        self._sock.close()
 
+class Meter(FaultProxy):
+    """A ``FaultProxy`` without faults that measures requests: ``marks[i]``, for the i-th
+    connection, holds the client->server byte counts at which the server started answering,
+    i.e. where each request ended (after the TLS handshake's)."""
 
-class Proxy(FaultProxy):
-    """``FaultProxy`` whose ``reset`` reaches the server too, and which measures requests.
-
-    The core's reset sets SO_LINGER 0 and closes both sockets, but the server-side socket is
-    also held by the other pipe thread, blocked in ``recv`` on it: on Linux ``close()`` does not
-    release a socket another thread is blocked on, so no RST is sent and the server waits for
-    the rest of the body forever (reported in /work/briefs/core-bugs.md). Closing through ``_WakingSocket`` wakes that
-    thread; the last close then sends the RST.
-
-    ``marks[i]``: for the i-th connection, the client->server byte counts at which the server
-    started answering, i.e. where each request ended (after the TLS handshake's).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
         self.marks: list[list[int]] = []
 
     def _pipe(self, src: Any, dst: Any, state: dict[str, Any], upstream: bool) -> None:  # type: ignore[override]
@@ -105,7 +92,7 @@ class Proxy(FaultProxy):
             elif data and (not state["marks"] or state["marks"][-1] != state["sent"]):
                 state["marks"].append(state["sent"])
 
-        super()._pipe(_WakingSocket(src, seen), _WakingSocket(dst), state, upstream)
+        super()._pipe(_Counted(src, seen), dst, state, upstream)
 
 
 @pytest.fixture
@@ -153,7 +140,7 @@ BEFORE_END = 300
 FAULTS = ["reset", "stall", "half-close"]
 LATE = pytest.mark.xfail(
     strict=True,
-    reason="plugin limitation (see /work/briefs/plugin-bugs.md): a Put Blob that timed out at the "
+    reason="plugin limitation (docs/known-bugs.md #2): a Put Blob that timed out at the "
     "client is still completed by the store when the stalled bytes arrive, so a blob appears under "
     "the key after put raised (complete and MD5-checked: see test_a_late_put_blob_is_complete_and_correct)",
 )
@@ -173,7 +160,7 @@ def fault_at(azurite: Azurite) -> dict[str, int]:
     upload: ``BEFORE_END`` bytes before the end of the request it hits."""
     out = {}
     for shape, (size, body_end) in SHAPES.items():
-        with Proxy(azurite.port) as proxy:
+        with Meter(azurite.port) as proxy:
             sink = through(azurite, proxy, request_retries=0)
             put(sink, new_key(), pattern_bytes(size))
             sink.close()
@@ -191,7 +178,7 @@ def faulted_put(azurite: Azurite, fault_at: dict[str, int], fault: str, shape: s
     data = pattern_bytes(size, seed=size + retries)
     key = new_key()
     error: PortshiftError | None = None
-    with Proxy(azurite.port, fault=fault, after_bytes=fault_at[shape], times=1, stall_seconds=STALL) as proxy:
+    with FaultProxy(azurite.port, fault=fault, after_bytes=fault_at[shape], times=1, stall_seconds=STALL) as proxy:
         sink = through(azurite, proxy, request_retries=retries)
         started = time.monotonic()
         try:
@@ -204,18 +191,37 @@ def faulted_put(azurite: Azurite, fault_at: dict[str, int], fault: str, shape: s
     return sink, key, data, proxy, error, started
 
 
-#: A half-close cuts a TLS record in two; the server may answer that with a TLS alert, and
-#: whether the alert reaches the client before the proxy closes its side is a race. The plugin
-#: takes any TLS error for a handshake failure (the bug of the MISREAD_AS_TLS test): not
-#: retryable, so not retried. For a half-close both outcomes of the brief are therefore
-#: accepted; reset and stall are deterministic and the stricter claims hold.
-RACY = {"half-close"}
 
 
-def assert_nothing_left(admin: BlobServiceClient, sink: AzureSink, key: str, fault: str, started: float) -> None:
-    # let a stalled connection deliver what it held (Azurite then completes that request)
-    time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)) if fault == "stall" else 0.3)
+def settle(admin: BlobServiceClient, name: str, fault: str, shape: str, started: float) -> None:
+    """After a stall, wait until the held request has reached Azurite and been handled: the late
+    Put Blob creates its blob; a late Put Block stages its block (uncommitted, invisible to
+    readers, but listed by Get Block List). Only then can "nothing committed" mean anything."""
+    if fault != "stall":
+        time.sleep(0.3)
+        return
+    blob = admin.get_blob_client(CONTAINER, name)
+    deadline = started + STALL + 5.0
+    while time.monotonic() < deadline:
+        if shape == "single-put":
+            if download(admin, name) is not None:
+                return
+        else:
+            try:
+                uncommitted = blob.get_block_list("uncommitted")[1]
+            except ResourceNotFoundError:
+                uncommitted = []
+            if len(uncommitted) >= 2:  # block 1, and the stalled block 2
+                return
+        time.sleep(0.05)
+    # a late Put Blob that never lands is what the LATE xfail hopes for; a Put Block must land
+    assert shape == "single-put", "the stalled Put Block never reached Azurite"
+
+
+def assert_nothing_left(admin: BlobServiceClient, sink: AzureSink, key: str, fault: str, shape: str,
+                        started: float) -> None:
     name = sink.blob_name(key)
+    settle(admin, name, fault, shape, started)
     # a staged block is never visible until committed; a Put Blob is visible as soon as it lands
     assert download(admin, name) is None, f"a failed put ({fault}) left a blob under its key"
     assert committed(admin, name) == []
@@ -227,11 +233,11 @@ def test_without_retries_a_fault_fails_the_put_and_commits_nothing(
 ) -> None:
     sink, key, _, _, error, started = faulted_put(azurite, fault_at, fault, shape, 0)
     assert error is not None, f"the put succeeded through a {fault} without retries"
-    if fault not in RACY:
-        assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
+    assert error.retryable, f"a {fault} is transient: the core should retry the file ({error})"
+    assert "TLS" not in str(error) and "ca_bundle" not in str(error), f"a {fault} reported as a TLS problem: {error}"
     assert ("put blob" if shape == "single-put" else "put block") in str(error)
     assert "sig=" not in str(error)
-    assert_nothing_left(admin, sink, key, fault, started)
+    assert_nothing_left(admin, sink, key, fault, shape, started)
 
 
 def test_a_late_put_blob_is_complete_and_correct(
@@ -241,8 +247,8 @@ def test_a_late_put_blob_is_complete_and_correct(
     key after a failed single Put Blob is the whole file, checked by its Content-MD5."""
     sink, key, data, _, error, started = faulted_put(azurite, fault_at, "stall", "single-put", 0)
     assert error is not None
-    time.sleep(max(0.0, STALL + 1.0 - (time.monotonic() - started)))
     name = sink.blob_name(key)
+    settle(admin, name, "stall", "single-put", started)
     if download(admin, name) is not None:
         assert_stored(admin, name, data)
 
@@ -253,10 +259,7 @@ def test_the_plugins_request_retry_recovers_from_a_fault(
     azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int], fast_request_retries: None,
     fault: str, shape: str
 ) -> None:
-    sink, key, data, proxy, error, started = faulted_put(azurite, fault_at, fault, shape, 2)
-    if error is not None and fault in RACY:
-        assert_nothing_left(admin, sink, key, fault, started)  # the brief's other outcome
-        return
+    sink, key, data, proxy, error, _ = faulted_put(azurite, fault_at, fault, shape, 2)
     assert error is None, f"the plugin did not recover from one {fault}: {error}"
     assert proxy.connections >= 2
     assert_stored(admin, sink.blob_name(key), data)
@@ -270,7 +273,7 @@ def test_a_connection_dropped_mid_body_at_the_default_block_size_is_retried(
     the drop reaches the SDK while it is still writing (deterministic here: 4 runs out of 4)."""
     data = pattern_bytes(6 * MiB, seed=9)
     key = new_key()
-    with Proxy(azurite.port, fault=fault, after_bytes=200_000, times=1) as proxy:
+    with FaultProxy(azurite.port, fault=fault, after_bytes=200_000, times=1) as proxy:
         sink = through(azurite, proxy, request_retries=2, block_size=8 * MiB)
         try:
             put(sink, key, data)
@@ -282,7 +285,7 @@ def test_a_connection_dropped_mid_body_at_the_default_block_size_is_retried(
 
 # --- job level ---------------------------------------------------------------------------------
 
-RECORDINGS = 30
+RECORDINGS = 15
 MEDIA = 2 * MiB + 70_001  # 3 blocks of 1 MiB
 FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
 
@@ -312,21 +315,47 @@ def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return list(db.execute(sql, args))
 
 
+#: (fault, after bytes of a connection, total faults once this step is done): in this order
+PLAN = [("reset", MiB + 200_000, 2), ("half-close", 3 * MiB + 100_000, 4), ("stall", 5 * MiB, 5)]
+
+
 @pytest.fixture
-def chain(azurite: Azurite) -> Iterator[list[Proxy]]:
-    """client -> reset x2 -> half-close x2 -> stall x1 -> Azurite. A connection reset early never
-    reaches the later proxies' thresholds, so each fault hits its own connection."""
-    stall = Proxy(azurite.port, fault="stall", after_bytes=5 * MiB, times=1, stall_seconds=STALL)
-    half = Proxy(stall.port, fault="half-close", after_bytes=3 * MiB + 100_000, times=2)
-    reset = Proxy(half.port, fault="reset", after_bytes=MiB + 200_000, times=2)
-    with stall, half, reset:
-        yield [reset, half, stall]
+def in_turn(azurite: Azurite) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
+    """One FaultProxy in front of Azurite faulting ``PLAN[-1][2]`` connections, its fault moving
+    on along ``PLAN`` as faults happen (a few ms late: a step may take one fault more). Not a
+    chain of proxies: a proxy whose upstream side is reset closes its other side without waking
+    the thread blocked on it, so the next proxy never learns and the server waits for that
+    request's body. ``calm()`` ends the faults."""
+    fault, after, _ = PLAN[0]
+    proxy = FaultProxy(azurite.port, fault=fault, after_bytes=after, times=PLAN[-1][2], stall_seconds=STALL)
+    stop = threading.Event()
+
+    def advance() -> None:
+        step = 0
+        while step + 1 < len(PLAN) and not stop.wait(0.002):
+            if proxy.faults >= PLAN[step][2]:
+                step += 1
+                proxy.fault, proxy.after_bytes, _ = PLAN[step]
+
+    def calm() -> None:
+        """No more faults from here on."""
+        stop.set()
+        mover.join(5)
+        proxy.fault = None
+
+    mover = threading.Thread(target=advance, daemon=True)
+    with proxy:
+        mover.start()
+        try:
+            yield proxy, calm
+        finally:
+            calm()
 
 
 def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
-    azurite: Azurite, admin: BlobServiceClient, chain: list[Proxy], tmp_path: Path
+    azurite: Azurite, admin: BlobServiceClient, in_turn: tuple[FaultProxy, Callable[[], None]], tmp_path: Path
 ) -> None:
-    front = chain[0]
+    front, calm = in_turn
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
     job = tmp_path / "job.toml"
     job.write_text(
@@ -350,7 +379,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
     first = portshift("run", "--config", str(job), "--state", str(state), env=env)
-    faults = sum(p.faults for p in chain)
+    faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
     assert first.returncode == 3, f"exit {first.returncode}\n{first.stdout}\n{first.stderr[-3000:]}"
     ((job_id, root, status),) = query(state, "select id, export_root, status from jobs")
@@ -384,12 +413,11 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
 
     # --- run 2: the same job on a clean path ---------------------------------------------------------
     time.sleep(0.5)
-    for proxy in chain:
-        proxy.fault = None
+    calm()
     second = portshift("run", "--config", str(job), "--state", str(state), env=env)
     assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert f"resumed job {job_id}" in second.stdout
-    assert sum(p.faults for p in chain) == faults
+    assert front.faults == faults
     done2 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
         state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
     written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
