@@ -9,7 +9,7 @@ the tenant's bytes, each listed once, nothing else lies under the export root, h
 absent, and `PRAGMA integrity_check` is ok.
 
 `make test` runs a small version (one tenant of 60 calls, 3 kills); `make soak`
-(PORTSHIFT_SOAK=1) runs 1,500 calls with 12 kills: thousands of faults. It prints one line of
+(PORTSHIFT_SOAK=1) runs 3,000 calls with 20 kills: thousands of faults. It prints one line of
 figures, which docs/reliability.md records.
 """
 
@@ -32,8 +32,8 @@ from portshift_source_chorus.simulator import ChorusSimulator, Fault, Faults
 from .conftest import CANARY, EXT, WINDOW, tenant
 
 SOAK = os.environ.get("PORTSHIFT_SOAK", "") not in ("", "0")
-CALLS = 1500 if SOAK else 60
-KILLS = 12 if SOAK else 3
+CALLS = 3000 if SOAK else 60
+KILLS = 20 if SOAK else 3
 SEED = 20261129
 ARTIFACTS = ("media", "transcript.json", "metadata.json", "captions.vtt")
 
