@@ -252,6 +252,9 @@ class ChorusClient:
         self.base_url = options.base_url
         base = httpx.URL(options.base_url)
         self._origin = self._origin_of(base)
+        # "https://host[:port]/": a URL that starts with it is on base_url's origin (no parse needed)
+        split = urllib.parse.urlsplit(options.base_url)
+        self._origin_prefix = f"{split.scheme.lower()}://{split.netloc}/" if split.scheme.lower() == "https" else None
         self.location = redact_url(options.base_url)
         self.sleep = sleep
         #: masks of the signed links handed out per call, forgotten when its download ends
@@ -277,6 +280,8 @@ class ChorusClient:
         return (url.scheme, url.host.lower(), url.port or (443 if url.scheme == "https" else 80))
 
     def same_origin(self, url: str | httpx.URL) -> bool:
+        if isinstance(url, str) and self._origin_prefix and url.startswith(self._origin_prefix):
+            return True  # the API's own URLs (api_url): the common case, without parsing
         return self._origin_of(httpx.URL(str(url))) == self._origin
 
     def _auth_value(self) -> str:
@@ -310,7 +315,6 @@ class ChorusClient:
         Chorus API raises :class:`AuthError` at once.
         """
         api = self.same_origin(url)
-        where = self._where(url, api)
         attempts = self.backoff.attempts
         attempt = 0
         while True:
@@ -330,7 +334,9 @@ class ChorusClient:
                 tls = _tls_failure(e)
                 if tls is not None:
                     message, tls_hint = tls
-                    raise SourceError(message, operation=operation, location=where, retryable=False, hint=tls_hint) from None
+                    raise SourceError(
+                        message, operation=operation, location=self._where(url, api), retryable=False, hint=tls_hint
+                    ) from None
                 else:
                     failure = f"connection failed ({type(e).__name__})"
             else:
@@ -366,7 +372,7 @@ class ChorusClient:
                     f"gave up after {attempt} attempts: {failure}",
                     operation=operation,
                     status=status,
-                    location=where,
+                    location=self._where(url, api),
                     retryable=True,
                 )
             delay = self.backoff.delay(attempt, hint)
@@ -519,7 +525,7 @@ class ChorusClient:
             hops += 1
             if hops > MAX_HOPS:
                 raise SourceError("too many redirects", operation="get media", location=self.location, retryable=True)
-            if httpx.URL(target).scheme != "https":
+            if not target.startswith("https://"):  # httpx's join() gives the scheme in lower case
                 raise SourceError(
                     "refusing to follow the media link: it is not https",
                     operation="get media",
@@ -589,7 +595,11 @@ class ChorusClient:
         if length is not None and length.isdigit() and not decoded:
             size = int(length)
         etag = resp.headers.get("etag")
-        where = self._where(resp.url, self.same_origin(resp.url))
+        final_url = resp.url
+
+        def where() -> str:  # only for an error: not worth a URL parse per download
+            return self._where(final_url, self.same_origin(final_url))
+
         current: dict[str, Any] = {"resp": resp, "closed": False}
 
         def close() -> None:
@@ -616,13 +626,13 @@ class ChorusClient:
                     current["resp"].close()
                     if current["closed"]:
                         raise SourceError(f"call {cid}: the media download was closed", operation="download media",
-                                          location=where, retryable=True)
+                                          location=where(), retryable=True)
                     if not self.options.resume_downloads or size is None or resumes >= self.options.retries:
                         raise SourceError(
                             f"call {cid}: the media download broke off after {offset} of {size if size is not None else '?'} "
                             f"bytes ({broke})",
                             operation="download media",
-                            location=where,
+                            location=where(),
                             retryable=True,
                         )
                     resumes += 1
