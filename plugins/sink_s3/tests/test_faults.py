@@ -98,7 +98,7 @@ SHAPES = {
 FAULTS = ["reset", "stall", "half-close"]
 LATE = pytest.mark.xfail(
     strict=True,
-    reason="plugin limitation (plugin-bugs.md #5, as #2 for Azure/GCS): a PutObject that timed out at "
+    reason="plugin limitation (docs/known-bugs.md #5, as #2 for Azure/GCS): a PutObject that timed out at "
     "the client is still completed by the store when the stalled bytes arrive, so an object appears "
     "under the key after put raised (the whole file: see test_a_late_put_object_is_the_whole_file)",
 )
