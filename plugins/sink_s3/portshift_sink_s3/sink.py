@@ -1,13 +1,17 @@
 """The ``s3`` sink: one PutObject for an artifact that fits in one part, a multipart upload
 otherwise; every request carries the SHA-256 of its bytes and S3's answer is compared with it.
 
-Write-only by construction: the only S3 operations this module calls are PutObject,
-CreateMultipartUpload, UploadPart, CompleteMultipartUpload and AbortMultipartUpload. No list,
-no get, no head, no delete.
+Write-only during an export: the only S3 operations an upload calls are PutObject,
+CreateMultipartUpload, UploadPart, CompleteMultipartUpload and AbortMultipartUpload. No get, no
+head, no delete, no object listing.
 
-A multipart upload is recorded in the core's sink journal (the job's state DB) from just after
-CreateMultipartUpload until it was completed or aborted; :meth:`S3Sink.recover` aborts what a
-killed process left there, so no upload stays pending without listing the bucket.
+A multipart upload is recorded in the core's sink journal (the job's state DB) from just before
+CreateMultipartUpload until it was completed or aborted: first the intent (bucket and key), then,
+as soon as S3 answered, the upload id. :meth:`S3Sink.recover` aborts what a killed process left
+there: an entry with an upload id by that id; an entry without one (the process died between the
+two journal writes) by asking S3 which uploads are open for exactly that key
+(ListMultipartUploads, the one read the sink ever makes; without ``s3:ListBucketMultipartUploads``
+it warns and leaves such an upload to the bucket's lifecycle rule).
 """
 
 from __future__ import annotations
@@ -155,37 +159,86 @@ class S3Sink(Sink):
     def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
         """Abort the multipart uploads an earlier, killed run of this job left open.
 
-        Each entry is what :meth:`_put_multipart` journaled. ``NoSuchUpload`` means the upload is
-        gone already (completed, or aborted before the journal heard of it): fine. Any other
-        failure (``AccessDenied``, a 5xx, no connection) is raised after trying every entry, so
-        the core keeps the ones still open for the next run; the ones aborted here leave the
-        journal at once.
+        Each entry is what :meth:`_put_multipart` journaled: ``{"bucket", "key", "upload_id"}``
+        once CreateMultipartUpload answered, only ``{"bucket", "key"}`` (the intent) if the process
+        died before that. An upload id is aborted as is; ``NoSuchUpload`` means it is gone already
+        (completed, or aborted before the journal heard of it): fine. For an intent, the uploads
+        open for exactly that key are listed and aborted (none: the process died before S3 created
+        one). If listing is denied (``AccessDenied``: no ``s3:ListBucketMultipartUploads``), one
+        warning names the permission and the lifecycle rule, and the entry is dropped: it never
+        fails the job. Any other failure (``AccessDenied`` on the abort, a 5xx, no connection) is
+        raised after trying every entry, so the core keeps the ones still open for the next run;
+        the ones cleaned up here leave the journal at once.
         """
         refresh_masks(self._chain_creds)
         failed: list[PortshiftError] = []
+        denied = 0
         for key, data in pending:
             upload_id, full_key, bucket = data.get("upload_id"), data.get("key"), data.get("bucket")
-            if not upload_id or not full_key or bucket != self.options.bucket:
+            if not full_key or bucket != self.options.bucket:
                 # Not ours to act on (another format or bucket): leave it to the lifecycle rule.
                 log.warning("ignoring a journal entry that is not an upload in s3://%s", self.options.bucket)
                 self._journal_end(key)
                 continue
-            try:
-                self._call("abort multipart upload", full_key, self.client.abort_multipart_upload,
-                           UploadId=upload_id)
-            except _StoreError as e:
-                if getattr(e.error, "code", None) != "NoSuchUpload":
-                    failed.append(e.error)
-                    continue
-                log.debug("multipart upload at %s is already gone", self._loc(full_key))
+            if upload_id:
+                ids = [upload_id]
             else:
-                log.info("aborted the multipart upload a previous run left open at %s", self._loc(full_key))
+                try:
+                    ids = self._open_uploads(full_key)
+                except _StoreError as e:
+                    if getattr(e.error, "code", None) == "AccessDenied":
+                        denied += 1
+                        self._journal_end(key)
+                    else:
+                        failed.append(e.error)
+                    continue
+            errors = [err for u in ids if (err := self._abort_left(full_key, u)) is not None]
+            if errors:
+                failed.extend(errors)
+                continue
             self._journal_end(key)
+        if denied:
+            log.warning(
+                "could not look for multipart uploads a killed run may have left open in s3://%s (%d %s): "
+                "listing them needs s3:ListBucketMultipartUploads (optional, recommended; "
+                "docs/permissions/s3.md). Grant it, or have an AbortIncompleteMultipartUpload lifecycle rule "
+                "on the bucket remove such uploads", self.options.bucket, denied, "key" if denied == 1 else "keys",
+            )
         if len(failed) == 1:
             raise failed[0] from None
         if failed:
             raise SinkError(f"{len(failed)} multipart uploads left by a previous run could not be aborted, "
                             f"the first: {failed[0]}", retryable=True) from None
+
+    def _open_uploads(self, full_key: str) -> list[str]:
+        """The ids of the multipart uploads open for exactly ``full_key`` (ListMultipartUploads
+        with ``Prefix=full_key``; uploads of longer keys that start with it are not ours)."""
+        ids: list[str] = []
+        marker: dict[str, str] = {}
+        while True:
+            try:
+                resp = self.client.list_multipart_uploads(Bucket=self.options.bucket, Prefix=full_key,
+                                                          **self._owner, **marker)
+            except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
+                mapped = s3_error(e, "list multipart uploads", self._loc(full_key))
+                raise _StoreError(mapped) from None
+            ids += [str(u["UploadId"]) for u in resp.get("Uploads", []) if u.get("Key") == full_key]
+            key_marker, id_marker = resp.get("NextKeyMarker"), resp.get("NextUploadIdMarker")
+            if not resp.get("IsTruncated") or not (key_marker or id_marker):
+                return ids
+            marker = {"KeyMarker": str(key_marker or ""), "UploadIdMarker": str(id_marker or "")}
+
+    def _abort_left(self, full_key: str, upload_id: str) -> PortshiftError | None:
+        """Abort an upload a previous run left; None when it is gone (now or before)."""
+        try:
+            self._call("abort multipart upload", full_key, self.client.abort_multipart_upload, UploadId=upload_id)
+        except _StoreError as e:
+            if getattr(e.error, "code", None) != "NoSuchUpload":
+                return e.error
+            log.debug("multipart upload at %s is already gone", self._loc(full_key))
+        else:
+            log.info("aborted the multipart upload a previous run left open at %s", self._loc(full_key))
+        return None
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         full_key = self._full_key(key)
@@ -263,24 +316,32 @@ class S3Sink(Sink):
         self, full_key: str, key: str, stream: HashingStream, seed: list[bytes | bytearray]
     ) -> PutResult:
         loc = self._loc(full_key)
+        # From before CreateMultipartUpload until the upload is completed or aborted, it is in the
+        # job's journal: if this process dies (SIGKILL, power loss), the next run of the job aborts
+        # it (recover()). First the intent (bucket, key): a death between S3's answer and the
+        # second write leaves an entry the next run resolves by listing the uploads of that key.
+        # Then the upload id. Nothing secret is journaled: an upload id only names the upload
+        # (every request with it is still signed).
+        journal = self.journal
+        entry = {"bucket": self.options.bucket, "key": full_key}
+        if journal is not None:
+            journal.begin(key, entry)  # fails (e.g. disk full) before anything exists in S3
         try:
             created = self._call("create multipart upload", full_key, self.client.create_multipart_upload,
                                  ChecksumAlgorithm="SHA256", **self._extra, **content_type_args(stream.content_type))
         except _StoreError as e:
+            self._journal_end(key)
             raise e.error from None
         upload_id = created.get("UploadId")
         if not upload_id:
+            self._journal_end(key)
             raise SinkError("S3 returned no upload id", operation="create multipart upload", location=loc)
-        # From here until it is completed or aborted, the upload is in the job's journal: if this
-        # process dies (SIGKILL, power loss), the next run of the job aborts it (recover()).
-        # What is journaled: bucket, key and upload id; an upload id is not a credential (every
-        # request with it is still signed).
-        journal = self.journal
         if journal is not None:
             try:
-                journal.begin(key, {"bucket": self.options.bucket, "key": full_key, "upload_id": str(upload_id)})
+                journal.begin(key, {**entry, "upload_id": str(upload_id)})
             except BaseException:
-                self._abort(full_key, upload_id)  # not journaled: do not leave it behind
+                if self._abort(full_key, upload_id):  # not journaled: do not leave it behind
+                    self._journal_end(key)  # else the intent stays, and the next run finds it
                 raise
         conc = self.options.max_concurrency
         pool = ThreadPoolExecutor(max_workers=conc, thread_name_prefix="portshift-s3-part") if conc > 1 else None

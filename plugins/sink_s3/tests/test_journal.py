@@ -1,8 +1,10 @@
 """The sink journal (issue 9) at the plugin API level, against moto over HTTPS: every multipart
-upload is journaled from CreateMultipartUpload until it is completed or aborted, ``recover()``
-aborts what is left, and what is journaled holds no secret. Also: Content-Type from the stream.
+upload is journaled from just before CreateMultipartUpload (the intent: bucket and key) and with
+its upload id from S3's answer until it is completed or aborted, ``recover()`` aborts what is left
+(an intent by listing the uploads of exactly that key), and what is journaled holds no secret.
+Also: Content-Type from the stream.
 
-The crash itself (a SIGKILLed ``portshift run``) is in test_crash.py."""
+The crash itself (a SIGKILLed ``portshift run``) is in test_end_to_end.py and test_crash_resume.py."""
 
 from __future__ import annotations
 
@@ -54,16 +56,18 @@ def test_a_multipart_upload_is_journaled_while_open_and_only_then(
     size = PART + 3
     sink.put("job/a/media.mp3", HashingStream(chunked(pattern_bytes(size))), size)
 
-    ((data, open_then),) = seen
-    # Exactly bucket, full key and upload id, journaled while that upload was open on the server.
+    ((intent, open_before), (data, open_then)) = seen
+    # First the intent (bucket and full key), journaled before any upload existed on the server;
+    # then exactly bucket, full key and upload id, journaled while that upload was open.
+    assert intent == {"bucket": data["bucket"], "key": "exports/job/a/media.mp3"} and open_before == set()
     assert set(data) == {"bucket", "key", "upload_id"}
     assert data["key"] == "exports/job/a/media.mp3" and data["upload_id"] in open_then
-    assert not any(c in v for c in canaries for v in data.values())
-    assert sink.journal.calls == [("begin", "job/a/media.mp3"), ("end", "job/a/media.mp3")]
+    assert not any(c in v for c in canaries for d in (intent, data) for v in d.values())
+    assert sink.journal.calls == [("begin", "job/a/media.mp3")] * 2 + [("end", "job/a/media.mp3")]
     assert sink.journal.open == {} and pending() == []
 
     sink.put("job/a/small.json", HashingStream(chunked(b"{}")), 2)  # a single PutObject: nothing to journal
-    assert len(sink.journal.calls) == 2
+    assert len(sink.journal.calls) == 3
 
 
 def test_a_failed_upload_is_aborted_and_leaves_the_journal(
@@ -74,7 +78,7 @@ def test_a_failed_upload_is_aborted_and_leaves_the_journal(
     data = pattern_bytes(2 * PART)
     with pytest.raises(SourceFailure):  # after part 1 was sent
         sink.put("k.bin", HashingStream(failing_chunks(data, fail_after=PART + 300_000)), len(data))
-    assert sink.journal.calls == [("begin", "k.bin"), ("end", "k.bin")]
+    assert sink.journal.calls == [("begin", "k.bin"), ("begin", "k.bin"), ("end", "k.bin")]
     assert pending() == []
 
 
@@ -175,6 +179,93 @@ def test_an_upload_the_journal_cannot_record_is_aborted_at_once(
     with pytest.raises(OSError, match="No space"):
         sink.put("k.bin", HashingStream(chunked(data)), len(data))
     assert pending() == [] and read_obj("k.bin") is None
+
+
+def test_an_upload_id_the_journal_cannot_record_is_aborted_at_once(
+    make_sink: Callable[..., Any], pending: Callable[[], list[Any]], read_obj: Callable[[str], Any]
+) -> None:
+    class FullAfterIntent(MemoryJournal):
+        def begin(self, key: str, data: dict[str, str]) -> None:
+            if "upload_id" in data:
+                raise OSError(28, "No space left on device")
+            super().begin(key, data)
+
+    sink = make_sink()
+    sink.journal = journal = FullAfterIntent()
+    data = pattern_bytes(PART + 1)
+    with pytest.raises(OSError, match="No space"):
+        sink.put("k.bin", HashingStream(chunked(data)), len(data))
+    assert pending() == [] and read_obj("k.bin") is None
+    assert journal.calls == [("begin", "k.bin"), ("end", "k.bin")] and journal.open == {}
+
+
+def test_an_intent_without_upload_id_aborts_the_uploads_of_exactly_that_key(
+    make_sink: Callable[..., Any], admin: Any, bucket: str, pending: Callable[[], list[Any]], tls_proxy: Any
+) -> None:
+    # A run killed between CreateMultipartUpload's answer and the journal write (twice for one
+    # key: e.g. a retried create); another key that merely starts with it; a key nothing opened.
+    mine = {admin.create_multipart_upload(Bucket=bucket, Key="p/a.bin")["UploadId"] for _ in range(2)}
+    other = admin.create_multipart_upload(Bucket=bucket, Key="p/a.bin.2")["UploadId"]
+    journal = MemoryJournal()
+    journal.open = {"a.bin": {"bucket": bucket, "key": "p/a.bin"}, "none.bin": {"bucket": bucket, "key": "p/none.bin"}}
+    sink = make_sink(prefix="p", endpoint_url=tls_proxy.url)
+    sink.journal = journal
+    sink.recover(journal.pending())
+    assert journal.pending() == []
+    assert upload_ids(pending) == {other}, "only the uploads of exactly p/a.bin are aborted"
+    lists = [q.target for q in tls_proxy.seen if q.method == "GET"]
+    assert len(lists) == 2 and all("uploads" in t for t in lists)
+    assert "prefix=p%2Fa.bin" in lists[0] and "prefix=p%2Fnone.bin" in lists[1]
+    aborts = sorted(q.target.split("uploadId=")[1].split("&")[0] for q in tls_proxy.seen if q.method == "DELETE")
+    assert aborts == sorted(mine)
+
+
+def test_an_intent_whose_listing_is_denied_warns_once_and_never_fails_the_job(
+    make_sink: Callable[..., Any], admin: Any, bucket: str, pending: Callable[[], list[Any]], tls_proxy: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    left = admin.create_multipart_upload(Bucket=bucket, Key="a.bin")["UploadId"]
+    known = admin.create_multipart_upload(Bucket=bucket, Key="c.bin")["UploadId"]
+    tls_proxy.rule = lambda req: (
+        tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", "AccessDenied"))
+        if req.method == "GET" else None
+    )
+    journal = MemoryJournal()
+    journal.open = {
+        "a.bin": {"bucket": bucket, "key": "a.bin"},
+        "b.bin": {"bucket": bucket, "key": "b.bin"},
+        "c.bin": {"bucket": bucket, "key": "c.bin", "upload_id": known},
+    }
+    sink = make_sink(endpoint_url=tls_proxy.url)
+    sink.journal = journal
+    caplog.set_level("INFO", logger="portshift.s3")
+    sink.recover(journal.pending())  # no exception
+    assert journal.pending() == []  # the intents are dropped, the known upload aborted
+    assert upload_ids(pending) == {left}  # the lifecycle rule's job now
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "s3:ListBucketMultipartUploads" in warnings[0] and "AbortIncompleteMultipartUpload" in warnings[0]
+    assert "(2 keys)" in warnings[0]
+
+
+def test_an_intent_whose_listing_fails_otherwise_stays_for_the_next_run(
+    make_sink: Callable[..., Any], admin: Any, bucket: str, pending: Callable[[], list[Any]], tls_proxy: Any
+) -> None:
+    admin.create_multipart_upload(Bucket=bucket, Key="a.bin")
+    tls_proxy.rule = lambda req: (
+        tls_proxy.Action(respond=tls_proxy.error_response(501, "Not Implemented", "NotImplemented"))
+        if req.method == "GET" else None
+    )
+    journal = MemoryJournal()
+    journal.open = {"a.bin": {"bucket": bucket, "key": "a.bin"}}
+    sink = make_sink(endpoint_url=tls_proxy.url)
+    sink.journal = journal
+    with pytest.raises(SinkError, match="NotImplemented"):
+        sink.recover(journal.pending())
+    assert [k for k, _ in journal.pending()] == ["a.bin"] and len(pending()) == 1
+    tls_proxy.rule = lambda req: None
+    sink.recover(journal.pending())
+    assert journal.pending() == [] and pending() == []
 
 
 CONTENT_TYPES = [
