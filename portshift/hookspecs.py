@@ -24,7 +24,11 @@ hookspec = pluggy.HookspecMarker("portshift")
 def register_sources(register: Any) -> None:
     """Contribute sources: call ``register(name, SourceClass)`` for each.
 
-    :param register: ``register(name: str, cls: type[portshift.api.Source])``
+    Instead of the class, a plugin may pass a reference ``"package.module:ClassName"``: the
+    module is imported only when a job (or ``portshift plugins``) uses that name. This keeps a
+    heavy SDK out of every run that does not need it. The same holds for every ``register_*``.
+
+    :param register: ``register(name: str, cls: type[portshift.api.Source] | str)``
     """
 
 
@@ -32,7 +36,7 @@ def register_sources(register: Any) -> None:
 def register_sinks(register: Any) -> None:
     """Contribute sinks: call ``register(name, SinkClass)`` for each.
 
-    :param register: ``register(name: str, cls: type[portshift.api.Sink])``
+    :param register: ``register(name: str, cls: type[portshift.api.Sink] | str)``
     """
 
 
@@ -40,7 +44,7 @@ def register_sinks(register: Any) -> None:
 def register_manifest_writers(register: Any) -> None:
     """Contribute manifest writers: call ``register(name, WriterClass)`` for each.
 
-    :param register: ``register(name: str, cls: type[portshift.api.ManifestWriter])``
+    :param register: ``register(name: str, cls: type[portshift.api.ManifestWriter] | str)``
     """
 
 
@@ -49,7 +53,7 @@ def register_readers(register: Any) -> None:
     """Contribute readers, used by ``portshift verify --store`` to check an export in place:
     call ``register(name, ReaderClass)`` with the same name as the matching sink.
 
-    :param register: ``register(name: str, cls: type[portshift.api.Reader])``
+    :param register: ``register(name: str, cls: type[portshift.api.Reader] | str)``
     """
 
 

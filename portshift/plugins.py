@@ -112,23 +112,71 @@ def plugin_distribution(plugin: Any) -> str:
     return name
 
 
+class _Classes(dict):  # type: ignore[type-arg]
+    """name -> class; a value registered as ``"module:Class"`` is imported on first use.
+
+    A plugin whose SDK takes a second and 40 MiB to import registers its classes by reference,
+    so `portshift run` imports only the source and sink the job names.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def raw(self, name: str) -> type | str:
+        return dict.__getitem__(self, name)
+
+    def __getitem__(self, name: str) -> type:
+        value = dict.__getitem__(self, name)
+        if isinstance(value, str):
+            value = _import_ref(value, f"{self.kind} {name!r}")
+            dict.__setitem__(self, name, value)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:  # noqa: ANN401 - dict's signature
+        return self[name] if name in self else default
+
+    def items(self) -> list[tuple[str, type]]:  # type: ignore[override]
+        return [(name, self[name]) for name in list(self.keys())]
+
+    def values(self) -> list[type]:  # type: ignore[override]
+        return [self[name] for name in list(self.keys())]
+
+
+def _import_ref(ref: str, what: str) -> type:
+    module_name, _, attr = ref.partition(":")
+    try:
+        value = getattr(importlib.import_module(module_name), attr)
+    except Exception as e:  # noqa: BLE001 - one clear line, not an import traceback
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(
+            f"the {what} could not be loaded from {ref} ({type(e).__name__}: {first})",
+            hint="reinstall the plugin that provides it; `portshift plugins` shows what is installed",
+        ) from None
+    if not isinstance(value, type):
+        raise ConfigError(f"the {what} registered as {ref} is not a class", hint="report this to the plugin's authors")
+    return value
+
+
 @dataclass
 class Registry:
     """Named classes contributed by plugins, with the plugin that registered each."""
 
     kind: str
-    classes: dict[str, type] = field(default_factory=dict)
+    classes: _Classes = field(init=False)
     owners: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.classes = _Classes(self.kind)
+
     def get(self, name: str) -> type:
-        try:
-            return self.classes[name]
-        except KeyError:
+        if name not in self.classes:
             known = ", ".join(sorted(self.classes)) or "none installed"
             raise ConfigError(
                 f"unknown {self.kind} type {name!r}",
                 hint=f"installed {self.kind}s: {known}; `portshift plugins` lists them",
-            ) from None
+            )
+        return self.classes[name]
 
 
 def _collect(hook_name: str, kind: str) -> Registry:
@@ -138,13 +186,18 @@ def _collect(hook_name: str, kind: str) -> Registry:
     for impl in hook.get_hookimpls():
         owner = plugin_distribution(impl.plugin)
 
-        def register(name: str, cls: type, _owner: str = owner) -> None:
-            if name in registry.classes and registry.classes[name] is not cls:
+        def register(name: str, cls: type | str, _owner: str = owner) -> None:
+            if isinstance(cls, str) and cls.count(":") != 1:
+                raise ConfigError(
+                    f"plugin {_owner} registers the {kind} {name!r} as {cls!r}",
+                    hint='a lazy reference is "package.module:ClassName"; report this to the plugin\'s authors',
+                )
+            if name in registry.classes and registry.classes.raw(name) != cls:
                 raise ConfigError(
                     f"two plugins register the {kind} {name!r}: {registry.owners[name]} and {_owner}",
                     hint="uninstall one of them, or limit loading with PORTSHIFT_LOAD_PLUGINS",
                 )
-            registry.classes[name] = cls
+            dict.__setitem__(registry.classes, name, cls)
             registry.owners[name] = _owner
 
         impl.function(**{a: v for a, v in {"register": register}.items() if a in impl.argnames})

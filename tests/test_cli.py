@@ -159,6 +159,53 @@ def test_plugin_loading_broken_duplicate_and_allow_list(tmp_path: Path) -> None:
                      "portshift.default_plugins.sha256sum_manifest", "portshift.default_plugins.bagit_manifest"}
 
 
+LAZY_PLUGIN = """
+from portshift import hookimpl
+
+@hookimpl
+def register_sinks(register):
+    register("lazy", "portshift_lazy_impl:LazySink")
+    register("missing", "portshift_lazy_gone:Nothing")
+"""
+
+LAZY_IMPL = """
+import sys
+from portshift.default_plugins.local_sink import LocalSink
+
+sys.stderr.write("LAZY-IMPL-IMPORTED\\n")
+
+
+class LazySink(LocalSink):
+    description = "a sink registered by reference"
+"""
+
+
+def test_a_class_registered_by_reference_is_imported_only_when_a_job_uses_it(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_distribution(site, "portshift-lazy", "portshift_lazy", LAZY_PLUGIN, "lazy")
+    (site / "portshift_lazy_impl.py").write_text(LAZY_IMPL)
+    env = {"PYTHONPATH": str(site), "PORTSHIFT_LOAD_PLUGINS": "portshift-lazy"}
+    other = portshift("run", "--config", str(write_job(tmp_path)), "--state", str(tmp_path / "a.db"), "--no-progress",
+                      env=env)
+    assert other.returncode == 0, other.stderr
+    assert "LAZY-IMPL-IMPORTED" not in other.stderr  # a job with another sink never imports it
+    lazy_job = tmp_path / "lazy.toml"
+    lazy_job.write_text(write_job(tmp_path).read_text().replace('type = "local"', 'type = "lazy"'))
+    used = portshift("run", "--config", str(lazy_job), "--state", str(tmp_path / "b.db"), "--no-progress", env=env)
+    assert used.returncode == 0, used.stderr
+    assert used.stderr.count("LAZY-IMPL-IMPORTED") == 1
+    missing_job = tmp_path / "missing.toml"
+    missing_job.write_text(write_job(tmp_path).read_text().replace('type = "local"', 'type = "missing"'))
+    gone = portshift("check", "--config", str(missing_job), env=env)
+    assert gone.returncode == ExitCode.USAGE and "Traceback" not in gone.stderr
+    assert "the sink 'missing' could not be loaded from portshift_lazy_gone:Nothing (ModuleNotFoundError" in gone.stderr
+    assert "reinstall the plugin" in gone.stderr
+    listed = portshift("plugins", env=env)  # lists what loads and names what does not, without failing
+    assert listed.returncode == 0 and "a sink registered by reference" in listed.stdout
+    assert "FAILED TO LOAD: the sink 'missing' could not be loaded" in listed.stdout
+
+
 def test_secrets_from_stdin_must_be_json(tmp_path: Path) -> None:
     job = write_job(tmp_path)
     r = portshift("check", "--config", str(job), "--secrets-from-stdin", input="not json")

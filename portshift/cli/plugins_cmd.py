@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .. import plugins as registry
+from ..errors import ConfigError
 from . import common_options
 
 
@@ -29,13 +30,18 @@ def describe() -> dict[str, Any]:
         ("readers", registry.readers()),
         ("manifest_writers", registry.manifest_writers()),
     ):
-        for name, cls in sorted(reg.classes.items()):
+        for name in sorted(reg.classes):
+            try:
+                cls = reg.classes[name]
+            except ConfigError as e:  # a reference that cannot be imported: shown, not fatal
+                out.setdefault("unloadable", []).append({"plugin": reg.owners[name], "reason": e.message})
+                continue
             out[key][name] = {
                 "plugin": reg.owners[name],
                 "description": getattr(cls, "description", ""),
                 "options": cls.Options.model_json_schema(),
             }
-    out["failed"] = [{"plugin": n, "reason": r} for n, r in registry.load_failures]
+    out["failed"] = [{"plugin": n, "reason": r} for n, r in registry.load_failures] + out.pop("unloadable", [])
     return out
 
 

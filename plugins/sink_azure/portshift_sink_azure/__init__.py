@@ -11,23 +11,31 @@ read + list SAS): blobs are streamed back in ranges and re-hashed in memory.
 
 from __future__ import annotations
 
-from portshift import hookimpl
+from typing import Any
 
-from .options import AzureOptions
-from .reader import AzureReader
-from .sink import AzureSink
-from .transport import pin_loggers
+from portshift import hookimpl
 
 __all__ = ["AzureOptions", "AzureReader", "AzureSink"]
 
-pin_loggers()
+
+#: the SDK is imported only when a job uses this plugin (registered by reference below);
+#: ``from <package> import <Class>`` still works and imports it then
+_LAZY = {"AzureOptions": "options", "AzureReader": "reader", "AzureSink": "sink"}
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
 def register_sinks(register):  # type: ignore[no-untyped-def]
-    register("azure", AzureSink)
+    register("azure", "portshift_sink_azure.sink:AzureSink")
 
 
 @hookimpl
 def register_readers(register):  # type: ignore[no-untyped-def]
-    register("azure", AzureReader)
+    register("azure", "portshift_sink_azure.reader:AzureReader")

@@ -177,3 +177,7 @@ class Retries(ExponentialRetry):
         if error is not None and (tls_failure(error) or is_plain_http_refusal(error)):
             return False
         return bool(super().increment(settings, request, response=response, error=error))
+
+
+# pinned as soon as the SDK is imported (the package itself imports no SDK; see __init__)
+pin_loggers()

@@ -9,23 +9,31 @@ memory, never written), or Application Default Credentials (workload identity).
 
 from __future__ import annotations
 
-from portshift import hookimpl
+from typing import Any
 
-from .options import GcsOptions
-from .reader import GcsReader
-from .sink import GcsSink
-from .transport import pin_loggers
+from portshift import hookimpl
 
 __all__ = ["GcsOptions", "GcsReader", "GcsSink"]
 
-pin_loggers()
+
+#: the SDK is imported only when a job uses this plugin (registered by reference below);
+#: ``from <package> import <Class>`` still works and imports it then
+_LAZY = {"GcsOptions": "options", "GcsReader": "reader", "GcsSink": "sink"}
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
 def register_sinks(register):  # type: ignore[no-untyped-def]
-    register("gcs", GcsSink)
+    register("gcs", "portshift_sink_gcs.sink:GcsSink")
 
 
 @hookimpl
 def register_readers(register):  # type: ignore[no-untyped-def]
-    register("gcs", GcsReader)
+    register("gcs", "portshift_sink_gcs.reader:GcsReader")

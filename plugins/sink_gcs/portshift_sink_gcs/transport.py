@@ -332,3 +332,7 @@ def _chain(error: BaseException) -> list[BaseException]:
         if isinstance(reason, BaseException):
             stack.append(reason)
     return out
+
+
+# pinned as soon as the SDK is imported (the package itself imports no SDK; see __init__)
+pin_loggers()

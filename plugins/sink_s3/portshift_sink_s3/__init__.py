@@ -14,21 +14,27 @@ from typing import Any
 
 from portshift import hookimpl
 
-from .client import pin_sdk_loggers
-from .options import S3Options
-from .reader import S3Reader
-from .sink import S3Sink
-
-pin_sdk_loggers()
-
 __all__ = ["S3Options", "S3Reader", "S3Sink"]
+
+
+#: the SDK is imported only when a job uses this plugin (registered by reference below);
+#: ``from <package> import <Class>`` still works and imports it then
+_LAZY = {"S3Options": "options", "S3Reader": "reader", "S3Sink": "sink"}
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
 def register_sinks(register: Any) -> None:
-    register("s3", S3Sink)
+    register("s3", "portshift_sink_s3.sink:S3Sink")
 
 
 @hookimpl
 def register_readers(register: Any) -> None:
-    register("s3", S3Reader)
+    register("s3", "portshift_sink_s3.reader:S3Reader")

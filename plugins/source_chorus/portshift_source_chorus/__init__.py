@@ -11,18 +11,25 @@ from typing import Any
 
 from portshift import hookimpl
 
-from .client import pin_loggers
-from .options import ChorusOptions
-from .source import ChorusSource
-
-pin_loggers()
-
 __all__ = ["ChorusOptions", "ChorusSource"]
+
+
+#: the SDK is imported only when a job uses this plugin (registered by reference below);
+#: ``from <package> import <Class>`` still works and imports it then
+_LAZY = {"ChorusOptions": "options", "ChorusSource": "source"}
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
 def register_sources(register: Any) -> None:
-    register("chorus", ChorusSource)
+    register("chorus", "portshift_source_chorus.source:ChorusSource")
 
 
 @hookimpl
