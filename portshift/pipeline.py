@@ -698,7 +698,13 @@ class Runner:
         also lists the files the other writers stored (BagIt tag files): ``sha256sum -c`` then
         covers everything under the export root but the manifest and its signature."""
         files, nbytes = self.state.totals(job_id)
-        self.state.update_job(job_id, finished_at=now_iso(), file_count=files, byte_count=nbytes)
+        # The manifest's "finished" time is when the last file was recorded, not the time of this
+        # attempt: a manifest rewritten after a failed or killed attempt is then byte for byte the
+        # same, so a store that refuses to replace an object (GCS with objectCreator, or the GCS
+        # sink's ifGenerationMatch=0) accepts it as already there.
+        job = self.state.job(job_id) or {}
+        finished = self.state.last_recorded_at(job_id) or job.get("started_at") or now_iso()
+        self.state.update_job(job_id, finished_at=finished, file_count=files, byte_count=nbytes)
         self.state.remove_manifest_files(job_id)  # a manifest attempt that crashed is rewritten
         info = self._job_info(job_id)
         stored: dict[str, StoredFile] = {}

@@ -313,6 +313,13 @@ class State:
         for row in cur:
             yield dict(zip(cols, row))
 
+    def last_recorded_at(self, job_id: str) -> str | None:
+        """When the job's last content file was recorded (None when it has none)."""
+        row = self.conn.execute(
+            "select max(recorded_at) from files where job_id = ? and kind = 'content'", [job_id]
+        ).fetchone()
+        return row[0] if row else None
+
     def totals(self, job_id: str) -> tuple[int, int]:
         row = self.conn.execute(
             "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]

@@ -340,3 +340,46 @@ def test_new_cleans_up_what_the_abandoned_job_left_in_flight(tmp_path: Path, fla
         fresh = run_job(doc, tmp_path / "s.db", RunRequest(new=True))
     assert not fresh.resumed and fresh.status == "complete"
     assert len(JournalingSink.recovered) == 1 and "/r3/" in JournalingSink.recovered[0][0]
+
+
+class StoreThenFailManifestSink(Sink):
+    """Stores everything; the first time it stores the manifest it then fails (the answer is lost)."""
+
+    class Options(PluginOptions):
+        section = "sink"
+        path: str
+
+    manifests: list[bytes] = []
+
+    def __init__(self, options: Options) -> None:
+        self.root = Path(options.path)
+
+    def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
+        data = b"".join(stream.chunks(65536))
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        if key.endswith("/portshift-manifest.txt"):
+            type(self).manifests.append(data)
+            if len(type(self).manifests) == 1:
+                raise OSError("the connection dropped after the store had the manifest")
+        return PutResult(key=key, size=len(data))
+
+
+def test_a_manifest_rewritten_after_a_failed_attempt_is_byte_for_byte_the_same(tmp_path: Path) -> None:
+    # A store that never replaces an object (GCS with ifGenerationMatch=0) accepts the rewrite only
+    # if it is identical: so the manifest must not carry the time of the attempt.
+    StoreThenFailManifestSink.manifests = []
+    with plugin("test-store-then-fail", sinks={"store-then-fail": StoreThenFailManifestSink}):
+        doc = example_doc(tmp_path / "out", count=3)
+        doc["sink"] = {"type": "store-then-fail", "path": str(tmp_path / "out")}
+        first = run_job(doc, tmp_path / "s.db")
+        assert first.status == "failed" and "writing the manifest" in first.message
+        import time
+
+        time.sleep(1.1)  # a timestamp of the attempt would now differ
+        second = run_job(doc, tmp_path / "s.db")
+    assert second.status == "complete", second.message
+    first_bytes, second_bytes = StoreThenFailManifestSink.manifests
+    assert first_bytes == second_bytes
+    assert sha256sum_check(tmp_path / "out" / second.export_root).returncode == 0
