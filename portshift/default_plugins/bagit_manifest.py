@@ -41,7 +41,7 @@ class BagitWriter(ManifestWriter):
     ) -> str:
         tags = [store("bagit.txt", [b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"])]
         info = [
-            f"Bagging-Date: {date.today().isoformat()}",
+            f"Bagging-Date: {(job.finished_at or job.started_at or date.today().isoformat())[:10]}",  # stable on a rewrite
             f"Payload-Oxum: {job.total_bytes}.{job.file_count}",
             f"External-Identifier: {job.id}",
             f"External-Description: portshift export of {job.source}",
