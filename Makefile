@@ -26,7 +26,7 @@ test: setup lint
 	$(BIN)/python -m pytest tests $(addsuffix /tests,$(PLUGIN_DIRS)) -q -p no:randomly
 
 soak: setup
-	PORTSHIFT_SOAK=1 $(BIN)/python -m pytest tests/test_crash_resume.py plugins/source_chorus/tests/test_soak.py -q -s -p no:randomly
+	PORTSHIFT_SOAK=1 $(BIN)/python -m pytest tests/test_crash_resume.py plugins/source_chorus/tests/test_soak.py plugins/sink_s3/tests/test_crash_resume.py -q -s -p no:randomly
 
 demo: setup
 	$(BIN)/python demo/demo.py
