@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from .api import Artifact, PutResult, Sink, Source, Window
+from .errors import SinkError
 from .hashing import HashingStream
 
 
@@ -84,6 +85,12 @@ class SinkContract:
 
     #: a size that needs several parts/blocks/chunks in your sink's configuration
     many_size: int = 3 * 1024 * 1024 + 12345
+    #: ``True``: a second put under a key replaces the object. ``False``: the sink never replaces
+    #: one (a conditional create, e.g. GCS ``ifGenerationMatch=0``): the same content again must
+    #: succeed without change, other content must fail with a non-retryable ``SinkError`` and leave
+    #: the first object as it was. Either way the pipeline re-runs finish: the core writes the same
+    #: bytes (manifests included) when it writes a key again.
+    replaces_objects: bool = True
 
     @pytest.fixture
     def sink(self) -> Sink:  # pragma: no cover - provided by the plugin's tests
@@ -151,9 +158,17 @@ class SinkContract:
 
     def test_overwrite_same_key(self, sink: Sink, read_back: Callable[[str], bytes | None]) -> None:
         key = unique_key("twice")
-        put_bytes(sink, key, b"first version", 13)
-        put_bytes(sink, key, b"second", 6)
-        assert read_back(key) == b"second"
+        first, _ = put_bytes(sink, key, b"first version", 13)
+        if self.replaces_objects:
+            put_bytes(sink, key, b"second", 6)
+            assert read_back(key) == b"second"
+            return
+        again, _ = put_bytes(sink, key, b"first version", 13)
+        assert again.size == first.size == 13, "the same content again must be accepted"
+        with pytest.raises(SinkError) as refused:
+            put_bytes(sink, key, b"second", 6)
+        assert not refused.value.retryable, "other content under an existing key can never succeed: not retryable"
+        assert read_back(key) == b"first version", "a refused put must leave the first object as it was"
 
     def test_location_has_no_secret(self, sink: Sink) -> None:
         loc = sink.location()
