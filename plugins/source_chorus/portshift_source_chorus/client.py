@@ -280,9 +280,12 @@ class ChorusClient:
         return (url.scheme, url.host.lower(), url.port or (443 if url.scheme == "https" else 80))
 
     def same_origin(self, url: str | httpx.URL) -> bool:
-        if isinstance(url, str) and self._origin_prefix and url.startswith(self._origin_prefix):
-            return True  # the API's own URLs (api_url): the common case, without parsing
-        return self._origin_of(httpx.URL(str(url))) == self._origin
+        if isinstance(url, str):
+            if self._origin_prefix and url.startswith(self._origin_prefix):
+                return True  # the API's own URLs (api_url): the common case, without parsing
+            url = httpx.URL(url)
+        # an httpx.URL (a followed link, a response's URL) is used as parsed: no second parse
+        return self._origin_of(url) == self._origin
 
     def _auth_value(self) -> str:
         token = self._token.reveal()
@@ -302,7 +305,7 @@ class ChorusClient:
 
     def request(
         self,
-        url: str,
+        url: str | httpx.URL,
         *,
         operation: str,
         params: dict[str, str] | None = None,
@@ -390,7 +393,7 @@ class ChorusClient:
             self.sleep(delay)
 
     def _send(
-        self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None, api: bool
+        self, url: str | httpx.URL, params: dict[str, str] | None, headers: dict[str, str] | None, api: bool
     ) -> httpx.Response | MediaResponse:
         # The only frame that holds the revealed token (as a header of the request it builds);
         # the token goes only to base_url's origin.
@@ -399,7 +402,7 @@ class ChorusClient:
             hdrs["Authorization"] = self._auth_value()
         elif params is None:
             # a media link on another origin (no token): its body is read with http.client
-            return self.media.get(httpx.URL(url), hdrs)
+            return self.media.get(url if isinstance(url, httpx.URL) else httpx.URL(url), hdrs)
         return self.http.send(self.http.build_request("GET", url, params=params, headers=hdrs), stream=True)
 
     @staticmethod
@@ -501,7 +504,7 @@ class ChorusClient:
                 _drain(resp)
                 if not location:
                     raise SourceError("a redirect without a Location", operation="get media", status=status, retryable=True)
-                target = str(resp.url.join(location))
+                target = resp.url.join(location)
             elif status == 200 and self.same_origin(resp.url) and ctype in ("application/json", JSONAPI):
                 try:
                     body = resp.read()
@@ -518,14 +521,16 @@ class ChorusClient:
                         location=redact_url(str(resp.url)),
                         retryable=False,
                     )
-                target = str(resp.url.join(target_raw))
+                target = resp.url.join(target_raw)
             else:
                 return resp
-            self._links.setdefault(cid, []).extend(mask_link(target))
+            # the joined URL is sent as it is (a long signed link is not parsed again)
+            target_text = str(target)
+            self._links.setdefault(cid, []).extend(mask_link(target_text))
             hops += 1
             if hops > MAX_HOPS:
                 raise SourceError("too many redirects", operation="get media", location=self.location, retryable=True)
-            if not target.startswith("https://"):  # httpx's join() gives the scheme in lower case
+            if not target_text.startswith("https://"):  # httpx's join() gives the scheme in lower case
                 raise SourceError(
                     "refusing to follow the media link: it is not https",
                     operation="get media",
