@@ -271,6 +271,9 @@ class ChorusClient:
         self.limiter = RateLimiter(options.requests_per_second, burst=options.burst)
         self.backoff = Backoff(base=options.backoff_base, cap=options.backoff_cap, attempts=options.retries + 1)
         self._lock = threading.Lock()
+        #: the conversation request's query, encoded once exactly as httpx encodes ``params``
+        #: (httpx then parses the URL once instead of merging the params into it per request)
+        self._conversation_query = "?" + str(httpx.QueryParams({"fields": ",".join(options.conversation_fields)}))
         #: requests sent, by kind (for tests and the debug log)
         self.sent: dict[str, int] = {}
 
@@ -470,9 +473,8 @@ class ChorusClient:
         Chorus returned it, and parsed."""
         op = "get conversation"
         resp = self.request(
-            self.api_url(f"/api/v1/conversations/{urllib.parse.quote(cid, safe='')}"),
+            self.api_url(f"/api/v1/conversations/{urllib.parse.quote(cid, safe='')}") + self._conversation_query,
             operation=op,
-            params={"fields": ",".join(self.options.conversation_fields)},
             headers={"Accept": JSONAPI},
         )
         if resp.status_code != 200:
