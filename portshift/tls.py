@@ -139,3 +139,76 @@ def https_client(
         trust_env=False,
         base_url=base_url,
     )
+
+
+# --- telling a TLS set-up failure from a connection dropped under TLS ---------------------------
+#: SSL errors that mean the peer went away (EOF, close_notify, a failed system call): a dropped
+#: connection, retryable, whenever they happen.
+DROPPED_UNDER_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+#: without a traceback, an SSL error whose reason names one of these counts as a handshake failure
+HANDSHAKE_WORDS = ("CERTIFICATE", "VERSION", "PROTOCOL", "HANDSHAKE", "CIPHER")
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and everything it wraps, as the HTTP stacks under the SDKs nest them: cause,
+    context, exceptions passed as arguments, urllib3's ``reason``, azure-core's
+    ``inner_exception`` and botocore's ``kwargs["error"]``."""
+    seen: set[int] = set()
+    out: list[BaseException] = []
+    stack: list[Any] = [error]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        kwargs = getattr(e, "kwargs", None)
+        stack.extend([e.__cause__, e.__context__, getattr(e, "inner_exception", None), getattr(e, "reason", None),
+                      kwargs.get("error") if isinstance(kwargs, dict) else None])
+        stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
+    return out
+
+
+def raised_by_handshake(e: ssl.SSLError, words: tuple[str, ...] = HANDSHAKE_WORDS) -> bool:
+    """Whether ``e`` was raised by the TLS handshake (``SSLSocket.do_handshake``), as opposed to
+    a read or write on an established connection. Without a traceback (never the case for an
+    error an SDK raised), only a reason naming one of ``words`` counts."""
+    tb = e.__traceback__
+    if tb is None:
+        reason = str(getattr(e, "reason", "") or "").upper()
+        return any(w in reason for w in words)
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "do_handshake":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def handshake_failure(error: BaseException) -> str | None:
+    """A short reason when ``error`` (or what it wraps) is a TLS handshake/verification failure.
+
+    Only failures of the handshake count: certificate verification, and any other SSL error the
+    handshake raised (a protocol version the server refuses, a handshake alert). An EOF or
+    close_notify at any time, and an SSL error (e.g. a TLS alert) on an established connection,
+    are a dropped connection (:func:`dropped_under_tls`): retryable, no ca_bundle hint.
+    """
+    for e in exception_chain(error):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate verification failed ({e.verify_message or 'untrusted'})"
+        if isinstance(e, ssl.SSLError) and not isinstance(e, DROPPED_UNDER_TLS) and raised_by_handshake(e):
+            reason = getattr(e, "reason", None) or type(e).__name__
+            return f"TLS handshake failed ({reason})"
+    return None
+
+
+def dropped_under_tls(error: BaseException) -> str | None:
+    """A short description when ``error`` is a connection that ended under TLS (not a TLS set-up
+    failure, see :func:`handshake_failure`), else None."""
+    if handshake_failure(error):
+        return None
+    for e in exception_chain(error):
+        if isinstance(e, ssl.SSLError):
+            if isinstance(e, DROPPED_UNDER_TLS) and raised_by_handshake(e):
+                return "connection closed during the TLS handshake"
+            return "connection dropped mid-request"
+    return None

@@ -12,8 +12,9 @@ from azure.core.exceptions import AzureError, HttpResponseError
 
 from portshift.errors import AuthError, PortshiftError, SinkError
 from portshift.redact import sanitize_message
+from portshift.tls import dropped_under_tls, handshake_failure
 
-from .transport import dropped_connection, is_plain_http_refusal, tls_failure
+from .transport import is_plain_http_refusal
 
 _AUTH_HINTS = {
     "AuthorizationPermissionMismatch": "the SAS lacks a permission this operation needs: it must grant create "
@@ -102,10 +103,10 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
             return SinkError(
                 "refused to send a request over plain HTTP", operation=operation, location=location, retryable=False
             )
-        tls = tls_failure(e)
+        tls = handshake_failure(e)
         if tls:
             return SinkError(tls, operation=operation, location=location, retryable=False,
                              hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later")
-        why = dropped_connection(e) or type(e).__name__
+        why = dropped_under_tls(e) or type(e).__name__
         return SinkError(f"connection to Azure failed ({why})", operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)

@@ -17,8 +17,9 @@ import requests
 
 from portshift.errors import AuthError, PortshiftError, SinkError
 from portshift.redact import sanitize_message
+from portshift.tls import dropped_under_tls, handshake_failure
 
-from .transport import dropped_connection, is_plain_http_refusal, tls_failure
+from .transport import is_plain_http_refusal
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -87,7 +88,7 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
     if is_plain_http_refusal(e):
         return SinkError("refused to send a request over plain HTTP", operation=operation, location=location,
                          retryable=False)
-    tls = tls_failure(e)
+    tls = handshake_failure(e)
     if tls:
         return SinkError(tls, operation=operation, location=location, retryable=False,
                          hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later")
@@ -103,7 +104,7 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
     if isinstance(e, requests.exceptions.Timeout):
         return SinkError("GCS did not answer in time", operation=operation, location=location, retryable=True)
     if isinstance(e, (requests.exceptions.RequestException, OSError)):
-        why = dropped_connection(e) or type(e).__name__
+        why = dropped_under_tls(e) or type(e).__name__
         return SinkError(f"connection to GCS failed ({why})", operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
 

@@ -39,6 +39,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from portshift.secrets import register_mask
+from portshift.tls import exception_chain as _chain
 from portshift.tls import ssl_context
 
 #: SDK and HTTP-library loggers pinned to WARNING whatever the root level is.
@@ -262,76 +263,8 @@ class GcsSession(google_requests.AuthorizedSession):
         return response
 
 
-#: SSL errors that mean the peer went away (EOF, close_notify, a failed system call): a dropped
-#: connection, retryable, whenever they happen.
-_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
-def _during_handshake(e: ssl.SSLError) -> bool:
-    """Whether ``e`` was raised by the TLS handshake (``SSLSocket.do_handshake``), as opposed to
-    a read or write on an established connection. Without a traceback (never the case for an
-    error requests raised), only a reason naming a handshake/certificate problem counts."""
-    tb = e.__traceback__
-    if tb is None:
-        reason = str(getattr(e, "reason", "") or "").upper()
-        return any(w in reason for w in ("CERTIFICATE", "VERSION", "PROTOCOL", "HANDSHAKE", "CIPHER"))
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "do_handshake":
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def tls_failure(error: BaseException) -> str | None:
-    """A short reason when ``error`` (or what caused it) is a TLS handshake/verification failure.
-
-    Only failures of the handshake count: certificate verification, and any other SSL error the
-    handshake raised (a protocol version the server refuses, a handshake alert). An EOF or
-    close_notify at any time, and an SSL error (e.g. a TLS alert) on an established connection,
-    are a dropped connection (:func:`dropped_connection`): retryable, no ca_bundle hint.
-    """
-    for e in _chain(error):
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return f"certificate verification failed ({e.verify_message or 'untrusted'})"
-        if isinstance(e, ssl.SSLError) and not isinstance(e, _DROPPED) and _during_handshake(e):
-            reason = getattr(e, "reason", None) or type(e).__name__
-            return f"TLS handshake failed ({reason})"
-    return None
-
-
-def dropped_connection(error: BaseException) -> str | None:
-    """A short description when ``error`` is a connection that ended under TLS (not a TLS
-    set-up failure, see :func:`tls_failure`), else None."""
-    if tls_failure(error):
-        return None
-    for e in _chain(error):
-        if isinstance(e, ssl.SSLError):
-            if isinstance(e, _DROPPED) and _during_handshake(e):
-                return "connection closed during the TLS handshake"
-            return "connection dropped mid-request"
-    return None
-
-
 def is_plain_http_refusal(error: BaseException) -> bool:
     return any(isinstance(e, PlainHTTPRefused) for e in _chain(error))
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    seen: set[int] = set()
-    out: list[BaseException] = []
-    stack: list[Any] = [error]
-    while stack:
-        e = stack.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        out.append(e)
-        stack.extend([e.__cause__, e.__context__])
-        stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
-        reason = getattr(e, "reason", None)
-        if isinstance(reason, BaseException):
-            stack.append(reason)
-    return out
 
 
 # pinned as soon as the SDK is imported (the package itself imports no SDK; see __init__)

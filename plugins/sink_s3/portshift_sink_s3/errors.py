@@ -16,6 +16,7 @@ import botocore.exceptions
 
 from portshift.errors import AuthError, ConfigError, PortshiftError, RemoteError, SinkError
 from portshift.redact import scrub
+from portshift.tls import DROPPED_UNDER_TLS, exception_chain, raised_by_handshake
 
 from .client import PlainHTTPRefused, RegionMismatch
 
@@ -129,42 +130,12 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
 
 
-#: SSL errors that mean the peer went away (EOF, close_notify, a failed system call).
-_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
 def _ssl_errors(error: BaseException) -> list[ssl.SSLError]:
-    """The ``ssl.SSLError``s in ``error``'s chain (botocore's ``error`` kwarg, urllib3's wrapped
-    exception and ``reason``, cause and context)."""
-    seen: set[int] = set()
-    out: list[ssl.SSLError] = []
-    stack: list[Any] = [error]
-    while stack:
-        e = stack.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLError):
-            out.append(e)
-        kwargs = getattr(e, "kwargs", None)
-        stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None),
-                      kwargs.get("error") if isinstance(kwargs, dict) else None])
-        stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
-    return out
+    return [x for x in exception_chain(error) if isinstance(x, ssl.SSLError)]
 
 
 def _during_handshake(e: ssl.SSLError) -> bool:
-    """Whether ``e`` was raised by the TLS handshake (``SSLSocket.do_handshake``) rather than by a
-    read or write on an established connection. Without a traceback, only a reason that names a
-    handshake-time problem counts."""
-    tb = e.__traceback__
-    if tb is None:
-        return any(word in str(getattr(e, "reason", "") or "").upper() for word in _TLS_FATAL)
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "do_handshake":
-            return True
-        tb = tb.tb_next
-    return False
+    return raised_by_handshake(e, _TLS_FATAL)
 
 
 def _dropped_connection(e: BaseException) -> str | None:
@@ -176,7 +147,7 @@ def _dropped_connection(e: BaseException) -> str | None:
         return None
     if any(isinstance(x, ssl.SSLCertVerificationError) for x in found):
         return None
-    if any(not isinstance(x, _DROPPED) and _during_handshake(x) for x in found):
+    if any(not isinstance(x, DROPPED_UNDER_TLS) and _during_handshake(x) for x in found):
         return None
     if all(_during_handshake(x) for x in found):
         return "connection closed during the TLS handshake"

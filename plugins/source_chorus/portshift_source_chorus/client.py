@@ -32,7 +32,7 @@ from portshift.errors import AuthError, ConfigError, SkipRecording, SourceError
 from portshift.redact import redact_url, sanitize_message
 from portshift.retry import Backoff, RateLimiter, parse_retry_after
 from portshift.secrets import forget_mask, register_mask
-from portshift.tls import https_client, ssl_context
+from portshift.tls import DROPPED_UNDER_TLS, https_client, ssl_context
 
 from .media import MediaConnections, MediaResponse
 from .options import ChorusOptions
@@ -187,10 +187,6 @@ def _drain(resp: httpx.Response | MediaResponse) -> None:
         resp.close()
 
 
-#: errors that end a connection after the handshake: a dropped connection, not a TLS problem
-_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
 def _tls_failure(e: BaseException) -> tuple[str, str] | None:
     """(message, hint) when ``e`` is a TLS failure that no retry can fix, else None.
 
@@ -211,7 +207,7 @@ def _tls_failure(e: BaseException) -> tuple[str, str] | None:
                         "the host name in base_url must be one the server certificate names")
             message = f"TLS certificate verification failed: {reason}" if reason else "TLS certificate verification failed"
             return message, "for a private CA set ca_bundle to its PEM file"
-        if isinstance(cur, ssl.SSLError) and not isinstance(cur, _DROPPED):
+        if isinstance(cur, ssl.SSLError) and not isinstance(cur, DROPPED_UNDER_TLS):
             if "CERTIFICATE" in str(cur):
                 return "TLS certificate verification failed", "for a private CA set ca_bundle to its PEM file"
             if connecting:
