@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard plugins
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check portshift plugins tests benchmarks
+	$(BIN)/ruff check portshift plugins tests benchmarks demo
+	$(BIN)/ruff format --check portshift plugins tests benchmarks demo
 
 test: setup lint
 	$(BIN)/python -m pytest tests $(addsuffix /tests,$(PLUGIN_DIRS)) -q -p no:randomly

@@ -44,8 +44,7 @@ from chorus_throughput import Simulator, manifest_digests, portshift_run  # noqa
 KIB = 1024
 SEED = 0
 START, END = "2024-01-01", "2024-04-01"  # the simulator's default tenant window
-FIELDS = ("name,status,language,private,owner,participants,recording,recording.duration,recording.start_time,"
-          "recording.utterances")
+FIELDS = "name,status,language,private,owner,participants,recording,recording.duration,recording.start_time,recording.utterances"
 
 
 def tenant_with(calls: int) -> tuple[int, list[tuple[str, str]]]:
@@ -112,11 +111,15 @@ def plain_client(sim: Simulator, threads: int, expect: int, limit: int | None = 
         lo = datetime.fromisoformat(START).replace(tzinfo=timezone.utc) - timedelta(seconds=1)
         hi = datetime.fromisoformat(END).replace(tzinfo=timezone.utc) + timedelta(days=1)
         for etype in ("meeting", "dialer"):
-            params = {"min_date": lo.strftime("%Y-%m-%dT%H:%M:%SZ"), "max_date": hi.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                      "engagement_type": etype}
+            params = {
+                "min_date": lo.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "max_date": hi.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "engagement_type": etype,
+            }
             while True:
-                doc = lister.get(f"{sim.base_url}/v3/engagements", params=params,
-                                 headers={**auth, "Accept": "application/json"}).json()
+                doc = lister.get(
+                    f"{sim.base_url}/v3/engagements", params=params, headers={**auth, "Accept": "application/json"}
+                ).json()
                 for e in doc.get("engagements") or []:
                     if e["processing_state"] == "done" and not e["no_show"] and e["duration"] > 0:
                         ids.append(e["engagement_id"])
@@ -159,15 +162,30 @@ def main() -> None:
     expected_media = media_digests(ids, size)
 
     work = Path(tempfile.mkdtemp(prefix="portshift-bench-chorus4-"))
-    sim = Simulator.start(work, "--calls", str(engagements), "--seed", str(SEED), "--private", "0",
-                          "--media-size", str(size), "--page-size", "100", "--start", START, "--end", END)
+    sim = Simulator.start(
+        work,
+        "--calls",
+        str(engagements),
+        "--seed",
+        str(SEED),
+        "--private",
+        "0",
+        "--media-size",
+        str(size),
+        "--page-size",
+        "100",
+        "--start",
+        START,
+        "--end",
+        END,
+    )
     out_dir = work / "export"
     job = work / "job.toml"
     job.write_text(
-        f'[job]\nsince = {START}\nuntil = {END}\n\n'
+        f"[job]\nsince = {START}\nuntil = {END}\n\n"
         f'[source]\ntype = "chorus"\nbase_url = "{sim.base_url}"\nca_bundle = "{sim.ca}"\n'
         f'token_file = "{sim.token_file}"\nartifacts = ["media", "transcript", "metadata"]\n'
-        'requests_per_second = 0\n\n'
+        "requests_per_second = 0\n\n"
         f'[sink]\ntype = "local"\npath = "{out_dir}"\nfsync = {"true" if args.fsync else "false"}\n'
     )
     plain: dict[int, float] = {}
@@ -183,25 +201,32 @@ def main() -> None:
                 if what == "plain":
                     plain[t], cpu["plain"][t] = plain_client(sim, t, len(ids))
                     cpu["sim-plain"][t] = sim.cpu() - s0
-                    print(f"  transfers {t:2d}: plain client     {len(ids) / plain[t]:7.1f} calls/s  ({plain[t]:.1f} s; "
-                          f"CPU {cpu['plain'][t]:.1f} s, simulator {cpu['sim-plain'][t]:.1f} s)", flush=True)
+                    print(
+                        f"  transfers {t:2d}: plain client     {len(ids) / plain[t]:7.1f} calls/s  ({plain[t]:.1f} s; "
+                        f"CPU {cpu['plain'][t]:.1f} s, simulator {cpu['sim-plain'][t]:.1f} s)",
+                        flush=True,
+                    )
                     continue
                 prof = args.profile / f"portshift-t{t}.speedscope.json" if args.profile else None
-                res = portshift_run(job, work / f"state-{t}.db", transfers=t, profile=prof,
-                                    progress=not args.no_progress)
+                res = portshift_run(job, work / f"state-{t}.db", transfers=t, profile=prof, progress=not args.no_progress)
                 cpu["sim-portshift"][t] = sim.cpu() - s0
                 cpu["portshift"][t] = res.cpu
                 digests = manifest_digests(out_dir)
                 media = {p.split("/")[-2]: d for p, d in digests.items() if "/media." in p}
                 files = sum(p.rsplit("/", 1)[-1].split(".")[0] in ("media", "transcript", "metadata") for p in digests)
                 if files != 3 * len(ids) or media != expected_media:
-                    sys.exit(f"transfers {t}: {files} files in the manifest (expected {3 * len(ids)}), "
-                             f"{sum(media.get(c) == d for c, d in expected_media.items())} media digests match")
+                    sys.exit(
+                        f"transfers {t}: {files} files in the manifest (expected {3 * len(ids)}), "
+                        f"{sum(media.get(c) == d for c, d in expected_media.items())} media digests match"
+                    )
                 shutil.rmtree(out_dir)
                 ps_wall[t] = res.wall
                 ps_job[t] = res.job
-                print(f"  transfers {t:2d}: portshift run    {len(ids) / res.wall:7.1f} calls/s  ({res.wall:.1f} s; "
-                      f"job phase {res.job:.1f} s; CPU {res.cpu:.1f} s, simulator {cpu['sim-portshift'][t]:.1f} s)", flush=True)
+                print(
+                    f"  transfers {t:2d}: portshift run    {len(ids) / res.wall:7.1f} calls/s  ({res.wall:.1f} s; "
+                    f"job phase {res.job:.1f} s; CPU {res.cpu:.1f} s, simulator {cpu['sim-portshift'][t]:.1f} s)",
+                    flush=True,
+                )
     finally:
         counts = sim.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -210,21 +235,26 @@ def main() -> None:
     capacity = max(n / s for s in plain.values())
     best = max(settings, key=lambda t: n / ps_wall[t])
     print()
-    print(f"benchmark 4: {n} calls x (transcript, metadata, {args.media_kib} KiB media), Chorus simulator over HTTPS on "
-          f"127.0.0.1, local sink fsync {'on' if args.fsync else 'off'}, "
-          f"{'--no-progress' if args.no_progress else 'progress log lines every 10 s'} (load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores)")
+    print(
+        f"benchmark 4: {n} calls x (transcript, metadata, {args.media_kib} KiB media), Chorus simulator over HTTPS on "
+        f"127.0.0.1, local sink fsync {'on' if args.fsync else 'off'}, "
+        f"{'--no-progress' if args.no_progress else 'progress log lines every 10 s'} (load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores)"
+    )
     print("  transfers   portshift calls/s (job phase)   plain client calls/s   portshift / plain")
     for t in settings:
-        print(f"  {t:9d}   {n / ps_wall[t]:17.1f} ({n / ps_job[t]:7.1f})   {n / plain[t]:20.1f}   "
-              f"{plain[t] / ps_wall[t]:5.2f}")
+        print(f"  {t:9d}   {n / ps_wall[t]:17.1f} ({n / ps_job[t]:7.1f})   {n / plain[t]:20.1f}   {plain[t] / ps_wall[t]:5.2f}")
     ratio = (n / ps_wall[best]) / capacity
-    print(f"  simulator capacity (best plain client): {capacity:.1f} calls/s; portshift best: {n / ps_wall[best]:.1f} calls/s "
-          f"at --transfers {best}")
+    print(
+        f"  simulator capacity (best plain client): {capacity:.1f} calls/s; portshift best: {n / ps_wall[best]:.1f} calls/s "
+        f"at --transfers {best}"
+    )
     print(f"  ratio best portshift / capacity: {ratio:.2f}   (target >= 0.7: {'met' if ratio >= 0.7 else 'MISSED'})")
     ms = {k: 1000 * min(v.values()) / n for k, v in cpu.items()}
-    print(f"  CPU ms per call (lowest setting): portshift {ms['portshift']:.1f} (simulator serving it "
-          f"{ms['sim-portshift']:.1f}), plain client {ms['plain']:.1f} (simulator serving it {ms['sim-plain']:.1f})")
+    print(
+        f"  CPU ms per call (lowest setting): portshift {ms['portshift']:.1f} (simulator serving it "
+        f"{ms['sim-portshift']:.1f}), plain client {ms['plain']:.1f} (simulator serving it {ms['sim-plain']:.1f})"
+    )
     print(f"  every export checked: {3 * n} files in the manifest, every media SHA-256 = the simulator's")
     print(f"  simulator {counts.removeprefix('stopped: ')}")
 

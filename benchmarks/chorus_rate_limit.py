@@ -52,12 +52,22 @@ def serve(spec: dict[str, object]) -> None:
     from portshift_source_chorus.simulator import ChorusSimulator, Faults, Paging, Tenant, TenantSpec
 
     work = Path(str(spec["work"]))
-    tenant = Tenant(TenantSpec(calls=int(spec["engagements"]), seed=SEED, private_ratio=0.0,  # type: ignore[call-overload]
-                               media_size=int(spec["media_size"]),  # type: ignore[call-overload]
-                               start=datetime.fromisoformat(START).replace(tzinfo=timezone.utc),
-                               end=datetime.fromisoformat(END).replace(tzinfo=timezone.utc)))
-    sim = ChorusSimulator(tenant, faults=Faults(rate_limit=float(spec["rate"])),  # type: ignore[arg-type]
-                          paging=Paging(page_sizes=(100,)), ca_path=work / "sim-ca.pem")
+    tenant = Tenant(
+        TenantSpec(
+            calls=int(spec["engagements"]),
+            seed=SEED,
+            private_ratio=0.0,  # type: ignore[call-overload]
+            media_size=int(spec["media_size"]),  # type: ignore[call-overload]
+            start=datetime.fromisoformat(START).replace(tzinfo=timezone.utc),
+            end=datetime.fromisoformat(END).replace(tzinfo=timezone.utc),
+        )
+    )
+    sim = ChorusSimulator(
+        tenant,
+        faults=Faults(rate_limit=float(spec["rate"])),  # type: ignore[arg-type]
+        paging=Paging(page_sizes=(100,)),
+        ca_path=work / "sim-ca.pem",
+    )
     sim.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -103,9 +113,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0, help="R: API requests per second the simulator allows")
     ap.add_argument("--seconds", type=float, default=60.0, help="about how long each export should last (sets --calls)")
     ap.add_argument("--calls", type=int, help="recorded calls to export (default: R x seconds / 2)")
-    ap.add_argument("--burst", type=int, action="append",
-                    help="the Chorus source's `burst` option; repeatable (default: the option's default, then 1 "
-                         "if that default is not 1)")
+    ap.add_argument(
+        "--burst",
+        type=int,
+        action="append",
+        help="the Chorus source's `burst` option; repeatable (default: the option's default, then 1 if that default is not 1)",
+    )
     ap.add_argument("--transfers", type=int, default=4)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -118,10 +131,12 @@ def main() -> None:
     bursts = args.burst or sorted({default_burst(), 1}, reverse=True)
     results = [run_once(rate, calls, engagements, b, args.transfers) for b in bursts]
     print()
-    print(f"benchmark 5: rate-limited Chorus simulator, R = {rate:g} req/s (server bucket burst 2, 429 + Retry-After); "
-          f"portshift requests_per_second = {rate:g}, --transfers {args.transfers}; {calls} calls "
-          f"(transcript, metadata, 64 KiB media) per export; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores")
+    print(
+        f"benchmark 5: rate-limited Chorus simulator, R = {rate:g} req/s (server bucket burst 2, 429 + Retry-After); "
+        f"portshift requests_per_second = {rate:g}, --transfers {args.transfers}; {calls} calls "
+        f"(transcript, metadata, 64 KiB media) per export; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
     for r in results:
         print(r)
 
@@ -142,17 +157,19 @@ def run_once(rate: float, calls: int, engagements: int, burst: int, transfers: i
         out_dir = work / "export"
         job = work / "job.toml"
         job.write_text(
-            f'[job]\ntransfers = {transfers}\nsince = {START}\nuntil = {END}\n\n'
+            f"[job]\ntransfers = {transfers}\nsince = {START}\nuntil = {END}\n\n"
             f'[source]\ntype = "chorus"\nbase_url = "{base_url}"\nca_bundle = "{work / "sim-ca.pem"}"\n'
             f'token_file = "{work / "sim-token"}"\nartifacts = ["media", "transcript", "metadata"]\n'
             f"requests_per_second = {rate}\nburst = {burst}\n\n"
             f'[sink]\ntype = "local"\npath = "{out_dir}"\nfsync = false\n'
         )
-        print(f"{label}: exporting {calls} calls with requests_per_second = {rate:g} from a simulator enforcing "
-              f"{rate:g} req/s (about {2 * calls / rate:.0f} s) ...", flush=True)
+        print(
+            f"{label}: exporting {calls} calls with requests_per_second = {rate:g} from a simulator enforcing "
+            f"{rate:g} req/s (about {2 * calls / rate:.0f} s) ...",
+            flush=True,
+        )
         res = portshift_run(job, work / "state.db")
-        files = sum(p.rsplit("/", 1)[-1].split(".")[0] in ("media", "transcript", "metadata")
-                    for p in manifest_digests(out_dir))
+        files = sum(p.rsplit("/", 1)[-1].split(".")[0] in ("media", "transcript", "metadata") for p in manifest_digests(out_dir))
         if files != 3 * calls:
             sys.exit(f"{files} files exported, expected {3 * calls}")
     finally:

@@ -56,7 +56,8 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("PORTSHIFT_") and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+        if not k.startswith("PORTSHIFT_")
+        and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
         and not k.lower().endswith("_proxy")
     }
     env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-source-chorus"
@@ -91,9 +92,25 @@ class Simulator:
         work.mkdir(parents=True, exist_ok=True)
         info_file, token_file, ca = work / "sim-info.json", work / "sim-token", work / "sim-ca.pem"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "portshift", "chorus", "simulate", *args, "--ca-out", str(ca),
-             "--token-out", str(token_file), "--info-out", str(info_file)],
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work,
+            [
+                sys.executable,
+                "-m",
+                "portshift",
+                "chorus",
+                "simulate",
+                *args,
+                "--ca-out",
+                str(ca),
+                "--token-out",
+                str(token_file),
+                "--info-out",
+                str(info_file),
+            ],
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=work,
         )
         deadline = time.monotonic() + 60
         while not info_file.exists():
@@ -131,14 +148,33 @@ class RunResult:
     stderr: str
 
 
-def portshift_run(job: Path, state: Path, *, transfers: int | None = None, profile: Path | None = None,
-                  log_level: str = "info", env: dict[str, str] | None = None, progress: bool = True) -> RunResult:
+def portshift_run(
+    job: Path,
+    state: Path,
+    *,
+    transfers: int | None = None,
+    profile: Path | None = None,
+    log_level: str = "info",
+    env: dict[str, str] | None = None,
+    progress: bool = True,
+) -> RunResult:
     """One ``portshift run`` subprocess, timed; exits the benchmark if the job is not complete.
 
     Run as cron or a Kubernetes Job would: no terminal, so ``portshift run`` logs a progress
     line every 10 s (its default without a TTY); ``progress=False`` passes ``--no-progress``."""
-    argv = [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state),
-            "--log-level", log_level, *([] if progress else ["--no-progress"])]
+    argv = [
+        sys.executable,
+        "-m",
+        "portshift",
+        "run",
+        "--config",
+        str(job),
+        "--state",
+        str(state),
+        "--log-level",
+        log_level,
+        *([] if progress else ["--no-progress"]),
+    ]
     if transfers is not None:
         argv += ["--transfers", str(transfers)]
     if profile is not None:
@@ -186,7 +222,10 @@ def openssl_sha256_rate(seconds: int = 3) -> float | None:
     try:
         out = subprocess.run(
             ["openssl", "speed", "-evp", "sha256", "-bytes", "16384", "-seconds", str(seconds)],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -275,7 +314,7 @@ def main() -> None:
         job = work / "job.toml"
         out_dir = work / "export"
         job.write_text(
-            f'[job]\ntransfers = 1\nsince = {day}\nuntil = {day.fromordinal(day.toordinal() + 1)}\n\n'
+            f"[job]\ntransfers = 1\nsince = {day}\nuntil = {day.fromordinal(day.toordinal() + 1)}\n\n"
             f'[source]\ntype = "chorus"\nbase_url = "{sim.base_url}"\nca_bundle = "{sim.ca}"\n'
             f'token_file = "{sim.token_file}"\nartifacts = ["media"]\n'
             f'engagement_types = ["{call.engagement_type}"]\n\n'  # type: ignore[attr-defined]
@@ -290,7 +329,9 @@ def main() -> None:
         def baseline() -> None:
             c0, s0, t0 = children_cpu(), sim.cpu(), time.perf_counter()
             res = subprocess.run(
-                ["bash", "-c", shell], capture_output=True, text=True,
+                ["bash", "-c", shell],
+                capture_output=True,
+                text=True,
                 env=child_env(CA=str(sim.ca), HDR=str(header), URL=url, OUT=str(copy)),
             )
             elapsed = time.perf_counter() - t0
@@ -303,8 +344,9 @@ def main() -> None:
             base.append(elapsed)
             base_cpu.append(children_cpu() - c0)
             sim_cpu["baseline"].append(sim.cpu() - s0)
-            print(f"  round {r + 1}: baseline  curl | tee | openssl dgst   {fmt_rate(size, elapsed)}  ({elapsed:.2f} s)",
-                  flush=True)
+            print(
+                f"  round {r + 1}: baseline  curl | tee | openssl dgst   {fmt_rate(size, elapsed)}  ({elapsed:.2f} s)", flush=True
+            )
 
         def pipeline() -> None:
             s0 = sim.cpu()
@@ -317,11 +359,14 @@ def main() -> None:
                 sys.exit(f"portshift: the manifest's media SHA-256 {media} is not the simulator's {expected}")
             shutil.rmtree(out_dir)
             ps.append(res)
-            print(f"  round {r + 1}: portshift run                     {fmt_rate(size, res.wall)}  ({res.wall:.2f} s; "
-                  f"job phase {res.job:.2f} s)", flush=True)
+            print(
+                f"  round {r + 1}: portshift run                     {fmt_rate(size, res.wall)}  ({res.wall:.2f} s; "
+                f"job phase {res.job:.2f} s)",
+                flush=True,
+            )
 
         for r in range(args.rounds):
-            for step in ((baseline, pipeline) if r % 2 == 0 else (pipeline, baseline)):
+            for step in (baseline, pipeline) if r % 2 == 0 else (pipeline, baseline):
                 step()
     finally:
         counts = sim.stop()
@@ -331,20 +376,32 @@ def main() -> None:
     p = statistics.median(r.wall for r in ps)
     pj = statistics.median(r.job for r in ps)
     print()
-    print(f"benchmark 1: one {size // MIB} MiB Chorus recording, simulator over HTTPS on 127.0.0.1, "
-          f"median of {args.rounds} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    print(f"  baseline curl -L | tee | openssl dgst; sync  {fmt_rate(size, b)}   (runs: "
-          + ", ".join(f"{t:.2f}" for t in base) + " s)")
-    print(f"  portshift run (whole process)                {fmt_rate(size, p)}   (runs: "
-          + ", ".join(f"{r.wall:.2f}" for r in ps) + " s)")
+    print(
+        f"benchmark 1: one {size // MIB} MiB Chorus recording, simulator over HTTPS on 127.0.0.1, "
+        f"median of {args.rounds} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
+    print(
+        f"  baseline curl -L | tee | openssl dgst; sync  {fmt_rate(size, b)}   (runs: "
+        + ", ".join(f"{t:.2f}" for t in base)
+        + " s)"
+    )
+    print(
+        f"  portshift run (whole process)                {fmt_rate(size, p)}   (runs: "
+        + ", ".join(f"{r.wall:.2f}" for r in ps)
+        + " s)"
+    )
     print(f"  portshift run (job phase)                    {fmt_rate(size, pj)}")
     ratio = b / p
-    print(f"  ratio portshift / baseline: {ratio:.2f} whole process, {b / pj:.2f} job phase   "
-          f"(target >= 0.8: {'met' if ratio >= 0.8 else 'MISSED'})")
+    print(
+        f"  ratio portshift / baseline: {ratio:.2f} whole process, {b / pj:.2f} job phase   "
+        f"(target >= 0.8: {'met' if ratio >= 0.8 else 'MISSED'})"
+    )
     gib = size / (1024 * MIB)
-    print(f"  CPU seconds per GiB: baseline (curl+tee+openssl+sync) {statistics.median(base_cpu) / gib:.2f}, "
-          f"portshift {statistics.median(r.cpu for r in ps) / gib:.2f}; simulator while serving them "
-          f"{statistics.median(sim_cpu['baseline']) / gib:.2f} / {statistics.median(sim_cpu['portshift']) / gib:.2f}")
+    print(
+        f"  CPU seconds per GiB: baseline (curl+tee+openssl+sync) {statistics.median(base_cpu) / gib:.2f}, "
+        f"portshift {statistics.median(r.cpu for r in ps) / gib:.2f}; simulator while serving them "
+        f"{statistics.median(sim_cpu['baseline']) / gib:.2f} / {statistics.median(sim_cpu['portshift']) / gib:.2f}"
+    )
     print("  every copy checked: curl's digest = portshift manifest = the simulator's SHA-256")
     print(f"  simulator {counts.removeprefix('stopped: ')}")
     print()
@@ -354,8 +411,7 @@ def main() -> None:
         if rate is None:
             print(f"  {name:42s} unavailable")
             continue
-        print(f"  {name:42s} {rate / 1e6:7.1f} MB/s   portshift = {rate_p / rate:.2f} of it "
-              f"(job phase {size / pj / rate:.2f})")
+        print(f"  {name:42s} {rate / 1e6:7.1f} MB/s   portshift = {rate_p / rate:.2f} of it (job phase {size / pj / rate:.2f})")
 
 
 if __name__ == "__main__":

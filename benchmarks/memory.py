@@ -30,8 +30,19 @@ def run(size: int, transfers: int, work: Path) -> tuple[float, float]:
     )
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(work / f"s-{size}.db"),
-         "--no-progress", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "portshift",
+            "run",
+            "--config",
+            str(job),
+            "--state",
+            str(work / f"s-{size}.db"),
+            "--no-progress",
+            "--log-level",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
     )
     _, status, usage = os.wait4(proc.pid, 0)
@@ -56,8 +67,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     ratio = big_rss / small_rss
     print(f"peak RSS, {args.small_mib} MiB recording: {small_rss:7.1f} MiB  ({small_t:5.1f} s)")
-    print(f"peak RSS, {args.big_mib} MiB recording: {big_rss:7.1f} MiB  ({big_t:5.1f} s, "
-          f"{args.big_mib / big_t:.0f} MiB/s through hash + local sink with fsync)")
+    print(
+        f"peak RSS, {args.big_mib} MiB recording: {big_rss:7.1f} MiB  ({big_t:5.1f} s, "
+        f"{args.big_mib / big_t:.0f} MiB/s through hash + local sink with fsync)"
+    )
     print(f"ratio big/small: {ratio:.3f}  (target <= 1.25: {'met' if ratio <= 1.25 else 'MISSED'})")
     print(f"big below 250 MiB: {'met' if big_rss < 250 else 'MISSED'}")
 

@@ -72,16 +72,30 @@ def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port),
-         "-c", str(work / "server.pem"), "-k", str(work / "server.key")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [
+            sys.executable,
+            "-c",
+            "from moto.server import main; main()",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(work / "server.pem"),
+            "-k",
+            str(work / "server.key"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     ctx = ssl.create_default_context(cafile=str(work / "ca.pem"))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, ctx.wrap_socket(
-                raw, server_hostname="127.0.0.1"
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
             ):
                 return proc, f"https://127.0.0.1:{port}", work / "ca.pem"
         except OSError:
@@ -121,17 +135,30 @@ def main() -> None:
         proc, url, ca = start_moto(Path(tmp))
         try:
             plain = boto3.session.Session().client(
-                "s3", endpoint_url=url, region_name="us-east-1", verify=str(ca),
-                aws_access_key_id="bench", aws_secret_access_key="bench",
+                "s3",
+                endpoint_url=url,
+                region_name="us-east-1",
+                verify=str(ca),
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
                 config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
             )
             plain.create_bucket(Bucket="bench")
 
             def sink(concurrency: int) -> S3Sink:
-                opts = build_options(S3Options, {
-                    "bucket": "bench", "region": "us-east-1", "endpoint_url": url, "ca_bundle": str(ca),
-                    "addressing_style": "path", "part_size": "8MiB", "max_concurrency": concurrency,
-                }, "sink")
+                opts = build_options(
+                    S3Options,
+                    {
+                        "bucket": "bench",
+                        "region": "us-east-1",
+                        "endpoint_url": url,
+                        "ca_bundle": str(ca),
+                        "addressing_style": "path",
+                        "part_size": "8MiB",
+                        "max_concurrency": concurrency,
+                    },
+                    "sink",
+                )
                 return S3Sink(opts)
 
             sinks = {2: sink(2), 10: sink(10)}
@@ -146,13 +173,17 @@ def main() -> None:
                 def go() -> None:
                     result = sinks[concurrency].put(f"sink-{concurrency}.bin", HashingStream(chunks()), size)
                     assert result.size == size
+
                 return go
 
             def through_boto3() -> None:
                 plain.upload_fileobj(io.BytesIO(data), "bench", "boto3.bin")
 
-            runs: dict[str, list[float]] = {"sink (max_concurrency=2)": [], "sink (max_concurrency=10)": [],
-                                            "boto3 upload_fileobj": []}
+            runs: dict[str, list[float]] = {
+                "sink (max_concurrency=2)": [],
+                "sink (max_concurrency=10)": [],
+                "boto3 upload_fileobj": [],
+            }
             through_boto3()  # warm up connections and moto
             for _ in range(args.rounds):
                 runs["boto3 upload_fileobj"].append(timed(through_boto3))
@@ -200,16 +231,39 @@ def run_pipeline(work: Path, url: str, ca: Path, size: int, prefix: str, profile
         f'endpoint_url = "{url}"\nca_bundle = "{ca}"\naddressing_style = "path"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
-    env.update(PORTSHIFT_AWS_ACCESS_KEY_ID="AKIABENCHMARK0000001", PORTSHIFT_AWS_SECRET_ACCESS_KEY="benchmark-secret",
-               PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3")
-    argv = [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(work / f"{prefix}.db"),
-            "--no-progress"]
+    env.update(
+        PORTSHIFT_AWS_ACCESS_KEY_ID="AKIABENCHMARK0000001",
+        PORTSHIFT_AWS_SECRET_ACCESS_KEY="benchmark-secret",
+        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "portshift",
+        "run",
+        "--config",
+        str(job),
+        "--state",
+        str(work / f"{prefix}.db"),
+        "--no-progress",
+    ]
     if profile:
         Path(profile).mkdir(parents=True, exist_ok=True)
         if not shutil.which("py-spy"):
             sys.exit("--profile needs py-spy on PATH (pip install py-spy)")
-        argv = ["py-spy", "record", "--subprocesses", "--rate", "50", "--format", "raw",
-                "-o", str(Path(profile) / f"{prefix}.folded.txt"), "--", *argv]
+        argv = [
+            "py-spy",
+            "record",
+            "--subprocesses",
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "-o",
+            str(Path(profile) / f"{prefix}.folded.txt"),
+            "--",
+            *argv,
+        ]
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job_started = started
@@ -247,15 +301,28 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
         proc, url, ca = start_moto(work)
         try:
             plain = boto3.session.Session().client(
-                "s3", endpoint_url=url, region_name="us-east-1", verify=str(ca),
-                aws_access_key_id="bench", aws_secret_access_key="bench",
+                "s3",
+                endpoint_url=url,
+                region_name="us-east-1",
+                verify=str(ca),
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
                 config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
             )
             plain.create_bucket(Bucket="bench")
-            sink = S3Sink(build_options(S3Options, {
-                "bucket": "bench", "region": "us-east-1", "endpoint_url": url, "ca_bundle": str(ca),
-                "addressing_style": "path",
-            }, "sink"))
+            sink = S3Sink(
+                build_options(
+                    S3Options,
+                    {
+                        "bucket": "bench",
+                        "region": "us-east-1",
+                        "endpoint_url": url,
+                        "ca_bundle": str(ca),
+                        "addressing_style": "path",
+                    },
+                    "sink",
+                )
+            )
 
             def chunks() -> Iterator[bytes]:
                 view = memoryview(data)
@@ -267,7 +334,7 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
             last: dict[str, str] = {}
             for r in range(rounds):
                 keys: dict[str, str] = {}
-                for name in names[r % 3:] + names[: r % 3]:  # rotate the order round by round
+                for name in names[r % 3 :] + names[: r % 3]:  # rotate the order round by round
                     if name == names[0]:
                         key = f"boto3-{r}.bin"
                         runs[name].append(timed(lambda k=key: plain.upload_fileobj(io.BytesIO(data), "bench", k)))

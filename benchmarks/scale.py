@@ -97,8 +97,10 @@ def main() -> None:
         assert status1 == "interrupted", status1
         t2, n2, _, status2 = run(doc, work / "resume.db")
         assert status2 == "complete", status2
-        print(f"resume: {n1} files done before the stop; the re-run exported {n2} files in {t2:.1f} s "
-              f"(re-transferred nothing done: {'yes' if n1 + n2 <= files + 2 * args.transfers else 'NO'})")
+        print(
+            f"resume: {n1} files done before the stop; the re-run exported {n2} files in {t2:.1f} s "
+            f"(re-transferred nothing done: {'yes' if n1 + n2 <= files + 2 * args.transfers else 'NO'})"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

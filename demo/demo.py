@@ -57,9 +57,7 @@ def main() -> None:
         import portshift_source_chorus  # noqa: F401
     except ImportError:
         print("demo: the Chorus plugin is not installed; exporting the built-in example tenant", flush=True)
-        run_job(
-            f'[source]\ntype = "example"\ncount = 36\n\n[sink]\ntype = "local"\npath = "{OUT}"\n', env, state
-        )
+        run_job(f'[source]\ntype = "example"\ncount = 36\n\n[sink]\ntype = "local"\npath = "{OUT}"\n', env, state)
     else:
         from demo_chorus import run_chorus_demo  # type: ignore[import-not-found]
 

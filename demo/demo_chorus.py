@@ -22,9 +22,29 @@ def run_chorus_demo(out: Path, state: Path, env: dict[str, str], run_job: Callab
     sim_env = {k: v for k, v in env.items() if k != "PORTSHIFT_CHORUS_TOKEN"}
     print(f"$ portshift chorus simulate --calls {CALLS} --media-size 64KiB-1MiB ...   (HTTPS on 127.0.0.1)", flush=True)
     sim = subprocess.Popen(
-        [sys.executable, "-m", "portshift", "chorus", "simulate", "--calls", str(CALLS), "--media-size", "64KiB-1MiB",
-         "--private", "0", "--ca-out", str(ca_file), "--token-out", str(token_file), "--info-out", str(info_file)],
-        env=sim_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "portshift",
+            "chorus",
+            "simulate",
+            "--calls",
+            str(CALLS),
+            "--media-size",
+            "64KiB-1MiB",
+            "--private",
+            "0",
+            "--ca-out",
+            str(ca_file),
+            "--token-out",
+            str(token_file),
+            "--info-out",
+            str(info_file),
+        ],
+        env=sim_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30

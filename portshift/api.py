@@ -184,6 +184,11 @@ class Sink(ABC):
     #: of in-flight operations that survives a crash (SIGKILL, power loss). ``None`` otherwise.
     journal: Journal | None = None
 
+    #: Set by the core before the first put: set when the run is asked to stop (SIGINT/SIGTERM,
+    #: a fatal error elsewhere). Retry through :mod:`portshift.retry` with it (or wait on it
+    #: instead of ``time.sleep``) so that a backoff never holds up Ctrl-C. ``None`` outside a run.
+    cancel: threading.Event | None = None
+
     def close(self) -> None:
         """Release connections."""
 

@@ -111,8 +111,10 @@ class _ReadAhead:
         try:
             while True:
                 with self._cond:
-                    while not self._stop and self._ready and (
-                        len(self._ready) >= READ_AHEAD_CHUNKS or self._ready_bytes >= READ_AHEAD_BYTES
+                    while (
+                        not self._stop
+                        and self._ready
+                        and (len(self._ready) >= READ_AHEAD_CHUNKS or self._ready_bytes >= READ_AHEAD_BYTES)
                     ):
                         self._cond.wait()
                     if self._stop:
@@ -292,6 +294,7 @@ class Runner:
         source: Source = cfg.source_cls(cfg.source_options)
         source.cancel = self.cancel
         sink: Sink = cfg.sink_cls(cfg.sink_options)
+        sink.cancel = self.cancel
         try:
             return self._run(req, source, sink)
         finally:

@@ -315,9 +315,7 @@ class State:
 
     def last_recorded_at(self, job_id: str) -> str | None:
         """When the job's last content file was recorded (None when it has none)."""
-        row = self.conn.execute(
-            "select max(recorded_at) from files where job_id = ? and kind = 'content'", [job_id]
-        ).fetchone()
+        row = self.conn.execute("select max(recorded_at) from files where job_id = ? and kind = 'content'", [job_id]).fetchone()
         return row[0] if row else None
 
     def totals(self, job_id: str) -> tuple[int, int]:

@@ -163,8 +163,15 @@ def exception_chain(error: BaseException) -> list[BaseException]:
         seen.add(id(e))
         out.append(e)
         kwargs = getattr(e, "kwargs", None)
-        stack.extend([e.__cause__, e.__context__, getattr(e, "inner_exception", None), getattr(e, "reason", None),
-                      kwargs.get("error") if isinstance(kwargs, dict) else None])
+        stack.extend(
+            [
+                e.__cause__,
+                e.__context__,
+                getattr(e, "inner_exception", None),
+                getattr(e, "reason", None),
+                kwargs.get("error") if isinstance(kwargs, dict) else None,
+            ]
+        )
         stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
     return out
 

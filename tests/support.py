@@ -20,8 +20,9 @@ PORTSHIFT = [sys.executable, "-m", "portshift"]
 
 
 @contextlib.contextmanager
-def plugin(name: str, *, sources: dict[str, type] | None = None, sinks: dict[str, type] | None = None,
-           **hooks: Any) -> Iterator[None]:
+def plugin(
+    name: str, *, sources: dict[str, type] | None = None, sinks: dict[str, type] | None = None, **hooks: Any
+) -> Iterator[None]:
     """Register a throw-away plugin for the duration of a test."""
     load_plugins()
 
@@ -42,16 +43,16 @@ def plugin(name: str, *, sources: dict[str, type] | None = None, sinks: dict[str
         pm.unregister(obj)
 
 
-def run_job(doc: dict[str, Any], state_path: Path, req: RunRequest | None = None,
-            cancel: threading.Event | None = None) -> RunResult:
+def run_job(
+    doc: dict[str, Any], state_path: Path, req: RunRequest | None = None, cancel: threading.Event | None = None
+) -> RunResult:
     cfg = load_job(None, doc=doc)
     with State.open(state_path) as state:
         return Runner(cfg, state, cancel=cancel, retry_base=0.0).run(req or RunRequest())
 
 
 def sha256sum_check(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sha256sum", "-c", "--strict", "portshift-manifest.txt"], cwd=root,
-                          capture_output=True, text=True)
+    return subprocess.run(["sha256sum", "-c", "--strict", "portshift-manifest.txt"], cwd=root, capture_output=True, text=True)
 
 
 def files_under(root: Path) -> set[str]:

@@ -57,57 +57,129 @@ CASES = [
     Case("unknown-sink-type", SOURCE + '[sink]\ntype = "dropbox"\n', ["run"], "unknown sink type 'dropbox'"),
     Case("missing-required-option", SOURCE + '[sink]\ntype = "local"\n', ["run"], "[sink] path: required"),
     Case("bad-key-template", '[job]\nkey_template = "{id}/{title}"\n' + SOURCE + SINK, ["run"], "unknown field {title}"),
-    Case("unknown-manifest-writer", '[job]\nmanifest = ["md5sum"]\n' + SOURCE + SINK, ["run"],
-         "unknown manifest writer type 'md5sum'"),
+    Case(
+        "unknown-manifest-writer",
+        '[job]\nmanifest = ["md5sum"]\n' + SOURCE + SINK,
+        ["run"],
+        "unknown manifest writer type 'md5sum'",
+    ),
     Case("transfers-zero", SOURCE + SINK, ["run", "--transfers", "0"], "between 1 and 64"),
     Case("transfers-huge", SOURCE + SINK, ["run", "--transfers", "100000"], "between 1 and 64"),
     Case("transfers-not-a-number", SOURCE + SINK, ["run", "--transfers", "four"], "is not a valid integer"),
     Case("invalid-date", SOURCE + SINK, ["run", "--since", "2024-13-45"], "is not a date"),
     Case("since-after-until", SOURCE + SINK, ["run", "--since", "2025-01-01", "--until", "2024-01-01"], "before --until"),
-    Case("empty-window-in-job-file", '[job]\nsince = 2030-01-01\nuntil = 2029-01-01\n' + SOURCE + SINK, ["run"],
-         "the export window is empty"),
+    Case(
+        "empty-window-in-job-file",
+        "[job]\nsince = 2030-01-01\nuntil = 2029-01-01\n" + SOURCE + SINK,
+        ["run"],
+        "the export window is empty",
+    ),
     Case("since-last-without-history", SOURCE + SINK, ["run", "--since", "last"], "no completed job"),
     Case("state-folder-missing", SOURCE + SINK, ["run", "--state", "{tmp}/no/such/dir/state.db"], "does not exist"),
     Case("state-is-a-folder", SOURCE + SINK, ["run", "--state", "{tmp}"], "is a folder"),
     Case("state-not-sqlite", SOURCE + SINK, ["run"], "cannot open the state file", setup="garbage-state"),
-    Case("secrets-stdin-not-json", SOURCE + SINK, ["run", "--secrets-from-stdin"], "not a JSON document",
-         stdin=f"{CANARY} not json"),
-    Case("secrets-stdin-wrong-section", SOURCE + SINK, ["run", "--secrets-from-stdin"], "unknown sections: dest",
-         stdin=json.dumps({"dest": {"token": CANARY}})),
-    Case("signing-key-not-a-key", '[job]\nsigning_key_file = "{tmp}/sign.pem"\n' + SOURCE + SINK, ["run"],
-         "not an unencrypted PEM private key", setup="bad-signing-key"),
-    Case("signing-key-file-missing", '[job]\nsigning_key_file = "{tmp}/none.pem"\n' + SOURCE + SINK, ["run"],
-         "does not exist"),
+    Case(
+        "secrets-stdin-not-json",
+        SOURCE + SINK,
+        ["run", "--secrets-from-stdin"],
+        "not a JSON document",
+        stdin=f"{CANARY} not json",
+    ),
+    Case(
+        "secrets-stdin-wrong-section",
+        SOURCE + SINK,
+        ["run", "--secrets-from-stdin"],
+        "unknown sections: dest",
+        stdin=json.dumps({"dest": {"token": CANARY}}),
+    ),
+    Case(
+        "signing-key-not-a-key",
+        '[job]\nsigning_key_file = "{tmp}/sign.pem"\n' + SOURCE + SINK,
+        ["run"],
+        "not an unencrypted PEM private key",
+        setup="bad-signing-key",
+    ),
+    Case("signing-key-file-missing", '[job]\nsigning_key_file = "{tmp}/none.pem"\n' + SOURCE + SINK, ["run"], "does not exist"),
     Case("verify-not-an-export", None, ["verify", "{tmp}"], "no portshift-manifest.txt"),
-    Case("verify-hand-edited-manifest", None, ["verify", "{tmp}/export"], "is not a valid entry",
-         code=ExitCode.VERIFY_FAILED, setup="edited-manifest"),
-    Case("unknown-job-id", None, ["jobs", "show", "nope", "--state", "{tmp}/state.db"], "no job 'nope'",
-         setup="empty-state"),
+    Case(
+        "verify-hand-edited-manifest",
+        None,
+        ["verify", "{tmp}/export"],
+        "is not a valid entry",
+        code=ExitCode.VERIFY_FAILED,
+        setup="edited-manifest",
+    ),
+    Case("unknown-job-id", None, ["jobs", "show", "nope", "--state", "{tmp}/state.db"], "no job 'nope'", setup="empty-state"),
     Case("jobs-show-without-state", None, ["jobs", "show", "nope", "--state", "{tmp}/state.db"], "no state file at"),
     # plugin inputs
-    Case("chorus-token-missing", '[source]\ntype = "chorus"\n' + SINK, ["run"], "PORTSHIFT_CHORUS_TOKEN",
-         needs="portshift_source_chorus"),
-    Case("chorus-token-in-job-file", f'[source]\ntype = "chorus"\ntoken = "{CANARY}"\n' + SINK, ["run"],
-         "never read from the job file", needs="portshift_source_chorus"),
-    Case("chorus-plain-http", '[source]\ntype = "chorus"\nbase_url = "http://127.0.0.1:9"\n' + SINK, ["run"],
-         "must be an https:// URL", env={"PORTSHIFT_CHORUS_TOKEN": CANARY}, needs="portshift_source_chorus"),
-    Case("chorus-token-file-unreadable", '[source]\ntype = "chorus"\ntoken_file = "{tmp}/none"\n' + SINK, ["run"],
-         "does not exist", needs="portshift_source_chorus"),
-    Case("s3-plain-http-endpoint", SOURCE + '[sink]\ntype = "s3"\nbucket = "acme-calls"\nregion = "us-east-1"\n'
-         'endpoint_url = "http://127.0.0.1:9"\n', ["run"], "must be an https:// URL",
-         env={"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY},
-         needs="portshift_sink_s3"),
-    Case("s3-impossible-bucket-name", SOURCE + '[sink]\ntype = "s3"\nbucket = "No_Such..Bucket"\nregion = "us-east-1"\n',
-         ["run"], "bucket", env={"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY},
-         needs="portshift_sink_s3"),
-    Case("s3-no-credentials", SOURCE + '[sink]\ntype = "s3"\nbucket = "acme-calls"\nregion = "us-east-1"\n', ["run"],
-         "credential", needs="portshift_sink_s3"),
-    Case("azure-expired-sas", SOURCE + '[sink]\ntype = "azure"\naccount_url = "https://acct.blob.core.windows.net"\n'
-         'container = "calls"\n', ["run"], "expired",
-         env={"PORTSHIFT_AZURE_SAS": f"sv=2024-11-04&se=2020-01-01T00:00:00Z&sp=cw&spr=https&sig={CANARY}"},
-         needs="portshift_sink_azure"),
-    Case("gcs-key-not-json", SOURCE + '[sink]\ntype = "gcs"\nbucket = "b"\nkey_file = "{tmp}/key.json"\n', ["run"],
-         "JSON", setup="gcs-garbage-key", needs="portshift_sink_gcs"),
+    Case(
+        "chorus-token-missing",
+        '[source]\ntype = "chorus"\n' + SINK,
+        ["run"],
+        "PORTSHIFT_CHORUS_TOKEN",
+        needs="portshift_source_chorus",
+    ),
+    Case(
+        "chorus-token-in-job-file",
+        f'[source]\ntype = "chorus"\ntoken = "{CANARY}"\n' + SINK,
+        ["run"],
+        "never read from the job file",
+        needs="portshift_source_chorus",
+    ),
+    Case(
+        "chorus-plain-http",
+        '[source]\ntype = "chorus"\nbase_url = "http://127.0.0.1:9"\n' + SINK,
+        ["run"],
+        "must be an https:// URL",
+        env={"PORTSHIFT_CHORUS_TOKEN": CANARY},
+        needs="portshift_source_chorus",
+    ),
+    Case(
+        "chorus-token-file-unreadable",
+        '[source]\ntype = "chorus"\ntoken_file = "{tmp}/none"\n' + SINK,
+        ["run"],
+        "does not exist",
+        needs="portshift_source_chorus",
+    ),
+    Case(
+        "s3-plain-http-endpoint",
+        SOURCE + '[sink]\ntype = "s3"\nbucket = "acme-calls"\nregion = "us-east-1"\nendpoint_url = "http://127.0.0.1:9"\n',
+        ["run"],
+        "must be an https:// URL",
+        env={"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY},
+        needs="portshift_sink_s3",
+    ),
+    Case(
+        "s3-impossible-bucket-name",
+        SOURCE + '[sink]\ntype = "s3"\nbucket = "No_Such..Bucket"\nregion = "us-east-1"\n',
+        ["run"],
+        "bucket",
+        env={"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY},
+        needs="portshift_sink_s3",
+    ),
+    Case(
+        "s3-no-credentials",
+        SOURCE + '[sink]\ntype = "s3"\nbucket = "acme-calls"\nregion = "us-east-1"\n',
+        ["run"],
+        "credential",
+        needs="portshift_sink_s3",
+    ),
+    Case(
+        "azure-expired-sas",
+        SOURCE + '[sink]\ntype = "azure"\naccount_url = "https://acct.blob.core.windows.net"\ncontainer = "calls"\n',
+        ["run"],
+        "expired",
+        env={"PORTSHIFT_AZURE_SAS": f"sv=2024-11-04&se=2020-01-01T00:00:00Z&sp=cw&spr=https&sig={CANARY}"},
+        needs="portshift_sink_azure",
+    ),
+    Case(
+        "gcs-key-not-json",
+        SOURCE + '[sink]\ntype = "gcs"\nbucket = "b"\nkey_file = "{tmp}/key.json"\n',
+        ["run"],
+        "JSON",
+        setup="gcs-garbage-key",
+        needs="portshift_sink_gcs",
+    ),
 ]
 
 
@@ -115,8 +187,11 @@ def _prepare(case: Case, tmp: Path) -> tuple[list[str], Path]:
     job = tmp / "job.toml"
     state = tmp / "state.db"
     if case.job is not None:
-        job.write_text(case.job.format(out=tmp / "out", tmp=tmp) if "{" in case.job and "{id}" not in case.job
-                       else case.job.replace("{out}", str(tmp / "out")).replace("{tmp}", str(tmp)))
+        job.write_text(
+            case.job.format(out=tmp / "out", tmp=tmp)
+            if "{" in case.job and "{id}" not in case.job
+            else case.job.replace("{out}", str(tmp / "out")).replace("{tmp}", str(tmp))
+        )
     if case.setup == "chmod000":
         job.chmod(0)
     elif case.setup == "latin1":
@@ -147,8 +222,11 @@ def _prepare(case: Case, tmp: Path) -> tuple[list[str], Path]:
 
 
 def _snapshot(tmp: Path) -> dict[str, str]:
-    return {p.relative_to(tmp).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(tmp.rglob("*")) if os.access(p, os.R_OK)}
+    return {
+        p.relative_to(tmp).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(tmp.rglob("*"))
+        if os.access(p, os.R_OK)
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -158,8 +236,15 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     args, _ = _prepare(case, tmp_path)
     before = _snapshot(tmp_path)
     env = {**os.environ, **case.env}
-    for name in ("PORTSHIFT_DEBUG", "PORTSHIFT_CHORUS_TOKEN", "PORTSHIFT_AZURE_SAS", "PORTSHIFT_GCS_KEY",
-                 "PORTSHIFT_AWS_ACCESS_KEY_ID", "PORTSHIFT_AWS_SECRET_ACCESS_KEY", "PORTSHIFT_SIGNING_KEY"):
+    for name in (
+        "PORTSHIFT_DEBUG",
+        "PORTSHIFT_CHORUS_TOKEN",
+        "PORTSHIFT_AZURE_SAS",
+        "PORTSHIFT_GCS_KEY",
+        "PORTSHIFT_AWS_ACCESS_KEY_ID",
+        "PORTSHIFT_AWS_SECRET_ACCESS_KEY",
+        "PORTSHIFT_SIGNING_KEY",
+    ):
         if name not in case.env:
             env.pop(name, None)
     prefix: list[str] = []

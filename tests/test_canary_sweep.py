@@ -39,16 +39,20 @@ def forms(secret: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[object]:
-    tenant = chorus.Tenant(chorus.TenantSpec(calls=24, seed=5, media_size=(1, 400_000), not_found_ratio=0.1,
-                                             forbidden_ratio=0.05))
+    tenant = chorus.Tenant(
+        chorus.TenantSpec(calls=24, seed=5, media_size=(1, 400_000), not_found_ratio=0.1, forbidden_ratio=0.05)
+    )
     with chorus.ChorusSimulator(tenant, token=CANARY) as sim:
-        sim.configure(faults=chorus.Faults(
-            throttle=chorus.Fault(ratio=0.2), retry_after="0",
-            server_error=chorus.Fault(ratio=0.2),
-            truncate=chorus.Fault(ratio=0.15),
-            reset=chorus.Fault(ratio=0.15),
-            expired_link=chorus.Fault(ratio=0.2),
-        ))
+        sim.configure(
+            faults=chorus.Faults(
+                throttle=chorus.Fault(ratio=0.2),
+                retry_after="0",
+                server_error=chorus.Fault(ratio=0.2),
+                truncate=chorus.Fault(ratio=0.15),
+                reset=chorus.Fault(ratio=0.15),
+                expired_link=chorus.Fault(ratio=0.2),
+            )
+        )
         yield sim
 
 
@@ -67,9 +71,24 @@ def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: obj
     (tmp_path / "tmp").mkdir()
     out_file, err_file = open(tmp_path / "stdout.txt", "wb"), open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [*PORTSHIFT, "--log-level", "debug", "--log-format", "json", "run", "--config", str(job),
-         "--state", str(tmp_path / "state.db"), "--secrets-from-stdin", "--no-progress"],
-        stdin=subprocess.PIPE, stdout=out_file, stderr=err_file, env=env,
+        [
+            *PORTSHIFT,
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            str(job),
+            "--state",
+            str(tmp_path / "state.db"),
+            "--secrets-from-stdin",
+            "--no-progress",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=out_file,
+        stderr=err_file,
+        env=env,
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"source": {"token": CANARY}}).encode())

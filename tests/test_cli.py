@@ -17,12 +17,12 @@ from portshift.errors import ExitCode
 from .support import PORTSHIFT, sha256sum_check
 
 
-def portshift(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def portshift(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PORTSHIFT_DEBUG", None)
-    return subprocess.run([*PORTSHIFT, *args], capture_output=True, text=True, env=full_env, input=input,
-                          cwd=cwd, timeout=120)
+    return subprocess.run([*PORTSHIFT, *args], capture_output=True, text=True, env=full_env, input=input, cwd=cwd, timeout=120)
 
 
 def write_job(tmp_path: Path, count: int = 4, extra_source: str = "", media_size: int = 5000) -> Path:
@@ -108,8 +108,12 @@ def test_a_secret_in_the_job_file_is_refused_and_never_echoed(tmp_path: Path) ->
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     r = portshift("run", "--config", str(tmp_path / "nope.toml"), env={"PORTSHIFT_DEBUG": "1"})
     assert r.returncode == ExitCode.USAGE
-    r2 = subprocess.run([*PORTSHIFT, "run", "--config", str(tmp_path / "nope.toml")], capture_output=True, text=True,
-                        env={**os.environ, "PORTSHIFT_DEBUG": "1"})
+    r2 = subprocess.run(
+        [*PORTSHIFT, "run", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PORTSHIFT_DEBUG": "1"},
+    )
     assert "Traceback" in r2.stderr and "does not exist" in r2.stderr
 
 
@@ -155,8 +159,12 @@ def test_plugin_loading_broken_duplicate_and_allow_list(tmp_path: Path) -> None:
     assert "portshift.default_plugins.local_sink" in dup.stderr
     none = portshift("plugins", "--json", env={**env, "PORTSHIFT_LOAD_PLUGINS": ""})
     names = {p["name"] for p in json.loads(none.stdout)["plugins"]}
-    assert names == {"portshift.default_plugins.local_sink", "portshift.default_plugins.example_source",
-                     "portshift.default_plugins.sha256sum_manifest", "portshift.default_plugins.bagit_manifest"}
+    assert names == {
+        "portshift.default_plugins.local_sink",
+        "portshift.default_plugins.example_source",
+        "portshift.default_plugins.sha256sum_manifest",
+        "portshift.default_plugins.bagit_manifest",
+    }
 
 
 LAZY_PLUGIN = """
@@ -186,8 +194,7 @@ def test_a_class_registered_by_reference_is_imported_only_when_a_job_uses_it(tmp
     _fake_distribution(site, "portshift-lazy", "portshift_lazy", LAZY_PLUGIN, "lazy")
     (site / "portshift_lazy_impl.py").write_text(LAZY_IMPL)
     env = {"PYTHONPATH": str(site), "PORTSHIFT_LOAD_PLUGINS": "portshift-lazy"}
-    other = portshift("run", "--config", str(write_job(tmp_path)), "--state", str(tmp_path / "a.db"), "--no-progress",
-                      env=env)
+    other = portshift("run", "--config", str(write_job(tmp_path)), "--state", str(tmp_path / "a.db"), "--no-progress", env=env)
     assert other.returncode == 0, other.stderr
     assert "LAZY-IMPL-IMPORTED" not in other.stderr  # a job with another sink never imports it
     lazy_job = tmp_path / "lazy.toml"
@@ -215,8 +222,12 @@ def test_secrets_from_stdin_must_be_json(tmp_path: Path) -> None:
 def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     job = write_job(tmp_path, count=30, media_size=8_000_000, extra_source="chunk_size = 4096\n")
     state = tmp_path / "s.db"
-    proc = subprocess.Popen([*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         done = list((tmp_path / "out").rglob("media.mp3")) if (tmp_path / "out").exists() else []
@@ -237,7 +248,14 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="prctl is Linux-only")
 def test_help_of_every_command_works() -> None:
-    for cmd in (["--help"], ["run", "--help"], ["check", "--help"], ["jobs", "--help"], ["jobs", "show", "--help"],
-                ["plugins", "--help"], ["verify", "--help"]):
+    for cmd in (
+        ["--help"],
+        ["run", "--help"],
+        ["check", "--help"],
+        ["jobs", "--help"],
+        ["jobs", "show", "--help"],
+        ["plugins", "--help"],
+        ["verify", "--help"],
+    ):
         r = portshift(*cmd)
         assert r.returncode == 0 and "Usage:" in r.stdout, cmd

@@ -51,8 +51,13 @@ def run(job: Path, state: Path, site: Path, kill: str | None) -> subprocess.Comp
     env.pop("PORTSHIFT_TEST_KILL", None)
     if kill:
         env["PORTSHIFT_TEST_KILL"] = kill
-    return subprocess.run([*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("kill", kill_points())

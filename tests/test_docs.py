@@ -111,8 +111,9 @@ def sections(text: str) -> list[tuple[int, str, str]]:
     prose = without_code(text)
     lines = prose.split("\n")
     raw = text.split("\n")
-    heads = [(i, len(m.group(1)), m.group(2).strip())
-             for i, line in enumerate(lines) if (m := re.match(r"^(#{1,6})\s+(.*)$", line))]
+    heads = [
+        (i, len(m.group(1)), m.group(2).strip()) for i, line in enumerate(lines) if (m := re.match(r"^(#{1,6})\s+(.*)$", line))
+    ]
     out = []
     for n, (i, level, title) in enumerate(heads):
         end = heads[n + 1][0] if n + 1 < len(heads) else len(lines)
@@ -211,17 +212,51 @@ def test_plugins_doc_names_the_contract() -> None:
     """The shapes, errors and helpers the brief promises plugin authors are all on the page."""
     text = read("plugins.md")
     heads = {t for _, t, _ in sections(text)}
-    for shape in ("Source", "Recording", "Window", "Artifact", "Opened", "Sink", "PutResult", "Reader",
-                  "ManifestWriter", "ManifestEntry", "StoredFile", "JobInfo", "FileExported"):
+    for shape in (
+        "Source",
+        "Recording",
+        "Window",
+        "Artifact",
+        "Opened",
+        "Sink",
+        "PutResult",
+        "Reader",
+        "ManifestWriter",
+        "ManifestEntry",
+        "StoredFile",
+        "JobInfo",
+        "FileExported",
+    ):
         assert f"### `{shape}`" in {f"### {h}" for h in heads}, f"no section for {shape}"
     import portshift.api as api
 
     for shape in api.__all__:
         assert f"`{shape}`" in text, f"portshift.api.{shape} is not documented"
-    for name in ("SkipRecording", "AuthError", "SourceError", "SinkError", "IntegrityError", "ConfigError", "RemoteError",
-                 "Secret", "secret_field", "register_mask", "ssl_context", "https_client", "require_https", "HttpsUrl",
-                 "Backoff", "parse_retry_after", "RateLimiter", "call_with_retries", "redact_url", "SinkContract",
-                 "SourceContract", "PORTSHIFT_LOAD_PLUGINS", "[project.entry-points.portshift]"):
+    for name in (
+        "SkipRecording",
+        "AuthError",
+        "SourceError",
+        "SinkError",
+        "IntegrityError",
+        "ConfigError",
+        "RemoteError",
+        "Secret",
+        "secret_field",
+        "register_mask",
+        "ssl_context",
+        "https_client",
+        "require_https",
+        "HttpsUrl",
+        "Backoff",
+        "parse_retry_after",
+        "RateLimiter",
+        "call_with_retries",
+        "redact_url",
+        "SinkContract",
+        "SourceContract",
+        "PORTSHIFT_LOAD_PLUGINS",
+        "[project.entry-points.portshift]",
+    ):
         assert name in text, f"{name} is not documented in docs/plugins.md"
     from portshift.testing import SinkContract, SourceContract
 
@@ -278,8 +313,12 @@ def test_every_cli_command_and_option_is_documented_and_exists() -> None:
     missing = sorted(" ".join(("portshift", *p)) for p in commands if p not in documented)
     assert not missing, f"commands missing from docs/cli.md (add a heading `portshift <command>`): {missing}"
     for path, cmd in commands.items():
-        shown = {opt for cell in first_cells(documented[path]) for tick in ticked(cell)
-                 for opt in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", tick)}
+        shown = {
+            opt
+            for cell in first_cells(documented[path])
+            for tick in ticked(cell)
+            for opt in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", tick)
+        }
         real = option_names(cmd) | HELP  # click adds -h/--help to every command
         where = "portshift " + " ".join(path)
         assert shown <= real, f"{where}: docs/cli.md shows options that do not exist: {sorted(shown - real)}"
@@ -306,8 +345,11 @@ def test_every_environment_variable_the_core_reads_is_documented() -> None:
     names: set[str] = set()
     for path in (REPO / "portshift").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"PORTSHIFT_[A-Z0-9_]+",
-                                                                                                 node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.fullmatch(r"PORTSHIFT_[A-Z0-9_]+", node.value)
+            ):
                 names.add(node.value)
     assert {"PORTSHIFT_DEBUG", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE"} <= names
     table = section(read("cli.md"), "Environment variables")
@@ -342,8 +384,15 @@ def test_key_template_example_is_what_portshift_builds() -> None:
     m = re.search(r'`key_template = "([^"]+)"` gives `([^`]+)`', read("job-file.md"))
     assert m, "docs/job-file.md should show a key_template example and the key it gives"
     check_template(m.group(1))
-    built = build_key(m.group(1), recording_id="ex0000000000", artifact="media", ext="mp3",
-                      started_at=datetime(2024, 1, 1, 9, tzinfo=timezone.utc), fields={"type": "meeting"}, source="example")
+    built = build_key(
+        m.group(1),
+        recording_id="ex0000000000",
+        artifact="media",
+        ext="mp3",
+        started_at=datetime(2024, 1, 1, 9, tzinfo=timezone.utc),
+        fields={"type": "meeting"},
+        source="example",
+    )
     assert built == m.group(2)
 
 
@@ -370,11 +419,17 @@ def _dummy_secret(env: str) -> str:
         pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        return json.dumps({
-            "type": "service_account", "project_id": "docs-test", "private_key_id": "0" * 40,
-            "private_key": pem.decode(), "client_email": "docs-test@docs-test.iam.gserviceaccount.com",
-            "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token",
-        })
+        return json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "docs-test",
+                "private_key_id": "0" * 40,
+                "private_key": pem.decode(),
+                "client_email": "docs-test@docs-test.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
     return DUMMY_SECRETS.get(env, "docs-test-credential-0123456789")
 
 
@@ -401,8 +456,9 @@ def example_memo_plugin(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.parametrize(("page", "body"), job_blocks())
-def test_job_files_in_the_docs_load(page: str, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    example_memo_plugin: None) -> None:
+def test_job_files_in_the_docs_load(
+    page: str, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example_memo_plugin: None
+) -> None:
     doc = tomllib.loads(body)
     not_installed = []
     for section_name, registry in (("source", plugins.sources()), ("sink", plugins.sinks())):
@@ -432,8 +488,11 @@ def test_job_files_in_the_docs_load(page: str, body: str, tmp_path: Path, monkey
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         key_file = tmp_path / "manifest-signing.pem"
-        key_file.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key_file.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         doc["job"]["signing_key_file"] = str(key_file)
     cfg = load_job(None, doc=doc)
     assert cfg.source_type == doc["source"]["type"] and cfg.sink_type == doc["sink"]["type"]
@@ -494,8 +553,12 @@ def test_manifest_doc_matches_real_output(tmp_path: Path) -> None:
     for doc_line, real_line in zip(doc_head, real_head):
         if _header_key(doc_line) in ("check with", "window", "files", "bytes", "source"):
             assert doc_line == real_line
-    shapes = {"job": r"# job: \d{8}T\d{6}Z-[0-9a-f]{6}", "started": r"# started: \S+", "finished": r"# finished: \S+",
-              "tool": r"# tool: portshift \S+"}
+    shapes = {
+        "job": r"# job: \d{8}T\d{6}Z-[0-9a-f]{6}",
+        "started": r"# started: \S+",
+        "finished": r"# finished: \S+",
+        "tool": r"# tool: portshift \S+",
+    }
     for line in doc_head + real_head:
         if _header_key(line) in shapes:
             assert re.fullmatch(shapes[_header_key(line)], line), line
@@ -538,8 +601,9 @@ def example_files() -> list[str]:
     return sorted(
         p.relative_to(EXAMPLE).as_posix()
         for p in EXAMPLE.rglob("*")
-        if p.is_file() and not (set(p.relative_to(EXAMPLE).parts) & skip) and not any(
-            part.endswith(".egg-info") for part in p.parts)
+        if p.is_file()
+        and not (set(p.relative_to(EXAMPLE).parts) & skip)
+        and not any(part.endswith(".egg-info") for part in p.parts)
     )
 
 

@@ -48,12 +48,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str | Path], cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run a command in ``cwd``: never in the repository, whose portshift/ folder ``python -c``
     would import instead of the installed copy."""
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env or clean_env(), cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, env=env or clean_env(), cwd=cwd, timeout=timeout
+    )
 
 
 def doc_blocks(text: str) -> list[tuple[str, str]]:
@@ -82,18 +84,42 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "".join(f"import site; site.addsitedir({p!r})\n" for p in sorted(ours))
     )
 
-    probe = run([python, "-c", "import importlib.util as u, setuptools; print(setuptools.__version__, "
-                 "bool(u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))"], base)
+    probe = run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u, setuptools; print(setuptools.__version__, "
+            "bool(u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')))",
+        ],
+        base,
+    )
     assert probe.returncode == 0 and probe.stdout.split()[1] == "True", (
         "building the example offline needs setuptools >= 70.1 (or the wheel package) in the environment running the "
         f"tests (`make setup` installs both); found: {probe.stdout.strip() or probe.stderr.strip()}"
     )
-    installed = run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
-                     "--disable-pip-version-check", "--quiet", core, plugin], base, timeout=300)
+    installed = run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--quiet",
+            core,
+            plugin,
+        ],
+        base,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
 
-    where = run([python, "-c", "import portshift, portshift_sink_memo; print(portshift.__file__); "
-                 "print(portshift_sink_memo.__file__)"], base)
+    where = run(
+        [python, "-c", "import portshift, portshift_sink_memo; print(portshift.__file__); print(portshift_sink_memo.__file__)"],
+        base,
+    )
     assert where.returncode == 0, where.stderr
     assert all(Path(p).is_relative_to(env_dir) for p in where.stdout.split()), f"not imported from the new venv: {where.stdout}"
     portshift = env_dir / "bin" / "portshift"
@@ -151,8 +177,11 @@ def test_a_job_runs_through_the_installed_plugin(venv: dict[str, Any], tmp_path:
     # GNU sha256sum checks the export, with no portshift involved
     check = run(["sha256sum", "-c", "--strict", "portshift-manifest.txt"], root)
     assert check.returncode == 0, check.stdout + check.stderr
-    manifest = [line.split("  ", 1) for line in (root / "portshift-manifest.txt").read_text().splitlines()
-                if line and not line.startswith("#")]
+    manifest = [
+        line.split("  ", 1)
+        for line in (root / "portshift-manifest.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert len(manifest) == 1 + 2 * doc["source"]["count"]  # the index, then media + metadata per call
     assert check.stdout.count(": OK") == len(manifest)
 

@@ -24,10 +24,29 @@ def test_a_running_export_is_hardened(tmp_path: Path) -> None:
     job = tmp_path / "job.toml"
     job.write_text(f'[source]\ntype = "example"\ncount = 1\n\n[sink]\ntype = "local"\npath = "{tmp_path / "out"}"\n')
     probe = tmp_path / "probe.json"
-    env = {**os.environ, "PYTHONPATH": str(site), "PORTSHIFT_LOAD_PLUGINS": "portshift-probe",
-           "PORTSHIFT_TEST_PROBE_OUT": str(probe)}
-    r = subprocess.run(["sh", "-c", 'ulimit -c unlimited && exec "$@"', "sh", *PORTSHIFT, "run", "--config", str(job),
-                        "--state", str(tmp_path / "s.db")], env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "PORTSHIFT_LOAD_PLUGINS": "portshift-probe",
+        "PORTSHIFT_TEST_PROBE_OUT": str(probe),
+    }
+    r = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'ulimit -c unlimited && exec "$@"',
+            "sh",
+            *PORTSHIFT,
+            "run",
+            "--config",
+            str(job),
+            "--state",
+            str(tmp_path / "s.db"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     seen = json.loads(probe.read_text())
     assert seen["core"] == [0, 0], "core dumps are still possible"

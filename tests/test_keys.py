@@ -62,9 +62,7 @@ any_text = st.one_of(
 )
 any_when = st.one_of(
     st.none(),
-    st.datetimes(
-        min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.sampled_from([timezone.utc])
-    ),
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.sampled_from([timezone.utc])),
 )
 TEMPLATES = [
     DEFAULT_TEMPLATE,

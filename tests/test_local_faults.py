@@ -29,8 +29,9 @@ needs_tmpfs = pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and 
 
 def job_file(tmp: Path, out: Path, count: int = 20, media_size: int = 200_000) -> Path:
     job = tmp / "job.toml"
-    job.write_text(f'[source]\ntype = "example"\ncount = {count}\nmedia_size = {media_size}\n\n'
-                   f'[sink]\ntype = "local"\npath = "{out}"\n')
+    job.write_text(
+        f'[source]\ntype = "example"\ncount = {count}\nmedia_size = {media_size}\n\n[sink]\ntype = "local"\npath = "{out}"\n'
+    )
     return job
 
 
@@ -38,8 +39,9 @@ def run_in_tmpfs(mountpoint: Path, size: str, args: list[str]) -> subprocess.Com
     """Run portshift with a tiny tmpfs mounted at ``mountpoint`` (in a private mount namespace)."""
     mountpoint.mkdir(exist_ok=True)
     script = f'mount -t tmpfs -o size={size} tmpfs "{mountpoint}" && exec "$@"'
-    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *PORTSHIFT, *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *PORTSHIFT, *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @needs_tmpfs
@@ -87,14 +89,17 @@ def test_a_read_only_state_file_is_refused_before_anything_is_exported(tmp_path:
     job = job_file(tmp_path, out, count=2)
     state = tmp_path / "ro" / "s.db"
     state.parent.mkdir()
-    assert run_job({"source": {"type": "example", "count": 1}, "sink": {"type": "local", "path": str(tmp_path / "o")}},
-                   state).status == "complete"
+    assert (
+        run_job({"source": {"type": "example", "count": 1}, "sink": {"type": "local", "path": str(tmp_path / "o")}}, state).status
+        == "complete"
+    )
     state.chmod(0o444)
     state.parent.chmod(0o555)
     try:
         prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
-        r = subprocess.run([*prefix, *PORTSHIFT, "run", "--config", str(job), "--state", str(state)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [*prefix, *PORTSHIFT, "run", "--config", str(job), "--state", str(state)], capture_output=True, text=True
+        )
     finally:
         state.parent.chmod(0o755)
         state.chmod(0o644)
@@ -107,8 +112,11 @@ def test_a_read_only_state_file_is_refused_before_anything_is_exported(tmp_path:
 def test_the_destination_vanishing_stops_the_job_and_its_return_resumes_it(tmp_path: Path) -> None:
     out = tmp_path / "dest"
     away = tmp_path / "unmounted"
-    doc = {"job": {"transfers": 1}, "source": {"type": "example", "count": 10, "media_size": 1000},
-           "sink": {"type": "local", "path": str(out)}}
+    doc = {
+        "job": {"transfers": 1},
+        "source": {"type": "example", "count": 10, "media_size": 1000},
+        "sink": {"type": "local", "path": str(out)},
+    }
     seen: list[str] = []
 
     def on_file(job, file) -> None:  # noqa: ANN001

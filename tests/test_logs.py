@@ -106,8 +106,17 @@ def test_secrets_are_scrubbed_everywhere_in_a_record(fmt: str) -> None:
     for form in _forms(canary) + _forms(assertion):
         assert form not in text, (form, text)
     # the records were written (a dropped record would pass the check above trivially)
-    for marker in ("in the message", "in the args", "url-encoded", "base64", "Making request", "extra secret",
-                   "with a traceback", "RuntimeError", "stack"):
+    for marker in (
+        "in the message",
+        "in the args",
+        "url-encoded",
+        "base64",
+        "Making request",
+        "extra secret",
+        "with a traceback",
+        "RuntimeError",
+        "stack",
+    ):
         assert marker in text, marker
     assert text.count(REDACTED) >= 9
     if fmt == "json":

@@ -72,6 +72,7 @@ class PropSource(Source):
     def artifacts(self, recording: Recording) -> Iterator[Artifact]:
         gen = next(r for r in self.recordings_to_send if r.id == recording.id)
         for a in gen.artifacts:
+
             def open_(a: GenArtifact = a) -> Opened:
                 return Opened(chunks=_chunks(a.content, a.cuts), size=len(a.content) if a.declare else None)
 

@@ -168,7 +168,7 @@ def test_an_empty_credential_in_the_secrets_document_is_refused(tmp_path: Path, 
 # --- the job file's shape ------------------------------------------------------------------------
 def test_unknown_key_lists_the_valid_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, CANARY)
-    msg = error_of(tmp_path, SRC + 'cuont = 3\n' + SINK)
+    msg = error_of(tmp_path, SRC + "cuont = 3\n" + SINK)
     assert "[source] unknown key 'cuont'" in msg
     assert "valid keys: count, endpoint, labels, token, token_file" in msg
     msg = error_of(tmp_path, "[job]\ntransfer = 3\n" + SRC + SINK)

@@ -102,16 +102,17 @@ class FlakySource(Source):
             n = FlakySource.attempts.get(rec.id, 0)
             FlakySource.attempts[rec.id] = n + 1
             if n < self.fail.get(rec.id, 0):
+
                 def broken() -> Iterator[bytes]:
                     yield data[:1000]
                     raise ConnectionResetError("connection reset by peer")
+
                 return Opened(chunks=broken(), size=len(data))
             if rec.id in self.truncate:
                 return Opened(chunks=iter([data[:-5]]), size=len(data))
             return Opened(chunks=iter([data[:7], data[7:]]), size=len(data))
 
-        yield Artifact(name="media", open=open_, extension="bin",
-                       sha256=("0" * 64) if rec.id in self.wrong_hash else None)
+        yield Artifact(name="media", open=open_, extension="bin", sha256=("0" * 64) if rec.id in self.wrong_hash else None)
 
 
 @pytest.fixture
@@ -125,8 +126,11 @@ def flaky():
 def flaky_doc(out: Path, count: int = 10, **behaviour: object) -> dict:
     for name, value in behaviour.items():
         setattr(FlakySource, name, value)
-    return {"job": {"transfers": 2, "retries": 2}, "source": {"type": "flaky", "count": count},
-            "sink": {"type": "local", "path": str(out)}}
+    return {
+        "job": {"transfers": 2, "retries": 2},
+        "source": {"type": "flaky", "count": count},
+        "sink": {"type": "local", "path": str(out)},
+    }
 
 
 def test_transient_failures_are_retried_and_the_job_completes(tmp_path: Path, flaky) -> None:  # noqa: ANN001
@@ -284,8 +288,12 @@ def test_a_failing_lifecycle_hook_never_changes_the_outcome(tmp_path: Path, capl
     def boom(**kwargs: object) -> None:
         raise RuntimeError("observer bug")
 
-    with plugin("test-broken-observer", job_started=lambda job, resumed: boom(),
-                file_exported=lambda job, file: boom(), job_finished=lambda job, manifest_sha256: boom()):
+    with plugin(
+        "test-broken-observer",
+        job_started=lambda job, resumed: boom(),
+        file_exported=lambda job, file: boom(),
+        job_finished=lambda job, manifest_sha256: boom(),
+    ):
         result = run_job(example_doc(tmp_path / "out", count=2), tmp_path / "s.db")
     assert result.status == "complete" and result.files == 4
     assert "file_exported hook failed (RuntimeError); ignored" in caplog.text

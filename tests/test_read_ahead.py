@@ -211,10 +211,15 @@ def big():
 
 @pytest.mark.parametrize("declare_size", [True, False])
 def test_large_artifacts_are_read_ahead_retried_after_a_source_error_and_verified(
-    tmp_path: Path, big, declare_size: bool  # noqa: ANN001
+    tmp_path: Path,
+    big,
+    declare_size: bool,  # noqa: ANN001
 ) -> None:
-    doc = {"job": {"transfers": 2, "retries": 2}, "source": {"type": "big", "count": 2, "declare_size": declare_size},
-           "sink": {"type": "local", "path": str(tmp_path / "out")}}
+    doc = {
+        "job": {"transfers": 2, "retries": 2},
+        "source": {"type": "big", "count": 2, "declare_size": declare_size},
+        "sink": {"type": "local", "path": str(tmp_path / "out")},
+    }
     result = run_job(doc, tmp_path / "s.db")
     assert result.status == "complete", result.failed
     assert big.attempts == {"r0": 2, "r1": 1}
@@ -229,11 +234,15 @@ def test_large_artifacts_are_read_ahead_retried_after_a_source_error_and_verifie
 
 
 def test_cancel_during_a_silent_large_download_ends_the_job_promptly_without_a_leftover_thread(
-    tmp_path: Path, big  # noqa: ANN001
+    tmp_path: Path,
+    big,  # noqa: ANN001
 ) -> None:
     big.stall = True
-    doc = {"job": {"transfers": 1, "retries": 0}, "source": {"type": "big", "count": 1},
-           "sink": {"type": "local", "path": str(tmp_path / "out")}}
+    doc = {
+        "job": {"transfers": 1, "retries": 0},
+        "source": {"type": "big", "count": 1},
+        "sink": {"type": "local", "path": str(tmp_path / "out")},
+    }
     cancel = threading.Event()
     out: dict[str, object] = {}
 

@@ -14,7 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import portshift.retry as retry_mod
-from portshift.retry import Backoff, RateLimiter, call_with_retries, parse_retry_after
+from portshift.errors import Interrupted
+from portshift.retry import Attempts, Backoff, RateLimiter, call_with_retries, parse_retry_after
 
 NOW = 1_700_000_000.0
 
@@ -224,8 +225,12 @@ class Flaky:
         return self.result
 
 
-def _run(fn: Callable[[], str], attempts: int = 4, should_retry: Callable[[BaseException], bool] = lambda e: True,
-         hint: Callable[[BaseException], float | None] = lambda e: None) -> tuple[list[float], list[tuple[int, str, float]]]:
+def _run(
+    fn: Callable[[], str],
+    attempts: int = 4,
+    should_retry: Callable[[BaseException], bool] = lambda e: True,
+    hint: Callable[[BaseException], float | None] = lambda e: None,
+) -> tuple[list[float], list[tuple[int, str, float]]]:
     slept: list[float] = []
     events: list[tuple[int, str, float]] = []
     call_with_retries(
@@ -281,3 +286,55 @@ def test_ctrl_c_and_exit_are_never_retried(exc: type[BaseException]) -> None:
     with pytest.raises(exc):
         _run(fn, attempts=4, should_retry=lambda e: True)  # a lenient predicate, as plugins write them
     assert fn.calls == 1
+
+
+# --- cancel and budget ----------------------------------------------------------------------------
+def test_a_long_backoff_ends_within_milliseconds_of_cancel() -> None:
+    cancel = threading.Event()
+    fn = Flaky([ConnectionError()] * 3)
+    threading.Timer(0.2, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        call_with_retries(fn, backoff=Backoff(attempts=5), should_retry=lambda e: True, hint=lambda e: 60.0, cancel=cancel)
+    assert time.monotonic() - started < 1.0
+    assert fn.calls == 1
+
+
+def test_nothing_is_retried_once_cancel_is_set() -> None:
+    cancel = threading.Event()
+    cancel.set()
+    fn = Flaky([ConnectionError()])
+    with pytest.raises(ConnectionError):
+        call_with_retries(fn, backoff=Backoff(attempts=5), should_retry=lambda e: True, cancel=cancel)
+    assert fn.calls == 1
+
+
+def test_the_rate_limiter_wait_is_cancellable() -> None:
+    limiter = RateLimiter(rate=1.0)
+    limiter.pause(60.0)
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        limiter.acquire(cancel)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_budget_keeps_retrying_past_the_attempts_until_the_waiting_adds_up() -> None:
+    slept: list[float] = []
+    attempts = Attempts(Backoff(base=10.0, cap=10.0, attempts=2, budget=35.0, rng=random.Random(3)), sleep=slept.append)
+    error = ConnectionError("still limited")
+    with pytest.raises(ConnectionError):
+        while True:
+            attempts.backoff(error, hint=10.0)
+    # 2 attempts allowed, then waiting goes on while it stays within 35 s: 10 + 10 + 10
+    assert slept == [10.0, 10.0, 10.0]
+    assert attempts.count == 4 and attempts.waited == 30.0
+
+
+def test_without_a_budget_the_attempts_are_the_limit() -> None:
+    attempts = Attempts(Backoff(attempts=3), sleep=lambda s: None)
+    with pytest.raises(KeyError):
+        for _ in range(10):
+            attempts.backoff(KeyError("x"))
+    assert attempts.count == 3

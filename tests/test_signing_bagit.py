@@ -24,15 +24,31 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def doc(out: Path, **job: object) -> dict:
-    return {"job": job, "source": {"type": "example", "count": 4, "media_size": 3000},
-            "sink": {"type": "local", "path": str(out)}}
+    return {
+        "job": job,
+        "source": {"type": "example", "count": 4, "media_size": 3000},
+        "sink": {"type": "local", "path": str(out)},
+    }
 
 
 def openssl_verify(root: Path, pub: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub), "-rawin",
-         "-in", "portshift-manifest.txt", "-sigfile", "portshift-manifest.txt.sig"],
-        cwd=root, capture_output=True, text=True,
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            str(pub),
+            "-rawin",
+            "-in",
+            "portshift-manifest.txt",
+            "-sigfile",
+            "portshift-manifest.txt.sig",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -106,9 +106,7 @@ def test_trust_variables_in_the_environment_add_no_ca(
     assert r.status_code == 200 and r.text == "hello over tls"
 
 
-def test_a_tls_1_1_only_server_is_refused(
-    tls_material: TLSMaterial, https_server_factory: Callable[..., HTTPSServer]
-) -> None:
+def test_a_tls_1_1_only_server_is_refused(tls_material: TLSMaterial, https_server_factory: Callable[..., HTTPSServer]) -> None:
     old = https_server_factory(tls11_only=True)
     # control: a deliberately loosened client shows whether this OpenSSL can speak TLS 1.1 at all
     loose = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -31,7 +31,10 @@ def test_an_export_writes_only_to_the_destination_and_the_state_db(tmp_path: Pat
     trace = tmp_path / "trace.txt"
     r = subprocess.run(
         ["strace", "-f", "-y", "-qq", "-o", str(trace), "-e", "trace=%file,write,pwrite64,writev", *cmd],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     allowed_prefixes = (str(out) + "/", str(state), str(state) + "-", str(state.parent / "state.db.locks") + "/")

@@ -75,8 +75,14 @@ class FaultySource(ExampleSource):
 
                 return Opened(chunks=chunks(), size=opened.size, content_type=opened.content_type)
 
-            yield Artifact(name=art.name, open=open_, extension=art.extension, size=art.size, sha256=art.sha256,
-                           content_type=art.content_type)
+            yield Artifact(
+                name=art.name,
+                open=open_,
+                extension=art.extension,
+                size=art.size,
+                sha256=art.sha256,
+                content_type=art.content_type,
+            )
 
 
 class FaultySink(LocalSink):

@@ -17,5 +17,4 @@ def job_started(job, resumed):  # noqa: ANN001, ANN201
     with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
         cmdline = f.read().decode(errors="replace")
     with open(out, "w") as f:
-        json.dump({"core": list(resource.getrlimit(resource.RLIMIT_CORE)), "dumpable": is_dumpable(),
-                   "cmdline": cmdline}, f)
+        json.dump({"core": list(resource.getrlimit(resource.RLIMIT_CORE)), "dumpable": is_dumpable(), "cmdline": cmdline}, f)

@@ -41,8 +41,10 @@ MAX_BODY = 64 * 1024
 SIGNUP_TEXT = re.compile(_SIGNUP_TEXT)
 SIGNUP_NAME = re.compile(_SIGNUP_NAME)
 EMAIL = re.compile(_EMAIL)
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = [
     (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
     (b"content-security-policy", CSP.encode()),
@@ -104,8 +106,9 @@ class SecurityHeaders:
             if not response_started:
                 await error(500, "internal error")(scope, receive, send_with_headers)
         finally:
-            log.info("%s %s %s %.0fms", scope["method"], _route_for_log(scope["path"]), status,
-                     (time.monotonic() - started) * 1000)
+            log.info(
+                "%s %s %s %.0fms", scope["method"], _route_for_log(scope["path"]), status, (time.monotonic() - started) * 1000
+            )
 
 
 def _route_for_log(path: str) -> str:
@@ -298,8 +301,11 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        detail = exc.detail if exc.status_code in (400, 413, 415) else {404: "not found", 405: "method not allowed"}.get(
-            exc.status_code, "request refused")
+        detail = (
+            exc.detail
+            if exc.status_code in (400, 413, 415)
+            else {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
+        )
         return error(exc.status_code, detail, dict(exc.headers or {}))
 
     @asynccontextmanager

@@ -63,9 +63,7 @@ class ServiceDB:
             if "jobs" not in self.db.table_names():
                 self.db["jobs"].create(JOB_COLUMNS, pk="id", not_null={"status"})
             if "signups" not in self.db.table_names():
-                self.db["signups"].create(
-                    {"id": int, "created_at": str, "name": str, "email": str, "company": str}, pk="id"
-                )
+                self.db["signups"].create({"id": int, "created_at": str, "name": str, "email": str, "company": str}, pk="id")
             if "rate_limits" not in self.db.table_names():
                 self.db["rate_limits"].create(
                     {"key": str, "bucket": str, "window_start": float, "count": int}, pk=("key", "bucket")
@@ -81,8 +79,15 @@ class ServiceDB:
 
     # --- jobs ---------------------------------------------------------------------------------
     def insert_job(self, **row: Any) -> None:
-        base = {"created_at": now_iso(), "attempts": 0, "file_count": 0, "byte_count": 0,
-                "recordings_done": 0, "recordings_failed": 0, "recordings_skipped": 0}
+        base = {
+            "created_at": now_iso(),
+            "attempts": 0,
+            "file_count": 0,
+            "byte_count": 0,
+            "recordings_done": 0,
+            "recordings_failed": 0,
+            "recordings_skipped": 0,
+        }
         base.update(row)
         with self._lock:
             self.db["jobs"].insert(base)
@@ -98,8 +103,10 @@ class ServiceDB:
 
     def unfinished_jobs(self) -> list[str]:
         with self._lock:
-            return [r["id"] for r in self.db.query(
-                "select id from jobs where status not in ('complete', 'partial', 'failed', 'cancelled')")]
+            return [
+                r["id"]
+                for r in self.db.query("select id from jobs where status not in ('complete', 'partial', 'failed', 'cancelled')")
+            ]
 
     # --- sign-ups -----------------------------------------------------------------------------
     def add_signup(self, name: str, email: str, company: str) -> None:

@@ -126,8 +126,12 @@ class JobManager:
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(jobs_dir, 0o700)
         for job_id in db.unfinished_jobs():
-            db.update_job(job_id, status="failed", finished_at=now_iso(),
-                          error="the service stopped while this job ran; nothing exported is lost: resume the job to continue")
+            db.update_job(
+                job_id,
+                status="failed",
+                finished_at=now_iso(),
+                error="the service stopped while this job ran; nothing exported is lost: resume the job to continue",
+            )
 
     # --- API --------------------------------------------------------------------------------------
     def create(self, doc: Any) -> str:
@@ -194,8 +198,11 @@ class JobManager:
             "attempts": row["attempts"],
             "files": row["file_count"] or 0,
             "bytes": row["byte_count"] or 0,
-            "recordings": {"done": row["recordings_done"] or 0, "failed": row["recordings_failed"] or 0,
-                           "skipped": row["recordings_skipped"] or 0},
+            "recordings": {
+                "done": row["recordings_done"] or 0,
+                "failed": row["recordings_failed"] or 0,
+                "skipped": row["recordings_skipped"] or 0,
+            },
             "export_root": row["export_root"],
             "manifest_sha256": row["manifest_sha256"],
             "error": row["error"],
@@ -277,14 +284,24 @@ class JobManager:
             return
         for prefix in ("portshift: error: ", "portshift: internal error: "):
             if line.startswith(prefix):
-                run.error_line = sanitize_message(line[len(prefix):], 500)
+                run.error_line = sanitize_message(line[len(prefix) :], 500)
 
     def _progress(self, run: Run) -> dict[str, Any] | None:
         st = read_state(run.spec.state_file)
         if st is None:
             return None
-        values = {k: st[k] for k in ("file_count", "byte_count", "recordings_done", "recordings_failed",
-                                     "recordings_skipped", "portshift_job_id", "export_root")}
+        values = {
+            k: st[k]
+            for k in (
+                "file_count",
+                "byte_count",
+                "recordings_done",
+                "recordings_failed",
+                "recordings_skipped",
+                "portshift_job_id",
+                "export_root",
+            )
+        }
         return {**values, "_state": st}
 
     def _monitor(self, run: Run) -> None:
@@ -321,8 +338,7 @@ class JobManager:
             status, error = "cancelled", "cancelled; nothing exported is lost: resume the job to continue"
         elif rc < 0:
             status = "failed"
-            error = (f"the worker stopped unexpectedly (signal {-rc}); nothing exported is lost: "
-                     "resume the job to continue")
+            error = f"the worker stopped unexpectedly (signal {-rc}); nothing exported is lost: resume the job to continue"
         elif rc == EXIT_INTERRUPTED:
             status, error = "failed", "the worker was interrupted; resume the job to continue"
         elif rc == EXIT_LOCKED:
@@ -330,8 +346,7 @@ class JobManager:
         else:
             status = "failed"
             error = run.error_line or st.get("state_error") or f"the worker ended with exit code {rc}"
-        values.update(status=status, finished_at=now_iso(), exit_code=rc,
-                      error=sanitize_message(error, 500) if error else None)
+        values.update(status=status, finished_at=now_iso(), exit_code=rc, error=sanitize_message(error, 500) if error else None)
         if status == "complete":
             values["manifest_sha256"] = manifest
         self.db.update_job(run.job_id, **values)

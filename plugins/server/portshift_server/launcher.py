@@ -53,9 +53,20 @@ class JobSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "portshift", "--log-format", "json", "run",
-                "--config", str(self.job_file), "--state", str(self.state_file),
-                "--secrets-from-stdin", "--no-progress"]
+        return [
+            sys.executable,
+            "-m",
+            "portshift",
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            str(self.job_file),
+            "--state",
+            str(self.state_file),
+            "--secrets-from-stdin",
+            "--no-progress",
+        ]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_ALLOW}

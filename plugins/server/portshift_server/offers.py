@@ -28,8 +28,10 @@ else:  # pragma: no cover
 
 FIELD_TYPES = ("string", "integer", "number", "boolean")
 #: Option names a request may never set, whatever the configuration says.
-NEVER_USER_SETTABLE = re.compile(r"(_file$|^ca_bundle$|^credential_chain$|^application_default_credentials$|^anonymous$|"
-                                 r"^endpoint_url$|^api_endpoint$|^base_url$|^signing_key)")
+NEVER_USER_SETTABLE = re.compile(
+    r"(_file$|^ca_bundle$|^credential_chain$|^application_default_credentials$|^anonymous$|"
+    r"^endpoint_url$|^api_endpoint$|^base_url$|^signing_key)"
+)
 MAX_STRING = 2048
 MAX_SECRET = 16 * 1024
 MAX_INTEGER = 2**53
@@ -68,8 +70,9 @@ class Offer:
         return {
             "type": self.type,
             "label": self.label,
-            "fields": [{"name": f.name, "kind": f.kind, "required": f.required, "label": f.label or f.name}
-                       for f in self.fields.values()],
+            "fields": [
+                {"name": f.name, "kind": f.kind, "required": f.required, "label": f.label or f.name} for f in self.fields.values()
+            ],
             "secrets": [{"name": n, "required": r} for n, r in self.secrets.items()],
         }
 
@@ -78,32 +81,48 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
     offers = [
         Offer("source", "chorus", "Chorus by ZoomInfo", secrets={"token": True}),
         Offer(
-            "sink", "s3", "Amazon S3",
-            fields={"bucket": Field_("bucket", required=True, label="Bucket"),
-                    "prefix": Field_("prefix", label="Prefix"),
-                    "region": Field_("region", required=True, label="Region")},
+            "sink",
+            "s3",
+            "Amazon S3",
+            fields={
+                "bucket": Field_("bucket", required=True, label="Bucket"),
+                "prefix": Field_("prefix", label="Prefix"),
+                "region": Field_("region", required=True, label="Region"),
+            },
             secrets={"access_key_id": True, "secret_access_key": True, "session_token": False},
             fixed={"credential_chain": False},
         ),
         Offer(
-            "sink", "azure", "Azure Blob Storage",
-            fields={"account_url": Field_("account_url", required=True, label="Account URL (https://<account>.blob.core.windows.net)"),
-                    "container": Field_("container", required=True, label="Container"),
-                    "prefix": Field_("prefix", label="Prefix")},
+            "sink",
+            "azure",
+            "Azure Blob Storage",
+            fields={
+                "account_url": Field_(
+                    "account_url", required=True, label="Account URL (https://<account>.blob.core.windows.net)"
+                ),
+                "container": Field_("container", required=True, label="Container"),
+                "prefix": Field_("prefix", label="Prefix"),
+            },
             secrets={"sas": True},
         ),
         Offer(
-            "sink", "gcs", "Google Cloud Storage",
-            fields={"bucket": Field_("bucket", required=True, label="Bucket"),
-                    "prefix": Field_("prefix", label="Prefix")},
+            "sink",
+            "gcs",
+            "Google Cloud Storage",
+            fields={"bucket": Field_("bucket", required=True, label="Bucket"), "prefix": Field_("prefix", label="Prefix")},
             secrets={"key": True},
             fixed={"application_default_credentials": False, "anonymous": False},
         ),
     ]
     if local_root is not None:
-        offers.append(Offer("sink", "local", "A folder on the server (trials)",
-                            fields={"folder": Field_("folder", label="Folder under the server's export root",
-                                                     pattern=_FOLDER.pattern)}))
+        offers.append(
+            Offer(
+                "sink",
+                "local",
+                "A folder on the server (trials)",
+                fields={"folder": Field_("folder", label="Folder under the server's export root", pattern=_FOLDER.pattern)},
+            )
+        )
     return {(o.section, o.type): o for o in offers}
 
 
@@ -117,8 +136,7 @@ class Catalogue:
     transfers: int = 4
 
     def describe(self) -> dict[str, Any]:
-        return {"sources": [o.describe() for o in self.sources.values()],
-                "sinks": [o.describe() for o in self.sinks.values()]}
+        return {"sources": [o.describe() for o in self.sources.values()], "sinks": [o.describe() for o in self.sinks.values()]}
 
     def offer(self, section: str, type_: Any) -> Offer:
         table = self.sources if section == "source" else self.sinks
@@ -130,17 +148,17 @@ class Catalogue:
 def load_catalogue(config_path: Path | None, local_root: Path | None, transfers: int = 4) -> Catalogue:
     """The built-in offers, changed by the operator's service configuration (TOML)::
 
-        sources = ["chorus"]                 # offered source types, in order
-        sinks = ["s3", "azure", "gcs"]       # offered sink types (local needs --local-root)
+    sources = ["chorus"]                 # offered source types, in order
+    sinks = ["s3", "azure", "gcs"]       # offered sink types (local needs --local-root)
 
-        [source.chorus.fixed]                # options set by the operator for every job
-        ca_bundle = "/etc/portshift/chorus-ca.pem"
+    [source.chorus.fixed]                # options set by the operator for every job
+    ca_bundle = "/etc/portshift/chorus-ca.pem"
 
-        [source.acme]                        # a source from another plugin
-        label = "Acme Calls"
-        fields = { region = "string" }       # options a request may set (string/integer/number/boolean)
-        required = ["region"]
-        secrets = { api_key = true }         # credentials a request carries (true = required)
+    [source.acme]                        # a source from another plugin
+    label = "Acme Calls"
+    fields = { region = "string" }       # options a request may set (string/integer/number/boolean)
+    required = ["region"]
+    secrets = { api_key = true }         # credentials a request carries (true = required)
     """
     builtin = _builtin_offers(local_root)
     doc: dict[str, Any] = {}
@@ -210,8 +228,10 @@ def _offer(section: str, name: str, base: Offer | None, table: dict[str, Any]) -
     offer.fixed.update(fixed)
     for fname in offer.fields:
         if NEVER_USER_SETTABLE.search(fname) and not (name == "local" and fname == "folder"):
-            raise ConfigError(f"{where}: {fname!r} must not be settable by a request (it reads server files or "
-                              "chooses endpoints or the server's own identity); put it under fixed")
+            raise ConfigError(
+                f"{where}: {fname!r} must not be settable by a request (it reads server files or "
+                "chooses endpoints or the server's own identity); put it under fixed"
+            )
         if fname in offer.fixed or fname in offer.secrets or fname == "type":
             raise ConfigError(f"{where}: {fname!r} is both a request field and a fixed option or secret")
     for sname in offer.secrets:
@@ -333,11 +353,13 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
         folder = snk_opts.pop("folder", None) or job_id  # checked against its pattern; a job id is URL-safe base64
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
-    text = to_toml({
-        "job": job,
-        "source": {"type": src_offer.type, **src_offer.fixed, **src_opts},
-        "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
-    })
+    text = to_toml(
+        {
+            "job": job,
+            "source": {"type": src_offer.type, **src_offer.fixed, **src_opts},
+            "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
+        }
+    )
     return BuiltJob(text, _credentials(src_creds, snk_creds), src_offer.type, snk_offer.type)
 
 

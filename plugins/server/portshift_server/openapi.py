@@ -38,8 +38,13 @@ def _offer_schema(offer: Offer, secrets_only: bool = False) -> dict[str, Any]:
             if f.required:
                 required.append(f.name)
     for name, req in offer.secrets.items():
-        props[name] = {"type": "string", "format": "password", "writeOnly": True, "maxLength": 16384,
-                       "description": "a credential: handed to the job's worker over a pipe, never stored or echoed"}
+        props[name] = {
+            "type": "string",
+            "format": "password",
+            "writeOnly": True,
+            "maxLength": 16384,
+            "description": "a credential: handed to the job's worker over a pipe, never stored or echoed",
+        }
         if req:
             required.append(name)
             props[name]["minLength"] = 1
@@ -59,12 +64,20 @@ def _json(schema_ref: str, description: str) -> dict[str, Any]:
 
 
 def spec(catalogue: Catalogue) -> dict[str, Any]:
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
-              "description": "the random job id returned when the job was created"}
-    limited = {"429": {**_err("rate limited; see Retry-After"),
-                       "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
-    date = {"type": "string", "format": "date", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-            "description": "YYYY-MM-DD; since must be before until"}
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the random job id returned when the job was created",
+    }
+    limited = {"429": {**_err("rate limited; see Retry-After"), "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+    date = {
+        "type": "string",
+        "format": "date",
+        "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        "description": "YYYY-MM-DD; since must be before until",
+    }
     job = {
         "type": "object",
         "properties": {
@@ -92,82 +105,129 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "title": "portshift service",
             "version": __version__,
             "description": "Export call recordings into your own bucket. Credentials sent to this API are handed "
-                           "to one fresh worker process per job over a pipe and are never stored, logged or echoed.",
+            "to one fresh worker process per job over a pipe and are never stored, logged or echoed.",
         },
         "paths": {
             "/api/health": {"get": {"summary": "liveness", "responses": {"200": {"description": "up"}}}},
-            "/api/offers": {"get": {"summary": "source and sink types offered, with their fields",
-                                    "responses": {"200": {"description": "the offers"}}}},
-            "/api/jobs": {"post": {
-                "summary": "start an export job",
-                "requestBody": _body("JobRequest"),
-                "responses": {"201": _json("#/components/schemas/Job", "started"),
-                              "400": _err("invalid request (the message names the field, never its value)"),
-                              "403": _err("cross-origin request"), "413": _err("body too large"),
-                              "415": _err("not application/json"), **limited,
-                              "503": _err("too many jobs running")},
-            }},
-            "/api/jobs/{job_id}": {"get": {
-                "summary": "a job's status and progress", "parameters": [job_id],
-                "responses": {"200": _json("#/components/schemas/Job", "the job"), "404": _err("no such job")},
-            }},
-            "/api/jobs/{job_id}/events": {"get": {
-                "summary": "server-sent events: `status` (a Job document) on every change, then `end`",
-                "parameters": [job_id],
-                "responses": {"200": {"description": "an event stream",
-                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                              "404": _err("no such job")},
-            }},
-            "/api/jobs/{job_id}/cancel": {"post": {
-                "summary": "stop a running job cleanly (it can be resumed)", "parameters": [job_id],
-                "responses": {"202": _json("#/components/schemas/Job", "cancelling"), "403": _err("cross-origin request"),
-                              "404": _err("no such job"), "409": _err("not running")},
-            }},
-            "/api/jobs/{job_id}/resume": {"post": {
-                "summary": "resume a failed, partial or cancelled job: send its credentials again",
-                "parameters": [job_id],
-                "requestBody": _body("ResumeRequest"),
-                "responses": {"202": _json("#/components/schemas/Job", "resumed"), "400": _err("invalid request"),
-                              "403": _err("cross-origin request"), "404": _err("no such job"),
-                              "409": _err("the job cannot be resumed now"), "413": _err("body too large"),
-                              "415": _err("not application/json"), **limited, "503": _err("too many jobs running")},
-            }},
-            "/api/signups": {"post": {
-                "summary": "early-access sign-up",
-                "requestBody": _body("Signup"),
-                "responses": {"201": {"description": "stored"}, "400": _err("invalid"), "403": _err("cross-origin request"),
-                              "413": _err("body too large"), "415": _err("not application/json"), **limited},
-            }},
+            "/api/offers": {
+                "get": {
+                    "summary": "source and sink types offered, with their fields",
+                    "responses": {"200": {"description": "the offers"}},
+                }
+            },
+            "/api/jobs": {
+                "post": {
+                    "summary": "start an export job",
+                    "requestBody": _body("JobRequest"),
+                    "responses": {
+                        "201": _json("#/components/schemas/Job", "started"),
+                        "400": _err("invalid request (the message names the field, never its value)"),
+                        "403": _err("cross-origin request"),
+                        "413": _err("body too large"),
+                        "415": _err("not application/json"),
+                        **limited,
+                        "503": _err("too many jobs running"),
+                    },
+                }
+            },
+            "/api/jobs/{job_id}": {
+                "get": {
+                    "summary": "a job's status and progress",
+                    "parameters": [job_id],
+                    "responses": {"200": _json("#/components/schemas/Job", "the job"), "404": _err("no such job")},
+                }
+            },
+            "/api/jobs/{job_id}/events": {
+                "get": {
+                    "summary": "server-sent events: `status` (a Job document) on every change, then `end`",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": {
+                            "description": "an event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "404": _err("no such job"),
+                    },
+                }
+            },
+            "/api/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "stop a running job cleanly (it can be resumed)",
+                    "parameters": [job_id],
+                    "responses": {
+                        "202": _json("#/components/schemas/Job", "cancelling"),
+                        "403": _err("cross-origin request"),
+                        "404": _err("no such job"),
+                        "409": _err("not running"),
+                    },
+                }
+            },
+            "/api/jobs/{job_id}/resume": {
+                "post": {
+                    "summary": "resume a failed, partial or cancelled job: send its credentials again",
+                    "parameters": [job_id],
+                    "requestBody": _body("ResumeRequest"),
+                    "responses": {
+                        "202": _json("#/components/schemas/Job", "resumed"),
+                        "400": _err("invalid request"),
+                        "403": _err("cross-origin request"),
+                        "404": _err("no such job"),
+                        "409": _err("the job cannot be resumed now"),
+                        "413": _err("body too large"),
+                        "415": _err("not application/json"),
+                        **limited,
+                        "503": _err("too many jobs running"),
+                    },
+                }
+            },
+            "/api/signups": {
+                "post": {
+                    "summary": "early-access sign-up",
+                    "requestBody": _body("Signup"),
+                    "responses": {
+                        "201": {"description": "stored"},
+                        "400": _err("invalid"),
+                        "403": _err("cross-origin request"),
+                        "413": _err("body too large"),
+                        "415": _err("not application/json"),
+                        **limited,
+                    },
+                }
+            },
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
-            "Job": job,
-            "JobRequest": {
-                "type": "object",
-                "properties": {
-                    "source": {"oneOf": [_offer_schema(o) for o in catalogue.sources.values()]},
-                    "sink": {"oneOf": [_offer_schema(o) for o in catalogue.sinks.values()]},
-                    "since": date,
-                    "until": date,
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+                "Job": job,
+                "JobRequest": {
+                    "type": "object",
+                    "properties": {
+                        "source": {"oneOf": [_offer_schema(o) for o in catalogue.sources.values()]},
+                        "sink": {"oneOf": [_offer_schema(o) for o in catalogue.sinks.values()]},
+                        "since": date,
+                        "until": date,
+                    },
+                    "required": ["source", "sink"],
+                    "additionalProperties": False,
                 },
-                "required": ["source", "sink"],
-                "additionalProperties": False,
-            },
-            "ResumeRequest": {
-                "type": "object",
-                "properties": {
-                    "source": {"oneOf": [_offer_schema(o, True) for o in catalogue.sources.values()]},
-                    "sink": {"oneOf": [_offer_schema(o, True) for o in catalogue.sinks.values()]},
+                "ResumeRequest": {
+                    "type": "object",
+                    "properties": {
+                        "source": {"oneOf": [_offer_schema(o, True) for o in catalogue.sources.values()]},
+                        "sink": {"oneOf": [_offer_schema(o, True) for o in catalogue.sinks.values()]},
+                    },
+                    "additionalProperties": False,
                 },
-                "additionalProperties": False,
-            },
-            "Signup": {
-                "type": "object",
-                "properties": {"name": {"type": "string", "maxLength": 200, "pattern": SIGNUP_NAME},
-                               "email": {"type": "string", "maxLength": 254, "pattern": EMAIL},
-                               "company": {"type": "string", "maxLength": 200, "pattern": SIGNUP_TEXT}},
-                "required": ["name", "email"],
-                "additionalProperties": False,
-            },
-        }},
+                "Signup": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 200, "pattern": SIGNUP_NAME},
+                        "email": {"type": "string", "maxLength": 254, "pattern": EMAIL},
+                        "company": {"type": "string", "maxLength": 200, "pattern": SIGNUP_TEXT},
+                    },
+                    "required": ["name", "email"],
+                    "additionalProperties": False,
+                },
+            }
+        },
     }

@@ -66,27 +66,64 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 @click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), required=True, help="TLS private key (PEM)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="service DB and job work folders (default: the user data folder, portshift-server)")
-@click.option("--service-config", type=click.Path(path_type=Path, dir_okay=False),
-              help="TOML: offered sources/sinks, options fixed by the operator (see docs/serve.md)")
-@click.option("--local-root", type=click.Path(path_type=Path, file_okay=False),
-              help="offer the local sink, confined to this folder (trials and tests)")
-@click.option("--secret-file", type=click.Path(path_type=Path, dir_okay=False), envvar="PORTSHIFT_SERVER_SECRET_FILE",
-              help="key (>= 32 bytes) for the HMAC of client addresses; default: a new one per start")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="service DB and job work folders (default: the user data folder, portshift-server)",
+)
+@click.option(
+    "--service-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML: offered sources/sinks, options fixed by the operator (see docs/serve.md)",
+)
+@click.option(
+    "--local-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="offer the local sink, confined to this folder (trials and tests)",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="PORTSHIFT_SERVER_SECRET_FILE",
+    help="key (>= 32 bytes) for the HMAC of client addresses; default: a new one per start",
+)
 @click.option("--max-jobs", default=4, show_default=True, type=click.IntRange(1, 256), help="jobs running at once")
 @click.option("--transfers", default=4, show_default=True, type=click.IntRange(1, 64), help="transfers per job")
-@click.option("--rate-jobs", default="10/3600", show_default=True, callback=_rate,
-              help="job creations/resumptions per client address: N/SECONDS")
-@click.option("--rate-signups", default="5/3600", show_default=True, callback=_rate,
-              help="sign-ups per client address: N/SECONDS")
-@click.option("--cancel-grace", default=15.0, show_default=True, type=float,
-              help="seconds a cancelled worker has to stop cleanly before it is killed")
+@click.option(
+    "--rate-jobs",
+    default="10/3600",
+    show_default=True,
+    callback=_rate,
+    help="job creations/resumptions per client address: N/SECONDS",
+)
+@click.option(
+    "--rate-signups", default="5/3600", show_default=True, callback=_rate, help="sign-ups per client address: N/SECONDS"
+)
+@click.option(
+    "--cancel-grace",
+    default=15.0,
+    show_default=True,
+    type=float,
+    help="seconds a cancelled worker has to stop cleanly before it is killed",
+)
 @click.option("--max-runtime", default=24 * 3600.0, show_default=True, type=float, help="seconds a job may run")
 @common_options
-def command(cert: Path, key_path: Path, host: str, port: int, data_dir: Path | None, service_config: Path | None,
-            local_root: Path | None, secret_file: Path | None, max_jobs: int, transfers: int, rate_jobs: Any,
-            rate_signups: Any, cancel_grace: float, max_runtime: float) -> None:
+def command(
+    cert: Path,
+    key_path: Path,
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    service_config: Path | None,
+    local_root: Path | None,
+    secret_file: Path | None,
+    max_jobs: int,
+    transfers: int,
+    rate_jobs: Any,
+    rate_signups: Any,
+    cancel_grace: float,
+    max_runtime: float,
+) -> None:
     """Run the export service: the JSON API and the web page, over HTTPS only.
 
     Each job runs in a fresh `portshift run` worker process that gets its credentials over a
@@ -113,8 +150,9 @@ def command(cert: Path, key_path: Path, host: str, port: int, data_dir: Path | N
     catalogue = load_catalogue(service_config, local_root, transfers)
     secret = load_server_secret(secret_file)
     db = ServiceDB(data_dir / "service.db")
-    manager = JobManager(db, catalogue, LocalLauncher(), data_dir / "jobs", max_jobs=max_jobs,
-                         cancel_grace=cancel_grace, max_runtime=max_runtime)
+    manager = JobManager(
+        db, catalogue, LocalLauncher(), data_dir / "jobs", max_jobs=max_jobs, cancel_grace=cancel_grace, max_runtime=max_runtime
+    )
     app = create_app(db, manager, catalogue, secret, rate_jobs, rate_signups)
     config = uvicorn.Config(
         app,
@@ -127,6 +165,7 @@ def command(cert: Path, key_path: Path, host: str, port: int, data_dir: Path | N
         timeout_graceful_shutdown=5,
         ssl_context_factory=lambda config, default: ctx,
     )
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             manager.begin_shutdown()  # workers start stopping now, not after open connections close

@@ -233,8 +233,15 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(certs: Certs, plugin_path: Path, chorus: ChorusSimulator, root: Path, *extra: str,
-                 secret: bytes | None = None, config_text: str = SERVICE_CONFIG) -> Server:
+def start_server(
+    certs: Certs,
+    plugin_path: Path,
+    chorus: ChorusSimulator,
+    root: Path,
+    *extra: str,
+    secret: bytes | None = None,
+    config_text: str = SERVICE_CONFIG,
+) -> Server:
     data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "service.toml"
@@ -250,11 +257,33 @@ def start_server(certs: Certs, plugin_path: Path, chorus: ChorusSimulator, root:
         stdout, stderr = root / f"server-{port}.out", root / f"server-{port}.err"
         with open(stdout, "wb") as out, open(stderr, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "portshift", "--log-format", "json", "serve", "--cert", str(certs.cert),
-                 "--key", str(certs.key), "--port", str(port), "--data-dir", str(data_dir),
-                 "--local-root", str(local_root), "--service-config", str(config), "--secret-file", str(secret_file),
-                 *extra],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "portshift",
+                    "--log-format",
+                    "json",
+                    "serve",
+                    "--cert",
+                    str(certs.cert),
+                    "--key",
+                    str(certs.key),
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(data_dir),
+                    "--local-root",
+                    str(local_root),
+                    "--service-config",
+                    str(config),
+                    "--secret-file",
+                    str(secret_file),
+                    *extra,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
             )
         server = Server(proc, port, certs, data_dir, local_root, canary_out, stdout, stderr, secret)
         deadline = time.monotonic() + 30
@@ -287,15 +316,29 @@ def chorus() -> Iterator[ChorusSimulator]:
 def server(
     certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    s = start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp("service"), "--max-jobs", "6", "--transfers", "2",
-                     "--cancel-grace", "10", "--rate-jobs", "1000/60", "--rate-signups", "1000/60")
+    s = start_server(
+        certs,
+        plugin_path,
+        chorus,
+        tmp_path_factory.mktemp("service"),
+        "--max-jobs",
+        "6",
+        "--transfers",
+        "2",
+        "--cancel-grace",
+        "10",
+        "--rate-jobs",
+        "1000/60",
+        "--rate-signups",
+        "1000/60",
+    )
     yield s
     s.stop()
 
 
 def canary_value(label: str) -> str:
     # characters that URL-encoding, JSON and base64 all change
-    return f"canary-{label}-{secrets.token_hex(8)}/+= \"x\\y"
+    return f'canary-{label}-{secrets.token_hex(8)}/+= "x\\y'
 
 
 def encoded_forms(value: str) -> set[bytes]:
@@ -303,8 +346,13 @@ def encoded_forms(value: str) -> set[bytes]:
     at every alignment inside a longer text."""
     texts = set()
     for text in (value, json.dumps(value)[1:-1]):
-        texts |= {text.encode(), urllib.parse.quote(text, safe="").encode(), urllib.parse.quote(text).encode(),
-                  urllib.parse.quote_plus(text).encode(), urllib.parse.quote_plus(text, safe="/").encode()}
+        texts |= {
+            text.encode(),
+            urllib.parse.quote(text, safe="").encode(),
+            urllib.parse.quote(text).encode(),
+            urllib.parse.quote_plus(text).encode(),
+            urllib.parse.quote_plus(text, safe="/").encode(),
+        }
     forms = set(texts)
     for raw in texts:
         forms.add(binascii.hexlify(raw))
@@ -312,7 +360,7 @@ def encoded_forms(value: str) -> set[bytes]:
             for enc in (base64.b64encode, base64.urlsafe_b64encode):
                 text = enc(b"\0" * pad + raw)
                 first, last = (1 if pad else 0), (pad + len(raw)) // 3  # the 3-byte groups of value bytes only
-                forms.add(text[4 * first:4 * last])
+                forms.add(text[4 * first : 4 * last])
     return {f for f in forms if len(f) >= 12}
 
 
@@ -337,8 +385,10 @@ def wait_status(client: httpx.Client, job_id: str, statuses: tuple[str, ...], ti
 
 
 def canary_job(token: str, count: int = 4, delay: float = 0.0, **source: Any) -> dict[str, Any]:
-    return {"source": {"type": "canary", "token": token, "count": count, "media_size": 40_000, "delay": delay, **source},
-            "sink": {"type": "local"}}
+    return {
+        "source": {"type": "canary", "token": token, "count": count, "media_size": 40_000, "delay": delay, **source},
+        "sink": {"type": "local"},
+    }
 
 
 def start_job(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:

@@ -79,9 +79,17 @@ def test_events_stream_progress_until_the_end(server: Server) -> None:
 
 def test_every_response_carries_the_security_headers(server: Server) -> None:
     c = server.client()
-    for method, path in [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/static/style.css"), ("GET", "/openapi.json"),
-                         ("GET", "/api/offers"), ("GET", "/api/jobs/nope"), ("GET", "/nothing-here"),
-                         ("DELETE", "/api/jobs"), ("POST", "/api/signups")]:
+    for method, path in [
+        ("GET", "/"),
+        ("GET", "/static/app.js"),
+        ("GET", "/static/style.css"),
+        ("GET", "/openapi.json"),
+        ("GET", "/api/offers"),
+        ("GET", "/api/jobs/nope"),
+        ("GET", "/nothing-here"),
+        ("DELETE", "/api/jobs"),
+        ("POST", "/api/signups"),
+    ]:
         resp = c.request(method, path)
         check_headers(resp)
     page = c.get("/")
@@ -104,8 +112,14 @@ def test_the_offers_and_the_openapi_document(server: Server) -> None:
     assert str(server.canary_out) not in json.dumps(offers), "operator-fixed options are not published"
     spec = c.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/cancel",
-            "/api/jobs/{job_id}/resume", "/api/signups"} <= set(spec["paths"])
+    assert {
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/events",
+        "/api/jobs/{job_id}/cancel",
+        "/api/jobs/{job_id}/resume",
+        "/api/signups",
+    } <= set(spec["paths"])
     for src in spec["components"]["schemas"]["JobRequest"]["properties"]["source"]["oneOf"][:2]:
         assert src["properties"]["token"]["writeOnly"] is True and "token" in src["required"]
     assert "base_url" not in json.dumps(spec) and "ca_bundle" not in json.dumps(spec)

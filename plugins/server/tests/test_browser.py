@@ -25,8 +25,9 @@ DRIVER = Path(__file__).parent / "browser" / "drive.cjs"
 
 
 def spki_pin(cert_pem: Path) -> str:
-    cert = x509.load_pem_x509_certificate(cert_pem.read_bytes().split(b"-----END CERTIFICATE-----")[0]
-                                          + b"-----END CERTIFICATE-----\n")
+    cert = x509.load_pem_x509_certificate(
+        cert_pem.read_bytes().split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    )
     der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
@@ -34,8 +35,7 @@ def spki_pin(cert_pem: Path) -> str:
 @pytest.fixture(scope="module")
 def browser_ready() -> None:
     if not (Path("/usr/bin/chromium").exists() and PLAYWRIGHT.is_dir()):
-        pytest.fail("the browser test needs Debian's chromium and playwright-core: run plugins/server/setup.sh "
-                    "(make setup does)")
+        pytest.fail("the browser test needs Debian's chromium and playwright-core: run plugins/server/setup.sh (make setup does)")
 
 
 def test_the_page_in_chromium_runs_a_job_and_leaks_nothing(
@@ -43,8 +43,14 @@ def test_the_page_in_chromium_runs_a_job_and_leaks_nothing(
 ) -> None:
     token = canary_value("browser")
     profile, shot = tmp_path / "profile", tmp_path / "page.png"
-    cfg = {"url": server.url + "/", "token": token, "spki": spki_pin(certs.cert), "profile": str(profile),
-           "screenshot": str(shot), "playwright": str(PLAYWRIGHT)}
+    cfg = {
+        "url": server.url + "/",
+        "token": token,
+        "spki": spki_pin(certs.cert),
+        "profile": str(profile),
+        "screenshot": str(shot),
+        "playwright": str(PLAYWRIGHT),
+    }
     before = set((server.local_root).iterdir()) if server.local_root.exists() else set()
     out_file, err_file = tmp_path / "driver.out", tmp_path / "driver.err"
     with open(out_file, "wb") as o, open(err_file, "wb") as e:

@@ -32,11 +32,26 @@ window_days = 366
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(certs: Certs, plugin_path: Path, chorus: ChorusSimulator,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp("fuzz"), "--max-jobs", "2", "--max-runtime", "5",
-                     "--cancel-grace", "2", "--rate-jobs", "100000/60", "--rate-signups", "100000/60",
-                     config_text=FUZZ_CONFIG)
+def fuzz_server(
+    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    s = start_server(
+        certs,
+        plugin_path,
+        chorus,
+        tmp_path_factory.mktemp("fuzz"),
+        "--max-jobs",
+        "2",
+        "--max-runtime",
+        "5",
+        "--cancel-grace",
+        "2",
+        "--rate-jobs",
+        "100000/60",
+        "--rate-signups",
+        "100000/60",
+        config_text=FUZZ_CONFIG,
+    )
     yield s
     s.stop()
 
@@ -87,8 +102,7 @@ def test_the_api_survives_fuzzing_and_echoes_nothing(
             continue  # nothing to make invalid (a job id may be any string)
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
         def run(case: Any) -> None:
             check(case, fuzz_server, certs)
 

@@ -25,29 +25,53 @@ def catalogue(tmp_path: Path, text: str = "", local: bool = True):  # type: igno
     return load_catalogue(cfg, tmp_path / "exports" if local else None)
 
 
-S3 = {"type": "s3", "bucket": "my-bucket", "prefix": "calls", "region": "eu-central-1",
-      "access_key_id": "AKIACANARY", "secret_access_key": "canary-secret/+="}
+S3 = {
+    "type": "s3",
+    "bucket": "my-bucket",
+    "prefix": "calls",
+    "region": "eu-central-1",
+    "access_key_id": "AKIACANARY",
+    "secret_access_key": "canary-secret/+=",
+}
 
 
 def test_an_s3_job_file_has_no_credential_and_the_credentials_document_has_them(tmp_path: Path) -> None:
     cat = catalogue(tmp_path)
     built = build_job(cat, {"source": {"type": "chorus", "token": "canary-token"}, "sink": S3, "since": "2024-01-01"}, "jid")
     doc = tomllib.loads(built.job_toml)
-    assert doc["sink"] == {"type": "s3", "bucket": "my-bucket", "prefix": "calls", "region": "eu-central-1",
-                           "credential_chain": False}
+    assert doc["sink"] == {
+        "type": "s3",
+        "bucket": "my-bucket",
+        "prefix": "calls",
+        "region": "eu-central-1",
+        "credential_chain": False,
+    }
     assert doc["source"] == {"type": "chorus"}
     assert str(doc["job"]["since"]) == "2024-01-01"
     assert "canary" not in built.job_toml and "AKIACANARY" not in built.job_toml
     creds = json.loads(bytes(built.secrets))
-    assert creds == {"source": {"token": "canary-token"},
-                     "sink": {"access_key_id": "AKIACANARY", "secret_access_key": "canary-secret/+="}}
+    assert creds == {
+        "source": {"token": "canary-token"},
+        "sink": {"access_key_id": "AKIACANARY", "secret_access_key": "canary-secret/+="},
+    }
 
 
 def test_each_sink_takes_its_own_credentials(tmp_path: Path) -> None:
     cat = catalogue(tmp_path)
     src = {"type": "chorus", "token": "t"}
-    azure = build_job(cat, {"source": src, "sink": {"type": "azure", "account_url": "https://acct.blob.core.windows.net",
-                                                    "container": "calls", "sas": "sv=1&sig=canary"}}, "j")
+    azure = build_job(
+        cat,
+        {
+            "source": src,
+            "sink": {
+                "type": "azure",
+                "account_url": "https://acct.blob.core.windows.net",
+                "container": "calls",
+                "sas": "sv=1&sig=canary",
+            },
+        },
+        "j",
+    )
     assert json.loads(bytes(azure.secrets))["sink"] == {"sas": "sv=1&sig=canary"}
     gcs = build_job(cat, {"source": src, "sink": {"type": "gcs", "bucket": "b-1", "key": '{"private_key": "x"}'}}, "j")
     assert tomllib.loads(gcs.job_toml)["sink"]["application_default_credentials"] is False
@@ -71,7 +95,9 @@ def test_the_operator_cannot_offer_them_either(tmp_path: Path, field: str) -> No
 
 
 def test_operator_fixed_options_and_a_third_party_source(tmp_path: Path) -> None:
-    cat = catalogue(tmp_path, """
+    cat = catalogue(
+        tmp_path,
+        """
 sources = ["chorus", "acme"]
 sinks = ["s3"]
 [source.chorus.fixed]
@@ -81,7 +107,8 @@ label = "Acme"
 fields = { region = "string", page_size = "integer" }
 required = ["region"]
 secrets = { api_key = true }
-""")
+""",
+    )
     assert list(cat.sinks) == ["s3"] and list(cat.sources) == ["chorus", "acme"]
     built = build_job(cat, {"source": {"type": "chorus", "token": "t"}, "sink": S3}, "j")
     assert tomllib.loads(built.job_toml)["source"] == {"type": "chorus", "ca_bundle": "/etc/portshift/ca.pem"}
@@ -111,8 +138,9 @@ def test_the_local_sink_is_confined_to_the_local_root(tmp_path: Path) -> None:
 
 def test_resume_takes_credentials_only(tmp_path: Path) -> None:
     cat = catalogue(tmp_path)
-    creds = build_credentials(cat, {"source": {"token": "t2"}, "sink": {"access_key_id": "a", "secret_access_key": "s"}},
-                              "chorus", "s3")
+    creds = build_credentials(
+        cat, {"source": {"token": "t2"}, "sink": {"access_key_id": "a", "secret_access_key": "s"}}, "chorus", "s3"
+    )
     assert json.loads(bytes(creds)) == {"source": {"token": "t2"}, "sink": {"access_key_id": "a", "secret_access_key": "s"}}
     with pytest.raises(RequestError, match="unknown field bucket"):
         build_credentials(cat, {"source": {"token": "t"}, "sink": {"bucket": "other"}}, "chorus", "s3")

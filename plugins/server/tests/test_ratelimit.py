@@ -16,8 +16,9 @@ from .conftest import Certs, Server, canary_job, start_server
 
 
 @pytest.fixture(scope="module")
-def strict(certs: Certs, plugin_path: Path, chorus: ChorusSimulator,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def strict(
+    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     s = start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp("strict"), "--rate-jobs", "2/3", "--rate-signups", "2/3")
     yield s
     s.stop()

@@ -43,19 +43,26 @@ def test_canary_credentials_appear_nowhere(server: Server) -> None:
     token, key = canary_value("token"), canary_value("sinkkey")
     canaries = [token, key]
     jobs = [
-        c.post("/api/jobs", json={"source": {"type": "canary", "token": token, "count": 6, "media_size": 30_000,
-                                             "delay": 0.3},
-                                  "sink": {"type": "canarylocal", "key": key}}).json(),
-        c.post("/api/jobs", json={"source": {"type": "canary", "token": token, "count": 4, "delay": 0.3},
-                                  "sink": {"type": "local"}}).json(),
+        c.post(
+            "/api/jobs",
+            json={
+                "source": {"type": "canary", "token": token, "count": 6, "media_size": 30_000, "delay": 0.3},
+                "sink": {"type": "canarylocal", "key": key},
+            },
+        ).json(),
+        c.post(
+            "/api/jobs", json={"source": {"type": "canary", "token": token, "count": 4, "delay": 0.3}, "sink": {"type": "local"}}
+        ).json(),
     ]
     # a refused credential, and requests the service rejects, carry canaries too
     refused = "refused-" + canary_value("refused")
     canaries.append(refused)
     jobs.append(start_job(c, {"source": {"type": "canary", "token": refused}, "sink": {"type": "local"}}))
-    for body in ({"source": {"type": "canary", "token": token, "count": token}, "sink": {"type": "local"}},
-                 {"source": {"type": "canary", "token": token}, "sink": {"type": "local"}, "since": key},
-                 {"source": {"type": "canary", "token": token, "nope": key}, "sink": {"type": "local"}}):
+    for body in (
+        {"source": {"type": "canary", "token": token, "count": token}, "sink": {"type": "local"}},
+        {"source": {"type": "canary", "token": token}, "sink": {"type": "local"}, "since": key},
+        {"source": {"type": "canary", "token": token, "nope": key}, "sink": {"type": "local"}},
+    ):
         assert c.post("/api/jobs", json=body).status_code == 400
 
     # while the workers run: argv and environment of the server and of each worker
@@ -125,8 +132,9 @@ def test_workers_get_credentials_only_through_stdin(server: Server) -> None:
     """The argv of a worker names files, and those files hold no credential."""
     c = server.client()
     token = canary_value("argv")
-    job = c.post("/api/jobs", json={"source": {"type": "canary", "token": token, "count": 3, "delay": 0.4},
-                                    "sink": {"type": "local"}}).json()
+    job = c.post(
+        "/api/jobs", json={"source": {"type": "canary", "token": token, "count": 3, "delay": 0.4}, "sink": {"type": "local"}}
+    ).json()
     pid = server.worker_of(job["id"])
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"--secrets-from-stdin" in argv and b"--config" in argv
@@ -145,8 +153,13 @@ def test_the_sweep_finds_planted_canaries() -> None:
 
     value = canary_value("planted")
     doc = json.dumps({"source": {"token": value}}).encode()
-    for blob in (doc, base64.b64encode(b"x" + doc), base64.urlsafe_b64encode(b"xy" + doc),
-                 urllib.parse.quote(doc.decode()).encode(), b"token=" + urllib.parse.quote_plus(value).encode(),
-                 doc.hex().encode()):
+    for blob in (
+        doc,
+        base64.b64encode(b"x" + doc),
+        base64.urlsafe_b64encode(b"xy" + doc),
+        urllib.parse.quote(doc.decode()).encode(),
+        b"token=" + urllib.parse.quote_plus(value).encode(),
+        doc.hex().encode(),
+    ):
         assert find_canary(b"...log line... " + blob + b" ...", [value]), blob[:40]
     assert not find_canary(doc.replace(b"canary", b"kanary"), [value])

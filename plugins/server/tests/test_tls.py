@@ -120,8 +120,13 @@ def test_serve_refuses_to_start_without_a_certificate_or_with_a_wrong_key(certs:
     assert missing.returncode == 2 and "--key" in missing.stderr
     other = trustme.CA().issue_cert("127.0.0.1")
     other.private_key_pem.write_to_path(str(tmp_path / "other-key.pem"))
-    wrong = subprocess.run(base + ["--cert", str(certs.cert), "--key", str(tmp_path / "other-key.pem")],
-                           capture_output=True, text=True, env=env, timeout=60)
+    wrong = subprocess.run(
+        base + ["--cert", str(certs.cert), "--key", str(tmp_path / "other-key.pem")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert wrong.returncode == 2, wrong.stderr
     assert "not a matching PEM certificate and private key" in wrong.stderr
     assert "PRIVATE KEY" not in wrong.stderr

@@ -23,17 +23,13 @@ def location_of(options: AzureOptions) -> str:
     return f"{loc}/{options.prefix}" if options.prefix else loc
 
 
-def connect(
-    options: AzureOptions, **client_kwargs: Any
-) -> tuple[RequestsTransport, BlobServiceClient, ContainerClient]:
+def connect(options: AzureOptions, **client_kwargs: Any) -> tuple[RequestsTransport, BlobServiceClient, ContainerClient]:
     """The transport, service client and container client for ``options``. ``client_kwargs``
     tune transfer sizes (``max_block_size``, ``max_chunk_get_size``...)."""
     if options.sas is None:  # pragma: no cover - the options model requires it
         raise SinkError("no SAS token", retryable=False)
     pin_loggers()
-    transport = build_transport(
-        options.ca_bundle, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
-    )
+    transport = build_transport(options.ca_bundle, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout)
     kwargs: dict[str, Any] = {
         "credential": AzureSasCredential(normalize_token(options.sas, options.section_name)),
         "transport": transport,
@@ -48,7 +44,9 @@ def connect(
         container = service.get_container_client(options.container)
     except (ValueError, AzureError) as e:
         raise SinkError(
-            f"cannot set up the Azure client ({type(e).__name__})", operation="connect",
-            location=location_of(options), retryable=False,
+            f"cannot set up the Azure client ({type(e).__name__})",
+            operation="connect",
+            location=location_of(options),
+            retryable=False,
         ) from None
     return transport, service, container

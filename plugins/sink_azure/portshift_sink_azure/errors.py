@@ -74,7 +74,10 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
         if 300 <= status < 400:
             return SinkError(
                 "the endpoint answered with a redirect, which portshift never follows",
-                operation=operation, status=status, location=location, retryable=False,
+                operation=operation,
+                status=status,
+                location=location,
+                retryable=False,
                 hint="set account_url to the storage account's blob endpoint itself",
             )
         if status in (401, 403):
@@ -91,7 +94,11 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
             )
         if status == 404 and code == "ContainerNotFound":
             return SinkError(
-                what, operation=operation, status=status, location=location, retryable=False,
+                what,
+                operation=operation,
+                status=status,
+                location=location,
+                retryable=False,
                 hint="check the container name" if reading else "create the container first; the sink never creates containers",
             )
         if status == 409 and code in ("EncryptionScopeDisabled", "EncryptionScopeNotFound"):
@@ -100,13 +107,16 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
         return SinkError(what, operation=operation, status=status, location=location, retryable=retryable)
     if isinstance(e, AzureError) or isinstance(e, OSError):
         if is_plain_http_refusal(e):
-            return SinkError(
-                "refused to send a request over plain HTTP", operation=operation, location=location, retryable=False
-            )
+            return SinkError("refused to send a request over plain HTTP", operation=operation, location=location, retryable=False)
         tls = handshake_failure(e)
         if tls:
-            return SinkError(tls, operation=operation, location=location, retryable=False,
-                             hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later")
+            return SinkError(
+                tls,
+                operation=operation,
+                location=location,
+                retryable=False,
+                hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later",
+            )
         why = dropped_under_tls(e) or type(e).__name__
         return SinkError(f"connection to Azure failed ({why})", operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)

@@ -38,14 +38,14 @@ READ_SECTION = "store"
 def parse_size(value: Any, what: str) -> int:
     """An int (bytes) or a string like ``"8MiB"``, ``"4 MiB"``, ``"1048576"``."""
     if isinstance(value, bool):
-        raise ConfigError(f"[sink] {what}: expected a size such as 8388608 or \"8MiB\"")
+        raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
         if m and m.group(2).lower() in _UNITS:
             return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f"[sink] {what}: expected a size such as 8388608 or \"8MiB\" (units B, KiB, MiB, GiB)")
+    raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB" (units B, KiB, MiB, GiB)')
 
 
 def normalize_region(name: str) -> str:
@@ -93,8 +93,7 @@ class AzureOptions(PluginOptions):
     read_timeout: float = Field(default=120.0, gt=0, description="seconds to wait for a response")
     sas: Secret | None = secret_field(
         env="PORTSHIFT_AZURE_SAS",
-        description="SAS token (sv=...&sig=...) with create+write on the container; "
-        "from PORTSHIFT_AZURE_SAS or sas_file",
+        description="SAS token (sv=...&sig=...) with create+write on the container; from PORTSHIFT_AZURE_SAS or sas_file",
     )
     sas_file: Path | None = Field(default=None, description="a file holding the SAS token")
 
@@ -168,7 +167,7 @@ class AzureOptions(PluginOptions):
             return None
         out = [normalize_region(r) for r in v]
         if not out or not all(_REGION.match(r) for r in out):
-            raise ConfigError("[sink] allowed_regions: a non-empty list of region names such as [\"westeurope\"]")
+            raise ConfigError('[sink] allowed_regions: a non-empty list of region names such as ["westeurope"]')
         return out
 
     #: "write" for ``[sink]``, "read" for ``[store]`` (verify --store); set from the section.
@@ -203,7 +202,7 @@ class AzureOptions(PluginOptions):
                 raise ConfigError(
                     f"[{section}] the SAS is bound to encryption scope {info.encryption_scope!r} (ses) but "
                     f"encryption_scope is {options.encryption_scope!r}",
-                    hint=f"set encryption_scope = \"{info.encryption_scope}\"",
+                    hint=f'set encryption_scope = "{info.encryption_scope}"',
                 )
             warn(info, options._section)
         return options
@@ -217,7 +216,5 @@ class AzureOptions(PluginOptions):
                     hint="declare the account's region, e.g. region = \"westeurope\" (see the sink's README)",
                 )
             if self.region not in self.allowed_regions:
-                raise ConfigError(
-                    f"[sink] region {self.region} is not in allowed_regions ({', '.join(self.allowed_regions)})"
-                )
+                raise ConfigError(f"[sink] region {self.region} is not in allowed_regions ({', '.join(self.allowed_regions)})")
         return self

@@ -107,8 +107,9 @@ class AzureReader(Reader):
                 return
             except ResourceNotFoundError:
                 # deleted between two ranges
-                failure = SinkError("the blob disappeared while it was read", operation="get blob",
-                                    status=404, location=location, retryable=True)
+                failure = SinkError(
+                    "the blob disappeared while it was read", operation="get blob", status=404, location=location, retryable=True
+                )
             except AzureError as e:
                 failure = _translate(e, "get blob", location)
             if failure is not None:
@@ -126,8 +127,7 @@ class AzureReader(Reader):
         failure: PortshiftError | None = None
         pages: Any = None
         try:
-            pages = self._container.list_blob_names(name_starts_with=start or None,
-                                                    results_per_page=LIST_PAGE).by_page()
+            pages = self._container.list_blob_names(name_starts_with=start or None, results_per_page=LIST_PAGE).by_page()
         except AzureError as e:
             failure = _translate(e, "list blobs", location)
         if failure is not None:
@@ -144,7 +144,7 @@ class AzureReader(Reader):
                 raise failure from None
             for name in names:
                 if name.startswith(base):
-                    yield name[len(base):]
+                    yield name[len(base) :]
 
     def close(self) -> None:
         try:

@@ -104,9 +104,7 @@ def normalize_token(secret: Secret, section: str = "sink") -> str:
     return value
 
 
-def inspect_sas(
-    secret: Secret, *, now: datetime | None = None, role: str = WRITE, section: str = "sink"
-) -> SasInfo:
+def inspect_sas(secret: Secret, *, now: datetime | None = None, role: str = WRITE, section: str = "sink") -> SasInfo:
     """Check a SAS token before any transfer, for the sink (``role="write"``) or for the reader
     of ``portshift verify --store`` (``role="read"``).
 

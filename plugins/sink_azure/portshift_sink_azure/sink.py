@@ -168,7 +168,10 @@ class AzureSink(Sink):
         if size is not None and size > block_size * MAX_BLOCKS:
             raise SinkError(
                 f"{size} bytes need more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
-                operation="put", location=location, retryable=False, hint="raise block_size",
+                operation="put",
+                location=location,
+                retryable=False,
+                hint="raise block_size",
             )
         blob = self._container.get_blob_client(name)
         content_type = content_type_for(stream, name)
@@ -187,7 +190,10 @@ class AzureSink(Sink):
             if len(ids) >= MAX_BLOCKS:
                 raise SinkError(
                     f"more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
-                    operation="put block", location=location, retryable=False, hint="raise block_size",
+                    operation="put block",
+                    location=location,
+                    retryable=False,
+                    hint="raise block_size",
                 )
             block_id = _block_id(attempt, len(ids) + 1)
             sent_md5 = _transactional_md5(data)
@@ -225,9 +231,7 @@ class AzureSink(Sink):
         self._check_scope(response, location)
         log.debug("stored %s: %d bytes in %d blocks", location, total, len(ids))
         verified = f"Azure checked MD5 of each of {len(ids)} blocks; Content-MD5 set"
-        return PutResult(
-            key=name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified
-        )
+        return PutResult(key=name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified)
 
     def _put_single(
         self,

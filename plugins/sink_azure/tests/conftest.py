@@ -65,12 +65,22 @@ class Azurite:
 
     def admin(self, **kwargs: Any) -> BlobServiceClient:
         return BlobServiceClient(
-            self.url, credential={"account_name": ACCOUNT, "account_key": KEY}, connection_verify=str(self.ca),
-            retry_total=1, initial_backoff=1, **kwargs
+            self.url,
+            credential={"account_name": ACCOUNT, "account_key": KEY},
+            connection_verify=str(self.ca),
+            retry_total=1,
+            initial_backoff=1,
+            **kwargs,
         )
 
-    def sas(self, container: str = CONTAINER, *, permission: str = "cw", https_only: bool = True,
-            expiry: timedelta = timedelta(hours=2)) -> str:
+    def sas(
+        self,
+        container: str = CONTAINER,
+        *,
+        permission: str = "cw",
+        https_only: bool = True,
+        expiry: timedelta = timedelta(hours=2),
+    ) -> str:
         return generate_container_sas(
             ACCOUNT,
             container,
@@ -100,12 +110,23 @@ def azurite(certs: tuple[trustme.CA, Path]) -> Iterator[Azurite]:
     log = open(d / "azurite.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
-            "node", str(entry),
-            "--blobHost", "127.0.0.1", "--blobPort", str(port),
-            "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
-            "--cert", str(d / "server.pem"), "--key", str(d / "server.key"),
+            "node",
+            str(entry),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--cert",
+            str(d / "server.pem"),
+            "--key",
+            str(d / "server.key"),
         ],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -214,8 +235,12 @@ class Recorder:
 
         def send(request: Any, **kwargs: Any) -> Any:
             body = request.data if isinstance(request.data, (bytes, bytearray)) else None
-            item = Sent(request.method, request.url, {k.lower(): v for k, v in request.headers.items()},
-                        bytes(body) if body is not None else None)
+            item = Sent(
+                request.method,
+                request.url,
+                {k.lower(): v for k, v in request.headers.items()},
+                bytes(body) if body is not None else None,
+            )
             with lock:
                 self.sent.append(item)
             if on_send:

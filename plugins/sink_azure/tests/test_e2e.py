@@ -24,20 +24,28 @@ MiB = 1024 * 1024
 def portshift(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "portshift", *args],
-        capture_output=True, text=True, env=env, input=stdin, timeout=180,
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=180,
     )
 
 
 def secret_forms(token: str) -> set[str]:
     sig = urllib.parse.parse_qs(token)["sig"][0]
     raw_sig = next(p for p in token.split("&") if p.startswith("sig=")).split("=", 1)[1]
-    return {token, sig, raw_sig, urllib.parse.quote(sig, safe=""), json.dumps(sig)[1:-1],
-            base64.b64encode(sig.encode()).decode().rstrip("=")}
+    return {
+        token,
+        sig,
+        raw_sig,
+        urllib.parse.quote(sig, safe=""),
+        json.dumps(sig)[1:-1],
+        base64.b64encode(sig.encode()).decode().rstrip("="),
+    }
 
 
-def test_portshift_run_into_azure_then_rehash_every_blob(
-    azurite: Azurite, admin: BlobServiceClient, tmp_path: Path
-) -> None:
+def test_portshift_run_into_azure_then_rehash_every_blob(azurite: Azurite, admin: BlobServiceClient, tmp_path: Path) -> None:
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     job = tmp_path / "job.toml"
     job.write_text(
@@ -57,13 +65,17 @@ def test_portshift_run_into_azure_then_rehash_every_blob(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
     env.update({"HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), "PORTSHIFT_AZURE_SAS": token})
 
-    check = portshift("check", "--config", str(job), "--secrets-from-stdin",
-                      env={k: v for k, v in env.items() if k != "PORTSHIFT_AZURE_SAS"},
-                      stdin=json.dumps({"sink": {"sas": token}}))
+    check = portshift(
+        "check",
+        "--config",
+        str(job),
+        "--secrets-from-stdin",
+        env={k: v for k, v in env.items() if k != "PORTSHIFT_AZURE_SAS"},
+        stdin=json.dumps({"sink": {"sas": token}}),
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
-    run = portshift("--log-level", "debug", "--log-format", "json", "run", "--config", str(job),
-                    "--state", str(state), env=env)
+    run = portshift("--log-level", "debug", "--log-format", "json", "run", "--config", str(job), "--state", str(state), env=env)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
 
     # --- the independent check ------------------------------------------------------------------
@@ -92,8 +104,7 @@ def test_portshift_run_into_azure_then_rehash_every_blob(
 
     # --- the SAS is nowhere: outputs, state DB (+ WAL/journal), any file written ---------------------
     forms = secret_forms(token)
-    outputs = {"check stdout": check.stdout, "check stderr": check.stderr,
-               "run stdout": run.stdout, "run stderr": run.stderr}
+    outputs = {"check stdout": check.stdout, "check stderr": check.stderr, "run stdout": run.stdout, "run stderr": run.stderr}
     assert '"level": "debug"' in run.stderr or '"level": "debug"' in run.stdout, "debug logging was not on"
     for what, text in outputs.items():
         for form in forms:

@@ -102,10 +102,15 @@ def fast_request_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def through(azurite: Azurite, proxy: FaultProxy, **overrides: Any) -> AzureSink:
-    return AzureSink(make_options(
-        azurite, account_url=f"https://127.0.0.1:{proxy.port}/{ACCOUNT}", read_timeout=READ_TIMEOUT,
-        connect_timeout=CONNECT_TIMEOUT, **overrides,
-    ))
+    return AzureSink(
+        make_options(
+            azurite,
+            account_url=f"https://127.0.0.1:{proxy.port}/{ACCOUNT}",
+            read_timeout=READ_TIMEOUT,
+            connect_timeout=CONNECT_TIMEOUT,
+            **overrides,
+        )
+    )
 
 
 def put(sink: AzureSink, key: str, data: bytes) -> None:
@@ -145,8 +150,7 @@ LATE = pytest.mark.xfail(
     "the key after put raised (complete and MD5-checked: see test_a_late_put_blob_is_complete_and_correct)",
 )
 CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}")
-    for f in FAULTS for s in SHAPES
+    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
 ]
 
 
@@ -172,8 +176,9 @@ def fault_at(azurite: Azurite) -> dict[str, int]:
     return out
 
 
-def faulted_put(azurite: Azurite, fault_at: dict[str, int], fault: str, shape: str, retries: int) -> tuple[
-        AzureSink, str, bytes, FaultProxy, PortshiftError | None, float]:
+def faulted_put(
+    azurite: Azurite, fault_at: dict[str, int], fault: str, shape: str, retries: int
+) -> tuple[AzureSink, str, bytes, FaultProxy, PortshiftError | None, float]:
     size, _ = SHAPES[shape]
     data = pattern_bytes(size, seed=size + retries)
     key = new_key()
@@ -189,8 +194,6 @@ def faulted_put(azurite: Azurite, fault_at: dict[str, int], fault: str, shape: s
             sink.close()
     assert proxy.faults == 1, "the fault was not injected"
     return sink, key, data, proxy, error, started
-
-
 
 
 def settle(admin: BlobServiceClient, name: str, fault: str, shape: str, started: float) -> None:
@@ -218,8 +221,7 @@ def settle(admin: BlobServiceClient, name: str, fault: str, shape: str, started:
     assert shape == "single-put", "the stalled Put Block never reached Azurite"
 
 
-def assert_nothing_left(admin: BlobServiceClient, sink: AzureSink, key: str, fault: str, shape: str,
-                        started: float) -> None:
+def assert_nothing_left(admin: BlobServiceClient, sink: AzureSink, key: str, fault: str, shape: str, started: float) -> None:
     name = sink.blob_name(key)
     settle(admin, name, fault, shape, started)
     # a staged block is never visible until committed; a Put Blob is visible as soon as it lands
@@ -240,9 +242,7 @@ def test_without_retries_a_fault_fails_the_put_and_commits_nothing(
     assert_nothing_left(admin, sink, key, fault, shape, started)
 
 
-def test_a_late_put_blob_is_complete_and_correct(
-    azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int]
-) -> None:
+def test_a_late_put_blob_is_complete_and_correct(azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int]) -> None:
     """What the xfail above documents, and the guarantee that does hold: whatever lands under the
     key after a failed single Put Blob is the whole file, checked by its Content-MD5."""
     sink, key, data, _, error, started = faulted_put(azurite, fault_at, "stall", "single-put", 0)
@@ -256,8 +256,7 @@ def test_a_late_put_blob_is_complete_and_correct(
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("fault", FAULTS)
 def test_the_plugins_request_retry_recovers_from_a_fault(
-    azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int], fast_request_retries: None,
-    fault: str, shape: str
+    azurite: Azurite, admin: BlobServiceClient, fault_at: dict[str, int], fast_request_retries: None, fault: str, shape: str
 ) -> None:
     sink, key, data, proxy, error, _ = faulted_put(azurite, fault_at, fault, shape, 2)
     assert error is None, f"the plugin did not recover from one {fault}: {error}"
@@ -291,8 +290,7 @@ FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
 
 
 def portshift(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def failed_on_stderr(stderr: str) -> dict[str, str]:
@@ -301,7 +299,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
     assert len(heads) == 1, stderr[-3000:]
     count = int(lines[heads[0]].split()[1])
     out: dict[str, str] = {}
-    for line in lines[heads[0] + 1:]:
+    for line in lines[heads[0] + 1 :]:
         m = FAILED_LINE.match(line)
         if not m:
             break
@@ -391,16 +389,22 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     operation = r"(put blob|put block|put block list)"
     for rid, message in listed.items():
         # the call, what went wrong, and the blob (of that recording) it was writing
-        assert re.match(rf"^{operation}: .+ at https://127\.0\.0\.1:{front.port}/{ACCOUNT}/{CONTAINER}/"
-                        rf"{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$", message), message
+        assert re.match(
+            rf"^{operation}: .+ at https://127\.0\.0\.1:{front.port}/{ACCOUNT}/{CONTAINER}/"
+            rf"{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$",
+            message,
+        ), message
     # a failed recording has a missing file; every other recording has both of its files
-    done1 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
-        state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
+    done1 = {
+        key: (size, sha, rid, done_at)
+        for key, size, sha, rid, done_at in query(
+            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
+        )
+    }
     per_recording: dict[str, int] = {}
     for _, _, rid, _ in done1.values():
         per_recording[rid] = per_recording.get(rid, 0) + 1
-    assert {rid for rid, n in per_recording.items() if n == 2} == {
-        f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
+    assert {rid for rid, n in per_recording.items() if n == 2} == {f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
     assert all(per_recording.get(rid, 0) < 2 for rid in listed)
     # nothing recorded as done is truncated or corrupted
     etags1: dict[str, str] = {}
@@ -418,8 +422,12 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
-        state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
+    done2 = {
+        key: (size, sha, rid, done_at)
+        for key, size, sha, rid, done_at in query(
+            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
+        )
+    }
     written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
     assert len(done2) == 2 * RECORDINGS
     assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"
@@ -437,4 +445,3 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         data = container.get_blob_client(f"{prefix}/{root}/{path}").download_blob().readall()
         assert hashlib.sha256(data).hexdigest() == digest, f"{path}: differs from the manifest"
     assert names == {f"{prefix}/{root}/{p}" for _, p in entries} | {f"{prefix}/{root}/portshift-manifest.txt"}
-

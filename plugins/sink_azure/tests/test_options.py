@@ -50,8 +50,12 @@ def build(data: dict[str, Any]) -> AzureOptions:
 
 def service_sas(permission: str = "cw", *, https_only: bool = True, expiry: timedelta = timedelta(hours=2)) -> str:
     return generate_container_sas(
-        ACCOUNT, CONTAINER, account_key=KEY, permission=ContainerSasPermissions.from_string(permission),
-        expiry=datetime.now(timezone.utc) + expiry, protocol="https" if https_only else None,
+        ACCOUNT,
+        CONTAINER,
+        account_key=KEY,
+        permission=ContainerSasPermissions.from_string(permission),
+        expiry=datetime.now(timezone.utc) + expiry,
+        protocol="https" if https_only else None,
     )
 
 
@@ -141,7 +145,9 @@ def test_expiry_formats_and_soon(caplog: pytest.LogCaptureFixture) -> None:
 def test_account_sas_warns_about_extra_services_and_types(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     token = generate_account_sas(
-        ACCOUNT, KEY, resource_types=ResourceTypes(service=True, container=True, object=True),
+        ACCOUNT,
+        KEY,
+        resource_types=ResourceTypes(service=True, container=True, object=True),
         permission=AccountSasPermissions(create=True, write=True, list=True),
         expiry=datetime.now(timezone.utc) + timedelta(hours=1, minutes=5),
     )
@@ -157,8 +163,9 @@ def test_stored_access_policy_is_reported_as_unchecked(caplog: pytest.LogCapture
 
 
 def test_blob_sas_generated_by_the_sdk_is_refused() -> None:
-    token = generate_blob_sas(ACCOUNT, CONTAINER, "one.bin", account_key=KEY, permission="cw",
-                              expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    token = generate_blob_sas(
+        ACCOUNT, CONTAINER, "one.bin", account_key=KEY, permission="cw", expiry=datetime.now(timezone.utc) + timedelta(hours=1)
+    )
     with pytest.raises(ConfigError, match="single blob"):
         build(opts(token))
 

@@ -116,8 +116,11 @@ def _lie_on(monkeypatch: pytest.MonkeyPatch, which: int) -> list[int]:
 
 @pytest.mark.parametrize(("size", "which"), [(1000, 1), (4 * MiB + 5, 1), (4 * MiB + 5, 3), (4 * MiB + 5, 5)])
 def test_wrong_md5_is_refused_by_the_server_and_nothing_is_visible(
-    make_sink: Callable[..., AzureSink], admin: BlobServiceClient, monkeypatch: pytest.MonkeyPatch,
-    size: int, which: int,
+    make_sink: Callable[..., AzureSink],
+    admin: BlobServiceClient,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    which: int,
 ) -> None:
     sink = make_sink(block_size=MiB)
     calls = _lie_on(monkeypatch, which)
@@ -150,9 +153,7 @@ def test_failure_keeps_the_previous_version_intact(
     stored_checks(admin, sink, key, first)
 
 
-def test_staged_blocks_of_a_failed_upload_stay_uncommitted(
-    sink: AzureSink, admin: BlobServiceClient
-) -> None:
+def test_staged_blocks_of_a_failed_upload_stay_uncommitted(sink: AzureSink, admin: BlobServiceClient) -> None:
     key = unique("dropped.bin")
     rec = Recorder(sink)
     with pytest.raises(Exception, match="connection dropped"):
@@ -265,9 +266,7 @@ def test_check_stages_an_invisible_probe(sink: AzureSink, admin: BlobServiceClie
 
 
 @pytest.mark.parametrize("size", [10, 2 * MiB + 5])  # single Put Blob; blocks + Put Block List
-def test_content_type_comes_from_the_stream(
-    make_sink: Callable[..., AzureSink], admin: BlobServiceClient, size: int
-) -> None:
+def test_content_type_comes_from_the_stream(make_sink: Callable[..., AzureSink], admin: BlobServiceClient, size: int) -> None:
     """The artifact's media type (``stream.content_type``) wins over the extension's guess."""
     sink = make_sink(block_size=MiB)
     rec = Recorder(sink)

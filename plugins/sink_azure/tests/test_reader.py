@@ -52,8 +52,12 @@ def container_sas(permission: str, container: str = CONTAINER, key: str = KEY) -
     from azure.storage.blob import ContainerSasPermissions
 
     return generate_container_sas(
-        ACCOUNT, container, account_key=key, permission=ContainerSasPermissions.from_string(permission),
-        expiry=datetime.now(timezone.utc) + timedelta(hours=2), protocol="https",
+        ACCOUNT,
+        container,
+        account_key=key,
+        permission=ContainerSasPermissions.from_string(permission),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=2),
+        protocol="https",
     )
 
 
@@ -142,8 +146,11 @@ def test_store_sas_other_checks() -> None:
 def test_account_sas_for_store(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     token = generate_account_sas(
-        ACCOUNT, KEY, ResourceTypes(service=True, container=True, object=True),
-        AccountSasPermissions(read=True, list=True), datetime.now(timezone.utc) + timedelta(hours=2),
+        ACCOUNT,
+        KEY,
+        ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, list=True),
+        datetime.now(timezone.utc) + timedelta(hours=2),
         protocol="https",
     )
     store(sas=token)
@@ -256,9 +263,7 @@ def test_sas_for_another_container_is_an_auth_error_without_the_token(
         assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
-def test_a_range_damaged_in_transit_fails_loudly(
-    make_reader: Callable[..., AzureReader], admin: BlobServiceClient
-) -> None:
+def test_a_range_damaged_in_transit_fails_loudly(make_reader: Callable[..., AzureReader], admin: BlobServiceClient) -> None:
     """The MD5 the service sends for each range is checked: damaged bytes are an error, not a 'differ'."""
     reader = make_reader()
     key = unique("damaged.bin")
@@ -287,9 +292,7 @@ def test_a_range_damaged_in_transit_fails_loudly(
     assert "sig=" not in str(e.value)
 
 
-def test_check_probe_and_failed_uploads_leave_nothing_to_list(
-    make_reader: Callable[..., AzureReader], azurite: Azurite
-) -> None:
+def test_check_probe_and_failed_uploads_leave_nothing_to_list(make_reader: Callable[..., AzureReader], azurite: Azurite) -> None:
     """`portshift check` stages an uncommitted probe block: a verifier never sees it as extra."""
     sink = AzureSink(store(azurite, sas=azurite.sas(), section="sink"))
     try:

@@ -79,9 +79,7 @@ def test_sas_absent_from_debug_logs_errors_and_urls(
     assert any("read (r)" in r.getMessage() for r in caplog.records)
     assert any(r.levelno == logging.DEBUG and "stored https://" in r.getMessage() for r in caplog.records)
     for record in caplog.records:
-        text = " ".join(
-            [record.getMessage(), repr(record.args), str(record.exc_text or ""), repr(vars(record))]
-        )
+        text = " ".join([record.getMessage(), repr(record.args), str(record.exc_text or ""), repr(vars(record))])
         assert_clean(text, token, f"log record {record.name}")
         assert_clean(text, wrong, f"log record {record.name}")
     assert_clean(caplog.text, token, "captured log text")
@@ -95,8 +93,13 @@ def test_sas_absent_from_debug_logs_errors_and_urls(
 
     for s in (good, bad):
         for text in (
-            repr(s), s.location(), repr(s.options), s.options.model_dump_json(),
-            s._service.url, s._container.url, s._container.get_blob_client("a/b.bin").url,
+            repr(s),
+            s.location(),
+            repr(s.options),
+            s.options.model_dump_json(),
+            s._service.url,
+            s._container.url,
+            s._container.get_blob_client("a/b.bin").url,
         ):
             assert_clean(text, token, "a repr/location/client URL")
             assert_clean(text, wrong, "a repr/location/client URL")

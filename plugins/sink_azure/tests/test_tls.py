@@ -48,7 +48,10 @@ def test_environment_cannot_add_trust(
 
 
 def test_environment_cannot_remove_trust(
-    azurite: Azurite, admin: object, make_sink: Callable[..., AzureSink], monkeypatch: pytest.MonkeyPatch,
+    azurite: Azurite,
+    admin: object,
+    make_sink: Callable[..., AzureSink],
+    monkeypatch: pytest.MonkeyPatch,
     other_ca: Path,
 ) -> None:
     """Env variables naming a wrong CA do not break the explicit ca_bundle."""
@@ -67,7 +70,10 @@ def test_wrong_ca_bundle_fails_verification(make_sink: Callable[..., AzureSink],
 
 
 def test_proxy_variables_are_ignored(
-    azurite: Azurite, admin: object, make_sink: Callable[..., AzureSink], monkeypatch: pytest.MonkeyPatch,
+    azurite: Azurite,
+    admin: object,
+    make_sink: Callable[..., AzureSink],
+    monkeypatch: pytest.MonkeyPatch,
     plain_listener: PlainListener,
 ) -> None:
     proxy = f"{'http'}://127.0.0.1:{plain_listener.port}"
@@ -91,9 +97,7 @@ def tls11_server(certs: tuple[trustme.CA, Path]) -> Iterator[TLSServer]:
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
-def test_tls11_only_server_is_refused(
-    azurite: Azurite, make_sink: Callable[..., AzureSink], tls11_server: TLSServer
-) -> None:
+def test_tls11_only_server_is_refused(azurite: Azurite, make_sink: Callable[..., AzureSink], tls11_server: TLSServer) -> None:
     # The server really does speak TLS 1.1 (a client allowed to use it gets through the handshake).
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.minimum_version = ssl.TLSVersion.TLSv1
@@ -163,9 +167,7 @@ def test_plain_http_refused_even_past_validation(
         forced.close()
 
 
-def test_sas_kept_for_the_tls_failure_messages(
-    azurite: Azurite, make_sink: Callable[..., AzureSink], other_ca: Path
-) -> None:
+def test_sas_kept_for_the_tls_failure_messages(azurite: Azurite, make_sink: Callable[..., AzureSink], other_ca: Path) -> None:
     token = azurite.sas()
     sink = make_sink(ca_bundle=str(other_ca), sas=Secret(token, "sas"))
     with pytest.raises(SinkError) as e:
@@ -176,8 +178,7 @@ def test_sas_kept_for_the_tls_failure_messages(
 def test_server_errors_are_retried_per_request_then_reported(
     make_sink: Callable[..., AzureSink], certs: tuple[trustme.CA, Path]
 ) -> None:
-    busy = (b"HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\n"
-            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    busy = b"HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     server = TLSServer(server_context(certs[0]), lambda head: busy)
     try:
         sink = make_sink(account_url=f"https://127.0.0.1:{server.port}/{ACCOUNT}", request_retries=1)

@@ -42,21 +42,23 @@ def test_verify_store_with_a_read_only_sas(azurite: Azurite, admin: BlobServiceC
     base_env.update({"HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)})
     state = tmp_path / "state.db"
 
-    run = portshift("run", "--config", str(job), "--state", str(state),
-                    env={**base_env, "PORTSHIFT_AZURE_SAS": write_token})
+    run = portshift("run", "--config", str(job), "--state", str(state), env={**base_env, "PORTSHIFT_AZURE_SAS": write_token})
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     container = admin.get_container_client(CONTAINER)
-    (manifest,) = [n for n in container.list_blob_names(name_starts_with=f"{prefix}/")
-                   if n.endswith("/portshift-manifest.txt")]
+    (manifest,) = [n for n in container.list_blob_names(name_starts_with=f"{prefix}/") if n.endswith("/portshift-manifest.txt")]
     root = manifest.rsplit("/", 1)[0]
     job_id = root.split("/", 1)[1]
-    entries = [line.split("  ", 1)[1] for line in container.get_blob_client(manifest).download_blob().readall()
-               .decode().splitlines() if line and not line.startswith("#")]
+    entries = [
+        line.split("  ", 1)[1]
+        for line in container.get_blob_client(manifest).download_blob().readall().decode().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert len(entries) == 7  # 3 x (media, metadata) + the JSON manifest
 
     # --- all good, read-only SAS from the environment, debug logging on -------------------------
-    ok = portshift("--log-level", "debug", "verify", job_id, "--store", str(store),
-                   env={**base_env, "PORTSHIFT_AZURE_SAS": read_token})
+    ok = portshift(
+        "--log-level", "debug", "verify", job_id, "--store", str(store), env={**base_env, "PORTSHIFT_AZURE_SAS": read_token}
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr[-3000:]
     assert "OK: 7 ok, 0 differ, 0 missing, 0 extra" in ok.stdout
     assert "[store] sas" not in ok.stderr, "a read+list SAS draws no warning"
@@ -78,12 +80,21 @@ def test_verify_store_with_a_read_only_sas(azurite: Azurite, admin: BlobServiceC
     added = f"{changed.rsplit('/', 1)[0]}/notes.txt"
     container.get_blob_client(f"{root}/{added}").upload_blob(b"not in the manifest")
 
-    bad = portshift("--log-level", "debug", "verify", job_id, "--store", str(store), "--json",
-                    "--secrets-from-stdin", env=base_env, stdin=json.dumps({"store": {"sas": read_token}}))
+    bad = portshift(
+        "--log-level",
+        "debug",
+        "verify",
+        job_id,
+        "--store",
+        str(store),
+        "--json",
+        "--secrets-from-stdin",
+        env=base_env,
+        stdin=json.dumps({"store": {"sas": read_token}}),
+    )
     assert bad.returncode == 4, bad.stdout + bad.stderr[-3000:]
     report = json.loads(bad.stdout)
-    assert report == {"ok": 5, "differ": [changed], "missing": [deleted], "extra": [added], "bad_lines": [],
-                      "passed": False}
+    assert report == {"ok": 5, "differ": [changed], "missing": [deleted], "extra": [added], "bad_lines": [], "passed": False}
 
     text = portshift("verify", job_id, "--store", str(store), env={**base_env, "PORTSHIFT_AZURE_SAS": read_token})
     assert text.returncode == 4

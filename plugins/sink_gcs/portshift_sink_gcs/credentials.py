@@ -69,13 +69,19 @@ def key_problem(key: Secret) -> str | None:
 def _checked(text: str) -> tuple[dict[str, str] | None, str | None, str | None]:
     doc, syntax = _load_json(text)
     if syntax is not None:
-        return None, f"the service-account key is not a JSON document ({syntax})", (
-            "PORTSHIFT_GCS_KEY or key_file must hold the JSON key file downloaded from Google Cloud")
+        return (
+            None,
+            f"the service-account key is not a JSON document ({syntax})",
+            ("PORTSHIFT_GCS_KEY or key_file must hold the JSON key file downloaded from Google Cloud"),
+        )
     if not isinstance(doc, dict):
         return None, "the service-account key must be a JSON object", None
     if doc.get("type") != "service_account":
-        return None, 'not a service-account key (its "type" is not "service_account")', (
-            "for user or workload-identity credentials use application_default_credentials = true")
+        return (
+            None,
+            'not a service-account key (its "type" is not "service_account")',
+            ("for user or workload-identity credentials use application_default_credentials = true"),
+        )
     missing = [name for name in _REQUIRED if not isinstance(doc.get(name), str) or not doc.get(name)]
     if missing:
         return None, f"the service-account key lacks {', '.join(missing)}", None

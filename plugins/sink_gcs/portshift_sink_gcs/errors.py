@@ -49,17 +49,29 @@ def from_response(response: requests.Response, operation: str, location: str) ->
     if 300 <= status < 400:
         return SinkError(
             "the endpoint answered with a redirect, which portshift never follows",
-            operation=operation, status=status, location=location, retryable=False,
+            operation=operation,
+            status=status,
+            location=location,
+            retryable=False,
             hint="set api_endpoint to the JSON API endpoint itself",
         )
     if status == 401:
-        return AuthError(what, operation=operation, status=status, location=location,
-                         hint="the access token was refused: check the key or the workload identity binding")
+        return AuthError(
+            what,
+            operation=operation,
+            status=status,
+            location=location,
+            hint="the access token was refused: check the key or the workload identity binding",
+        )
     if status == 403 and "storage.objects.delete" in message:
         # not a credentials problem: this one object already exists (e.g. a retry after a write
         # whose answer was lost). The file fails; the job goes on.
         return SinkError(
-            what, operation=operation, status=status, location=location, retryable=False,
+            what,
+            operation=operation,
+            status=status,
+            location=location,
+            retryable=False,
             hint="an object already exists under this name and replacing it needs storage.objects.delete, "
             "which roles/storage.objectCreator does not grant (docs/permissions/gcs.md)",
         )
@@ -72,11 +84,20 @@ def from_response(response: requests.Response, operation: str, location: str) ->
         return SinkError(
             "GCS rejected the data: the checksum it computed on receipt differs from the one sent "
             f"(bytes changed in transit) [{message or reason}]",
-            operation=operation, status=status, location=location, retryable=True,
+            operation=operation,
+            status=status,
+            location=location,
+            retryable=True,
         )
     if status == 404:
-        return SinkError(what, operation=operation, status=status, location=location, retryable=False,
-                         hint="check the bucket name; the sink never creates buckets")
+        return SinkError(
+            what,
+            operation=operation,
+            status=status,
+            location=location,
+            retryable=False,
+            hint="check the bucket name; the sink never creates buckets",
+        )
     retryable = status in RETRYABLE_STATUS or status >= 500
     return SinkError(what, operation=operation, status=status, location=location, retryable=retryable)
 
@@ -86,21 +107,30 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
     if isinstance(e, PortshiftError):
         return e
     if is_plain_http_refusal(e):
-        return SinkError("refused to send a request over plain HTTP", operation=operation, location=location,
-                         retryable=False)
+        return SinkError("refused to send a request over plain HTTP", operation=operation, location=location, retryable=False)
     tls = handshake_failure(e)
     if tls:
-        return SinkError(tls, operation=operation, location=location, retryable=False,
-                         hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later")
+        return SinkError(
+            tls,
+            operation=operation,
+            location=location,
+            retryable=False,
+            hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later",
+        )
     if isinstance(e, google.auth.exceptions.RefreshError):
         return AuthError(
             f"the token endpoint refused the credentials ({_refresh_detail(e)})",
-            operation="get access token", location=location,
+            operation="get access token",
+            location=location,
             hint="the key may be revoked or disabled, or the workload identity binding is missing",
         )
     if isinstance(e, google.auth.exceptions.TransportError):
-        return SinkError("could not reach the token endpoint (connection failed)", operation="get access token",
-                         location=location, retryable=True)
+        return SinkError(
+            "could not reach the token endpoint (connection failed)",
+            operation="get access token",
+            location=location,
+            retryable=True,
+        )
     if isinstance(e, requests.exceptions.Timeout):
         return SinkError("GCS did not answer in time", operation=operation, location=location, retryable=True)
     if isinstance(e, (requests.exceptions.RequestException, OSError)):

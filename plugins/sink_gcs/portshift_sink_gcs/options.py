@@ -146,9 +146,7 @@ class GcsOptions(PluginOptions):
     @classmethod
     def _kms(cls, v: str | None) -> str | None:
         if v is not None and not _KMS.match(v):
-            raise ValueError(
-                "must look like projects/P/locations/L/keyRings/R/cryptoKeys/K (without /cryptoKeyVersions/N)"
-            )
+            raise ValueError("must look like projects/P/locations/L/keyRings/R/cryptoKeys/K (without /cryptoKeyVersions/N)")
         return v
 
     @field_validator("api_endpoint")
@@ -158,9 +156,7 @@ class GcsOptions(PluginOptions):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         if parts.path not in ("", "/"):
-            raise ValueError(
-                "is the scheme and host only, e.g. https://storage.googleapis.com (the sink adds the API paths)"
-            )
+            raise ValueError("is the scheme and host only, e.g. https://storage.googleapis.com (the sink adds the API paths)")
         return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("project")

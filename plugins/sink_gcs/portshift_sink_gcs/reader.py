@@ -120,7 +120,12 @@ def _translate(e: BaseException, operation: str, where: str) -> PortshiftError:
         if reason:
             text += f" ({sanitize_message(str(reason), 120)})"
         if status in (401, 403):
-            return AuthError(f"GCS answered: {text}", operation=operation, status=status, location=where,
-                             hint="reading back needs roles/storage.objectViewer on the bucket")
+            return AuthError(
+                f"GCS answered: {text}",
+                operation=operation,
+                status=status,
+                location=where,
+                hint="reading back needs roles/storage.objectViewer on the bucket",
+            )
         return SourceError(f"GCS answered: {text}", operation=operation, status=status, location=where)
     return errors.from_exception(e, operation, where)

@@ -149,17 +149,26 @@ class GcsSink(Sink):
         return meta
 
     # --- HTTP with retries ----------------------------------------------------------------------
-    def _send(self, method: str, url: str, operation: str, where: str, *, ok: tuple[int, ...],
-              data: Any = None, headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
-              retry: bool = True) -> requests.Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        operation: str,
+        where: str,
+        *,
+        ok: tuple[int, ...],
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        retry: bool = True,
+    ) -> requests.Response:
         attempt = 0
         while True:
             attempt += 1
             failure: PortshiftError | None = None
             hint: float | None = None
             try:
-                response = self._session.request(method, url, data=data, headers=headers, params=params,
-                                                 timeout=self._timeout)
+                response = self._session.request(method, url, data=data, headers=headers, params=params, timeout=self._timeout)
             except Exception as e:  # noqa: BLE001 - translated, then raised from None below
                 failure = errors.from_exception(e, operation, where)
             else:
@@ -182,8 +191,7 @@ class GcsSink(Sink):
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         name = self.object_name(key)
         where = self._where(name)
-        content_type = (getattr(stream, "content_type", None) or mimetypes.guess_type(name)[0]
-                        or "application/octet-stream")
+        content_type = getattr(stream, "content_type", None) or mimetypes.guess_type(name)[0] or "application/octet-stream"
         if not _CONTENT_TYPE.match(content_type):
             content_type = "application/octet-stream"
         digests = _Digests()
@@ -205,10 +213,13 @@ class GcsSink(Sink):
         """GCS refused the upload because an object exists under ``name``: compare it with the
         file just read. Equal (size, CRC32C and, when GCS reports it, MD5): the file is stored.
         Anything else fails the put for good; portshift never replaces an object."""
-        url = f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}/o/" \
-              f"{urllib.parse.quote(name, safe='')}"
-        response = self._send("GET", url, "compare existing object", where, ok=(200, 403, 404),
-                              params={"fields": "size,crc32c,md5Hash,generation"})
+        url = (
+            f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}/o/"
+            f"{urllib.parse.quote(name, safe='')}"
+        )
+        response = self._send(
+            "GET", url, "compare existing object", where, ok=(200, 403, 404), params={"fields": "size,crc32c,md5Hash,generation"}
+        )
         status = response.status_code
         try:
             obj = response.json() if status == 200 else None
@@ -221,16 +232,28 @@ class GcsSink(Sink):
                 "an object already exists under this name (left by an earlier attempt, or another writer); "
                 "portshift never replaces an object, and cannot compare this one with the file: reading its "
                 "metadata needs storage.objects.get",
-                operation="compare existing object", status=403, location=where, retryable=False,
+                operation="compare existing object",
+                status=403,
+                location=where,
+                retryable=False,
                 hint="grant storage.objects.get as well (docs/permissions/gcs.md), or delete the object "
                 "if it is not wanted, then run the job again",
             )
         if status == 404:  # it was there a moment ago: deleted since; a new attempt can write it
-            raise SinkError("GCS refused the upload because an object existed under this name, which is now gone",
-                            operation="compare existing object", status=404, location=where, retryable=True)
+            raise SinkError(
+                "GCS refused the upload because an object existed under this name, which is now gone",
+                operation="compare existing object",
+                status=404,
+                location=where,
+                retryable=True,
+            )
         if not isinstance(obj, dict):
-            raise SinkError("GCS did not return the existing object's metadata", operation="compare existing object",
-                            location=where, retryable=True)
+            raise SinkError(
+                "GCS did not return the existing object's metadata",
+                operation="compare existing object",
+                location=where,
+                retryable=True,
+            )
         try:
             stored_size = int(obj.get("size", -1))
         except (TypeError, ValueError):
@@ -240,19 +263,23 @@ class GcsSink(Sink):
             raise SinkError(
                 f"an object already exists under this name with other content ({stored_size} bytes stored, "
                 f"{size} in this file, or different CRC32C/MD5); portshift never replaces an object",
-                operation="upload object", status=412, location=where, retryable=False,
+                operation="upload object",
+                status=412,
+                location=where,
+                retryable=False,
                 hint="an earlier export or another writer used this name: move or delete that object, or "
                 "export into another prefix",
             )
         checksums = {"crc32c": values["crc32c"]}
-        how = (f"an object with the same size and CRC32C{' and MD5' if md5 is not None else ''} already existed "
-               "under the name (an earlier attempt's upload); GCS refused to replace it (ifGenerationMatch=0)")
+        how = (
+            f"an object with the same size and CRC32C{' and MD5' if md5 is not None else ''} already existed "
+            "under the name (an earlier attempt's upload); GCS refused to replace it (ifGenerationMatch=0)"
+        )
         if md5 is not None:
             checksums["md5"] = values["md5"]
         generation = obj.get("generation")
         log.info("%s already stored with the same content (generation %s); not uploaded again", where, generation)
-        return PutResult(key=name, size=size, checksums=checksums,
-                         version=str(generation) if generation else None, verified=how)
+        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None, verified=how)
 
     def _multipart(self, name: str, where: str, content_type: str, data: bytes, digests: _Digests) -> PutResult:
         values = digests.values()
@@ -261,23 +288,39 @@ class GcsSink(Sink):
         meta["crc32c"] = sent["crc32c"]
         meta["md5Hash"] = sent["md5"]
         boundary = _MULTIPART_BOUNDARY_PREFIX + uuid.uuid4().hex
-        body = b"".join([
-            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
-            json.dumps(meta).encode(),
-            f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode(),
-            data,
-            f"\r\n--{boundary}--\r\n".encode(),
-        ])
+        body = b"".join(
+            [
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
+                json.dumps(meta).encode(),
+                f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode(),
+                data,
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
         response = self._send(
-            "POST", self._upload_url(), "upload object", where, ok=(200,),
-            data=body, params={"uploadType": "multipart", **_ONLY_IF_ABSENT},
+            "POST",
+            self._upload_url(),
+            "upload object",
+            where,
+            ok=(200,),
+            data=body,
+            params={"uploadType": "multipart", **_ONLY_IF_ABSENT},
             headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
         )
-        return self._confirm(name, where, response, len(data), values,
-                             "GCS checked CRC32C and MD5 of the whole object (single-request upload)")
+        return self._confirm(
+            name, where, response, len(data), values, "GCS checked CRC32C and MD5 of the whole object (single-request upload)"
+        )
 
-    def _resumable(self, name: str, where: str, content_type: str, first: bytes,
-                   rest: Iterator[tuple[bytes, bool]], digests: _Digests, size: int | None) -> PutResult:
+    def _resumable(
+        self,
+        name: str,
+        where: str,
+        content_type: str,
+        first: bytes,
+        rest: Iterator[tuple[bytes, bool]],
+        digests: _Digests,
+        size: int | None,
+    ) -> PutResult:
         session_uri = self._initiate(name, where, content_type, size)
         try:
             offset = 0
@@ -289,7 +332,11 @@ class GcsSink(Sink):
                     values = digests.values()
                     response = self._final_chunk(session_uri, where, chunk, offset, values)
                     return self._confirm(
-                        name, where, response, offset + len(chunk), values,
+                        name,
+                        where,
+                        response,
+                        offset + len(chunk),
+                        values,
                         f"GCS checked CRC32C and MD5 of the whole object at finalize (resumable upload, {count} chunks)",
                     )
                 self._chunk(session_uri, where, chunk, offset)
@@ -304,7 +351,11 @@ class GcsSink(Sink):
         if size is not None:
             headers["X-Upload-Content-Length"] = str(size)
         response = self._send(
-            "POST", self._upload_url(), "start resumable upload", where, ok=(200, 201),
+            "POST",
+            self._upload_url(),
+            "start resumable upload",
+            where,
+            ok=(200, 201),
             data=json.dumps(self._metadata(name, content_type)).encode(),
             params={"uploadType": "resumable", **_ONLY_IF_ABSENT},
             headers=headers,
@@ -322,7 +373,9 @@ class GcsSink(Sink):
             # session cannot even be cancelled; GCS drops unused sessions after a week
             raise SinkError(
                 "GCS returned a resumable session URI that is not https on the configured endpoint's host",
-                operation="start resumable upload", location=where, retryable=False,
+                operation="start resumable upload",
+                location=where,
+                retryable=False,
             )
         return session_uri
 
@@ -333,11 +386,12 @@ class GcsSink(Sink):
         tries = 0
         while pos < end:
             tries += 1
-            piece = chunk[pos - offset:]
+            piece = chunk[pos - offset :]
             headers = {"Content-Range": f"bytes {pos}-{end - 1}/*"}
             try:
-                response = self._send("PUT", session_uri, "upload chunk", where, ok=(308,), data=piece,
-                                      headers=headers, retry=False)
+                response = self._send(
+                    "PUT", session_uri, "upload chunk", where, ok=(308,), data=piece, headers=headers, retry=False
+                )
                 persisted = _persisted(response)
                 response.close()
             except PortshiftError as e:
@@ -348,7 +402,9 @@ class GcsSink(Sink):
             if persisted < pos or persisted > end:
                 raise SinkError(
                     f"GCS reports {persisted} bytes persisted, expected between {pos} and {end}",
-                    operation="upload chunk", location=where, retryable=True,
+                    operation="upload chunk",
+                    location=where,
+                    retryable=True,
                 )
             if persisted == pos:
                 if tries >= self._backoff.attempts:
@@ -356,8 +412,7 @@ class GcsSink(Sink):
                 continue
             pos = persisted
 
-    def _final_chunk(self, session_uri: str, where: str, chunk: bytes, offset: int,
-                     values: dict[str, str]) -> requests.Response:
+    def _final_chunk(self, session_uri: str, where: str, chunk: bytes, offset: int, values: dict[str, str]) -> requests.Response:
         total = offset + len(chunk)
         sent = _sent_checksums(values)
         headers = {"X-Goog-Hash": f"crc32c={sent['crc32c']},md5={sent['md5']}"}
@@ -366,26 +421,38 @@ class GcsSink(Sink):
         while True:
             tries += 1
             try:
-                return self._send("PUT", session_uri, "finish upload", where, ok=(200, 201), data=chunk,
-                                  headers=headers, retry=False)
+                return self._send(
+                    "PUT", session_uri, "finish upload", where, ok=(200, 201), data=chunk, headers=headers, retry=False
+                )
             except PortshiftError as e:
                 if not e.retryable or tries >= self._backoff.attempts or getattr(e, "status", None) == 400:
                     raise
                 time.sleep(self._backoff.delay(tries))
                 persisted = self._status(session_uri, where)
                 if persisted == -1:  # already finalised by the lost request: ask for the object
-                    return self._send("PUT", session_uri, "finish upload", where, ok=(200, 201), data=b"",
-                                      headers={"Content-Range": f"bytes */{total}"}, retry=False)
+                    return self._send(
+                        "PUT",
+                        session_uri,
+                        "finish upload",
+                        where,
+                        ok=(200, 201),
+                        data=b"",
+                        headers={"Content-Range": f"bytes */{total}"},
+                        retry=False,
+                    )
                 if persisted != offset:
                     raise SinkError(
                         f"GCS reports {persisted} bytes persisted before the last chunk, expected {offset}",
-                        operation="finish upload", location=where, retryable=True,
+                        operation="finish upload",
+                        location=where,
+                        retryable=True,
                     ) from None
 
     def _status(self, session_uri: str, where: str) -> int:
         """Bytes GCS persisted in the session, or -1 when the upload is already complete."""
-        response = self._send("PUT", session_uri, "query upload status", where, ok=(200, 201, 308),
-                              data=b"", headers={"Content-Range": "bytes */*"})
+        response = self._send(
+            "PUT", session_uri, "query upload status", where, ok=(200, 201, 308), data=b"", headers={"Content-Range": "bytes */*"}
+        )
         response.close()
         if response.status_code in (200, 201):
             return -1
@@ -405,8 +472,9 @@ class GcsSink(Sink):
         else:
             log.warning("cancelling the resumable upload of %s: GCS answered HTTP %d", where, status)
 
-    def _confirm(self, name: str, where: str, response: requests.Response, size: int,
-                 values: dict[str, str], how: str) -> PutResult:
+    def _confirm(
+        self, name: str, where: str, response: requests.Response, size: int, values: dict[str, str], how: str
+    ) -> PutResult:
         try:
             obj = response.json()
         except ValueError:
@@ -414,8 +482,9 @@ class GcsSink(Sink):
         finally:
             response.close()
         if not isinstance(obj, dict):
-            raise SinkError("GCS did not return the stored object's metadata", operation="confirm upload",
-                            location=where, retryable=True)
+            raise SinkError(
+                "GCS did not return the stored object's metadata", operation="confirm upload", location=where, retryable=True
+            )
         problems = []
         if str(obj.get("name", name)) != name:
             problems.append("name")
@@ -431,9 +500,7 @@ class GcsSink(Sink):
         if reported["md5"] is not None and reported["md5"] != values["md5"]:
             problems.append("MD5")
         if problems:
-            raise IntegrityError(
-                f"GCS stored an object at {where} that differs from what was sent: {', '.join(problems)}"
-            )
+            raise IntegrityError(f"GCS stored an object at {where} that differs from what was sent: {', '.join(problems)}")
         checksums = {"crc32c": values["crc32c"]}
         if reported["md5"] is not None:
             checksums["md5"] = values["md5"]
@@ -442,8 +509,7 @@ class GcsSink(Sink):
             how += "; the CRC32C GCS reported matches (no MD5 reported)"
         generation = obj.get("generation")
         log.debug("stored %s (%d bytes, generation %s)", where, size, generation)
-        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None,
-                         verified=how)
+        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None, verified=how)
 
     # --- check / close --------------------------------------------------------------------------
     def check(self) -> None:
@@ -471,8 +537,7 @@ def _persisted(response: requests.Response) -> int:
     try:
         return int(value.rsplit("-", 1)[1]) + 1
     except (IndexError, ValueError):
-        raise SinkError("GCS answered an unreadable Range header", operation="upload chunk",
-                        retryable=True) from None
+        raise SinkError("GCS answered an unreadable Range header", operation="upload chunk", retryable=True) from None
 
 
 __all__ = ["GcsSink", "read_chunks"]

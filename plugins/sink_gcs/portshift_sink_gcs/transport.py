@@ -168,8 +168,9 @@ class _MetadataServerOnly(HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
-def harden(session: requests.Session, ca_bundle: Path | None, *, pool_maxsize: int = 32,
-           allow_metadata_server: bool = False) -> requests.Session:
+def harden(
+    session: requests.Session, ca_bundle: Path | None, *, pool_maxsize: int = 32, allow_metadata_server: bool = False
+) -> requests.Session:
     """Make ``session`` follow portshift's policy (see the module docstring)."""
     session.trust_env = False
     session.verify = True  # a path here would make urllib3 add trust to the shared context
@@ -231,8 +232,9 @@ class MaskingRequest(google_requests.Request):
     """google-auth's transport for token requests, on a hardened session, registering every
     grant and token it carries with portshift's log scrubber before anything can log them."""
 
-    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
-                 timeout: Any = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any
+    ) -> Any:
         mask_request_body(body)
         kwargs.setdefault("allow_redirects", False)
         if timeout is None:
@@ -247,8 +249,15 @@ class GcsSession(google_requests.AuthorizedSession):
     (itself on a hardened session), that never follows redirects and registers the access
     token it attaches as a mask."""
 
-    def __init__(self, credentials: Any, auth_request: MaskingRequest, ca_bundle: Path | None, *,
-                 pool_maxsize: int = 32, allow_metadata_server: bool = False) -> None:
+    def __init__(
+        self,
+        credentials: Any,
+        auth_request: MaskingRequest,
+        ca_bundle: Path | None,
+        *,
+        pool_maxsize: int = 32,
+        allow_metadata_server: bool = False,
+    ) -> None:
         super().__init__(credentials, auth_request=auth_request, max_refresh_attempts=1)
         harden(self, ca_bundle, pool_maxsize=pool_maxsize, allow_metadata_server=allow_metadata_server)
         self._masked_token: str | None = None

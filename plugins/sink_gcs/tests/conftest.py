@@ -117,8 +117,9 @@ class Admin:
         authed = google.auth.transport.requests.AuthorizedSession(AnonymousCredentials())
         authed.trust_env = False
         authed.verify = str(ca)
-        self.client = storage.Client(project="test", credentials=AnonymousCredentials(), _http=authed,
-                                     client_options=ClientOptions(api_endpoint=endpoint))
+        self.client = storage.Client(
+            project="test", credentials=AnonymousCredentials(), _http=authed, client_options=ClientOptions(api_endpoint=endpoint)
+        )
 
     def download(self, name: str, bucket: str = BUCKET) -> bytes | None:
         try:
@@ -157,9 +158,23 @@ def emulator(certs: Certs) -> Iterator[Server]:
     log = certs.dir / f"emulator-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "emulator_tls.py"), "--port", str(port), "--cert", str(certs.cert),
-             "--key", str(certs.key), "--bucket", BUCKET, "--bucket", OTHER_BUCKET],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                str(HERE / "emulator_tls.py"),
+                "--port",
+                str(port),
+                "--cert",
+                str(certs.cert),
+                "--key",
+                str(certs.key),
+                "--bucket",
+                BUCKET,
+                "--bucket",
+                OTHER_BUCKET,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         wait_port(port, proc, log, "gcp-storage-emulator")
@@ -184,10 +199,30 @@ def fakegcs(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     endpoint = f"https://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(fake_gcs_binary()), "-scheme", "https", "-host", "127.0.0.1", "-port", str(port),
-             "-backend", "memory", "-data", str(data), "-external-url", endpoint,
-             "-cert-location", str(certs.cert), "-private-key-location", str(certs.key), "-log-level", "error"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                str(fake_gcs_binary()),
+                "-scheme",
+                "https",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                "-backend",
+                "memory",
+                "-data",
+                str(data),
+                "-external-url",
+                endpoint,
+                "-cert-location",
+                str(certs.cert),
+                "-private-key-location",
+                str(certs.key),
+                "-log-level",
+                "error",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         wait_port(port, proc, log, "fake-gcs-server")
@@ -352,8 +387,9 @@ class TLSServer:
     """A minimal threaded TLS server on loopback: ``respond(method, path, headers, body)``
     returns ``(status, headers, body)``."""
 
-    def __init__(self, context: ssl.SSLContext,
-                 respond: Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]) -> None:
+    def __init__(
+        self, context: ssl.SSLContext, respond: Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
+    ) -> None:
         outer = self
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
 
@@ -423,16 +459,20 @@ class CanaryKey:
         import base64
 
         body = [ln for ln in self.private_pem.splitlines() if ln and not ln.startswith("-----")]
-        out = {self.key_id, base64.b64encode(self.key_id.encode()).decode().rstrip("="), "".join(body),
-               json.dumps(self.private_pem)[1:40], self.json[:60]}
+        out = {
+            self.key_id,
+            base64.b64encode(self.key_id.encode()).decode().rstrip("="),
+            "".join(body),
+            json.dumps(self.private_pem)[1:40],
+            self.json[:60],
+        }
         out.update(ln for ln in body if len(ln) >= 32)
         return out
 
 
 def make_canary_key(token_uri: str) -> CanaryKey:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     key_id = "CANARYKEYID" + secrets.token_hex(14)
     info = {
@@ -469,8 +509,7 @@ class TokenServer:
         self.assertions.append(assertion)
         try:
             # google-auth signs for Google's token audience whatever token_uri says
-            claims = jwt.decode(assertion, certs=self.public_pems, verify=True,
-                                audience="https://oauth2.googleapis.com/token")
+            claims = jwt.decode(assertion, certs=self.public_pems, verify=True, audience="https://oauth2.googleapis.com/token")
         except ValueError:
             return 400, {"Content-Type": "application/json"}, b'{"error": "invalid_grant", "error_description": "bad JWT"}'
         if self.refuse or "devstorage" not in str(claims.get("scope", "")):

@@ -50,7 +50,7 @@ def _https_request_init(self, request_handler, method):  # type: ignore[no-untyp
     _original_init(self, request_handler, method)
     plain = "http" + "://"
     if self._base_url.startswith(plain):
-        self._base_url = "https://" + self._base_url[len(plain):]
+        self._base_url = "https://" + self._base_url[len(plain) :]
         self._full_url = self._base_url + self._path
 
 
@@ -125,10 +125,23 @@ Storage.create_file = _create_file_if_absent  # type: ignore[method-assign]
 
 def _precondition_failed(response):  # type: ignore[no-untyped-def]
     response.status = HTTPStatus.PRECONDITION_FAILED
-    response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold.",
-                             "errors": [{"domain": "global", "reason": "conditionNotMet",
-                                         "message": "At least one of the pre-conditions you specified did not hold.",
-                                         "locationType": "header", "location": "If-Match"}]}})
+    response.json(
+        {
+            "error": {
+                "code": 412,
+                "message": "At least one of the pre-conditions you specified did not hold.",
+                "errors": [
+                    {
+                        "domain": "global",
+                        "reason": "conditionNotMet",
+                        "message": "At least one of the pre-conditions you specified did not hold.",
+                        "locationType": "header",
+                        "location": "If-Match",
+                    }
+                ],
+            }
+        }
+    )
 
 
 def _honouring_if_generation_match(handler, initiation):  # type: ignore[no-untyped-def]

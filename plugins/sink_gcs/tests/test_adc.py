@@ -29,8 +29,14 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plai
 
 
 def test_adc_from_google_application_credentials(
-    emulator: Server, certs: Certs, token_server: TokenServer, canary: CanaryKey, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, no_ambient_credentials: None, make_sink: Callable[..., GcsSink],
+    emulator: Server,
+    certs: Certs,
+    token_server: TokenServer,
+    canary: CanaryKey,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_ambient_credentials: None,
+    make_sink: Callable[..., GcsSink],
     plain_listener: PlainListener,
 ) -> None:
     path = tmp_path / "adc.json"

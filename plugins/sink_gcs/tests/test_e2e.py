@@ -21,8 +21,9 @@ from .conftest import BUCKET, CHUNK, CanaryKey, Certs, Server, TokenServer
 
 
 def portshift(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env,
-                          input=stdin, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, input=stdin, timeout=180
+    )
 
 
 def test_portshift_run_into_gcs_then_rehash_every_object(
@@ -38,21 +39,28 @@ def test_portshift_run_into_gcs_then_rehash_every_object(
         f'ca_bundle = "{certs.ca_pem}"\n'
     )
     job = tmp_path / "job.toml"
-    job.write_text('[job]\ntransfers = 2\n\n[source]\ntype = "example"\ncount = 3\nmedia_size = 700001\n\n'
-                   f"[sink]\n{sink_section}")
+    job.write_text(
+        f'[job]\ntransfers = 2\n\n[source]\ntype = "example"\ncount = 3\nmedia_size = 700001\n\n[sink]\n{sink_section}'
+    )
     state = tmp_path / "state" / "state.db"
     state.parent.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
-    env.update({"HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), "PORTSHIFT_GCS_KEY": canary.json,
-                "STORAGE_EMULATOR_HOST": "http" + "://127.0.0.1:9"})
+    env.update(
+        {
+            "HOME": str(tmp_path / "home"),
+            "TMPDIR": str(tmp_path),
+            "PORTSHIFT_GCS_KEY": canary.json,
+            "STORAGE_EMULATOR_HOST": "http" + "://127.0.0.1:9",
+        }
+    )
     no_key = {k: v for k, v in env.items() if k != "PORTSHIFT_GCS_KEY"}
     n_grants = len(token_server.assertions)
 
-    check = portshift("check", "--config", str(job), "--secrets-from-stdin", env=no_key,
-                      stdin=json.dumps({"sink": {"key": canary.json}}))
+    check = portshift(
+        "check", "--config", str(job), "--secrets-from-stdin", env=no_key, stdin=json.dumps({"sink": {"key": canary.json}})
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    run = portshift("--log-level", "debug", "--log-format", "json", "run", "--config", str(job),
-                    "--state", str(state), env=env)
+    run = portshift("--log-level", "debug", "--log-format", "json", "run", "--config", str(job), "--state", str(state), env=env)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     assert len(token_server.assertions) >= n_grants + 2, "the key was exchanged for tokens (check and run)"
 
@@ -92,8 +100,7 @@ def test_portshift_run_into_gcs_then_rehash_every_object(
         forms.add(assertion)
         forms.update(p for p in assertion.split(".") if len(p) > 20)
     forms.update(token_server.issued)
-    outputs = {"check": check.stdout + check.stderr, "run": run.stdout + run.stderr,
-               "verify": verify.stdout + verify.stderr}
+    outputs = {"check": check.stdout + check.stderr, "run": run.stdout + run.stderr, "verify": verify.stdout + verify.stderr}
     assert '"level": "debug"' in run.stderr or '"level": "debug"' in run.stdout, "debug logging was not on"
     for what, text in outputs.items():
         for form in forms:

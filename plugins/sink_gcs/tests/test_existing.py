@@ -141,7 +141,7 @@ def test_resumable_onto_other_content_is_refused(emulator: Server, make_sink: Ca
     stored = pattern_bytes(RESUMABLE, seed=7)
     generation = store_directly(emulator, sink.object_name(key), stored)
     data = pattern_bytes(RESUMABLE, seed=8)
-    stream = HashingStream(iter([data[i:i + 16 * KiB] for i in range(0, len(data), 16 * KiB)]))
+    stream = HashingStream(iter([data[i : i + 16 * KiB] for i in range(0, len(data), 16 * KiB)]))
     with pytest.raises(SinkError, match="other content") as e:
         sink.put(key, stream, RESUMABLE)
     assert not e.value.retryable and f"gs://{BUCKET}/{sink.object_name(key)}" in str(e.value)
@@ -156,7 +156,7 @@ def arriving_meanwhile(server: Server, name: str, other: bytes, data: bytes, at:
     for pos in range(0, len(data), step):
         if pos == at:
             store_directly(server, name, other)
-        yield data[pos:pos + step]
+        yield data[pos : pos + step]
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["same-content", "other-content"])
@@ -199,11 +199,21 @@ def creator_only(certs: Certs) -> Iterator[TLSServer]:
 
     def respond(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         if method == "POST" and path.startswith("/upload/"):
-            doc: dict[str, Any] = {"error": {"code": 412, "message": "At least one of the pre-conditions you "
-                                             "specified did not hold.", "errors": [{"reason": "conditionNotMet"}]}}
+            doc: dict[str, Any] = {
+                "error": {
+                    "code": 412,
+                    "message": "At least one of the pre-conditions you specified did not hold.",
+                    "errors": [{"reason": "conditionNotMet"}],
+                }
+            }
             return 412, {"Content-Type": "application/json"}, json.dumps(doc).encode()
-        doc = {"error": {"code": 403, "message": "anonymous caller does not have storage.objects.get access to "
-                         "the Google Cloud Storage object.", "errors": [{"reason": "forbidden"}]}}
+        doc = {
+            "error": {
+                "code": 403,
+                "message": "anonymous caller does not have storage.objects.get access to the Google Cloud Storage object.",
+                "errors": [{"reason": "forbidden"}],
+            }
+        }
         return 403, {"Content-Type": "application/json"}, json.dumps(doc).encode()
 
     server = TLSServer(server_context(certs.ca), respond)
@@ -229,4 +239,3 @@ def test_without_read_permission_the_existing_object_is_reported_not_retried(
     methods = [m for m, *_ in creator_only.requests]
     assert methods == ["POST", "GET"], methods
     assert "ifGenerationMatch=0" in creator_only.requests[0][1]
-

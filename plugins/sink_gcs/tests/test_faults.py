@@ -104,10 +104,16 @@ class Meter(FaultProxy):
 
 
 def through(server: Server, certs: Certs, proxy: FaultProxy, **overrides: Any) -> GcsSink:
-    return GcsSink(make_options(
-        server, certs.ca_pem, api_endpoint=f"https://127.0.0.1:{proxy.port}", read_timeout=READ_TIMEOUT,
-        connect_timeout=CONNECT_TIMEOUT, **overrides,
-    ))
+    return GcsSink(
+        make_options(
+            server,
+            certs.ca_pem,
+            api_endpoint=f"https://127.0.0.1:{proxy.port}",
+            read_timeout=READ_TIMEOUT,
+            connect_timeout=CONNECT_TIMEOUT,
+            **overrides,
+        )
+    )
 
 
 def pieces(data: bytes, arm: tuple[FaultProxy, str, int] | None = None) -> Iterator[bytes]:
@@ -117,7 +123,7 @@ def pieces(data: bytes, arm: tuple[FaultProxy, str, int] | None = None) -> Itera
     for pos in range(0, len(data), step):
         if arm is not None and pos == arm[2]:
             arm[0].fault = arm[1]
-        yield data[pos:pos + step]
+        yield data[pos : pos + step]
 
 
 def put(sink: GcsSink, key: str, data: bytes, arm: tuple[FaultProxy, str, int] | None = None) -> None:
@@ -161,8 +167,7 @@ LATE = pytest.mark.xfail(
     "test_a_late_single_request_upload_is_complete_and_a_rerun_accepts_it)",
 )
 CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-request") else (), id=f"{f}-{s}")
-    for f in FAULTS for s in SHAPES
+    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-request") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
 ]
 
 
@@ -184,14 +189,20 @@ def request_ends(emulator: Server, certs: Certs) -> dict[str, int]:
     return out
 
 
-def faulted_put(emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str,
-                retries: int) -> tuple[GcsSink, str, bytes, FaultProxy, PortshiftError | None, float]:
+def faulted_put(
+    emulator: Server, certs: Certs, request_ends: dict[str, int], fault: str, shape: str, retries: int
+) -> tuple[GcsSink, str, bytes, FaultProxy, PortshiftError | None, float]:
     size, _, arm_at = SHAPES[shape]
     data = pattern_bytes(size, seed=size + retries)
     key = new_key()
     error: PortshiftError | None = None
-    with FaultProxy(emulator.port, fault=fault if arm_at is None else None, after_bytes=request_ends[shape] - BEFORE_END,
-               times=1, stall_seconds=STALL) as proxy:
+    with FaultProxy(
+        emulator.port,
+        fault=fault if arm_at is None else None,
+        after_bytes=request_ends[shape] - BEFORE_END,
+        times=1,
+        stall_seconds=STALL,
+    ) as proxy:
         sink = through(emulator, certs, proxy, request_retries=retries)
         started = time.monotonic()
         try:
@@ -204,10 +215,9 @@ def faulted_put(emulator: Server, certs: Certs, request_ends: dict[str, int], fa
     return sink, key, data, proxy, error, started
 
 
-
-
-def assert_nothing_left(emulator: Server, sink: GcsSink, key: str, shape: str, fault: str, started: float,
-                        before: dict[str, int]) -> None:
+def assert_nothing_left(
+    emulator: Server, sink: GcsSink, key: str, shape: str, fault: str, started: float, before: dict[str, int]
+) -> None:
     # a barrier: served once the emulator is done with the faulted request (see the module docstring)
     after = emulator.admin.resumable()
     assert fault != "stall" or time.monotonic() - started >= STALL, "answered before the stalled bytes arrived?"
@@ -278,9 +288,7 @@ def test_the_plugins_request_retry_recovers_from_a_fault(
 
 
 @pytest.mark.parametrize("fault", ["reset", "half-close"])
-def test_a_connection_dropped_mid_body_at_the_default_chunk_size_is_retried(
-    emulator: Server, certs: Certs, fault: str
-) -> None:
+def test_a_connection_dropped_mid_body_at_the_default_chunk_size_is_retried(emulator: Server, certs: Certs, fault: str) -> None:
     """At the default 8 MiB chunk size a request body is far larger than the socket buffers, so
     the drop reaches requests while it is still writing."""
     data = pattern_bytes(6 * MiB, seed=9)
@@ -304,8 +312,7 @@ OPERATIONS = r"(upload object|start resumable upload|upload chunk|finish upload|
 
 
 def portshift(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def failed_on_stderr(stderr: str) -> dict[str, str]:
@@ -314,7 +321,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
     assert len(heads) == 1, stderr[-3000:]
     count = int(lines[heads[0]].split()[1])
     out: dict[str, str] = {}
-    for line in lines[heads[0] + 1:]:
+    for line in lines[heads[0] + 1 :]:
         m = FAILED_LINE.match(line)
         if not m:
             break
@@ -405,16 +412,18 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert 1 <= len(listed) <= RECORDINGS
     for rid, message in listed.items():
         # the call, what went wrong, and the object (of that recording) it was writing
-        assert re.match(rf"^{OPERATIONS}: .+ at gs://{BUCKET}/{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$",
-                        message), message
+        assert re.match(rf"^{OPERATIONS}: .+ at gs://{BUCKET}/{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$", message), message
     # a failed recording has a missing file; every other recording has both of its files
-    done1 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
-        state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
+    done1 = {
+        key: (size, sha, rid, done_at)
+        for key, size, sha, rid, done_at in query(
+            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
+        )
+    }
     per_recording: dict[str, int] = {}
     for _, _, rid, _ in done1.values():
         per_recording[rid] = per_recording.get(rid, 0) + 1
-    assert {rid for rid, n in per_recording.items() if n == 2} == {
-        f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
+    assert {rid for rid, n in per_recording.items() if n == 2} == {f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
     assert all(per_recording.get(rid, 0) < 2 for rid in listed)
     # nothing recorded as done is truncated or corrupted
     generations1: dict[str, str] = {}
@@ -434,8 +443,12 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = {key: (size, sha, rid, done_at) for key, size, sha, rid, done_at in query(
-        state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")}
+    done2 = {
+        key: (size, sha, rid, done_at)
+        for key, size, sha, rid, done_at in query(
+            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
+        )
+    }
     written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
     assert len(done2) == 2 * RECORDINGS
     assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"

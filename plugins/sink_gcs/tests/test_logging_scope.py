@@ -50,11 +50,13 @@ print("done")
 
 def run(mode: str, scope: str, emulator: Server, certs: Certs, key: CanaryKey) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
-    env.update({
-        "GOOGLE_SDK_PYTHON_LOGGING_SCOPE": scope,
-        "PORTSHIFT_GCS_KEY": key.json,
-        "TEST_CFG": json.dumps({"endpoint": emulator.endpoint, "ca": str(certs.ca_pem)}),
-    })
+    env.update(
+        {
+            "GOOGLE_SDK_PYTHON_LOGGING_SCOPE": scope,
+            "PORTSHIFT_GCS_KEY": key.json,
+            "TEST_CFG": json.dumps({"endpoint": emulator.endpoint, "ca": str(certs.ca_pem)}),
+        }
+    )
     return subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=env, timeout=120)
 
 

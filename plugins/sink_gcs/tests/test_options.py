@@ -30,9 +30,15 @@ def test_registered_as_gcs_sink_and_reader() -> None:
     assert plugins.readers().get("gcs").__name__ == "GcsReader"
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (256 * 1024, 256 * 1024), ("8MiB", 8 * 1024 * 1024), ("512 KiB", 512 * 1024), ("1GiB", 1024**3),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (256 * 1024, 256 * 1024),
+        ("8MiB", 8 * 1024 * 1024),
+        ("512 KiB", 512 * 1024),
+        ("1GiB", 1024**3),
+    ],
+)
 def test_chunk_size_accepts_multiples_of_256_kib(value: Any, expected: int) -> None:
     assert opts(chunk_size=value).chunk_size == expected
 
@@ -61,8 +67,10 @@ def test_endpoint_is_scheme_and_host_only(endpoint: str) -> None:
         opts(api_endpoint=endpoint)
 
 
-@pytest.mark.parametrize("endpoint", ["https://storage.googleapis.com", "https://localhost:4443",
-                                      "https://private.googleapis.com", "https://10.0.0.5:443"])
+@pytest.mark.parametrize(
+    "endpoint",
+    ["https://storage.googleapis.com", "https://localhost:4443", "https://private.googleapis.com", "https://10.0.0.5:443"],
+)
 def test_anonymous_is_refused_unless_the_endpoint_is_a_loopback_ip(endpoint: str) -> None:
     with pytest.raises(ConfigError) as e:
         opts(api_endpoint=endpoint)
@@ -133,11 +141,14 @@ def key_error(value: str, monkeypatch: pytest.MonkeyPatch) -> ConfigError:
 
 
 def all_text(e: BaseException) -> str:
-    return "\n".join([
-        str(e), repr(e),
-        "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-        "".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()),
-    ])
+    return "\n".join(
+        [
+            str(e),
+            repr(e),
+            "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+            "".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()),
+        ]
+    )
 
 
 @pytest.fixture

@@ -36,9 +36,7 @@ def check_stored(server: Server, sink: GcsSink, key: str, data: bytes) -> dict[s
 
 @pytest.mark.parametrize("declare", [True, False], ids=["declared", "undeclared"])
 @pytest.mark.parametrize("size", SIZES)
-def test_sizes_from_zero_to_many_chunks(
-    emulator: Server, make_sink: Callable[..., GcsSink], size: int, declare: bool
-) -> None:
+def test_sizes_from_zero_to_many_chunks(emulator: Server, make_sink: Callable[..., GcsSink], size: int, declare: bool) -> None:
     sink = make_sink()
     rec = Recorder(sink)
     data = pattern_bytes(size, seed=size)
@@ -129,9 +127,7 @@ def test_wrong_checksum_is_refused_by_gcs_and_nothing_is_stored(
 
 
 @pytest.mark.parametrize("size", [1000, 3 * CHUNK + 5], ids=["multipart", "resumable"])
-def test_bytes_corrupted_on_the_wire_are_refused(
-    emulator: Server, make_sink: Callable[..., GcsSink], size: int
-) -> None:
+def test_bytes_corrupted_on_the_wire_are_refused(emulator: Server, make_sink: Callable[..., GcsSink], size: int) -> None:
     """The checksums are right but a byte of the body changes in transit (after hashing)."""
     sink = make_sink()
 
@@ -150,9 +146,7 @@ def test_bytes_corrupted_on_the_wire_are_refused(
     assert emulator.admin.download(sink.object_name(key)) is None
 
 
-def test_interrupted_upload_leaves_no_object_and_cancels_the_session(
-    emulator: Server, make_sink: Callable[..., GcsSink]
-) -> None:
+def test_interrupted_upload_leaves_no_object_and_cancels_the_session(emulator: Server, make_sink: Callable[..., GcsSink]) -> None:
     sink = make_sink()
     rec = Recorder(sink)
     before = emulator.admin.resumable()
@@ -275,17 +269,26 @@ def test_permission_answers_are_translated() -> None:
     def answer(message: str) -> requests.Response:
         r = requests.Response()
         r.status_code = 403
-        r._content = json.dumps({"error": {"code": 403, "message": message,
-                                           "errors": [{"reason": "forbidden", "message": message}]}}).encode()
+        r._content = json.dumps(
+            {"error": {"code": 403, "message": message, "errors": [{"reason": "forbidden", "message": message}]}}
+        ).encode()
         return r
 
-    denied = gcs_errors.from_response(answer(
-        "sa@p.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage "
-        "object. Permission 'storage.objects.create' denied on resource (or it may not exist)."),
-        "upload object", "gs://b/k")
+    denied = gcs_errors.from_response(
+        answer(
+            "sa@p.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage "
+            "object. Permission 'storage.objects.create' denied on resource (or it may not exist)."
+        ),
+        "upload object",
+        "gs://b/k",
+    )
     assert isinstance(denied, AuthError) and "objectCreator" in str(denied)
-    exists = gcs_errors.from_response(answer(
-        "sa@p.iam.gserviceaccount.com does not have storage.objects.delete access to the Google Cloud Storage "
-        "object. Permission 'storage.objects.delete' denied on resource (or it may not exist)."),
-        "upload object", "gs://b/k")
+    exists = gcs_errors.from_response(
+        answer(
+            "sa@p.iam.gserviceaccount.com does not have storage.objects.delete access to the Google Cloud Storage "
+            "object. Permission 'storage.objects.delete' denied on resource (or it may not exist)."
+        ),
+        "upload object",
+        "gs://b/k",
+    )
     assert type(exists) is SinkError and not exists.retryable and "already exists" in str(exists)

@@ -88,7 +88,8 @@ def assert_clean(text: str, bad: set[str], what: str) -> None:
 
 def render(e: BaseException) -> list[str]:
     return [
-        str(e), repr(e),
+        str(e),
+        repr(e),
         "".join(traceback.format_exception(type(e), e, e.__traceback__)),
         "".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()),
     ]
@@ -118,16 +119,27 @@ class AuthHeaders:
 
 
 def test_canary_key_exchange_and_uploads_leak_nothing(
-    emulator: Server, certs: Certs, token_server: TokenServer, canary: CanaryKey,
-    capture: Capture, tmp_path: Path,
+    emulator: Server,
+    certs: Certs,
+    token_server: TokenServer,
+    canary: CanaryKey,
+    capture: Capture,
+    tmp_path: Path,
 ) -> None:
     key_file = tmp_path / "key.json"
     key_file.write_text(canary.json)
     before_files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    opts = GcsOptions.model_validate({
-        "bucket": "exports", "prefix": "secret-tests", "chunk_size": CHUNK, "api_endpoint": emulator.endpoint,
-        "ca_bundle": str(certs.ca_pem), "key_file": str(key_file), "__section__": "sink",
-    })
+    opts = GcsOptions.model_validate(
+        {
+            "bucket": "exports",
+            "prefix": "secret-tests",
+            "chunk_size": CHUNK,
+            "api_endpoint": emulator.endpoint,
+            "ca_bundle": str(certs.ca_pem),
+            "key_file": str(key_file),
+            "__section__": "sink",
+        }
+    )
     sink = GcsSink(opts)
     for name in PINNED_LOGGERS:
         assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING, name

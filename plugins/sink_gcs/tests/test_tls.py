@@ -27,13 +27,15 @@ from .conftest import (
     unique,
 )
 
-HIJACK_ENV = ("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
-              "ALL_PROXY")
+HIJACK_ENV = ("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "ALL_PROXY")
 TRUST_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 
 def test_environment_cannot_redirect_the_client_or_its_bearer_token(
-    emulator: Server, certs: Certs, make_sink: Callable[..., GcsSink], plain_listener: PlainListener,
+    emulator: Server,
+    certs: Certs,
+    make_sink: Callable[..., GcsSink],
+    plain_listener: PlainListener,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in HIJACK_ENV:
@@ -86,10 +88,13 @@ def ok(*_: object) -> tuple[int, dict[str, str], bytes]:
     return 200, {}, b"{}"
 
 
-@pytest.mark.parametrize(("kind", "expected"), [
-    ({"tls11_only": True}, "TLS handshake failed"),
-    ({"hosts": ("other.example",)}, "certificate verification failed"),
-])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ({"tls11_only": True}, "TLS handshake failed"),
+        ({"hosts": ("other.example",)}, "certificate verification failed"),
+    ],
+)
 def test_old_tls_and_wrong_host_are_refused(
     certs: Certs, tls_server: Callable[..., TLSServer], kind: dict[str, object], expected: str
 ) -> None:
@@ -103,9 +108,7 @@ def test_old_tls_and_wrong_host_are_refused(
     sink.close()
 
 
-def test_redirects_are_never_followed(
-    certs: Certs, tls_server: Callable[..., TLSServer], plain_listener: PlainListener
-) -> None:
+def test_redirects_are_never_followed(certs: Certs, tls_server: Callable[..., TLSServer], plain_listener: PlainListener) -> None:
     server = tls_server(lambda *a: (302, {"Location": plain_listener.url + "/landed"}, b""))
     fake = Server("tls", server.url, server.port, None, False)  # type: ignore[arg-type]
     sink = GcsSink(make_options(fake, certs.ca_pem), _credentials=TokenCredentials(token="CANARY-BEARER-redirect"))
@@ -124,8 +127,11 @@ def test_session_uri_elsewhere_is_refused(
     """A session URI is where the data and the bearer token would go: it must be https on the
     configured endpoint's host."""
     other = tls_server(ok)
-    target = f"https://localhost:{other.port}/upload?upload_id=x" if where == "other-host" else (
-        plain_listener.url + "/upload?upload_id=x")
+    target = (
+        f"https://localhost:{other.port}/upload?upload_id=x"
+        if where == "other-host"
+        else (plain_listener.url + "/upload?upload_id=x")
+    )
     server = tls_server(lambda *a: (200, {"Location": target}, b""))
     fake = Server("tls", server.url, server.port, None, False)  # type: ignore[arg-type]
     sink = GcsSink(make_options(fake, certs.ca_pem), _credentials=TokenCredentials(token="CANARY-BEARER-elsewhere"))
@@ -137,7 +143,10 @@ def test_session_uri_elsewhere_is_refused(
 
 
 def test_token_endpoint_is_held_to_the_same_policy(
-    emulator: Server, certs: Certs, tls_server: Callable[..., TLSServer], plain_listener: PlainListener,
+    emulator: Server,
+    certs: Certs,
+    tls_server: Callable[..., TLSServer],
+    plain_listener: PlainListener,
 ) -> None:
     """The JWT grant goes only to an https token_uri verified with ca_bundle, TLS 1.2+, and a
     redirect from it is not followed."""

@@ -78,9 +78,7 @@ def system_ca_file() -> str:
 
         return str(certifi.where())
     except ImportError:  # pragma: no cover - depends on the machine
-        raise ConfigError(
-            "no system CA bundle file found", hint="set ca_bundle = \"/path/to/ca-bundle.pem\" in [sink]"
-        ) from None
+        raise ConfigError("no system CA bundle file found", hint='set ca_bundle = "/path/to/ca-bundle.pem" in [sink]') from None
 
 
 def verify_value(options: S3Options) -> str:
@@ -223,9 +221,7 @@ def build_client(options: S3Options, *, max_pool_connections: int = 32) -> tuple
         try:
             creds = core.get_credentials()
         except Exception as e:  # noqa: BLE001 - provider failures (bad profile, STS refused)
-            raise AuthError(
-                f"the AWS credential chain failed ({type(e).__name__})", operation="resolve credentials"
-            ) from None
+            raise AuthError(f"the AWS credential chain failed ({type(e).__name__})", operation="resolve credentials") from None
         if creds is None:
             raise AuthError(
                 "the AWS credential chain found no credentials",

@@ -60,8 +60,17 @@ _SSL_REASON = re.compile(
     r"|(EOF occurred in violation of protocol)",
     re.I,
 )
-_TLS_FATAL = ("CERTIFICATE", "VERIFY", "PROTOCOL_VERSION", "PROTOCOL VERSION", "WRONG_VERSION", "UNSUPPORTED_PROTOCOL",
-              "HOSTNAME", "NO_PROTOCOLS", "HANDSHAKE_FAILURE")
+_TLS_FATAL = (
+    "CERTIFICATE",
+    "VERIFY",
+    "PROTOCOL_VERSION",
+    "PROTOCOL VERSION",
+    "WRONG_VERSION",
+    "UNSUPPORTED_PROTOCOL",
+    "HOSTNAME",
+    "NO_PROTOCOLS",
+    "HANDSHAKE_FAILURE",
+)
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -79,7 +88,9 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
         where = f"in region {e.region}" if e.region else "elsewhere (a redirect)"
         return AuthError(
             f"S3 says the bucket is {where}; portshift does not follow region redirects",
-            operation=operation, status=e.status, location=location,
+            operation=operation,
+            status=e.status,
+            location=location,
             hint="set region to the bucket's region, if allowed_regions permits it",
         )
     if isinstance(e, botocore.exceptions.ClientError):
@@ -91,8 +102,13 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
         text = f"{code}: {message}" if message else code
         error: RemoteError
         if code in AUTH_CODES or status in (401,):
-            error = AuthError(text, operation=operation, status=status, location=location,
-                              hint="check the credentials and the IAM policy (docs/permissions/s3.md)")
+            error = AuthError(
+                text,
+                operation=operation,
+                status=status,
+                location=location,
+                hint="check the credentials and the IAM policy (docs/permissions/s3.md)",
+            )
         elif code == "NoSuchBucket":
             error = SinkError(text, operation=operation, status=status, location=location, retryable=False)
         else:
@@ -117,12 +133,9 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
         return SinkError("could not connect to the S3 endpoint", operation=operation, location=location, retryable=True)
     if isinstance(
         e,
-        botocore.exceptions.ReadTimeoutError
-        | botocore.exceptions.ConnectionClosedError
-        | botocore.exceptions.HTTPClientError,
+        botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError | botocore.exceptions.HTTPClientError,
     ):
-        return SinkError(f"connection failed ({type(e).__name__})", operation=operation, location=location,
-                         retryable=True)
+        return SinkError(f"connection failed ({type(e).__name__})", operation=operation, location=location, retryable=True)
     if isinstance(e, botocore.exceptions.ParamValidationError):
         return SinkError("invalid request parameters", operation=operation, location=location, retryable=False)
     if isinstance(e, botocore.exceptions.BotoCoreError):

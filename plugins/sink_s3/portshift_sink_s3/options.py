@@ -32,8 +32,19 @@ ENV_ACCESS_KEY_ID = "PORTSHIFT_AWS_ACCESS_KEY_ID"
 ENV_SECRET_ACCESS_KEY = "PORTSHIFT_AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name
 ENV_SESSION_TOKEN = "PORTSHIFT_AWS_SESSION_TOKEN"  # noqa: S105 - a variable name
 
-_UNITS = {"": 1, "b": 1, "k": KiB, "kib": KiB, "m": MiB, "mib": MiB, "g": GiB, "gib": GiB,
-          "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gib": GiB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+}
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -43,14 +54,14 @@ _STORAGE_CLASS = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 def parse_size(value: Any, what: str) -> int:
     """``8388608``, ``"8MiB"``, ``"8 MiB"``, ``"16M"`` (binary) or ``"10MB"`` (decimal) -> bytes."""
     if isinstance(value, bool):
-        raise ConfigError(f"[sink] {what}: expected a size such as 8388608 or \"8MiB\"")
+        raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = _SIZE.match(value)
         if m and m.group(2).lower() in _UNITS:
             return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f"[sink] {what}: expected a size such as 8388608 or \"8MiB\"")
+    raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
 
 
 class S3Options(PluginOptions):
@@ -64,16 +75,14 @@ class S3Options(PluginOptions):
         description="the bucket's region, e.g. eu-central-1; requests are signed for it, so S3 refuses them "
         "if the bucket lives elsewhere"
     )
-    endpoint_url: HttpsUrl | None = Field(
-        default=None, description="https:// endpoint of an S3-compatible store; AWS when unset"
-    )
+    endpoint_url: HttpsUrl | None = Field(default=None, description="https:// endpoint of an S3-compatible store; AWS when unset")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto", description="bucket in the host name (virtual) or in the path; auto lets botocore choose"
     )
     sse: Literal["AES256", "aws:kms"] | None = Field(
         default=None, description="server-side encryption: AES256 (SSE-S3) or aws:kms (SSE-KMS)"
     )
-    kms_key_id: str | None = Field(default=None, description="KMS key id/ARN/alias for sse = \"aws:kms\"")
+    kms_key_id: str | None = Field(default=None, description='KMS key id/ARN/alias for sse = "aws:kms"')
     storage_class: str | None = Field(default=None, description="e.g. STANDARD, STANDARD_IA, GLACIER_IR")
     expected_bucket_owner: str | None = Field(
         default=None,
@@ -82,7 +91,7 @@ class S3Options(PluginOptions):
     part_size: int = Field(
         default=DEFAULT_PART_SIZE,
         description="bytes per request: an artifact up to this size is one PUT, a larger one a multipart "
-        "upload of parts this big (5 MiB to 5 GiB; \"8MiB\" is accepted)",
+        'upload of parts this big (5 MiB to 5 GiB; "8MiB" is accepted)',
     )
     max_concurrency: int = Field(
         default=2,
@@ -91,11 +100,9 @@ class S3Options(PluginOptions):
         description="parts of one artifact uploaded at the same time; memory per transfer is at most about "
         "part_size x (max_concurrency + 1) plus one source chunk",
     )
-    ca_bundle: Path | None = Field(
-        default=None, description="extra CA certificates (PEM) to trust besides the system store"
-    )
+    ca_bundle: Path | None = Field(default=None, description="extra CA certificates (PEM) to trust besides the system store")
     allowed_regions: list[str] | None = Field(
-        default=None, description="glob patterns (e.g. [\"eu-*\"]): refuse to start when region matches none"
+        default=None, description='glob patterns (e.g. ["eu-*"]): refuse to start when region matches none'
     )
     check_write: bool = Field(
         default=False,
@@ -175,7 +182,7 @@ class S3Options(PluginOptions):
     @model_validator(mode="after")
     def _consistent(self) -> S3Options:
         if self.kms_key_id is not None and self.sse != "aws:kms":
-            raise ConfigError("[sink] kms_key_id is only used with sse = \"aws:kms\"")
+            raise ConfigError('[sink] kms_key_id is only used with sse = "aws:kms"')
         static = [n for n in ("access_key_id", "secret_access_key", "session_token") if getattr(self, n) is not None]
         if self.credential_chain and static:
             raise ConfigError(
@@ -194,8 +201,7 @@ class S3Options(PluginOptions):
                 missing = "access_key_id" if self.access_key_id is None else "secret_access_key"
                 raise ConfigError(
                     f"[sink] {missing}: the credential is missing (the other half of the key pair is set)",
-                    hint=f"set {ENV_ACCESS_KEY_ID if missing == 'access_key_id' else ENV_SECRET_ACCESS_KEY} "
-                    f"or {missing}_file",
+                    hint=f"set {ENV_ACCESS_KEY_ID if missing == 'access_key_id' else ENV_SECRET_ACCESS_KEY} or {missing}_file",
                 )
         check_region_allowed(self.region, self.allowed_regions)
         return self

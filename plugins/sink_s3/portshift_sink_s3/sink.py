@@ -39,9 +39,7 @@ CHECK_KEY = ".portshift-check"
 #: A media type as HTTP allows it (RFC 9110 token "/" token, optional parameters); anything else
 #: from a source is not sent as Content-Type (it could carry line breaks into a header).
 _TCHARS = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_MEDIA_TYPE = re.compile(
-    rf'{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"))*'
-)
+_MEDIA_TYPE = re.compile(rf'{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"))*')
 #: How much is taken from the stream at a time while a part is filled.
 READ_SIZE = 256 * 1024
 
@@ -121,9 +119,7 @@ class S3Sink(Sink):
         self.options: S3Options = options
         # Residency first: nothing is built, resolved or sent for a region outside allowed_regions.
         check_region_allowed(options.region, options.allowed_regions)
-        self.client, self._chain_creds = build_client(
-            options, max_pool_connections=max(10, options.max_concurrency * 8)
-        )
+        self.client, self._chain_creds = build_client(options, max_pool_connections=max(10, options.max_concurrency * 8))
         self._extra: dict[str, str] = {}
         if options.sse:
             self._extra["ServerSideEncryption"] = options.sse
@@ -147,8 +143,7 @@ class S3Sink(Sink):
         if not self.options.check_write:
             return
         body = b"portshift write check\n"
-        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(),
-                         {"ContentType": "text/plain"})
+        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(), {"ContentType": "text/plain"})
 
     def close(self) -> None:
         try:
@@ -202,13 +197,18 @@ class S3Sink(Sink):
                 "could not look for multipart uploads a killed run may have left open in s3://%s (%d %s): "
                 "listing them needs s3:ListBucketMultipartUploads (optional, recommended; "
                 "docs/permissions/s3.md). Grant it, or have an AbortIncompleteMultipartUpload lifecycle rule "
-                "on the bucket remove such uploads", self.options.bucket, denied, "key" if denied == 1 else "keys",
+                "on the bucket remove such uploads",
+                self.options.bucket,
+                denied,
+                "key" if denied == 1 else "keys",
             )
         if len(failed) == 1:
             raise failed[0] from None
         if failed:
-            raise SinkError(f"{len(failed)} multipart uploads left by a previous run could not be aborted, "
-                            f"the first: {failed[0]}", retryable=True) from None
+            raise SinkError(
+                f"{len(failed)} multipart uploads left by a previous run could not be aborted, the first: {failed[0]}",
+                retryable=True,
+            ) from None
 
     def _open_uploads(self, full_key: str) -> list[str]:
         """The ids of the multipart uploads open for exactly ``full_key`` (ListMultipartUploads
@@ -217,8 +217,7 @@ class S3Sink(Sink):
         marker: dict[str, str] = {}
         while True:
             try:
-                resp = self.client.list_multipart_uploads(Bucket=self.options.bucket, Prefix=full_key,
-                                                          **self._owner, **marker)
+                resp = self.client.list_multipart_uploads(Bucket=self.options.bucket, Prefix=full_key, **self._owner, **marker)
             except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
                 mapped = s3_error(e, "list multipart uploads", self._loc(full_key))
                 raise _StoreError(mapped) from None
@@ -245,7 +244,9 @@ class S3Sink(Sink):
         if size is not None and size > self.options.part_size * MAX_PARTS:
             raise SinkError(
                 f"{size} bytes need more than S3's {MAX_PARTS} parts of {self.options.part_size} bytes",
-                operation="put object", location=self._loc(full_key), retryable=False,
+                operation="put object",
+                location=self._loc(full_key),
+                retryable=False,
                 hint="raise part_size in [sink]",
             )
         refresh_masks(self._chain_creds)
@@ -255,10 +256,10 @@ class S3Sink(Sink):
         lookahead = stream.read(READ_SIZE) if len(first) == self.options.part_size else b""
         if not lookahead:
             if not stream.finished or stream.bytes_read != len(first):
-                raise SinkError("the stream did not end where it said", operation="put object",
-                                location=self._loc(full_key), retryable=False)
-            return self._put_single(full_key, key, first, stream.sha256_digest(),
-                                    content_type_args(stream.content_type))
+                raise SinkError(
+                    "the stream did not end where it said", operation="put object", location=self._loc(full_key), retryable=False
+                )
+            return self._put_single(full_key, key, first, stream.sha256_digest(), content_type_args(stream.content_type))
         # Hand the buffers over in a list, so that no frame keeps the first part alive while the
         # rest of the artifact is uploaded (memory stays at one part per part in flight).
         seed = [first, lookahead]
@@ -272,8 +273,9 @@ class S3Sink(Sink):
             raise SinkError("empty key", operation="put object", retryable=False)
         full = f"{self.options.prefix}/{key}" if self.options.prefix else key
         if len(full.encode()) > 1024:
-            raise SinkError("key longer than S3's 1024 bytes", operation="put object",
-                            location=self._loc(full[:100]), retryable=False)
+            raise SinkError(
+                "key longer than S3's 1024 bytes", operation="put object", location=self._loc(full[:100]), retryable=False
+            )
         return full
 
     def _loc(self, full_key: str) -> str:
@@ -286,13 +288,20 @@ class S3Sink(Sink):
             mapped = s3_error(e, operation, self._loc(full_key))
         raise _StoreError(mapped)
 
-    def _put_single(self, full_key: str, key: str, body: bytes | bytearray, digest: bytes,
-                    headers: dict[str, str] | None = None) -> PutResult:
+    def _put_single(
+        self, full_key: str, key: str, body: bytes | bytearray, digest: bytes, headers: dict[str, str] | None = None
+    ) -> PutResult:
         ours = b64(digest)
         try:
             resp = self._call(
-                "put object", full_key, self.client.put_object,
-                Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=ours, **self._extra, **(headers or {}),
+                "put object",
+                full_key,
+                self.client.put_object,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=ours,
+                **self._extra,
+                **(headers or {}),
             )
         except _StoreError as e:
             raise e.error from None
@@ -312,9 +321,7 @@ class S3Sink(Sink):
             verified="S3 checked SHA-256 of 1 part (the whole object: the manifest SHA-256)",
         )
 
-    def _put_multipart(
-        self, full_key: str, key: str, stream: HashingStream, seed: list[bytes | bytearray]
-    ) -> PutResult:
+    def _put_multipart(self, full_key: str, key: str, stream: HashingStream, seed: list[bytes | bytearray]) -> PutResult:
         loc = self._loc(full_key)
         # From before CreateMultipartUpload until the upload is completed or aborted, it is in the
         # job's journal: if this process dies (SIGKILL, power loss), the next run of the job aborts
@@ -327,8 +334,14 @@ class S3Sink(Sink):
         if journal is not None:
             journal.begin(key, entry)  # fails (e.g. disk full) before anything exists in S3
         try:
-            created = self._call("create multipart upload", full_key, self.client.create_multipart_upload,
-                                 ChecksumAlgorithm="SHA256", **self._extra, **content_type_args(stream.content_type))
+            created = self._call(
+                "create multipart upload",
+                full_key,
+                self.client.create_multipart_upload,
+                ChecksumAlgorithm="SHA256",
+                **self._extra,
+                **content_type_args(stream.content_type),
+            )
         except _StoreError as e:
             self._journal_end(key)
             raise e.error from None
@@ -354,8 +367,14 @@ class S3Sink(Sink):
             while piece:
                 number += 1
                 if number > MAX_PARTS:
-                    raise _StoreError(SinkError(f"more than {MAX_PARTS} parts: raise part_size",
-                                                operation="upload part", location=loc, retryable=False))
+                    raise _StoreError(
+                        SinkError(
+                            f"more than {MAX_PARTS} parts: raise part_size",
+                            operation="upload part",
+                            location=loc,
+                            retryable=False,
+                        )
+                    )
                 if pool is None:
                     done.append(self._upload_part(full_key, upload_id, number, piece))
                 else:
@@ -374,10 +393,18 @@ class S3Sink(Sink):
             parts = sorted(done, key=lambda p: p.number)
             total = sum(p.size for p in parts)
             if not stream.finished or total != stream.bytes_read:
-                raise _StoreError(SinkError(f"sent {total} bytes in parts, the stream had {stream.bytes_read}",
-                                            operation="upload part", location=loc, retryable=False))
+                raise _StoreError(
+                    SinkError(
+                        f"sent {total} bytes in parts, the stream had {stream.bytes_read}",
+                        operation="upload part",
+                        location=loc,
+                        retryable=False,
+                    )
+                )
             resp = self._call(
-                "complete multipart upload", full_key, self.client.complete_multipart_upload,
+                "complete multipart upload",
+                full_key,
+                self.client.complete_multipart_upload,
                 UploadId=upload_id,
                 MultipartUpload={
                     "Parts": [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": p.checksum} for p in parts]
@@ -412,8 +439,14 @@ class S3Sink(Sink):
         digest = hashlib.sha256(body).digest()
         ours = b64(digest)
         resp = self._call(
-            f"upload part {number}", full_key, self.client.upload_part,
-            UploadId=upload_id, PartNumber=number, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=ours,
+            f"upload part {number}",
+            full_key,
+            self.client.upload_part,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=ours,
         )
         theirs = resp.get("ChecksumSHA256")
         if theirs != ours:
@@ -440,8 +473,9 @@ class S3Sink(Sink):
             verified += "; composite SHA-256 confirmed by S3"
         else:
             verified += "; the store returned no composite checksum"
-        return PutResult(key=key, size=total, checksums={"s3-sha256-composite": composite},
-                         version=_version(resp), verified=verified)
+        return PutResult(
+            key=key, size=total, checksums={"s3-sha256-composite": composite}, version=_version(resp), verified=verified
+        )
 
     def _abort(self, full_key: str, upload_id: str) -> bool:
         """Abort an upload; True when it is gone (aborted now or before)."""
@@ -456,7 +490,8 @@ class S3Sink(Sink):
             log.warning(
                 "could not abort multipart upload at %s (%s); the next run of this job tries again, and an "
                 "AbortIncompleteMultipartUpload lifecycle rule on the bucket removes it",
-                self._loc(full_key), e.error,
+                self._loc(full_key),
+                e.error,
             )
             return False
         return True

@@ -88,9 +88,10 @@ def _wait_https(port: int, ca: Path, proc: subprocess.Popen[bytes], timeout: flo
         if proc.poll() is not None:
             raise RuntimeError(f"moto exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, ctx.wrap_socket(
-                raw, server_hostname="127.0.0.1"
-            ) as s:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+            ):
                 s.sendall(b"GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 if s.recv(12).startswith(b"HTTP/1."):
                     return
@@ -105,9 +106,22 @@ def moto(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mot
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()",
-         "-H", "127.0.0.1", "-p", str(port), "-c", str(certs.server_pem), "-k", str(certs.server_key)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            sys.executable,
+            "-c",
+            "from moto.server import main; main()",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(certs.server_pem),
+            "-k",
+            str(certs.server_key),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         _wait_https(port, certs.ca_pem, proc)
@@ -126,8 +140,12 @@ def moto(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mot
 def admin(moto: Moto, certs: Certs) -> Any:
     """A plain boto3 client for the tests themselves (they may list, head and get)."""
     return boto3.client(
-        "s3", endpoint_url=moto.url, region_name="us-east-1", verify=str(certs.ca_pem),
-        aws_access_key_id="test", aws_secret_access_key="test",
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        verify=str(certs.ca_pem),
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
         config=Config(s3={"addressing_style": "path"}),
     )
 
@@ -218,11 +236,12 @@ class Action:
     close: bool = False  # drop the client connection instead of forwarding
 
 
-def s3_error_response(status: int, reason: str, code: str, extra_xml: str = "",
-                      headers: dict[str, str] | None = None) -> bytes:
+def s3_error_response(status: int, reason: str, code: str, extra_xml: str = "", headers: dict[str, str] | None = None) -> bytes:
     """Raw bytes of an S3-style XML error response (for TLSProxy's ``respond``)."""
-    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code} from the test'
-            f"</Message>{extra_xml}<RequestId>T1</RequestId></Error>").encode()
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code} from the test'
+        f"</Message>{extra_xml}<RequestId>T1</RequestId></Error>"
+    ).encode()
     head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
     for k, v in (headers or {}).items():
         head += f"{k}: {v}\r\n"

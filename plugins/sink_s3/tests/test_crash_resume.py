@@ -94,16 +94,20 @@ def kill_points(calls: int = CALLS, more: int = MORE, seed: int = 20261201) -> l
         return [f"{phase}:{rng.randint(1, top)}" for _ in range(count + more)]
 
     points = [
-        "list:1", *some("list", 1, calls),
+        "list:1",
+        *some("list", 1, calls),
         *some("download", 3, files),
         *some("upload", 4, files),  # mid-PutObject (or mid-UploadPart when the n-th object is large)
-        f"part:{rng.randint(1, large)}:1", f"part:{rng.randint(1, large)}:2",  # mid-multipart
+        f"part:{rng.randint(1, large)}:1",
+        f"part:{rng.randint(1, large)}:2",  # mid-multipart
         *some("complete", 1, large),  # every part stored, CompleteMultipartUpload half sent
         *some("created", 1, large),  # CreateMultipartUpload answered, the upload id not journaled
         *some("completed", 1, large),  # CompleteMultipartUpload answered, the sink's journal not told
-        *some("committed", 3, files), *some("committed-mp", 1, large),  # stored, the state not told
+        *some("committed", 3, files),
+        *some("committed-mp", 1, large),  # stored, the state not told
         *some("recorded", 3, files),
-        "manifest:1", "manifest:2",  # mid-PutObject of the JSON index / of portshift-manifest.txt
+        "manifest:1",
+        "manifest:2",  # mid-PutObject of the JSON index / of portshift-manifest.txt
     ]
     return list(dict.fromkeys(points))  # a point drawn twice runs once
 
@@ -196,7 +200,10 @@ class ForkingRunner:
     def __init__(self, site: Path, scratch: Path) -> None:
         self.scratch = scratch
         self.proc = subprocess.Popen(
-            [sys.executable, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, str(RUNNER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
             env=run_env(site),
         )
 
@@ -250,8 +257,13 @@ class Export:
     def finished(self) -> subprocess.CompletedProcess[str]:
         """A run that must finish: ``python -m portshift run`` as a plain subprocess."""
         try:
-            done = subprocess.run([sys.executable, "-m", "portshift", *self.argv()], env=run_env(self.site),
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-m", "portshift", *self.argv()],
+                env=run_env(self.site),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         except subprocess.TimeoutExpired as e:
             err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
             raise AssertionError(f"portshift run did not finish; stderr ends with: {err[-3000:]}") from None
@@ -266,9 +278,7 @@ class Export:
 
 
 @pytest.fixture
-def new_export(
-    tmp_path: Path, fault_site: Path, runner: ForkingRunner, moto: Moto, certs: Certs, admin: Any
-) -> Iterator[Any]:
+def new_export(tmp_path: Path, fault_site: Path, runner: ForkingRunner, moto: Moto, certs: Certs, admin: Any) -> Iterator[Any]:
     """``new_export(calls)``: a job into a fresh bucket (emptied and deleted afterwards: moto
     keeps everything in memory)."""
     buckets: list[str] = []
@@ -293,8 +303,7 @@ def new_export(
             admin.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
         keys = list(list_objects(admin, name))
         for i in range(0, len(keys), 1000):
-            admin.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]],
-                                                      "Quiet": True})
+            admin.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True})
         admin.delete_bucket(Bucket=name)
 
 
@@ -446,9 +455,7 @@ def check_export(admin: Any, reader: Reader, export: Export) -> int:
 # --- the tests -------------------------------------------------------------------------------------
 
 
-def test_a_chain_of_kills_resumes_one_job_to_a_complete_verifiable_export(
-    new_export: Any, admin: Any, reader: Reader
-) -> None:
+def test_a_chain_of_kills_resumes_one_job_to_a_complete_verifiable_export(new_export: Any, admin: Any, reader: Reader) -> None:
     export: Export = new_export(CHAIN_CALLS)
     t0 = time.monotonic()
     before = AfterKill(set(), set())
@@ -474,15 +481,15 @@ def test_a_chain_of_kills_resumes_one_job_to_a_complete_verifiable_export(
         cleaned += len(before.uploads)
     t1 = time.monotonic()
     n = check_export(admin, reader, export)
-    print(f"chain of {len(CHAIN)} kills, {CHAIN_CALLS} calls: runs {t1 - t0:.1f}s, check {time.monotonic() - t1:.1f}s, "
-          f"{cleaned} uploads left open by kills and aborted, {n} objects re-hashed\n(run+check: {', '.join(times)})")
+    print(
+        f"chain of {len(CHAIN)} kills, {CHAIN_CALLS} calls: runs {t1 - t0:.1f}s, check {time.monotonic() - t1:.1f}s, "
+        f"{cleaned} uploads left open by kills and aborted, {n} objects re-hashed\n(run+check: {', '.join(times)})"
+    )
 
 
 @pytest.mark.skipif(not SOAK, reason="soak only (PORTSHIFT_SOAK=1, make soak); make test runs the chain")
 @pytest.mark.parametrize("kill", POINTS if SOAK else POINTS[:1])
-def test_killed_s3_run_resumes_to_a_complete_verifiable_export(
-    new_export: Any, admin: Any, reader: Reader, kill: str
-) -> None:
+def test_killed_s3_run_resumes_to_a_complete_verifiable_export(new_export: Any, admin: Any, reader: Reader, kill: str) -> None:
     export: Export = new_export(CALLS)
     t0 = time.monotonic()
     export.killed(kill)
@@ -493,16 +500,31 @@ def test_killed_s3_run_resumes_to_a_complete_verifiable_export(
     if after.uploads:
         assert "cleaning up" in resumed.stderr, "the re-run did not clean up the uploads the crash left"
     n = check_export(admin, reader, export)
-    print(f"{kill}: crash run {t1 - t0:.1f}s, re-run {t2 - t1:.1f}s, check {time.monotonic() - t2:.1f}s, "
-          f"{len(after.uploads)} uploads left open by the crash ({len(after.intent_only)} known by key only), "
-          f"{n} objects re-hashed")
+    print(
+        f"{kill}: crash run {t1 - t0:.1f}s, re-run {t2 - t1:.1f}s, check {time.monotonic() - t2:.1f}s, "
+        f"{len(after.uploads)} uploads left open by the crash ({len(after.intent_only)} known by key only), "
+        f"{n} objects re-hashed"
+    )
 
 
 def test_the_kill_points_cover_every_phase() -> None:
     phases = {p.split(":")[0] for p in CHAIN}
-    assert phases == {p.split(":")[0] for p in POINTS} == {
-        "list", "download", "upload", "created", "part", "complete", "completed", "committed", "committed-mp",
-        "recorded", "manifest",
-    }
+    assert (
+        phases
+        == {p.split(":")[0] for p in POINTS}
+        == {
+            "list",
+            "download",
+            "upload",
+            "created",
+            "part",
+            "complete",
+            "completed",
+            "committed",
+            "committed-mp",
+            "recorded",
+            "manifest",
+        }
+    )
     assert len(CHAIN) >= 20 and CHAIN[-2:] == ["manifest:1", "manifest:2"]
     assert {"part:1:1", "part:1:2"} <= set(CHAIN)

@@ -43,8 +43,19 @@ def run_args(job: Path, state: Path, canaries: tuple[str, str, str]) -> tuple[li
         PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
         PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
     )
-    return [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state),
-            "--log-level", "debug", "--no-progress"], env
+    return [
+        sys.executable,
+        "-m",
+        "portshift",
+        "run",
+        "--config",
+        str(job),
+        "--state",
+        str(state),
+        "--log-level",
+        "debug",
+        "--no-progress",
+    ], env
 
 
 def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
@@ -77,8 +88,13 @@ def manifest_entries(admin: Any, bucket: str, root: str) -> dict[str, str]:
 
 
 def test_run_into_s3_then_rehash_every_object(
-    tmp_path: Path, moto: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]]
+    tmp_path: Path,
+    moto: Any,
+    certs: Any,
+    admin: Any,
+    bucket: str,
+    canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]],
 ) -> None:
     r = run(write_job(tmp_path, bucket, moto.url, certs.ca_pem), tmp_path / "state.db", canaries)
     assert r.returncode == 0, r.stderr
@@ -106,13 +122,19 @@ def test_run_into_s3_then_rehash_every_object(
 
 
 def test_a_corrupted_upload_is_never_recorded_as_done(
-    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]]
+    tmp_path: Path,
+    tls_proxy: Any,
+    certs: Any,
+    admin: Any,
+    bucket: str,
+    canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]],
 ) -> None:
     victim = "ex0000000001/media.mp3"
     tls_proxy.rule = lambda req: (
         tls_proxy.Action(flip_body_byte=99, drop_headers=("x-amz-checksum-sha256",))
-        if victim in req.target and "partNumber=2" in req.target else None
+        if victim in req.target and "partNumber=2" in req.target
+        else None
     )
     job, state = write_job(tmp_path, bucket, tls_proxy.url, certs.ca_pem, count=2, retries=1), tmp_path / "state.db"
     r = run(job, state, canaries)
@@ -125,12 +147,17 @@ def test_a_corrupted_upload_is_never_recorded_as_done(
     assert not [k for k in objects if k.endswith(victim)], "the damaged object must not exist"
     assert not [k for k in objects if k.endswith("portshift-manifest.txt")], "a partial job writes no manifest"
     assert pending() == []
-    jobs = subprocess.run([sys.executable, "-m", "portshift", "jobs", "--state", str(state), "--json"],
-                          capture_output=True, text=True, check=True)
+    jobs = subprocess.run(
+        [sys.executable, "-m", "portshift", "jobs", "--state", str(state), "--json"], capture_output=True, text=True, check=True
+    )
     (row,) = json.loads(jobs.stdout)
     assert row["status"] == "partial" and row["file_count"] == len(objects)  # the damaged file is not done
-    show = subprocess.run([sys.executable, "-m", "portshift", "jobs", "show", row["id"], "--state", str(state),
-                           "--json"], capture_output=True, text=True, check=True)
+    show = subprocess.run(
+        [sys.executable, "-m", "portshift", "jobs", "show", row["id"], "--state", str(state), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     print(show.stdout)
 
     # Without the damage, a re-run resumes, uploads only what is missing, and completes.
@@ -138,9 +165,7 @@ def test_a_corrupted_upload_is_never_recorded_as_done(
     tls_proxy.seen.clear()
     again = run(job, state, canaries)
     assert again.returncode == 0, again.stderr
-    assert {q.target.split("?")[0].rsplit("/", 2)[-2] for q in tls_proxy.seen if "media.mp3" in q.target} == {
-        "ex0000000001"
-    }
+    assert {q.target.split("?")[0].rsplit("/", 2)[-2] for q in tls_proxy.seen if "media.mp3" in q.target} == {"ex0000000001"}
     root, objects_now = export(admin, bucket)
     entries = manifest_entries(admin, bucket, root)
     assert len([p for p in entries if p.endswith("media.mp3")]) == 2
@@ -176,8 +201,13 @@ def test_verify_store_reads_the_export_back_from_s3(
     env.update(PORTSHIFT_AWS_ACCESS_KEY_ID="AKIAREADONLY", PORTSHIFT_AWS_SECRET_ACCESS_KEY="CANARYreadonly")
 
     def verify() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "portshift", "verify", job_id, "--store", str(store), "--json"],
-                              capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "portshift", "verify", job_id, "--store", str(store), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     ok = verify()
     assert ok.returncode == 0, ok.stderr
@@ -195,19 +225,30 @@ def test_verify_store_reads_the_export_back_from_s3(
 
 # --- issue 9: SIGKILL in the middle of a multipart upload, then a re-run -------------------------
 
+
 def kill_points(seed: int = 20261130) -> list[tuple[int, str]]:
     """Three seeded (recording, request) pairs: SIGKILL when that request of that recording's
     media upload reaches the server. One while part 1 is in flight (the upload holds no part
     yet), one while a later part is (parts stored), one while CompleteMultipartUpload is."""
     rng = random.Random(seed)
-    return [(rng.randrange(2), "partNumber=1"), (rng.randrange(2), f"partNumber={rng.choice((2, 3))}"),
-            (rng.randrange(2), "complete")]
+    return [
+        (rng.randrange(2), "partNumber=1"),
+        (rng.randrange(2), f"partNumber={rng.choice((2, 3))}"),
+        (rng.randrange(2), "complete"),
+    ]
 
 
 @pytest.mark.parametrize(("rec", "what"), kill_points(), ids=lambda v: str(v))
 def test_a_run_killed_mid_multipart_upload_leaves_no_pending_upload_after_the_rerun(
-    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]], rec: int, what: str
+    tmp_path: Path,
+    tls_proxy: Any,
+    certs: Any,
+    admin: Any,
+    bucket: str,
+    canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]],
+    rec: int,
+    what: str,
 ) -> None:
     victim = f"ex0000{rec:06d}/media.mp3"
     proc: list[subprocess.Popen[bytes]] = []
@@ -216,9 +257,11 @@ def test_a_run_killed_mid_multipart_upload_leaves_no_pending_upload_after_the_re
     def rule(req: Any) -> Any:
         if killed.is_set() or victim not in req.target.split("?")[0]:
             return None
-        hit = ("uploadId=" in req.target and "partNumber=" not in req.target and req.method == "POST"
-               if what == "complete" else f"?{what}&" in req.target or f"&{what}&" in req.target
-               or req.target.endswith(what))
+        hit = (
+            "uploadId=" in req.target and "partNumber=" not in req.target and req.method == "POST"
+            if what == "complete"
+            else f"?{what}&" in req.target or f"&{what}&" in req.target or req.target.endswith(what)
+        )
         if not hit:
             return None
         started.wait(10)
@@ -265,7 +308,8 @@ def test_a_run_killed_mid_multipart_upload_leaves_no_pending_upload_after_the_re
     root, objects = export(admin, bucket)
     entries = manifest_entries(admin, bucket, root)
     assert sorted(p.rsplit("/", 1)[-1] for p in entries) == ["media.mp3"] * 2 + ["metadata.json"] * 2 + [
-        "portshift-manifest.json"]
+        "portshift-manifest.json"
+    ]
     assert {f"{root}/{p}" for p in entries} | {f"{root}/portshift-manifest.txt"} == set(objects)
     for path, digest in entries.items():
         body = admin.get_object(Bucket=bucket, Key=f"{root}/{path}")["Body"].read()

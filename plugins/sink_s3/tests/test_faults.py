@@ -103,8 +103,7 @@ LATE = pytest.mark.xfail(
     "under the key after put raised (the whole file: see test_a_late_put_object_is_the_whole_file)",
 )
 NO_RETRY_CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}")
-    for f in FAULTS for s in SHAPES
+    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
 ]
 
 
@@ -112,8 +111,9 @@ def new_key() -> str:
     return f"faults/{uuid.uuid4().hex}.bin"
 
 
-def faulted_put(moto: Moto, make_sink: Callable[..., Any], fault: str, shape: str) -> tuple[
-        str, bytes, FaultProxy, PortshiftError | None, float]:
+def faulted_put(
+    moto: Moto, make_sink: Callable[..., Any], fault: str, shape: str
+) -> tuple[str, bytes, FaultProxy, PortshiftError | None, float]:
     size, at = SHAPES[shape]
     data = pattern_bytes(size, seed=size + len(fault))
     key = new_key()
@@ -168,8 +168,14 @@ def assert_nothing_left(read_obj: Callable[[str], bytes | None], pending: Callab
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("fault", FAULTS)
 def test_a_fault_is_recovered_by_botocore_or_fails_the_put_and_leaves_nothing(
-    moto: Moto, make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]], canaries: tuple[str, str, str], low_timeouts: None, fault: str, shape: str
+    moto: Moto,
+    make_sink: Callable[..., Any],
+    read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]],
+    canaries: tuple[str, str, str],
+    low_timeouts: None,
+    fault: str,
+    shape: str,
 ) -> None:
     key, data, proxy, error, started = faulted_put(moto, make_sink, fault, shape)
     settle(fault, shape, started, read_obj, key)
@@ -185,9 +191,15 @@ def test_a_fault_is_recovered_by_botocore_or_fails_the_put_and_leaves_nothing(
 
 @pytest.mark.parametrize(("fault", "shape"), NO_RETRY_CASES)
 def test_without_retries_a_fault_fails_the_put_and_leaves_nothing(
-    moto: Moto, make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]], canaries: tuple[str, str, str], low_timeouts: None, no_retries: None,
-    fault: str, shape: str
+    moto: Moto,
+    make_sink: Callable[..., Any],
+    read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]],
+    canaries: tuple[str, str, str],
+    low_timeouts: None,
+    no_retries: None,
+    fault: str,
+    shape: str,
 ) -> None:
     key, _, _, error, started = faulted_put(moto, make_sink, fault, shape)
     assert error is not None, f"the put succeeded through a {fault} without retries"
@@ -201,8 +213,12 @@ def test_without_retries_a_fault_fails_the_put_and_leaves_nothing(
 
 
 def test_a_late_put_object_is_the_whole_file(
-    moto: Moto, make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]], low_timeouts: None, no_retries: None
+    moto: Moto,
+    make_sink: Callable[..., Any],
+    read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]],
+    low_timeouts: None,
+    no_retries: None,
 ) -> None:
     """What the xfail above documents, and what does hold: whatever lands under the key after a
     failed single PutObject is the whole file (it carries its SHA-256, which S3 verifies)."""
@@ -217,9 +233,14 @@ def test_a_late_put_object_is_the_whole_file(
 
 @pytest.mark.parametrize("fault", ["reset", "half-close"])
 def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
-    moto: Moto, make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]], canaries: tuple[str, str, str], low_timeouts: None, no_retries: None,
-    fault: str
+    moto: Moto,
+    make_sink: Callable[..., Any],
+    read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]],
+    canaries: tuple[str, str, str],
+    low_timeouts: None,
+    no_retries: None,
+    fault: str,
 ) -> None:
     """Known bug #6: a drop 200 kB into a 5 MiB UploadPart body reaches botocore while it is still
     writing, as ssl.SSLEOFError (or, after a half-close, a TLS alert): a connection failure,
@@ -236,8 +257,9 @@ def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
         finally:
             sink.close()
     assert proxy.faults == 1
-    assert re.match(r"^upload part \d+: connection failed \(connection dropped mid-request\) at s3://", str(e.value)), \
-        str(e.value)
+    assert re.match(r"^upload part \d+: connection failed \(connection dropped mid-request\) at s3://", str(e.value)), str(
+        e.value
+    )
     assert e.value.retryable and "TLS" not in str(e.value)
     assert_clean_error(e.value, canaries)
     assert_nothing_left(read_obj, pending, key)
@@ -286,7 +308,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
     assert len(heads) == 1, stderr[-3000:]
     count = int(lines[heads[0]].split()[1])
     out: dict[str, str] = {}
-    for line in lines[heads[0] + 1:]:
+    for line in lines[heads[0] + 1 :]:
         m = FAILED_LINE.match(line)
         if not m:
             break
@@ -302,8 +324,10 @@ def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def done_files(state: Path) -> dict[str, tuple[int, str, str]]:
     """key (under the export root) -> (size, sha256, recording id) of every file recorded done."""
-    return {key: (size, sha, rid) for key, size, sha, rid in query(
-        state, "select key, size, sha256, recording_id from files where kind = 'content'")}
+    return {
+        key: (size, sha, rid)
+        for key, size, sha, rid in query(state, "select key, size, sha256, recording_id from files where kind = 'content'")
+    }
 
 
 def objects(admin: Any, bucket: str) -> dict[str, tuple[str, Any]]:
@@ -357,8 +381,15 @@ def in_turn(moto: Moto) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
 
 
 def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
-    tmp_path: Path, moto: Moto, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]], in_turn: tuple[FaultProxy, Callable[[], None]], tls_proxy: TLSProxy
+    tmp_path: Path,
+    moto: Moto,
+    certs: Any,
+    admin: Any,
+    bucket: str,
+    canaries: tuple[str, str, str],
+    pending: Callable[[], list[Any]],
+    in_turn: tuple[FaultProxy, Callable[[], None]],
+    tls_proxy: TLSProxy,
 ) -> None:
     front, calm = in_turn
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
@@ -390,8 +421,11 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         assert 1 <= len(failed) <= RECORDINGS
         for rid, message in failed.items():
             # the call, what went wrong, and the object (of that recording) it was writing
-            assert re.match(rf"^(put object|create multipart upload|upload part \d+|complete multipart upload): "
-                            rf".+ at s3://{bucket}/{root_key}/\S*{rid}/\S+( \(.+\))?$", message), message
+            assert re.match(
+                rf"^(put object|create multipart upload|upload part \d+|complete multipart upload): "
+                rf".+ at s3://{bucket}/{root_key}/\S*{rid}/\S+( \(.+\))?$",
+                message,
+            ), message
         assert not [k for k in objects(admin, bucket) if k.endswith("portshift-manifest.txt")]
     per_recording: dict[str, int] = {}
     for _, _, rid in done1.values():
@@ -411,8 +445,9 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert {k: v for k, v in done2.items() if k in done1} == done1, "the re-run changed what was done"
     missing = set(done2) - set(done1)
     assert {done2[k][2] for k in missing} == set(failed), "the re-run wrote files of other recordings"
-    writes = {urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2]
-              for q in tls_proxy.seen if q.method in ("PUT", "POST")}
+    writes = {
+        urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2] for q in tls_proxy.seen if q.method in ("PUT", "POST")
+    }
     if first.returncode == 0:
         assert f"job {job_id} of this job file is already complete" in second.stdout + second.stderr
         assert tls_proxy.seen == [], "a re-run of a complete job sent requests"

@@ -37,8 +37,7 @@ def _aborts(proxy: Any) -> list[Any]:
 
 
 def test_a_part_corrupted_in_flight_fails_the_upload_and_aborts(
-    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]]
+    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
 ) -> None:
     tls_proxy.rule = lambda req: (
         tls_proxy.Action(flip_body_byte=12345, drop_headers=("x-amz-checksum-sha256",)) if _is_part(req, 2) else None
@@ -57,13 +56,10 @@ def test_a_part_corrupted_in_flight_fails_the_upload_and_aborts(
 
 
 def test_a_checksum_header_altered_in_flight_fails_the_upload(
-    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]]
+    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
 ) -> None:
     wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
-    tls_proxy.rule = lambda req: (
-        tls_proxy.Action(set_headers={"x-amz-checksum-sha256": wrong}) if _is_part(req, 3) else None
-    )
+    tls_proxy.rule = lambda req: tls_proxy.Action(set_headers={"x-amz-checksum-sha256": wrong}) if _is_part(req, 3) else None
     sink = make_sink(endpoint_url=tls_proxy.url, max_concurrency=3)
     data = pattern_bytes(4 * PART)
     with pytest.raises(IntegrityError) as e:
@@ -103,9 +99,7 @@ def test_the_untouched_path_through_the_proxy_succeeds(
     assert len(_completes(tls_proxy)) == 1
 
 
-def test_the_sink_only_writes(
-    make_sink: Callable[..., Any], tls_proxy: Any
-) -> None:
+def test_the_sink_only_writes(make_sink: Callable[..., Any], tls_proxy: Any) -> None:
     """Every request of a single put, a multipart upload and an aborted one is a write."""
     tls_proxy.rule = lambda req: tls_proxy.Action(close=True) if "abortme" in req.target and _is_part(req, 2) else None
     sink = make_sink(endpoint_url=tls_proxy.url, expected_bucket_owner="123456789012", check_write=True)

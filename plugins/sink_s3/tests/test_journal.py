@@ -88,7 +88,8 @@ def test_an_abort_that_fails_stays_journaled_and_the_next_run_aborts_it(
     # Part 2 fails for good, and so does the abort: the upload stays open, and journaled.
     tls_proxy.rule = lambda req: (
         tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", "AccessDenied"))
-        if ("partNumber=2" in req.target or req.method == "DELETE") else None
+        if ("partNumber=2" in req.target or req.method == "DELETE")
+        else None
     )
     sink = make_sink(endpoint_url=tls_proxy.url)
     sink.journal = journal = MemoryJournal()
@@ -119,8 +120,9 @@ def test_recover_treats_an_upload_that_is_gone_as_done(
     open_id = admin.create_multipart_upload(Bucket=bucket, Key="p/open.bin")["UploadId"]
     done_id = admin.create_multipart_upload(Bucket=bucket, Key="p/done.bin")["UploadId"]
     etag = admin.upload_part(Bucket=bucket, Key="p/done.bin", UploadId=done_id, PartNumber=1, Body=b"x")["ETag"]
-    admin.complete_multipart_upload(Bucket=bucket, Key="p/done.bin", UploadId=done_id,
-                                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    admin.complete_multipart_upload(
+        Bucket=bucket, Key="p/done.bin", UploadId=done_id, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    )
     journal = MemoryJournal()
     journal.open = {
         "open.bin": {"bucket": bucket, "key": "p/open.bin", "upload_id": open_id},
@@ -143,7 +145,8 @@ def test_recover_aborts_what_it_can_and_raises_for_the_rest(
     denied = {ids[0], ids[2]}
     tls_proxy.rule = lambda req: (
         tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", "AccessDenied"))
-        if any(f"uploadId={i}" in req.target for i in denied) else None
+        if any(f"uploadId={i}" in req.target for i in denied)
+        else None
     )
     journal = MemoryJournal()
     journal.open = {f"k{i}": {"bucket": bucket, "key": f"k{i}", "upload_id": u} for i, u in enumerate(ids)}
@@ -155,9 +158,7 @@ def test_recover_aborts_what_it_can_and_raises_for_the_rest(
     assert upload_ids(pending) == denied
 
 
-def test_a_journal_entry_for_another_bucket_is_not_acted_on(
-    make_sink: Callable[..., Any], tls_proxy: Any
-) -> None:
+def test_a_journal_entry_for_another_bucket_is_not_acted_on(make_sink: Callable[..., Any], tls_proxy: Any) -> None:
     journal = MemoryJournal()
     journal.open = {"x": {"bucket": "someone-elses", "key": "x", "upload_id": "u"}, "y": {"upload_id": "u"}}
     sink = make_sink(endpoint_url=tls_proxy.url)
@@ -221,14 +222,17 @@ def test_an_intent_without_upload_id_aborts_the_uploads_of_exactly_that_key(
 
 
 def test_an_intent_whose_listing_is_denied_warns_once_and_never_fails_the_job(
-    make_sink: Callable[..., Any], admin: Any, bucket: str, pending: Callable[[], list[Any]], tls_proxy: Any,
+    make_sink: Callable[..., Any],
+    admin: Any,
+    bucket: str,
+    pending: Callable[[], list[Any]],
+    tls_proxy: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     left = admin.create_multipart_upload(Bucket=bucket, Key="a.bin")["UploadId"]
     known = admin.create_multipart_upload(Bucket=bucket, Key="c.bin")["UploadId"]
     tls_proxy.rule = lambda req: (
-        tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", "AccessDenied"))
-        if req.method == "GET" else None
+        tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", "AccessDenied")) if req.method == "GET" else None
     )
     journal = MemoryJournal()
     journal.open = {
@@ -254,7 +258,8 @@ def test_an_intent_whose_listing_fails_otherwise_stays_for_the_next_run(
     admin.create_multipart_upload(Bucket=bucket, Key="a.bin")
     tls_proxy.rule = lambda req: (
         tls_proxy.Action(respond=tls_proxy.error_response(501, "Not Implemented", "NotImplemented"))
-        if req.method == "GET" else None
+        if req.method == "GET"
+        else None
     )
     journal = MemoryJournal()
     journal.open = {"a.bin": {"bucket": bucket, "key": "a.bin"}}
@@ -277,9 +282,7 @@ CONTENT_TYPES = [
 ]
 
 
-def test_content_type_comes_from_the_stream(
-    make_sink: Callable[..., Any], admin: Any, bucket: str, tls_proxy: Any
-) -> None:
+def test_content_type_comes_from_the_stream(make_sink: Callable[..., Any], admin: Any, bucket: str, tls_proxy: Any) -> None:
     sink = make_sink(endpoint_url=tls_proxy.url)
     for i, (given, size, stored) in enumerate(CONTENT_TYPES):
         tls_proxy.seen.clear()

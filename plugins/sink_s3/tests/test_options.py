@@ -20,8 +20,10 @@ def test_the_plugin_registers_the_s3_sink() -> None:
     assert sinks().get("s3") is S3Sink
 
 
-@pytest.mark.parametrize(("given", "expected"), [("8MiB", 8 * MiB), ("5 MiB", 5 * MiB), ("16M", 16 * MiB),
-                                                 ("10MB", 10_000_000), (6 * MiB, 6 * MiB), ("1GiB", 1024 * MiB)])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("8MiB", 8 * MiB), ("5 MiB", 5 * MiB), ("16M", 16 * MiB), ("10MB", 10_000_000), (6 * MiB, 6 * MiB), ("1GiB", 1024 * MiB)],
+)
 def test_part_size_accepts_sizes(make_options: Callable[..., Any], given: Any, expected: int) -> None:
     assert make_options(part_size=given).part_size == expected
 
@@ -62,9 +64,7 @@ def test_prefix_slashes_are_trimmed(make_options: Callable[..., Any]) -> None:
     assert make_options(prefix="/a/b/").prefix == "a/b"
 
 
-def test_allowed_regions_refuse_before_anything_is_sent(
-    make_options: Callable[..., Any], tls_proxy: Any
-) -> None:
+def test_allowed_regions_refuse_before_anything_is_sent(make_options: Callable[..., Any], tls_proxy: Any) -> None:
     with pytest.raises(ConfigError) as e:
         make_options(endpoint_url=tls_proxy.url, region="us-east-1", allowed_regions=["eu-*", "eu-central-?"])
     assert "not in allowed_regions" in str(e.value) and "nothing was sent" in str(e.value)
@@ -111,8 +111,7 @@ def test_static_keys_and_the_chain_together_are_ambiguous(make_options: Callable
 
 
 def test_credentials_from_secret_files(
-    make_options: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-    read_obj: Callable[[str], bytes | None]
+    make_options: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, read_obj: Callable[[str], bytes | None]
 ) -> None:
     from portshift.hashing import HashingStream
 
@@ -132,10 +131,19 @@ def test_credential_chain_with_nothing_to_find_is_an_auth_error(
 ) -> None:
     from portshift.errors import AuthError
 
-    for name in ("PORTSHIFT_AWS_ACCESS_KEY_ID", "PORTSHIFT_AWS_SECRET_ACCESS_KEY", "PORTSHIFT_AWS_SESSION_TOKEN",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    for name in (
+        "PORTSHIFT_AWS_ACCESS_KEY_ID",
+        "PORTSHIFT_AWS_SECRET_ACCESS_KEY",
+        "PORTSHIFT_AWS_SESSION_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -148,6 +156,6 @@ def test_the_schema_documents_every_option() -> None:
     schema = S3Options.model_json_schema()
     for name, prop in schema["properties"].items():
         assert prop.get("description") or name.endswith("_file"), f"{name} has no description"
-    assert schema["properties"]["secret_access_key"].get("writeOnly") is True or "anyOf" in schema["properties"][
-        "secret_access_key"
-    ]
+    assert (
+        schema["properties"]["secret_access_key"].get("writeOnly") is True or "anyOf" in schema["properties"]["secret_access_key"]
+    )

@@ -13,8 +13,9 @@ from portshift.hashing import HashingStream
 from portshift.testing import chunked, pattern_bytes
 
 
-def test_reader_lists_and_streams_under_the_prefix(make_sink: Callable[..., Any], make_options: Callable[..., Any],
-                                                   admin: Any, bucket: str) -> None:
+def test_reader_lists_and_streams_under_the_prefix(
+    make_sink: Callable[..., Any], make_options: Callable[..., Any], admin: Any, bucket: str
+) -> None:
     sink = make_sink(prefix="exp")
     data = pattern_bytes(3 * 1024 * 1024 + 5)
     sink.put("job1/a.bin", HashingStream(chunked(data)), len(data))

@@ -36,8 +36,13 @@ def test_a_control_botocore_debug_does_carry_the_session_token(
     logging.getLogger("botocore").setLevel(logging.DEBUG)
     try:
         boto3.session.Session().client(
-            "s3", endpoint_url=moto.url, region_name="us-east-1", verify=str(certs.ca_pem),
-            aws_access_key_id=canaries[0], aws_secret_access_key=canaries[1], aws_session_token=canaries[2],
+            "s3",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            verify=str(certs.ca_pem),
+            aws_access_key_id=canaries[0],
+            aws_secret_access_key=canaries[1],
+            aws_session_token=canaries[2],
         ).list_buckets()
     finally:
         logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -58,8 +63,11 @@ def test_botocore_debug_never_reaches_the_logs(
         make_sink(endpoint_url=tls_proxy.url).put("denied", HashingStream(chunked(pattern_bytes(PART + 1))), None)
     text = caplog.text + "".join(str(r.args) + str(r.__dict__) for r in caplog.records)
     assert leaks(text, canaries) == []
-    assert not [r for r in caplog.records if r.name.split(".")[0] in {"botocore", "boto3", "urllib3", "s3transfer"}
-                and r.levelno < logging.WARNING]
+    assert not [
+        r
+        for r in caplog.records
+        if r.name.split(".")[0] in {"botocore", "boto3", "urllib3", "s3transfer"} and r.levelno < logging.WARNING
+    ]
 
 
 @pytest.mark.parametrize("case", ["no-such-bucket", "access-denied", "connection-refused", "untrusted", "part-denied"])
@@ -74,10 +82,15 @@ def test_errors_carry_no_credential_even_with_locals(
         tls_proxy.rule = lambda req: tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", "AccessDenied"))
         sink, size = make_sink(endpoint_url=tls_proxy.url), 10
     elif case == "part-denied":
-        tls_proxy.rule = lambda req: tls_proxy.Action(
-            respond=tls_proxy.error_response(403, "Forbidden", "SignatureDoesNotMatch",
-                                             extra_xml=f"<StringToSign>{canaries[2]}</StringToSign>")
-        ) if "partNumber=2" in req.target else None
+        tls_proxy.rule = lambda req: (
+            tls_proxy.Action(
+                respond=tls_proxy.error_response(
+                    403, "Forbidden", "SignatureDoesNotMatch", extra_xml=f"<StringToSign>{canaries[2]}</StringToSign>"
+                )
+            )
+            if "partNumber=2" in req.target
+            else None
+        )
         sink, size = make_sink(endpoint_url=tls_proxy.url), PART + 1
     elif case == "connection-refused":
         with socket.socket() as s:
@@ -92,8 +105,12 @@ def test_errors_carry_no_credential_even_with_locals(
     err.with_traceback(err.__traceback__.tb_next)  # from the sink down (this test's own locals hold the canaries)
     assert err.__cause__ is None and err.__suppress_context__, "SDK exceptions must not be chained"
     rendered = "\n".join(
-        [str(err), repr(err), "".join(traceback.format_exception(err)),
-         "".join(traceback.TracebackException.from_exception(err, capture_locals=True).format())]
+        [
+            str(err),
+            repr(err),
+            "".join(traceback.format_exception(err)),
+            "".join(traceback.TracebackException.from_exception(err, capture_locals=True).format()),
+        ]
     )
     assert "portshift_sink_s3" in rendered and "self = " in rendered, "the sink's frames and locals are rendered"
     leaked = [line.strip()[:200] for line in rendered.splitlines() if leaks(line, canaries)]
@@ -101,9 +118,7 @@ def test_errors_carry_no_credential_even_with_locals(
     assert "AWSPreparedRequest" not in rendered and "X-Amz-Security-Token" not in rendered
 
 
-def test_results_and_location_carry_no_credential(
-    make_sink: Callable[..., Any], canaries: tuple[str, str, str]
-) -> None:
+def test_results_and_location_carry_no_credential(make_sink: Callable[..., Any], canaries: tuple[str, str, str]) -> None:
     sink = make_sink()
     result = sink.put("r.bin", HashingStream(iter([b"abc"])), 3)
     assert leaks(repr(result) + sink.location() + repr(sink.options) + sink.options.model_dump_json(), canaries) == []

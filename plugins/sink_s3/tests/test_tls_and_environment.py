@@ -25,9 +25,7 @@ def plain(listener: Any) -> str:
     return "http" + f"://127.0.0.1:{listener.port}"
 
 
-def test_an_http_endpoint_is_a_config_error_before_any_connection(
-    make_options: Callable[..., Any], plain_listener: Any
-) -> None:
+def test_an_http_endpoint_is_a_config_error_before_any_connection(make_options: Callable[..., Any], plain_listener: Any) -> None:
     with pytest.raises(ConfigError) as e:
         make_options(endpoint_url=plain(plain_listener))
     assert "https://" in str(e.value)
@@ -35,8 +33,11 @@ def test_an_http_endpoint_is_a_config_error_before_any_connection(
 
 
 def test_hostile_endpoint_proxy_and_trust_variables_are_ignored(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, plain_listener: Any, certs: Any,
-    read_obj: Callable[[str], bytes | None]
+    make_sink: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    plain_listener: Any,
+    certs: Any,
+    read_obj: Callable[[str], bytes | None],
 ) -> None:
     for name in HOSTILE_ENDPOINT_VARS + ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, plain(plain_listener))
@@ -76,8 +77,12 @@ def test_trust_variables_do_not_add_trust(
 
 
 def test_shared_config_files_cannot_redirect_or_add_trust_with_the_credential_chain(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plain_listener: Any,
-    certs: Any, read_obj: Callable[[str], bytes | None]
+    make_sink: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    plain_listener: Any,
+    certs: Any,
+    read_obj: Callable[[str], bytes | None],
 ) -> None:
     config = tmp_path / "config"
     config.write_text(
@@ -104,8 +109,11 @@ def test_shared_config_files_cannot_redirect_or_add_trust_with_the_credential_ch
 
 
 def test_static_keys_read_no_shared_file(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plain_listener: Any,
-    read_obj: Callable[[str], bytes | None]
+    make_sink: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    plain_listener: Any,
+    read_obj: Callable[[str], bytes | None],
 ) -> None:
     config = tmp_path / "config"
     config.write_text("[profile other]\nregion = ap-south-1\n[default]\nthis is not an ini file\n")
@@ -198,9 +206,10 @@ def test_a_tls_1_1_server_is_refused(make_sink: Callable[..., Any], old_tls_serv
     loose.set_ciphers("ALL:@SECLEVEL=0")
     loose.minimum_version = ssl.TLSVersion.TLSv1
     try:
-        with socket.create_connection(("127.0.0.1", old_tls_server.port)) as raw, loose.wrap_socket(
-            raw, server_hostname="127.0.0.1"
-        ) as s:
+        with (
+            socket.create_connection(("127.0.0.1", old_tls_server.port)) as raw,
+            loose.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+        ):
             assert s.version() == "TLSv1.1"
     except ssl.SSLError as exc:  # pragma: no cover - this OpenSSL build cannot do TLS 1.1 at all
         pytest.fail(f"the TLS 1.1 test server does not work on this machine: {exc}")
@@ -258,8 +267,12 @@ def test_client_side_monitoring_from_the_environment_stays_off(
     try:
         # Control: a default boto3 client does send them here.
         plain_client = boto3.session.Session().client(
-            "s3", endpoint_url=moto.url, region_name="us-east-1", verify=str(certs.ca_pem),
-            aws_access_key_id="AKIACONTROL", aws_secret_access_key="x",
+            "s3",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            verify=str(certs.ca_pem),
+            aws_access_key_id="AKIACONTROL",
+            aws_secret_access_key="x",
         )
         plain_client.list_buckets()
         control = []
@@ -282,8 +295,12 @@ def test_sslkeylogfile_gets_no_tls_secrets(
     control, ours = tmp_path / "control.keys", tmp_path / "ours.keys"
     monkeypatch.setenv("SSLKEYLOGFILE", str(control))
     boto3.session.Session().client(
-        "s3", endpoint_url=moto.url, region_name="us-east-1", verify=str(certs.ca_pem),
-        aws_access_key_id="x", aws_secret_access_key="y",
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        verify=str(certs.ca_pem),
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
     ).list_buckets()
     assert "TRAFFIC_SECRET" in control.read_text() or "CLIENT_RANDOM" in control.read_text()  # botocore honours it
 

@@ -73,8 +73,7 @@ def test_sizes_round_trip_and_say_what_s3_checked(
 
 
 @pytest.mark.parametrize("size", [1000, 2 * PART + 7])
-def test_sse_kms_and_storage_class_reach_the_server(make_sink: Callable[..., Any], admin: Any, bucket: str,
-                                                    size: int) -> None:
+def test_sse_kms_and_storage_class_reach_the_server(make_sink: Callable[..., Any], admin: Any, bucket: str, size: int) -> None:
     sink = make_sink(sse="aws:kms", kms_key_id="alias/portshift-test", storage_class="STANDARD_IA")
     data = pattern_bytes(size)
     sink.put("kms.bin", HashingStream(chunked(data)), size)
@@ -168,8 +167,7 @@ def test_interrupt_mid_multipart_aborts(
 
 
 def test_server_failure_on_one_part_aborts_and_leaves_nothing(
-    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]]
+    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
 ) -> None:
     # Every attempt at part 3 loses its connection (botocore retries it, then gives up).
     tls_proxy.rule = lambda req: tls_proxy.Action(close=True) if "partNumber=3&" in req.target + "&" else None
@@ -213,9 +211,7 @@ def test_check_contacts_nothing_unless_check_write(
     assert read_obj("chk/.portshift-check") == b"portshift write check\n"
 
 
-def test_a_declared_size_beyond_10000_parts_is_refused_before_sending(
-    make_sink: Callable[..., Any], tls_proxy: Any
-) -> None:
+def test_a_declared_size_beyond_10000_parts_is_refused_before_sending(make_sink: Callable[..., Any], tls_proxy: Any) -> None:
     sink = make_sink(endpoint_url=tls_proxy.url)
     with pytest.raises(SinkError, match="raise part_size"):
         sink.put("huge.bin", HashingStream(iter([b"x"])), PART * 10_000 + 1)

@@ -13,8 +13,19 @@ from typing import Any
 
 import click
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 
 
 def parse_size(text: str) -> int:
@@ -51,9 +62,7 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text + "\n")
 
 
-def write_job(
-    path: Path, base_url: str, ca: Path, export_to: Path, start: str, end: str, token_file: Path | None = None
-) -> None:
+def write_job(path: Path, base_url: str, ca: Path, export_to: Path, start: str, end: str, token_file: Path | None = None) -> None:
     """A job file that exports the simulated tenant into a local folder (written atomically)."""
     text = (
         "# written by `portshift chorus simulate` (demo): the simulated tenant into a local folder\n"
@@ -71,8 +80,7 @@ def write_job(
             if token_file
             else "# the token comes from PORTSHIFT_CHORUS_TOKEN (the one the simulator was started with)\n\n"
         )
-        +
-        "[sink]\n"
+        + "[sink]\n"
         'type = "local"\n'
         f"path = {json.dumps(str(export_to))}\n"
     )
@@ -126,9 +134,7 @@ def chorus() -> None:
 )
 @click.option("--fault-times", type=int, default=1, show_default=True, help="failures per affected resource (-1: always)")
 @click.option("--throttle", type=float, default=0.0, help="share of resources answered 429 first")
-@click.option(
-    "--retry-after", default="1", show_default=True, help="Retry-After of injected 429s: N, date:N, 0, garbage, none"
-)
+@click.option("--retry-after", default="1", show_default=True, help="Retry-After of injected 429s: N, date:N, 0, garbage, none")
 @click.option("--server-errors", type=float, default=0.0, help="share of resources answered 500 first")
 @click.option("--resets", type=float, default=0.0, help="share of bodies cut by a connection reset half-way")
 @click.option("--truncate", type=float, default=0.0, help="share of bodies closed half-way (announced length not met)")
@@ -231,8 +237,12 @@ def simulate(**kw: Any) -> None:
         echo(f"  tenant       {len(tenant.calls)} engagements, {exportable} recorded calls to export, seed {kw['seed']}")
         echo(f"  window       {kw['start']} .. {kw['end']}")
         if kw["info_out"]:
-            info = {"base_url": sim.base_url, "ca_bundle": str(sim.ca_path.resolve()), "media_origin": sim.media_origin,
-                    "exportable": exportable}
+            info = {
+                "base_url": sim.base_url,
+                "ca_bundle": str(sim.ca_path.resolve()),
+                "media_origin": sim.media_origin,
+                "exportable": exportable,
+            }
             kw["info_out"].parent.mkdir(parents=True, exist_ok=True)
             tmp = kw["info_out"].with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2) + "\n")

@@ -203,8 +203,10 @@ def _tls_failure(e: BaseException) -> tuple[str, str] | None:
         if isinstance(cur, ssl.SSLCertVerificationError):
             reason = (cur.verify_message or cur.reason or "").strip().rstrip(".")
             if "hostname mismatch" in reason.lower() or "ip address mismatch" in reason.lower():
-                return (f"TLS certificate verification failed: {reason}",
-                        "the host name in base_url must be one the server certificate names")
+                return (
+                    f"TLS certificate verification failed: {reason}",
+                    "the host name in base_url must be one the server certificate names",
+                )
             message = f"TLS certificate verification failed: {reason}" if reason else "TLS certificate verification failed"
             return message, "for a private CA set ca_bundle to its PEM file"
         if isinstance(cur, ssl.SSLError) and not isinstance(cur, DROPPED_UNDER_TLS):
@@ -212,8 +214,10 @@ def _tls_failure(e: BaseException) -> tuple[str, str] | None:
                 return "TLS certificate verification failed", "for a private CA set ca_bundle to its PEM file"
             if connecting:
                 reason = cur.reason or type(cur).__name__
-                return (f"TLS handshake failed: {reason}",
-                        "the server must speak TLS 1.2 or later with a certificate your ca_bundle trusts")
+                return (
+                    f"TLS handshake failed: {reason}",
+                    "the server must speak TLS 1.2 or later with a certificate your ca_bundle trusts",
+                )
         cur = cur.__cause__ or cur.__context__
     return None
 
@@ -256,9 +260,7 @@ class ChorusClient:
         #: masks of the signed links handed out per call, forgotten when its download ends
         self._links: dict[str, list[str]] = {}
         pin_loggers()
-        timeout = httpx.Timeout(
-            connect=options.connect_timeout, read=options.read_timeout, write=options.read_timeout, pool=None
-        )
+        timeout = httpx.Timeout(connect=options.connect_timeout, read=options.read_timeout, write=options.read_timeout, pool=None)
         self.http = https_client(options.ca_bundle, timeout=timeout, max_connections=32)
         #: the media host (another origin, no token): bodies read with http.client, see media.py
         self.media = MediaConnections(
@@ -456,9 +458,7 @@ class ChorusClient:
         if status in (403, 404):
             reason = "forbidden" if status == 403 else "not_found"
             text = error_text(body, status)
-            message = (
-                f"call {cid}: {op} answered HTTP {status} ({text}); private, or not visible to the token's user"
-            )
+            message = f"call {cid}: {op} answered HTTP {status} ({text}); private, or not visible to the token's user"
             if self.options.strict:
                 raise SourceError(message, operation=op, status=status, location=where, retryable=False)
             raise SkipRecording(reason, message)
@@ -628,8 +628,12 @@ class ChorusClient:
                         return  # complete: httpx checks the body against Content-Length
                     current["resp"].close()
                     if current["closed"]:
-                        raise SourceError(f"call {cid}: the media download was closed", operation="download media",
-                                          location=where(), retryable=True)
+                        raise SourceError(
+                            f"call {cid}: the media download was closed",
+                            operation="download media",
+                            location=where(),
+                            retryable=True,
+                        )
                     if not self.options.resume_downloads or size is None or resumes >= self.options.retries:
                         raise SourceError(
                             f"call {cid}: the media download broke off after {offset} of {size if size is not None else '?'} "

@@ -28,9 +28,22 @@ def start(tmp_path: Path, *flags: str, token: str | None = CANARY) -> tuple[subp
         env["PORTSHIFT_CHORUS_TOKEN"] = token
     info = tmp_path / "info.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "portshift", "chorus", "simulate", "--info-out", str(info),
-         "--ca-out", str(tmp_path / "ca.pem"), *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "portshift",
+            "chorus",
+            "simulate",
+            "--info-out",
+            str(info),
+            "--ca-out",
+            str(tmp_path / "ca.pem"),
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.monotonic() + 30
     while not info.exists():
@@ -50,12 +63,36 @@ def stop(proc: subprocess.Popen[str]) -> str:
 
 
 def test_simulate_serves_until_sigterm(tmp_path: Path) -> None:
-    proc, info = start(tmp_path, "--calls", "12", "--seed", "3", "--media-size", "10KiB-40KiB", "--media-mode", "json",
-                       "--not-found", "0.3", "--throttle", "0.5", "--retry-after", "none", "--page-size", "2,3")
+    proc, info = start(
+        tmp_path,
+        "--calls",
+        "12",
+        "--seed",
+        "3",
+        "--media-size",
+        "10KiB-40KiB",
+        "--media-mode",
+        "json",
+        "--not-found",
+        "0.3",
+        "--throttle",
+        "0.5",
+        "--retry-after",
+        "none",
+        "--page-size",
+        "2,3",
+    )
     try:
         assert info["ca_bundle"] == str((tmp_path / "ca.pem").resolve())
-        source = ChorusSource(ChorusOptions(base_url=info["base_url"], token=Secret(CANARY, "token"),
-                                            ca_bundle=info["ca_bundle"], requests_per_second=0, backoff_base=0.01))
+        source = ChorusSource(
+            ChorusOptions(
+                base_url=info["base_url"],
+                token=Secret(CANARY, "token"),
+                ca_bundle=info["ca_bundle"],
+                requests_per_second=0,
+                backoff_base=0.01,
+            )
+        )
         recs = list(source.recordings(WINDOW))
         assert len(recs) == info["exportable"] > 0
         skipped = exported = 0
@@ -113,16 +150,32 @@ def test_the_demo_flow(tmp_path: Path) -> None:
     """What `make demo` does: simulate with --job-out, `portshift run` that job file, stop the
     simulator, `sha256sum -c` the export."""
     job, export = tmp_path / "demo" / "job.toml", tmp_path / "demo-export"
-    proc, info = start(tmp_path, "--calls", "40", "--seed", "1", "--media-size", "64KiB-1MiB",
-                       "--job-out", str(job), "--export-to", str(export))
+    proc, info = start(
+        tmp_path, "--calls", "40", "--seed", "1", "--media-size", "64KiB-1MiB", "--job-out", str(job), "--export-to", str(export)
+    )
     try:
         deadline = time.monotonic() + 10
         while not job.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
         env.update(PORTSHIFT_CHORUS_TOKEN=CANARY, PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus")
-        r = subprocess.run([sys.executable, "-m", "portshift", "run", "--config", str(job), "--state",
-                            str(tmp_path / "state.db"), "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "portshift",
+                "run",
+                "--config",
+                str(job),
+                "--state",
+                str(tmp_path / "state.db"),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     finally:
         stop(proc)
     assert r.returncode == 0, r.stdout + r.stderr

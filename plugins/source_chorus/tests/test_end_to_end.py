@@ -21,9 +21,7 @@ def run_portshift(args: list[str], env_extra: dict[str, str] | None = None) -> s
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
     env.update(PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus", PORTSHIFT_RETRY_BASE="0.01", **(env_extra or {}))
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=120
-        )
+        return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=120)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         raise AssertionError(f"portshift {args[0]} did not finish; stderr ends with: {err[-3000:]}") from None
@@ -104,8 +102,9 @@ def test_portshift_run_exports_the_tenant_and_sha256sum_checks_it(sim: ChorusSim
             assert s.encode() not in blob
 
     # a second run of the same job file has nothing to do
-    again = run_portshift(["run", "--config", str(job), "--state", str(state), "--no-progress"],
-                          {"PORTSHIFT_CHORUS_TOKEN": CANARY})
+    again = run_portshift(
+        ["run", "--config", str(job), "--state", str(state), "--no-progress"], {"PORTSHIFT_CHORUS_TOKEN": CANARY}
+    )
     assert again.returncode == 0 and "already complete" in again.stdout
 
 

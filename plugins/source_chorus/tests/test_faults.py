@@ -104,9 +104,7 @@ def test_the_limiter_keeps_under_the_server_enforced_limit(sim: ChorusSimulator)
 
 def test_without_the_limiter_the_server_limit_is_hit(sim: ChorusSimulator) -> None:
     """The control for the test above: the same listing, no client-side ceiling."""
-    sim.configure(
-        faults=Faults(rate_limit=40, rate_limit_burst=2, rate_limit_retry_after=False), paging=Paging(page_sizes=(1,))
-    )
+    sim.configure(faults=Faults(rate_limit=40, rate_limit_burst=2, rate_limit_retry_after=False), paging=Paging(page_sizes=(1,)))
     sleeps = Sleeps(scale=1.0)
     source = make_source(sim, sleeps, requests_per_second=0, retries=15, artifacts=["metadata"], window_days=45)
     ids = [r.id for r in source.recordings(WINDOW)]
@@ -178,8 +176,9 @@ def test_httpx_raises_on_a_body_shorter_than_its_content_length(sim: ChorusSimul
     link = sim.link(call)
     with pytest.raises(httpx.RemoteProtocolError):
         # the API answers /media?info=true with JSON, cut half-way
-        client.get(f"{sim.base_url}/api/v1/conversations/{call.engagement_id}/media?info=true",
-                   headers={"Authorization": sim.token})
+        client.get(
+            f"{sim.base_url}/api/v1/conversations/{call.engagement_id}/media?info=true", headers={"Authorization": sim.token}
+        )
     sim.configure(faults=Faults(truncate=Fault(ratio=1.0, times=-1, on=("media",))))
     with pytest.raises(httpx.RemoteProtocolError):
         client.get(link)
@@ -223,8 +222,9 @@ def test_an_expired_link_during_a_resume_is_renewed(sim: ChorusSimulator) -> Non
     (media,) = source.artifacts(rec)
     opened = media.open()
     # the first link expires while the download runs: the resume must get a new one
-    sim.configure(faults=Faults(expired_link=Fault(ratio=1.0, times=1, on=("media_api",)),
-                                reset=Fault(ratio=1.0, times=1, on=("media",))))
+    sim.configure(
+        faults=Faults(expired_link=Fault(ratio=1.0, times=1, on=("media_api",)), reset=Fault(ratio=1.0, times=1, on=("media",)))
+    )
     import hashlib
 
     h = hashlib.sha256()

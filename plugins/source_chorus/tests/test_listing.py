@@ -109,9 +109,7 @@ def test_processing_no_show_and_duration_filters(sim: ChorusSimulator) -> None:
 def test_engagement_types_option(sim: ChorusSimulator) -> None:
     ids = listed(sim, engagement_types=["dialer"])
     assert ids and all(sim.tenant.by_id[i].engagement_type == "dialer" for i in ids)
-    assert sorted(ids) == sorted(
-        c.engagement_id for c in sim.tenant.exportable(WINDOW.start, WINDOW.end, types=("dialer",))
-    )
+    assert sorted(ids) == sorted(c.engagement_id for c in sim.tenant.exportable(WINDOW.start, WINDOW.end, types=("dialer",)))
 
 
 def test_pages_stops_on_every_end_condition() -> None:

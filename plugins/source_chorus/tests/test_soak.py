@@ -55,8 +55,7 @@ def faults() -> Faults:
 
 def command(job: Path, state: Path) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
-    env.update(PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus", PORTSHIFT_RETRY_BASE="0.01",
-               PORTSHIFT_CHORUS_TOKEN=CANARY)
+    env.update(PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus", PORTSHIFT_RETRY_BASE="0.01", PORTSHIFT_CHORUS_TOKEN=CANARY)
     return [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state), "--no-progress"], env
 
 

@@ -233,9 +233,10 @@ def tls11_server(ca: trustme.CA, ca_file: Path) -> Iterator[TLSServer]:
             warnings.simplefilter("ignore", DeprecationWarning)
             loose.minimum_version = ssl.TLSVersion.TLSv1
         try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, loose.wrap_socket(
-                raw, server_hostname="127.0.0.1"
-            ) as tls:
+            with (
+                socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+                loose.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
                 assert tls.version() == "TLSv1.1"
         except ssl.SSLError as exc:  # pragma: no cover - an OpenSSL build without TLS 1.1 at all
             pytest.fail(f"the TLS 1.1 test server does not work on this machine: {exc}")
@@ -270,9 +271,10 @@ def test_trust_variables_in_the_environment_add_no_trust(sim: ChorusSimulator, m
         monkeypatch.setenv(name, str(sim.ca_path))
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     # Control: a default Python context does trust the simulator through SSL_CERT_FILE now.
-    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw, ssl.create_default_context().wrap_socket(
-        raw, server_hostname="127.0.0.1"
-    ) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw,
+        ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
     before = served(sim)
     err = refuse(ChorusSource(options(sim, ca_bundle=None)))

@@ -100,8 +100,7 @@ class FaultySource(ExampleSource):
                 def large(size: int = size, seed: str = seed, chunk: int = chunk) -> Opened:
                     return Opened(chunks=synthetic_chunks(size, seed, chunk), size=size, content_type="audio/mpeg")
 
-                art = Artifact(name=art.name, open=large, extension=art.extension, size=size,
-                               content_type=art.content_type)
+                art = Artifact(name=art.name, open=large, extension=art.extension, size=size, content_type=art.content_type)
             yield self._dying(art)
 
     @staticmethod
@@ -124,8 +123,9 @@ class FaultySource(ExampleSource):
 
             return Opened(chunks=chunks(), size=opened.size, content_type=opened.content_type)
 
-        return Artifact(name=art.name, open=open_, extension=art.extension, size=art.size, sha256=art.sha256,
-                        content_type=art.content_type)
+        return Artifact(
+            name=art.name, open=open_, extension=art.extension, size=art.size, sha256=art.sha256, content_type=art.content_type
+        )
 
 
 # --- sink ---------------------------------------------------------------------------------------
@@ -159,10 +159,8 @@ class FaultyS3Sink(S3Sink):
         events = self.client.meta.events
         for op in ("PutObject", "UploadPart", "CompleteMultipartUpload", "CreateMultipartUpload"):
             events.register_first(f"before-send.s3.{op}", self._before_send, unique_id=f"faults-{op}")
-        events.register_first("after-call.s3.CreateMultipartUpload", self._answered("created"),
-                              unique_id="faults-created")
-        events.register_first("after-call.s3.CompleteMultipartUpload", self._answered("completed"),
-                              unique_id="faults-completed")
+        events.register_first("after-call.s3.CreateMultipartUpload", self._answered("created"), unique_id="faults-created")
+        events.register_first("after-call.s3.CompleteMultipartUpload", self._answered("completed"), unique_id="faults-completed")
 
     def _path(self, key: str) -> str:
         return f"/{self.options.bucket}/{self._full_key(key)}"

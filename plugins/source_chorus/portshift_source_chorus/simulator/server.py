@@ -339,9 +339,7 @@ class ChorusSimulator:
                 out[name] += n if times < 0 else min(n, times)
         return out
 
-    def configure(
-        self, faults: Faults | None = None, paging: Paging | None = None, media: MediaConfig | None = None
-    ) -> None:
+    def configure(self, faults: Faults | None = None, paging: Paging | None = None, media: MediaConfig | None = None) -> None:
         """Replace the fault, paging or media configuration (and reset counters)."""
         if faults is not None:
             self.faults = faults
@@ -478,8 +476,12 @@ class ChorusSimulator:
         if self._hits("throttle", f.throttle, target, resource):
             ra = self._retry_after_header()
             self._send_json(
-                h, 429, _error(429, "Too Many Requests", "slow down"), headers={"Retry-After": ra} if ra else {},
-                jsonapi=True, server=server,
+                h,
+                429,
+                _error(429, "Too Many Requests", "slow down"),
+                headers={"Retry-After": ra} if ra else {},
+                jsonapi=True,
+                server=server,
             )
             return False
         if self._hits("server_error", f.server_error, target, resource):
@@ -650,9 +652,7 @@ class ChorusSimulator:
     def _visible(self, h: _Handler, cid: str, what: str) -> Call | None:
         call = self.tenant.by_id.get(cid)
         if call is None or call.private or call.hidden == "not_found":
-            self._send_json(
-                h, 404, _error(404, "Not found", NOT_FOUND), jsonapi=True
-            )
+            self._send_json(h, 404, _error(404, "Not found", NOT_FOUND), jsonapi=True)
             return None
         if call.hidden == "forbidden":
             self._send_json(h, 403, _error(403, "Forbidden", "API may not be called using this token."), jsonapi=True)

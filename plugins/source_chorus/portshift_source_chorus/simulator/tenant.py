@@ -146,9 +146,7 @@ class Tenant:
                 ctype = "audio/mpeg"
             else:
                 ctype = "video/mp4"
-            calls.append(
-                Call(i, eid, kind, second, duration, state, no_show, private, hidden, size, ctype, audio_only)
-            )
+            calls.append(Call(i, eid, kind, second, duration, state, no_show, private, hidden, size, ctype, audio_only))
         calls.sort(key=lambda c: (c.date_time, c.engagement_id), reverse=True)
         self.calls: list[Call] = calls
         self.by_id: dict[str, Call] = {c.engagement_id: c for c in calls}
