@@ -1,6 +1,14 @@
-"""portshift: export call recordings, transcripts and metadata into your own bucket."""
+"""portshift: export call recordings, transcripts and metadata into your own bucket.
+
+This module is the whole public surface for plugin authors: import what a plugin needs from
+``portshift`` (and test helpers from ``portshift.testing``), never from a submodule. Names are
+loaded on first use, so ``import portshift`` stays cheap for every process that loads plugins.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -9,4 +17,110 @@ __version__ = "0.1.0"
 #: Decorate plugin functions with this to implement a portshift hook.
 hookimpl = pluggy.HookimplMarker("portshift")
 
-__all__ = ["__version__", "hookimpl"]
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    # the shapes a plugin implements, and what they exchange
+    "Source": "api",
+    "Sink": "api",
+    "Reader": "api",
+    "Journal": "api",
+    "ManifestWriter": "api",
+    "Artifact": "api",
+    "Opened": "api",
+    "Recording": "api",
+    "Window": "api",
+    "PutResult": "api",
+    "JobInfo": "api",
+    "ManifestEntry": "api",
+    "StoredFile": "api",
+    "HashingStream": "hashing",
+    # options and secrets
+    "PluginOptions": "options",
+    "HttpsUrl": "options",
+    "build_options": "config",
+    "Secret": "secrets",
+    "secret_field": "secrets",
+    "register_mask": "secrets",
+    "forget_mask": "secrets",
+    # errors
+    "ExitCode": "errors",
+    "PortshiftError": "errors",
+    "ConfigError": "errors",
+    "RemoteError": "errors",
+    "SourceError": "errors",
+    "SinkError": "errors",
+    "FatalError": "errors",
+    "AuthError": "errors",
+    "SkipRecording": "errors",
+    "IntegrityError": "errors",
+    "Interrupted": "errors",
+    # retries and rate
+    "Attempts": "retry",
+    "Backoff": "retry",
+    "RateLimiter": "retry",
+    "call_with_retries": "retry",
+    "parse_retry_after": "retry",
+    "wait_or_interrupt": "retry",
+    # TLS and redaction
+    "ssl_context": "tls",
+    "https_client": "tls",
+    "require_https": "tls",
+    "handshake_failure": "tls",
+    "dropped_under_tls": "tls",
+    "exception_chain": "tls",
+    "redact_url": "redact",
+    "sanitize_message": "redact",
+}
+
+__all__ = ["__version__", "hookimpl", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'portshift' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from .api import (
+        Artifact,
+        JobInfo,
+        Journal,
+        ManifestEntry,
+        ManifestWriter,
+        Opened,
+        PutResult,
+        Reader,
+        Recording,
+        Sink,
+        Source,
+        StoredFile,
+        Window,
+    )
+    from .config import build_options
+    from .errors import (
+        AuthError,
+        ConfigError,
+        ExitCode,
+        FatalError,
+        IntegrityError,
+        Interrupted,
+        PortshiftError,
+        RemoteError,
+        SinkError,
+        SkipRecording,
+        SourceError,
+    )
+    from .hashing import HashingStream
+    from .options import HttpsUrl, PluginOptions
+    from .redact import redact_url, sanitize_message
+    from .retry import Attempts, Backoff, RateLimiter, call_with_retries, parse_retry_after, wait_or_interrupt
+    from .secrets import Secret, forget_mask, register_mask, secret_field
+    from .tls import dropped_under_tls, exception_chain, handshake_failure, https_client, require_https, ssl_context
