@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "FatalError": "errors",
     "AuthError": "errors",
     "SkipRecording": "errors",
+    "RecordingPending": "errors",
+    "ArtifactMissing": "errors",
     "IntegrityError": "errors",
     "Interrupted": "errors",
     # retries and rate
@@ -106,6 +108,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     )
     from .config import build_options
     from .errors import (
+        ArtifactMissing,
         AuthError,
         ConfigError,
         ExitCode,
@@ -113,6 +116,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         IntegrityError,
         Interrupted,
         PortshiftError,
+        RecordingPending,
         RemoteError,
         SinkError,
         SkipRecording,

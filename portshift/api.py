@@ -54,6 +54,13 @@ class Recording:
     id: str
     started_at: datetime | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    #: Set by a source that already knows, from the listing, that this recording is not exported
+    #: by this run: a :class:`portshift.errors.SkipRecording` (filtered by the job's options,
+    #: private, nothing to export) or a :class:`portshift.errors.RecordingPending` (not ready
+    #: yet). The core records the outcome with its reason without calling ``artifacts()``.
+    skipped: Exception | None = None
+    #: the recording's size in bytes when the listing tells it (``--dry-run`` shows it)
+    size: int | None = None
 
 
 @dataclass
@@ -129,6 +136,11 @@ class Source(ABC):
     #: error elsewhere). Wait on it instead of ``time.sleep`` (``if self.cancel.wait(delay): ...``)
     #: so that a long ``Retry-After`` never holds up Ctrl-C. ``None`` outside a run.
     cancel: threading.Event | None = None
+
+    #: Set by the core before listing: call it with a short text saying what is being listed now
+    #: (``"calls 2026-01-01 .. 2026-01-08, page 3"``); the progress line and the logs show it
+    #: while the listing runs. ``None`` outside a run.
+    on_listing: Callable[[str], None] | None = None
 
     def close(self) -> None:
         """Release connections."""

@@ -118,6 +118,25 @@ class SkipRecording(PortshiftError):
         self.reason = reason
 
 
+class RecordingPending(SkipRecording):
+    """Raised (or set on :attr:`portshift.api.Recording.skipped`) by a source: this recording is
+    not ready yet (live, scheduled, still processing). It is not exported by this run and never
+    dropped: the job records it as *pending*, and a later run of the same job file (``--since
+    last`` included) lists its time again and exports it once it is ready. ``reason`` is a short
+    machine code (``"processing"``, ``"live"``, ``"scheduled"``)."""
+
+
+class ArtifactMissing(PortshiftError):
+    """Raised by :meth:`portshift.api.Artifact.open` (or instead of yielding an artifact): this one
+    file of the recording does not exist at the source (a call with no recording, media removed
+    or expired). The recording's other artifacts are still exported; the missing one is recorded
+    with ``reason`` and shown in the run summary, the JSON report and the manifest's inventory."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class IntegrityError(PortshiftError):
     """Bytes did not match what was declared or confirmed (size, SHA-256, provider checksum)."""
 
