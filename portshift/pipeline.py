@@ -36,6 +36,7 @@ from .keys import build_key
 from .manifest import SIGNATURE_SUFFIX
 from .plugins import call_event
 from .progress import Progress
+from .records import JobStatus
 from .redact import sanitize_message
 from .retry import Backoff
 from .state import FileRecord, State, now_iso
@@ -277,7 +278,7 @@ class Runner:
                     "--since last: no completed job of this job file yet",
                     hint="run it once without --since last, or give a date",
                 )
-            since = datetime.fromisoformat(last["window_end"].replace("Z", "+00:00"))
+            since = datetime.fromisoformat(last.window_end.replace("Z", "+00:00"))
         if since is None and self.cfg.job.since is not None:
             from .config import parse_when
 
@@ -314,24 +315,24 @@ class Runner:
 
         resumed = False
         unfinished = self.state.unfinished_job(key)
-        if unfinished and unfinished["status"] == "abandoned":
+        if unfinished and unfinished.status is JobStatus.ABANDONED:
             unfinished = None
         if req.new and unfinished and not req.dry_run:
-            self._recover(self.state.journal(unfinished["id"]), sink)  # its in-flight uploads too
+            self._recover(self.state.journal(unfinished.id), sink)  # its in-flight uploads too
             self.state.abandon_unfinished(key)
-            log.info("starting over: job %s abandoned (--new)", unfinished["id"])
+            log.info("starting over: job %s abandoned (--new)", unfinished.id)
             unfinished = None
         if unfinished:
-            same_window = unfinished["window_start"] == _iso(window.start) and unfinished["window_end"] == _iso(window.end)
+            same_window = unfinished.window_start == _iso(window.start) and unfinished.window_end == _iso(window.end)
             if explicit and not same_window:
                 raise ConfigError(
-                    f"job {unfinished['id']} of this job file is unfinished "
-                    f"(window {unfinished['window_start']} .. {unfinished['window_end']})",
+                    f"job {unfinished.id} of this job file is unfinished "
+                    f"(window {unfinished.window_start} .. {unfinished.window_end})",
                     hint="re-run without --since/--until to finish it, or add --new to start over",
                 )
             window = Window(
-                datetime.fromisoformat(unfinished["window_start"].replace("Z", "+00:00")),
-                datetime.fromisoformat(unfinished["window_end"].replace("Z", "+00:00")),
+                datetime.fromisoformat(unfinished.window_start.replace("Z", "+00:00")),
+                datetime.fromisoformat(unfinished.window_end.replace("Z", "+00:00")),
             )
             resumed = True
 
@@ -339,33 +340,33 @@ class Runner:
             last = self.state.last_complete_job(key)
             if last is not None:
                 return RunResult(
-                    job_id=last["id"],
+                    job_id=last.id,
                     status="up-to-date",
                     exit_code=ExitCode.OK,
-                    export_root=last["export_root"],
-                    manifest_key=last["manifest_key"],
-                    manifest_sha256=last["manifest_sha256"],
+                    export_root=last.export_root,
+                    manifest_key=last.manifest_key,
+                    manifest_sha256=last.manifest_sha256,
                     message=(
-                        f"job {last['id']} of this job file is already complete "
-                        f"({last['window_start']} .. {last['window_end']}); nothing to do. "
+                        f"job {last.id} of this job file is already complete "
+                        f"({last.window_start} .. {last.window_end}); nothing to do. "
                         "Use --since last to export what is newer, or --new for a fresh full export"
                     ),
                 )
 
-        done: set[str] = self.state.done_recordings(unfinished["id"]) if unfinished else set()
+        done: set[str] = self.state.done_recordings(unfinished.id) if unfinished else set()
 
         if req.dry_run:
             return self._dry_run(source, window, done, unfinished)
 
         if unfinished:
-            job_id = unfinished["id"]
-            export_root = unfinished["export_root"]
+            job_id = unfinished.id
+            export_root = unfinished.export_root
             self.state.update_job(job_id, status="running", finished_at=None, error=None)
             log.info(
                 "skipping %d recordings already exported (job %s, started %s); --new to start over",
                 len(done),
                 job_id,
-                _age(unfinished["started_at"]),
+                _age(unfinished.started_at),
             )
         else:
             from .state import new_job_id
@@ -427,8 +428,8 @@ class Runner:
         result.status = status
         result.files, result.bytes = files, nbytes
         problems = self.state.problems(job_id)
-        result.skipped = [p for p in problems if p["status"] == "skipped"]
-        result.failed = [p for p in problems if p["status"] == "failed"]
+        result.skipped = [p.as_dict() for p in problems if p.status == "skipped"]
+        result.failed = [p.as_dict() for p in problems if p.status == "failed"]
         result.message = error or ""
         result.exit_code = {
             "complete": ExitCode.OK,
@@ -463,25 +464,26 @@ class Runner:
                 todo += 1
         msg = f"dry run: {total} recordings in {_iso(window.start)} .. {_iso(window.end)}, {todo} to export"
         if unfinished:
-            msg += f" ({len(done)} already exported by job {unfinished['id']})"
+            msg += f" ({len(done)} already exported by job {unfinished.id})"
         return RunResult(job_id=None, status="dry-run", exit_code=ExitCode.OK, message=msg)
 
     def _job_info(self, job_id: str) -> JobInfo:
-        row = self.state.job(job_id) or {}
+        row = self.state.job(job_id)
+        assert row is not None
         files, nbytes = self.state.totals(job_id)
         return JobInfo(
             id=job_id,
-            window_start=row.get("window_start", ""),
-            window_end=row.get("window_end", ""),
-            started_at=row.get("started_at", ""),
-            finished_at=row.get("finished_at"),
-            source=f"{row.get('source_type', '')} {row.get('source_location', '')}".strip(),
-            sink=f"{row.get('sink_type', '')} {row.get('sink_location', '')}".strip(),
-            export_root=row.get("export_root", ""),
+            window_start=row.window_start,
+            window_end=row.window_end,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            source=f"{row.source_type} {row.source_location}".strip(),
+            sink=f"{row.sink_type} {row.sink_location}".strip(),
+            export_root=row.export_root,
             file_count=files,
             total_bytes=nbytes,
             tool_version=__version__,
-            status=row.get("status", "running"),
+            status=row.status.value,
         )
 
     # --- transfers --------------------------------------------------------------------------
@@ -705,8 +707,8 @@ class Runner:
         # attempt: a manifest rewritten after a failed or killed attempt is then byte for byte the
         # same, so a store that refuses to replace an object (GCS with objectCreator, or the GCS
         # sink's ifGenerationMatch=0) accepts it as already there.
-        job = self.state.job(job_id) or {}
-        finished = self.state.last_recorded_at(job_id) or job.get("started_at") or now_iso()
+        job = self.state.job(job_id)
+        finished = self.state.last_file_done_at(job_id) or (job.started_at if job else None) or now_iso()
         self.state.update_job(job_id, finished_at=finished, file_count=files, byte_count=nbytes)
         self.state.remove_manifest_files(job_id)  # a manifest attempt that crashed is rewritten
         info = self._job_info(job_id)
