@@ -23,7 +23,7 @@ from portshift.api import Artifact, Recording
 from portshift.config import load_job
 from portshift.default_plugins.example_source import ExampleSource
 from portshift.errors import ConfigError, LockedError
-from portshift.migrations import MIGRATIONS, migrate
+from portshift.state.sqlite_migrations import MIGRATIONS, migrate
 from portshift.pipeline import Runner, RunRequest
 from portshift.plugins import load_plugins, pm
 from portshift.state import FileRecord, State

@@ -1,7 +1,8 @@
-"""Named, ordered migrations of the job state DB (the simonw/llm pattern).
+"""Named, ordered migrations of the SQLite job state (the simonw/llm pattern).
 
 Each migration runs once, in order, and is recorded in ``_portshift_migrations``. Never edit a
-released migration: add a new one.
+released migration: add a new one. A file migrated by a newer portshift (a name this code does not
+know) is refused rather than written to.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import datetime, timezone
 
 import sqlite_utils
 
+from ..errors import ConfigError
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 migration = MIGRATIONS.append
 
@@ -19,6 +22,11 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet applied; return the names applied now."""
     db["_portshift_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
     done = {row["name"] for row in db["_portshift_migrations"].rows}
+    newer = sorted(done - {fn.__name__ for fn in MIGRATIONS})
+    if newer:
+        raise ConfigError(
+            f"the state was migrated by a newer portshift (schema {newer[-1]})", hint="upgrade portshift to use this state"
+        )
     applied = []
     for fn in MIGRATIONS:
         if fn.__name__ in done:

@@ -1,8 +1,7 @@
-"""Job state: one SQLite file that holds jobs, per-recording progress and exported files.
+"""Job state in one SQLite file (sqlite-utils): the embedded default.
 
-It holds only names, locations, ids, sizes, hashes and sanitised errors: never a credential,
-never content, never call metadata. ``secure_delete`` is on so overwritten values do not linger.
-Writes come from worker threads through one connection guarded by a lock.
+``secure_delete`` is on so overwritten values do not linger. Writes come from worker threads
+through one connection guarded by a lock; each is committed when it returns (WAL).
 """
 
 from __future__ import annotations
@@ -10,51 +9,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets as _random
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import sqlite_utils
 
-from .errors import ConfigError, LockedError, StateError
-from .migrations import migrate
-from .records import JobRecord, JobStatus, Problem, RecordingStatus
-
-
-def default_state_path() -> Path:
-    env = os.environ.get("PORTSHIFT_STATE")
-    if env:
-        return Path(env)
-    return Path(platformdirs.user_data_dir("portshift")) / "state.db"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def new_job_id() -> str:
-    """Sortable, readable: ``20261129T054012Z-3f9a1c``."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + _random.token_hex(3)
-
-
-@dataclass
-class FileRecord:
-    key: str
-    size: int
-    sha256: str
-    recording_id: str
-    artifact: str
-    content_type: str | None = None
-    recorded_at: str | None = None
-    verified: str = ""
-    provider_checksums: dict[str, str] | None = None
-    kind: str = "content"
+from ..errors import ConfigError, LockedError, StateError
+from ..records import JobRecord, JobStatus, Problem, RecordingStatus
+from . import FileRecord, State, default_state_path, new_job_id, now_iso
+from .sqlite_migrations import migrate
 
 
 def _guard(fn):  # noqa: ANN001, ANN202
@@ -74,8 +40,8 @@ def _guard(fn):  # noqa: ANN001, ANN202
     return wrapper
 
 
-class State:
-    """The state DB. Open with :meth:`open`; use as a context manager."""
+class SqliteState(State):
+    """The state file. Open with :meth:`open`; use as a context manager."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
@@ -86,7 +52,7 @@ class State:
         self.created = False  #: this process created the file
 
     @classmethod
-    def open(cls, path: Path | str | None = None, *, create: bool = True) -> State:
+    def open(cls, path: Path | str | None = None, *, create: bool = True) -> SqliteState:
         path = Path(path) if path else default_state_path()
         if not create and not path.exists():
             raise ConfigError(f"no state file at {path}", hint="nothing has run yet, or use --state to point at it")
@@ -122,6 +88,10 @@ class State:
             pass
         return state
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     def close(self) -> None:
         for fd in self._lock_files:
             os.close(fd)
@@ -146,12 +116,6 @@ class State:
             for f in locks.iterdir():
                 f.unlink()
             locks.rmdir()
-
-    def __enter__(self) -> State:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- locking: one run per job file at a time ------------------------------------------
     def lock(self, job_key: str) -> None:
@@ -187,11 +151,6 @@ class State:
 
     def _jobs(self, sql: str, params: list[Any]) -> list[JobRecord]:
         return [JobRecord.from_row(r) for r in self.db.query(sql, params)]
-
-    def job(self, job_id: str) -> JobRecord | None:
-        """The job with this id, or the only job whose id starts or ends with it."""
-        rows = self.find_jobs(job_id)
-        return rows[0] if len(rows) == 1 else None
 
     def find_jobs(self, text: str, limit: int = 20) -> list[JobRecord]:
         """Jobs whose id is ``text``, or else starts or ends with it (newest first)."""
@@ -340,9 +299,6 @@ class State:
         with self._lock:
             self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
 
-    def journal(self, job_id: str) -> StateJournal:
-        return StateJournal(self, job_id)
-
     def done_artifacts(self, job_id: str, recording_id: str) -> set[str]:
         return {
             r[0]
@@ -380,34 +336,21 @@ class State:
         ).fetchone()
         return int(row[0]), int(row[1])
 
-
-class StateJournal:
-    """A sink's journal of in-flight operations, kept in the job state."""
-
-    def __init__(self, state: State, job_id: str) -> None:
-        self.state = state
-        self.job_id = job_id
-
-    @property
-    def path(self) -> Path:
-        return self.state.path
-
+    # --- the sinks' journal
     @_guard
-    def begin(self, key: str, data: dict[str, str]) -> None:
-        with self.state._lock:
-            self.state.conn.execute(
+    def journal_begin(self, job_id: str, key: str, data: dict[str, str]) -> None:
+        with self._lock:
+            self.conn.execute(
                 "insert into sink_journal (job_id, key, data, started_at) values (?, ?, ?, ?) "
                 "on conflict(job_id, key) do update set data = excluded.data, started_at = excluded.started_at",
-                [self.job_id, key, json.dumps(data, sort_keys=True), now_iso()],
+                [job_id, key, json.dumps(data, sort_keys=True), now_iso()],
             )
 
     @_guard
-    def end(self, key: str) -> None:
-        with self.state._lock:
-            self.state.conn.execute("delete from sink_journal where job_id = ? and key = ?", [self.job_id, key])
+    def journal_end(self, job_id: str, key: str) -> None:
+        with self._lock:
+            self.conn.execute("delete from sink_journal where job_id = ? and key = ?", [job_id, key])
 
-    def pending(self) -> list[tuple[str, dict[str, str]]]:
-        rows = self.state.conn.execute(
-            "select key, data from sink_journal where job_id = ? order by started_at", [self.job_id]
-        ).fetchall()
+    def journal_pending(self, job_id: str) -> list[tuple[str, dict[str, str]]]:
+        rows = self.conn.execute("select key, data from sink_journal where job_id = ? order by started_at", [job_id]).fetchall()
         return [(key, json.loads(data)) for key, data in rows]

@@ -1,0 +1,396 @@
+"""Job state in a PostgreSQL database (psycopg 3), reached only over verified TLS.
+
+One connection in autocommit, guarded by a lock: every write is committed when the call returns
+(a SIGKILL right after loses nothing), exactly like the SQLite file. A pool would not earn its
+place: the writers are a handful of threads whose writes are single short statements, and the
+run lock is a session advisory lock that must live on one connection anyway.
+
+A connection lost mid-job (restart, failover, ``pg_terminate_backend``) is reopened with backoff
+and the statement re-run (every write is an upsert, an update or a delete: running it twice is
+the same as once); the run locks are taken again on the new connection. When the database stays
+away past the budget the job stops with a :class:`~portshift.errors.StateError` and resumes
+when run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from ..errors import ConfigError, LockedError, StateError
+from ..records import JobRecord, JobStatus, Problem, RecordingStatus
+from ..redact import sanitize_message
+from ..retry import Backoff, call_with_retries
+from ..secrets import Secret
+from . import JOB_COLUMNS, FileRecord, State, new_job_id, now_iso
+from .pg_url import PgTarget, parse_url
+from .postgres_migrations import migrate
+
+log = logging.getLogger("portshift.state")
+T = TypeVar("T")
+#: how long a lost database is retried before the job stops (seconds of waiting)
+RECONNECT = Backoff(base=0.5, cap=8.0, attempts=4, budget=60.0)
+PAGE = 5000
+
+
+def _lock_id(job_key: str) -> int:
+    """A signed 64-bit advisory lock key derived from the job key."""
+    return int.from_bytes(hashlib.sha256(b"portshift-run:" + job_key.encode()).digest()[:8], "big", signed=True)
+
+
+def _reason(e: BaseException) -> str:
+    """libpq's reason, first line, sanitised (it never carries the password; masks apply anyway)."""
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return sanitize_message(text.removeprefix("connection failed: ").strip(), 300)
+
+
+def _lost(e: BaseException) -> bool:
+    return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(e, psycopg.errors.QueryCanceled)
+
+
+class PostgresState(State):
+    """The state in a PostgreSQL database. Open with :meth:`connect` (or :func:`open_state`)."""
+
+    def __init__(self, target: PgTarget, password: Secret | None, conn: psycopg.Connection[Any]) -> None:
+        self.target = target
+        self._password = password
+        self.conn = conn
+        self._lock = threading.RLock()
+        self._held: list[int] = []
+        self.reconnect = RECONNECT
+        self.cancel: threading.Event | None = None
+
+    @classmethod
+    def connect(cls, url: str, *, password: Secret | None = None, ca_bundle: Path | None = None) -> PostgresState:
+        target = parse_url(url, ca_bundle=ca_bundle)
+        conn = cls._open(target, password)
+        state = cls(target, password, conn)
+        try:
+            migrate(conn)
+        except psycopg.Error as e:
+            conn.close()
+            raise ConfigError(
+                f"cannot set up the state schema in {target.redacted}: {_reason(e)}",
+                hint="the role needs to own its schema (see docs/state.md)",
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        return state
+
+    @staticmethod
+    def _open(target: PgTarget, password: Secret | None) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(**target.conninfo(password), autocommit=True)
+        except psycopg.Error as e:
+            raise ConfigError(
+                f"cannot reach the state database {target.redacted}: {_reason(e)}",
+                hint="check the host, the port, the role and its password, and that the server's certificate "
+                "is signed by the CA given as sslrootcert= or [state] ca_bundle",
+            ) from None
+
+    @property
+    def location(self) -> str:
+        return self.target.redacted
+
+    def close(self) -> None:
+        with self._lock:
+            self._held.clear()
+            self.conn.close()
+
+    # --- one statement, re-run on a new connection when the old one is lost --------------
+    def _reopen(self) -> None:
+        try:
+            self.conn.close()
+        except psycopg.Error:
+            pass
+        self.conn = self._open(self.target, self._password)
+        for key in list(self._held):
+            if not self.conn.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
+                self._held.remove(key)
+                raise LockedError("the run lock was lost while the state database was away, and another run took it")
+
+    def _run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        def attempt() -> T:
+            with self._lock:
+                if self.conn.closed or self.conn.broken:
+                    self._reopen()
+                try:
+                    return fn(self.conn)
+                except psycopg.Error as e:
+                    if _lost(e):
+                        self.conn.close()  # the next attempt opens a new connection
+                    raise
+
+        def on_retry(n: int, e: BaseException, delay: float) -> None:
+            log.warning("state database %s: %s; retrying in %.1fs", self.target.redacted, _reason(e), delay)
+
+        try:
+            return call_with_retries(
+                attempt,
+                backoff=self.reconnect,
+                should_retry=lambda e: _lost(e) or isinstance(e, ConfigError),  # ConfigError: reopening failed
+                cancel=self.cancel,
+                on_retry=on_retry,
+                what=what,
+            )
+        except (psycopg.Error, ConfigError) as e:
+            why = _reason(e) if isinstance(e, psycopg.Error) else str(e)
+            raise StateError(
+                f"cannot {what} in the state database {self.target.redacted}: {why}",
+                hint="check the database, then re-run the same command to resume",
+            ) from None
+
+    def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        return self._run(what, lambda c: c.execute(query, params).fetchall())
+
+    def _write(self, what: str, query: str | sql.Composed, params: list[Any]) -> int:
+        return self._run(what, lambda c: c.execute(query, params).rowcount)
+
+    # --- locking ----------------------------------------------------------------------------
+    def lock(self, job_key: str) -> None:
+        key = _lock_id(job_key)
+        if key in self._held:
+            return
+        if not self._run("take the run lock", lambda c: c.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]):
+            raise LockedError(
+                "another portshift run of this job is in progress",
+                hint="wait for it to finish; two runs of the same job never run at once",
+            )
+        self._held.append(key)
+
+    # --- jobs -------------------------------------------------------------------------------
+    def create_job(self, **values: Any) -> str:
+        job_id = values.pop("id", None) or new_job_id()
+        row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
+        row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
+        cols = self._columns(row)
+        query = sql.SQL("insert into jobs ({}) values ({}) on conflict (id) do nothing").format(
+            sql.SQL(", ").join(map(sql.Identifier, cols)), sql.SQL(", ").join(sql.Placeholder() * len(cols))
+        )
+        self._write("record the job", query, [row[c] for c in cols])
+        return job_id
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
+        cols = self._columns(values)
+        if not cols:
+            return
+        query = sql.SQL("update jobs set {} where id = %s").format(
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in cols)
+        )
+        self._write("update the job", query, [*(values[c] for c in cols), job_id])
+
+    @staticmethod
+    def _columns(values: dict[str, Any]) -> list[str]:
+        unknown = set(values) - JOB_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown job columns: {sorted(unknown)}")
+        return sorted(values)
+
+    def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]:
+        def fetch(c: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+            with c.cursor(row_factory=dict_row) as cur:
+                return cur.execute(query, params).fetchall()
+
+        return [JobRecord.from_row(r) for r in self._run("read jobs", fetch)]
+
+    def find_jobs(self, text: str, limit: int = 20) -> list[JobRecord]:
+        exact = self._jobs("select * from jobs where id = %s", [text])
+        if exact or not text:
+            return exact
+        like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return self._jobs(
+            "select * from jobs where id like %s escape '\\' or id like %s escape '\\' "
+            "order by started_at desc, id desc limit %s",
+            [like + "%", "%" + like, limit],
+        )
+
+    def jobs(self, limit: int = 50) -> list[JobRecord]:
+        return self._jobs("select * from jobs order by started_at desc, id desc limit %s", [limit])
+
+    def unfinished_job(self, job_key: str) -> JobRecord | None:
+        rows = self._jobs(
+            "select * from jobs where job_key = %s and status != 'complete' order by started_at desc, id desc limit 1",
+            [job_key],
+        )
+        return rows[0] if rows else None
+
+    def last_complete_job(self, job_key: str) -> JobRecord | None:
+        rows = self._jobs(
+            "select * from jobs where job_key = %s and status = 'complete' order by window_end desc, started_at desc limit 1",
+            [job_key],
+        )
+        return rows[0] if rows else None
+
+    def abandon_unfinished(self, job_key: str) -> int:
+        return self._write(
+            "abandon the unfinished job",
+            "update jobs set status = 'abandoned', finished_at = coalesce(finished_at, %s) "
+            "where job_key = %s and status != 'complete' and status != 'abandoned'",
+            [now_iso(), job_key],
+        )
+
+    def exported_by_earlier_jobs(self, job_key: str, since: str, exclude_job: str) -> dict[str, str]:
+        rows = self._rows(
+            "read earlier jobs",
+            "select r.recording_id, r.job_id from recordings r join jobs j on j.id = r.job_id "
+            "where j.job_key = %s and j.id != %s and j.window_end > %s and r.status = 'done'",
+            [job_key, exclude_job, since],
+        )
+        return {rec: job for rec, job in rows}
+
+    def oldest_pending(self, job_key: str) -> str | None:
+        rows = self._rows(
+            "read pending recordings",
+            "select min(p.started_at) from recordings p join jobs j on j.id = p.job_id "
+            "where j.job_key = %s and p.status = 'pending' and p.started_at is not null and not exists ("
+            "select 1 from recordings d join jobs k on k.id = d.job_id "
+            "where k.job_key = j.job_key and d.recording_id = p.recording_id and d.status = 'done')",
+            [job_key],
+        )
+        return rows[0][0] if rows else None
+
+    # --- progress ---------------------------------------------------------------------------
+    def done_recordings(self, job_id: str) -> set[str]:
+        rows = self._rows(
+            "read done recordings", "select recording_id from recordings where job_id = %s and status = 'done'", [job_id]
+        )
+        return {r[0] for r in rows}
+
+    def set_recording(
+        self,
+        job_id: str,
+        recording_id: str,
+        status: RecordingStatus | str,
+        reason: str = "",
+        message: str = "",
+        started_at: str | None = None,
+    ) -> None:
+        status = RecordingStatus(status)
+        self._write(
+            "record a recording",
+            "insert into recordings (job_id, recording_id, status, reason, message, updated_at, started_at) "
+            "values (%s, %s, %s, %s, %s, %s, %s) on conflict (job_id, recording_id) do update set "
+            "status = excluded.status, reason = excluded.reason, message = excluded.message, "
+            "updated_at = excluded.updated_at, started_at = coalesce(excluded.started_at, recordings.started_at)",
+            [job_id, recording_id, status.value, reason, message[:500], now_iso(), started_at],
+        )
+
+    def add_missing(self, job_id: str, recording_id: str, artifact: str, reason: str, message: str) -> None:
+        self._write(
+            "record a missing artifact",
+            "insert into missing_artifacts (job_id, recording_id, artifact, reason, message) values (%s, %s, %s, %s, %s) "
+            "on conflict (job_id, recording_id, artifact) do update set reason = excluded.reason, message = excluded.message",
+            [job_id, recording_id, artifact, reason, message[:500]],
+        )
+
+    def recording_counts(self, job_id: str) -> dict[str, int]:
+        rows = self._rows(
+            "count recordings", "select status, count(*) from recordings where job_id = %s group by status", [job_id]
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def problems(self, job_id: str) -> list[Problem]:
+        rows = self._rows(
+            "read problems",
+            "select recording_id, status, reason, message, '' as artifact from recordings "
+            "where job_id = %s and status in ('failed', 'skipped', 'pending') "
+            "union all select recording_id, 'missing', reason, message, artifact from missing_artifacts where job_id = %s "
+            "order by 2, 1, 5",
+            [job_id, job_id],
+        )
+        return [Problem(rec, status, reason or "", message or "", art or "") for rec, status, reason, message, art in rows]
+
+    # --- files ------------------------------------------------------------------------------
+    def add_file(self, job_id: str, f: FileRecord) -> None:
+        self._write(
+            "record a file",
+            "insert into files (job_id, key, size, sha256, recording_id, artifact, content_type, "
+            "recorded_at, done_at, verified, provider_checksums, kind) values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "on conflict (job_id, key) do update set size = excluded.size, sha256 = excluded.sha256, "
+            "recording_id = excluded.recording_id, artifact = excluded.artifact, "
+            "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
+            "done_at = excluded.done_at, verified = excluded.verified, "
+            "provider_checksums = excluded.provider_checksums, kind = excluded.kind",
+            [
+                job_id,
+                f.key,
+                f.size,
+                f.sha256,
+                f.recording_id,
+                f.artifact,
+                f.content_type,
+                f.recorded_at,
+                now_iso(),
+                f.verified,
+                json.dumps(f.provider_checksums or {}, sort_keys=True),
+                f.kind,
+            ],
+        )
+
+    def remove_files_of(self, job_id: str, recording_id: str) -> None:
+        self._write("remove files", "delete from files where job_id = %s and recording_id = %s", [job_id, recording_id])
+
+    def done_artifacts(self, job_id: str, recording_id: str) -> set[str]:
+        rows = self._rows(
+            "read done artifacts",
+            "select artifact from files where job_id = %s and recording_id = %s and kind = 'content'",
+            [job_id, recording_id],
+        )
+        return {r[0] for r in rows}
+
+    def remove_manifest_files(self, job_id: str) -> None:
+        self._write("remove manifest files", "delete from files where job_id = %s and kind = 'manifest'", [job_id])
+
+    def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
+        """Done files of a job, sorted by key, read in pages (each page one retried statement)."""
+        cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
+        query = f"select {', '.join(cols)} from files where job_id = %s and kind = %s and key > %s order by key limit %s"  # noqa: S608 - fixed column names
+        after = ""
+        while True:
+            rows = self._rows("read files", query, [job_id, kind, after, PAGE])
+            for row in rows:
+                yield dict(zip(cols, row))
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    def last_file_done_at(self, job_id: str) -> str | None:
+        rows = self._rows("read files", "select max(done_at) from files where job_id = %s and kind = 'content'", [job_id])
+        return rows[0][0] if rows else None
+
+    def totals(self, job_id: str) -> tuple[int, int]:
+        rows = self._rows(
+            "count files",
+            "select count(*), coalesce(sum(size), 0) from files where job_id = %s and kind = 'content'",
+            [job_id],
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    # --- the sinks' journal -----------------------------------------------------------------
+    def journal_begin(self, job_id: str, key: str, data: dict[str, str]) -> None:
+        self._write(
+            "record an operation in flight",
+            "insert into sink_journal (job_id, key, data, started_at) values (%s, %s, %s, %s) "
+            "on conflict (job_id, key) do update set data = excluded.data, started_at = excluded.started_at",
+            [job_id, key, json.dumps(data, sort_keys=True), now_iso()],
+        )
+
+    def journal_end(self, job_id: str, key: str) -> None:
+        self._write("end an operation in flight", "delete from sink_journal where job_id = %s and key = %s", [job_id, key])
+
+    def journal_pending(self, job_id: str) -> list[tuple[str, dict[str, str]]]:
+        rows = self._rows(
+            "read operations in flight", "select key, data from sink_journal where job_id = %s order by started_at", [job_id]
+        )
+        return [(key, json.loads(data)) for key, data in rows]
