@@ -1,4 +1,4 @@
-"""The job file: TOML with ``[job]``, ``[source]``, ``[sink]`` and optional ``[manifest.<writer>]``.
+"""The job file: TOML with ``[job]``, ``[source]``, ``[sink]``, optional ``[manifest.<writer>]`` and ``[state]``.
 
 Unknown keys are errors naming the key and the valid ones. Credentials are never read from the
 job file (see :mod:`portshift.secrets`).
@@ -81,6 +81,7 @@ class JobConfig:
     sink_options: PluginOptions
     writers: list[tuple[str, type, PluginOptions]]
     signing_key: Secret | None = None
+    state: Any = None  #: :class:`portshift.state.choose.StateOptions` from ``[state]`` and the secrets
 
 
 def format_validation_error(e: ValidationError, section: str, model: type[BaseModel]) -> str:
@@ -157,14 +158,22 @@ def load_job(path: Path | None, doc: dict[str, Any] | None = None, secrets: dict
         if path is None:
             raise ConfigError("no job file given", hint="portshift run --config job.toml")
         doc = load_toml(path)
-    known = {"job", "source", "sink", "manifest"}
+    known = {"job", "source", "sink", "manifest", "state"}
     for key in doc:
         if key not in known:
             raise ConfigError(f"job file {path}: unknown section or key {key!r} (valid: {', '.join(sorted(known))})")
     secrets = secrets or {}
-    unknown_secret_sections = set(secrets) - {"source", "sink"}
+    unknown_secret_sections = set(secrets) - {"source", "sink", "state"}
     if unknown_secret_sections:
-        raise ConfigError(f"secrets for unknown sections: {', '.join(sorted(unknown_secret_sections))} (valid: source, sink)")
+        raise ConfigError(
+            f"secrets for unknown sections: {', '.join(sorted(unknown_secret_sections))} (valid: source, sink, state)"
+        )
+    state_doc = doc.get("state", {})
+    if not isinstance(state_doc, dict):
+        raise ConfigError(f"job file {path}: state must be a [state] table")
+    from .state.choose import state_options
+
+    state = state_options(state_doc, secrets)
 
     job_doc = doc.get("job", {})
     if not isinstance(job_doc, dict):
@@ -216,4 +225,5 @@ def load_job(path: Path | None, doc: dict[str, Any] | None = None, secrets: dict
         sink_cls=sink_cls,
         sink_options=sink_options,
         writers=writers,
+        state=state,
     )

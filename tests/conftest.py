@@ -16,9 +16,15 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trustme
+
+from .pg_server import PgServer
+
+if TYPE_CHECKING:
+    from portshift.state import State
 
 
 def make_canary(tag: str = "") -> str:
@@ -225,3 +231,50 @@ def restore_logging() -> Iterator[None]:
         for name, lg in list(logging.root.manager.loggerDict.items()):
             if isinstance(lg, logging.Logger):
                 lg.setLevel(levels.get(name, logging.NOTSET))
+
+
+# --- the job state on both backends ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server(tls_material: TLSMaterial) -> Iterator[PgServer]:
+    """A real PostgreSQL server for the whole session (see tests/pg_server.py)."""
+    from .pg_server import start_server
+
+    server = start_server(tls_material.ca, tls_material.ca_pem)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@dataclass
+class StateBackend:
+    """Where a test keeps its job state: a SQLite file or a fresh PostgreSQL database."""
+
+    kind: str  #: "sqlite" or "postgres"
+    target: str  #: a path, or a URL (no password; the test CA as sslrootcert=)
+    password: str | None = None
+    server: PgServer | None = None
+    dbname: str = ""
+
+    def open(self, create: bool = True) -> State:
+        from portshift.secrets import Secret
+        from portshift.state import open_state
+
+        return open_state(self.target, create=create, password=Secret(self.password, "password") if self.password else None)
+
+    def env(self) -> dict[str, str]:
+        """What a `portshift` subprocess needs besides `--state TARGET`."""
+        return {"PORTSHIFT_STATE_PASSWORD": self.password} if self.password else {}
+
+    def __str__(self) -> str:
+        return self.target
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StateBackend:
+    """The same test against both backends: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return StateBackend("sqlite", str(tmp_path / "state.db"))
+    server: PgServer = request.getfixturevalue("pg_server")
+    db = server.new_database()
+    return StateBackend("postgres", server.url(db), server.password, server, db)

@@ -44,10 +44,11 @@ def plugin(
 
 
 def run_job(
-    doc: dict[str, Any], state_path: Path, req: RunRequest | None = None, cancel: threading.Event | None = None
+    doc: dict[str, Any], state_path: Any, req: RunRequest | None = None, cancel: threading.Event | None = None
 ) -> RunResult:
+    """Run a job in-process; ``state_path`` is a state file or a conftest ``StateBackend``."""
     cfg = load_job(None, doc=doc)
-    with State.open(state_path) as state:
+    with state_path.open() if hasattr(state_path, "kind") else State.open(state_path) as state:
         return Runner(cfg, state, cancel=cancel, retry_base=0.0).run(req or RunRequest())
 
 

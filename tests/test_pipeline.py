@@ -15,8 +15,8 @@ from portshift.errors import AuthError, ConfigError, ExitCode, LockedError, Skip
 from portshift.hashing import HashingStream
 from portshift.options import PluginOptions
 from portshift.pipeline import RunRequest
-from portshift.state import State
 
+from .conftest import StateBackend
 from .support import files_under, manifest_paths, plugin, run_job, sha256sum_check
 
 
@@ -28,9 +28,9 @@ def example_doc(out: Path, count: int = 6, media_size: int = 10_000, **job: obje
     }
 
 
-def test_full_run_writes_a_manifest_sha256sum_accepts(tmp_path: Path) -> None:
+def test_full_run_writes_a_manifest_sha256sum_accepts(tmp_path: Path, state_backend: StateBackend) -> None:
     out = tmp_path / "out"
-    result = run_job(example_doc(out), tmp_path / "state.db")
+    result = run_job(example_doc(out), state_backend)
     assert result.status == "complete" and result.exit_code == ExitCode.OK
     root = out / result.export_root
     assert result.files == 12
@@ -40,21 +40,23 @@ def test_full_run_writes_a_manifest_sha256sum_accepts(tmp_path: Path) -> None:
     assert manifest_paths(root) == files_under(root) - {"portshift-manifest.txt"}
     digest = hashlib.sha256((root / "portshift-manifest.txt").read_bytes()).hexdigest()
     assert result.manifest_sha256 == digest
-    with State.open(tmp_path / "state.db") as state:
+    with state_backend.open() as state:
         job = state.job(result.job_id)
         assert job.manifest_sha256 == digest and job.status == "complete"
         assert job.file_count == 12
 
 
-def test_rerun_of_a_complete_job_does_nothing_and_since_last_exports_only_new(tmp_path: Path) -> None:
+def test_rerun_of_a_complete_job_does_nothing_and_since_last_exports_only_new(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     out = tmp_path / "out"
     doc = example_doc(out, count=10)
     doc["source"]["every_minutes"] = 60
-    first = run_job(doc, tmp_path / "s.db", RunRequest(until=_dt("2024-01-01T14:30:00")))
+    first = run_job(doc, state_backend, RunRequest(until=_dt("2024-01-01T14:30:00")))
     assert first.status == "complete" and first.files == 2 * 6  # 09:00 .. 14:00
-    again = run_job(doc, tmp_path / "s.db")
+    again = run_job(doc, state_backend)
     assert again.status == "up-to-date" and again.job_id == first.job_id
-    later = run_job(doc, tmp_path / "s.db", RunRequest(since_last=True))
+    later = run_job(doc, state_backend, RunRequest(since_last=True))
     assert later.status == "complete" and later.files == 2 * 4  # 15:00 .. 18:00
     assert later.export_root != first.export_root
     for r in (first, later):
@@ -133,21 +135,23 @@ def flaky_doc(out: Path, count: int = 10, **behaviour: object) -> dict:
     }
 
 
-def test_transient_failures_are_retried_and_the_job_completes(tmp_path: Path, flaky) -> None:  # noqa: ANN001
-    result = run_job(flaky_doc(tmp_path / "out", fail={"r1": 2, "r4": 1}), tmp_path / "s.db")
+def test_transient_failures_are_retried_and_the_job_completes(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
+    result = run_job(flaky_doc(tmp_path / "out", fail={"r1": 2, "r4": 1}), state_backend)
     assert result.status == "complete", result.failed
     assert flaky.attempts["r1"] == 3 and flaky.attempts["r4"] == 2
     assert sha256sum_check(tmp_path / "out" / result.export_root).returncode == 0
 
 
-def test_truncated_or_corrupt_files_are_never_done_and_a_rerun_finishes_only_them(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+def test_truncated_or_corrupt_files_are_never_done_and_a_rerun_finishes_only_them(
+    tmp_path: Path, state_backend: StateBackend, flaky
+) -> None:  # noqa: ANN001
     out = tmp_path / "out"
     doc = flaky_doc(out, truncate=["r2"], wrong_hash=["r3"], fail={"r5": 99})
-    first = run_job(doc, tmp_path / "s.db")
+    first = run_job(doc, state_backend)
     assert first.status == "partial" and first.exit_code == ExitCode.PARTIAL
     assert {p["recording_id"] for p in first.failed} == {"r2", "r3", "r5"}
     assert not (out / first.export_root / "portshift-manifest.txt").exists(), "no manifest for an unfinished job"
-    with State.open(tmp_path / "s.db") as state:
+    with state_backend.open() as state:
         keys = {f["key"] for f in state.files(first.job_id)}
     assert not any(f"/{r}/" in k for k in keys for r in ("r2", "r3", "r5"))
     assert len(keys) == 7
@@ -155,21 +159,23 @@ def test_truncated_or_corrupt_files_are_never_done_and_a_rerun_finishes_only_the
     # the problem goes away: a re-run resumes the same job and fetches only what is missing
     flaky.truncate, flaky.wrong_hash, flaky.fail = [], [], {}
     flaky.opened.clear()
-    second = run_job(doc, tmp_path / "s.db")
+    second = run_job(doc, state_backend)
     assert second.resumed and second.job_id == first.job_id and second.already_done == 7
     assert sorted(flaky.opened) == ["r2", "r3", "r5"]
     assert second.status == "complete" and second.files == 10
 
 
-def test_skipped_recordings_are_listed_with_their_reason_and_do_not_block(tmp_path: Path, flaky) -> None:  # noqa: ANN001
-    result = run_job(flaky_doc(tmp_path / "out", skip={"r7": "not_found"}), tmp_path / "s.db")
+def test_skipped_recordings_are_listed_with_their_reason_and_do_not_block(
+    tmp_path: Path, state_backend: StateBackend, flaky
+) -> None:  # noqa: ANN001
+    result = run_job(flaky_doc(tmp_path / "out", skip={"r7": "not_found"}), state_backend)
     assert result.status == "complete"
     assert [(p["recording_id"], p["reason"]) for p in result.skipped] == [("r7", "not_found")]
     assert result.files == 9
 
 
-def test_rejected_credentials_stop_the_job_at_once(tmp_path: Path, flaky) -> None:  # noqa: ANN001
-    result = run_job(flaky_doc(tmp_path / "out", auth_fail=[f"r{i}" for i in range(10)], count=10), tmp_path / "s.db")
+def test_rejected_credentials_stop_the_job_at_once(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
+    result = run_job(flaky_doc(tmp_path / "out", auth_fail=[f"r{i}" for i in range(10)], count=10), state_backend)
     assert result.status == "failed" and result.exit_code == ExitCode.FATAL
     assert "rejected" in result.message
     assert sum(flaky.attempts.values()) == 0
@@ -186,51 +192,55 @@ class LazySink(Sink):
         return PutResult(key=key, size=len(data))
 
 
-def test_a_sink_that_does_not_read_everything_never_produces_a_done_file(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+def test_a_sink_that_does_not_read_everything_never_produces_a_done_file(
+    tmp_path: Path, state_backend: StateBackend, flaky
+) -> None:  # noqa: ANN001
     with plugin("test-lazy", sinks={"lazy": LazySink}):
         doc = flaky_doc(tmp_path / "out", count=2)
         doc["sink"] = {"type": "lazy"}
-        result = run_job(doc, tmp_path / "s.db")
+        result = run_job(doc, state_backend)
     assert result.status == "partial" and result.files == 0
     assert all("stopped reading" in p["message"] for p in result.failed)
 
 
-def test_an_unfinished_job_refuses_a_different_window_and_new_starts_over(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+def test_an_unfinished_job_refuses_a_different_window_and_new_starts_over(
+    tmp_path: Path, state_backend: StateBackend, flaky
+) -> None:  # noqa: ANN001
     doc = flaky_doc(tmp_path / "out", fail={"r0": 99})
-    first = run_job(doc, tmp_path / "s.db")
+    first = run_job(doc, state_backend)
     assert first.status == "partial"
     with pytest.raises(ConfigError, match="unfinished"):
-        run_job(doc, tmp_path / "s.db", RunRequest(since=_dt("2020-01-01")))
+        run_job(doc, state_backend, RunRequest(since=_dt("2020-01-01")))
     flaky.fail = {}
-    fresh = run_job(doc, tmp_path / "s.db", RunRequest(new=True))
+    fresh = run_job(doc, state_backend, RunRequest(new=True))
     assert fresh.job_id != first.job_id and not fresh.resumed and fresh.files == 10
-    with State.open(tmp_path / "s.db") as state:
+    with state_backend.open() as state:
         assert state.job(first.job_id).status == "abandoned"
 
 
-def test_two_runs_of_the_same_job_cannot_overlap(tmp_path: Path) -> None:
+def test_two_runs_of_the_same_job_cannot_overlap(tmp_path: Path, state_backend: StateBackend) -> None:
     doc = example_doc(tmp_path / "out")
-    with State.open(tmp_path / "s.db") as holder:
+    with state_backend.open() as holder:
         from portshift.config import load_job
         from portshift.pipeline import job_key
 
         cfg = load_job(None, doc=doc)
         holder.lock(job_key(cfg, cfg.source_cls(cfg.source_options), cfg.sink_cls(cfg.sink_options)))
         with pytest.raises(LockedError, match="in progress"):
-            run_job(doc, tmp_path / "s.db")
-    assert run_job(doc, tmp_path / "s.db").status == "complete"
+            run_job(doc, state_backend)
+    assert run_job(doc, state_backend).status == "complete"
 
 
-def test_dry_run_transfers_and_records_nothing(tmp_path: Path) -> None:
+def test_dry_run_transfers_and_records_nothing(tmp_path: Path, state_backend: StateBackend) -> None:
     out = tmp_path / "out"
-    result = run_job(example_doc(out), tmp_path / "s.db", RunRequest(dry_run=True))
+    result = run_job(example_doc(out), state_backend, RunRequest(dry_run=True))
     assert result.status == "dry-run" and "6 to export" in result.message
     assert not out.exists() or not any(out.iterdir())
-    with State.open(tmp_path / "s.db") as state:
+    with state_backend.open() as state:
         assert state.jobs() == []
 
 
-def test_lifecycle_hooks_carry_no_content(tmp_path: Path) -> None:
+def test_lifecycle_hooks_carry_no_content(tmp_path: Path, state_backend: StateBackend) -> None:
     events: list[tuple[str, object]] = []
     with plugin(
         "test-events",
@@ -238,7 +248,7 @@ def test_lifecycle_hooks_carry_no_content(tmp_path: Path) -> None:
         file_exported=lambda job, file: events.append(("file", file)),
         job_finished=lambda job, manifest_sha256: events.append(("finished", (job.status, manifest_sha256))),
     ):
-        result = run_job(example_doc(tmp_path / "out", count=2), tmp_path / "s.db")
+        result = run_job(example_doc(tmp_path / "out", count=2), state_backend)
     kinds = [e[0] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "finished" and kinds.count("file") == 4
     assert events[-1][1] == ("complete", result.manifest_sha256)
@@ -247,7 +257,7 @@ def test_lifecycle_hooks_carry_no_content(tmp_path: Path) -> None:
             assert set(vars(value)) == {"key", "size", "sha256", "recording_id", "artifact"}
 
 
-def test_cancel_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
+def test_cancel_stops_cleanly_and_a_rerun_resumes(tmp_path: Path, state_backend: StateBackend) -> None:
     out = tmp_path / "out"
     doc = example_doc(out, count=40, media_size=2_000_000)
     doc["source"]["chunk_size"] = 4096
@@ -260,21 +270,21 @@ def test_cancel_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
             cancel.set()
 
     with plugin("test-cancel", file_exported=on_file):
-        first = run_job(doc, tmp_path / "s.db", cancel=cancel)
+        first = run_job(doc, state_backend, cancel=cancel)
     assert first.status == "interrupted" and first.exit_code == ExitCode.INTERRUPTED
     root = out / first.export_root
     assert not (root / "portshift-manifest.txt").exists()
     assert not [p for p in files_under(root) if p.endswith(".part")], "a temporary file was left behind"
     with plugin("test-cancel-2", file_exported=lambda job, file: seen.append(file.key)):
-        second = run_job(doc, tmp_path / "s.db")
+        second = run_job(doc, state_backend)
     assert second.resumed and second.status == "complete" and second.files == 80
     assert len(seen) == 80 and len(set(seen)) == 80, "a file done before the stop was transferred again"
     assert sha256sum_check(root).returncode == 0
 
 
-def test_manifest_json_index_lists_every_file_with_its_recording(tmp_path: Path) -> None:
+def test_manifest_json_index_lists_every_file_with_its_recording(tmp_path: Path, state_backend: StateBackend) -> None:
     out = tmp_path / "out"
-    result = run_job(example_doc(out, count=3), tmp_path / "s.db")
+    result = run_job(example_doc(out, count=3), state_backend)
     index = json.loads((out / result.export_root / "portshift-manifest.json").read_text())
     assert index["format"] == 1 and index["job"]["id"] == result.job_id
     assert len(index["files"]) == 6
@@ -284,7 +294,9 @@ def test_manifest_json_index_lists_every_file_with_its_recording(tmp_path: Path)
         assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["size"]
 
 
-def test_a_failing_lifecycle_hook_never_changes_the_outcome(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_lifecycle_hook_never_changes_the_outcome(
+    tmp_path: Path, state_backend: StateBackend, caplog: pytest.LogCaptureFixture
+) -> None:
     def boom(**kwargs: object) -> None:
         raise RuntimeError("observer bug")
 
@@ -294,7 +306,7 @@ def test_a_failing_lifecycle_hook_never_changes_the_outcome(tmp_path: Path, capl
         file_exported=lambda job, file: boom(),
         job_finished=lambda job, manifest_sha256: boom(),
     ):
-        result = run_job(example_doc(tmp_path / "out", count=2), tmp_path / "s.db")
+        result = run_job(example_doc(tmp_path / "out", count=2), state_backend)
     assert result.status == "complete" and result.files == 4
     assert "file_exported hook failed (RuntimeError); ignored" in caplog.text
 
@@ -321,31 +333,31 @@ class JournalingSink(Sink):
         JournalingSink.recovered.extend(pending)
 
 
-def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
     JournalingSink.recovered = []
     with plugin("test-journal", sinks={"journaling": JournalingSink}):
         doc = flaky_doc(tmp_path / "out", count=5)
         doc["job"]["transfers"] = 1
         doc["sink"] = {"type": "journaling", "path": "x"}
         with pytest.raises(SystemExit):
-            run_job(doc, tmp_path / "s.db")
-        result = run_job(doc, tmp_path / "s.db")
+            run_job(doc, state_backend)
+        result = run_job(doc, state_backend)
     assert result.resumed and result.status == "complete"
     assert [k for k, _ in JournalingSink.recovered] == [f"{result.export_root}/2024/03/01/r3/media.bin"]
     assert JournalingSink.recovered[0][1] == {"upload_id": f"u-{JournalingSink.recovered[0][0]}"}
-    with State.open(tmp_path / "s.db") as state:
+    with state_backend.open() as state:
         assert state.journal(result.job_id).pending() == []
 
 
-def test_new_cleans_up_what_the_abandoned_job_left_in_flight(tmp_path: Path, flaky) -> None:  # noqa: ANN001
+def test_new_cleans_up_what_the_abandoned_job_left_in_flight(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
     JournalingSink.recovered = []
     with plugin("test-journal-new", sinks={"journaling": JournalingSink}):
         doc = flaky_doc(tmp_path / "out", count=5)
         doc["job"]["transfers"] = 1
         doc["sink"] = {"type": "journaling", "path": "x"}
         with pytest.raises(SystemExit):
-            run_job(doc, tmp_path / "s.db")
-        fresh = run_job(doc, tmp_path / "s.db", RunRequest(new=True))
+            run_job(doc, state_backend)
+        fresh = run_job(doc, state_backend, RunRequest(new=True))
     assert not fresh.resumed and fresh.status == "complete"
     assert len(JournalingSink.recovered) == 1 and "/r3/" in JournalingSink.recovered[0][0]
 
@@ -374,19 +386,21 @@ class StoreThenFailManifestSink(Sink):
         return PutResult(key=key, size=len(data))
 
 
-def test_a_manifest_rewritten_after_a_failed_attempt_is_byte_for_byte_the_same(tmp_path: Path) -> None:
+def test_a_manifest_rewritten_after_a_failed_attempt_is_byte_for_byte_the_same(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     # A store that never replaces an object (GCS with ifGenerationMatch=0) accepts the rewrite only
     # if it is identical: so the manifest must not carry the time of the attempt.
     StoreThenFailManifestSink.manifests = []
     with plugin("test-store-then-fail", sinks={"store-then-fail": StoreThenFailManifestSink}):
         doc = example_doc(tmp_path / "out", count=3)
         doc["sink"] = {"type": "store-then-fail", "path": str(tmp_path / "out")}
-        first = run_job(doc, tmp_path / "s.db")
+        first = run_job(doc, state_backend)
         assert first.status == "failed" and "writing the manifest" in first.message
         import time
 
         time.sleep(1.1)  # a timestamp of the attempt would now differ
-        second = run_job(doc, tmp_path / "s.db")
+        second = run_job(doc, state_backend)
     assert second.status == "complete", second.message
     first_bytes, second_bytes = StoreThenFailManifestSink.manifests
     assert first_bytes == second_bytes

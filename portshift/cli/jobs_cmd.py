@@ -9,36 +9,47 @@ import click
 
 from ..errors import ConfigError
 from ..progress import human_bytes
-from ..state import State
+from ..state import State, default_state_path, is_postgres_url
+from ..state.choose import chosen_target, open_chosen_state, state_options
 from . import common_options
+from .options import read_stdin_secrets, secrets_stdin_option
 
-state_option = click.option("--state", "state_path", type=click.Path(path_type=Path), help="the state DB")
+state_option = click.option("--state", "state_path", metavar="PATH|URL", help="the state: a file or a postgresql:// URL")
+
+
+def _open(ctx: click.Context, state_path: str | None) -> State:
+    target = state_path or ctx.obj.get("state_path")
+    secrets = read_stdin_secrets() if ctx.obj.get("secrets_from_stdin") else None
+    return open_chosen_state(target, state_options(None, secrets), create=False)
 
 
 @click.group("jobs", invoke_without_command=True)
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--limit", default=50, show_default=True, help="how many jobs, newest first")
+@secrets_stdin_option
 @common_options
 @click.pass_context
-def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: int) -> None:
-    """List export jobs, newest first."""
+def command(ctx: click.Context, state_path: str | None, as_json: bool, limit: int, secrets_from_stdin: bool) -> None:
+    """List export jobs, newest first. The state's password (PostgreSQL) comes from
+    PORTSHIFT_STATE_PASSWORD or --secrets-from-stdin ({"state": {"password": "..."}})."""
     ctx.ensure_object(dict)
     ctx.obj["state_path"] = state_path
+    ctx.obj["secrets_from_stdin"] = secrets_from_stdin
     if ctx.invoked_subcommand:
         return
-    from ..state import default_state_path
-
-    if not Path(state_path or default_state_path()).exists():
-        click.echo("[]" if as_json else f"no jobs yet (no state file at {state_path or default_state_path()})")
+    target = chosen_target(state_path, None)
+    if not is_postgres_url(target) and not Path(target or default_state_path()).exists():
+        click.echo("[]" if as_json else f"no jobs yet (no state file at {target or default_state_path()})")
         return
-    with State.open(state_path, create=False) as state:
+    with _open(ctx, state_path) as state:
         rows = state.jobs(limit)
+        where, state_is_file = state.location, state.path is not None
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
     if not rows:
-        click.echo("no jobs yet")
+        click.echo("no jobs yet" if state_is_file else f"no jobs yet in {where}")
         return
     click.echo(f"{'JOB':<24} {'STATUS':<11} {'FILES':>7} {'BYTES':>10}  WINDOW")
     for r in rows:
@@ -54,12 +65,13 @@ def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: i
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @common_options
 @click.pass_context
-def show(ctx: click.Context, job_id: str, state_path: Path | None, as_json: bool) -> None:
+def show(ctx: click.Context, job_id: str, state_path: str | None, as_json: bool) -> None:
     """Show one job: its window, counts, manifest digest and problems."""
-    with State.open(state_path or ctx.obj.get("state_path"), create=False) as state:
+    with _open(ctx, state_path) as state:
         matches = state.find_jobs(job_id)
         if not matches:
-            raise ConfigError(f"no job {job_id!r} in the state file", hint="`portshift jobs` lists them")
+            where = "file" if state.path else f"database {state.location}"
+            raise ConfigError(f"no job {job_id!r} in the state {where}", hint="`portshift jobs` lists them")
         if len(matches) > 1:
             listed = ", ".join(j.id for j in matches[:10]) + (", ..." if len(matches) > 10 else "")
             raise ConfigError(

@@ -14,7 +14,7 @@ from ..errors import ConfigError, ExitCode, PortshiftError
 from ..hardening import harden_process
 from ..pipeline import Runner, RunRequest
 from ..progress import Progress, human_bytes
-from ..state import State
+from ..state.choose import open_chosen_state
 from . import common_options
 from .options import config_option, load, secrets_stdin_option
 
@@ -34,7 +34,9 @@ def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) ->
 @click.option(
     "--transfers", type=int, callback=_transfers, help="artifacts in parallel (1-64, default from the job file, else 4)"
 )
-@click.option("--state", "state_path", type=click.Path(path_type=Path), help="the state DB (default: the user data folder)")
+@click.option(
+    "--state", "state_path", metavar="PATH|URL", help="the state: a file, or a postgresql:// URL (default: [state], else a file)"
+)
 @click.option("--dry-run", is_flag=True, help="list what would be exported; transfer nothing, change nothing")
 @click.option("--new", is_flag=True, help="abandon an unfinished job of this job file and start over")
 @click.option("--progress/--no-progress", default=None, help="live progress (default: on a terminal)")
@@ -45,7 +47,7 @@ def command(
     since: str | None,
     until: str | None,
     transfers: int | None,
-    state_path: Path | None,
+    state_path: str | None,
     dry_run: bool,
     new: bool,
     progress: bool | None,
@@ -81,7 +83,7 @@ def command(
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _stop)
     try:
-        state = State.open(state_path)
+        state = open_chosen_state(state_path, cfg.state)
         try:
             runner = Runner(cfg, state, progress=bar, cancel=cancel, retry_base=_retry_base())
             result = runner.run(req)

@@ -1,0 +1,86 @@
+"""Which state a command uses: ``--state``, else ``PORTSHIFT_STATE``, else ``[state]`` in the job
+file, else the state file in the user data folder. A path means SQLite, a ``postgresql://`` URL
+means PostgreSQL.
+
+The ``[state]`` section::
+
+    [state]
+    url = "postgresql://portshift@ep-example-123456.eu-central-1.aws.neon.tech/portshift"
+    password_file = "/run/secrets/portshift-db"   # or PORTSHIFT_STATE_PASSWORD, or --secrets-from-stdin
+    ca_bundle = "/etc/portshift/db-ca.pem"         # optional: a private CA
+
+The password never comes from the job file or the URL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ..errors import ConfigError
+from ..options import PluginOptions
+from ..secrets import Secret, secret_field
+from . import State, is_postgres_url, open_state
+
+
+class StateOptions(PluginOptions):
+    """The ``[state]`` section of a job file (all optional)."""
+
+    path: Path | None = Field(default=None, description="the SQLite state file")
+    url: str | None = Field(default=None, description="a postgresql:// URL without a password")
+    password: Secret | None = secret_field(
+        env="PORTSHIFT_STATE_PASSWORD", description="the database password (never in the job file)", required=False
+    )
+    password_file: Path | None = Field(default=None, description="a file holding the database password")
+    ca_bundle: Path | None = Field(default=None, description="the CA (PEM) that signed the database's certificate")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> StateOptions:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give either path (SQLite) or url (PostgreSQL), not both")
+        if self.url is not None:
+            if not is_postgres_url(self.url):
+                raise ValueError("url must be a postgresql:// URL (for a file, use path)")
+            from .pg_url import parse_url
+
+            parse_url(self.url, ca_bundle=self.ca_bundle)  # a password in it is masked and refused now
+        return self
+
+
+def state_options(section: dict[str, Any] | None, stdin_secrets: dict[str, Any] | None = None) -> StateOptions:
+    """Build :class:`StateOptions` from a ``[state]`` table and the ``"state"`` part of
+    ``--secrets-from-stdin`` (``{"state": {"password": "..."}}``)."""
+    from ..config import build_options
+
+    data = dict(section or {})
+    given = (stdin_secrets or {}).get("state") or {}
+    if not isinstance(given, dict) or set(given) - {"password"}:
+        raise ConfigError('secrets for [state]: expected {"state": {"password": "..."}}')
+    if given.get("password") is not None:
+        if not isinstance(given["password"], str) or not given["password"].strip():
+            raise ConfigError("secret state.password must be a non-empty string")
+        data["password"] = Secret(given["password"], "password")
+    return build_options(StateOptions, data, "state")  # type: ignore[return-value]
+
+
+def chosen_target(cli_value: str | Path | None, options: StateOptions | None) -> str | Path | None:
+    if cli_value not in (None, ""):
+        return cli_value
+    env = os.environ.get("PORTSHIFT_STATE")
+    if env:
+        return env
+    if options is not None:
+        return options.url or options.path
+    return None
+
+
+def open_chosen_state(cli_value: str | Path | None, options: StateOptions | None = None, *, create: bool = True) -> State:
+    """Open the state a command was pointed at (see the module docstring for the order)."""
+    options = options if options is not None else state_options(None)
+    target = chosen_target(cli_value, options)
+    if is_postgres_url(target):
+        return open_state(target, create=create, password=options.password, ca_bundle=options.ca_bundle)
+    return open_state(target, create=create)
