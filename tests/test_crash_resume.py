@@ -2,7 +2,8 @@
 
 After every crash and re-run: the manifest lists every expected file exactly once, every listed
 hash matches the stored file, GNU `sha256sum -c` passes, nothing else lies under the export root,
-and `PRAGMA integrity_check` of the state DB is ok.
+and the state is sound (`PRAGMA integrity_check` of a SQLite file; one complete job either way).
+Every kill point runs against both state backends: a SQLite file and a PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import StateBackend
 from .support import PORTSHIFT, files_under, manifest_paths, sha256sum_check
 
 #: `make soak` (PORTSHIFT_SOAK=1): a larger export and many more kill points
@@ -46,8 +48,8 @@ def kill_points(seed: int = 20261129) -> list[str]:
     return points
 
 
-def run(job: Path, state: Path, site: Path, kill: str | None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(site), "PORTSHIFT_LOAD_PLUGINS": "portshift-faults"}
+def run(job: Path, state: StateBackend, site: Path, kill: str | None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(site), "PORTSHIFT_LOAD_PLUGINS": "portshift-faults", **state.env()}
     env.pop("PORTSHIFT_TEST_KILL", None)
     if kill:
         env["PORTSHIFT_TEST_KILL"] = kill
@@ -61,14 +63,16 @@ def run(job: Path, state: Path, site: Path, kill: str | None) -> subprocess.Comp
 
 
 @pytest.mark.parametrize("kill", kill_points())
-def test_killed_run_resumes_to_a_complete_verifiable_export(tmp_path: Path, fault_site: Path, kill: str) -> None:
+def test_killed_run_resumes_to_a_complete_verifiable_export(
+    tmp_path: Path, fault_site: Path, kill: str, state_backend: StateBackend
+) -> None:
     out = tmp_path / "out"
     job = tmp_path / "job.toml"
     job.write_text(
         f'[job]\ntransfers = 4\n\n[source]\ntype = "faulty-example"\ncount = {CALLS}\nmedia_size = 3000\n'
         f'chunk_size = 1024\nevery_minutes = 30\n\n[sink]\ntype = "faulty-local"\npath = "{out}"\nfsync = false\n'
     )
-    state = tmp_path / "state.db"
+    state = state_backend
     crashed = run(job, state, fault_site, kill)
     assert crashed.returncode == -signal.SIGKILL, f"{kill}: expected a SIGKILL, got {crashed.returncode}: {crashed.stderr}"
     assert not list(out.glob("*/portshift-manifest.txt")), "a run killed before its end left a manifest"
@@ -85,7 +89,11 @@ def test_killed_run_resumes_to_a_complete_verifiable_export(tmp_path: Path, faul
     assert check.returncode == 0, check.stdout[-2000:]
     leftovers = files_under(root) - listed - {"portshift-manifest.txt"}
     assert not leftovers, f"files under the root that the manifest does not list: {sorted(leftovers)[:5]}"
-    with sqlite3.connect(state) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        status = db.execute("select status from jobs").fetchall()
-    assert status == [("complete",)]
+    if state.kind == "sqlite":
+        with sqlite3.connect(state.target) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with state.open(create=False) as opened:
+        jobs = opened.jobs()
+        assert [j.status.value for j in jobs] == ["complete"]
+        assert opened.totals(jobs[0].id)[0] == jobs[0].file_count == 2 * CALLS  # media + metadata per call
+        assert opened.recording_counts(jobs[0].id) == {"done": CALLS}
