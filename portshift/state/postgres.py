@@ -104,6 +104,11 @@ class PostgresState(State):
 
     def close(self) -> None:
         with self._lock:
+            if self._held and not (self.conn.closed or self.conn.broken):
+                try:  # released now, not when the server notices the connection is gone
+                    self.conn.execute("select pg_advisory_unlock_all()")
+                except psycopg.Error:
+                    pass
             self._held.clear()
             self.conn.close()
 
