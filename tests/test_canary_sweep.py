@@ -2,7 +2,9 @@
 with faults of every kind on the way, and the Chorus token handed over on stdin. While it runs,
 `/proc/<pid>/cmdline` and `environ` are read; afterwards stdout, stderr, every file created (the
 state DB with its WAL included) are searched. The token, the signed media links and their
-encoded forms appear nowhere."""
+encoded forms appear nowhere. On the PostgreSQL state the database password (a canary too, given
+on stdin) joins the sweep, and the server's own log (every statement it saw) and a `pg_dump` of
+the database are searched as well."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import StateBackend
 from .support import PORTSHIFT, sha256sum_check
 
 chorus = pytest.importorskip("portshift_source_chorus.simulator", reason="the Chorus plugin is not installed")
@@ -37,7 +40,7 @@ def forms(secret: str) -> set[str]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one per test: a fault met once is not met again by the same simulator
 def simulator() -> Iterator[object]:
     tenant = chorus.Tenant(
         chorus.TenantSpec(calls=24, seed=5, media_size=(1, 400_000), not_found_ratio=0.1, forbidden_ratio=0.05)
@@ -56,8 +59,22 @@ def simulator() -> Iterator[object]:
         yield sim
 
 
-def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: object) -> None:
+def pg_dump(backend: StateBackend) -> bytes:
+    assert backend.server is not None and backend.password
+    dsn = (
+        f"host=127.0.0.1 port={backend.server.port} dbname={backend.dbname} user={backend.server.user} "
+        f"sslmode=verify-full sslrootcert={backend.server.ca_pem}"
+    )
+    env = {**os.environ, "PGPASSWORD": backend.password}
+    r = subprocess.run(["pg_dump", "--no-owner", dsn], capture_output=True, env=env, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode()[-1000:]
+    assert b"CREATE TABLE public.files" in r.stdout and b"COPY public.files" in r.stdout
+    return r.stdout
+
+
+def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: object, state_backend: StateBackend) -> None:
     sim = simulator
+    server_log_start = len(state_backend.server.log_text()) if state_backend.server else 0
     out = tmp_path / "out"
     job = tmp_path / "job.toml"
     job.write_text(
@@ -81,7 +98,7 @@ def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: obj
             "--config",
             str(job),
             "--state",
-            str(tmp_path / "state.db"),
+            state_backend.target,
             "--secrets-from-stdin",
             "--no-progress",
         ],
@@ -91,7 +108,10 @@ def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: obj
         env=env,
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps({"source": {"token": CANARY}}).encode())
+    given = {"source": {"token": CANARY}}
+    if state_backend.password:
+        given["state"] = {"password": state_backend.password}
+    proc.stdin.write(json.dumps(given).encode())
     proc.stdin.close()
     seen_proc: list[bytes] = []
     while proc.poll() is None:
@@ -113,9 +133,18 @@ def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: obj
     for p in tmp_path.rglob("*"):
         if p.is_file() and p != job:
             blobs[str(p.relative_to(tmp_path))] = p.read_bytes()
-    assert any(name.startswith("state.db") for name in blobs)
-    leaks = [(name, f) for name, data in blobs.items() for f in forms(CANARY) if f.encode() in data]
-    assert not leaks, f"the token leaked: {leaks[:5]}"
+    secrets = [CANARY]
+    if state_backend.kind == "sqlite":
+        assert any(name.startswith("state.db") for name in blobs)
+    else:
+        assert state_backend.server is not None and state_backend.password
+        secrets.append(state_backend.password)
+        log = state_backend.server.log_text()[server_log_start:]
+        assert f"database={state_backend.dbname}" in log and "insert into files" in log  # it saw the export
+        blobs["server log"] = log.encode()
+        blobs["pg_dump"] = pg_dump(state_backend)
+    leaks = [(name, f) for name, data in blobs.items() for secret in secrets for f in forms(secret) if f.encode() in data]
+    assert not leaks, f"a secret leaked: {leaks[:5]}"
     links = [name for name, data in blobs.items() if b"sig=" in data or b"expires=" in data]
     assert not links, f"a signed media link leaked into: {links[:5]}"
     # the export itself is right: skipped calls are listed with reasons, the rest verifies
