@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,10 +48,15 @@ def _lock_id(job_key: str) -> int:
     return int.from_bytes(hashlib.sha256(b"portshift-run:" + job_key.encode()).digest()[:8], "big", signed=True)
 
 
+_WHERE = re.compile(r'^(connection failed: )?(connection to server at "[^"]*"( \([^)]*\))?, port \d+ failed: )?')
+
+
 def _reason(e: BaseException) -> str:
-    """libpq's reason, first line, sanitised (it never carries the password; masks apply anyway)."""
-    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    return sanitize_message(text.removeprefix("connection failed: ").strip(), 300)
+    """libpq's reason, its first line without the host it names again, sanitised (it never
+    carries the password; the masks apply anyway)."""
+    lines = [_WHERE.sub("", ln.strip()).strip() for ln in str(e).splitlines()]
+    text = next((ln for ln in lines if ln), type(e).__name__)
+    return sanitize_message(text, 300)
 
 
 def _lost(e: BaseException) -> bool:
