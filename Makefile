@@ -11,11 +11,12 @@ STAMP  := $(VENV)/.portshift-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard plugins/*/setup.sh) Makefile
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(wildcard plugins/*/setup.sh) tests/setup_postgres.sh Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "portshift needs Python 3.10 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGIN_DIRS),-e '$(p)[test]')
+	bash tests/setup_postgres.sh
 	@for s in $(wildcard plugins/*/setup.sh); do echo "setup: $$s"; PYTHON=$(CURDIR)/$(BIN)/python bash $$s || exit 1; done
 	touch $(STAMP)
 
