@@ -494,6 +494,10 @@ def test_job_files_in_the_docs_load(
             )
         )
         doc["job"]["signing_key_file"] = str(key_file)
+    state_password = doc.get("state", {}).get("password_file")
+    if state_password and not Path(state_password).exists():
+        (tmp_path / "state-password").write_text("docs-test-password\n")
+        doc["state"]["password_file"] = str(tmp_path / "state-password")
     cfg = load_job(None, doc=doc)
     assert cfg.source_type == doc["source"]["type"] and cfg.sink_type == doc["sink"]["type"]
     assert [w[0] for w in cfg.writers] == doc.get("job", {}).get("manifest", ["sha256sum"])
