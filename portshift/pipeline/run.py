@@ -9,11 +9,13 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .. import __version__
 from ..api import JobInfo, Sink, Source
 from ..config import JobConfig
-from ..errors import ConfigError, PortshiftError
+from ..errors import ConfigError, Interrupted, PortshiftError
 from ..logs import set_log_context
 from ..plugins import call_event
 from ..progress import Progress
@@ -26,6 +28,32 @@ from .result import EXIT_CODES, RunRequest, RunResult
 from .transfer import Transfer
 
 log = logging.getLogger("portshift.run")
+T = TypeVar("T")
+
+
+def cancellable(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
+    """Run ``fn`` (a plugin call: a check, a clean-up, a manifest upload) in a thread of its own and
+    wait for it, so that a cancel ends the wait at once even when the plugin is blocked (a long
+    backoff, a socket read): :class:`Interrupted` is raised and the daemon thread is left behind."""
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box.append((False, e))
+
+    thread = threading.Thread(target=call, name=what, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if cancel.wait(0.05) and thread.is_alive():
+            thread.join(0.5)  # a plugin that noticed the cancel ends by itself
+            if thread.is_alive():
+                raise Interrupted(f"interrupted while {what}")
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
 
 
 def job_key(cfg: JobConfig, source: Source, sink: Sink) -> str:
@@ -96,35 +124,11 @@ class Runner:
             log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
         job = self._start(plan, source, sink)
         set_log_context(job=job.id, phase="transfer")
-        info = self._job_info(job.id)
-        self._recover(job.id, sink)
-        call_event("job_started", job=info, resumed=plan.resume is not None)
-        transfer = Transfer(
-            self.cfg,
-            state,
-            job,
-            plan,
-            source,
-            sink,
-            info=info,
-            progress=self.progress,
-            cancel=self.cancel,
-            transfers=req.transfers or self.cfg.job.transfers,
-            retry_base=self.retry_base,
-            payload_prefix=self._payload_prefix,
-        )
-        status, error = transfer.run()
-        result = RunResult(job_id=job.id, status=status.value, exit_code=0, export_root=job.export_root)
-        result.resumed, result.already_done = plan.resume is not None, transfer.already
-        files, _ = state.totals(job.id)
-        if status is JobStatus.COMPLETE and (files or req.allow_empty):
-            set_log_context(phase="manifest")
-            try:
-                result.manifest_key, result.manifest_sha256 = self._write_manifests(job, sink)
-            except Exception as e:  # noqa: BLE001 - the job is recorded failed, nothing lost
-                text = str(e) if isinstance(e, PortshiftError) else f"{type(e).__name__}: {e}"
-                status, error = JobStatus.FAILED, f"writing the manifest: {sanitize_message(text)}"
+        result = RunResult(job_id=job.id, status="", exit_code=0, export_root=job.export_root)
+        result.resumed = plan.resume is not None
+        status, error = self._export(job, plan, source, sink, req, result)
         self._finish(job, status, error, result)
+        files = result.files
         if status is JobStatus.COMPLETE and not files and not req.allow_empty:
             result.status, result.export_root = "nothing-new", ""
             result.message = f"nothing new in {job.window_start} .. {job.window_end}: no export written" + (
@@ -134,13 +138,50 @@ class Runner:
         set_log_context(phase="finished")
         return result
 
+    def _export(
+        self, job: JobRecord, plan: Plan, source: Source, sink: Sink, req: RunRequest, result: RunResult
+    ) -> tuple[JobStatus, str | None]:
+        """Clean up, transfer, write the manifests: how the job ended, and a one-line error."""
+        assert self.state is not None
+        phase = ""
+        try:
+            info = self._job_info(job.id)
+            self._recover(job.id, sink)
+            call_event("job_started", job=info, resumed=plan.resume is not None)
+            transfer = Transfer(
+                self.cfg,
+                self.state,
+                job,
+                plan,
+                source,
+                sink,
+                info=info,
+                progress=self.progress,
+                cancel=self.cancel,
+                transfers=req.transfers or self.cfg.job.transfers,
+                retry_base=self.retry_base,
+                payload_prefix=self._payload_prefix,
+            )
+            status, error = transfer.run()
+            result.already_done = transfer.already
+            if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
+                set_log_context(phase="manifest")
+                phase = "writing the manifest: "
+                result.manifest_key, result.manifest_sha256 = self._write_manifests(job, sink)
+        except Interrupted:
+            return JobStatus.INTERRUPTED, "interrupted"
+        except Exception as e:  # noqa: BLE001 - the job is recorded failed, nothing lost
+            text = str(e) if isinstance(e, PortshiftError) else f"{type(e).__name__}: {e}"
+            return JobStatus.FAILED, f"{phase}{sanitize_message(text)}"
+        return status, error
+
     # --- before the transfer ---------------------------------------------------------------
     def _check_reachable(self, source: Source, sink: Sink) -> None:
         """Source and sink answer before any listing: a destination that cannot be written to is
         one line now, not a failure per call after spending the source's rate limit."""
         set_log_context(phase="check")
-        sink.check()
-        source.check()
+        cancellable(sink.check, self.cancel, "checking the sink")
+        cancellable(source.check, self.cancel, "checking the source")
 
     def _start(self, plan: Plan, source: Source, sink: Sink) -> JobRecord:
         state = self.state
@@ -181,7 +222,9 @@ class Runner:
             return
         log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
         try:
-            sink.recover(pending)
+            cancellable(lambda: sink.recover(pending), self.cancel, "cleaning up after a previous run")
+        except Interrupted:
+            raise
         except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
             log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
             return
@@ -200,7 +243,9 @@ class Runner:
         # refuses to replace an object (GCS with ifGenerationMatch=0) accepts it as already there.
         finished = state.last_file_done_at(job.id) or job.started_at
         state.update_job(job.id, finished_at=finished, file_count=files, byte_count=nbytes)
-        key, digest = ManifestRun(self.cfg, state, job.id, job.export_root, sink).write(self._job_info(job.id))
+        writer = ManifestRun(self.cfg, state, job.id, job.export_root, sink)
+        info = self._job_info(job.id)
+        key, digest = cancellable(lambda: writer.write(info), self.cancel, "writing the manifest")
         state.update_job(job.id, manifest_key=key, manifest_sha256=digest)
         return key, digest
 
