@@ -64,6 +64,7 @@ class JobRecord:
     skipped_count: int = 0
     failed_count: int = 0
     pending_count: int = 0
+    incremental: bool = False  #: a ``--since last`` job: recordings earlier jobs exported are not exported again
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:
@@ -72,11 +73,13 @@ class JobRecord:
         values["status"] = JobStatus(values.get("status") or "running")
         for k in ("file_count", "byte_count", "skipped_count", "failed_count", "pending_count"):
             values[k] = int(values.get(k) or 0)
+        values["incremental"] = bool(values.get("incremental"))
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["status"] = self.status.value
+        out["incremental"] = int(self.incremental)
         return out
 
     @property

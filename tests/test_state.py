@@ -39,6 +39,7 @@ EXPECTED = {
         "sink_type": S, "sink_location": S, "window_start": S, "window_end": S, "export_root": S,
         "started_at": S, "finished_at": S, "status": S, "file_count": N, "byte_count": N, "error": S,
         "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N, "pending_count": N,
+        "incremental": N,
     },
     "recordings": {
         "job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S, "started_at": S,
