@@ -1,6 +1,6 @@
 """Every listed recording ends in exactly one outcome (exported, already exported, skipped with a
 reason, pending, failed), files missing at the source are recorded, and ``--since last`` picks up
-what was pending; a window with nothing new writes nothing."""
+what was pending; a window with nothing new writes nothing. On both state backends."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from portshift import ArtifactMissing, RecordingPending, SkipRecording
 from portshift.api import Artifact, Recording, Source, Window
 from portshift.options import PluginOptions
 from portshift.pipeline import RunRequest
-from portshift.state import State
 
+from .conftest import StateBackend
 from .support import files_under, plugin, run_job, sha256sum_check
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -69,9 +69,9 @@ def _fresh() -> None:
     Tenant.processing, Tenant.private, Tenant.no_media = set(), set(), set()
 
 
-def test_a_call_processing_at_one_run_is_exported_by_the_next_since_last_run(tmp_path: Path) -> None:
+def test_a_call_processing_at_one_run_is_exported_by_the_next_since_last_run(tmp_path: Path, state_backend: StateBackend) -> None:
     _fresh()
-    out, db = tmp_path / "out", tmp_path / "s.db"
+    out, db = tmp_path / "out", state_backend
     Tenant.processing = {"c1"}
     with plugin("tenant", sources={"tenant": Tenant}):
         first = run_job(doc(out), db, RunRequest(since=NOW - timedelta(days=30)))
@@ -93,16 +93,16 @@ def test_a_call_processing_at_one_run_is_exported_by_the_next_since_last_run(tmp
         "portshift-manifest.txt",
     }
     assert sha256sum_check(out / second.export_root).returncode == 0
-    with State.open(db) as state:
+    with db.open() as state:
         assert state.oldest_pending(state.job(second.job_id).job_key) is None  # type: ignore[union-attr]
 
 
-def test_a_missing_media_file_keeps_the_rest_of_the_call_and_is_listed(tmp_path: Path) -> None:
+def test_a_missing_media_file_keeps_the_rest_of_the_call_and_is_listed(tmp_path: Path, state_backend: StateBackend) -> None:
     _fresh()
     out = tmp_path / "out"
     Tenant.no_media, Tenant.private = {"c2"}, {"c4"}
     with plugin("tenant", sources={"tenant": Tenant}):
-        result = run_job(doc(out), tmp_path / "s.db", RunRequest(since=NOW - timedelta(days=30)))
+        result = run_job(doc(out), state_backend, RunRequest(since=NOW - timedelta(days=30)))
     assert result.status == "complete" and result.exit_code == 0
     assert result.counts == {"done": 5, "skipped": 1}
     assert [(p["recording_id"], p["artifact"], p["reason"]) for p in result.missing] == [("c2", "media", "media_not_found")]
@@ -118,13 +118,13 @@ def test_a_missing_media_file_keeps_the_rest_of_the_call_and_is_listed(tmp_path:
     assert report["missing_artifacts"][0]["artifact"] == "media"
 
 
-def test_a_window_with_nothing_new_writes_no_export_root_unless_asked(tmp_path: Path) -> None:
+def test_a_window_with_nothing_new_writes_no_export_root_unless_asked(tmp_path: Path, state_backend: StateBackend) -> None:
     _fresh()
     out = tmp_path / "out"
     out.mkdir()
     window = RunRequest(since=NOW - timedelta(days=400), until=NOW - timedelta(days=300))
     with plugin("tenant", sources={"tenant": Tenant}):
-        empty = run_job(doc(out), tmp_path / "s.db", window)
+        empty = run_job(doc(out), state_backend, window)
         assert empty.status == "nothing-new" and empty.exit_code == 0 and "nothing new" in empty.message
         assert list(out.iterdir()) == []
         asked = run_job(doc(out), tmp_path / "s2.db", RunRequest(since=window.since, until=window.until, allow_empty=True))
@@ -132,11 +132,11 @@ def test_a_window_with_nothing_new_writes_no_export_root_unless_asked(tmp_path: 
     assert sha256sum_check(out / asked.export_root).returncode == 0
 
 
-def test_the_manifest_finish_time_is_when_the_last_file_was_stored(tmp_path: Path) -> None:
+def test_the_manifest_finish_time_is_when_the_last_file_was_stored(tmp_path: Path, state_backend: StateBackend) -> None:
     _fresh()
     out = tmp_path / "out"
     with plugin("tenant", sources={"tenant": Tenant}):
-        result = run_job(doc(out), tmp_path / "s.db", RunRequest(since=NOW - timedelta(days=30)))
+        result = run_job(doc(out), state_backend, RunRequest(since=NOW - timedelta(days=30)))
     head = dict(
         line[2:].split(": ", 1)
         for line in (out / result.export_root / "portshift-manifest.txt").read_text().splitlines()
