@@ -227,18 +227,37 @@ def test_an_unreachable_database_at_start_is_one_line(tmp_path: Path, tls_materi
     assert f"127.0.0.1:{port}" in message and "Connection refused" in message
 
 
-def test_a_terminated_connection_is_reopened_and_the_run_lock_taken_again(pg_server: PgServer) -> None:
+TERMINATE = "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s and application_name = 'portshift'"
+
+
+def test_terminated_connections_are_reopened_and_the_run_lock_taken_again(pg_server: PgServer) -> None:
     db = pg_server.new_database()
     with _open(pg_server, db) as state, pg_server.admin() as admin:
+        state.connections.lock_check_every = 0  # check the locks' connection before every statement
         state.lock("job-key")
-        state.create_job(id="J", job_key="k")
+        state.create_job(id="J", job_key="k")  # a writer's connection from the pool
         pid = state.conn.info.backend_pid
-        admin.execute("select pg_terminate_backend(%s)", [pid])
-        state.set_recording("J", "r1", "done")  # reconnects, re-runs
+        assert len(admin.execute(TERMINATE, [db]).fetchall()) == 2  # the locks' and the writer's
+        state.set_recording("J", "r1", "done")  # reconnects both, re-runs
         assert state.conn.info.backend_pid != pid
         assert state.done_recordings("J") == {"r1"}
         with _open(pg_server, db) as other, pytest.raises(Exception, match="in progress"):
             other.lock("job-key")  # the lock came back with the new connection
+
+
+def test_a_lost_lock_taken_by_another_run_stops_the_job(pg_server: PgServer) -> None:
+    from portshift.errors import LockedError
+
+    db = pg_server.new_database()
+    with _open(pg_server, db) as state, pg_server.admin() as admin:
+        state.connections.lock_check_every = 0
+        state.lock("job-key")
+        state.create_job(id="J", job_key="k")
+        admin.execute(TERMINATE, [db])
+        with _open(pg_server, db) as other:
+            other.lock("job-key")  # a second run takes the lock while the first is disconnected
+            with pytest.raises(LockedError, match="the run lock was lost"):
+                state.set_recording("J", "r1", "done")
 
 
 def test_a_database_away_past_the_budget_stops_with_a_state_error(pg_server: PgServer) -> None:
@@ -246,9 +265,9 @@ def test_a_database_away_past_the_budget_stops_with_a_state_error(pg_server: PgS
 
     db = pg_server.new_database()
     with _open(pg_server, db) as state, pg_server.admin() as admin:
-        state.reconnect = Backoff(base=0.05, cap=0.1, attempts=2, budget=0.2)
+        state.connections.reconnect = Backoff(base=0.05, cap=0.1, attempts=2, budget=0.2)
         admin.execute(f"alter database {db} allow_connections false")
-        admin.execute("select pg_terminate_backend(%s)", [state.conn.info.backend_pid])
+        admin.execute(TERMINATE, [db])
         try:
             with pytest.raises(StateError, match="cannot record the job in the state database postgresql://") as e:
                 state.create_job(id="J", job_key="k")
@@ -276,6 +295,7 @@ def test_the_server_restarted_mid_export_ends_in_a_complete_verified_export(pg_s
         restarted.set()
 
     with _open(pg_server, db) as state:
+        state.connections.lock_check_every = 0
         first_pid = state.conn.info.backend_pid
         original = state.set_recording
         calls = {"n": 0}

@@ -1,24 +1,14 @@
 """Job state in a PostgreSQL database (psycopg 3), reached only over verified TLS.
 
-One connection in autocommit, guarded by a lock: every write is committed when the call returns
-(a SIGKILL right after loses nothing), exactly like the SQLite file. A pool would not earn its
-place: the writers are a handful of threads whose writes are single short statements, and the
-run lock is a session advisory lock that must live on one connection anyway.
-
-A connection lost mid-job (restart, failover, ``pg_terminate_backend``) is reopened with backoff
-and the statement re-run (every write is an upsert, an update or a delete: running it twice is
-the same as once); the run locks are taken again on the new connection. When the database stays
-away past the budget the job stops with a :class:`~portshift.errors.StateError` and resumes
-when run again.
+Every write is committed when the call returns (a SIGKILL right after loses nothing), exactly
+like the SQLite file; every write is an upsert, an update or a delete, so running it again after
+a lost connection is the same as running it once. Connections, the run locks and reconnecting
+are in :mod:`.pg_connections`; the URL and TLS rules in :mod:`.pg_url`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,139 +17,56 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ..errors import ConfigError, LockedError, StateError
+from ..errors import ConfigError, LockedError
 from ..records import JobRecord, JobStatus, Problem, RecordingStatus
-from ..redact import sanitize_message
-from ..retry import Backoff, call_with_retries
 from ..secrets import Secret
 from . import JOB_COLUMNS, FileRecord, State, new_job_id, now_iso
+from .pg_connections import Connections, lock_id, reason
 from .pg_url import PgTarget, parse_url
 from .postgres_migrations import migrate
 
-log = logging.getLogger("portshift.state")
 T = TypeVar("T")
-#: how long a lost database is retried before the job stops (seconds of waiting)
-RECONNECT = Backoff(base=0.5, cap=8.0, attempts=4, budget=60.0)
 PAGE = 5000
-
-
-def _lock_id(job_key: str) -> int:
-    """A signed 64-bit advisory lock key derived from the job key."""
-    return int.from_bytes(hashlib.sha256(b"portshift-run:" + job_key.encode()).digest()[:8], "big", signed=True)
-
-
-_WHERE = re.compile(r'^(connection failed: )?(connection to server at "[^"]*"( \([^)]*\))?, port \d+ failed: )?')
-
-
-def _reason(e: BaseException) -> str:
-    """libpq's reason, its first line without the host it names again, sanitised (it never
-    carries the password; the masks apply anyway)."""
-    lines = [_WHERE.sub("", ln.strip()).strip() for ln in str(e).splitlines()]
-    text = next((ln for ln in lines if ln), type(e).__name__)
-    return sanitize_message(text, 300)
-
-
-def _lost(e: BaseException) -> bool:
-    return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(e, psycopg.errors.QueryCanceled)
 
 
 class PostgresState(State):
     """The state in a PostgreSQL database. Open with :meth:`connect` (or :func:`open_state`)."""
 
-    def __init__(self, target: PgTarget, password: Secret | None, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, target: PgTarget, connections: Connections) -> None:
         self.target = target
-        self._password = password
-        self.conn = conn
-        self._lock = threading.RLock()
-        self._held: list[int] = []
-        self.reconnect = RECONNECT
-        self.cancel: threading.Event | None = None
+        self.connections = connections
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection that holds the run locks (for inspection; writes use the pool)."""
+        return self.connections.main
 
     @classmethod
     def connect(cls, url: str, *, password: Secret | None = None, ca_bundle: Path | None = None) -> PostgresState:
         target = parse_url(url, ca_bundle=ca_bundle)
-        conn = cls._open(target, password)
-        state = cls(target, password, conn)
+        connections = Connections(target, password)
         try:
-            migrate(conn)
+            migrate(connections.main)
         except psycopg.Error as e:
-            conn.close()
+            connections.close()
             raise ConfigError(
-                f"cannot set up the state schema in {target.redacted}: {_reason(e)}",
+                f"cannot set up the state schema in {target.redacted}: {reason(e)}",
                 hint="the role needs to own its schema (see docs/state.md)",
             ) from None
         except BaseException:
-            conn.close()
+            connections.close()
             raise
-        return state
-
-    @staticmethod
-    def _open(target: PgTarget, password: Secret | None) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(**target.conninfo(password), autocommit=True)
-        except psycopg.Error as e:
-            raise ConfigError(
-                f"cannot reach the state database {target.redacted}: {_reason(e)}",
-                hint="check the host, the port, the role and its password, and that the server's certificate "
-                "is signed by the CA given as sslrootcert= or [state] ca_bundle",
-            ) from None
+        return cls(target, connections)
 
     @property
     def location(self) -> str:
         return self.target.redacted
 
     def close(self) -> None:
-        with self._lock:
-            if self._held and not (self.conn.closed or self.conn.broken):
-                try:  # released now, not when the server notices the connection is gone
-                    self.conn.execute("select pg_advisory_unlock_all()")
-                except psycopg.Error:
-                    pass
-            self._held.clear()
-            self.conn.close()
-
-    # --- one statement, re-run on a new connection when the old one is lost --------------
-    def _reopen(self) -> None:
-        try:
-            self.conn.close()
-        except psycopg.Error:
-            pass
-        self.conn = self._open(self.target, self._password)
-        for key in list(self._held):
-            if not self.conn.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
-                self._held.remove(key)
-                raise LockedError("the run lock was lost while the state database was away, and another run took it")
+        self.connections.close()
 
     def _run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        def attempt() -> T:
-            with self._lock:
-                if self.conn.closed or self.conn.broken:
-                    self._reopen()
-                try:
-                    return fn(self.conn)
-                except psycopg.Error as e:
-                    if _lost(e):
-                        self.conn.close()  # the next attempt opens a new connection
-                    raise
-
-        def on_retry(n: int, e: BaseException, delay: float) -> None:
-            log.warning("state database %s: %s; retrying in %.1fs", self.target.redacted, _reason(e), delay)
-
-        try:
-            return call_with_retries(
-                attempt,
-                backoff=self.reconnect,
-                should_retry=lambda e: _lost(e) or isinstance(e, ConfigError),  # ConfigError: reopening failed
-                cancel=self.cancel,
-                on_retry=on_retry,
-                what=what,
-            )
-        except (psycopg.Error, ConfigError) as e:
-            why = _reason(e) if isinstance(e, psycopg.Error) else str(e)
-            raise StateError(
-                f"cannot {what} in the state database {self.target.redacted}: {why}",
-                hint="check the database, then re-run the same command to resume",
-            ) from None
+        return self.connections.run(what, fn)
 
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return self._run(what, lambda c: c.execute(query, params).fetchall())
@@ -169,15 +76,17 @@ class PostgresState(State):
 
     # --- locking ----------------------------------------------------------------------------
     def lock(self, job_key: str) -> None:
-        key = _lock_id(job_key)
-        if key in self._held:
+        key = lock_id(job_key)
+        held = self.connections.held
+        if key in held:
             return
-        if not self._run("take the run lock", lambda c: c.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]):
+        take = lambda c: c.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]  # noqa: E731
+        if not self.connections.run("take the run lock", take, on_main=True):
             raise LockedError(
                 "another portshift run of this job is in progress",
                 hint="wait for it to finish; two runs of the same job never run at once",
             )
-        self._held.append(key)
+        held.append(key)
 
     # --- jobs -------------------------------------------------------------------------------
     def create_job(self, **values: Any) -> str:
@@ -333,21 +242,9 @@ class PostgresState(State):
             "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
             "done_at = excluded.done_at, verified = excluded.verified, "
             "provider_checksums = excluded.provider_checksums, kind = excluded.kind",
-            [
-                job_id,
-                f.key,
-                f.size,
-                f.sha256,
-                f.recording_id,
-                f.artifact,
-                f.content_type,
-                f.recorded_at,
-                now_iso(),
-                f.verified,
-                json.dumps(f.provider_checksums or {}, sort_keys=True),
-                f.kind,
-            ],
-        )
+            [job_id, f.key, f.size, f.sha256, f.recording_id, f.artifact, f.content_type, f.recorded_at, now_iso(),
+             f.verified, json.dumps(f.provider_checksums or {}, sort_keys=True), f.kind],
+        )  # fmt: skip
 
     def remove_files_of(self, job_id: str, recording_id: str) -> None:
         self._write("remove files", "delete from files where job_id = %s and recording_id = %s", [job_id, recording_id])
