@@ -8,7 +8,8 @@ Exports 10,000 recordings x 2 artifacts (20,000 files of ~100-300 bytes) from th
 
 With ``--backend both`` the same runs go to a SQLite file and then to a PostgreSQL database (a
 server started here exactly as the tests start theirs: 127.0.0.1, TLS 1.3 with a test CA,
-scram-sha-256; ``fsync=off`` on the server, like ``fsync = false`` on the sink).
+scram-sha-256; ``fsync=off`` on the server, like ``fsync = false`` on the sink; statements not
+logged).
 
     .venv/bin/python benchmarks/scale.py [--recordings 10000] [--backend sqlite|postgres|both]
 """
@@ -62,7 +63,8 @@ class Backend:
             ca = trustme.CA()
             pem = work / "ca.pem"
             ca.cert_pem.write_to_path(str(pem))
-            self.server = start_server(ca, pem)
+            # as a production server runs: statements not logged (the tests log them all)
+            self.server = start_server(ca, pem, settings={"log_statement": "'none'", "log_connections": "off"})
 
     def new(self) -> str:
         self.n += 1

@@ -168,10 +168,11 @@ class PgServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(ca: trustme.CA, ca_pem: Path, **init: object) -> PgServer:
+def start_server(ca: trustme.CA, ca_pem: Path, settings: dict[str, str] | None = None, **init: object) -> PgServer:
+    """A started server (``settings``: postgresql.conf values over the tests' defaults)."""
     root = Path(tempfile.mkdtemp(prefix="portshift-pg-"))
     root.chmod(0o755)
-    server = PgServer(root=root, ca=ca, ca_pem=ca_pem)
+    server = PgServer(root=root, ca=ca, ca_pem=ca_pem, settings=dict(settings or {}))
     try:
         server.init(**init)  # type: ignore[arg-type]
         server.start()
