@@ -314,3 +314,44 @@ def test_the_server_restarted_mid_export_ends_in_a_complete_verified_export(pg_s
     assert sha256sum_check(tmp_path / "out" / result.export_root).returncode == 0
     with _open(pg_server, db) as state:
         assert state.recording_counts(result.job_id) == {"done": 40}
+
+
+def test_a_database_gone_for_good_stops_the_job_cleanly_and_a_rerun_completes(pg_server: PgServer, tmp_path: Path) -> None:
+    from portshift.config import load_job
+    from portshift.errors import ExitCode
+    from portshift.pipeline import Runner, RunRequest
+    from portshift.retry import Backoff
+
+    from .support import sha256sum_check
+    from .test_pipeline import example_doc
+
+    db = pg_server.new_database()
+    doc = example_doc(tmp_path / "out", count=40)
+    with _open(pg_server, db) as state, pg_server.admin() as admin:
+        state.connections.reconnect = Backoff(base=0.05, cap=0.1, attempts=2, budget=0.3)
+        original, calls = state.set_recording, {"n": 0}
+
+        def set_recording(*a: object, **kw: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == 10:  # the database refuses every connection from here on
+                admin.execute(f"alter database {db} allow_connections false")
+                admin.execute(TERMINATE, [db])
+            original(*a, **kw)  # type: ignore[arg-type]
+
+        state.set_recording = set_recording  # type: ignore[method-assign]
+        try:  # the job stops: a failed result, or the StateError itself when the last step meets it (the CLI: exit 5)
+            first = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
+            status, code, message = first.status, first.exit_code, first.message
+        except StateError as e:
+            status, code, message = "failed", e.exit_code, str(e)
+        finally:
+            admin.execute(f"alter database {db} allow_connections true")
+    assert status == "failed" and code == ExitCode.FATAL, message
+    assert message.count("state database postgresql://") == 1 and "not currently accepting connections" in message
+    assert pg_server.password not in message
+    assert not list((tmp_path / "out").glob("*/portshift-manifest.txt"))
+    with _open(pg_server, db) as state:
+        second = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
+        assert second.status == "complete" and second.resumed, second.message
+        assert state.recording_counts(second.job_id) == {"done": 40}
+    assert sha256sum_check(tmp_path / "out" / second.export_root).returncode == 0

@@ -60,11 +60,13 @@ def open_connection(target: PgTarget, password: Secret | None) -> psycopg.Connec
     try:
         return psycopg.connect(**target.conninfo(password), autocommit=True)
     except psycopg.Error as e:
-        raise ConfigError(
+        err = ConfigError(
             f"cannot reach the state database {target.redacted}: {reason(e)}",
             hint="check the host, the port, the role and its password, and that the server's certificate "
             "is signed by the CA given as sslrootcert= or [state] ca_bundle",
-        ) from None
+        )
+        err.why = reason(e)  # type: ignore[attr-defined]
+        raise err from None
 
 
 class Connections:
@@ -145,7 +147,7 @@ class Connections:
                 what=what,
             )
         except (psycopg.Error, ConfigError) as e:
-            why = reason(e) if isinstance(e, psycopg.Error) else str(e)
+            why = reason(e) if isinstance(e, psycopg.Error) else getattr(e, "why", str(e))
             raise StateError(
                 f"cannot {what} in the state database {self.target.redacted}: {why}",
                 hint="check the database, then re-run the same command to resume",
