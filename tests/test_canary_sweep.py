@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.parse
@@ -141,6 +142,9 @@ def test_no_secret_anywhere_after_a_faulty_export(tmp_path: Path, simulator: obj
         secrets.append(state_backend.password)
         log = state_backend.server.log_text()[server_log_start:]
         assert f"database={state_backend.dbname}" in log and "insert into files" in log  # it saw the export
+        logins = [ln for ln in log.splitlines() if f"connection authorized: user={state_backend.server.user} " in ln]
+        assert len(logins) >= 2  # the locks' connection and at least one writer's
+        assert all(re.search(r"SSL enabled \(protocol=TLSv1\.[23],", ln) for ln in logins), logins
         blobs["server log"] = log.encode()
         blobs["pg_dump"] = pg_dump(state_backend)
     leaks = [(name, f) for name, data in blobs.items() for secret in secrets for f in forms(secret) if f.encode() in data]
