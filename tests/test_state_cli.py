@@ -85,11 +85,13 @@ def test_password_from_stdin(tmp_path: Path, pg: StateBackend) -> None:
     args = ["run", "--config", str(_job(tmp_path)), "--state", pg.target, "--no-progress", "--secrets-from-stdin"]
     r = _run(args, _env(), stdin=json.dumps({"state": {"password": pg.password}}))
     assert r.returncode == 0, r.stderr
-    jobs = _run(
-        ["jobs", "--state", pg.target, "--secrets-from-stdin"], _env(), stdin=json.dumps({"state": {"password": pg.password}})
-    )
+    stdin = json.dumps({"state": {"password": pg.password}})
+    jobs = _run(["jobs", "--state", pg.target, "--secrets-from-stdin"], _env(), stdin=stdin)
     assert jobs.returncode == 0 and "complete" in jobs.stdout
-    _no_password(pg, r.stdout, r.stderr, jobs.stdout)
+    job_id = jobs.stdout.splitlines()[1].split()[0]
+    show = _run(["jobs", "show", job_id, "--state", pg.target, "--secrets-from-stdin"], _env(), stdin=stdin)
+    assert show.returncode == 0 and "complete" in show.stdout, show.stderr
+    _no_password(pg, r.stdout, r.stderr, jobs.stdout, show.stdout, show.stderr)
 
 
 def test_a_password_in_the_url_or_the_job_file_is_refused(tmp_path: Path, pg: StateBackend) -> None:

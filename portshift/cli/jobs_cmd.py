@@ -17,9 +17,9 @@ from .options import read_stdin_secrets, secrets_stdin_option
 state_option = click.option("--state", "state_path", metavar="PATH|URL", help="the state: a file or a postgresql:// URL")
 
 
-def _open(ctx: click.Context, state_path: str | None) -> State:
+def _open(ctx: click.Context, state_path: str | None, secrets_from_stdin: bool = False) -> State:
     target = state_path or ctx.obj.get("state_path")
-    secrets = read_stdin_secrets() if ctx.obj.get("secrets_from_stdin") else None
+    secrets = read_stdin_secrets() if secrets_from_stdin or ctx.obj.get("secrets_from_stdin") else None
     return open_chosen_state(target, state_options(None, secrets), create=False)
 
 
@@ -63,11 +63,12 @@ def command(ctx: click.Context, state_path: str | None, as_json: bool, limit: in
 @click.argument("job_id")
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@secrets_stdin_option
 @common_options
 @click.pass_context
-def show(ctx: click.Context, job_id: str, state_path: str | None, as_json: bool) -> None:
+def show(ctx: click.Context, job_id: str, state_path: str | None, as_json: bool, secrets_from_stdin: bool) -> None:
     """Show one job: its window, counts, manifest digest and problems."""
-    with _open(ctx, state_path) as state:
+    with _open(ctx, state_path, secrets_from_stdin) as state:
         matches = state.find_jobs(job_id)
         if not matches:
             where = "file" if state.path else f"database {state.location}"
