@@ -203,7 +203,8 @@ def _summary(r: RunResult, err: bool) -> None:
         out(f"resumed job {r.job_id}: {r.already_done} recordings were already exported")
     elif r.already_done:
         out(f"{r.already_done} recordings in the window were exported by earlier jobs")
-    out(f"job {r.job_id}: {r.status} — {r.files} files, {human_bytes(r.bytes)} under {r.export_root}/")
+    status = "stopped" if r.status == "interrupted" else r.status  # the last line says "interrupted", once
+    out(f"job {r.job_id}: {status} — {r.files} files, {human_bytes(r.bytes)} under {r.export_root}/")
     if r.manifest_sha256:
         out(f"manifest: {r.manifest_key}")
         out(f"manifest sha256: {r.manifest_sha256}")

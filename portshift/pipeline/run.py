@@ -163,7 +163,7 @@ class Runner:
                 payload_prefix=self._payload_prefix,
             )
             status, error = transfer.run()
-            result.already_done = transfer.already
+            result.already_done, result.exported_now = transfer.already, transfer.exported
             if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
                 set_log_context(phase="manifest")
                 phase = "writing the manifest: "

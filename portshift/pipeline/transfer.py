@@ -48,7 +48,7 @@ from .readahead import READ_AHEAD_FROM, ReadAhead
 log = logging.getLogger("portshift.run")
 T = TypeVar("T")
 
-GRACE = 1.0  #: seconds the workers get to stop after a cancel before the run ends without them
+GRACE = 0.5  #: seconds the workers get to stop after a cancel before the run ends without them
 _TICK = 0.1
 
 
@@ -93,6 +93,7 @@ class Transfer:
         self.payload_prefix = payload_prefix
         self.resuming = plan.resume is not None
         self.already = 0  #: recordings exported before (this job's earlier attempt, or an earlier job)
+        self.exported = 0  #: recordings exported by this run
         self._work: queue.Queue[Recording | None] = queue.Queue(maxsize=transfers * 2)
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
@@ -242,6 +243,8 @@ class Transfer:
             return
         started = iso(rec.started_at) if rec.started_at else None
         self.state.set_recording(self.job.id, rec.id, RecordingStatus.DONE, started_at=started)
+        with self._lock:
+            self.exported += 1
         self.progress.recording_finished("done")
 
     def _with_retries(self, fn: Callable[[], T], what: str) -> T:
