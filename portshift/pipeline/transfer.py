@@ -48,7 +48,7 @@ from .readahead import READ_AHEAD_FROM, ReadAhead
 log = logging.getLogger("portshift.run")
 T = TypeVar("T")
 
-GRACE = 0.5  #: seconds the workers get to stop after a cancel before the run ends without them
+GRACE = 0.8  #: seconds the workers get to stop after a cancel before the run ends without them
 _TICK = 0.1
 
 
@@ -298,7 +298,7 @@ class Transfer:
             result = self.sink.put(f"{self.job.export_root}/{rel}", stream, declared)
             got, digest = self._checked(rel, stream, declared, artifact.sha256, result)
         finally:
-            _close(opened.close, ahead)
+            _close(opened.close, ahead, self.cancel.is_set())
         self.state.add_file(
             self.job.id,
             FileRecord(
@@ -336,12 +336,13 @@ class Transfer:
         return got, digest
 
 
-def _close(close: Callable[[], None] | None, ahead: ReadAhead | None) -> None:
-    """Stop the read-ahead thread and close the artifact (a silent source is woken by the close)."""
+def _close(close: Callable[[], None] | None, ahead: ReadAhead | None, cancelled: bool) -> None:
+    """Stop the read-ahead thread and close the artifact (a silent source is woken by the close;
+    after a cancel it is closed at once instead of waiting for the thread's chunk)."""
     stopped = True
     if ahead is not None:
         ahead.stop()
-        stopped = ahead.join(0.5)
+        stopped = ahead.join(0.05 if cancelled else 0.5)
         if stopped:
             ahead.close_inline()
     if close:
