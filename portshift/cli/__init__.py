@@ -3,7 +3,6 @@ and a documented exit code; a traceback only with ``PORTSHIFT_DEBUG=1``."""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from ..errors import ExitCode, PortshiftError
 from ..logs import configure_logging
 from ..plugins import load_plugins, pm
 from ..redact import sanitize_message
+from ..settings import read_settings
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,8 +93,15 @@ def get_cli() -> click.Group:
     return cli
 
 
+def _debug() -> bool:
+    try:
+        return read_settings().debug
+    except PortshiftError:
+        return False  # a bad variable is reported, in one line, by the first command that reads the settings
+
+
 def main(argv: list[str] | None = None) -> None:
-    debug = os.environ.get("PORTSHIFT_DEBUG", "") not in ("", "0")
+    debug = _debug()
     group = get_cli()
     try:
         rv = group.main(args=argv, prog_name="portshift", standalone_mode=False)

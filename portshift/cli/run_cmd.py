@@ -101,10 +101,10 @@ def command(
 
 
 def _retry_base() -> float:
-    import os
+    from ..settings import read_settings
 
     try:
-        return max(0.0, float(os.environ.get("PORTSHIFT_RETRY_BASE", "1.0")))
+        return max(0.0, read_settings().retry_base)
     except ValueError:
         return 1.0
 
