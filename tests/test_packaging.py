@@ -255,7 +255,11 @@ def test_the_sdist_and_the_wheel_carry_the_code_the_license_and_the_readme(insta
     if rel == ".":
         assert "[console_scripts]\nportshift = portshift.cli:main" in entry_points
     else:
-        assert "portshift" in [re.split(r"[ <>=;\[]", d)[0] for d in metadata.get_all("Requires-Dist")]
+        [floor] = [d for d in metadata.get_all("Requires-Dist") if re.split(r"[ <>=;\[]", d)[0] == "portshift"]
+        m = re.fullmatch(r"portshift>=([\d.]+)", floor)
+        assert m, f"{name} must require the core with a floor (portshift>=X.Y), not {floor!r}"
+        as_tuple = [int(x) for x in m.group(1).split(".")]
+        assert as_tuple <= [int(x) for x in version(".").split(".")], f"{name} requires a newer core than this one: {floor}"
         for ep_name, target in meta["entry-points"]["portshift"].items():
             assert f"[portshift]\n{ep_name} = {target}" in entry_points
 
@@ -394,13 +398,18 @@ def test_all_distributions_carry_one_version_as_releasing_md_says() -> None:
 
 def test_the_release_commands_build_check_and_upload_every_file_core_first(installed: dict[str, Any]) -> None:
     text = (REPO / "docs" / "releasing.md").read_text(encoding="utf-8")
-    checkout = copy_checkout(installed["base"] / "checkout-release")
-    r = run_block(fenced(text, "release-build"), checkout, venv_env(installed["venv"]))
+    release = [line for line in fenced(text, "release-build").splitlines() if line.strip()]
+    readme = fenced((REPO / "README.md").read_text(encoding="utf-8"), "install-from-wheels").splitlines()
+    builds = [line.split("#")[0].rstrip() for line in readme if "python -m build" in line]
+    # the build commands are README's, which the `installed` fixture ran; the rest runs here on their output
+    assert release[0] == "rm -rf dist" and release[1 : 1 + len(builds)] == builds, release
+    rest = release[1 + len(builds) :]
+    assert rest == ["python -m twine check --strict dist/*"], rest
+    checkout: Path = installed["checkout"]
+    r = run_block("\n".join(rest), checkout, venv_env(installed["venv"]))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-6000:]
     assert r.stdout.count("PASSED") == 2 * len(project_dirs()), r.stdout  # twine check: one line per file
-    dist = checkout / "dist"
-    built = sorted(p.name for p in dist.iterdir())
-    assert built == sorted(p.name for p in installed["dist"].iterdir())
+    built = sorted(p.name for p in (checkout / "dist").iterdir())
 
     # the upload commands, expanded by the shell in dist/'s parent, name every file once, the core first
     uploads = [line for line in fenced(text, "release-upload").splitlines() if line.strip()]
@@ -413,3 +422,33 @@ def test_the_release_commands_build_check_and_upload_every_file_core_first(insta
     core = f"portshift-{version('.')}"
     assert expanded[0] == sorted([f"{core}.tar.gz", f"{core}-py3-none-any.whl"]), expanded[0]
     assert sorted(sum(expanded, [])) == built, "the upload commands must name every built file exactly once"
+
+
+# --- every install instruction in the docs -------------------------------------------------------
+def install_pages() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "plugins").glob("*/README.md"))]
+
+
+def test_no_page_installs_portshift_from_an_index_before_it_is_published() -> None:
+    """Until docs/releasing.md has been followed, `pip install portshift...` by name cannot work."""
+    wrong = []
+    for page in install_pages():
+        if page.name == "releasing.md":  # says what to write *after* the first release
+            continue
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for cmd in re.findall(r"pip install ([^`#\n]*)", line):
+                names = [a.strip("'\"") for a in cmd.split() if not a.startswith("-")]
+                wrong += [
+                    f"{page.relative_to(REPO)}:{n}: {a}" for a in names if re.fullmatch(r"portshift[\w.-]*(\[[\w,]+\])?", a)
+                ]
+    assert not wrong, "these pages install portshift by name, which is not on PyPI yet:\n" + "\n".join(wrong)
+
+
+def test_every_plugin_folder_the_docs_install_exists() -> None:
+    named = set()
+    for page in install_pages():
+        for cmd in re.findall(r"pip install ([^`#\n]*)", page.read_text(encoding="utf-8")):
+            named |= {m.group(1) for m in re.finditer(r"(?:^|[\s'\"])(?:\./)?(plugins/[\w-]+)", cmd)}
+    assert named, "no page installs a plugin from its folder"
+    missing = sorted(p for p in named if not (REPO / p / "pyproject.toml").is_file())
+    assert not missing, f"the docs install plugin folders that do not exist: {missing}"
