@@ -20,6 +20,7 @@ of ``make setup``: the portshift code a fresh environment runs is only what its 
 from __future__ import annotations
 
 import email.parser
+import importlib.util
 import json
 import os
 import re
@@ -43,7 +44,8 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "packaging-test-chorus-token-4d8e1f"  # the simulator's token, not a real credential
-IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis", "build", "*.egg-info")
+#: what a build or a test run leaves in a tree, never part of a checkout
+LEFTOVERS = ("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis", "build", "*.egg-info")
 
 
 # --- what the repository declares -----------------------------------------------------------------
@@ -112,13 +114,8 @@ def copy_checkout(dest: Path) -> Path:
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / rel)
     else:  # not a git checkout (an unpacked archive): the tree, less what a build or a test leaves
-        shutil.copytree(
-            REPO, dest, ignore=shutil.ignore_patterns(".venv", ".tools", ".git", "demo-export", "dist", *IGNORE_NAMES)
-        )
+        shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(".venv", ".tools", ".git", "demo-export", "dist", *LEFTOVERS))
     return dest
-
-
-IGNORE_NAMES = ("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis", "build", "*.egg-info")
 
 
 def bridge_to_our_packages(base: Path) -> Path:
@@ -171,6 +168,7 @@ def venv_env(venv: Path, **extra: str) -> dict[str, str]:
         PIP_NO_BUILD_ISOLATION="0",  # sic: pip reads this variable the other way round; it turns isolation off
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PIP_NO_COMPILE="1",
+        PIP_CONFIG_FILE=os.devnull,  # this machine's pip configuration (indexes, find-links) does not apply
         PYTHONDONTWRITEBYTECODE="1",
     )
     env.update(extra)
@@ -192,6 +190,8 @@ def run_block(block: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
 # --- the fixtures: one build, one environment for every check ------------------------------------
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    missing = [tool for tool in ("build", "twine") if importlib.util.find_spec(tool) is None]
+    assert not missing, f"the packaging tests need {missing} in this environment: run `make setup` (they are test extras)"
     base = tmp_path_factory.mktemp("packaging")
     checkout = copy_checkout(base / "checkout")
     bridge = bridge_to_our_packages(base)
