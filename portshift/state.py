@@ -25,10 +25,11 @@ import sqlite_utils
 from .errors import ConfigError, LockedError, StateError
 from .migrations import migrate
 from .records import JobRecord, JobStatus, Problem, RecordingStatus
+from .settings import read_settings
 
 
 def default_state_path() -> Path:
-    env = os.environ.get("PORTSHIFT_STATE")
+    env = read_settings().state
     if env:
         return Path(env)
     return Path(platformdirs.user_data_dir("portshift")) / "state.db"

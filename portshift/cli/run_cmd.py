@@ -179,8 +179,10 @@ class _signals:
 
 
 def _retry_base() -> float:
+    from ..settings import read_settings
+
     try:
-        return max(0.0, float(os.environ.get("PORTSHIFT_RETRY_BASE", "1.0")))
+        return max(0.0, read_settings().retry_base)
     except ValueError:
         return 1.0
 
