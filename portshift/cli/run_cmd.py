@@ -181,10 +181,7 @@ class _signals:
 def _retry_base() -> float:
     from ..settings import read_settings
 
-    try:
-        return max(0.0, read_settings().retry_base)
-    except ValueError:
-        return 1.0
+    return max(0.0, read_settings().retry_base)  # a bad value is one ConfigError line naming the variable
 
 
 def _summary(r: RunResult, err: bool) -> None:
