@@ -153,6 +153,15 @@ class Transfer:
                 if rec.id in self.plan.done or rec.id in self.plan.earlier:
                     self.already += 1
                     self.progress.recording_finished("already")
+                    if rec.id in self.plan.earlier:  # in this window's inventory, exported elsewhere
+                        self.state.set_recording(
+                            self.job.id,
+                            rec.id,
+                            RecordingStatus.EXPORTED_EARLIER,
+                            "",
+                            f"exported by job {self.plan.earlier[rec.id]}",
+                            iso(rec.started_at) if rec.started_at else None,
+                        )
                 elif rec.skipped is not None:
                     self._record_outcome(rec, rec.skipped)
                 elif not self._put(rec):
