@@ -33,6 +33,8 @@ class RecordingStatus(str, Enum):
     SKIPPED = "skipped"  #: not exported, with a reason (private, filtered, nothing to export)
     PENDING = "pending"  #: not ready yet (live, processing): a later run exports it
     FAILED = "failed"  #: an error; re-run to retry
+    #: listed again by a ``--since last`` job, exported into an earlier job's root
+    EXPORTED_EARLIER = "exported_earlier"
 
     def __str__(self) -> str:
         return self.value

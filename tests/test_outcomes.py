@@ -84,7 +84,7 @@ def test_a_call_processing_at_one_run_is_exported_by_the_next_since_last_run(tmp
         Tenant.processing = set()  # processed since
         second = run_job(doc(out), db, RunRequest(since_last=True))
     # c1 started 5 days ago, before the 3-day margin: the window reaches back to it
-    assert second.status == "complete" and second.counts == {"done": 1}, second.report()
+    assert second.status == "complete" and second.counts == {"done": 1, "exported_earlier": 4}, second.report()
     assert second.already_done == 4  # c2..c5, exported by the first job, are not exported again
     assert files_under(out / second.export_root) == {
         f"{(NOW - timedelta(days=5)):%Y/%m/%d}/c1/media.mp3",
@@ -145,3 +145,50 @@ def test_the_manifest_finish_time_is_when_the_last_file_was_stored(tmp_path: Pat
     started, finished = datetime.fromisoformat(head["started"]), datetime.fromisoformat(head["finished"])
     assert started <= finished <= datetime.now(timezone.utc)
     assert finished > NOW - timedelta(minutes=5), "finished must be the export's time, not a recording's date"
+
+
+# --- the inventory in the manifest, and verify --against-source ----------------------------------
+def _example_job(tmp_path: Path, count: int) -> Path:
+    job = tmp_path / f"job{count}.toml"
+    job.write_text(
+        f'[job]\nuntil = 2024-01-10\n\n[source]\ntype = "example"\ncount = {count}\nmedia_size = 100\n\n'
+        f'[sink]\ntype = "local"\npath = "{tmp_path / "out"}"\n'
+    )
+    return job
+
+
+def test_the_manifest_carries_the_sources_inventory_and_verify_compares_it_with_a_new_listing(tmp_path: Path) -> None:
+    import subprocess
+
+    from .test_cli import portshift
+
+    r = portshift("run", "--config", str(_example_job(tmp_path, 4)), "--state", str(tmp_path / "s.db"), "--report", "json")
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "out" / json.loads(r.stdout)["export_root"]
+    text = (root / "portshift-manifest.txt").read_text()
+    ids = [f"ex0000{n:06d}" for n in range(4)]
+    # the digest a user can recompute from any later listing, without portshift
+    shell = subprocess.run(
+        "printf '%s\\n' " + " ".join(reversed(ids)) + " | LC_ALL=C sort | sha256sum",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digest = shell.stdout.split()[0]
+    for line in ("# listed: 4", "# exported: 4", "# skipped: 0", "# pending: 0", f"# listed ids sha256: {digest}"):
+        assert line in text.splitlines(), (line, text)
+    index = json.loads((root / "portshift-manifest.json").read_text())
+    assert index["inventory"]["listed"] == 4 and index["inventory"]["listed_ids_sha256"] == digest
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "portshift-manifest.txt"], cwd=root).returncode == 0
+
+    same = portshift("verify", str(root), "--against-source", "--config", str(_example_job(tmp_path, 4)))
+    assert same.returncode == 0 and "source OK: 4 listed now, 0 new, 0 gone, 0 vanished" in same.stdout, same
+    assert "the same listing as at export time" in same.stdout
+    grown = portshift("verify", str(root), "--against-source", "--config", str(_example_job(tmp_path, 5)), "--json")
+    assert grown.returncode == 4
+    assert json.loads(grown.stdout)["source"]["new"] == ["ex0000000004"]
+    shrunk = portshift("verify", str(root), "--against-source", "--config", str(_example_job(tmp_path, 3)))
+    assert shrunk.returncode == 4 and "- gone     ex0000000003" in shrunk.stdout
+    alone = portshift("verify", str(root), "--against-source")
+    assert alone.returncode == 2 and "needs --config" in alone.stderr

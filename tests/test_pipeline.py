@@ -286,7 +286,7 @@ def test_manifest_json_index_lists_every_file_with_its_recording(tmp_path: Path,
     out = tmp_path / "out"
     result = run_job(example_doc(out, count=3), state_backend)
     index = json.loads((out / result.export_root / "portshift-manifest.json").read_text())
-    assert index["format"] == 1 and index["job"]["id"] == result.job_id
+    assert index["format"] == 2 and index["job"]["id"] == result.job_id
     assert len(index["files"]) == 6
     assert {f["artifact"] for f in index["files"]} == {"media", "metadata"}
     for f in index["files"]:

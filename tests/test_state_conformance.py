@@ -135,3 +135,25 @@ def test_the_sink_journal(state: State) -> None:
     journal.end("a/key")
     assert journal.pending() == [("b/key", {"upload_id": "u2"})]
     assert state.journal("other").pending() == []
+
+
+def test_outcome_counts_listed_ids_and_earlier_exports(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
+    import portshift.state.postgres
+
+    monkeypatch.setattr(portshift.state.postgres, "PAGE", 3)  # listed ids are read in pages too
+    state.create_job(id="J", job_key="k")
+    ids = ["b", "B", "a-1", "a_1", "é", "Z", "c", "a"]
+    for rid in ids:
+        state.set_recording("J", rid, "done")
+    state.set_recording("J", "c", RecordingStatus.SKIPPED, "private", "")
+    state.set_recording("J", "Z", RecordingStatus.EXPORTED_EARLIER, "", "exported by job J0")
+    state.add_missing("J", "a", "media", "media_not_found", "")
+    assert list(state.listed_ids("J")) == sorted(ids, key=lambda i: i.encode())
+    assert state.outcome_counts("J") == {
+        "done": {"": 6},
+        "skipped": {"private": 1},
+        "exported_earlier": {"": 1},
+        "missing": {"media_not_found": 1},
+    }
+    assert state.exported_earlier("J") == [("Z", "exported by job J0")]
+    assert list(state.listed_ids("none")) == [] and state.outcome_counts("none") == {}

@@ -4,7 +4,6 @@ and a documented exit code; a traceback only with ``PORTSHIFT_DEBUG=1``."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from ..errors import ExitCode, PortshiftError
 from ..logs import configure_logging, json_logging
 from ..plugins import load_plugins, pm
 from ..redact import sanitize_message
+from ..settings import read_settings
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,6 +94,13 @@ def get_cli() -> click.Group:
     return cli
 
 
+def _debug() -> bool:
+    try:
+        return read_settings().debug
+    except PortshiftError:
+        return False  # a bad variable is reported, in one line, by the first command that reads the settings
+
+
 def _fatal(text: str, exit_code: int) -> NoReturn:
     """The one line that ends a failed command: plain text, or a JSON record with --log-format json."""
     if json_logging():
@@ -104,7 +111,7 @@ def _fatal(text: str, exit_code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = os.environ.get("PORTSHIFT_DEBUG", "") not in ("", "0")
+    debug = _debug()
     group = get_cli()
     try:
         rv = group.main(args=argv, prog_name="portshift", standalone_mode=False)

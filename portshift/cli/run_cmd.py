@@ -183,10 +183,9 @@ class _signals:
 
 
 def _retry_base() -> float:
-    try:
-        return max(0.0, float(os.environ.get("PORTSHIFT_RETRY_BASE", "1.0")))
-    except ValueError:
-        return 1.0
+    from ..settings import read_settings
+
+    return max(0.0, read_settings().retry_base)  # a bad value is one ConfigError line naming the variable
 
 
 def _summary(r: RunResult, err: bool) -> None:
@@ -207,7 +206,8 @@ def _summary(r: RunResult, err: bool) -> None:
         out(f"resumed job {r.job_id}: {r.already_done} recordings were already exported")
     elif r.already_done:
         out(f"{r.already_done} recordings in the window were exported by earlier jobs")
-    out(f"job {r.job_id}: {r.status} — {r.files} files, {human_bytes(r.bytes)} under {r.export_root}/")
+    status = "stopped" if r.status == "interrupted" else r.status  # the last line says "interrupted", once
+    out(f"job {r.job_id}: {status} — {r.files} files, {human_bytes(r.bytes)} under {r.export_root}/")
     if r.manifest_sha256:
         out(f"manifest: {r.manifest_key}")
         out(f"manifest sha256: {r.manifest_sha256}")

@@ -43,6 +43,7 @@ class RunResult:
     files: int = 0
     bytes: int = 0
     already_done: int = 0  #: recordings exported by an earlier attempt or an earlier job
+    exported_now: int = 0  #: recordings exported by this run
     counts: dict[str, int] = field(default_factory=dict)  #: recordings per outcome, this job
     skipped: list[dict[str, str]] = field(default_factory=list)
     pending: list[dict[str, str]] = field(default_factory=list)
@@ -66,7 +67,7 @@ class RunResult:
             "window": {"start": self.window_start or None, "end": self.window_end or None},
             "resumed": self.resumed,
             "recordings": {
-                "exported": self.counts.get("done", 0),
+                "exported": self.exported_now,
                 "already_exported": self.already_done,
                 "skipped": self.counts.get("skipped", 0),
                 "pending": self.counts.get("pending", 0),

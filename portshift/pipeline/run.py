@@ -17,6 +17,7 @@ from ..api import JobInfo, Sink, Source
 from ..config import JobConfig
 from ..errors import ConfigError, Interrupted, PortshiftError
 from ..logs import set_log_context
+from ..manifest import build_inventory
 from ..plugins import call_event
 from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
@@ -163,7 +164,7 @@ class Runner:
                 payload_prefix=self._payload_prefix,
             )
             status, error = transfer.run()
-            result.already_done = transfer.already
+            result.already_done, result.exported_now = transfer.already, transfer.exported
             if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
                 set_log_context(phase="manifest")
                 phase = "writing the manifest: "
@@ -244,7 +245,7 @@ class Runner:
         finished = state.last_file_done_at(job.id) or job.started_at
         state.update_job(job.id, finished_at=finished, file_count=files, byte_count=nbytes)
         writer = ManifestRun(self.cfg, state, job.id, job.export_root, sink)
-        info = self._job_info(job.id)
+        info = self._job_info(job.id, inventory=True)
         key, digest = cancellable(lambda: writer.write(info), self.cancel, "writing the manifest")
         state.update_job(job.id, manifest_key=key, manifest_sha256=digest)
         return key, digest
@@ -319,7 +320,7 @@ class Runner:
             result.message += f" ({result.already_done} already exported by earlier jobs)"
         return result
 
-    def _job_info(self, job_id: str) -> JobInfo:
+    def _job_info(self, job_id: str, inventory: bool = False) -> JobInfo:
         assert self.state is not None
         row = self.state.job(job_id)
         assert row is not None
@@ -338,4 +339,10 @@ class Runner:
             tool_version=__version__,
             status=row.status.value,
             not_exported=[p.as_dict() for p in self.state.problems(job_id)],
+            inventory=build_inventory(self.state.outcome_counts(job_id), self.state.listed_ids(job_id)) if inventory else {},
+            exported_earlier=[
+                {"recording_id": rid, "job": message.rsplit(" ", 1)[-1]} for rid, message in self.state.exported_earlier(job_id)
+            ]
+            if inventory
+            else [],
         )

@@ -48,7 +48,7 @@ from .readahead import READ_AHEAD_FROM, ReadAhead
 log = logging.getLogger("portshift.run")
 T = TypeVar("T")
 
-GRACE = 1.0  #: seconds the workers get to stop after a cancel before the run ends without them
+GRACE = 0.8  #: seconds the workers get to stop after a cancel before the run ends without them
 _TICK = 0.1
 
 
@@ -93,6 +93,7 @@ class Transfer:
         self.payload_prefix = payload_prefix
         self.resuming = plan.resume is not None
         self.already = 0  #: recordings exported before (this job's earlier attempt, or an earlier job)
+        self.exported = 0  #: recordings exported by this run
         self._work: queue.Queue[Recording | None] = queue.Queue(maxsize=transfers * 2)
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
@@ -152,6 +153,15 @@ class Transfer:
                 if rec.id in self.plan.done or rec.id in self.plan.earlier:
                     self.already += 1
                     self.progress.recording_finished("already")
+                    if rec.id in self.plan.earlier:  # in this window's inventory, exported elsewhere
+                        self.state.set_recording(
+                            self.job.id,
+                            rec.id,
+                            RecordingStatus.EXPORTED_EARLIER,
+                            "",
+                            f"exported by job {self.plan.earlier[rec.id]}",
+                            iso(rec.started_at) if rec.started_at else None,
+                        )
                 elif rec.skipped is not None:
                     self._record_outcome(rec, rec.skipped)
                 elif not self._put(rec):
@@ -242,6 +252,8 @@ class Transfer:
             return
         started = iso(rec.started_at) if rec.started_at else None
         self.state.set_recording(self.job.id, rec.id, RecordingStatus.DONE, started_at=started)
+        with self._lock:
+            self.exported += 1
         self.progress.recording_finished("done")
 
     def _with_retries(self, fn: Callable[[], T], what: str) -> T:
@@ -295,7 +307,7 @@ class Transfer:
             result = self.sink.put(f"{self.job.export_root}/{rel}", stream, declared)
             got, digest = self._checked(rel, stream, declared, artifact.sha256, result)
         finally:
-            _close(opened.close, ahead)
+            _close(opened.close, ahead, self.cancel.is_set())
         self.state.add_file(
             self.job.id,
             FileRecord(
@@ -333,12 +345,13 @@ class Transfer:
         return got, digest
 
 
-def _close(close: Callable[[], None] | None, ahead: ReadAhead | None) -> None:
-    """Stop the read-ahead thread and close the artifact (a silent source is woken by the close)."""
+def _close(close: Callable[[], None] | None, ahead: ReadAhead | None, cancelled: bool) -> None:
+    """Stop the read-ahead thread and close the artifact (a silent source is woken by the close;
+    after a cancel it is closed at once instead of waiting for the thread's chunk)."""
     stopped = True
     if ahead is not None:
         ahead.stop()
-        stopped = ahead.join(0.5)
+        stopped = ahead.join(0.05 if cancelled else 0.5)
         if stopped:
             ahead.close_inline()
     if close:

@@ -11,7 +11,6 @@ never content, never call metadata. Open one with :func:`open_state` (a path mea
 
 from __future__ import annotations
 
-import os
 import secrets as _random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import platformdirs
 
 from ..records import JobRecord, Problem, RecordingStatus
 from ..secrets import Secret
+from ..settings import read_settings
 
 __all__ = [
     "FileRecord",
@@ -38,7 +38,7 @@ __all__ = [
 
 
 def default_state_path() -> Path:
-    env = os.environ.get("PORTSHIFT_STATE")
+    env = read_settings().state
     if env and not is_postgres_url(env):
         return Path(env)
     return Path(platformdirs.user_data_dir("portshift")) / "state.db"
@@ -46,7 +46,7 @@ def default_state_path() -> Path:
 
 def default_state_target() -> str | Path:
     """``PORTSHIFT_STATE`` (a path or a URL), else the state file in the user data folder."""
-    env = os.environ.get("PORTSHIFT_STATE")
+    env = read_settings().state
     if env and is_postgres_url(env):
         return env
     return default_state_path()
@@ -208,6 +208,19 @@ class State(ABC):
 
     @abstractmethod
     def problems(self, job_id: str) -> list[Problem]: ...
+
+    @abstractmethod
+    def outcome_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        """Recordings per outcome and reason, and files missing at the source per reason:
+        ``{"done": {"": 12}, "skipped": {"private": 1}, "missing": {"media_not_found": 2}}``."""
+
+    @abstractmethod
+    def listed_ids(self, job_id: str) -> Iterator[str]:
+        """Every recording id the job listed, in code-point (bytewise) order."""
+
+    @abstractmethod
+    def exported_earlier(self, job_id: str) -> list[tuple[str, str]]:
+        """(recording id, message) of the recordings a --since last job found exported by an earlier job."""
 
     # --- files
     @abstractmethod

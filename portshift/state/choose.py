@@ -14,7 +14,6 @@ The password never comes from the job file or the URL.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from pydantic import Field, model_validator
 from ..errors import ConfigError
 from ..options import PluginOptions
 from ..secrets import Secret, secret_field
+from ..settings import read_settings
 from . import State, is_postgres_url, open_state
 
 
@@ -69,7 +69,7 @@ def state_options(section: dict[str, Any] | None, stdin_secrets: dict[str, Any] 
 def chosen_target(cli_value: str | Path | None, options: StateOptions | None) -> str | Path | None:
     if cli_value not in (None, ""):
         return cli_value
-    env = os.environ.get("PORTSHIFT_STATE")
+    env = read_settings().state
     if env:
         return env
     if options is not None:

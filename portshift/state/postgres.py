@@ -231,6 +231,43 @@ class PostgresState(State):
         )
         return [Problem(rec, status, reason or "", message or "", art or "") for rec, status, reason, message, art in rows]
 
+    def outcome_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        rows = self._rows(
+            "count outcomes",
+            "select status, coalesce(reason, ''), count(*) from recordings where job_id = %s group by 1, 2 "
+            "union all select 'missing', coalesce(reason, ''), count(*) from missing_artifacts where job_id = %s group by 2",
+            [job_id, job_id],
+        )
+        out: dict[str, dict[str, int]] = {}
+        for status, why, n in rows:
+            out.setdefault(status, {})[why] = int(n)
+        return out
+
+    def listed_ids(self, job_id: str) -> Iterator[str]:
+        """In pages by id (the column is COLLATE "C": bytewise, like SQLite)."""
+        after = None
+        while True:
+            rows = self._rows(
+                "read listed ids",
+                "select recording_id from recordings where job_id = %s and (%s::text is null or recording_id > %s) "
+                "order by recording_id limit %s",
+                [job_id, after, after, PAGE],
+            )
+            for (rid,) in rows:
+                yield rid
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    def exported_earlier(self, job_id: str) -> list[tuple[str, str]]:
+        rows = self._rows(
+            "read earlier exports",
+            "select recording_id, message from recordings where job_id = %s and status = 'exported_earlier' "
+            "order by recording_id",
+            [job_id],
+        )
+        return [(rid, message) for rid, message in rows]
+
     # --- files ------------------------------------------------------------------------------
     def add_file(self, job_id: str, f: FileRecord) -> None:
         self._write(

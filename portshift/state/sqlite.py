@@ -267,6 +267,35 @@ class SqliteState(State):
         )
         return [Problem(rec, status, reason or "", message or "", art or "") for rec, status, reason, message, art in rows]
 
+    def outcome_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        """Recordings per outcome and reason, and files missing at the source per reason:
+        ``{"done": {"": 12}, "skipped": {"private": 1}, "missing": {"media_not_found": 2}}``."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self.conn.execute(
+            "select status, coalesce(reason, ''), count(*) from recordings where job_id = ? group by 1, 2 "
+            "union all select 'missing', coalesce(reason, ''), count(*) from missing_artifacts where job_id = ? group by 2",
+            [job_id, job_id],
+        )
+        for status, reason, n in rows:
+            out.setdefault(status, {})[reason] = n
+        return out
+
+    def listed_ids(self, job_id: str) -> Iterator[str]:
+        """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
+        e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
+        for (rid,) in self.conn.execute("select recording_id from recordings where job_id = ? order by recording_id", [job_id]):
+            yield rid
+
+    def exported_earlier(self, job_id: str) -> list[tuple[str, str]]:
+        """(recording id, message) of the recordings a --since last job found exported by an earlier job."""
+        return list(
+            self.conn.execute(
+                "select recording_id, message from recordings where job_id = ? and status = 'exported_earlier' "
+                "order by recording_id",
+                [job_id],
+            )
+        )
+
     @_guard
     def add_file(self, job_id: str, f: FileRecord) -> None:
         with self._lock:
