@@ -78,7 +78,14 @@ class PgServer:
             args = ["runuser", "-u", "postgres", "--", *args]
         return subprocess.run(args, capture_output=True, text=True, check=False, timeout=120, **kw)  # type: ignore[call-overload]
 
-    def init(self, *, ssl_on: bool = True, tls11_only: bool = False, cert_hosts: tuple[str, ...] = ("127.0.0.1",)) -> None:
+    def init(
+        self,
+        *,
+        ssl_on: bool = True,
+        tls11_only: bool = False,
+        socket: bool = False,
+        cert_hosts: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         pwfile = self.root / "pw"
         pwfile.write_text(self.admin_password + "\n")
@@ -100,12 +107,15 @@ class PgServer:
         if os.geteuid() == 0:
             for p in (key, self.data / "server.crt"):
                 shutil.chown(p, "postgres", "postgres")
-        (self.data / "pg_hba.conf").write_text(("hostssl" if ssl_on else "host") + " all all 127.0.0.1/32 scram-sha-256\n")
+        hba = ("hostssl" if ssl_on else "host") + " all all 127.0.0.1/32 scram-sha-256\n"
+        if socket:  # the documented exception: a Unix socket on the same machine
+            hba += "local all all scram-sha-256\n"
+        (self.data / "pg_hba.conf").write_text(hba)
         self.port = self.port or _free_port()
         conf = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
-            "unix_socket_directories": "''",
+            "unix_socket_directories": f"'{self.root}'" if socket else "''",
             "ssl": "on" if ssl_on else "off",
             "ssl_cert_file": "'server.crt'",
             "ssl_key_file": "'server.key'",

@@ -200,10 +200,24 @@ def odd_servers(tls_material: TLSMaterial) -> Iterator[dict[str, PgServer]]:
     try:
         servers["plain"] = start_server(tls_material.ca, tls_material.ca_pem, ssl_on=False)
         servers["tls11"] = start_server(tls_material.ca, tls_material.ca_pem, tls11_only=True)
+        servers["socket"] = start_server(tls_material.ca, tls_material.ca_pem, socket=True)
         yield servers
     finally:
         for s in servers.values():
             s.cleanup()
+
+
+def test_a_unix_socket_on_this_machine_connects_without_tls(odd_servers: dict[str, PgServer]) -> None:
+    import urllib.parse
+
+    server = odd_servers["socket"]
+    db = server.new_database()
+    url = f"postgresql://{server.user}@{urllib.parse.quote(str(server.root), safe='')}:{server.port}/{db}"
+    with open_state(url, password=Secret(server.password, "password")) as state:
+        state.create_job(id="J", job_key="k")
+        assert state.location.startswith(f"postgresql://{server.user}@%2F")
+        assert state.conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()[0] is False
+        assert state.conn.info.host == str(server.root)  # the socket, not the network
 
 
 @pytest.mark.parametrize("kind", ["plain", "tls11"])
