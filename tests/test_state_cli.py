@@ -48,6 +48,10 @@ def _no_password(pg: StateBackend, *texts: str) -> None:
 
 
 def test_state_option_and_password_from_the_environment(tmp_path: Path, pg: StateBackend) -> None:
+    dry = _run(["run", "--config", str(_job(tmp_path)), "--state", pg.target, "--dry-run"], _env(**pg.env()))
+    assert dry.returncode == 0, dry.stderr
+    with pg.open() as state:
+        assert state.jobs() == []  # a dry run records nothing
     r = _run(["run", "--config", str(_job(tmp_path)), "--state", pg.target, "--no-progress"], _env(**pg.env()))
     assert r.returncode == 0, r.stderr
     root = next((tmp_path / "out").iterdir())
@@ -64,7 +68,8 @@ def test_state_option_and_password_from_the_environment(tmp_path: Path, pg: Stat
         missing.stderr
     )
     assert not (tmp_path / "state.db").exists()
-    _no_password(pg, r.stdout, r.stderr, jobs.stdout, jobs.stderr, listed.stdout, show.stdout, missing.stderr)
+    _no_password(pg, dry.stdout, dry.stderr, r.stdout, r.stderr, jobs.stdout, jobs.stderr, listed.stdout, show.stdout)
+    _no_password(pg, missing.stderr)
 
 
 def test_state_section_with_a_password_file_and_portshift_state(tmp_path: Path, pg: StateBackend) -> None:
