@@ -15,11 +15,15 @@ from typing import Any
 import google.auth.exceptions
 import requests
 
-from portshift.errors import AuthError, PortshiftError, SinkError
-from portshift.redact import sanitize_message
-from portshift.tls import dropped_under_tls, handshake_failure
-
-from .transport import is_plain_http_refusal
+from portshift import (
+    AuthError,
+    PortshiftError,
+    SinkError,
+    dropped_under_tls,
+    handshake_failure,
+    is_plain_http_refusal,
+    sanitize_message,
+)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 

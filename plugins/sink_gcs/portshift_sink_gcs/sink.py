@@ -36,9 +36,7 @@ import base64
 import hashlib
 import json
 import logging
-import mimetypes
-import re
-import time
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -48,11 +46,23 @@ import google_crc32c
 import requests
 from google.auth.credentials import Credentials
 
-from portshift.api import PutResult, Sink
-from portshift.errors import IntegrityError, PortshiftError, SinkError
-from portshift.hashing import HashingStream
-from portshift.retry import Backoff, parse_retry_after
-from portshift.secrets import register_mask
+from portshift import (
+    Attempts,
+    AuthError,
+    Backoff,
+    ConfigError,
+    FatalError,
+    HashingStream,
+    IntegrityError,
+    PortshiftError,
+    PutResult,
+    Sink,
+    SinkError,
+    content_type_for,
+    parse_retry_after,
+    register_mask,
+    require_allowed,
+)
 
 from . import errors
 from .credentials import connect
@@ -61,8 +71,6 @@ from .options import GcsOptions
 log = logging.getLogger("portshift.sink.gcs")
 
 _MULTIPART_BOUNDARY_PREFIX = "portshift-"
-#: a media type safe to put in a header and a multipart part header
-_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9_.-]+=[A-Za-z0-9_.\"-]+)*$")
 
 
 def _b64(digest: bytes) -> str:
@@ -124,6 +132,8 @@ class GcsSink(Sink):
         self._host = urllib.parse.urlsplit(self._endpoint).netloc.lower()
         self._timeout = (options.connect_timeout, options.read_timeout)
         self._backoff = Backoff(base=0.5, cap=8.0, attempts=options.request_retries + 1)
+        self._residency_lock = threading.Lock()
+        self._residency_checked = options.allowed_regions is None
 
     # --- names ----------------------------------------------------------------------------------
     def object_name(self, key: str) -> str:
@@ -162,9 +172,8 @@ class GcsSink(Sink):
         params: dict[str, str] | None = None,
         retry: bool = True,
     ) -> requests.Response:
-        attempt = 0
+        attempts = self._attempts(operation)
         while True:
-            attempt += 1
             failure: PortshiftError | None = None
             hint: float | None = None
             try:
@@ -181,19 +190,25 @@ class GcsSink(Sink):
                 failure = errors.from_response(response, operation, where)
                 hint = parse_retry_after(response.headers.get("Retry-After"))
                 response.close()
-            if not retry or not failure.retryable or attempt >= self._backoff.attempts:
+            if not retry or not failure.retryable:
                 raise failure from None
-            delay = self._backoff.delay(attempt, hint)
-            log.debug("%s: %s; retry %d in %.1fs", operation, failure, attempt, delay)
-            time.sleep(delay)
+            delay = attempts.next_delay(hint)
+            if delay is None:
+                raise failure from None
+            log.debug("%s: %s; retry %d in %.1fs", operation, failure, attempts.count, delay)
+            attempts.wait(delay)  # on the job's cancel event: Interrupted at once on Ctrl-C
+
+    def _attempts(self, what: str) -> Attempts:
+        """The retry state of one request: waits go through portshift's retry helper, on the job's
+        cancel event (never ``time.sleep``), so Ctrl-C ends any backoff at once."""
+        return Attempts(self._backoff, cancel=self.cancel, what=what)
 
     # --- put ------------------------------------------------------------------------------------
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         name = self.object_name(key)
         where = self._where(name)
-        content_type = getattr(stream, "content_type", None) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if not _CONTENT_TYPE.match(content_type):
-            content_type = "application/octet-stream"
+        self._check_residency()
+        content_type = content_type_for(getattr(stream, "content_type", None), name)
         digests = _Digests()
         stream.observe(digests.update)
         chunks = read_chunks(stream, self.options.chunk_size)
@@ -383,9 +398,8 @@ class GcsSink(Sink):
         """PUT one non-final chunk; resend what GCS did not persist."""
         end = offset + len(chunk)
         pos = offset
-        tries = 0
+        attempts = self._attempts("upload chunk")
         while pos < end:
-            tries += 1
             piece = chunk[pos - offset :]
             headers = {"Content-Range": f"bytes {pos}-{end - 1}/*"}
             try:
@@ -395,9 +409,9 @@ class GcsSink(Sink):
                 persisted = _persisted(response)
                 response.close()
             except PortshiftError as e:
-                if not e.retryable or tries >= self._backoff.attempts:
+                if not e.retryable:
                     raise
-                time.sleep(self._backoff.delay(tries))
+                attempts.backoff(e)  # re-raises e when the policy is exhausted
                 persisted = self._status(session_uri, where)
             if persisted < pos or persisted > end:
                 raise SinkError(
@@ -407,8 +421,9 @@ class GcsSink(Sink):
                     retryable=True,
                 )
             if persisted == pos:
-                if tries >= self._backoff.attempts:
+                if attempts.exhausted():
                     raise SinkError("GCS persisted none of the chunk", operation="upload chunk", location=where)
+                attempts.wait(0)  # counts the attempt; raises Interrupted if the run is stopping
                 continue
             pos = persisted
 
@@ -417,17 +432,16 @@ class GcsSink(Sink):
         sent = _sent_checksums(values)
         headers = {"X-Goog-Hash": f"crc32c={sent['crc32c']},md5={sent['md5']}"}
         headers["Content-Range"] = f"bytes {offset}-{total - 1}/{total}" if chunk else f"bytes */{total}"
-        tries = 0
+        attempts = self._attempts("finish upload")
         while True:
-            tries += 1
             try:
                 return self._send(
                     "PUT", session_uri, "finish upload", where, ok=(200, 201), data=chunk, headers=headers, retry=False
                 )
             except PortshiftError as e:
-                if not e.retryable or tries >= self._backoff.attempts or getattr(e, "status", None) == 400:
+                if not e.retryable or getattr(e, "status", None) == 400:
                     raise
-                time.sleep(self._backoff.delay(tries))
+                attempts.backoff(e)  # re-raises e when the policy is exhausted
                 persisted = self._status(session_uri, where)
                 if persisted == -1:  # already finalised by the lost request: ask for the object
                     return self._send(
@@ -515,18 +529,67 @@ class GcsSink(Sink):
     def check(self) -> None:
         """Open a resumable upload session for a probe name and cancel it: proves the
         credentials, the bucket and the create permission (and the TLS path) without writing
-        an object."""
-        name = self.object_name(f".portshift-check-{uuid.uuid4().hex[:12]}")
-        where = self._where(name)
+        an object. With ``allowed_regions``, the bucket's location first.
+
+        Raises :class:`ConfigError` for a missing bucket, :class:`AuthError` for refused
+        credentials or a missing permission, :class:`FatalError` for anything else (an
+        unreachable endpoint), so that ``portshift run`` stops before listing the source."""
         try:
-            session_uri = self._initiate(name, where, "application/octet-stream", 0)
-        except _ObjectExists:  # a random name that exists: GCS checked the create permission
-            return
+            self._check_residency()
+            name = self.object_name(f".portshift-check-{uuid.uuid4().hex[:12]}")
+            where = self._where(name)
+            try:
+                session_uri = self._initiate(name, where, "application/octet-stream", 0)
+            except _ObjectExists:  # a random name that exists: GCS checked the create permission
+                return
+        except PortshiftError as e:
+            raise _check_error(e, self.location()) from None
         self._cancel(session_uri, where)
+
+    def _check_residency(self) -> None:
+        """Once per sink, before the first upload: the bucket's location (JSON API bucket
+        metadata, ``storage.buckets.get``) must match ``allowed_regions``."""
+        if self._residency_checked:
+            return
+        with self._residency_lock:
+            if self._residency_checked:
+                return
+            where = f"gs://{self.options.bucket}"
+            url = f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}"
+            fields = {"fields": "location,locationType"}
+            response = self._send("GET", url, "read bucket location", where, ok=(200,), params=fields)
+            try:
+                doc = response.json()
+            except ValueError:
+                doc = None
+            finally:
+                response.close()
+            location = doc.get("location") if isinstance(doc, dict) else None
+            require_allowed(
+                str(location) if location else None,
+                self.options.allowed_regions,
+                what="the bucket's location",
+                location=where,
+            )
+            log.debug("%s is in %s, allowed by allowed_regions", where, location)
+            self._residency_checked = True
 
     def close(self) -> None:
         self._session.close()
         self._token_session.close()
+
+
+def _check_error(error: PortshiftError, location: str) -> PortshiftError:
+    """What ``check()`` raises for a failed probe: a missing bucket is a configuration error;
+    refused credentials stay an :class:`AuthError`; anything else stops the run."""
+    if getattr(error, "status", None) == 404:
+        return ConfigError(
+            f"[sink] bucket: {location} does not exist (GCS answered 404)",
+            hint="check bucket and api_endpoint; the sink never creates buckets",
+        )
+    if isinstance(error, AuthError | ConfigError | FatalError):
+        return error
+    return FatalError(str(error))
 
 
 def _persisted(response: requests.Response) -> int:

@@ -19,27 +19,37 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import re
+import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from portshift.api import PutResult, Sink
-from portshift.errors import IntegrityError, PortshiftError, SinkError
-from portshift.hashing import HashingStream
+from portshift import (
+    AuthError,
+    Backoff,
+    ConfigError,
+    FatalError,
+    HashingStream,
+    IntegrityError,
+    PortshiftError,
+    PutResult,
+    Sink,
+    SinkError,
+    call_with_retries,
+    media_type,
+    require_allowed,
+)
 
-from .client import build_client, refresh_masks
+from .client import RegionMismatch, build_client, refresh_masks
 from .errors import s3_error
 from .options import MAX_PARTS, S3Options, check_region_allowed
 
 log = logging.getLogger("portshift.s3")
 
 CHECK_KEY = ".portshift-check"
-#: A media type as HTTP allows it (RFC 9110 token "/" token, optional parameters); anything else
-#: from a source is not sent as Content-Type (it could carry line breaks into a header).
-_TCHARS = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_MEDIA_TYPE = re.compile(rf'{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"))*')
+#: ``check()`` opens (and at once aborts) a multipart upload under this name: no object appears.
+PROBE_KEY = ".portshift-probe"
 #: How much is taken from the stream at a time while a part is filled.
 READ_SIZE = 256 * 1024
 
@@ -84,11 +94,11 @@ def content_type_args(value: str | None) -> dict[str, str]:
     becomes a header."""
     if not value:
         return {}
-    value = value.strip()
-    if len(value) > 255 or not _MEDIA_TYPE.fullmatch(value):
+    checked = media_type(value)
+    if checked is None:
         log.warning("the source gave a content type that is not a valid media type; the object is stored without one")
         return {}
-    return {"ContentType": value}
+    return {"ContentType": checked}
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,9 @@ class S3Sink(Sink):
 
     Options = S3Options
     description = "Amazon S3 / S3-compatible: streaming multipart, SHA-256 verified by S3, write-only"
+    #: Retries of one S3 call (botocore's own are off, see client.py): 3 attempts as botocore's
+    #: standard mode made, waiting on the job's cancel event; a server's Retry-After wins.
+    retry_policy: ClassVar[Backoff] = Backoff(base=0.5, cap=20.0, attempts=3)
 
     def __init__(self, options: S3Options) -> None:
         super().__init__(options)
@@ -130,20 +143,67 @@ class S3Sink(Sink):
         self._owner: dict[str, str] = {}
         if options.expected_bucket_owner:
             self._owner["ExpectedBucketOwner"] = options.expected_bucket_owner
+        self._backoff = self.retry_policy
 
     # --- Sink API ---------------------------------------------------------------------------
     def location(self) -> str:
         return f"s3://{self.options.bucket}/{self.options.prefix}".rstrip("/")
 
     def check(self) -> None:
-        """Validate without touching the bucket: options, region, TLS settings and credentials
-        were checked when the sink was built. With ``check_write = true`` also store a small
-        marker object (the only write-only probe there is; it stays in the bucket)."""
+        """Prove, with the sink's own least-privilege credentials and without creating an object,
+        that the bucket exists in the configured region and accepts this identity's writes.
+
+        CreateMultipartUpload on a probe name (``s3:PutObject``), then AbortMultipartUpload
+        (``s3:AbortMultipartUpload``): refused credentials or a missing permission are an
+        :class:`AuthError`, a missing bucket a :class:`ConfigError`, a bucket in another region
+        the region guard's error. With ``allowed_regions`` the bucket's region as S3 reports it
+        (HeadBucket's ``x-amz-bucket-region``, present even when HeadBucket itself is denied)
+        must match it. With ``check_write = true`` a small marker object is stored as well.
+        """
         refresh_masks(self._chain_creds)
-        if not self.options.check_write:
-            return
-        body = b"portshift write check\n"
-        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(), {"ContentType": "text/plain"})
+        if self.options.allowed_regions is not None:
+            self._check_bucket_region()
+        full_key = self._full_key(f"{PROBE_KEY}-{uuid.uuid4().hex[:12]}")
+        try:
+            created = self._call("check (create multipart upload)", full_key, self.client.create_multipart_upload, **self._extra)
+        except _StoreError as e:
+            raise _check_error(e.error, self.location()) from None
+        upload_id = created.get("UploadId")
+        if upload_id and not self._abort(full_key, str(upload_id)):
+            raise AuthError(
+                "the probe upload could not be aborted",
+                operation="check (abort multipart upload)",
+                location=self._loc(full_key),
+                hint="the sink needs s3:AbortMultipartUpload to clean up failed uploads (docs/permissions/s3.md)",
+            )
+        if self.options.check_write:
+            body = b"portshift write check\n"
+            self._put_single(
+                self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(), {"ContentType": "text/plain"}
+            )
+
+    def _check_bucket_region(self) -> None:
+        """HeadBucket, for the region S3 reports; its status does not matter (without
+        ``s3:ListBucket`` it is 403, and S3 still names the region)."""
+        region: str | None = None
+        try:
+            resp = self.client.head_bucket(Bucket=self.options.bucket, **self._owner)
+            region = (resp.get("ResponseMetadata", {}).get("HTTPHeaders") or {}).get("x-amz-bucket-region")
+        except RegionMismatch as e:
+            region = e.region
+        except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
+            response = getattr(e, "response", None)
+            meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
+            region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region")
+            if region is None:
+                raise _check_error(s3_error(e, "check (head bucket)", self.location()), self.location()) from None
+        # no header at all (some S3-compatible stores): the configured region, which every
+        # request is signed for, is what stands
+        require_allowed(
+            region or self.options.region, self.options.allowed_regions, what="the bucket's region", location=self.location()
+        )
+        if region and region != self.options.region:
+            raise s3_error(RegionMismatch(region, 200), "check (head bucket)", self.location())
 
     def close(self) -> None:
         try:
@@ -282,11 +342,26 @@ class S3Sink(Sink):
         return f"s3://{self.options.bucket}/{full_key}"
 
     def _call(self, operation: str, full_key: str, fn: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return fn(Bucket=self.options.bucket, Key=full_key, **self._owner, **kwargs)  # type: ignore[no-any-return]
-        except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
-            mapped = s3_error(e, operation, self._loc(full_key))
-        raise _StoreError(mapped)
+        """One S3 call, retried through :func:`portshift.call_with_retries` when the mapped error
+        is retryable. Every wait is on the job's cancel event (Ctrl-C ends it at once with
+        :class:`~portshift.Interrupted`); botocore's own retries are off (client.py)."""
+
+        def once() -> dict[str, Any]:
+            try:
+                return fn(Bucket=self.options.bucket, Key=full_key, **self._owner, **kwargs)  # type: ignore[no-any-return]
+            except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
+                mapped = s3_error(e, operation, self._loc(full_key))
+            raise _StoreError(mapped)
+
+        return call_with_retries(
+            once,
+            backoff=self._backoff,
+            should_retry=lambda e: isinstance(e, _StoreError) and e.error.retryable,
+            hint=lambda e: getattr(getattr(e, "error", None), "retry_after", None),
+            cancel=self.cancel,
+            on_retry=lambda n, e, delay: log.debug("%s: %s; retry %d in %.1fs", operation, e, n, delay),
+            what=operation,
+        )
 
     def _put_single(
         self, full_key: str, key: str, body: bytes | bytearray, digest: bytes, headers: dict[str, str] | None = None
@@ -495,6 +570,23 @@ class S3Sink(Sink):
             )
             return False
         return True
+
+
+def _check_error(error: PortshiftError, location: str) -> PortshiftError:
+    """What ``check()`` raises for a failed probe: a missing bucket is a configuration error;
+    refused credentials and region answers stay as mapped (AuthError); anything else stops the
+    run as well (a store that cannot be written to now will not be written to during it)."""
+    code = getattr(error, "code", None)
+    if code == "NoSuchBucket":
+        return ConfigError(
+            f"[sink] bucket: {location} does not exist (S3 answered NoSuchBucket)",
+            hint="check bucket, region and endpoint_url; the sink never creates buckets",
+        )
+    if isinstance(error, AuthError | ConfigError | FatalError):
+        return error
+    if getattr(error, "status", None) == 403:
+        return AuthError(str(error))
+    return FatalError(str(error))
 
 
 def _version(resp: dict[str, Any]) -> str | None:
