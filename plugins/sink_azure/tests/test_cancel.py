@@ -32,7 +32,7 @@ def test_sigint_during_a_server_busy_backoff_stops_the_run_within_a_second(
     job.write_text(
         '[source]\ntype = "example"\ncount = 3\nmedia_size = 1000\n\n'
         f'[sink]\ntype = "azure"\naccount_url = "https://127.0.0.1:{server.port}/{ACCOUNT}"\ncontainer = "exports"\n'
-        f'ca_bundle = "{certs[1]}"\n'
+        f'ca_bundle = "{azurite.ca}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
     env["PORTSHIFT_AZURE_SAS"] = azurite.sas()
@@ -47,7 +47,7 @@ def test_sigint_during_a_server_busy_backoff_stops_the_run_within_a_second(
         deadline = time.monotonic() + 60
         while not server.requests and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert server.requests and proc.poll() is None, "the sink never reached the store"
+        assert server.requests and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
         time.sleep(0.5)  # every transfer is now waiting out the Retry-After
         asked = len(server.requests)
         sent = time.monotonic()

@@ -43,7 +43,7 @@ def test_sigint_during_a_503_backoff_stops_the_run_within_a_second(tmp_path: Pat
         deadline = time.monotonic() + 60
         while not server.requests and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert server.requests and proc.poll() is None, "the sink never reached the store"
+        assert server.requests and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
         time.sleep(0.5)  # every transfer is now waiting out the Retry-After
         asked = len(server.requests)
         sent = time.monotonic()

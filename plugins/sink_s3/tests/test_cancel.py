@@ -40,7 +40,7 @@ def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(tmp_path
         deadline = time.monotonic() + 60
         while not tls_proxy.seen and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert tls_proxy.seen and proc.poll() is None, "the sink never reached the store"
+        assert tls_proxy.seen and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
         time.sleep(0.5)  # every transfer is now waiting out the 600 s Retry-After
         asked = len(tls_proxy.seen)
         sent = time.monotonic()
