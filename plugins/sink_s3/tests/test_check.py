@@ -1,0 +1,48 @@
+"""check(): the bucket, the credentials and the write permission, proven with the sink's own
+least-privilege calls (CreateMultipartUpload + AbortMultipartUpload), each failure one line of
+the type ``portshift run`` stops on before listing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from portshift import AuthError, ConfigError, FatalError
+
+
+def test_a_missing_bucket_is_a_configuration_error(make_sink: Callable[..., Any]) -> None:
+    with pytest.raises(ConfigError, match=r"^\[sink\] bucket: s3://no-such-bucket-chk does not exist") as e:
+        make_sink(bucket="no-such-bucket-chk").check()
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("code", ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"])
+def test_refused_credentials_or_permission_are_an_auth_error(make_sink: Callable[..., Any], tls_proxy: Any, code: str) -> None:
+    tls_proxy.rule = lambda req: tls_proxy.Action(respond=tls_proxy.error_response(403, "Forbidden", code))
+    with pytest.raises(AuthError, match=code) as e:
+        make_sink(endpoint_url=tls_proxy.url).check()
+    assert "\n" not in str(e.value)
+    assert len(tls_proxy.seen) == 1, "an auth failure is not retried"
+
+
+def test_a_denied_abort_is_an_auth_error_naming_the_permission(
+    make_sink: Callable[..., Any], tls_proxy: Any, pending: Callable[[], list[Any]], admin: Any, bucket: str
+) -> None:
+    denied = tls_proxy.error_response(403, "Forbidden", "AccessDenied")
+    tls_proxy.rule = lambda req: tls_proxy.Action(respond=denied) if req.method == "DELETE" else None
+    with pytest.raises(AuthError, match="s3:AbortMultipartUpload"):
+        make_sink(endpoint_url=tls_proxy.url).check()
+    left = pending()
+    assert [u["Key"].rsplit("/", 1)[-1].startswith(".portshift-probe-") for u in left] == [True]
+    admin.abort_multipart_upload(Bucket=bucket, Key=left[0]["Key"], UploadId=left[0]["UploadId"])
+
+
+def test_an_unreachable_endpoint_is_fatal(make_sink: Callable[..., Any]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(FatalError, match="could not connect"):
+        make_sink(endpoint_url=f"https://127.0.0.1:{port}").check()
