@@ -207,7 +207,7 @@ def test_sas_from_env_and_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(MiB, MiB), ("2MiB", 2 * MiB), ("4 MiB", 4 * MiB), ("16777216", 16 * MiB), ("100 MB", 100_000_000)],
+    [(MiB, MiB), ("2MiB", 2 * MiB), ("4 MiB", 4 * MiB), ("16777216", 16 * MiB), ("100 MB", 100_000_000), ("16M", 16 * MiB)],
 )
 def test_block_size_values(value: Any, expected: int) -> None:
     assert build(opts(service_sas(), block_size=value)).block_size == expected

@@ -16,109 +16,36 @@ it warns and leaves such an upload to the bucket's lifecycle rule).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from portshift import (
-    AuthError,
     Backoff,
-    ConfigError,
-    FatalError,
     HashingStream,
     IntegrityError,
-    PortshiftError,
     PutResult,
     Sink,
     SinkError,
     call_with_retries,
-    media_type,
-    require_allowed,
 )
 
-from .client import RegionMismatch, build_client, refresh_masks
+from .client import build_client, refresh_masks
 from .errors import s3_error
 from .options import MAX_PARTS, S3Options, check_region_allowed
+from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, version_of
+from .probe import BucketProbe
+from .recovery import UploadRecovery
+
+_Part = Part  # the name the plugin's tests use
+_StoreError = StoreError
 
 log = logging.getLogger("portshift.s3")
 
-CHECK_KEY = ".portshift-check"
-#: ``check()`` opens (and at once aborts) a multipart upload under this name: no object appears.
-PROBE_KEY = ".portshift-probe"
-#: How much is taken from the stream at a time while a part is filled.
-READ_SIZE = 256 * 1024
 
-
-def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | bytearray:
-    """Up to ``size`` bytes of ``stream`` (after ``start``), fewer only at its end.
-
-    A small artifact comes back as the bytes read; a large one is copied into one buffer of
-    ``size`` bytes allocated up front, so that a part costs its own size in memory and not the
-    several transient copies a single ``stream.read(size)`` would make.
-    """
-    head = start or stream.read(min(READ_SIZE, size))
-    if len(head) < READ_SIZE:
-        more = stream.read(min(READ_SIZE, size - len(head))) if head and len(head) < size else b""
-        if not more:
-            return head
-        head = head + more
-    buf = bytearray(size)
-    view = memoryview(buf)
-    pos = len(head)
-    view[:pos] = head
-    del head
-    while pos < size:
-        chunk = stream.read(min(READ_SIZE, size - pos))
-        if not chunk:
-            break
-        view[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    view.release()
-    if pos < size:
-        del buf[pos:]
-    return buf
-
-
-def b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def content_type_args(value: str | None) -> dict[str, str]:
-    """``{"ContentType": value}`` for a well-formed media type, else nothing (S3 then stores
-    ``binary/octet-stream``). The value comes from the source, so it is checked before it
-    becomes a header."""
-    if not value:
-        return {}
-    checked = media_type(value)
-    if checked is None:
-        log.warning("the source gave a content type that is not a valid media type; the object is stored without one")
-        return {}
-    return {"ContentType": checked}
-
-
-@dataclass(frozen=True)
-class _Part:
-    number: int
-    etag: str
-    checksum: str  # base64 SHA-256, as S3 returned it (and equal to ours)
-    digest: bytes
-    size: int
-
-
-class _StoreError(Exception):
-    """An S3 call failed: carries the mapped portshift error, raised from None at the boundary."""
-
-    def __init__(self, error: PortshiftError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class S3Sink(Sink):
+class S3Sink(BucketProbe, UploadRecovery, Sink):
     """Amazon S3 or an S3-compatible store; streaming, checksum-verified, write-only."""
 
     Options = S3Options
@@ -149,155 +76,11 @@ class S3Sink(Sink):
     def location(self) -> str:
         return f"s3://{self.options.bucket}/{self.options.prefix}".rstrip("/")
 
-    def check(self) -> None:
-        """Prove, with the sink's own least-privilege credentials and without creating an object,
-        that the bucket exists in the configured region and accepts this identity's writes.
-
-        CreateMultipartUpload on a probe name (``s3:PutObject``), then AbortMultipartUpload
-        (``s3:AbortMultipartUpload``): refused credentials or a missing permission are an
-        :class:`AuthError`, a missing bucket a :class:`ConfigError`, a bucket in another region
-        the region guard's error. With ``allowed_regions`` the bucket's region as S3 reports it
-        (HeadBucket's ``x-amz-bucket-region``, present even when HeadBucket itself is denied)
-        must match it. With ``check_write = true`` a small marker object is stored as well.
-        """
-        refresh_masks(self._chain_creds)
-        if self.options.allowed_regions is not None:
-            self._check_bucket_region()
-        full_key = self._full_key(f"{PROBE_KEY}-{uuid.uuid4().hex[:12]}")
-        try:
-            created = self._call("check (create multipart upload)", full_key, self.client.create_multipart_upload, **self._extra)
-        except _StoreError as e:
-            raise _check_error(e.error, self.location()) from None
-        upload_id = created.get("UploadId")
-        if upload_id and not self._abort(full_key, str(upload_id)):
-            raise AuthError(
-                "the probe upload could not be aborted",
-                operation="check (abort multipart upload)",
-                location=self._loc(full_key),
-                hint="the sink needs s3:AbortMultipartUpload to clean up failed uploads (docs/permissions/s3.md)",
-            )
-        if self.options.check_write:
-            body = b"portshift write check\n"
-            self._put_single(
-                self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(), {"ContentType": "text/plain"}
-            )
-
-    def _check_bucket_region(self) -> None:
-        """HeadBucket, for the region S3 reports; its status does not matter (without
-        ``s3:ListBucket`` it is 403, and S3 still names the region)."""
-        region: str | None = None
-        try:
-            resp = self.client.head_bucket(Bucket=self.options.bucket, **self._owner)
-            region = (resp.get("ResponseMetadata", {}).get("HTTPHeaders") or {}).get("x-amz-bucket-region")
-        except RegionMismatch as e:
-            region = e.region
-        except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
-            response = getattr(e, "response", None)
-            meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
-            region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region")
-            if region is None:
-                raise _check_error(s3_error(e, "check (head bucket)", self.location()), self.location()) from None
-        # no header at all (some S3-compatible stores): the configured region, which every
-        # request is signed for, is what stands
-        require_allowed(
-            region or self.options.region, self.options.allowed_regions, what="the bucket's region", location=self.location()
-        )
-        if region and region != self.options.region:
-            raise s3_error(RegionMismatch(region, 200), "check (head bucket)", self.location())
-
     def close(self) -> None:
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing idle connections cannot fail meaningfully
             pass
-
-    def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
-        """Abort the multipart uploads an earlier, killed run of this job left open.
-
-        Each entry is what :meth:`_put_multipart` journaled: ``{"bucket", "key", "upload_id"}``
-        once CreateMultipartUpload answered, only ``{"bucket", "key"}`` (the intent) if the process
-        died before that. An upload id is aborted as is; ``NoSuchUpload`` means it is gone already
-        (completed, or aborted before the journal heard of it): fine. For an intent, the uploads
-        open for exactly that key are listed and aborted (none: the process died before S3 created
-        one). If listing is denied (``AccessDenied``: no ``s3:ListBucketMultipartUploads``), one
-        warning names the permission and the lifecycle rule, and the entry is dropped: it never
-        fails the job. Any other failure (``AccessDenied`` on the abort, a 5xx, no connection) is
-        raised after trying every entry, so the core keeps the ones still open for the next run;
-        the ones cleaned up here leave the journal at once.
-        """
-        refresh_masks(self._chain_creds)
-        failed: list[PortshiftError] = []
-        denied = 0
-        for key, data in pending:
-            upload_id, full_key, bucket = data.get("upload_id"), data.get("key"), data.get("bucket")
-            if not full_key or bucket != self.options.bucket:
-                # Not ours to act on (another format or bucket): leave it to the lifecycle rule.
-                log.warning("ignoring a journal entry that is not an upload in s3://%s", self.options.bucket)
-                self._journal_end(key)
-                continue
-            if upload_id:
-                ids = [upload_id]
-            else:
-                try:
-                    ids = self._open_uploads(full_key)
-                except _StoreError as e:
-                    if getattr(e.error, "code", None) == "AccessDenied":
-                        denied += 1
-                        self._journal_end(key)
-                    else:
-                        failed.append(e.error)
-                    continue
-            errors = [err for u in ids if (err := self._abort_left(full_key, u)) is not None]
-            if errors:
-                failed.extend(errors)
-                continue
-            self._journal_end(key)
-        if denied:
-            log.warning(
-                "could not look for multipart uploads a killed run may have left open in s3://%s (%d %s): "
-                "listing them needs s3:ListBucketMultipartUploads (optional, recommended; "
-                "docs/permissions/s3.md). Grant it, or have an AbortIncompleteMultipartUpload lifecycle rule "
-                "on the bucket remove such uploads",
-                self.options.bucket,
-                denied,
-                "key" if denied == 1 else "keys",
-            )
-        if len(failed) == 1:
-            raise failed[0] from None
-        if failed:
-            raise SinkError(
-                f"{len(failed)} multipart uploads left by a previous run could not be aborted, the first: {failed[0]}",
-                retryable=True,
-            ) from None
-
-    def _open_uploads(self, full_key: str) -> list[str]:
-        """The ids of the multipart uploads open for exactly ``full_key`` (ListMultipartUploads
-        with ``Prefix=full_key``; uploads of longer keys that start with it are not ours)."""
-        ids: list[str] = []
-        marker: dict[str, str] = {}
-        while True:
-            try:
-                resp = self.client.list_multipart_uploads(Bucket=self.options.bucket, Prefix=full_key, **self._owner, **marker)
-            except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
-                mapped = s3_error(e, "list multipart uploads", self._loc(full_key))
-                raise _StoreError(mapped) from None
-            ids += [str(u["UploadId"]) for u in resp.get("Uploads", []) if u.get("Key") == full_key]
-            key_marker, id_marker = resp.get("NextKeyMarker"), resp.get("NextUploadIdMarker")
-            if not resp.get("IsTruncated") or not (key_marker or id_marker):
-                return ids
-            marker = {"KeyMarker": str(key_marker or ""), "UploadIdMarker": str(id_marker or "")}
-
-    def _abort_left(self, full_key: str, upload_id: str) -> PortshiftError | None:
-        """Abort an upload a previous run left; None when it is gone (now or before)."""
-        try:
-            self._call("abort multipart upload", full_key, self.client.abort_multipart_upload, UploadId=upload_id)
-        except _StoreError as e:
-            if getattr(e.error, "code", None) != "NoSuchUpload":
-                return e.error
-            log.debug("multipart upload at %s is already gone", self._loc(full_key))
-        else:
-            log.info("aborted the multipart upload a previous run left open at %s", self._loc(full_key))
-        return None
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         full_key = self._full_key(key)
@@ -392,7 +175,7 @@ class S3Sink(Sink):
             key=key,
             size=len(body),
             checksums={"sha256": digest.hex(), "s3-sha256": theirs},
-            version=_version(resp),
+            version=version_of(resp),
             verified="S3 checked SHA-256 of 1 part (the whole object: the manifest SHA-256)",
         )
 
@@ -531,7 +314,7 @@ class S3Sink(Sink):
                     f"for {self._loc(full_key)}; the upload was aborted"
                 )
             )
-        return _Part(number=number, etag=_etag(resp) or "", checksum=theirs, digest=digest, size=len(body))
+        return _Part(number=number, etag=etag_of(resp) or "", checksum=theirs, digest=digest, size=len(body))
 
     def _completed(self, full_key: str, key: str, parts: list[_Part], total: int, resp: dict[str, Any]) -> PutResult:
         composite = f"{b64(hashlib.sha256(b''.join(p.digest for p in parts)).digest())}-{len(parts)}"
@@ -549,7 +332,7 @@ class S3Sink(Sink):
         else:
             verified += "; the store returned no composite checksum"
         return PutResult(
-            key=key, size=total, checksums={"s3-sha256-composite": composite}, version=_version(resp), verified=verified
+            key=key, size=total, checksums={"s3-sha256-composite": composite}, version=version_of(resp), verified=verified
         )
 
     def _abort(self, full_key: str, upload_id: str) -> bool:
@@ -570,36 +353,6 @@ class S3Sink(Sink):
             )
             return False
         return True
-
-
-def _check_error(error: PortshiftError, location: str) -> PortshiftError:
-    """What ``check()`` raises for a failed probe: a missing bucket is a configuration error;
-    refused credentials and region answers stay as mapped (AuthError); anything else stops the
-    run as well (a store that cannot be written to now will not be written to during it)."""
-    code = getattr(error, "code", None)
-    if code == "NoSuchBucket":
-        return ConfigError(
-            f"[sink] bucket: {location} does not exist (S3 answered NoSuchBucket)",
-            hint="check bucket, region and endpoint_url; the sink never creates buckets",
-        )
-    if isinstance(error, AuthError | ConfigError | FatalError):
-        return error
-    if getattr(error, "status", None) == 403:
-        return AuthError(str(error))
-    return FatalError(str(error))
-
-
-def _version(resp: dict[str, Any]) -> str | None:
-    """The version id when the bucket is versioned, else the ETag."""
-    vid = resp.get("VersionId")
-    if vid and vid != "null":
-        return str(vid)
-    return _etag(resp)
-
-
-def _etag(resp: dict[str, Any]) -> str | None:
-    etag = resp.get("ETag")
-    return str(etag) if etag else None
 
 
 __all__ = ["S3Options", "S3Sink"]
