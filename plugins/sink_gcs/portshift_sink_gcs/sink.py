@@ -32,8 +32,6 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import threading
@@ -42,18 +40,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import google_crc32c
 import requests
 from google.auth.credentials import Credentials
 
 from portshift import (
     Attempts,
-    AuthError,
     Backoff,
-    ConfigError,
-    FatalError,
     HashingStream,
-    IntegrityError,
     PortshiftError,
     PutResult,
     Sink,
@@ -61,46 +54,18 @@ from portshift import (
     content_type_for,
     parse_retry_after,
     register_mask,
-    require_allowed,
 )
 
 from . import errors
+from .chunks import Digests, read_chunks
 from .credentials import connect
 from .options import GcsOptions
+from .probe import BucketProbe
+from .stored import StoredObjects
 
 log = logging.getLogger("portshift.sink.gcs")
 
 _MULTIPART_BOUNDARY_PREFIX = "portshift-"
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def read_chunks(stream: HashingStream, chunk_size: int) -> Iterator[tuple[bytes, bool]]:
-    """``(chunk, is_last)`` pairs of up to ``chunk_size`` bytes; at least one (empty) chunk."""
-    carry = b""
-    while True:
-        chunk = carry + stream.read(chunk_size - len(carry))
-        carry = stream.read(1)
-        yield chunk, not carry
-        if not carry:
-            return
-
-
-class _Digests:
-    """CRC32C and MD5 of everything the stream yields, fed by ``HashingStream.observe``."""
-
-    def __init__(self) -> None:
-        self.crc32c = google_crc32c.Checksum()
-        self.md5 = hashlib.md5(usedforsecurity=False)
-
-    def update(self, data: bytes) -> None:
-        self.crc32c.update(data)
-        self.md5.update(data)
-
-    def values(self) -> dict[str, str]:
-        return {"crc32c": _b64(self.crc32c.digest()), "md5": _b64(self.md5.digest())}
 
 
 class _ObjectExists(Exception):
@@ -117,11 +82,12 @@ def _sent_checksums(values: dict[str, str]) -> dict[str, str]:
     return dict(values)
 
 
-class GcsSink(Sink):
+class GcsSink(BucketProbe, StoredObjects, Sink):
     Options = GcsOptions
     description = "Google Cloud Storage: resumable streaming uploads checked by GCS with CRC32C and MD5"
 
     options: GcsOptions
+    _object_exists = _ObjectExists
 
     def __init__(self, options: GcsOptions, *, _credentials: Credentials | None = None) -> None:
         """``_credentials`` is for the plugin's own tests only (emulators take anonymous
@@ -209,7 +175,7 @@ class GcsSink(Sink):
         where = self._where(name)
         self._check_residency()
         content_type = content_type_for(getattr(stream, "content_type", None), name)
-        digests = _Digests()
+        digests = Digests()
         stream.observe(digests.update)
         chunks = read_chunks(stream, self.options.chunk_size)
         first, last = next(chunks)
@@ -224,79 +190,7 @@ class GcsSink(Sink):
             pass
         return self._compare_existing(name, where, stream.bytes_read, digests.values())
 
-    def _compare_existing(self, name: str, where: str, size: int, values: dict[str, str]) -> PutResult:
-        """GCS refused the upload because an object exists under ``name``: compare it with the
-        file just read. Equal (size, CRC32C and, when GCS reports it, MD5): the file is stored.
-        Anything else fails the put for good; portshift never replaces an object."""
-        url = (
-            f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}/o/"
-            f"{urllib.parse.quote(name, safe='')}"
-        )
-        response = self._send(
-            "GET", url, "compare existing object", where, ok=(200, 403, 404), params={"fields": "size,crc32c,md5Hash,generation"}
-        )
-        status = response.status_code
-        try:
-            obj = response.json() if status == 200 else None
-        except ValueError:
-            obj = None
-        finally:
-            response.close()
-        if status == 403:
-            raise SinkError(
-                "an object already exists under this name (left by an earlier attempt, or another writer); "
-                "portshift never replaces an object, and cannot compare this one with the file: reading its "
-                "metadata needs storage.objects.get",
-                operation="compare existing object",
-                status=403,
-                location=where,
-                retryable=False,
-                hint="grant storage.objects.get as well (docs/permissions/gcs.md), or delete the object "
-                "if it is not wanted, then run the job again",
-            )
-        if status == 404:  # it was there a moment ago: deleted since; a new attempt can write it
-            raise SinkError(
-                "GCS refused the upload because an object existed under this name, which is now gone",
-                operation="compare existing object",
-                status=404,
-                location=where,
-                retryable=True,
-            )
-        if not isinstance(obj, dict):
-            raise SinkError(
-                "GCS did not return the existing object's metadata",
-                operation="compare existing object",
-                location=where,
-                retryable=True,
-            )
-        try:
-            stored_size = int(obj.get("size", -1))
-        except (TypeError, ValueError):
-            stored_size = -1
-        md5 = obj.get("md5Hash")
-        if stored_size != size or obj.get("crc32c") != values["crc32c"] or (md5 is not None and md5 != values["md5"]):
-            raise SinkError(
-                f"an object already exists under this name with other content ({stored_size} bytes stored, "
-                f"{size} in this file, or different CRC32C/MD5); portshift never replaces an object",
-                operation="upload object",
-                status=412,
-                location=where,
-                retryable=False,
-                hint="an earlier export or another writer used this name: move or delete that object, or "
-                "export into another prefix",
-            )
-        checksums = {"crc32c": values["crc32c"]}
-        how = (
-            f"an object with the same size and CRC32C{' and MD5' if md5 is not None else ''} already existed "
-            "under the name (an earlier attempt's upload); GCS refused to replace it (ifGenerationMatch=0)"
-        )
-        if md5 is not None:
-            checksums["md5"] = values["md5"]
-        generation = obj.get("generation")
-        log.info("%s already stored with the same content (generation %s); not uploaded again", where, generation)
-        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None, verified=how)
-
-    def _multipart(self, name: str, where: str, content_type: str, data: bytes, digests: _Digests) -> PutResult:
+    def _multipart(self, name: str, where: str, content_type: str, data: bytes, digests: Digests) -> PutResult:
         values = digests.values()
         sent = _sent_checksums(values)
         meta = self._metadata(name, content_type)
@@ -333,7 +227,7 @@ class GcsSink(Sink):
         content_type: str,
         first: bytes,
         rest: Iterator[tuple[bytes, bool]],
-        digests: _Digests,
+        digests: Digests,
         size: int | None,
     ) -> PutResult:
         session_uri = self._initiate(name, where, content_type, size)
@@ -486,110 +380,10 @@ class GcsSink(Sink):
         else:
             log.warning("cancelling the resumable upload of %s: GCS answered HTTP %d", where, status)
 
-    def _confirm(
-        self, name: str, where: str, response: requests.Response, size: int, values: dict[str, str], how: str
-    ) -> PutResult:
-        try:
-            obj = response.json()
-        except ValueError:
-            obj = None
-        finally:
-            response.close()
-        if not isinstance(obj, dict):
-            raise SinkError(
-                "GCS did not return the stored object's metadata", operation="confirm upload", location=where, retryable=True
-            )
-        problems = []
-        if str(obj.get("name", name)) != name:
-            problems.append("name")
-        try:
-            stored_size = int(obj.get("size", -1))
-        except (TypeError, ValueError):
-            stored_size = -1
-        if stored_size != size:
-            problems.append(f"size ({stored_size} stored, {size} sent)")
-        reported = {"crc32c": obj.get("crc32c"), "md5": obj.get("md5Hash")}
-        if reported["crc32c"] != values["crc32c"]:
-            problems.append("CRC32C")
-        if reported["md5"] is not None and reported["md5"] != values["md5"]:
-            problems.append("MD5")
-        if problems:
-            raise IntegrityError(f"GCS stored an object at {where} that differs from what was sent: {', '.join(problems)}")
-        checksums = {"crc32c": values["crc32c"]}
-        if reported["md5"] is not None:
-            checksums["md5"] = values["md5"]
-            how += "; the CRC32C and MD5 GCS reported match"
-        else:
-            how += "; the CRC32C GCS reported matches (no MD5 reported)"
-        generation = obj.get("generation")
-        log.debug("stored %s (%d bytes, generation %s)", where, size, generation)
-        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None, verified=how)
-
     # --- check / close --------------------------------------------------------------------------
-    def check(self) -> None:
-        """Open a resumable upload session for a probe name and cancel it: proves the
-        credentials, the bucket and the create permission (and the TLS path) without writing
-        an object. With ``allowed_regions``, the bucket's location first.
-
-        Raises :class:`ConfigError` for a missing bucket, :class:`AuthError` for refused
-        credentials or a missing permission, :class:`FatalError` for anything else (an
-        unreachable endpoint), so that ``portshift run`` stops before listing the source."""
-        try:
-            self._check_residency()
-            name = self.object_name(f".portshift-check-{uuid.uuid4().hex[:12]}")
-            where = self._where(name)
-            try:
-                session_uri = self._initiate(name, where, "application/octet-stream", 0)
-            except _ObjectExists:  # a random name that exists: GCS checked the create permission
-                return
-        except PortshiftError as e:
-            raise _check_error(e, self.location()) from None
-        self._cancel(session_uri, where)
-
-    def _check_residency(self) -> None:
-        """Once per sink, before the first upload: the bucket's location (JSON API bucket
-        metadata, ``storage.buckets.get``) must match ``allowed_regions``."""
-        if self._residency_checked:
-            return
-        with self._residency_lock:
-            if self._residency_checked:
-                return
-            where = f"gs://{self.options.bucket}"
-            url = f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}"
-            fields = {"fields": "location,locationType"}
-            response = self._send("GET", url, "read bucket location", where, ok=(200,), params=fields)
-            try:
-                doc = response.json()
-            except ValueError:
-                doc = None
-            finally:
-                response.close()
-            location = doc.get("location") if isinstance(doc, dict) else None
-            require_allowed(
-                str(location) if location else None,
-                self.options.allowed_regions,
-                what="the bucket's location",
-                location=where,
-            )
-            log.debug("%s is in %s, allowed by allowed_regions", where, location)
-            self._residency_checked = True
-
     def close(self) -> None:
         self._session.close()
         self._token_session.close()
-
-
-def _check_error(error: PortshiftError, location: str) -> PortshiftError:
-    """What ``check()`` raises for a failed probe: a missing bucket is a configuration error;
-    refused credentials stay an :class:`AuthError`; anything else stops the run."""
-    if getattr(error, "status", None) == 404:
-        return ConfigError(
-            f"[sink] bucket: {location} does not exist (GCS answered 404)",
-            hint="check bucket and api_endpoint; the sink never creates buckets",
-        )
-    if isinstance(error, AuthError | ConfigError | FatalError):
-        return error
-    return FatalError(str(error))
 
 
 def _persisted(response: requests.Response) -> int:
