@@ -10,8 +10,12 @@ whatever the process's default SSL settings are. Here the requests session:
 - refuses ``http://`` outright (an adapter that raises), so nothing -- no redirect, no
   misconfiguration -- can send a request, and the SAS appended to it, in clear.
 
+The session is the core's (:func:`portshift.https_requests_session`, shared with the GCS sink).
 ``connection_verify`` stays ``True`` on purpose: a path there would make urllib3 call
 ``load_verify_locations`` on the shared context, adding trust behind the policy's back.
+
+Retries: azure-storage-blob's exponential policy, whose wait (:meth:`Retries.sleep`) is
+portshift's: on the job's cancel event, honouring ``Retry-After``.
 """
 
 from __future__ import annotations
