@@ -276,6 +276,10 @@ class JobInfo:
     total_bytes: int = 0
     tool_version: str = ""
     status: str = "running"
+    #: recordings of the window not exported, and artifacts missing at the source, each a dict
+    #: with ``recording_id``, ``status`` (skipped, pending, failed, missing), ``reason``,
+    #: ``message`` and, for a missing artifact, ``artifact``: the manifest's inventory
+    not_exported: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

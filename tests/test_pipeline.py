@@ -42,8 +42,8 @@ def test_full_run_writes_a_manifest_sha256sum_accepts(tmp_path: Path) -> None:
     assert result.manifest_sha256 == digest
     with State.open(tmp_path / "state.db") as state:
         job = state.job(result.job_id)
-        assert job["manifest_sha256"] == digest and job["status"] == "complete"
-        assert job["file_count"] == 12
+        assert job.manifest_sha256 == digest and job.status == "complete"
+        assert job.file_count == 12
 
 
 def test_rerun_of_a_complete_job_does_nothing_and_since_last_exports_only_new(tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_an_unfinished_job_refuses_a_different_window_and_new_starts_over(tmp_pa
     fresh = run_job(doc, tmp_path / "s.db", RunRequest(new=True))
     assert fresh.job_id != first.job_id and not fresh.resumed and fresh.files == 10
     with State.open(tmp_path / "s.db") as state:
-        assert state.job(first.job_id)["status"] == "abandoned"
+        assert state.job(first.job_id).status == "abandoned"
 
 
 def test_two_runs_of_the_same_job_cannot_overlap(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ def _index_chunks(job: JobInfo, entries: Iterator[ManifestEntry]) -> Iterator[by
             "total_bytes": job.total_bytes,
             "tool": f"portshift {job.tool_version}",
         },
+        # the inventory: what the window held that is not in "files", each with its reason
+        "not_exported": job.not_exported,
     }
     text = json.dumps(head, indent=2)
     yield (text[:-2] + ',\n  "files": [').encode()
