@@ -36,6 +36,7 @@ from portshift import (
     FatalError,
     HashingStream,
     IntegrityError,
+    Interrupted,
     PortshiftError,
     PutResult,
     Sink,
@@ -301,8 +302,8 @@ def _check_error(error: PortshiftError, location: str) -> PortshiftError:
             f"[sink] container: {location} does not exist (Azure answered ContainerNotFound)",
             hint="check account_url and container; the sink never creates containers",
         )
-    if isinstance(error, AuthError | ConfigError | FatalError):
-        return error
+    if isinstance(error, AuthError | ConfigError | FatalError | Interrupted):
+        return error  # an interrupt stays one: the run stops as asked, exit 130
     return FatalError(str(error))
 
 

@@ -1,7 +1,9 @@
 """Ctrl-C during a long backoff: ``portshift run`` (a real subprocess, the built-in example source
 -> this sink) against a store that answers every request 503 ServerBusy with ``Retry-After: 600``
-stops within a second of SIGINT, exit 130. The sink's retry policy (azure-storage-blob's, with
-its ``sleep`` overridden) waits on the job's cancel event instead of ``time.sleep``."""
+stops within a second of SIGINT, exit 130, whether the backoff is in ``check()`` (which the run
+calls before listing) or in a put (the store then accepts the check's probe block). The sink's
+retry policy (azure-storage-blob's, with its ``sleep`` overridden) waits on the job's cancel event
+instead of ``time.sleep``."""
 
 from __future__ import annotations
 
@@ -12,22 +14,32 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trustme
 
 from portshift import ExitCode
 
 from .conftest import ACCOUNT, Azurite, TLSServer, server_context
 
+STAGED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nRetry-After: 600\r\n"
     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
 )
 
 
+@pytest.mark.parametrize("phase", ["check", "put"])
 def test_sigint_during_a_server_busy_backoff_stops_the_run_within_a_second(
-    tmp_path: Path, azurite: Azurite, certs: tuple[trustme.CA, Path]
+    tmp_path: Path, azurite: Azurite, certs: tuple[trustme.CA, Path], phase: str
 ) -> None:
-    server = TLSServer(server_context(certs[0]), lambda head: BUSY)
+    def is_probe(head: bytes) -> bool:  # check(): Put Block (comp=block); a small file: Put Blob
+        return b"comp=block" in head.split(b"\r\n", 1)[0]
+
+    server = TLSServer(server_context(certs[0]), lambda head: STAGED if phase == "put" and is_probe(head) else BUSY)
+
+    def slowed() -> list[bytes]:
+        return [h for h in server.requests if phase == "check" or not is_probe(h)]
+
     job = tmp_path / "job.toml"
     job.write_text(
         '[source]\ntype = "example"\ncount = 3\nmedia_size = 1000\n\n'
@@ -45,9 +57,9 @@ def test_sigint_during_a_server_busy_backoff_stops_the_run_within_a_second(
     )
     try:
         deadline = time.monotonic() + 60
-        while not server.requests and time.monotonic() < deadline and proc.poll() is None:
+        while not slowed() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert server.requests and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
+        assert slowed() and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
         time.sleep(0.5)  # every transfer is now waiting out the Retry-After
         asked = len(server.requests)
         sent = time.monotonic()

@@ -8,7 +8,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
-from portshift import AuthError, ConfigError, FatalError, PortshiftError, require_allowed
+from portshift import AuthError, ConfigError, FatalError, Interrupted, PortshiftError, require_allowed
 
 log = logging.getLogger("portshift.sink.gcs")
 
@@ -87,6 +87,6 @@ def _check_error(error: PortshiftError, location: str) -> PortshiftError:
             f"[sink] bucket: {location} does not exist (GCS answered 404)",
             hint="check bucket and api_endpoint; the sink never creates buckets",
         )
-    if isinstance(error, AuthError | ConfigError | FatalError):
-        return error
+    if isinstance(error, AuthError | ConfigError | FatalError | Interrupted):
+        return error  # an interrupt stays one: the run stops as asked, exit 130
     return FatalError(str(error))

@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from portshift import AuthError, ConfigError, FatalError, PortshiftError, require_allowed
+from portshift import AuthError, ConfigError, FatalError, Interrupted, PortshiftError, require_allowed
 
 from .client import RegionMismatch, refresh_masks
 from .errors import s3_error
@@ -102,8 +102,8 @@ def _check_error(error: PortshiftError, location: str) -> PortshiftError:
             f"[sink] bucket: {location} does not exist (S3 answered NoSuchBucket)",
             hint="check bucket, region and endpoint_url; the sink never creates buckets",
         )
-    if isinstance(error, AuthError | ConfigError | FatalError):
-        return error
+    if isinstance(error, AuthError | ConfigError | FatalError | Interrupted):
+        return error  # an interrupt stays one: the run stops as asked, exit 130
     if getattr(error, "status", None) == 403:
         return AuthError(str(error))
     return FatalError(str(error))

@@ -1,7 +1,9 @@
 """Ctrl-C during a long backoff: ``portshift run`` (a real subprocess, the built-in example source
 -> this sink) against a store that answers every request 503 SlowDown with ``Retry-After: 600``
-stops within a second of SIGINT, exit 130. The sink's retries wait on the job's cancel event
-(botocore's own retries, which ``time.sleep``, are off)."""
+stops within a second of SIGINT, exit 130, whether the backoff is in ``check()`` (which the run
+calls before listing) or in a put (the check passes against moto, the uploads get the 503). The
+sink's retries wait on the job's cancel event (botocore's own retries, which ``time.sleep``, are
+off)."""
 
 from __future__ import annotations
 
@@ -13,18 +15,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from portshift import ExitCode
 
 from .conftest import ACCESS_KEY, SECRET_KEY, Certs
 
 
-def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(tmp_path: Path, tls_proxy: Any, certs: Certs) -> None:
+@pytest.mark.parametrize("phase", ["check", "put"])
+def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(
+    tmp_path: Path, tls_proxy: Any, certs: Certs, bucket: str, phase: str
+) -> None:
     slow = tls_proxy.error_response(503, "Slow Down", "SlowDown", headers={"Retry-After": "600"})
-    tls_proxy.rule = lambda req: tls_proxy.Action(respond=slow)
+
+    def slowed(req: Any) -> bool:  # check(): CreateMultipartUpload (POST); a small file: PutObject
+        return phase == "check" or req.method == "PUT"
+
+    tls_proxy.rule = lambda req: tls_proxy.Action(respond=slow) if slowed(req) else None
     job = tmp_path / "job.toml"
     job.write_text(
         '[source]\ntype = "example"\ncount = 3\nmedia_size = 1000\n\n'
-        f'[sink]\ntype = "s3"\nbucket = "anything"\nregion = "us-east-1"\nendpoint_url = "{tls_proxy.url}"\n'
+        f'[sink]\ntype = "s3"\nbucket = "{bucket}"\nregion = "us-east-1"\nendpoint_url = "{tls_proxy.url}"\n'
         f'ca_bundle = "{certs.ca_pem}"\naddressing_style = "path"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
@@ -38,9 +49,10 @@ def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(tmp_path
     )
     try:
         deadline = time.monotonic() + 60
-        while not tls_proxy.seen and time.monotonic() < deadline and proc.poll() is None:
+        while not any(slowed(r) for r in tls_proxy.seen) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert tls_proxy.seen and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
+        reached = any(slowed(r) for r in tls_proxy.seen)
+        assert reached and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
         time.sleep(0.5)  # every transfer is now waiting out the 600 s Retry-After
         asked = len(tls_proxy.seen)
         sent = time.monotonic()
