@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ArtifactMissing": "errors",
     "IntegrityError": "errors",
     "Interrupted": "errors",
+    "check_failure": "errors",
     # retries and rate
     "Attempts": "retry",
     "Backoff": "retry",
@@ -138,6 +139,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         SinkError,
         SkipRecording,
         SourceError,
+        check_failure,
     )
     from .hashing import HashingStream
     from .logs import pin_loggers

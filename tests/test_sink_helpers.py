@@ -218,3 +218,16 @@ def test_sink_plugins_import_only_the_public_surface() -> None:
                 names = [a.name for a in node.names]
             offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("portshift.")]
     assert offenders == []
+
+
+def test_check_failure_classifies_what_a_failed_check_raises() -> None:
+    from portshift import AuthError, FatalError, Interrupted, SinkError, check_failure
+
+    config = ConfigError("[sink] bucket: gone")
+    assert check_failure(config) is config
+    stop = Interrupted("interrupted while waiting")
+    assert check_failure(stop) is stop
+    denied = check_failure(SinkError("AccessDenied", operation="check", status=403, location="s3://b", hint="grant it"))
+    assert type(denied) is AuthError and str(denied) == "check: AccessDenied (HTTP 403) at s3://b (grant it)"
+    down = check_failure(SinkError("could not connect", operation="check", location="s3://b", retryable=True))
+    assert type(down) is FatalError and not down.retryable and str(down) == "check: could not connect at s3://b"

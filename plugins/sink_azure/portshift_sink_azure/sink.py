@@ -31,16 +31,14 @@ from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobType, ContentSettings, StandardBlobTier
 
 from portshift import (
-    AuthError,
     ConfigError,
-    FatalError,
     HashingStream,
     IntegrityError,
-    Interrupted,
     PortshiftError,
     PutResult,
     Sink,
     SinkError,
+    check_failure,
 )
 from portshift import (
     content_type_for as _content_type_for,
@@ -294,17 +292,14 @@ class AzureSink(Sink):
 
 
 def _check_error(error: PortshiftError, location: str) -> PortshiftError:
-    """What ``check()`` raises: a missing container is a configuration error, a refused SAS
-    stays an :class:`AuthError`, anything else stops the run (:class:`FatalError`) rather than
-    failing file by file later."""
+    """What ``check()`` raises: a missing container is a configuration error, the rest as the
+    core classifies a failed check (:func:`portshift.check_failure`)."""
     if getattr(error, "status", None) == 404 and "ContainerNotFound" in str(error):
         return ConfigError(
             f"[sink] container: {location} does not exist (Azure answered ContainerNotFound)",
             hint="check account_url and container; the sink never creates containers",
         )
-    if isinstance(error, AuthError | ConfigError | FatalError | Interrupted):
-        return error  # an interrupt stays one: the run stops as asked, exit 130
-    return FatalError(str(error))
+    return check_failure(error)
 
 
 def _block_id(attempt: str, n: int) -> str:

@@ -8,7 +8,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
-from portshift import AuthError, ConfigError, FatalError, Interrupted, PortshiftError, require_allowed
+from portshift import ConfigError, PortshiftError, check_failure, require_allowed
 
 log = logging.getLogger("portshift.sink.gcs")
 
@@ -80,13 +80,11 @@ class BucketProbe:
 
 
 def _check_error(error: PortshiftError, location: str) -> PortshiftError:
-    """What ``check()`` raises for a failed probe: a missing bucket is a configuration error;
-    refused credentials stay an :class:`AuthError`; anything else stops the run."""
+    """What ``check()`` raises: a missing bucket is a configuration error, the rest as the core
+    classifies a failed check (:func:`portshift.check_failure`)."""
     if getattr(error, "status", None) == 404:
         return ConfigError(
             f"[sink] bucket: {location} does not exist (GCS answered 404)",
             hint="check bucket and api_endpoint; the sink never creates buckets",
         )
-    if isinstance(error, AuthError | ConfigError | FatalError | Interrupted):
-        return error  # an interrupt stays one: the run stops as asked, exit 130
-    return FatalError(str(error))
+    return check_failure(error)

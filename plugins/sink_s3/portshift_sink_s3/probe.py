@@ -4,17 +4,20 @@ permission with the sink's own least-privilege calls, without creating an object
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from typing import Any
 
-from portshift import AuthError, ConfigError, FatalError, Interrupted, PortshiftError, require_allowed
+from portshift import ConfigError, PortshiftError, check_failure, require_allowed
 
 from .client import RegionMismatch, refresh_masks
 from .errors import s3_error
 from .parts import StoreError
 
+log = logging.getLogger("portshift.s3")
+
 CHECK_KEY = ".portshift-check"
-#: ``check()`` opens (and at once aborts) a multipart upload under this name: no object appears.
+#: ``check()`` sends UploadPart/AbortMultipartUpload for this name and an upload that does not exist.
 PROBE_KEY = ".portshift-probe"
 
 
@@ -36,32 +39,37 @@ class BucketProbe:
         raise NotImplementedError
 
     def check(self) -> None:
-        """Prove, with the sink's own least-privilege credentials and without creating an object,
+        """Prove, with the sink's own least-privilege credentials and without creating anything,
         that the bucket exists in the configured region and accepts this identity's writes.
 
-        CreateMultipartUpload on a probe name (``s3:PutObject``), then AbortMultipartUpload
-        (``s3:AbortMultipartUpload``): refused credentials or a missing permission are an
-        :class:`AuthError`, a missing bucket a :class:`ConfigError`, a bucket in another region
-        the region guard's error. With ``allowed_regions`` the bucket's region as S3 reports it
-        (HeadBucket's ``x-amz-bucket-region``, present even when HeadBucket itself is denied)
-        must match it. With ``check_write = true`` a small marker object is stored as well.
+        UploadPart (``s3:PutObject``) and AbortMultipartUpload (``s3:AbortMultipartUpload``) for
+        an upload id that does not exist: S3 answers ``NoSuchUpload`` only after it accepted the
+        credentials, the region and the permission on that key. Nothing is created, so a process
+        killed mid-check leaves nothing behind (a real CreateMultipartUpload would leave an open
+        upload that no journal knows: the job does not exist yet). Refused credentials or a
+        missing permission are an :class:`AuthError`, a missing bucket a :class:`ConfigError`, a
+        bucket in another region the region guard's error. With ``allowed_regions`` the bucket's
+        region as S3 reports it (HeadBucket's ``x-amz-bucket-region``, present even when
+        HeadBucket itself is denied) must match it. With ``check_write = true`` a small marker
+        object is stored as well (which also proves KMS permissions with SSE-KMS).
         """
         refresh_masks(self._chain_creds)
         if self.options.allowed_regions is not None:
             self._check_bucket_region()
-        full_key = self._full_key(f"{PROBE_KEY}-{uuid.uuid4().hex[:12]}")
-        try:
-            created = self._call("check (create multipart upload)", full_key, self.client.create_multipart_upload, **self._extra)
-        except StoreError as e:
-            raise _check_error(e.error, self.location()) from None
-        upload_id = created.get("UploadId")
-        if upload_id and not self._abort(full_key, str(upload_id)):
-            raise AuthError(
-                "the probe upload could not be aborted",
-                operation="check (abort multipart upload)",
-                location=self._loc(full_key),
-                hint="the sink needs s3:AbortMultipartUpload to clean up failed uploads (docs/permissions/s3.md)",
-            )
+        probe = uuid.uuid4().hex[:12]
+        full_key = self._full_key(f"{PROBE_KEY}-{probe}")
+        no_upload = f"portshift-check-{probe}"
+        for operation, call, extra in (
+            ("check (upload part)", self.client.upload_part, {"PartNumber": 1, "Body": b""}),
+            ("check (abort multipart upload)", self.client.abort_multipart_upload, {}),
+        ):
+            try:
+                self._call(operation, full_key, call, UploadId=no_upload, **extra)
+            except StoreError as e:
+                if getattr(e.error, "code", None) == "NoSuchUpload":
+                    continue  # the answer that proves everything before it
+                raise _check_error(e.error, self.location()) from None
+            log.warning("%s: the store accepted a request for an upload that does not exist", operation)
         if self.options.check_write:
             body = b"portshift write check\n"
             self._put_single(
@@ -93,17 +101,11 @@ class BucketProbe:
 
 
 def _check_error(error: PortshiftError, location: str) -> PortshiftError:
-    """What ``check()`` raises for a failed probe: a missing bucket is a configuration error;
-    refused credentials and region answers stay as mapped (AuthError); anything else stops the
-    run as well (a store that cannot be written to now will not be written to during it)."""
-    code = getattr(error, "code", None)
-    if code == "NoSuchBucket":
+    """What ``check()`` raises: a missing bucket is a configuration error, the rest as the core
+    classifies a failed check (:func:`portshift.check_failure`)."""
+    if getattr(error, "code", None) == "NoSuchBucket":
         return ConfigError(
             f"[sink] bucket: {location} does not exist (S3 answered NoSuchBucket)",
             hint="check bucket, region and endpoint_url; the sink never creates buckets",
         )
-    if isinstance(error, AuthError | ConfigError | FatalError | Interrupted):
-        return error  # an interrupt stays one: the run stops as asked, exit 130
-    if getattr(error, "status", None) == 403:
-        return AuthError(str(error))
-    return FatalError(str(error))
+    return check_failure(error)

@@ -274,7 +274,8 @@ def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
 
 RECORDINGS = 12
 MEDIA = PART + MiB + 17  # 2 parts
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
+#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
+FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
 
 
 def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str) -> Path:
@@ -317,7 +318,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
         m = FAILED_LINE.match(line)
         if not m:
             break
-        out[m.group(1)] = m.group(2)
+        out[m.group(1)] = m.group(3)
     assert len(out) == count, stderr[-3000:]
     return out
 

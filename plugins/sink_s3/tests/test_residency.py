@@ -42,4 +42,4 @@ def test_a_bucket_in_an_allowed_region_passes_check(admin: Any, make_sink: Calla
     name = bucket_in(admin, "eu-west-1")
     sink = make_sink(bucket=name, region="eu-west-1", endpoint_url=tls_proxy.url, allowed_regions=["EU-*"])
     sink.check()
-    assert [r.method for r in tls_proxy.seen] == ["HEAD", "POST", "DELETE"]
+    assert [r.method for r in tls_proxy.seen] == ["HEAD", "PUT", "DELETE"]

@@ -199,20 +199,21 @@ def test_location_is_bucket_and_prefix(make_sink: Callable[..., Any], bucket: st
     assert make_sink().location() == f"s3://{bucket}"
 
 
-def test_check_opens_and_aborts_a_probe_upload_and_writes_only_with_check_write(
+def test_check_creates_nothing_and_writes_only_with_check_write(
     make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
 ) -> None:
-    """check() proves the bucket and the write permission with CreateMultipartUpload + Abort:
-    no object appears, no upload is left open. check_write adds the marker object."""
+    """check() proves the bucket and the write permission with UploadPart + AbortMultipartUpload
+    for an upload that does not exist (S3: NoSuchUpload): no object, no upload, nothing to leave
+    behind if the process dies. check_write adds the marker object."""
     sink = make_sink(endpoint_url=tls_proxy.url, prefix="chk")
     sink.check()
-    assert [r.method for r in tls_proxy.seen] == ["POST", "DELETE"]
-    assert "uploads" in tls_proxy.seen[0].target and "uploadId=" in tls_proxy.seen[1].target
+    assert [r.method for r in tls_proxy.seen] == ["PUT", "DELETE"]
+    assert all("uploadId=portshift-check-" in r.target for r in tls_proxy.seen)
     assert read_obj("chk/.portshift-check") is None and pending() == []
     tls_proxy.seen.clear()
     writer = make_sink(endpoint_url=tls_proxy.url, prefix="chk", check_write=True)
     writer.check()
-    assert [r.method for r in tls_proxy.seen] == ["POST", "DELETE", "PUT"]
+    assert [r.method for r in tls_proxy.seen] == ["PUT", "DELETE", "PUT"]
     assert read_obj("chk/.portshift-check") == b"portshift write check\n"
 
 
