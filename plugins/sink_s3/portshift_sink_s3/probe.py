@@ -17,8 +17,11 @@ from .parts import StoreError
 log = logging.getLogger("portshift.s3")
 
 CHECK_KEY = ".portshift-check"
-#: ``check()`` sends UploadPart/AbortMultipartUpload for this name and an upload that does not exist.
+#: ``check()``'s conditional PutObject and AbortMultipartUpload name this key; nothing is created.
 PROBE_KEY = ".portshift-probe"
+#: the answers that prove the probe passed authorization: no such object / upload
+_NO_OBJECT = frozenset({"NoSuchKey", "PreconditionFailed"})
+_NO_UPLOAD = frozenset({"NoSuchUpload"})
 
 
 class BucketProbe:
@@ -42,9 +45,11 @@ class BucketProbe:
         """Prove, with the sink's own least-privilege credentials and without creating anything,
         that the bucket exists in the configured region and accepts this identity's writes.
 
-        UploadPart (``s3:PutObject``) and AbortMultipartUpload (``s3:AbortMultipartUpload``) for
-        an upload id that does not exist: S3 answers ``NoSuchUpload`` only after it accepted the
-        credentials, the region and the permission on that key. Nothing is created, so a process
+        A conditional PutObject (``s3:PutObject``) that can never be written: ``If-Match`` with
+        an ETag no object has, on a probe name no object has, which S3 answers ``NoSuchKey``
+        (404) or ``PreconditionFailed`` (412) only after it accepted the credentials, the
+        region and the permission. Then AbortMultipartUpload (``s3:AbortMultipartUpload``) for
+        an upload id that does not exist: ``NoSuchUpload``. Nothing is created, so a process
         killed mid-check leaves nothing behind (a real CreateMultipartUpload would leave an open
         upload that no journal knows: the job does not exist yet). Refused credentials or a
         missing permission are an :class:`AuthError`, a missing bucket a :class:`ConfigError`, a
@@ -58,18 +63,17 @@ class BucketProbe:
             self._check_bucket_region()
         probe = uuid.uuid4().hex[:12]
         full_key = self._full_key(f"{PROBE_KEY}-{probe}")
-        no_upload = f"portshift-check-{probe}"
-        for operation, call, extra in (
-            ("check (upload part)", self.client.upload_part, {"PartNumber": 1, "Body": b""}),
-            ("check (abort multipart upload)", self.client.abort_multipart_upload, {}),
+        for operation, call, extra, proof in (
+            ("check (put object)", self.client.put_object, {"Body": b"", "IfMatch": f'"{probe}"'}, _NO_OBJECT),
+            ("check (abort multipart upload)", self.client.abort_multipart_upload, {"UploadId": f"check-{probe}"}, _NO_UPLOAD),
         ):
             try:
-                self._call(operation, full_key, call, UploadId=no_upload, **extra)
+                self._call(operation, full_key, call, **extra)
             except StoreError as e:
-                if getattr(e.error, "code", None) == "NoSuchUpload":
+                if getattr(e.error, "code", None) in proof:
                     continue  # the answer that proves everything before it
                 raise _check_error(e.error, self.location()) from None
-            log.warning("%s: the store accepted a request for an upload that does not exist", operation)
+            log.warning("%s: the store ignored the probe's condition; %s may now exist", operation, self._loc(full_key))
         if self.options.check_write:
             body = b"portshift write check\n"
             self._put_single(

@@ -28,8 +28,8 @@ def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(
 ) -> None:
     slow = tls_proxy.error_response(503, "Slow Down", "SlowDown", headers={"Retry-After": "600"})
 
-    def slowed(req: Any) -> bool:  # check(): UploadPart for no upload; a small file: PutObject
-        return phase == "check" or (req.method == "PUT" and "uploadId=" not in req.target)
+    def slowed(req: Any) -> bool:  # check(): a conditional PutObject; a small file: a plain one
+        return phase == "check" or (req.method == "PUT" and "If-Match" not in req.headers)
 
     tls_proxy.rule = lambda req: tls_proxy.Action(respond=slow) if slowed(req) else None
     job = tmp_path / "job.toml"

@@ -1,5 +1,6 @@
 """check(): the bucket, the credentials and the write permission, proven with the sink's own
-least-privilege calls (UploadPart + AbortMultipartUpload for an upload that does not exist),
+least-privilege calls (a PutObject whose If-Match no object satisfies, an AbortMultipartUpload
+for an upload that does not exist: nothing is created),
 each failure one line of the type ``portshift run`` stops on before listing."""
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def test_a_denied_part_or_abort_is_an_auth_error_and_nothing_is_left(
     tls_proxy.rule = lambda req: tls_proxy.Action(respond=denied) if req.method == method else None
     with pytest.raises(AuthError, match="AccessDenied") as e:
         make_sink(endpoint_url=tls_proxy.url).check()
-    assert ("upload part" if method == "PUT" else "abort multipart upload") in str(e.value)
+    assert ("put object" if method == "PUT" else "abort multipart upload") in str(e.value)
     assert pending() == []
 
 
