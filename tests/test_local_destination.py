@@ -59,11 +59,32 @@ def test_a_folder_that_refuses_writes_is_one_line_at_check_and_stops_run_at_once
     # part (cli/check_cmd.py, issue 14), which is the core's to change
     assert checked.returncode in (ExitCode.USAGE, ExitCode.FATAL), checked.stderr
     assert "[sink] path: cannot write into" in checked.stderr and "Permission denied" in checked.stderr
-    # run: the first refused write stops the job (FatalError), not one failure per recording
-    assert ran.returncode in (ExitCode.USAGE, ExitCode.FATAL), ran.stderr
-    assert "Traceback" not in ran.stderr and "free space" not in ran.stderr
-    assert ran.stderr.count("Permission denied") <= 2, ran.stderr  # the error, and the final line repeating it
-    assert "recordings failed" not in ran.stderr and list(out.iterdir()) == []
+    # run: the sink's check() refuses before anything is listed: one line, exit 2, no state
+    lines = [ln for ln in ran.stderr.splitlines() if ln.strip()]
+    assert ran.returncode == ExitCode.USAGE, ran.stderr
+    assert len(lines) == 1 and "[sink] path: cannot write into" in lines[0] and "Permission denied" in lines[0], ran.stderr
+    assert "free space" not in ran.stderr and not state.exists() and list(out.iterdir()) == []
+
+
+@needs_setpriv
+def test_a_folder_that_starts_refusing_writes_mid_run_stops_at_the_first_file(tmp_path: Path) -> None:
+    """Past check(), a refused write is fatal at once (DestinationNotWritable), not one failure
+    per recording: the put raises it, the job stops."""
+    from portshift.default_plugins.local_sink import DestinationNotWritable
+
+    out = tmp_path / "dest"
+    out.mkdir()
+    sink = LocalSink(LocalOptions(path=out))
+    sink.check()
+    (out / "job").mkdir(mode=0o555)
+    script = (
+        "from portshift.default_plugins.local_sink import *; from portshift.hashing import HashingStream as H\n"
+        f"s = LocalSink(LocalOptions(path='{out}'))\n"
+        "try:\n    s.put('job/a.bin', H(iter([b'x'])), 1)\nexcept Exception as e:\n    print(type(e).__name__, '|', e)\n"
+    )
+    r = subprocess.run([*AS_USER, PORTSHIFT[0], "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith(f"{DestinationNotWritable.__name__} | put: cannot write"), r.stdout + r.stderr
+    assert "Permission denied" in r.stdout and "free space" not in r.stdout
 
 
 def test_check_refuses_a_parent_that_cannot_hold_the_destination(tmp_path: Path) -> None:
