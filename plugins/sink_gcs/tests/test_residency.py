@@ -4,17 +4,21 @@ the location a bucket was created with)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from portshift_sink_gcs import GcsSink
 
-from portshift import ConfigError, ResidencyError
+from portshift import ConfigError, ExitCode, ResidencyError
 from portshift.testing import pattern_bytes, put_bytes
 
-from .conftest import Certs, Server, make_options
+from .conftest import BUCKET, Certs, Server, make_options
 
 
 @pytest.fixture
@@ -81,3 +85,27 @@ def test_an_empty_or_odd_allow_list_is_a_config_error(fakegcs: Server, certs: Ce
     for bad in ([], ["eu west;1"]):
         with pytest.raises(ConfigError, match="allowed_regions"):
             make_options(fakegcs, certs.ca_pem, allowed_regions=bad)
+
+
+def test_portshift_run_refuses_before_listing_with_one_line(tmp_path: Path, fakegcs: Server, certs: Certs) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[source]\ntype = "example"\ncount = 2\n\n'
+        f'[sink]\ntype = "gcs"\nbucket = "{BUCKET}"\napi_endpoint = "{fakegcs.endpoint}"\nca_bundle = "{certs.ca_pem}"\n'
+        'anonymous = true\nallowed_regions = ["eu", "europe-*"]\n'
+    )
+    state = tmp_path / "state.db"
+    before = fakegcs.admin.names("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
+    r = subprocess.run(
+        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert len(lines) == 1 and "'US-CENTRAL1'" in lines[0] and "allowed_regions" in lines[0], r.stderr
+    assert not state.exists()
+    assert fakegcs.admin.names("") == before
