@@ -5,13 +5,19 @@ which keeps the region a bucket was created in)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from portshift import ConfigError, ResidencyError
+from portshift import ConfigError, ExitCode, ResidencyError
+
+from .conftest import ACCESS_KEY, SECRET_KEY
 
 
 def bucket_in(admin: Any, region: str) -> str:
@@ -43,3 +49,27 @@ def test_a_bucket_in_an_allowed_region_passes_check(admin: Any, make_sink: Calla
     sink = make_sink(bucket=name, region="eu-west-1", endpoint_url=tls_proxy.url, allowed_regions=["EU-*"])
     sink.check()
     assert [r.method for r in tls_proxy.seen] == ["HEAD", "PUT", "DELETE"]
+
+
+def test_portshift_run_refuses_before_listing_with_one_line(tmp_path: Path, admin: Any, moto: Any, certs: Any) -> None:
+    name = bucket_in(admin, "eu-west-1")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[source]\ntype = "example"\ncount = 2\n\n'
+        f'[sink]\ntype = "s3"\nbucket = "{name}"\nregion = "us-east-1"\nendpoint_url = "{moto.url}"\n'
+        f'ca_bundle = "{certs.ca_pem}"\naddressing_style = "path"\nallowed_regions = ["us-*"]\n'
+    )
+    state = tmp_path / "state.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
+    env.update({"PORTSHIFT_AWS_ACCESS_KEY_ID": ACCESS_KEY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    r = subprocess.run(
+        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert len(lines) == 1 and "'eu-west-1'" in lines[0] and "allowed_regions" in lines[0], r.stderr
+    assert not state.exists() and admin.list_objects_v2(Bucket=name).get("KeyCount") == 0
