@@ -292,7 +292,10 @@ def test_a_database_away_past_the_budget_stops_with_a_state_error(pg_server: PgS
         assert state.job("J") is not None
 
 
-def test_the_server_restarted_mid_export_ends_in_a_complete_verified_export(pg_server: PgServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["restart", "terminate"])
+def test_the_server_restarted_or_the_connections_killed_mid_export_end_in_a_complete_verified_export(
+    pg_server: PgServer, tmp_path: Path, fault: str
+) -> None:
     from portshift.config import load_job
     from portshift.pipeline import Runner, RunRequest
 
@@ -304,8 +307,12 @@ def test_the_server_restarted_mid_export_ends_in_a_complete_verified_export(pg_s
     restarted = threading.Event()
 
     def restart() -> None:
-        pg_server.stop("fast")
-        pg_server.start()
+        if fault == "restart":
+            pg_server.stop("fast")
+            pg_server.start()
+        else:  # every connection portshift has to this database, the locks' one included
+            with pg_server.admin() as admin:
+                assert admin.execute(TERMINATE, [db]).fetchall()
         restarted.set()
 
     with _open(pg_server, db) as state:
