@@ -376,3 +376,11 @@ def test_a_database_gone_for_good_stops_the_job_cleanly_and_a_rerun_completes(pg
         assert second.status == "complete" and second.resumed, second.message
         assert state.recording_counts(second.job_id) == {"done": 40}
     assert sha256sum_check(tmp_path / "out" / second.export_root).returncode == 0
+
+
+def test_without_the_postgres_extra_a_url_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `portshift[postgres]` were not installed
+    with pytest.raises(ConfigError, match=r"needs psycopg, which is not installed \(pip install 'portshift\[postgres\]'\)"):
+        open_state("postgresql://portshift@db.example.com/portshift")

@@ -101,6 +101,9 @@ def open_state(
     if target is None or (isinstance(target, str) and not target.strip()):
         target = default_state_target()
     if is_postgres_url(target):
+        from .pg_url import require_psycopg
+
+        require_psycopg()
         from .postgres import PostgresState
 
         return PostgresState.connect(str(target), password=password, ca_bundle=ca_bundle)

@@ -49,6 +49,16 @@ class PgTarget:
         return out
 
 
+def require_psycopg() -> None:
+    """One line, not a traceback, when the PostgreSQL extra is not installed."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "a postgresql:// state needs psycopg, which is not installed", hint="pip install 'portshift[postgres]'"
+        ) from None
+
+
 def _system_cafile() -> str:
     """The system trust store compiled into OpenSSL (not SSL_CERT_FILE)."""
     paths = ssl.get_default_verify_paths()
@@ -66,6 +76,7 @@ def _system_cafile() -> str:
 
 def _split_url(url: str) -> dict[str, str]:
     """libpq's own URL grammar, read by libpq (no environment lookups)."""
+    require_psycopg()
     from psycopg.conninfo import conninfo_to_dict
 
     try:
