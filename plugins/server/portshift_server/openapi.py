@@ -15,11 +15,13 @@ _KIND: dict[str, dict[str, Any]] = {
     "boolean": {"type": "boolean"},
 }
 #: Patterns shared by the schema and the server (written so Python and ECMAScript read them alike).
-_CTRL = r"\x00-\x1f\x7f-\x9f"
+_CTRL = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # controls and bidi controls
 _SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 SIGNUP_TEXT = rf"^[^{_CTRL}]*$"
 SIGNUP_NAME = rf"^[^{_CTRL}]*[^{_CTRL}{_SPACE}][^{_CTRL}]*$"
-EMAIL = rf"^[^@{_CTRL}{_SPACE}]+@[^@{_CTRL}{_SPACE}]+$"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: an ASCII address with a dotted domain (internationalised domains in their xn-- form)
+EMAIL = rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$"
 
 
 def _field_schema(f: Field_) -> dict[str, Any]:

@@ -323,6 +323,8 @@ def server(
         tmp_path_factory.mktemp("service"),
         "--max-jobs",
         "6",
+        "--max-jobs-per-client",
+        "6",
         "--transfers",
         "2",
         "--cancel-grace",

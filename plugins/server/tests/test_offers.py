@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from portshift_server.offers import RequestError, build_credentials, build_job, load_catalogue, to_toml
+from portshift_server.job_request import build_credentials, build_job, to_toml
+from portshift_server.offers import RequestError, load_catalogue
 
 from portshift.errors import ConfigError
 
@@ -73,7 +74,18 @@ def test_each_sink_takes_its_own_credentials(tmp_path: Path) -> None:
         "j",
     )
     assert json.loads(bytes(azure.secrets))["sink"] == {"sas": "sv=1&sig=canary"}
-    gcs = build_job(cat, {"source": src, "sink": {"type": "gcs", "bucket": "b-1", "key": '{"private_key": "x"}'}}, "j")
+    gcs = build_job(
+        cat,
+        {
+            "source": src,
+            "sink": {
+                "type": "gcs",
+                "bucket": "b-1",
+                "key": '{"private_key": "x", "token_uri": "https://oauth2.googleapis.com/token"}',
+            },
+        },
+        "j",
+    )
     assert tomllib.loads(gcs.job_toml)["sink"]["application_default_credentials"] is False
     with pytest.raises(RequestError, match=r"sink\.sas: the credential is missing"):
         build_job(cat, {"source": src, "sink": {"type": "azure", "account_url": "https://a", "container": "c"}}, "j")
