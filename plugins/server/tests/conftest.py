@@ -8,6 +8,7 @@ import base64
 import binascii
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -241,7 +242,10 @@ def start_server(
     *extra: str,
     secret: bytes | None = None,
     config_text: str = SERVICE_CONFIG,
+    nofile: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Server:
+    """``nofile``: the server's file limit (soft and hard), to show what a low limit does."""
     data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "service.toml"
@@ -252,6 +256,12 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-server,portshift-canary-test,portshift-source-chorus"
+    env.update(env_extra or {})
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     for _ in range(5):
         port = free_port()
         stdout, stderr = root / f"server-{port}.out", root / f"server-{port}.err"
@@ -284,6 +294,7 @@ def start_server(
                 stdout=out,
                 stderr=err,
                 env=env,
+                preexec_fn=limit_files if nofile is not None else None,  # noqa: PLW1509 - setrlimit only
             )
         server = Server(proc, port, certs, data_dir, local_root, canary_out, stdout, stderr, secret)
         deadline = time.monotonic() + 30
