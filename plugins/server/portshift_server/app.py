@@ -39,6 +39,7 @@ def create_app(
     sse_interval: float = 0.5,
     stream_limits: StreamLimits | None = None,
     security_contact: str = DEFAULT_CONTACT,
+    signing_public_key: str | None = None,
 ) -> Starlette:
     rules = {"jobs": job_limit, "signups": signup_limit}
     feed = ChangeFeed(manager.snapshots, sse_interval, stream_limits or StreamLimits())
@@ -79,7 +80,7 @@ def create_app(
 
     app = Starlette(
         routes=[
-            *page_routes(catalogue, security_contact),
+            *page_routes(catalogue, security_contact, signing_public_key),
             *job_routes(manager, feed, guard, key_of),
             *signup_routes(db, guard),
         ],

@@ -140,6 +140,8 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
         folder = snk_opts.pop("folder", None) or job_id  # checked against its pattern; a job id is URL-safe base64
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
+    if catalogue.signing_key_file is not None:
+        job["signing_key_file"] = catalogue.signing_key_file
     text = to_toml(
         {
             "job": job,

@@ -135,6 +135,8 @@ class Catalogue:
     local_root: Path | None = None
     transfers: int = 4
     outbound: Outbound = field(default_factory=Outbound)
+    #: the operator's Ed25519 key (PEM file) every job signs its manifest with, or None
+    signing_key_file: Path | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"sources": [o.describe() for o in self.sources.values()], "sinks": [o.describe() for o in self.sinks.values()]}

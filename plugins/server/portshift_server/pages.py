@@ -42,8 +42,16 @@ def security_txt(contact: str, now: datetime | None = None) -> str:
     )
 
 
-def page_routes(catalogue: Catalogue, contact: str) -> list[Route]:
+def permissions() -> dict[str, dict[str, str]]:
+    """Least-privilege snippets per sink type: the same text as docs/permissions/ (a test keeps
+    them equal)."""
+    doc: dict[str, dict[str, str]] = json.loads((resources.files("portshift_server") / "permissions.json").read_text("utf-8"))
+    return doc
+
+
+def page_routes(catalogue: Catalogue, contact: str, signing_public_key: str | None = None) -> list[Route]:
     static = resources.files("portshift_server") / "static"
+    policies = permissions()
 
     def asset_route(path: str, name: str, media_type: str) -> Route:
         async def serve(request: Request) -> Response:
@@ -59,7 +67,16 @@ def page_routes(catalogue: Catalogue, contact: str) -> list[Route]:
         return JSONResponse({"ok": True})
 
     async def offers(request: Request) -> Response:
-        return JSONResponse(catalogue.describe())
+        doc = catalogue.describe()
+        for sink in doc["sinks"]:
+            sink["permissions"] = policies.get(sink["type"])
+        doc["signing"] = {"public_key": "/manifest-signing.pub.pem"} if signing_public_key else None
+        return JSONResponse(doc)
+
+    async def public_key(request: Request) -> Response:
+        if signing_public_key is None:
+            return JSONResponse({"error": "this service does not sign manifests"}, status_code=404)
+        return Response(signing_public_key, media_type="application/x-pem-file")
 
     async def security(request: Request) -> Response:
         return PlainTextResponse(security_txt(contact))
@@ -74,4 +91,5 @@ def page_routes(catalogue: Catalogue, contact: str) -> list[Route]:
         Route("/api/offers", offers),
         Route("/.well-known/security.txt", security),
         Route("/advisories", feed),
+        Route("/manifest-signing.pub.pem", public_key),
     ]

@@ -118,6 +118,11 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     show_default=True,
     help="Contact: line of /.well-known/security.txt",
 )
+@click.option(
+    "--signing-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ed25519 private key (PEM) every job signs its manifest with (docs/manifest.md)",
+)
 @click.option("--transfers", default=4, show_default=True, type=click.IntRange(1, 64), help="transfers per job")
 @click.option(
     "--rate-jobs",
@@ -154,6 +159,7 @@ def command(
     max_connections: int,
     header_timeout: float,
     security_contact: str,
+    signing_key_file: Path | None,
     transfers: int,
     rate_jobs: Any,
     rate_signups: Any,
@@ -188,6 +194,16 @@ def command(
         local_root = local_root.resolve()
         local_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     catalogue = load_catalogue(service_config, local_root, transfers)
+    public_key = None
+    if signing_key_file is not None:
+        from portshift.signing import load_signing_key, public_key_pem
+
+        signing_key_file = signing_key_file.resolve()
+        key = load_signing_key(signing_key_file)  # refuses a missing, unreadable or non-Ed25519 key now
+        assert key is not None
+        public_key = public_key_pem(key)
+        del key
+        catalogue.signing_key_file = signing_key_file
     secret = load_server_secret(secret_file)
     db = ServiceDB(data_dir / "service.db")
     manager = JobManager(
@@ -200,7 +216,9 @@ def command(
         cancel_grace=cancel_grace,
         max_runtime=max_runtime,
     )
-    app = create_app(db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact)
+    app = create_app(
+        db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact, signing_public_key=public_key
+    )
     limits = ConnectionLimits(max_connections, handshake_timeout=header_timeout, header_timeout=header_timeout)
     limits.fit_to_file_limit()
     config = uvicorn.Config(
@@ -240,7 +258,7 @@ def _open_db(ctx: click.Context) -> Any:
     from .db import ServiceDB
 
     obj = ctx.find_object(dict) or {}
-    data_dir = _data_dir(obj.get("data_dir"))
+    data_dir = (obj.get("data_dir") or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
     if not (data_dir / "service.db").exists():
         raise ConfigError(
             f"no service database in {data_dir}",

@@ -143,7 +143,7 @@ def free_port() -> int:
 
 SERVICE_CONFIG = """
 sources = ["chorus", "canary", "example"]
-sinks = ["local", "canarylocal"]
+sinks = ["local", "canarylocal", "s3"]
 
 [source.chorus.fixed]
 base_url = "{chorus_url}"
@@ -232,6 +232,19 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def signing_key(root: Path) -> Path:
+    """An Ed25519 manifest signing key (PEM, mode 0600) for the service's jobs."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    path = root / "manifest-signing.pem"
+    pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return path
 
 
 def start_server(
@@ -327,11 +340,14 @@ def chorus() -> Iterator[ChorusSimulator]:
 def server(
     certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("service")
     s = start_server(
         certs,
         plugin_path,
         chorus,
-        tmp_path_factory.mktemp("service"),
+        root,
+        "--signing-key-file",
+        str(signing_key(root)),
         "--max-jobs",
         "6",
         "--max-jobs-per-client",
