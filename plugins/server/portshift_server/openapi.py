@@ -73,7 +73,13 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
         "schema": {"type": "string"},
         "description": "the random job id returned when the job was created",
     }
-    limited = {"429": {**_err("rate limited; see Retry-After"), "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+    limited = {
+        "429": {
+            **_err("rate limited, or this client already runs as many jobs as one client may; see Retry-After"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+        "408": _err("the body was not sent in time"),
+    }
     date = {
         "type": "string",
         "format": "date",
@@ -110,7 +116,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "to one fresh worker process per job over a pipe and are never stored, logged or echoed.",
         },
         "paths": {
-            "/api/health": {"get": {"summary": "liveness", "responses": {"200": {"description": "up"}}}},
+            "/api/health": {"get": {"summary": "liveness (no load figures)", "responses": {"200": {"description": "up"}}}},
             "/api/offers": {
                 "get": {
                     "summary": "source and sink types offered, with their fields",
@@ -149,6 +155,8 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
                         "404": _err("no such job"),
+                        "429": _err("too many streams for this job or this client; see Retry-After"),
+                        "503": _err("too many streams in the service; see Retry-After"),
                     },
                 }
             },
