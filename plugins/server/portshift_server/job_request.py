@@ -34,7 +34,7 @@ def _value(offer: Offer, f: Field_, value: Any) -> Any:
         if len(value) > MAX_STRING or not TEXT.match(value):
             raise RequestError(f"{where}: too long, or contains control or bidirectional-override characters")
         if f.pattern and not re.match(f.pattern, value):
-            raise RequestError(f"{where}: letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels")
+            raise RequestError(f"{where}: {f.hint or 'not in the expected form'}")
         return value
     if f.kind == "boolean":
         if not isinstance(value, bool):

@@ -38,6 +38,11 @@ MAX_SECRET = 16 * 1024
 MAX_INTEGER = 2**53
 MAX_NUMBER = 1e15
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: names as the clouds define them, so a bad one is refused here and not echoed by a worker later
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+S3_REGION = r"^[a-z]{2}(-[a-z0-9]+){1,3}-[0-9]{1,2}$"
+AZURE_CONTAINER = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+GCS_BUCKET = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"
 _FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,7}$")
 
 
@@ -52,6 +57,7 @@ class Field_:
     required: bool = False
     label: str = ""
     pattern: str | None = None  #: a regular expression (Python and ECMAScript) the value must match
+    hint: str = ""  #: what the pattern allows, for the refusal (never the value sent)
 
 
 @dataclass
@@ -77,6 +83,9 @@ class Offer:
         }
 
 
+_BUCKET_HINT = "3 to 63 lower-case letters, digits, '.' and '-' (the storage's own naming rules)"
+
+
 def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
     offers = [
         Offer("source", "chorus", "Chorus by ZoomInfo", secrets={"token": True}),
@@ -85,9 +94,11 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
             "s3",
             "Amazon S3",
             fields={
-                "bucket": Field_("bucket", required=True, label="Bucket"),
+                "bucket": Field_("bucket", required=True, label="Bucket", pattern=S3_BUCKET, hint=_BUCKET_HINT),
                 "prefix": Field_("prefix", label="Prefix"),
-                "region": Field_("region", required=True, label="Region"),
+                "region": Field_(
+                    "region", required=True, label="Region", pattern=S3_REGION, hint="a region name such as eu-central-1"
+                ),
             },
             secrets={"access_key_id": True, "secret_access_key": True, "session_token": False},
             fixed={"credential_chain": False},
@@ -100,7 +111,7 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
                 "account_url": Field_(
                     "account_url", required=True, label="Account URL (https://<account>.blob.core.windows.net)"
                 ),
-                "container": Field_("container", required=True, label="Container"),
+                "container": Field_("container", required=True, label="Container", pattern=AZURE_CONTAINER, hint=_BUCKET_HINT),
                 "prefix": Field_("prefix", label="Prefix"),
             },
             secrets={"sas": True},
@@ -109,7 +120,10 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
             "sink",
             "gcs",
             "Google Cloud Storage",
-            fields={"bucket": Field_("bucket", required=True, label="Bucket"), "prefix": Field_("prefix", label="Prefix")},
+            fields={
+                "bucket": Field_("bucket", required=True, label="Bucket", pattern=GCS_BUCKET, hint=_BUCKET_HINT),
+                "prefix": Field_("prefix", label="Prefix"),
+            },
             secrets={"key": True},
             fixed={"application_default_credentials": False, "anonymous": False},
         ),
@@ -120,7 +134,14 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
                 "sink",
                 "local",
                 "A folder on the server (trials)",
-                fields={"folder": Field_("folder", label="Folder under the server's export root", pattern=_FOLDER.pattern)},
+                fields={
+                    "folder": Field_(
+                        "folder",
+                        label="Folder under the server's export root",
+                        pattern=_FOLDER.pattern,
+                        hint="letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels",
+                    )
+                },
             )
         )
     return {(o.section, o.type): o for o in offers}
