@@ -131,7 +131,10 @@ def test_a_gcs_key_whose_token_uri_is_not_googles_is_refused(outbound: Server) -
     c = outbound.client()
     for token_uri in ("https://127.0.0.1:1/token", "https://oauth2.googleapis.com.evil.example/token", None):
         doc = dict(key, token_uri=token_uri) if token_uri else key
-        body = {"source": {"type": "canary", "token": "canary-x"}, "sink": {"type": "gcs", "bucket": "b", "key": json.dumps(doc)}}
+        body = {
+            "source": {"type": "canary", "token": "canary-x"},
+            "sink": {"type": "gcs", "bucket": "b-1", "key": json.dumps(doc)},
+        }
         resp = c.post("/api/jobs", json=body)
         assert resp.status_code == 400 and resp.json()["error"].startswith("sink.key: token_uri must be"), resp.text
         assert "127.0.0.1" not in resp.text and "evil" not in resp.text
