@@ -114,6 +114,11 @@ class ServiceDB:
         with self._lock:
             return list(self.db.query(f"select * from jobs where id in ({marks})", job_ids))  # noqa: S608 - placeholders only
 
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status (for the operator, never the API)."""
+        with self._lock:
+            return dict(self.conn.execute("select status, count(*) from jobs group by status").fetchall())
+
     def unfinished_jobs(self) -> list[str]:
         with self._lock:
             return [

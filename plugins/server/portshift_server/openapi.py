@@ -116,6 +116,31 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "to one fresh worker process per job over a pipe and are never stored, logged or echoed.",
         },
         "paths": {
+            "/.well-known/security.txt": {
+                "get": {
+                    "summary": "how to report a vulnerability (RFC 9116)",
+                    "responses": {
+                        "200": {"description": "security.txt", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/advisories": {
+                "get": {
+                    "summary": "security advisories (JSON Feed 1.1)",
+                    "responses": {
+                        "200": {"description": "the feed", "content": {"application/feed+json": {"schema": {"type": "object"}}}}
+                    },
+                }
+            },
+            "/manifest-signing.pub.pem": {
+                "get": {
+                    "summary": "the public key every job's manifest signature checks against",
+                    "responses": {
+                        "200": {"description": "PEM", "content": {"application/x-pem-file": {"schema": {"type": "string"}}}},
+                        "404": _err("this service does not sign manifests"),
+                    },
+                }
+            },
             "/api/health": {"get": {"summary": "liveness (no load figures)", "responses": {"200": {"description": "up"}}}},
             "/api/offers": {
                 "get": {

@@ -249,6 +249,19 @@ def command(
         db.close()
 
 
+@command.command("status")
+@click.pass_context
+def status_cmd(ctx: click.Context) -> None:
+    """How many jobs are in each status (operators only: /api/health does not tell)."""
+    db = _open_db(ctx)
+    try:
+        counts = db.job_counts()
+    finally:
+        db.close()
+    for name in ("starting", "running", "cancelling", "complete", "partial", "failed", "cancelled"):
+        click.echo(f"{name}: {counts.get(name, 0)}")
+
+
 @command.group("signups")
 def signups_group() -> None:
     """The early-access sign-ups (the only personal data the service keeps)."""

@@ -19,6 +19,7 @@ def test_every_serve_option_is_documented() -> None:
     documented = set(re.findall(r"`(--[a-z-]+)", DOC))
     assert options - documented == set(), f"undocumented: {sorted(options - documented)}"
     assert set(command.commands["signups"].commands) == {"export", "delete"}
+    assert "portshift serve --data-dir DIR status" in DOC
     for sub in ("signups export --output", "signups delete"):
         assert f"portshift serve --data-dir DIR {sub}" in DOC
 

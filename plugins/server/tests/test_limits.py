@@ -172,8 +172,23 @@ def test_handshake_header_and_keep_alive_deadlines(limited: Server, certs: Certs
     kept.close()
 
 
-def test_health_does_not_tell_how_busy_the_service_is(limited: Server) -> None:
-    assert limited.client().get("/api/health").json() == {"ok": True}
+def test_health_does_not_tell_how_busy_the_service_is_only_the_operator_sees_it(limited: Server) -> None:
+    c = limited.client()
+    job = start_job(c, canary_job(canary_value("busy"), count=3, delay=1.0))
+    assert c.get("/api/health").json() == {"ok": True}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
+    env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-server"
+    out = subprocess.run(
+        [sys.executable, "-m", "portshift", "serve", "--data-dir", str(limited.data_dir), "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "running: 1" in out.stdout.splitlines() or "starting: 1" in out.stdout.splitlines(), out.stdout
+    c.post(f"/api/jobs/{job['id']}/cancel")
+    wait_status(c, job["id"], ("cancelled", "complete", "failed"))
 
 
 def _open_stream(client: httpx.Client, job_id: str) -> httpx.Response:
