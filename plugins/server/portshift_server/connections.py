@@ -189,6 +189,7 @@ class TlsAcceptor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.raw = transport
+        transport.pause_reading()  # no byte reaches this protocol; start_tls resumes reading itself
         if not self.limits.admit(self):
             transport.close()
             return
