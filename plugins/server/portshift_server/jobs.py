@@ -306,7 +306,14 @@ class JobManager:
                 rec = json.loads(line)
             except ValueError:
                 return
-            if isinstance(rec, dict) and rec.get("level") in ("warning", "error", "critical"):
+            if not isinstance(rec, dict):
+                return
+            if rec.get("event") == "fatal":  # the worker's last line, as a JSON record (--log-format json)
+                text = str(rec.get("message", ""))
+                for prefix in ("error: ", "internal error: ", "stopped: "):
+                    text = text.removeprefix(prefix)
+                run.error_line = sanitize_message(text, 500)
+            elif rec.get("level") in ("warning", "error", "critical"):
                 run.messages.append(sanitize_message(str(rec.get("message", "")), 300))
             return
         for prefix in ("portshift: error: ", "portshift: internal error: "):
