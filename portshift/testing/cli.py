@@ -1,0 +1,122 @@
+"""Run the real ``portshift`` command line in a subprocess, as an operator would, and read what it
+reported.
+
+``run_portshift("run", "--config", job, env=clean_env(PORTSHIFT_AWS_...=...))`` returns a
+:class:`CliResult`: the exit code, stdout, stderr and, when the command printed a JSON report
+(``--report json``), that report parsed. :meth:`CliResult.failed_recordings` reads the failed
+recordings from the report when there is one, else from the human summary on stderr: that
+parsing lives here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: the interpreter running the tests, with portshift and its plugins installed
+PORTSHIFT = [sys.executable, "-m", "portshift"]
+
+_FAILED_HEAD = re.compile(r"^failed (\d+) recordings")
+_FAILED_LINE = re.compile(r"^  (\S+)  (.+)$")
+
+
+def clean_env(*, drop: Iterable[str] = ("PORTSHIFT_",), **extra: str) -> dict[str, str]:
+    """This process's environment without variables whose name starts with one of ``drop``
+    (every ``PORTSHIFT_*`` by default), plus ``extra``."""
+    prefixes = tuple(drop)
+    env = {k: v for k, v in os.environ.items() if not (prefixes and k.startswith(prefixes))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class CliResult:
+    """What one ``portshift`` command did."""
+
+    args: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """The JSON report on stdout (``--report json``), or ``None`` when there is none."""
+        text = self.stdout.strip()
+        if not text.startswith("{"):
+            return None
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def failed_recordings(self) -> dict[str, str]:
+        """Recording id -> the reason it failed, as the command reported it.
+
+        From the JSON report's ``failed`` list when there is a report; otherwise from the summary
+        on stderr (``failed N recordings ...`` and one indented ``<id>  <reason>`` line each)."""
+        report = self.report
+        if report is not None and isinstance(report.get("failed"), list):
+            return {str(f["recording_id"]): str(f.get("message") or f.get("reason") or "") for f in report["failed"]}
+        return failed_on_stderr(self.stderr)
+
+    def __str__(self) -> str:
+        """For assertion messages: the command, its exit code and the end of its output."""
+        return f"portshift {' '.join(self.args)}: exit {self.exit_code}\n{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
+
+
+def failed_on_stderr(stderr: str) -> dict[str, str]:
+    """The failed recordings listed in the human summary of ``portshift run`` on stderr
+    (``{}`` when it lists none). At most 50 are listed there; the count line must match."""
+    lines = stderr.splitlines()
+    heads = [i for i, line in enumerate(lines) if _FAILED_HEAD.match(line)]
+    if not heads:
+        return {}
+    assert len(heads) == 1, f"the failed recordings are listed twice:\n{stderr[-3000:]}"
+    m = _FAILED_HEAD.match(lines[heads[0]])
+    assert m is not None
+    count = int(m.group(1))
+    out: dict[str, str] = {}
+    for line in lines[heads[0] + 1 :]:
+        found = _FAILED_LINE.match(line)
+        if not found:
+            break
+        out[found.group(1)] = found.group(2)
+    assert len(out) == min(count, 50), f"{count} failed recordings announced, {len(out)} listed:\n{stderr[-3000:]}"
+    return out
+
+
+def run_portshift(
+    *args: str | Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    input: str | None = None,  # noqa: A002 - as subprocess.run calls it
+) -> CliResult:
+    """Run ``portshift *args`` in a subprocess of this interpreter; ``env`` defaults to
+    :func:`clean_env`. A command that does not finish within ``timeout`` fails the test with the
+    end of its stderr."""
+    argv = [str(a) for a in args]
+    try:
+        done = subprocess.run(
+            [*PORTSHIFT, *argv],
+            capture_output=True,
+            text=True,
+            env=clean_env() if env is None else env,
+            cwd=cwd,
+            timeout=timeout,
+            input=input,
+        )
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(
+            f"portshift {' '.join(argv)} did not finish in {timeout:g} s; stderr ends with: {err[-3000:]}"
+        ) from None
+    return CliResult(argv, done.returncode, done.stdout, done.stderr)
