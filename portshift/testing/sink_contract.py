@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 
@@ -286,7 +287,10 @@ class SinkContract:
         worker = threading.Thread(target=put, daemon=True)
         worker.start()
         try:
-            assert frozen.wait(120), "the sink did not read three quarters of the stream"
+            deadline = time.monotonic() + 120
+            while not frozen.wait(0.05):
+                assert worker.is_alive(), f"the put failed before reading three quarters of the stream: {outcome[:1]}"
+                assert time.monotonic() < deadline, "the sink did not read three quarters of the stream in 120 s"
             pending = journal.pending()
             assert journal.misuse == [], journal.misuse
             sink.recover(pending)
