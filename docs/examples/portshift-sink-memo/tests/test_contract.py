@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from portshift.config import build_options
+from portshift import build_options
 from portshift.testing import SinkContract
 
 from portshift_sink_memo import MemoSink
