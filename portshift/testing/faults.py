@@ -106,7 +106,8 @@ class FaultProxy:
                 client.close()
                 continue
             for src, dst, up in ((client, upstream, True), (upstream, client, False)):
-                threading.Thread(target=self._pipe, args=(conn, src, dst, up), daemon=True).start()
+                name = f"fault-proxy-{self.port}-{conn.number}-{'up' if up else 'down'}"
+                threading.Thread(target=self._pipe, args=(conn, src, dst, up), name=name, daemon=True).start()
 
     def _take_fault(self, conn: Connection) -> bool:
         """Count a fault on ``conn`` unless ``times`` faults happened already."""
