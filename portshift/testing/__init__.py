@@ -18,9 +18,9 @@ from __future__ import annotations
 from ..api import Artifact, PutResult, Sink, Source, Window  # noqa: F401 - importable from here before the split
 from ..errors import SinkError  # noqa: F401
 from ..hashing import HashingStream  # noqa: F401
-from .cli import PORTSHIFT, CliResult, clean_env, failed_on_stderr, run_portshift
+from .cli import PORTSHIFT, CliResult, clean_env, failed_on_stderr, query_state, run_portshift
 from .data import SourceFailure, chunked, env_flag, failing_chunks, pattern_bytes, put_bytes, unique_key
-from .faults import Connection, FaultProxy, RequestMeter
+from .faults import Connection, FaultProxy, RequestMeter, faults_in_turn
 from .journal import RecordingJournal
 from .reader_contract import ReaderContract
 from .servers import (
@@ -58,10 +58,12 @@ __all__ = [
     "env_flag",
     "failed_on_stderr",
     "failing_chunks",
+    "faults_in_turn",
     "free_port",
     "http_response",
     "pattern_bytes",
     "put_bytes",
+    "query_state",
     "run_portshift",
     "server_context",
     "stop_process",

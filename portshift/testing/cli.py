@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -120,3 +121,9 @@ def run_portshift(
             f"portshift {' '.join(argv)} did not finish in {timeout:g} s; stderr ends with: {err[-3000:]}"
         ) from None
     return CliResult(argv, done.returncode, done.stdout, done.stderr)
+
+
+def query_state(state: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on a SQLite state file, opened read-only (a run may still hold it)."""
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        return list(db.execute(sql, args))

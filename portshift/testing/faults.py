@@ -7,7 +7,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 #: ``on_bytes(connection, upstream, data)``: called for every piece the proxy receives, before
@@ -211,3 +211,41 @@ class RequestMeter:
             marks = self._by_connection.setdefault(conn.number, [])
             if not upstream and (not marks or marks[-1] != conn.up):
                 marks.append(conn.up)
+
+
+@contextlib.contextmanager
+def faults_in_turn(
+    target_port: int, plan: list[tuple[str, int, int]], *, stall_seconds: float = 5.0
+) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
+    """One :class:`FaultProxy` whose fault moves on along ``plan`` as faults happen.
+
+    ``plan`` is ``[(fault, after_bytes, total faults once this step is done), ...]``, in order;
+    the proxy faults ``plan[-1][2]`` connections in all (a step may take one fault more: it moves
+    on a few milliseconds late). Yields ``(proxy, calm)``; ``calm()`` ends the faults. One proxy
+    rather than a chain: every fault reaches the server directly."""
+    fault, after, _ = plan[0]
+    proxy = FaultProxy(target_port, fault=fault, after_bytes=after, times=plan[-1][2], stall_seconds=stall_seconds)
+    stop = threading.Event()
+
+    def advance() -> None:
+        step = 0
+        while step + 1 < len(plan) and not stop.wait(0.002):
+            if proxy.faults >= plan[step][2]:
+                step += 1
+                proxy.fault, proxy.after_bytes, _ = plan[step]
+
+    mover = threading.Thread(target=advance, name=f"fault-plan-{proxy.port}", daemon=True)
+
+    def calm() -> None:
+        """No more faults from here on."""
+        stop.set()
+        if mover.is_alive():
+            mover.join(5)
+        proxy.fault = None
+
+    with proxy:
+        mover.start()
+        try:
+            yield proxy, calm
+        finally:
+            calm()

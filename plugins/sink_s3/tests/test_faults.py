@@ -29,12 +29,7 @@ Faults go through ``portshift.testing.FaultProxy`` itself (its ``reset`` reaches
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
 import traceback
 import urllib.parse
@@ -49,7 +44,7 @@ from portshift_sink_s3 import client as s3_client
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import FaultProxy, chunked, pattern_bytes
+from portshift.testing import CliResult, FaultProxy, chunked, clean_env, faults_in_turn, pattern_bytes, query_state, run_portshift
 
 from .conftest import PART, Moto, TLSProxy
 
@@ -269,7 +264,6 @@ def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
 
 RECORDINGS = 12
 MEDIA = PART + MiB + 17  # 2 parts
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
 
 
 def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str) -> Path:
@@ -283,50 +277,25 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str)
     return job
 
 
-def portshift_run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
-    env.update(
+def portshift_run(job: Path, state: Path, canaries: tuple[str, str, str]) -> CliResult:
+    env = clean_env(
+        drop=("AWS_", "PORTSHIFT_"),
         PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
         PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
         PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
         PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
     )
-    argv = [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state), "--no-progress"]
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    except subprocess.TimeoutExpired as e:
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        raise AssertionError(f"portshift run did not finish; stderr ends with: {err[-3000:]}") from None
+    r = run_portshift("run", "--config", job, "--state", state, "--no-progress", env=env, timeout=120)
     for c in canaries:
         assert c not in r.stdout + r.stderr
     return r
-
-
-def failed_on_stderr(stderr: str) -> dict[str, str]:
-    lines = stderr.splitlines()
-    heads = [i for i, line in enumerate(lines) if re.match(r"^failed \d+ recordings", line)]
-    assert len(heads) == 1, stderr[-3000:]
-    count = int(lines[heads[0]].split()[1])
-    out: dict[str, str] = {}
-    for line in lines[heads[0] + 1 :]:
-        m = FAILED_LINE.match(line)
-        if not m:
-            break
-        out[m.group(1)] = m.group(2)
-    assert len(out) == count, stderr[-3000:]
-    return out
-
-
-def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
-        return list(db.execute(sql, args))
 
 
 def done_files(state: Path) -> dict[str, tuple[int, str, str]]:
     """key (under the export root) -> (size, sha256, recording id) of every file recorded done."""
     return {
         key: (size, sha, rid)
-        for key, size, sha, rid in query(state, "select key, size, sha256, recording_id from files where kind = 'content'")
+        for key, size, sha, rid in query_state(state, "select key, size, sha256, recording_id from files where kind = 'content'")
     }
 
 
@@ -354,30 +323,8 @@ def in_turn(moto: Moto) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
     along ``PLAN`` as faults happen (a few ms late: a step may take one fault more). 10 faults
     over at most 4 parts in flight, each request tried 3 times by botocore: some part likely
     fails all three (exit 3), not surely. ``calm()`` ends the faults."""
-    fault, after, _ = PLAN[0]
-    proxy = FaultProxy(moto.port, fault=fault, after_bytes=after, times=PLAN[-1][2])
-    stop = threading.Event()
-
-    def advance() -> None:
-        step = 0
-        while step + 1 < len(PLAN) and not stop.wait(0.002):
-            if proxy.faults >= PLAN[step][2]:
-                step += 1
-                proxy.fault, proxy.after_bytes, _ = PLAN[step]
-
-    def calm() -> None:
-        """No more faults from here on."""
-        stop.set()
-        mover.join(5)
-        proxy.fault = None
-
-    mover = threading.Thread(target=advance, daemon=True)
-    with proxy:
-        mover.start()
-        try:
-            yield proxy, calm
-        finally:
-            calm()
+    with faults_in_turn(moto.port, PLAN) as front:
+        yield front
 
 
 def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
@@ -400,8 +347,8 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     first = portshift_run(job, state, canaries)
     faults = front.faults
     assert faults >= 4, f"only {faults} faults were injected"
-    assert first.returncode in (0, 3), f"exit {first.returncode}\n{first.stdout}\n{first.stderr[-3000:]}"
-    ((job_id, root, status),) = query(state, "select id, export_root, status from jobs")
+    assert first.exit_code in (0, 3), f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
+    ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
     assert pending() == [], "run 1 left a multipart upload open"
     done1 = done_files(state)
     root_key = f"{prefix}/{root}"
@@ -410,13 +357,13 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         data = body(admin, bucket, f"{root_key}/{key}")
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"{key} is recorded done but differs"
     all_recordings = {f"ex0000{i:06d}" for i in range(RECORDINGS)}
-    if first.returncode == 0:
+    if first.exit_code == 0:
         assert status == "complete"
         failed: dict[str, str] = {}
     else:
         assert status == "partial"
-        failed = failed_on_stderr(first.stderr)
-        in_db = dict(query(state, "select recording_id, message from recordings where status = 'failed'"))
+        failed = first.failed_recordings()
+        in_db = dict(query_state(state, "select recording_id, message from recordings where status = 'failed'"))
         assert failed == in_db, "stderr and the state DB disagree on which recordings failed and why"
         assert 1 <= len(failed) <= RECORDINGS
         for rid, message in failed.items():
@@ -437,7 +384,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     calm()
     front.target = ("127.0.0.1", tls_proxy.port)  # same endpoint_url, so the same job
     second = portshift_run(job, state, canaries)
-    assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
+    assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert front.faults == faults
     assert pending() == []
     done2 = done_files(state)
@@ -448,7 +395,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     writes = {
         urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2] for q in tls_proxy.seen if q.method in ("PUT", "POST")
     }
-    if first.returncode == 0:
+    if first.exit_code == 0:
         assert f"job {job_id} of this job file is already complete" in second.stdout + second.stderr
         assert tls_proxy.seen == [], "a re-run of a complete job sent requests"
     else:
