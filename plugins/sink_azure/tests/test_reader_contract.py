@@ -6,15 +6,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from portshift_sink_azure import AzureReader, AzureSink
+from portshift_sink_azure.reader import READ_CHUNK
 
 from portshift.testing import ReaderContract, put_bytes
 
-from .conftest import Azurite, MiB
+from .conftest import Azurite
 from .test_reader import store as store_options
 
 
 class TestAzureReaderContract(ReaderContract):
-    many_size = 3 * MiB + 12345
+    many_size = READ_CHUNK + 12345  # more than the reader's 4 MiB range
 
     @pytest.fixture
     def reader(self, azurite: Azurite) -> Iterator[AzureReader]:

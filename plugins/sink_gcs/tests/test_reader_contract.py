@@ -7,14 +7,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from portshift_sink_gcs import GcsReader, GcsSink
+from portshift_sink_gcs.reader import READ_CHUNK
 
 from portshift.testing import ReaderContract, put_bytes
 
-from .conftest import CHUNK, Certs, Server, make_options
+from .conftest import Certs, Server, make_options
 
 
 class TestGcsReaderContract(ReaderContract):
-    many_size = 5 * CHUNK + 12345
+    many_size = READ_CHUNK + 12345  # more than the reader's 4 MiB read
 
     @pytest.fixture
     def reader(self, emulator: Server, certs: Certs) -> Iterator[GcsReader]:
