@@ -35,7 +35,7 @@ from portshift.keys import FIELDS
 from portshift.pipeline import Runner, RunRequest
 from portshift.plugins import load_plugins, pm
 from portshift.state import State
-from portshift.testing import SinkContract
+from portshift.testing import SinkContract, read_back_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -720,11 +720,7 @@ class TestTheJournalExampleOfThePluginsPagePassesTheKit(SinkContract):
 
     @pytest.fixture
     def read_back(self, tmp_path: Path) -> Any:
-        def read(key: str) -> bytes | None:
-            path = tmp_path / "dest" / key
-            return path.read_bytes() if path.is_file() else None
-
-        return read
+        return read_back_folder(tmp_path / "dest")
 
 
 def test_the_journal_section_says_when_the_journal_is_none() -> None:

@@ -19,8 +19,18 @@ from ..api import Artifact, PutResult, Sink, Source, Window  # noqa: F401 - impo
 from ..errors import SinkError  # noqa: F401
 from ..hashing import HashingStream  # noqa: F401
 from .cli import PORTSHIFT, CliResult, clean_env, failed_on_stderr, query_state, run_portshift
-from .data import SourceFailure, chunked, env_flag, failing_chunks, pattern_bytes, put_bytes, unique_key
-from .faults import Connection, FaultProxy, RequestMeter, faults_in_turn
+from .data import (
+    SourceFailure,
+    chunked,
+    env_flag,
+    failing_chunks,
+    pattern_bytes,
+    put_bytes,
+    read_artifact,
+    read_back_folder,
+    unique_key,
+)
+from .faults import FAULTS, Connection, FaultProxy, RequestMeter, fault_cases, faults_in_turn
 from .journal import RecordingJournal
 from .reader_contract import ReaderContract
 from .servers import (
@@ -38,6 +48,7 @@ from .sink_contract import SinkContract, confirmed_checksums_match
 from .source_contract import SourceContract
 
 __all__ = [
+    "FAULTS",
     "PORTSHIFT",
     "CliResult",
     "Connection",
@@ -58,12 +69,15 @@ __all__ = [
     "env_flag",
     "failed_on_stderr",
     "failing_chunks",
+    "fault_cases",
     "faults_in_turn",
     "free_port",
     "http_response",
     "pattern_bytes",
     "put_bytes",
     "query_state",
+    "read_artifact",
+    "read_back_folder",
     "run_portshift",
     "server_context",
     "stop_process",

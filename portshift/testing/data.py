@@ -7,9 +7,10 @@ import hashlib
 import itertools
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-from ..api import PutResult, Sink
+from ..api import Artifact, Opened, PutResult, Sink
 from ..hashing import HashingStream
 
 
@@ -67,3 +68,26 @@ def env_flag(name: str) -> bool:
     """``True`` when the environment variable ``name`` is ``1``, ``true`` or ``yes`` (any case):
     for tests a plugin runs only on request (``if not env_flag("ACME_LIVE"): pytest.skip(...)``)."""
     return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+def read_artifact(artifact: Artifact) -> tuple[bytes, Opened]:
+    """Open ``artifact`` once and read it whole, as the core would (closing it either way);
+    returns the bytes and the :class:`~portshift.api.Opened` (its declared size, type...)."""
+    opened = artifact.open()
+    try:
+        data = b"".join(opened.chunks)
+    finally:
+        if opened.close:
+            opened.close()
+    return data, opened
+
+
+def read_back_folder(root: Path) -> Callable[[str], bytes | None]:
+    """A ``read_back`` for a sink that stores files under the folder ``root``: the bytes of the
+    file at ``root/key``, or ``None`` when there is none."""
+
+    def read(key: str) -> bytes | None:
+        path = root / key
+        return path.read_bytes() if path.is_file() else None
+
+    return read

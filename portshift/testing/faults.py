@@ -7,8 +7,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 #: ``on_bytes(connection, upstream, data)``: called for every piece the proxy receives, before
 #: it is forwarded; ``upstream`` is ``True`` for client->server bytes.
@@ -249,3 +250,21 @@ def faults_in_turn(
             yield proxy, calm
         finally:
             calm()
+
+
+#: every fault a :class:`FaultProxy` injects
+FAULTS = ("reset", "stall", "half-close")
+
+
+def fault_cases(shapes: Iterable[str], *, late: str | None = None, reason: str = "") -> list[Any]:
+    """``pytest.param(fault, shape)`` for every fault and shape (ids ``"<fault>-<shape>"``), for
+    ``@pytest.mark.parametrize(("fault", "shape"), ...)``. ``("stall", late)`` is a strict xfail
+    with ``reason``: a request stalled past the client's timeout still reaches the store."""
+    import pytest
+
+    def marks(fault: str, shape: str) -> Any:
+        if late is not None and (fault, shape) == ("stall", late):
+            return pytest.mark.xfail(strict=True, reason=reason)
+        return ()
+
+    return [pytest.param(f, s, marks=marks(f, s), id=f"{f}-{s}") for f in FAULTS for s in shapes]

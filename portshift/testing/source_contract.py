@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from ..api import Artifact, Source, Window
+from .data import read_artifact
 
 
 class SourceContract:
@@ -21,12 +22,7 @@ class SourceContract:
         raise NotImplementedError("provide a `window` fixture")
 
     def _read(self, artifact: Artifact) -> bytes:
-        opened = artifact.open()
-        try:
-            data = b"".join(opened.chunks)
-        finally:
-            if opened.close:
-                opened.close()
+        data, opened = read_artifact(artifact)
         if opened.size is not None:
             assert len(data) == opened.size, f"{artifact.name}: declared {opened.size}, got {len(data)}"
         if artifact.size is not None:

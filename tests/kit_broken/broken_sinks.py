@@ -46,11 +46,6 @@ class FolderSink(Sink):
         return PutResult(key=key, size=stream.bytes_read, checksums={"sha256": stream.sha256_hex()}, verified="renamed")
 
 
-def read_folder(root: Path, key: str) -> bytes | None:
-    path = root / key
-    return path.read_bytes() if path.is_file() else None
-
-
 class SharedSqliteSink(Sink):
     """Wrong: one SQLite connection, opened in ``__init__``, shared by every thread that puts."""
 

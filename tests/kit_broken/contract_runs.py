@@ -16,12 +16,11 @@ from broken_sinks import (
     NoChecksumSink,
     SharedSqliteSink,
     WholeObjectReader,
-    read_folder,
     read_sqlite,
 )
 
 from portshift import Reader, Sink
-from portshift.testing import ReaderContract, SinkContract
+from portshift.testing import ReaderContract, SinkContract, read_back_folder
 
 
 class FolderContract(SinkContract):
@@ -35,7 +34,7 @@ class FolderContract(SinkContract):
 
     @pytest.fixture
     def read_back(self, tmp_path: Path) -> Callable[[str], bytes | None]:
-        return lambda key: read_folder(tmp_path / "dest", key)
+        return read_back_folder(tmp_path / "dest")
 
 
 class TestFolderSink(FolderContract):

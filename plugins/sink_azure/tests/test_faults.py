@@ -38,7 +38,17 @@ from portshift_sink_azure import transport as azure_transport
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import FaultProxy, RequestMeter, chunked, faults_in_turn, pattern_bytes, query_state, run_portshift
+from portshift.testing import (
+    FAULTS,
+    FaultProxy,
+    RequestMeter,
+    chunked,
+    fault_cases,
+    faults_in_turn,
+    pattern_bytes,
+    query_state,
+    run_portshift,
+)
 
 from .conftest import ACCOUNT, CONTAINER, Azurite, MiB, download, make_options, md5
 
@@ -97,16 +107,13 @@ SHAPES = {
     "block-2-of-4": (3 * MiB + 12_345, 2 * MiB),
 }
 BEFORE_END = 300
-FAULTS = ["reset", "stall", "half-close"]
-LATE = pytest.mark.xfail(
-    strict=True,
+CASES = fault_cases(
+    SHAPES,
+    late="single-put",
     reason="plugin limitation (docs/known-bugs.md #2): a Put Blob that timed out at the "
     "client is still completed by the store when the stalled bytes arrive, so a blob appears under "
     "the key after put raised (complete and MD5-checked: see test_a_late_put_blob_is_complete_and_correct)",
 )
-CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
-]
 
 
 def new_key() -> str:
@@ -173,7 +180,7 @@ def settle(admin: BlobServiceClient, name: str, fault: str, shape: str, started:
             if len(uncommitted) >= 2:  # block 1, and the stalled block 2
                 return
         time.sleep(0.05)
-    # a late Put Blob that never lands is what the LATE xfail hopes for; a Put Block must land
+    # a late Put Blob that never lands is what the late xfail hopes for; a Put Block must land
     assert shape == "single-put", "the stalled Put Block never reached Azurite"
 
 

@@ -44,7 +44,16 @@ from portshift_sink_gcs import GcsSink
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import FaultProxy, RequestMeter, faults_in_turn, pattern_bytes, query_state, run_portshift
+from portshift.testing import (
+    FAULTS,
+    FaultProxy,
+    RequestMeter,
+    fault_cases,
+    faults_in_turn,
+    pattern_bytes,
+    query_state,
+    run_portshift,
+)
 
 from .conftest import BUCKET, CHUNK, Certs, KiB, MiB, Server, make_options
 
@@ -113,17 +122,14 @@ SHAPES: dict[str, tuple[int, int, int | None]] = {
 #: requests has then written the whole body, and the drop reaches it while it waits for the
 #: answer. (A drop while it is still writing is the plugin bug of the MISREAD_AS_TLS test.)
 BEFORE_END = 300
-FAULTS = ["reset", "stall", "half-close"]
-LATE = pytest.mark.xfail(
-    strict=True,
+CASES = fault_cases(
+    SHAPES,
+    late="single-request",
     reason="plugin limitation (docs/known-bugs.md #2): a single-request (multipart) upload "
     "that timed out at the client is still completed by the store when the stalled bytes arrive, so "
     "an object appears under the name after put raised (complete and checksum-checked: see "
     "test_a_late_single_request_upload_is_complete_and_a_rerun_accepts_it)",
 )
-CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-request") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
-]
 
 
 def new_key() -> str:

@@ -44,7 +44,18 @@ from portshift_sink_s3 import client as s3_client
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import CliResult, FaultProxy, chunked, clean_env, faults_in_turn, pattern_bytes, query_state, run_portshift
+from portshift.testing import (
+    FAULTS,
+    CliResult,
+    FaultProxy,
+    chunked,
+    clean_env,
+    fault_cases,
+    faults_in_turn,
+    pattern_bytes,
+    query_state,
+    run_portshift,
+)
 
 from .conftest import PART, Moto, TLSProxy
 
@@ -90,16 +101,13 @@ SHAPES = {
     "single-put": (MiB + 4321, MiB // 2),
     "multipart": (2 * PART + 777, PART // 2),
 }
-FAULTS = ["reset", "stall", "half-close"]
-LATE = pytest.mark.xfail(
-    strict=True,
+NO_RETRY_CASES = fault_cases(
+    SHAPES,
+    late="single-put",
     reason="plugin limitation (docs/known-bugs.md #5, as #2 for Azure/GCS): a PutObject that timed out at "
     "the client is still completed by the store when the stalled bytes arrive, so an object appears "
     "under the key after put raised (the whole file: see test_a_late_put_object_is_the_whole_file)",
 )
-NO_RETRY_CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
-]
 
 
 def new_key() -> str:
