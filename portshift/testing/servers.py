@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 def free_port() -> int:
@@ -137,7 +137,44 @@ class Request:
         return self.target.split("?", 1)[0]
 
 
-class TLSServer:
+class _Listener:
+    """A socket listening on 127.0.0.1 and a thread that hands each connection to ``_handle``."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{type(self).__name__}-{self.port}", daemon=True)
+        self._thread.start()
+
+    def __enter__(self: _L) -> _L:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:  # pragma: no cover - each listener has its own
+        conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+_L = TypeVar("_L", bound=_Listener)
+
+
+class TLSServer(_Listener):
     """A TLS server on 127.0.0.1 that counts handshakes (good and failed) and answers one HTTP
     request per connection with ``respond(request) -> bytes`` (raw response bytes, see
     :func:`http_response`), or with fixed bytes. ``requests`` keeps what arrived."""
@@ -150,30 +187,14 @@ class TLSServer:
         self.failed_handshakes = 0
         self.versions: list[str] = []
         self.requests: list[Request] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self.port = int(self._sock.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"tls-server-{self.port}", daemon=True)
-        self._thread.start()
+        super().__init__()
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> TLSServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+    def _handle(self, raw: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(5)
@@ -204,11 +225,6 @@ class TLSServer:
             time.sleep(0.01)
         return what()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-
 
 def _read_request(conn: socket.socket) -> Request | None:
     data = b""
@@ -233,44 +249,23 @@ def _read_request(conn: socket.socket) -> Request | None:
     return Request(method, target, headers, body, head)
 
 
-class PlainListener:
+class PlainListener(_Listener):
     """A plain-TCP listener on 127.0.0.1 that counts connections and keeps what arrived: what
     would have crossed the wire in clear. Both must stay empty in a test of TLS refusals."""
 
     def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.05)
-        self.port = int(self._sock.getsockname()[1])
         self.connections = 0
         self.received = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"plain-listener-{self.port}", daemon=True)
-        self._thread.start()
+        super().__init__()
 
     @property
     def url(self) -> str:
         return "http" + f"://127.0.0.1:{self.port}"  # split: no plain-HTTP literal in the tree
 
-    def __enter__(self) -> PlainListener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            with conn:
-                conn.settimeout(0.5)
-                with contextlib.suppress(OSError):
-                    self.received += conn.recv(65536)
-                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
+    def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
+        with conn:
+            conn.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                self.received += conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
