@@ -33,6 +33,7 @@ from .data import (
 from .faults import FAULTS, Connection, FaultProxy, RequestMeter, fault_cases, faults_in_turn
 from .journal import RecordingJournal
 from .reader_contract import ReaderContract
+from .rendering import raised_by, renderings
 from .servers import (
     LocalCA,
     PlainListener,
@@ -76,8 +77,10 @@ __all__ = [
     "pattern_bytes",
     "put_bytes",
     "query_state",
+    "raised_by",
     "read_artifact",
     "read_back_folder",
+    "renderings",
     "run_portshift",
     "server_context",
     "stop_process",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-import traceback
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,6 +53,7 @@ from portshift.testing import (
     faults_in_turn,
     pattern_bytes,
     query_state,
+    renderings,
     run_portshift,
 )
 
@@ -154,7 +154,7 @@ def settle(fault: str, shape: str, started: float, read_obj: Callable[[str], byt
 
 
 def assert_clean_error(e: PortshiftError, canaries: tuple[str, str, str]) -> None:
-    texts = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    texts = renderings(e)
     for text in texts:
         for c in canaries:
             assert c not in text

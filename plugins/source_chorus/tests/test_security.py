@@ -13,7 +13,7 @@ from portshift_source_chorus.simulator.certs import make_certs
 
 from portshift.errors import AuthError, ConfigError, PortshiftError, SourceError
 from portshift.secrets import Secret
-from portshift.testing import PlainListener
+from portshift.testing import PlainListener, renderings
 
 from .conftest import CANARY, WINDOW, check_export, export_all, make_source, options
 
@@ -99,7 +99,7 @@ def test_a_redirect_to_plain_http_is_refused(sim: ChorusSimulator, plain: PlainL
 
 # --- canaries ------------------------------------------------------------------------------------
 def _renderings(e: BaseException) -> str:
-    out = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    out = renderings(e)
     # every frame's locals, below the test's own frame (which holds the links it greps for)
     tb = e.__traceback__.tb_next if e.__traceback__ else None
     out.append("".join(traceback.TracebackException(type(e), e, tb, capture_locals=True).format()))

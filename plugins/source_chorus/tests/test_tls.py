@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from portshift_source_chorus import ChorusSource
 from portshift_source_chorus.simulator import ChorusSimulator
 
 from portshift.errors import PortshiftError, SourceError
-from portshift.testing import PlainListener, TLSServer, server_context
+from portshift.testing import PlainListener, TLSServer, renderings, server_context
 
 from .conftest import CANARY, WINDOW, options
 
@@ -49,7 +48,7 @@ def served(sim: ChorusSimulator) -> int:
 def assert_clean(e: PortshiftError) -> None:
     """The error a caller sees: a portshift error, one clear line, no token, no query string, no
     httpx/ssl object travelling up with it."""
-    rendered = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    rendered = renderings(e)
     for text in rendered:
         assert CANARY not in text
         for word in QUERY_WORDS:
