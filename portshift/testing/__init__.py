@@ -18,7 +18,17 @@ from __future__ import annotations
 from ..api import Artifact, PutResult, Sink, Source, Window  # noqa: F401 - importable from here before the split
 from ..errors import SinkError  # noqa: F401
 from ..hashing import HashingStream  # noqa: F401
-from .cli import PORTSHIFT, CliResult, clean_env, failed_on_stderr, query_state, run_portshift
+from .cli import (
+    PORTSHIFT,
+    CliResult,
+    DoneFile,
+    clean_env,
+    done_files,
+    failed_in_state,
+    failed_on_stderr,
+    query_state,
+    run_portshift,
+)
 from .data import (
     SourceFailure,
     chunked,
@@ -53,6 +63,7 @@ __all__ = [
     "PORTSHIFT",
     "CliResult",
     "Connection",
+    "DoneFile",
     "FaultProxy",
     "LocalCA",
     "PlainListener",
@@ -67,7 +78,9 @@ __all__ = [
     "chunked",
     "clean_env",
     "confirmed_checksums_match",
+    "done_files",
     "env_flag",
+    "failed_in_state",
     "failed_on_stderr",
     "failing_chunks",
     "fault_cases",

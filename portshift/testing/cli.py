@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 #: the interpreter running the tests, with portshift and its plugins installed
 PORTSHIFT = [sys.executable, "-m", "portshift"]
@@ -127,3 +127,25 @@ def query_state(state: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
     """Rows of ``sql`` on a SQLite state file, opened read-only (a run may still hold it)."""
     with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
         return list(db.execute(sql, args))
+
+
+class DoneFile(NamedTuple):
+    """A content file a run recorded as done."""
+
+    size: int
+    sha256: str
+    recording_id: str
+    done_at: str
+
+
+def done_files(state: Path) -> dict[str, DoneFile]:
+    """Every content file recorded as done in a state file: key (under the export root) ->
+    :class:`DoneFile`."""
+    rows = query_state(state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")
+    return {key: DoneFile(size, sha, rid, done_at) for key, size, sha, rid, done_at in rows}
+
+
+def failed_in_state(state: Path) -> dict[str, str]:
+    """Recording id -> the reason it failed, as the state file has it (compare with
+    :meth:`CliResult.failed_recordings`)."""
+    return dict(query_state(state, "select recording_id, message from recordings where status = 'failed'"))

@@ -48,6 +48,8 @@ from portshift.testing import (
     FAULTS,
     FaultProxy,
     RequestMeter,
+    done_files,
+    failed_in_state,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -319,19 +321,14 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
     assert status == "partial"
     listed = first.failed_recordings()
-    in_db = dict(query_state(state, "select recording_id, message from recordings where status = 'failed'"))
+    in_db = failed_in_state(state)
     assert listed == in_db, "stderr and the state DB disagree on which recordings failed and why"
     assert 1 <= len(listed) <= RECORDINGS
     for rid, message in listed.items():
         # the call, what went wrong, and the object (of that recording) it was writing
         assert re.match(rf"^{OPERATIONS}: .+ at gs://{BUCKET}/{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$", message), message
     # a failed recording has a missing file; every other recording has both of its files
-    done1 = {
-        key: (size, sha, rid, done_at)
-        for key, size, sha, rid, done_at in query_state(
-            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
-        )
-    }
+    done1 = done_files(state)
     per_recording: dict[str, int] = {}
     for _, _, rid, _ in done1.values():
         per_recording[rid] = per_recording.get(rid, 0) + 1
@@ -355,12 +352,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = {
-        key: (size, sha, rid, done_at)
-        for key, size, sha, rid, done_at in query_state(
-            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
-        )
-    }
+    done2 = done_files(state)
     written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
     assert len(done2) == 2 * RECORDINGS
     assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"

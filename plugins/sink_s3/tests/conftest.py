@@ -31,7 +31,7 @@ import pytest
 import trustme
 from botocore.config import Config
 
-from portshift.testing import LocalCA, PlainListener, free_port, stop_process
+from portshift.testing import LocalCA, PlainListener, clean_env, free_port, stop_process
 
 ACCESS_KEY = "AKIACANARYAK0000001"
 SECRET_KEY = "CANARYSECRETKEY/abc123+xyz"
@@ -402,6 +402,18 @@ def read_obj(admin: Any, bucket: str) -> Callable[[str], bytes | None]:
 def pending(admin: Any, bucket: str) -> Callable[[], list[dict[str, Any]]]:
     """Multipart uploads still open in this test's bucket."""
     return lambda: pending_uploads(admin, bucket)
+
+
+def run_env(canaries: tuple[str, str, str]) -> dict[str, str]:
+    """The environment of a ``portshift run`` subprocess: the canary credentials, no ``AWS_*``
+    variable, and only the S3 plugin loaded."""
+    return clean_env(
+        drop=("AWS_", "PORTSHIFT_"),
+        PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
+        PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
+        PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
+        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
+    )
 
 
 @pytest.fixture

@@ -48,7 +48,8 @@ from portshift.testing import (
     CliResult,
     FaultProxy,
     chunked,
-    clean_env,
+    done_files,
+    failed_in_state,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -57,7 +58,7 @@ from portshift.testing import (
     run_portshift,
 )
 
-from .conftest import PART, Moto, TLSProxy
+from .conftest import PART, Moto, TLSProxy, run_env
 
 MiB = 1024 * 1024
 #: Seconds a stalled connection holds its bytes: longer than both lowered timeouts.
@@ -286,25 +287,11 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str)
 
 
 def portshift_run(job: Path, state: Path, canaries: tuple[str, str, str]) -> CliResult:
-    env = clean_env(
-        drop=("AWS_", "PORTSHIFT_"),
-        PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
-        PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
-        PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
-        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
-    )
+    env = run_env(canaries)
     r = run_portshift("run", "--config", job, "--state", state, "--no-progress", env=env, timeout=120)
     for c in canaries:
         assert c not in r.stdout + r.stderr
     return r
-
-
-def done_files(state: Path) -> dict[str, tuple[int, str, str]]:
-    """key (under the export root) -> (size, sha256, recording id) of every file recorded done."""
-    return {
-        key: (size, sha, rid)
-        for key, size, sha, rid in query_state(state, "select key, size, sha256, recording_id from files where kind = 'content'")
-    }
 
 
 def objects(admin: Any, bucket: str) -> dict[str, tuple[str, Any]]:
@@ -361,7 +348,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     done1 = done_files(state)
     root_key = f"{prefix}/{root}"
     # nothing recorded as done is truncated or corrupted
-    for key, (size, sha, _) in done1.items():
+    for key, (size, sha, _, _) in done1.items():
         data = body(admin, bucket, f"{root_key}/{key}")
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"{key} is recorded done but differs"
     all_recordings = {f"ex0000{i:06d}" for i in range(RECORDINGS)}
@@ -371,7 +358,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     else:
         assert status == "partial"
         failed = first.failed_recordings()
-        in_db = dict(query_state(state, "select recording_id, message from recordings where status = 'failed'"))
+        in_db = failed_in_state(state)
         assert failed == in_db, "stderr and the state DB disagree on which recordings failed and why"
         assert 1 <= len(failed) <= RECORDINGS
         for rid, message in failed.items():
