@@ -370,7 +370,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
             ), message
         assert not [k for k in objects(admin, bucket) if k.endswith("portshift-manifest.txt")]
     per_recording: dict[str, int] = {}
-    for _, _, rid in done1.values():
+    for rid in (f.recording_id for f in done1.values()):
         per_recording[rid] = per_recording.get(rid, 0) + 1
     assert {rid for rid, n in per_recording.items() if n == 2} == all_recordings - set(failed)
     before = objects(admin, bucket)
