@@ -11,7 +11,7 @@ def renderings(e: BaseException, *, with_locals: bool = False) -> list[str]:
     ``with_locals``, the traceback with every frame's local variables, as a crash reporter shows it."""
     out = [str(e), repr(e), "".join(traceback.format_exception(type(e), e, e.__traceback__))]
     if with_locals:
-        out.append("".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()))
+        out.append("".join(traceback.TracebackException.from_exception(e, capture_locals=with_locals).format()))
     return out
 
 
