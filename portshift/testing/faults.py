@@ -110,14 +110,14 @@ class FaultProxy:
                 name = f"fault-proxy-{self.port}-{conn.number}-{'up' if up else 'down'}"
                 threading.Thread(target=self._pipe, args=(conn, src, dst, up), name=name, daemon=True).start()
 
-    def _take_fault(self, conn: Connection) -> bool:
-        """Count a fault on ``conn`` unless ``times`` faults happened already."""
+    def _take_fault(self, conn: Connection) -> str | None:
+        """The fault to inject on ``conn`` now (counted), or ``None`` once ``times`` happened."""
         with self._lock:
             conn.faulty = False
             if self.fault is None or self.faults >= self.times:
-                return False
+                return None
             self.faults += 1
-            return True
+            return self.fault
 
     def _pipe(self, conn: Connection, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
@@ -138,8 +138,8 @@ class FaultProxy:
                     cut = max(0, len(data) - (conn.up - self.after_bytes))
                     dst.sendall(data[:cut])
                     data = data[cut:]
-                    if self._take_fault(conn):
-                        fault = self.fault
+                    fault = self._take_fault(conn)
+                    if fault is not None:
                         if fault == "reset":
                             self._reset(src, dst)
                             return
