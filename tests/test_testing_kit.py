@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from portshift.default_plugins.local_sink import LocalOptions, LocalReader, LocalSink
-from portshift.testing import CliResult, ReaderContract, clean_env, put_bytes, query_state, run_portshift
+from portshift.testing import (
+    CliResult,
+    ReaderContract,
+    clean_env,
+    done_files,
+    failed_in_state,
+    put_bytes,
+    query_state,
+    run_portshift,
+)
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "kit_broken" / "contract_runs.py"
@@ -127,26 +136,30 @@ def test_every_name_of_the_former_module_is_still_importable() -> None:
         assert hasattr(kit, name), name
 
 
-def test_the_cli_runner_runs_the_real_command(tmp_path: Path) -> None:
+def test_the_cli_runner_runs_the_real_command_and_reads_its_json_report(tmp_path: Path) -> None:
     job = tmp_path / "job.toml"
     job.write_text(
         f'[source]\ntype = "example"\ncount = 2\nmedia_size = 1000\n\n[sink]\ntype = "local"\npath = "{tmp_path / "out"}"\n'
     )
-    done = run_portshift(
-        "run", "--config", job, "--state", tmp_path / "state.db", "--no-progress", env=clean_env(HOME=str(tmp_path))
-    )
+    args = ("run", "--config", job, "--state", tmp_path / "state.db", "--no-progress")
+    done = run_portshift(*args, env=clean_env(HOME=str(tmp_path)))
     assert done.exit_code == 0, done
-    assert done.failed_recordings() == {} and done.report is None
-    [(status,)] = query_state(tmp_path / "state.db", "select status from jobs")
-    assert status == "complete"
-    bad = run_portshift("run", "--config", tmp_path / "missing.toml", env=clean_env())
-    assert bad.exit_code == 2 and "does not exist" in bad.stderr
+    assert done.report is None and done.failed_recordings() == {}
+    again = run_portshift(*args, "--new", "--report", "json", env=clean_env(HOME=str(tmp_path)))
+    assert again.exit_code == 0, again
+    assert again.report is not None and again.report["status"] == "complete" and again.report["failed"] == []
+    assert again.failed_recordings() == {}
+    jobs = dict(query_state(tmp_path / "state.db", "select id, status from jobs"))
+    assert set(jobs.values()) == {"complete"} and len(jobs) == 2 and again.report["job_id"] in jobs
+    assert len(done_files(tmp_path / "state.db", again.report["job_id"])) == 4  # 2 recordings x 2 files
+    assert failed_in_state(tmp_path / "state.db") == {}
+    bad = run_portshift("run", "--config", tmp_path / "missing.toml", "--report", "json", env=clean_env())
+    assert bad.exit_code == 2 and bad.report is not None and "does not exist" in bad.report["message"]
 
 
 def test_failed_recordings_come_from_the_json_report_when_there_is_one() -> None:
-    stderr = (
-        "failed 2 recordings (re-run the same command to retry them):\n  ex01  put: reset\n  ex02  put: stalled\nportshift: x\n"
-    )
-    assert CliResult(["run"], 3, "", stderr).failed_recordings() == {"ex01": "put: reset", "ex02": "put: stalled"}
-    report = '{"job_id": "j", "failed": [{"recording_id": "ex03", "message": "from the report"}]}'
+    """The human summary lists ``  <id>  <reason>  <message>``; the report carries the same."""
+    stderr = "failed 2 recordings (re-run the same command to retry them):\n  ex01  error  put: reset\n  ex02  error  put: x y\n"
+    assert CliResult(["run"], 3, "", stderr).failed_recordings() == {"ex01": "put: reset", "ex02": "put: x y"}
+    report = '{"job_id": "j", "failed": [{"recording_id": "ex03", "reason": "error", "message": "from the report"}]}'
     assert CliResult(["run"], 3, report, stderr).failed_recordings() == {"ex03": "from the report"}

@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 PORTSHIFT = [sys.executable, "-m", "portshift"]
 
 _FAILED_HEAD = re.compile(r"^failed (\d+) recordings")
-_FAILED_LINE = re.compile(r"^  (\S+)  (.+)$")
+#: ``  <recording id>  <reason>  <message>``
+_FAILED_LINE = re.compile(r"^  (\S+)  (\S+)  (.+)$")
 
 
 def clean_env(*, drop: Iterable[str] = ("PORTSHIFT_",), **extra: str) -> dict[str, str]:
@@ -61,8 +62,8 @@ class CliResult:
     def failed_recordings(self) -> dict[str, str]:
         """Recording id -> the reason it failed, as the command reported it.
 
-        From the JSON report's ``failed`` list when there is a report; otherwise from the summary
-        on stderr (``failed N recordings ...`` and one indented ``<id>  <reason>`` line each)."""
+        From the JSON report's ``failed`` list when the command ran with ``--report json``;
+        otherwise from the human summary on stderr (:func:`failed_on_stderr`)."""
         report = self.report
         if report is not None and isinstance(report.get("failed"), list):
             return {str(f["recording_id"]): str(f.get("message") or f.get("reason") or "") for f in report["failed"]}
@@ -74,8 +75,9 @@ class CliResult:
 
 
 def failed_on_stderr(stderr: str) -> dict[str, str]:
-    """The failed recordings listed in the human summary of ``portshift run`` on stderr
-    (``{}`` when it lists none). At most 50 are listed there; the count line must match."""
+    """Recording id -> message of the failed recordings listed in the human summary of
+    ``portshift run`` on stderr (``failed N recordings ...``, then ``  <id>  <reason>  <message>``
+    lines; ``{}`` when it lists none). At most 50 are listed there. Prefer ``--report json``."""
     lines = stderr.splitlines()
     heads = [i for i, line in enumerate(lines) if _FAILED_HEAD.match(line)]
     if not heads:
@@ -89,7 +91,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
         found = _FAILED_LINE.match(line)
         if not found:
             break
-        out[found.group(1)] = found.group(2)
+        out[found.group(1)] = found.group(3)
     assert len(out) == min(count, 50), f"{count} failed recordings announced, {len(out)} listed:\n{stderr[-3000:]}"
     return out
 
@@ -138,14 +140,23 @@ class DoneFile(NamedTuple):
     done_at: str
 
 
-def done_files(state: Path) -> dict[str, DoneFile]:
-    """Every content file recorded as done in a state file: key (under the export root) ->
-    :class:`DoneFile`."""
-    rows = query_state(state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'")
+def done_files(state: Path, job_id: str | None = None) -> dict[str, DoneFile]:
+    """Every content file recorded as done in a state file (of job ``job_id``; of the only job
+    when ``None``): key (under the export root) -> :class:`DoneFile`."""
+    if job_id is None:
+        jobs = query_state(state, "select id from jobs")
+        assert len(jobs) == 1, f"{len(jobs)} jobs in {state}: say which one"
+        job_id = jobs[0][0]
+    rows = query_state(
+        state,
+        "select key, size, sha256, recording_id, done_at from files where kind = 'content' and job_id = ?",
+        job_id,
+    )
     return {key: DoneFile(size, sha, rid, done_at) for key, size, sha, rid, done_at in rows}
 
 
 def failed_in_state(state: Path) -> dict[str, str]:
     """Recording id -> the reason it failed, as the state file has it (compare with
     :meth:`CliResult.failed_recordings`)."""
-    return dict(query_state(state, "select recording_id, message from recordings where status = 'failed'"))
+    rows = query_state(state, "select recording_id, message from recordings where status = 'failed'")
+    return dict(rows)

@@ -9,7 +9,7 @@ Outcome rules checked here:
   and the blob re-downloaded is byte-for-byte what was sent (with its Content-MD5 and sha256).
 - ``portshift run`` (a real subprocess, 15 recordings of 3 blocks each) through a fault proxy
   faulting several connections in turn (resets, half-closes, a stall), with every retry off: exit 3, the failed recordings
-  listed on stderr exactly as the state DB has them, each with the call that failed and why;
+  listed in the JSON report (and on stderr) exactly as the state DB has them, each with the call that failed and why;
   every file recorded as done is in the store with the recorded size and SHA-256. A re-run on a
   clean path exits 0, writes only the missing files (the others keep their ETag) and every file
   of the manifest re-downloads and re-hashes OK.
@@ -45,6 +45,7 @@ from portshift.testing import (
     chunked,
     done_files,
     failed_in_state,
+    failed_on_stderr,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -291,7 +292,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     container = admin.get_container_client(CONTAINER)
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
-    first = run_portshift("run", "--config", str(job), "--state", str(state), env=env)
+    first = run_portshift("run", "--config", str(job), "--state", str(state), "--report", "json", env=env)
     faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
     assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
@@ -299,7 +300,9 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert status == "partial"
     listed = first.failed_recordings()
     in_db = failed_in_state(state)
-    assert listed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+    assert first.report is not None, "no JSON report on stdout"
+    assert listed == in_db, "the JSON report and the state DB disagree on which recordings failed and why"
+    assert failed_on_stderr(first.stderr) == in_db, "the summary on stderr and the state DB disagree"
     assert 1 <= len(listed) <= RECORDINGS
     operation = r"(put blob|put block|put block list)"
     for rid, message in listed.items():

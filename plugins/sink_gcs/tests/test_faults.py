@@ -12,7 +12,7 @@ Outcome rules checked here:
 - ``portshift run`` (a real subprocess, 12 recordings whose media go up in 3 chunks) through a
   fault proxy faulting several connections in turn (2 resets, 2 half-closes, 1 stall), with every
   retry off: exit 3, the failed
-  recordings listed on stderr exactly as the state DB has them, each with the call that failed
+  recordings listed in the JSON report (and on stderr) exactly as the state DB has them, each with the call that failed
   and why; every file recorded as done is in the bucket with the recorded size and SHA-256, and
   no resumable session is left open. A re-run on a clean path exits 0, writes only the missing
   files (the others keep their generation) and every file of the manifest re-hashes OK.
@@ -50,6 +50,7 @@ from portshift.testing import (
     RequestMeter,
     done_files,
     failed_in_state,
+    failed_on_stderr,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -314,7 +315,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     sessions = admin.resumable()
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
-    first = run_portshift("run", "--config", str(job), "--state", str(state), env=env)
+    first = run_portshift("run", "--config", str(job), "--state", str(state), "--report", "json", env=env)
     faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
     assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
@@ -322,7 +323,9 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert status == "partial"
     listed = first.failed_recordings()
     in_db = failed_in_state(state)
-    assert listed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+    assert first.report is not None, "no JSON report on stdout"
+    assert listed == in_db, "the JSON report and the state DB disagree on which recordings failed and why"
+    assert failed_on_stderr(first.stderr) == in_db, "the summary on stderr and the state DB disagree"
     assert 1 <= len(listed) <= RECORDINGS
     for rid, message in listed.items():
         # the call, what went wrong, and the object (of that recording) it was writing

@@ -50,6 +50,7 @@ from portshift.testing import (
     chunked,
     done_files,
     failed_in_state,
+    failed_on_stderr,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -288,7 +289,7 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str)
 
 def portshift_run(job: Path, state: Path, canaries: tuple[str, str, str]) -> CliResult:
     env = run_env(canaries)
-    r = run_portshift("run", "--config", job, "--state", state, "--no-progress", env=env, timeout=120)
+    r = run_portshift("run", "--config", job, "--state", state, "--no-progress", "--report", "json", env=env, timeout=120)
     for c in canaries:
         assert c not in r.stdout + r.stderr
     return r
@@ -359,7 +360,9 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         assert status == "partial"
         failed = first.failed_recordings()
         in_db = failed_in_state(state)
-        assert failed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+        assert first.report is not None, "no JSON report on stdout"
+        assert failed == in_db, "the JSON report and the state DB disagree on which recordings failed and why"
+        assert failed_on_stderr(first.stderr) == in_db, "the summary on stderr and the state DB disagree"
         assert 1 <= len(failed) <= RECORDINGS
         for rid, message in failed.items():
             # the call, what went wrong, and the object (of that recording) it was writing
