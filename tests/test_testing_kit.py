@@ -18,6 +18,7 @@ from portshift.default_plugins.local_sink import LocalOptions, LocalReader, Loca
 from portshift.testing import (
     CliResult,
     ReaderContract,
+    checked_failures,
     clean_env,
     done_files,
     failed_in_state,
@@ -148,7 +149,7 @@ def test_the_cli_runner_runs_the_real_command_and_reads_its_json_report(tmp_path
     again = run_portshift(*args, "--new", "--report", "json", env=clean_env(HOME=str(tmp_path)))
     assert again.exit_code == 0, again
     assert again.report is not None and again.report["status"] == "complete" and again.report["failed"] == []
-    assert again.failed_recordings() == {}
+    assert again.failed_recordings() == {} and checked_failures(again, tmp_path / "state.db") == {}
     jobs = dict(query_state(tmp_path / "state.db", "select id, status from jobs"))
     assert set(jobs.values()) == {"complete"} and len(jobs) == 2 and again.report["job_id"] in jobs
     assert len(done_files(tmp_path / "state.db", again.report["job_id"])) == 4  # 2 recordings x 2 files

@@ -160,3 +160,13 @@ def failed_in_state(state: Path) -> dict[str, str]:
     :meth:`CliResult.failed_recordings`)."""
     rows = query_state(state, "select recording_id, message from recordings where status = 'failed'")
     return dict(rows)
+
+
+def checked_failures(result: CliResult, state: Path) -> dict[str, str]:
+    """The failed recordings of a ``portshift run --report json``, after checking that its JSON
+    report, the summary on stderr and the state file all list the same ones with the same reasons."""
+    assert result.report is not None, f"no JSON report on stdout (run with --report json)\n{result}"
+    in_state = failed_in_state(state)
+    assert result.failed_recordings() == in_state, "the JSON report and the state file disagree on what failed and why"
+    assert failed_on_stderr(result.stderr) == in_state, "the summary on stderr and the state file disagree"
+    return in_state

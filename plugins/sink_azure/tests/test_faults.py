@@ -42,10 +42,9 @@ from portshift.testing import (
     FAULTS,
     FaultProxy,
     RequestMeter,
+    checked_failures,
     chunked,
     done_files,
-    failed_in_state,
-    failed_on_stderr,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -298,11 +297,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
     ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
     assert status == "partial"
-    listed = first.failed_recordings()
-    in_db = failed_in_state(state)
-    assert first.report is not None, "no JSON report on stdout"
-    assert listed == in_db, "the JSON report and the state DB disagree on which recordings failed and why"
-    assert failed_on_stderr(first.stderr) == in_db, "the summary on stderr and the state DB disagree"
+    listed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
     assert 1 <= len(listed) <= RECORDINGS
     operation = r"(put blob|put block|put block list)"
     for rid, message in listed.items():

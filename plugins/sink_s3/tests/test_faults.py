@@ -47,10 +47,9 @@ from portshift.testing import (
     FAULTS,
     CliResult,
     FaultProxy,
+    checked_failures,
     chunked,
     done_files,
-    failed_in_state,
-    failed_on_stderr,
     fault_cases,
     faults_in_turn,
     pattern_bytes,
@@ -358,11 +357,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         failed: dict[str, str] = {}
     else:
         assert status == "partial"
-        failed = first.failed_recordings()
-        in_db = failed_in_state(state)
-        assert first.report is not None, "no JSON report on stdout"
-        assert failed == in_db, "the JSON report and the state DB disagree on which recordings failed and why"
-        assert failed_on_stderr(first.stderr) == in_db, "the summary on stderr and the state DB disagree"
+        failed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
         assert 1 <= len(failed) <= RECORDINGS
         for rid, message in failed.items():
             # the call, what went wrong, and the object (of that recording) it was writing
