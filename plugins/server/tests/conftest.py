@@ -1,4 +1,4 @@
-"""Fixtures: a trustme CA and server certificate, a test-only plugin distribution with credentials
+"""Fixtures: a throw-away CA and server certificate (the kit's LocalCA), a test-only plugin distribution with credentials
 (the ``canary`` source and the ``canarylocal`` sink), and `portshift serve` started as a real
 subprocess over HTTPS on a free loopback port."""
 
@@ -11,7 +11,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import httpx
 import pytest
 import trustme
 from portshift_source_chorus.simulator import ChorusSimulator, Tenant, TenantSpec
+
+from portshift.testing import LocalCA, free_port
 
 from .canary_plugin import CANARY_PLUGIN
 
@@ -47,15 +48,8 @@ class Certs:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    d = tmp_path_factory.mktemp("certs")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    leaf.private_key_pem.write_to_path(str(d / "key.pem"))
-    with open(d / "cert.pem", "wb") as f:
-        for blob in leaf.cert_chain_pems:
-            f.write(blob.bytes())
-    return Certs(ca, d / "ca.pem", d / "cert.pem", d / "key.pem")
+    local = LocalCA.create(tmp_path_factory.mktemp("certs"))
+    return Certs(local.ca, local.ca_pem, local.cert_pem, local.key_pem)
 
 
 @pytest.fixture(scope="session")
@@ -68,12 +62,6 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: portshift-canary-test\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[portshift]\ncanary_test = portshift_canary_test\n")
     return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SERVICE_CONFIG = """
