@@ -180,6 +180,15 @@ def _with_secrets(data: dict[str, Any], given: dict[str, Any] | None, section: s
     return out
 
 
+def _job_secret(given: Any, name: str) -> str | None:
+    """A secret of the ``job`` section of ``--secrets-from-stdin`` (only ``signing_key``)."""
+    if given is None:
+        return None
+    if not isinstance(given, dict) or set(given) - {name}:
+        raise ConfigError('secrets for [job] must be a JSON object like {"signing_key": "<PEM>"}')
+    return given.get(name)
+
+
 def load_job(path: Path | None, doc: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None) -> JobConfig:
     """Validate a whole job file. ``secrets`` (from ``--secrets-from-stdin``) maps section ->
     {option: value}."""
@@ -192,10 +201,10 @@ def load_job(path: Path | None, doc: dict[str, Any] | None = None, secrets: dict
         if key not in known:
             raise ConfigError(f"job file {path}: unknown section or key {key!r} (valid: {', '.join(sorted(known))})")
     secrets = secrets or {}
-    unknown_secret_sections = set(secrets) - {"source", "sink", "state"}
+    unknown_secret_sections = set(secrets) - {"source", "sink", "job", "state"}
     if unknown_secret_sections:
         raise ConfigError(
-            f"secrets for unknown sections: {', '.join(sorted(unknown_secret_sections))} (valid: source, sink, state)"
+            f"secrets for unknown sections: {', '.join(sorted(unknown_secret_sections))} (valid: source, sink, job, state)"
         )
     state_doc = doc.get("state", {})
     if not isinstance(state_doc, dict):
@@ -244,7 +253,7 @@ def load_job(path: Path | None, doc: dict[str, Any] | None = None, secrets: dict
     from .signing import load_signing_key
 
     return JobConfig(
-        signing_key=load_signing_key(job.signing_key_file),
+        signing_key=load_signing_key(job.signing_key_file, _job_secret(secrets.get("job"), "signing_key")),
         path=path,
         job=job,
         source_type=src_type,

@@ -18,9 +18,16 @@ from .secrets import Secret, read_secret_file, secret_from_env
 ENV = "PORTSHIFT_SIGNING_KEY"
 
 
-def load_signing_key(path: Path | None) -> Secret | None:
-    """The signing key from the job file's ``signing_key_file`` or the environment, validated."""
-    if path is not None:
+def load_signing_key(path: Path | None, given: str | None = None) -> Secret | None:
+    """The signing key from ``--secrets-from-stdin`` (``{"job": {"signing_key": "<PEM>"}}``), the
+    job file's ``signing_key_file`` or the environment, validated."""
+    if given is not None and path is not None:
+        raise ConfigError("the signing key is given twice: on standard input and as [job] signing_key_file; keep one")
+    if given is not None:
+        if not isinstance(given, str) or not given.strip():
+            raise ConfigError("secret job.signing_key must be a PEM string")
+        secret = Secret(given, "signing_key")
+    elif path is not None:
         secret = Secret(read_secret_file(Path(path), "[job] signing_key_file"), "signing_key")
     elif (from_env := secret_from_env(ENV, "signing_key")) is not None:
         secret = from_env

@@ -6,7 +6,9 @@
 - docs/job-file.md documents every [job] key, key-template field and built-in plugin option, and
   every complete job file shown in docs/*.md loads;
 - docs/manifest.md's example is what a real job writes;
-- docs/writing-plugins.md shows the files of docs/examples/portshift-sink-memo verbatim.
+- docs/writing-plugins.md shows the files of docs/examples/portshift-sink-memo verbatim;
+- the plugin-author pages and the example import only ``portshift`` and ``portshift.testing``, and
+  the sink shown in docs/plugins.md passes the conformance kit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from portshift.keys import FIELDS
 from portshift.pipeline import Runner, RunRequest
 from portshift.plugins import load_plugins, pm
 from portshift.state import State
+from portshift.testing import SinkContract, read_back_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -258,12 +261,20 @@ def test_plugins_doc_names_the_contract() -> None:
         "[project.entry-points.portshift]",
     ):
         assert name in text, f"{name} is not documented in docs/plugins.md"
-    from portshift.testing import SinkContract, SourceContract
+    import portshift.testing as kit
+    from portshift.testing import ReaderContract, SinkContract, SourceContract
 
-    for contract, fixtures in ((SinkContract, ("sink", "read_back", "many_size")), (SourceContract, ("source", "window"))):
+    undocumented = [name for name in kit.__all__ if f"`{name}" not in text]
+    assert not undocumented, f"portshift.testing names missing from docs/plugins.md: {undocumented}"
+    contracts = (
+        (SinkContract, ("sink", "read_back", "many_size", "threads", "bounded_size", "memory_budget", "replaces_objects")),
+        (SourceContract, ("source", "window")),
+        (ReaderContract, ("reader", "store", "many_size", "max_chunk")),
+    )
+    for contract, fixtures in contracts:
         for name in fixtures:
             assert hasattr(contract, name), f"{contract.__name__}.{name} no longer exists"
-            assert f"`{name}`" in text, f"{contract.__name__}.{name} is not documented"
+            assert f"`{name}" in text, f"{contract.__name__}.{name} is not documented"
 
 
 # --- docs/cli.md --------------------------------------------------------------------------------
@@ -697,3 +708,79 @@ def test_links_resolve(page: str) -> None:
             assert file.suffix == ".md", f"docs/{page}: anchor in a link to a non-Markdown file: {target}"
             anchors = {slug(t) for _, t, _ in sections(file.read_text(encoding="utf-8"))}
             assert anchor in anchors, f"docs/{page}: link to {target}: no heading with that anchor"
+
+
+# --- the public surface: what plugin authors are shown ---------------------------------------------
+PUBLIC_MODULES = {"portshift", "portshift.testing"}
+
+
+def _portshift_imports(code: str) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import of portshift or one of its modules in ``code``."""
+    out = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "portshift" or node.module.startswith("portshift."):
+                out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name == "portshift" or a.name.startswith("portshift.")]
+    return out
+
+
+def author_code() -> list[Any]:
+    params = []
+    for page in ("plugins.md", "writing-plugins.md"):
+        for b in fenced_blocks(read(page)):
+            if b.lang == "python":
+                params.append(pytest.param(b.body, id=f"{page}:{b.line}"))
+    for path in sorted(EXAMPLE.rglob("*.py")):
+        params.append(pytest.param(path.read_text(encoding="utf-8"), id=f"example:{path.relative_to(EXAMPLE)}"))
+    return params
+
+
+@pytest.mark.parametrize("code", author_code())
+def test_plugin_authors_import_only_portshift_and_portshift_testing(code: str) -> None:
+    import portshift
+    import portshift.testing
+
+    surface = {"portshift": set(portshift.__all__), "portshift.testing": set(portshift.testing.__all__)}
+    for module, names in _portshift_imports(code):
+        assert module in PUBLIC_MODULES, f"imports {module}: plugin code imports from portshift or portshift.testing only"
+        missing = [n for n in names if n not in surface[module]]
+        assert not missing, f"{module} does not export {missing}"
+
+
+def test_the_example_plugin_is_checked_for_its_imports() -> None:
+    ids = [p.id for p in author_code()]
+    assert "example:portshift_sink_memo/sink.py" in ids and any(i.startswith("plugins.md:") for i in ids)
+
+
+def kit_checked_sink() -> type:
+    """The sink of the ``python kit-checked`` block of docs/plugins.md, run as written."""
+    [block] = [b for b in fenced_blocks(read("plugins.md")) if b.lang == "python" and "kit-checked" in b.info.split()]
+    namespace: dict[str, Any] = {"__name__": "docs_plugins_journal_example"}
+    exec(compile(block.body, f"docs/plugins.md:{block.line}", "exec", dont_inherit=True), namespace)  # noqa: S102
+    from portshift import Sink
+
+    [sink] = [v for v in namespace.values() if isinstance(v, type) and issubclass(v, Sink) and v is not Sink]
+    return sink
+
+
+class TestTheJournalExampleOfThePluginsPagePassesTheKit(SinkContract):
+    """docs/plugins.md's journal example is the kit-passing version: journal None-checked, entries
+    ended only after a successful commit or abort, recover() idempotent."""
+
+    @pytest.fixture
+    def sink(self, tmp_path: Path) -> Any:
+        cls = kit_checked_sink()
+        sink = cls(build_options(cls.Options, {"path": str(tmp_path / "dest")}, "sink"))
+        yield sink
+        sink.close()
+
+    @pytest.fixture
+    def read_back(self, tmp_path: Path) -> Any:
+        return read_back_folder(tmp_path / "dest")
+
+
+def test_the_journal_section_says_when_the_journal_is_none() -> None:
+    body = section(read("plugins.md"), "`Journal`")
+    assert "**`None`**" in body and "only after a successful" in body

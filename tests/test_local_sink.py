@@ -10,7 +10,7 @@ import pytest
 from portshift.default_plugins.local_sink import LocalOptions, LocalSink
 from portshift.errors import ConfigError, SinkError
 from portshift.hashing import HashingStream
-from portshift.testing import SinkContract, failing_chunks, pattern_bytes
+from portshift.testing import SinkContract, failing_chunks, pattern_bytes, read_back_folder
 
 
 class TestLocalSinkContract(SinkContract):
@@ -20,11 +20,7 @@ class TestLocalSinkContract(SinkContract):
 
     @pytest.fixture
     def read_back(self, tmp_path: Path) -> Callable[[str], bytes | None]:
-        def read(key: str) -> bytes | None:
-            path = tmp_path / "dest" / key
-            return path.read_bytes() if path.is_file() else None
-
-        return read
+        return read_back_folder(tmp_path / "dest")
 
 
 def test_a_failed_put_leaves_no_temporary_file(tmp_path: Path) -> None:

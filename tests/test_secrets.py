@@ -23,6 +23,7 @@ from portshift.errors import ConfigError
 from portshift.options import PluginOptions
 from portshift.redact import REDACTED, redact_url, sanitize_message, scrub
 from portshift.secrets import Secret, known_masks, read_secret_file, register_mask, secret_field, secret_from_env
+from portshift.testing import renderings
 
 from .conftest import make_canary
 
@@ -217,7 +218,7 @@ def test_redact_url_never_raises_on_a_url_with_a_bad_port(netloc: str, canary: s
 
 # --- secret files ---------------------------------------------------------------------------------
 def _assert_clean(e: BaseException, content: str) -> None:
-    texts = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    texts = renderings(e)
     for t in texts:
         assert content not in t, t
 

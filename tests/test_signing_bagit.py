@@ -105,3 +105,33 @@ def test_verify_store_streams_the_export_back_through_a_reader(tmp_path: Path, k
     report = __import__("json").loads(bad.stdout)
     assert report["differ"] == [media[0].relative_to(tmp_path / "out" / result.export_root).as_posix()]
     assert report["extra"] == ["extra.bin"]
+
+
+def test_the_signing_key_can_come_from_standard_input_with_the_other_secrets(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    from .support import PORTSHIFT
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    job = tmp_path / "job.toml"
+    job.write_text(f'[source]\ntype = "example"\ncount = 2\n\n[sink]\ntype = "local"\npath = "{tmp_path / "out"}"\n')
+    r = subprocess.run(
+        [*PORTSHIFT, "run", "--config", str(job), "--state", str(tmp_path / "s.db"), "--secrets-from-stdin", "--report", "json"],
+        input=json.dumps({"job": {"signing_key": pem}}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "out" / json.loads(r.stdout)["export_root"]
+    assert (root / "portshift-manifest.txt.sig").exists()
+    check = subprocess.run([*PORTSHIFT, "verify", str(root), "--public-key", str(pub)], capture_output=True, text=True)
+    assert check.returncode == 0 and "signature: OK" in check.stdout, check.stdout + check.stderr
+    assert "PRIVATE KEY" not in r.stdout + r.stderr

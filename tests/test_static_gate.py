@@ -29,8 +29,9 @@ FORBIDDEN = {
 }
 
 #: Product code that is test/demo tooling and may create a throw-away CA (it is never trusted
-#: implicitly: clients get it through the explicit ca_bundle option).
-ALLOWED = {("import trustme", "simulator")}
+#: implicitly: clients get it through the explicit ca_bundle option): the Chorus simulator, and
+#: the test kit portshift.testing (its LocalCA; trustme is a test dependency, imported on use).
+ALLOWED = {("import trustme", "simulator"), ("import trustme", "testing")}
 
 
 def product_files() -> list[Path]:

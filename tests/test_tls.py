@@ -128,11 +128,11 @@ def test_a_tls_1_1_only_server_is_refused(tls_material: TLSMaterial, https_serve
     # the server saw the two refused handshakes and no request at all
     deadline = time.monotonic() + 5
     expected_failures = 2 if legacy_possible else 3
-    while old.server.handshake_failures < expected_failures and time.monotonic() < deadline:
+    while old.failed_handshakes < expected_failures and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert old.server.handshake_failures == expected_failures
-    assert old.server.versions == (["TLSv1.1"] if legacy_possible else [])
-    assert old.paths == []
+    assert old.failed_handshakes == expected_failures
+    assert old.versions == (["TLSv1.1"] if legacy_possible else [])
+    assert old.requests == []
 
 
 def test_https_client_refuses_plain_http_before_connecting(tls_material: TLSMaterial, plain_listener: PlainListener) -> None:
@@ -158,7 +158,7 @@ def test_https_client_does_not_follow_redirects(
         with pytest.raises(httpx.UnsupportedProtocol):
             client.get(f"{https_server.url}/redirect", params={"to": target}, follow_redirects=True)
     assert plain_listener.connections == 0 and plain_listener.received == b""
-    assert https_server.paths == ["/redirect", "/redirect"]
+    assert [r.path for r in https_server.requests] == ["/redirect", "/redirect"]
 
 
 def test_https_client_ignores_proxy_variables(

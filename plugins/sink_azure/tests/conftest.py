@@ -2,6 +2,7 @@
 
 Azurite is installed by ../setup.sh into <repo>/.tools/azurite (run here if missing), started
 once per session on a free 127.0.0.1 port with --inMemoryPersistence, and stopped by its PID.
+The CA, the small TLS server and the plain listener of the negative tests are the kit's.
 The sink gets a container SAS (create+write, https only) generated with Azurite's public dev
 account key; the tests read back with the account key.
 """
@@ -10,25 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import ssl
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 from portshift_sink_azure import AzureOptions, AzureSink
 
 from portshift.secrets import Secret
+from portshift.testing import LocalCA, PlainListener, TLSServer, free_port, stop_process, wait_port
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE.parent
@@ -39,12 +37,6 @@ KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr
 CONTAINER = "exports"
 OTHER_CONTAINER = "elsewhere"
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def azurite_entry() -> Path:
@@ -59,9 +51,8 @@ def azurite_entry() -> Path:
 class Azurite:
     url: str  #: account URL, https://127.0.0.1:<port>/devstoreaccount1
     port: int
-    ca: Path  #: the trustme CA that signed the server certificate
+    ca: Path  #: the certificate of the throw-away CA that signed the server certificate
     certdir: Path
-    ca_obj: trustme.CA = field(repr=False)
 
     def admin(self, **kwargs: Any) -> BlobServiceClient:
         return BlobServiceClient(
@@ -92,19 +83,13 @@ class Azurite:
 
 
 @pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
-    d = tmp_path_factory.mktemp("certs")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(d / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
-    return ca, d
+def certs(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    return LocalCA.create(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="session")
-def azurite(certs: tuple[trustme.CA, Path]) -> Iterator[Azurite]:
-    ca, d = certs
+def azurite(certs: LocalCA) -> Iterator[Azurite]:
+    d = certs.dir
     entry = azurite_entry()
     port = free_port()
     log = open(d / "azurite.log", "wb")  # noqa: SIM115 - closed below
@@ -120,39 +105,24 @@ def azurite(certs: tuple[trustme.CA, Path]) -> Iterator[Azurite]:
             "--disableTelemetry",
             "--skipApiVersionCheck",
             "--cert",
-            str(d / "server.pem"),
+            str(certs.cert_pem),
             "--key",
-            str(d / "server.key"),
+            str(certs.key_pem),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"Azurite exited with {proc.returncode}: {(d / 'azurite.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("Azurite did not start within 60 s") from None
-                time.sleep(0.1)
-        server = Azurite(url=f"https://127.0.0.1:{port}/{ACCOUNT}", port=port, ca=d / "ca.pem", certdir=d, ca_obj=ca)
+        wait_port(port, proc, what="Azurite", log=d / "azurite.log", timeout=60)
+        server = Azurite(url=f"https://127.0.0.1:{port}/{ACCOUNT}", port=port, ca=certs.ca_pem, certdir=d)
         admin = server.admin()
         admin.create_container(CONTAINER)
         admin.create_container(OTHER_CONTAINER)
         admin.close()
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
@@ -259,114 +229,13 @@ class Recorder:
         return out
 
 
-# --- small loopback servers for negative TLS tests --------------------------------------------
-
-
-class PlainListener:
-    """A plain TCP listener that counts connections (and closes them)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        self.sock.close()
+# --- small loopback servers for negative TLS tests: the kit's (portshift.testing) ------------
 
 
 @pytest.fixture
 def plain_listener() -> Iterator[PlainListener]:
-    listener = PlainListener()
-    yield listener
-    listener.close()
+    with PlainListener() as listener:
+        yield listener
 
 
-class TLSServer:
-    """A minimal TLS server on loopback: ``respond(request_bytes) -> response bytes``."""
-
-    def __init__(self, context: ssl.SSLContext, respond: Callable[[bytes], bytes]) -> None:
-        self.context = context
-        self.respond = respond
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.handshakes = 0
-        self.failed_handshakes = 0
-        self.requests: list[bytes] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            conn.settimeout(5)
-            try:
-                tls = self.context.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
-                self.failed_handshakes += 1
-                conn.close()
-                continue
-            self.handshakes += 1
-            try:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    piece = tls.recv(65536)
-                    if not piece:
-                        break
-                    data += piece
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                while len(rest) < length:
-                    piece = tls.recv(65536)
-                    if not piece:
-                        break
-                    rest += piece
-                if not head:
-                    continue
-                self.requests.append(head)
-                tls.sendall(self.respond(head))
-            except (ssl.SSLError, OSError):
-                pass
-            finally:
-                tls.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        self.sock.close()
-
-
-def server_context(ca: trustme.CA, *hosts: str, tls11_only: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if tls11_only:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-    ca.issue_cert(*(hosts or ("127.0.0.1", "localhost"))).configure_cert(ctx)
-    return ctx
+__all__ = ["PlainListener", "TLSServer"]  # imported from here by the test modules

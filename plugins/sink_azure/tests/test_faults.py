@@ -9,13 +9,13 @@ Outcome rules checked here:
   and the blob re-downloaded is byte-for-byte what was sent (with its Content-MD5 and sha256).
 - ``portshift run`` (a real subprocess, 15 recordings of 3 blocks each) through a fault proxy
   faulting several connections in turn (resets, half-closes, a stall), with every retry off: exit 3, the failed recordings
-  listed on stderr exactly as the state DB has them, each with the call that failed and why;
+  listed in the JSON report (and on stderr) exactly as the state DB has them, each with the call that failed and why;
   every file recorded as done is in the store with the recorded size and SHA-256. A re-run on a
   clean path exits 0, writes only the missing files (the others keep their ETag) and every file
   of the manifest re-downloads and re-hashes OK.
 
-Faults go through ``portshift.testing.FaultProxy`` itself; ``Meter`` (a fault-free FaultProxy that
-counts bytes) only measures, on a clean upload, where a request ends so that a fault can be put in
+Faults go through ``portshift.testing.FaultProxy`` itself; a fault-free one with the kit's
+``RequestMeter`` as its ``on_bytes`` hook only measures, on a clean upload, where a request ends so that a fault can be put in
 its last TLS record.
 """
 
@@ -24,11 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,7 +38,19 @@ from portshift_sink_azure import transport as azure_transport
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import FaultProxy, chunked, pattern_bytes
+from portshift.testing import (
+    FAULTS,
+    FaultProxy,
+    RequestMeter,
+    checked_failures,
+    chunked,
+    done_files,
+    fault_cases,
+    faults_in_turn,
+    pattern_bytes,
+    query_state,
+    run_portshift,
+)
 
 from .conftest import ACCOUNT, CONTAINER, Azurite, MiB, download, make_options, md5
 
@@ -53,46 +60,6 @@ READ_TIMEOUT = 0.8
 #: urllib3 sends a request body under the *connect* timeout: kept above STALL so that a stall
 #: always surfaces as a read timeout (the faults are placed near the end of a request body).
 CONNECT_TIMEOUT = 5.0
-
-
-class _Counted:
-    """Delegates to a socket; ``seen`` gets what each ``recv`` got."""
-
-    def __init__(self, sock: socket.socket, seen: Callable[[bytes], None]) -> None:
-        self._sock = sock
-        self._seen = seen
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-    def recv(self, n: int) -> bytes:
-        data = self._sock.recv(n)
-        self._seen(data)
-        return data
-
-
-class Meter(FaultProxy):
-    """A ``FaultProxy`` without faults that measures requests: ``marks[i]``, for the i-th
-    connection, holds the client->server byte counts at which the server started answering,
-    i.e. where each request ended (after the TLS handshake's)."""
-
-    def __init__(self, target_port: int) -> None:
-        super().__init__(target_port)
-        self.marks: list[list[int]] = []
-
-    def _pipe(self, src: Any, dst: Any, state: dict[str, Any], upstream: bool) -> None:  # type: ignore[override]
-        with self._lock:
-            if "marks" not in state:
-                state["marks"], state["sent"] = [], 0
-                self.marks.append(state["marks"])
-
-        def seen(data: bytes) -> None:
-            if upstream:
-                state["sent"] += len(data)
-            elif data and (not state["marks"] or state["marks"][-1] != state["sent"]):
-                state["marks"].append(state["sent"])
-
-        super()._pipe(_Counted(src, seen), dst, state, upstream)
 
 
 @pytest.fixture
@@ -142,16 +109,13 @@ SHAPES = {
     "block-2-of-4": (3 * MiB + 12_345, 2 * MiB),
 }
 BEFORE_END = 300
-FAULTS = ["reset", "stall", "half-close"]
-LATE = pytest.mark.xfail(
-    strict=True,
+CASES = fault_cases(
+    SHAPES,
+    late="single-put",
     reason="plugin limitation (docs/known-bugs.md #2): a Put Blob that timed out at the "
     "client is still completed by the store when the stalled bytes arrive, so a blob appears under "
     "the key after put raised (complete and MD5-checked: see test_a_late_put_blob_is_complete_and_correct)",
 )
-CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
-]
 
 
 def new_key() -> str:
@@ -164,14 +128,15 @@ def fault_at(azurite: Azurite) -> dict[str, int]:
     upload: ``BEFORE_END`` bytes before the end of the request it hits."""
     out = {}
     for shape, (size, body_end) in SHAPES.items():
-        with Meter(azurite.port) as proxy:
+        meter = RequestMeter()
+        with FaultProxy(azurite.port, on_bytes=meter) as proxy:
             sink = through(azurite, proxy, request_retries=0)
             put(sink, new_key(), pattern_bytes(size))
             sink.close()
         # the first answer past the body is the end of the request (Azurite may also send a TLS
         # session ticket late, mid-request: that is a mark too, but not past a body's end)
-        end = min(m for m in proxy.marks[0] if m > body_end)
-        assert end < body_end + 20_000, proxy.marks
+        end = min(m for m in meter.marks[0] if m > body_end)
+        assert end < body_end + 20_000, meter.marks
         out[shape] = end - BEFORE_END
     return out
 
@@ -217,7 +182,7 @@ def settle(admin: BlobServiceClient, name: str, fault: str, shape: str, started:
             if len(uncommitted) >= 2:  # block 1, and the stalled block 2
                 return
         time.sleep(0.05)
-    # a late Put Blob that never lands is what the LATE xfail hopes for; a Put Block must land
+    # a late Put Blob that never lands is what the late xfail hopes for; a Put Block must land
     assert shape == "single-put", "the stalled Put Block never reached Azurite"
 
 
@@ -286,32 +251,6 @@ def test_a_connection_dropped_mid_body_at_the_default_block_size_is_retried(
 
 RECORDINGS = 15
 MEDIA = 2 * MiB + 70_001  # 3 blocks of 1 MiB
-#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
-
-
-def portshift(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def failed_on_stderr(stderr: str) -> dict[str, str]:
-    lines = stderr.splitlines()
-    heads = [i for i, line in enumerate(lines) if re.match(r"^failed \d+ recordings", line)]
-    assert len(heads) == 1, stderr[-3000:]
-    count = int(lines[heads[0]].split()[1])
-    out: dict[str, str] = {}
-    for line in lines[heads[0] + 1 :]:
-        m = FAILED_LINE.match(line)
-        if not m:
-            break
-        out[m.group(1)] = m.group(3)
-    assert len(out) == count, stderr[-3000:]
-    return out
-
-
-def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
-        return list(db.execute(sql, args))
 
 
 #: (fault, after bytes of a connection, total faults once this step is done): in this order
@@ -321,34 +260,9 @@ PLAN = [("reset", MiB + 200_000, 2), ("half-close", 3 * MiB + 100_000, 4), ("sta
 @pytest.fixture
 def in_turn(azurite: Azurite) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
     """One FaultProxy in front of Azurite faulting ``PLAN[-1][2]`` connections, its fault moving
-    on along ``PLAN`` as faults happen (a few ms late: a step may take one fault more). Not a
-    chain of proxies: a proxy whose upstream side is reset closes its other side without waking
-    the thread blocked on it, so the next proxy never learns and the server waits for that
-    request's body. ``calm()`` ends the faults."""
-    fault, after, _ = PLAN[0]
-    proxy = FaultProxy(azurite.port, fault=fault, after_bytes=after, times=PLAN[-1][2], stall_seconds=STALL)
-    stop = threading.Event()
-
-    def advance() -> None:
-        step = 0
-        while step + 1 < len(PLAN) and not stop.wait(0.002):
-            if proxy.faults >= PLAN[step][2]:
-                step += 1
-                proxy.fault, proxy.after_bytes, _ = PLAN[step]
-
-    def calm() -> None:
-        """No more faults from here on."""
-        stop.set()
-        mover.join(5)
-        proxy.fault = None
-
-    mover = threading.Thread(target=advance, daemon=True)
-    with proxy:
-        mover.start()
-        try:
-            yield proxy, calm
-        finally:
-            calm()
+    on along ``PLAN`` as faults happen (a few ms late: a step may take one fault more). ``calm()`` ends the faults."""
+    with faults_in_turn(azurite.port, PLAN, stall_seconds=STALL) as front:
+        yield front
 
 
 def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
@@ -377,15 +291,13 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     container = admin.get_container_client(CONTAINER)
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
-    first = portshift("run", "--config", str(job), "--state", str(state), env=env)
+    first = run_portshift("run", "--config", str(job), "--state", str(state), "--report", "json", env=env)
     faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
-    assert first.returncode == 3, f"exit {first.returncode}\n{first.stdout}\n{first.stderr[-3000:]}"
-    ((job_id, root, status),) = query(state, "select id, export_root, status from jobs")
+    assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
+    ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
     assert status == "partial"
-    listed = failed_on_stderr(first.stderr)
-    in_db = dict(query(state, "select recording_id, message from recordings where status = 'failed'"))
-    assert listed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+    listed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
     assert 1 <= len(listed) <= RECORDINGS
     operation = r"(put blob|put block|put block list)"
     for rid, message in listed.items():
@@ -396,12 +308,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
             message,
         ), message
     # a failed recording has a missing file; every other recording has both of its files
-    done1 = {
-        key: (size, sha, rid, done_at)
-        for key, size, sha, rid, done_at in query(
-            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
-        )
-    }
+    done1 = done_files(state)
     per_recording: dict[str, int] = {}
     for _, _, rid, _ in done1.values():
         per_recording[rid] = per_recording.get(rid, 0) + 1
@@ -419,16 +326,11 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     # --- run 2: the same job on a clean path ---------------------------------------------------------
     time.sleep(0.5)
     calm()
-    second = portshift("run", "--config", str(job), "--state", str(state), env=env)
-    assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
+    second = run_portshift("run", "--config", str(job), "--state", str(state), env=env)
+    assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = {
-        key: (size, sha, rid, done_at)
-        for key, size, sha, rid, done_at in query(
-            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
-        )
-    }
+    done2 = done_files(state)
     written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
     assert len(done2) == 2 * RECORDINGS
     assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"

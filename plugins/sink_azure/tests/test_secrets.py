@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import pickle
-import traceback
 import urllib.parse
 from collections.abc import Callable
 
@@ -15,7 +14,7 @@ from portshift_sink_azure.transport import PINNED_LOGGERS
 
 from portshift.errors import AuthError
 from portshift.secrets import Secret
-from portshift.testing import pattern_bytes, put_bytes
+from portshift.testing import pattern_bytes, put_bytes, raised_by, renderings
 
 from .conftest import OTHER_CONTAINER, Azurite, MiB, unique
 
@@ -35,20 +34,10 @@ def assert_clean(text: str, token: str, what: str) -> None:
 
 
 def render(e: BaseException) -> list[str]:
-    return [
-        str(e),
-        repr(e),
-        "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-        "".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()),
-    ]
+    return renderings(e, with_locals=True)
 
 
-def capture(fn: Callable[[], object]) -> BaseException:
-    try:
-        fn()
-    except BaseException as e:  # noqa: BLE001
-        return e
-    raise AssertionError("expected an error")
+capture = raised_by
 
 
 def test_sas_absent_from_debug_logs_errors_and_urls(

@@ -14,9 +14,9 @@ from portshift_sink_azure import AzureSink
 
 from portshift.errors import FatalError, SinkError
 from portshift.secrets import Secret
-from portshift.testing import pattern_bytes, put_bytes
+from portshift.testing import LocalCA, Request, pattern_bytes, put_bytes
 
-from .conftest import ACCOUNT, Azurite, MiB, PlainListener, TLSServer, download, server_context, unique
+from .conftest import ACCOUNT, Azurite, MiB, PlainListener, TLSServer, download, unique
 
 
 @pytest.fixture
@@ -91,8 +91,8 @@ def test_proxy_variables_are_ignored(
 
 
 @pytest.fixture
-def tls11_server(certs: tuple[trustme.CA, Path]) -> Iterator[TLSServer]:
-    server = TLSServer(server_context(certs[0], tls11_only=True), lambda head: b"HTTP/1.1 201 Created\r\n\r\n")
+def tls11_server(certs: LocalCA) -> Iterator[TLSServer]:
+    server = TLSServer(certs.server_context(tls11_only=True), lambda head: b"HTTP/1.1 201 Created\r\n\r\n")
     yield server
     server.close()
 
@@ -120,8 +120,8 @@ def test_tls11_only_server_is_refused(azurite: Azurite, make_sink: Callable[...,
     assert tls11_server.failed_handshakes >= 1, "the sink never even tried"
 
 
-def test_hostname_mismatch_is_refused(make_sink: Callable[..., AzureSink], certs: tuple[trustme.CA, Path]) -> None:
-    server = TLSServer(server_context(certs[0], "other.example"), lambda head: b"HTTP/1.1 201 Created\r\n\r\n")
+def test_hostname_mismatch_is_refused(make_sink: Callable[..., AzureSink], certs: LocalCA) -> None:
+    server = TLSServer(certs.server_context("other.example"), lambda head: b"HTTP/1.1 201 Created\r\n\r\n")
     try:
         sink = make_sink(account_url=f"https://127.0.0.1:{server.port}/{ACCOUNT}")
         with pytest.raises(SinkError, match="certificate verification failed"):
@@ -132,14 +132,14 @@ def test_hostname_mismatch_is_refused(make_sink: Callable[..., AzureSink], certs
 
 
 def test_redirect_to_plain_http_is_not_followed(
-    make_sink: Callable[..., AzureSink], certs: tuple[trustme.CA, Path], plain_listener: PlainListener
+    make_sink: Callable[..., AzureSink], certs: LocalCA, plain_listener: PlainListener
 ) -> None:
     target = f"{'http'}://127.0.0.1:{plain_listener.port}/{ACCOUNT}/exports/landed"
 
-    def redirect(head: bytes) -> bytes:
+    def redirect(request: Request) -> bytes:
         return f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode()
 
-    server = TLSServer(server_context(certs[0]), redirect)
+    server = TLSServer(certs.server_context(), redirect)
     try:
         sink = make_sink(account_url=f"https://127.0.0.1:{server.port}/{ACCOUNT}", request_retries=2)
         for size in (3, 2 * MiB + 1):
@@ -176,11 +176,9 @@ def test_sas_kept_for_the_tls_failure_messages(azurite: Azurite, make_sink: Call
     assert "sig=" not in str(e.value) and token not in repr(e.value)
 
 
-def test_server_errors_are_retried_per_request_then_reported(
-    make_sink: Callable[..., AzureSink], certs: tuple[trustme.CA, Path]
-) -> None:
+def test_server_errors_are_retried_per_request_then_reported(make_sink: Callable[..., AzureSink], certs: LocalCA) -> None:
     busy = b"HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    server = TLSServer(server_context(certs[0]), lambda head: busy)
+    server = TLSServer(certs.server_context(), lambda head: busy)
     try:
         sink = make_sink(account_url=f"https://127.0.0.1:{server.port}/{ACCOUNT}", request_retries=1)
         with pytest.raises(SinkError) as e:

@@ -19,17 +19,14 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,8 @@ from google.cloud import storage
 from portshift_sink_gcs import GcsOptions, GcsSink
 
 from portshift.secrets import Secret
+from portshift.testing import LocalCA, PlainListener, Request, free_port, http_response, server_context, stop_process, wait_port
+from portshift.testing import TLSServer as KitTLSServer
 
 HERE = Path(__file__).resolve().parent
 BUCKET = "exports"
@@ -56,53 +55,12 @@ MiB = 1024 * KiB
 CHUNK = 256 * KiB
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start within {timeout} s") from None
-            time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@dataclass
-class Certs:
-    ca: trustme.CA = field(repr=False)
-    dir: Path
-    ca_pem: Path  #: the CA that signed the servers' certificate
-    cert: Path
-    key: Path
+Certs = LocalCA  #: the throw-away CA of these tests (``ca_pem``, ``cert_pem``, ``key_pem``)
 
 
 @pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    d = tmp_path_factory.mktemp("certs")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(d / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
-    return Certs(ca=ca, dir=d, ca_pem=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    return LocalCA.create(tmp_path_factory.mktemp("certs"))
 
 
 class Admin:
@@ -164,9 +122,9 @@ def emulator(certs: Certs) -> Iterator[Server]:
                 "--port",
                 str(port),
                 "--cert",
-                str(certs.cert),
+                str(certs.cert_pem),
                 "--key",
-                str(certs.key),
+                str(certs.key_pem),
                 "--bucket",
                 BUCKET,
                 "--bucket",
@@ -177,11 +135,11 @@ def emulator(certs: Certs) -> Iterator[Server]:
             stdin=subprocess.DEVNULL,
         )
     try:
-        wait_port(port, proc, log, "gcp-storage-emulator")
+        wait_port(port, proc, what="gcp-storage-emulator", log=log)
         endpoint = f"https://127.0.0.1:{port}"
         yield Server("gcp-storage-emulator", endpoint, port, Admin(endpoint, certs.ca_pem), True)
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def fake_gcs_binary() -> Path:
@@ -214,9 +172,9 @@ def fakegcs(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 "-external-url",
                 endpoint,
                 "-cert-location",
-                str(certs.cert),
+                str(certs.cert_pem),
                 "-private-key-location",
-                str(certs.key),
+                str(certs.key_pem),
                 "-log-level",
                 "error",
             ],
@@ -225,10 +183,10 @@ def fakegcs(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             stdin=subprocess.DEVNULL,
         )
     try:
-        wait_port(port, proc, log, "fake-gcs-server")
+        wait_port(port, proc, what="fake-gcs-server", log=log)
         yield Server("fake-gcs-server", endpoint, port, Admin(endpoint, certs.ca_pem), False)
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def make_options(server: Server, ca: Path, **overrides: Any) -> GcsOptions:
@@ -337,109 +295,28 @@ class Recorder:
         return {s.url for s in self.sent if "upload_id=" in s.url}
 
 
-# --- plain listener and small TLS servers for negative tests ---------------------------------------
-
-
-class PlainListener:
-    """A plain TCP listener that counts connections and keeps what it received."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.url = "http" + f"://127.0.0.1:{self.port}"
-        self.connections = 0
-        self.received = b""
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.settimeout(0.5)
-            try:
-                self.received += conn.recv(65536)
-            except OSError:
-                pass
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        self.sock.close()
+# --- plain listener and small TLS servers for negative tests: the kit's (portshift.testing) ---------
 
 
 @pytest.fixture
 def plain_listener() -> Iterator[PlainListener]:
-    listener = PlainListener()
-    yield listener
-    listener.close()
+    with PlainListener() as listener:
+        yield listener
 
 
-class TLSServer:
-    """A minimal threaded TLS server on loopback: ``respond(method, path, headers, body)``
-    returns ``(status, headers, body)``."""
-
-    def __init__(
-        self, context: ssl.SSLContext, respond: Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
-    ) -> None:
-        outer = self
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                hdrs = {k.lower(): v for k, v in self.headers.items()}
-                outer.requests.append((self.command, self.path, hdrs, body))
-                status, headers, out = respond(self.command, self.path, hdrs, body)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _any  # noqa: N815
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = int(self.httpd.server_address[1])
-        self.url = f"https://127.0.0.1:{self.port}"
-        self._t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._t.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._t.join(2)
+Respond = Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
 
 
-def server_context(ca: trustme.CA, *hosts: str, tls11_only: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if tls11_only:
-        import warnings
+class TLSServer(KitTLSServer):
+    """The kit's TLS server, answering ``respond(method, target, headers, body)`` with the
+    ``(status, headers, body)`` it returns."""
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-    ca.issue_cert(*(hosts or ("127.0.0.1", "localhost"))).configure_cert(ctx)
-    return ctx
+    def __init__(self, context: ssl.SSLContext, respond: Respond) -> None:
+        def answer(request: Request) -> bytes:
+            status, headers, body = respond(request.method, request.target, request.headers, request.body)
+            return http_response(status, body, headers)
+
+        super().__init__(context, answer)
 
 
 # --- the canary service-account key and its token endpoint -----------------------------------------

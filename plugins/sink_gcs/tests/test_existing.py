@@ -236,6 +236,6 @@ def test_without_read_permission_the_existing_object_is_reported_not_retried(
     assert "already exists" in str(e.value) and "storage.objects.get" in str(e.value)
     assert f"gs://{BUCKET}/tests/k/exists.bin" in str(e.value)
     assert stream.finished
-    methods = [m for m, *_ in creator_only.requests]
+    methods = [r.method for r in creator_only.requests]
     assert methods == ["POST", "GET"], methods
-    assert "ifGenerationMatch=0" in creator_only.requests[0][1]
+    assert "ifGenerationMatch=0" in creator_only.requests[0].target

@@ -12,7 +12,7 @@ Outcome rules checked here:
 - ``portshift run`` (a real subprocess, 12 recordings whose media go up in 3 chunks) through a
   fault proxy faulting several connections in turn (2 resets, 2 half-closes, 1 stall), with every
   retry off: exit 3, the failed
-  recordings listed on stderr exactly as the state DB has them, each with the call that failed
+  recordings listed in the JSON report (and on stderr) exactly as the state DB has them, each with the call that failed
   and why; every file recorded as done is in the bucket with the recorded size and SHA-256, and
   no resumable session is left open. A re-run on a clean path exits 0, writes only the missing
   files (the others keep their generation) and every file of the manifest re-hashes OK.
@@ -22,8 +22,8 @@ the proxy's byte counts are per request; a fault meant for chunk 3 is armed when
 is read past chunk 2. It also makes any request a barrier: the admin client's next request is
 served only once the emulator is done with the faulted one (a stalled request included, when
 its held bytes arrive), so "nothing left" is checked after the late request was handled, with
-no sleep. Faults go through ``portshift.testing.FaultProxy`` itself; ``Meter`` (a fault-free
-FaultProxy that counts bytes) only measures, on a clean upload, where each request ends.
+no sleep. Faults go through ``portshift.testing.FaultProxy`` itself; a fault-free one with the
+kit's ``RequestMeter`` as its ``on_bytes`` hook only measures, on a clean upload, where each request ends.
 """
 
 from __future__ import annotations
@@ -32,11 +32,6 @@ import base64
 import hashlib
 import os
 import re
-import socket
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,7 +44,18 @@ from portshift_sink_gcs import GcsSink
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import FaultProxy, pattern_bytes
+from portshift.testing import (
+    FAULTS,
+    FaultProxy,
+    RequestMeter,
+    checked_failures,
+    done_files,
+    fault_cases,
+    faults_in_turn,
+    pattern_bytes,
+    query_state,
+    run_portshift,
+)
 
 from .conftest import BUCKET, CHUNK, Certs, KiB, MiB, Server, make_options
 
@@ -61,46 +67,6 @@ READ_TIMEOUT = 0.8
 #: instead of failing, and a stall always surfaces as a read timeout (faults sit near the end of
 #: a request body, whose rest then fits in the socket buffers).
 CONNECT_TIMEOUT = 5.0
-
-
-class _Counted:
-    """Delegates to a socket; ``seen`` gets what each ``recv`` got."""
-
-    def __init__(self, sock: socket.socket, seen: Callable[[bytes], None]) -> None:
-        self._sock = sock
-        self._seen = seen
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-    def recv(self, n: int) -> bytes:
-        data = self._sock.recv(n)
-        self._seen(data)
-        return data
-
-
-class Meter(FaultProxy):
-    """A ``FaultProxy`` without faults that measures requests: ``marks[i]``, for the i-th
-    connection, holds the client->server byte counts at which the server started answering,
-    i.e. where each request ended (after the TLS handshake's)."""
-
-    def __init__(self, target_port: int) -> None:
-        super().__init__(target_port)
-        self.marks: list[list[int]] = []
-
-    def _pipe(self, src: Any, dst: Any, state: dict[str, Any], upstream: bool) -> None:  # type: ignore[override]
-        with self._lock:
-            if "marks" not in state:
-                state["marks"], state["sent"] = [], 0
-                self.marks.append(state["marks"])
-
-        def seen(data: bytes) -> None:
-            if upstream:
-                state["sent"] += len(data)
-            elif data and (not state["marks"] or state["marks"][-1] != state["sent"]):
-                state["marks"].append(state["sent"])
-
-        super()._pipe(_Counted(src, seen), dst, state, upstream)
 
 
 def through(server: Server, certs: Certs, proxy: FaultProxy, **overrides: Any) -> GcsSink:
@@ -158,17 +124,14 @@ SHAPES: dict[str, tuple[int, int, int | None]] = {
 #: requests has then written the whole body, and the drop reaches it while it waits for the
 #: answer. (A drop while it is still writing is the plugin bug of the MISREAD_AS_TLS test.)
 BEFORE_END = 300
-FAULTS = ["reset", "stall", "half-close"]
-LATE = pytest.mark.xfail(
-    strict=True,
+CASES = fault_cases(
+    SHAPES,
+    late="single-request",
     reason="plugin limitation (docs/known-bugs.md #2): a single-request (multipart) upload "
     "that timed out at the client is still completed by the store when the stalled bytes arrive, so "
     "an object appears under the name after put raised (complete and checksum-checked: see "
     "test_a_late_single_request_upload_is_complete_and_a_rerun_accepts_it)",
 )
-CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-request") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
-]
 
 
 def new_key() -> str:
@@ -180,11 +143,12 @@ def request_ends(emulator: Server, certs: Certs) -> dict[str, int]:
     """Client->server bytes of the request each shape's fault hits, measured on a clean upload."""
     out = {}
     for shape, (size, nth, _) in SHAPES.items():
-        with Meter(emulator.port) as proxy:
+        meter = RequestMeter()
+        with FaultProxy(emulator.port, on_bytes=meter) as proxy:
             sink = through(emulator, certs, proxy, request_retries=0)
             put(sink, new_key(), pattern_bytes(size))
             sink.close()
-        out[shape] = max(proxy.marks[nth])
+        out[shape] = max(meter.marks[nth])
         assert out[shape] > (CHUNK if nth else size)
     return out
 
@@ -307,33 +271,7 @@ def test_a_connection_dropped_mid_body_at_the_default_chunk_size_is_retried(emul
 
 RECORDINGS = 12
 MEDIA = 700_001  # 3 chunks of 256 KiB
-#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
 OPERATIONS = r"(upload object|start resumable upload|upload chunk|finish upload|query upload status|confirm upload)"
-
-
-def portshift(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portshift", *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def failed_on_stderr(stderr: str) -> dict[str, str]:
-    lines = stderr.splitlines()
-    heads = [i for i, line in enumerate(lines) if re.match(r"^failed \d+ recordings", line)]
-    assert len(heads) == 1, stderr[-3000:]
-    count = int(lines[heads[0]].split()[1])
-    out: dict[str, str] = {}
-    for line in lines[heads[0] + 1 :]:
-        m = FAILED_LINE.match(line)
-        if not m:
-            break
-        out[m.group(1)] = m.group(3)
-    assert len(out) == count, stderr[-3000:]
-    return out
-
-
-def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
-        return list(db.execute(sql, args))
 
 
 #: (fault, after bytes of a request, total faults once this step is done): in this order
@@ -343,34 +281,9 @@ PLAN = [("reset", 100_000, 2), ("half-close", 150_000, 4), ("stall", 240_000, 5)
 @pytest.fixture
 def in_turn(emulator: Server) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
     """One FaultProxy in front of the emulator faulting ``PLAN[-1][2]`` requests, its fault
-    moving on along ``PLAN`` as faults happen (a few ms late: a step may take one fault more).
-    Not a chain of proxies: a proxy whose upstream side is reset closes its other side without
-    waking the thread blocked on it, so the next proxy never learns, and the single-threaded
-    emulator waits for that request's body forever. ``calm()`` ends the faults."""
-    fault, after, _ = PLAN[0]
-    proxy = FaultProxy(emulator.port, fault=fault, after_bytes=after, times=PLAN[-1][2], stall_seconds=STALL)
-    stop = threading.Event()
-
-    def advance() -> None:
-        step = 0
-        while step + 1 < len(PLAN) and not stop.wait(0.002):
-            if proxy.faults >= PLAN[step][2]:
-                step += 1
-                proxy.fault, proxy.after_bytes, _ = PLAN[step]
-
-    def calm() -> None:
-        """No more faults from here on."""
-        stop.set()
-        mover.join(5)
-        proxy.fault = None
-
-    mover = threading.Thread(target=advance, daemon=True)
-    with proxy:
-        mover.start()
-        try:
-            yield proxy, calm
-        finally:
-            calm()
+    moving on along ``PLAN`` as faults happen (a few ms late: a step may take one fault more). ``calm()`` ends the faults."""
+    with faults_in_turn(emulator.port, PLAN, stall_seconds=STALL) as front:
+        yield front
 
 
 def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
@@ -401,26 +314,19 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     sessions = admin.resumable()
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
-    first = portshift("run", "--config", str(job), "--state", str(state), env=env)
+    first = run_portshift("run", "--config", str(job), "--state", str(state), "--report", "json", env=env)
     faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
-    assert first.returncode == 3, f"exit {first.returncode}\n{first.stdout}\n{first.stderr[-3000:]}"
-    ((job_id, root, status),) = query(state, "select id, export_root, status from jobs")
+    assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
+    ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
     assert status == "partial"
-    listed = failed_on_stderr(first.stderr)
-    in_db = dict(query(state, "select recording_id, message from recordings where status = 'failed'"))
-    assert listed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+    listed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
     assert 1 <= len(listed) <= RECORDINGS
     for rid, message in listed.items():
         # the call, what went wrong, and the object (of that recording) it was writing
         assert re.match(rf"^{OPERATIONS}: .+ at gs://{BUCKET}/{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$", message), message
     # a failed recording has a missing file; every other recording has both of its files
-    done1 = {
-        key: (size, sha, rid, done_at)
-        for key, size, sha, rid, done_at in query(
-            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
-        )
-    }
+    done1 = done_files(state)
     per_recording: dict[str, int] = {}
     for _, _, rid, _ in done1.values():
         per_recording[rid] = per_recording.get(rid, 0) + 1
@@ -440,16 +346,11 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
 
     # --- run 2: the same job on a clean path ---------------------------------------------------------
     calm()
-    second = portshift("run", "--config", str(job), "--state", str(state), env=env)
-    assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
+    second = run_portshift("run", "--config", str(job), "--state", str(state), env=env)
+    assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = {
-        key: (size, sha, rid, done_at)
-        for key, size, sha, rid, done_at in query(
-            state, "select key, size, sha256, recording_id, done_at from files where kind = 'content'"
-        )
-    }
+    done2 = done_files(state)
     written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
     assert len(done2) == 2 * RECORDINGS
     assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from portshift_sink_gcs.transport import PINNED_LOGGERS
 
 from portshift.errors import AuthError, SinkError
 from portshift.secrets import known_masks
-from portshift.testing import pattern_bytes, put_bytes
+from portshift.testing import pattern_bytes, put_bytes, raised_by, renderings
 
 from .conftest import CHUNK, CanaryKey, Certs, Recorder, Server, TokenServer, key_secret, make_options, unique
 
@@ -87,20 +86,10 @@ def assert_clean(text: str, bad: set[str], what: str) -> None:
 
 
 def render(e: BaseException) -> list[str]:
-    return [
-        str(e),
-        repr(e),
-        "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-        "".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()),
-    ]
+    return renderings(e, with_locals=True)
 
 
-def capture_error(fn: Callable[[], object]) -> BaseException:
-    try:
-        fn()
-    except BaseException as e:  # noqa: BLE001
-        return e
-    raise AssertionError("expected an error")
+capture_error = raised_by
 
 
 class AuthHeaders:

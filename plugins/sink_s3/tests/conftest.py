@@ -31,16 +31,12 @@ import pytest
 import trustme
 from botocore.config import Config
 
+from portshift.testing import LocalCA, PlainListener, clean_env, free_port, stop_process
+
 ACCESS_KEY = "AKIACANARYAK0000001"
 SECRET_KEY = "CANARYSECRETKEY/abc123+xyz"
 SESSION_TOKEN = "CANARYSESSIONTOKEN999"
 PART = 5 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -62,16 +58,8 @@ class Certs:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    d = tmp_path_factory.mktemp("certs")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(d / "ca.pem")
-    cert.private_key_pem.write_to_path(d / "server.key")
-    cert.cert_chain_pems[0].write_to_path(d / "server.pem")
-    for extra in cert.cert_chain_pems[1:]:
-        extra.write_to_path(d / "server.pem", append=True)
-    trustme.CA().cert_pem.write_to_path(d / "other-ca.pem")
-    return Certs(d, ca, d / "ca.pem", d / "server.pem", d / "server.key", d / "other-ca.pem")
+    local = LocalCA.create(tmp_path_factory.mktemp("certs"))
+    return Certs(local.dir, local.ca, local.ca_pem, local.cert_pem, local.key_pem, local.other_ca_pem())
 
 
 @dataclass
@@ -127,12 +115,7 @@ def moto(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mot
         _wait_https(port, certs.ca_pem, proc)
         yield Moto(f"https://127.0.0.1:{port}", port, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
@@ -403,38 +386,10 @@ def tls_proxy(certs: Certs, moto: Moto) -> Iterator[TLSProxy]:
     proxy.close()
 
 
-class PlainListener:
-    """A plain-TCP listener on 127.0.0.1 that counts connections and what arrived."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self.connections = 0
-        self.received = b""
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.settimeout(1)
-            with contextlib.suppress(OSError):
-                self.received += conn.recv(65536)
-            conn.close()
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 @pytest.fixture
 def plain_listener() -> Iterator[PlainListener]:
-    listener = PlainListener()
-    yield listener
-    listener.close()
+    with PlainListener() as listener:
+        yield listener
 
 
 @pytest.fixture
@@ -447,6 +402,18 @@ def read_obj(admin: Any, bucket: str) -> Callable[[str], bytes | None]:
 def pending(admin: Any, bucket: str) -> Callable[[], list[dict[str, Any]]]:
     """Multipart uploads still open in this test's bucket."""
     return lambda: pending_uploads(admin, bucket)
+
+
+def run_env(canaries: tuple[str, str, str]) -> dict[str, str]:
+    """The environment of a ``portshift run`` subprocess: the canary credentials, no ``AWS_*``
+    variable, and only the S3 plugin loaded."""
+    return clean_env(
+        drop=("AWS_", "PORTSHIFT_"),
+        PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
+        PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
+        PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
+        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
+    )
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ PART = 5 * 1024 * 1024
 
 class TestS3SinkContract(SinkContract):
     many_size = 2 * PART + 12345  # three parts
+    # a part being read, one being sent and botocore's copies of it: a few parts, whatever the size
+    memory_budget = 5 * PART
+    bounded_size = 12 * PART
 
     @pytest.fixture
     def sink(self, make_sink: Callable[..., Any]) -> Any:

@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 from portshift.errors import ExitCode
+from portshift.testing import PORTSHIFT
+
+from .conftest import run_env
 
 MEDIA = 10 * 1024 * 1024 + 7  # three parts of 5 MiB (the last one 7 bytes)
 
@@ -36,26 +39,8 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, count: int =
 
 
 def run_args(job: Path, state: Path, canaries: tuple[str, str, str]) -> tuple[list[str], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
-    env.update(
-        PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
-        PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
-        PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
-        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
-    )
-    return [
-        sys.executable,
-        "-m",
-        "portshift",
-        "run",
-        "--config",
-        str(job),
-        "--state",
-        str(state),
-        "--log-level",
-        "debug",
-        "--no-progress",
-    ], env
+    env = run_env(canaries)
+    return [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--log-level", "debug", "--no-progress"], env
 
 
 def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:

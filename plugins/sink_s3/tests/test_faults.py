@@ -29,14 +29,8 @@ Faults go through ``portshift.testing.FaultProxy`` itself (its ``reset`` reaches
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
-import traceback
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,9 +43,22 @@ from portshift_sink_s3 import client as s3_client
 
 from portshift.errors import PortshiftError
 from portshift.hashing import HashingStream
-from portshift.testing import FaultProxy, chunked, pattern_bytes
+from portshift.testing import (
+    FAULTS,
+    CliResult,
+    FaultProxy,
+    checked_failures,
+    chunked,
+    done_files,
+    fault_cases,
+    faults_in_turn,
+    pattern_bytes,
+    query_state,
+    renderings,
+    run_portshift,
+)
 
-from .conftest import PART, Moto, TLSProxy
+from .conftest import PART, Moto, TLSProxy, run_env
 
 MiB = 1024 * 1024
 #: Seconds a stalled connection holds its bytes: longer than both lowered timeouts.
@@ -100,16 +107,13 @@ SHAPES = {
     "single-put": (MiB + 4321, MiB // 2),
     "multipart": (2 * PART + 777, PART // 2),
 }
-FAULTS = ["reset", "stall", "half-close"]
-LATE = pytest.mark.xfail(
-    strict=True,
+NO_RETRY_CASES = fault_cases(
+    SHAPES,
+    late="single-put",
     reason="plugin limitation (docs/known-bugs.md #5, as #2 for Azure/GCS): a PutObject that timed out at "
     "the client is still completed by the store when the stalled bytes arrive, so an object appears "
     "under the key after put raised (the whole file: see test_a_late_put_object_is_the_whole_file)",
 )
-NO_RETRY_CASES = [
-    pytest.param(f, s, marks=LATE if (f, s) == ("stall", "single-put") else (), id=f"{f}-{s}") for f in FAULTS for s in SHAPES
-]
 
 
 def new_key() -> str:
@@ -156,7 +160,7 @@ def settle(fault: str, shape: str, started: float, read_obj: Callable[[str], byt
 
 
 def assert_clean_error(e: PortshiftError, canaries: tuple[str, str, str]) -> None:
-    texts = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    texts = renderings(e)
     for text in texts:
         for c in canaries:
             assert c not in text
@@ -274,8 +278,6 @@ def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
 
 RECORDINGS = 12
 MEDIA = PART + MiB + 17  # 2 parts
-#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
 
 
 def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str) -> Path:
@@ -289,51 +291,12 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str)
     return job
 
 
-def portshift_run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
-    env.update(
-        PORTSHIFT_AWS_ACCESS_KEY_ID=canaries[0],
-        PORTSHIFT_AWS_SECRET_ACCESS_KEY=canaries[1],
-        PORTSHIFT_AWS_SESSION_TOKEN=canaries[2],
-        PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
-    )
-    argv = [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state), "--no-progress"]
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    except subprocess.TimeoutExpired as e:
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        raise AssertionError(f"portshift run did not finish; stderr ends with: {err[-3000:]}") from None
+def portshift_run(job: Path, state: Path, canaries: tuple[str, str, str]) -> CliResult:
+    env = run_env(canaries)
+    r = run_portshift("run", "--config", job, "--state", state, "--no-progress", "--report", "json", env=env, timeout=120)
     for c in canaries:
         assert c not in r.stdout + r.stderr
     return r
-
-
-def failed_on_stderr(stderr: str) -> dict[str, str]:
-    lines = stderr.splitlines()
-    heads = [i for i, line in enumerate(lines) if re.match(r"^failed \d+ recordings", line)]
-    assert len(heads) == 1, stderr[-3000:]
-    count = int(lines[heads[0]].split()[1])
-    out: dict[str, str] = {}
-    for line in lines[heads[0] + 1 :]:
-        m = FAILED_LINE.match(line)
-        if not m:
-            break
-        out[m.group(1)] = m.group(3)
-    assert len(out) == count, stderr[-3000:]
-    return out
-
-
-def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
-        return list(db.execute(sql, args))
-
-
-def done_files(state: Path) -> dict[str, tuple[int, str, str]]:
-    """key (under the export root) -> (size, sha256, recording id) of every file recorded done."""
-    return {
-        key: (size, sha, rid)
-        for key, size, sha, rid in query(state, "select key, size, sha256, recording_id from files where kind = 'content'")
-    }
 
 
 def objects(admin: Any, bucket: str) -> dict[str, tuple[str, Any]]:
@@ -360,30 +323,8 @@ def in_turn(moto: Moto) -> Iterator[tuple[FaultProxy, Callable[[], None]]]:
     along ``PLAN`` as faults happen (a few ms late: a step may take one fault more). 10 faults
     over at most 4 parts in flight, each request tried 3 times by botocore: some part likely
     fails all three (exit 3), not surely. ``calm()`` ends the faults."""
-    fault, after, _ = PLAN[0]
-    proxy = FaultProxy(moto.port, fault=fault, after_bytes=after, times=PLAN[-1][2])
-    stop = threading.Event()
-
-    def advance() -> None:
-        step = 0
-        while step + 1 < len(PLAN) and not stop.wait(0.002):
-            if proxy.faults >= PLAN[step][2]:
-                step += 1
-                proxy.fault, proxy.after_bytes, _ = PLAN[step]
-
-    def calm() -> None:
-        """No more faults from here on."""
-        stop.set()
-        mover.join(5)
-        proxy.fault = None
-
-    mover = threading.Thread(target=advance, daemon=True)
-    with proxy:
-        mover.start()
-        try:
-            yield proxy, calm
-        finally:
-            calm()
+    with faults_in_turn(moto.port, PLAN) as front:
+        yield front
 
 
 def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_missing(
@@ -406,24 +347,22 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     first = portshift_run(job, state, canaries)
     faults = front.faults
     assert faults >= 4, f"only {faults} faults were injected"
-    assert first.returncode in (0, 3), f"exit {first.returncode}\n{first.stdout}\n{first.stderr[-3000:]}"
-    ((job_id, root, status),) = query(state, "select id, export_root, status from jobs")
+    assert first.exit_code in (0, 3), f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
+    ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
     assert pending() == [], "run 1 left a multipart upload open"
     done1 = done_files(state)
     root_key = f"{prefix}/{root}"
     # nothing recorded as done is truncated or corrupted
-    for key, (size, sha, _) in done1.items():
+    for key, (size, sha, _, _) in done1.items():
         data = body(admin, bucket, f"{root_key}/{key}")
         assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"{key} is recorded done but differs"
     all_recordings = {f"ex0000{i:06d}" for i in range(RECORDINGS)}
-    if first.returncode == 0:
+    if first.exit_code == 0:
         assert status == "complete"
         failed: dict[str, str] = {}
     else:
         assert status == "partial"
-        failed = failed_on_stderr(first.stderr)
-        in_db = dict(query(state, "select recording_id, message from recordings where status = 'failed'"))
-        assert failed == in_db, "stderr and the state DB disagree on which recordings failed and why"
+        failed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
         assert 1 <= len(failed) <= RECORDINGS
         for rid, message in failed.items():
             # the call, what went wrong, and the object (of that recording) it was writing
@@ -434,7 +373,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
             ), message
         assert not [k for k in objects(admin, bucket) if k.endswith("portshift-manifest.txt")]
     per_recording: dict[str, int] = {}
-    for _, _, rid in done1.values():
+    for rid in (f.recording_id for f in done1.values()):
         per_recording[rid] = per_recording.get(rid, 0) + 1
     assert {rid for rid, n in per_recording.items() if n == 2} == all_recordings - set(failed)
     before = objects(admin, bucket)
@@ -443,7 +382,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     calm()
     front.target = ("127.0.0.1", tls_proxy.port)  # same endpoint_url, so the same job
     second = portshift_run(job, state, canaries)
-    assert second.returncode == 0, f"exit {second.returncode}\n{second.stdout}\n{second.stderr[-3000:]}"
+    assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert front.faults == faults
     assert pending() == []
     done2 = done_files(state)
@@ -456,11 +395,11 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         for q in tls_proxy.seen
         if q.method in ("PUT", "POST") and "If-Match" not in q.headers
     }
-    if first.returncode == 0:
+    if first.exit_code == 0:
         assert f"job {job_id} of this job file is already complete" in second.stdout + second.stderr
         assert tls_proxy.seen == [], "a re-run of a complete job sent requests"
     else:
-        assert f"resumed job {job_id}" in second.stdout
+        assert second.report is not None and second.report["resumed"] and second.report["job_id"] == job_id
         manifests = {f"{root_key}/portshift-manifest.txt", f"{root_key}/portshift-manifest.json"}
         assert writes == {f"{root_key}/{k}" for k in missing} | manifests, "the re-run rewrote other objects"
     after = objects(admin, bucket)

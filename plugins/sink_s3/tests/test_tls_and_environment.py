@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import trustme
 
 from portshift.errors import ConfigError, SinkError
 from portshift.hashing import HashingStream
+from portshift.testing import TLSServer, server_context
 
 HOSTILE_ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 TRUST_VARS = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
@@ -150,52 +150,10 @@ def test_the_http_session_refuses_plain_http(make_sink: Callable[..., Any], plai
 # --- servers that must be refused -------------------------------------------------------------------
 
 
-class TLSServer:
-    """A TLS server on 127.0.0.1 that records handshakes and answers one HTTP 200."""
-
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self.ctx = ctx
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self.handshakes_ok = 0
-        self.requests = 0
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                return
-            try:
-                conn = self.ctx.wrap_socket(raw, server_side=True)
-                self.handshakes_ok += 1
-                if conn.recv(65536):
-                    self.requests += 1
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                conn.close()
-            except (ssl.SSLError, OSError):
-                with contextlib.suppress(OSError):
-                    raw.close()
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 @pytest.fixture
 def old_tls_server(certs: Any) -> Iterator[TLSServer]:
-    import warnings
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(certs.server_pem, certs.server_key)
-    ctx.set_ciphers("ALL:@SECLEVEL=0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    server = TLSServer(ctx)
-    yield server
-    server.close()
+    with TLSServer(server_context(certs.ca, tls11_only=True)) as server:
+        yield server
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
@@ -213,41 +171,35 @@ def test_a_tls_1_1_server_is_refused(make_sink: Callable[..., Any], old_tls_serv
             assert s.version() == "TLSv1.1"
     except ssl.SSLError as exc:  # pragma: no cover - this OpenSSL build cannot do TLS 1.1 at all
         pytest.fail(f"the TLS 1.1 test server does not work on this machine: {exc}")
-    before = old_tls_server.handshakes_ok
+    before = old_tls_server.handshakes
 
     sink = make_sink(endpoint_url=f"https://127.0.0.1:{old_tls_server.port}")
     with pytest.raises(SinkError) as e:
         sink.put("old.bin", HashingStream(iter([b"x"])), 1)
     assert "TLS failure" in str(e.value) and e.value.retryable is False
-    assert old_tls_server.handshakes_ok == before and old_tls_server.requests == 0
+    assert old_tls_server.handshakes == before and old_tls_server.requests == []
 
 
 def test_a_certificate_for_another_host_is_refused(make_sink: Callable[..., Any], certs: Any, tmp_path: Path) -> None:
-    other = certs.ca.issue_cert("other.example")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    other.configure_cert(ctx)
-    server = TLSServer(ctx)
+    server = TLSServer(server_context(certs.ca, "other.example"))
     try:
         sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")
         with pytest.raises(SinkError) as e:
             sink.put("host.bin", HashingStream(iter([b"x"])), 1)
         assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
-        assert server.requests == 0
+        assert server.requests == []
     finally:
         server.close()
 
 
 def test_an_unknown_ca_is_refused(make_sink: Callable[..., Any], tmp_path: Path) -> None:
-    stranger = trustme.CA().issue_cert("127.0.0.1")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    stranger.configure_cert(ctx)
-    server = TLSServer(ctx)
+    server = TLSServer(server_context(trustme.CA()))
     try:
         sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")  # ca_bundle: the test CA, not this one
         with pytest.raises(SinkError) as e:
             sink.put("ca.bin", HashingStream(iter([b"x"])), 1)
         assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
-        assert server.requests == 0
+        assert server.requests == []
     finally:
         server.close()
 

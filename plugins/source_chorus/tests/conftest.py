@@ -21,6 +21,7 @@ from portshift_source_chorus.simulator import ChorusSimulator, Faults, MediaConf
 from portshift.api import Window
 from portshift.errors import SkipRecording
 from portshift.secrets import Secret
+from portshift.testing import PlainListener, read_artifact
 
 CANARY = "CANARY-chorus-tok-7f3a9e21"
 WINDOW = Window(datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 4, 1, tzinfo=timezone.utc))
@@ -51,6 +52,13 @@ def sim(simulator: ChorusSimulator) -> Iterator[ChorusSimulator]:
     simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig())
     yield simulator
     simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig())
+
+
+@pytest.fixture
+def plain() -> Iterator[PlainListener]:
+    """A plain TCP listener (the kit's): its ``connections`` and ``received`` must stay empty."""
+    with PlainListener() as listener:
+        yield listener
 
 
 @pytest.fixture
@@ -101,14 +109,7 @@ def source(sim: ChorusSimulator) -> Iterator[ChorusSource]:
     s.close()
 
 
-def read(artifact: Any) -> tuple[bytes, Any]:
-    opened = artifact.open()
-    try:
-        data = b"".join(opened.chunks)
-    finally:
-        if opened.close:
-            opened.close()
-    return data, opened
+read = read_artifact  #: the kit's: open once, read whole, close
 
 
 @dataclass

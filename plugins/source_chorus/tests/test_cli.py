@@ -17,6 +17,7 @@ from portshift_source_chorus.cli import parse_size, parse_sizes
 
 from portshift.errors import SkipRecording
 from portshift.secrets import Secret
+from portshift.testing import clean_env, run_portshift
 
 from .conftest import CANARY, WINDOW, read
 
@@ -157,28 +158,11 @@ def test_the_demo_flow(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while not job.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
-        env.update(PORTSHIFT_CHORUS_TOKEN=CANARY, PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus")
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "portshift",
-                "run",
-                "--config",
-                str(job),
-                "--state",
-                str(tmp_path / "state.db"),
-                "--no-progress",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        env = clean_env(PORTSHIFT_CHORUS_TOKEN=CANARY, PORTSHIFT_LOAD_PLUGINS="portshift-source-chorus")
+        r = run_portshift("run", "--config", job, "--state", tmp_path / "state.db", "--no-progress", env=env, timeout=120)
     finally:
         stop(proc)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.exit_code == 0, r
     (root,) = [p.parent for p in export.glob("*/portshift-manifest.txt")]
     check = subprocess.run(["sha256sum", "-c", "portshift-manifest.txt"], cwd=root, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

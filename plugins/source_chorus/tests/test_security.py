@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-import socket
-import threading
 import traceback
-from collections.abc import Iterator
 
 import pytest
 from portshift_source_chorus import ChorusOptions, ChorusSource
@@ -16,46 +13,11 @@ from portshift_source_chorus.simulator.certs import make_certs
 
 from portshift.errors import AuthError, ConfigError, PortshiftError, SourceError
 from portshift.secrets import Secret
+from portshift.testing import PlainListener, renderings
 
 from .conftest import CANARY, WINDOW, check_export, export_all, make_source, options
 
 PLAIN = "http" + "://"
-
-
-class PlainListener:
-    """A plain TCP listener that counts connections (must stay at 0)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join()
-        self.sock.close()
-
-
-@pytest.fixture
-def plain() -> Iterator[PlainListener]:
-    p = PlainListener()
-    yield p
-    p.close()
 
 
 # --- https only, trust only what is given ---------------------------------------------------------
@@ -63,7 +25,7 @@ def test_a_plain_http_base_url_is_a_config_error_before_any_connection(plain: Pl
     with pytest.raises(ConfigError) as e:
         ChorusOptions(base_url=f"{PLAIN}127.0.0.1:{plain.port}", token=Secret(CANARY, "token"))
     assert "https" in str(e.value)
-    assert plain.accepted == 0
+    assert plain.connections == 0
 
 
 @pytest.mark.parametrize("bad", ["https://", "https://user:pw@chorus.example", "https://chorus.example/?x=1"])
@@ -132,12 +94,12 @@ def test_a_redirect_to_plain_http_is_refused(sim: ChorusSimulator, plain: PlainL
     with pytest.raises(SourceError) as e:
         media.open()
     assert "not https" in str(e.value) and not e.value.retryable
-    assert plain.accepted == 0
+    assert plain.connections == 0
 
 
 # --- canaries ------------------------------------------------------------------------------------
 def _renderings(e: BaseException) -> str:
-    out = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    out = renderings(e)
     # every frame's locals, below the test's own frame (which holds the links it greps for)
     tb = e.__traceback__.tb_next if e.__traceback__ else None
     out.append("".join(traceback.TracebackException(type(e), e, tb, capture_locals=True).format()))

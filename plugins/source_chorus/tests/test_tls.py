@@ -7,14 +7,11 @@ HTTP is in test_security.py.)
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
-import threading
 import time
-import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,102 +20,13 @@ from portshift_source_chorus import ChorusSource
 from portshift_source_chorus.simulator import ChorusSimulator
 
 from portshift.errors import PortshiftError, SourceError
+from portshift.testing import PlainListener, TLSServer, renderings, server_context
 
 from .conftest import CANARY, WINDOW, options
 
 PLAIN = "http" + "://"
 TRUST_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 QUERY_WORDS = ("?", "min_date", "max_date", "engagement_type=", "continuation_key")
-
-
-class TLSServer:
-    """A TLS server on 127.0.0.1 counting handshakes (good and failed) and HTTP requests; it
-    answers every request with ``answer``."""
-
-    def __init__(self, ctx: ssl.SSLContext, answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") -> None:
-        self.ctx = ctx
-        self.answer = answer
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self.handshakes_ok = 0
-        self.handshakes_failed = 0
-        self.requests: list[bytes] = []
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                continue
-            raw.settimeout(5)
-            try:
-                conn = self.ctx.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError):
-                self.handshakes_failed += 1
-                with contextlib.suppress(OSError):
-                    raw.close()
-                continue
-            self.handshakes_ok += 1
-            try:
-                head = conn.recv(65536)
-                if head:
-                    self.requests.append(head)
-                    conn.sendall(self.answer)
-            except (ssl.SSLError, OSError):
-                pass
-            finally:
-                with contextlib.suppress(OSError):
-                    conn.close()
-
-    def wait_for(self, what: Callable[[], bool], timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not what() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return what()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(timeout=5)
-        self._sock.close()
-
-
-class PlainListener:
-    """A plain TCP listener that counts connections and bytes received (both must stay at 0)."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self.connections = 0
-        self.received = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.settimeout(1)
-            with contextlib.suppress(OSError):
-                self.received += len(conn.recv(65536))
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(timeout=5)
-        self._sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -133,25 +41,6 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def server_context(ca: trustme.CA, host: str = "127.0.0.1", tls11_only: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(host).configure_cert(ctx)
-    if tls11_only:
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    return ctx
-
-
-@pytest.fixture
-def plain() -> Iterator[PlainListener]:
-    p = PlainListener()
-    yield p
-    p.close()
-
-
 def served(sim: ChorusSimulator) -> int:
     return sim.stats.total("api") + sim.stats.total("media")
 
@@ -159,7 +48,7 @@ def served(sim: ChorusSimulator) -> int:
 def assert_clean(e: PortshiftError) -> None:
     """The error a caller sees: a portshift error, one clear line, no token, no query string, no
     httpx/ssl object travelling up with it."""
-    rendered = [str(e), repr(e), "".join(traceback.format_exception(e))]
+    rendered = renderings(e)
     for text in rendered:
         assert CANARY not in text
         for word in QUERY_WORDS:
@@ -210,8 +99,8 @@ def test_a_certificate_for_another_host_name_is_refused(
 ) -> None:
     err = refuse(ChorusSource(options(sim, base_url=other_host_server.url, ca_bundle=ca_file)))
     assert "TLS certificate verification failed" in str(err) and err.retryable is False
-    assert other_host_server.handshakes_ok == 0 and other_host_server.requests == []
-    assert other_host_server.wait_for(lambda: other_host_server.handshakes_failed == 1)  # tried once, not retried
+    assert other_host_server.handshakes == 0 and other_host_server.requests == []
+    assert other_host_server.wait_for(lambda: other_host_server.failed_handshakes == 1)  # tried once, not retried
 
 
 def test_a_host_name_mismatch_is_named_as_such(sim: ChorusSimulator, other_host_server: TLSServer, ca_file: Path) -> None:
@@ -240,8 +129,8 @@ def tls11_server(ca: trustme.CA, ca_file: Path) -> Iterator[TLSServer]:
                 assert tls.version() == "TLSv1.1"
         except ssl.SSLError as exc:  # pragma: no cover - an OpenSSL build without TLS 1.1 at all
             pytest.fail(f"the TLS 1.1 test server does not work on this machine: {exc}")
-        assert server.wait_for(lambda: server.handshakes_ok == 1)
-        server.handshakes_ok = 0
+        assert server.wait_for(lambda: server.handshakes == 1)
+        server.handshakes = 0
         yield server
     finally:
         server.close()
@@ -250,8 +139,8 @@ def tls11_server(ca: trustme.CA, ca_file: Path) -> Iterator[TLSServer]:
 def test_a_tls_1_1_only_server_is_refused(sim: ChorusSimulator, tls11_server: TLSServer, ca_file: Path) -> None:
     err = refuse(ChorusSource(options(sim, base_url=tls11_server.url, ca_bundle=ca_file, retries=2)))
     assert err.operation == "list engagements"
-    assert tls11_server.handshakes_ok == 0 and tls11_server.requests == []
-    assert tls11_server.handshakes_failed >= 1, "the source never even tried"
+    assert tls11_server.handshakes == 0 and tls11_server.requests == []
+    assert tls11_server.failed_handshakes >= 1, "the source never even tried"
 
 
 def test_a_tls_1_1_only_server_is_refused_at_once_with_a_tls_error(
@@ -260,9 +149,9 @@ def test_a_tls_1_1_only_server_is_refused_at_once_with_a_tls_error(
     err = refuse(ChorusSource(options(sim, base_url=tls11_server.url, ca_bundle=ca_file, retries=2)))
     assert "TLS" in str(err), str(err)
     assert err.retryable is False
-    assert tls11_server.wait_for(lambda: tls11_server.handshakes_failed >= 1)
+    assert tls11_server.wait_for(lambda: tls11_server.failed_handshakes >= 1)
     time.sleep(0.2)  # a retry would come within backoff_cap (0.05 s)
-    assert tls11_server.handshakes_failed == 1, "retried a handshake that cannot succeed"
+    assert tls11_server.failed_handshakes == 1, "retried a handshake that cannot succeed"
 
 
 # --- (d) the CA only in the environment --------------------------------------------------------------
@@ -304,8 +193,8 @@ def test_a_listing_redirected_to_plain_http_reaches_nobody(
     try:
         err = refuse(ChorusSource(options(sim, base_url=server.url, ca_bundle=ca_file)))
         assert err.status == 307 and err.retryable is False
-        assert len(server.requests) == 1 and server.requests[0].startswith(b"GET /v3/engagements?")
-        assert CANARY.encode() in server.requests[0]  # the control: the token did go to base_url's origin
+        assert len(server.requests) == 1 and server.requests[0].head.startswith(b"GET /v3/engagements?")
+        assert CANARY.encode() in server.requests[0].head  # the control: the token did go to base_url's origin
     finally:
         server.close()
-    assert plain.connections == 0 and plain.received == 0
+    assert plain.connections == 0 and plain.received == b""

@@ -12,7 +12,7 @@ import hmac
 import json
 from typing import Any
 
-from portshift.secrets import Secret
+from portshift import Secret
 
 SIGNED_FIELDS = ("key", "size", "sha256", "stored_at")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portshift.options import PluginOptions
-from portshift.secrets import Secret, secret_field
+from portshift import ConfigError, PluginOptions, Secret, secret_field
 from pydantic import Field, field_validator
 
 
@@ -25,5 +24,5 @@ class MemoOptions(PluginOptions):
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
         if not value or value.startswith(".") or "/" in value or "\\" in value:
-            raise ValueError("must be a plain file name such as deliveries.jsonl")
+            raise ConfigError("[sink] memo: must be a plain file name such as deliveries.jsonl")
         return value

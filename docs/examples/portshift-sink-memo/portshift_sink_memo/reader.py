@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from portshift.api import Reader
+from portshift import Reader
 
 from .options import MemoOptions
 

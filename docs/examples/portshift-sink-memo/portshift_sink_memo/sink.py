@@ -16,9 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from portshift.api import PutResult, Sink
-from portshift.errors import ConfigError, IntegrityError, SinkError
-from portshift.hashing import HashingStream
+from portshift import ConfigError, HashingStream, IntegrityError, PutResult, Sink, SinkError
 
 from .memo import memo_line
 from .options import MemoOptions

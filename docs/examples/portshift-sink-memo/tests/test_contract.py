@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from portshift.config import build_options
-from portshift.testing import SinkContract
+from portshift import build_options
+from portshift.testing import SinkContract, read_back_folder
 
 from portshift_sink_memo import MemoSink
 from portshift_sink_memo.options import MemoOptions
@@ -26,8 +26,5 @@ class TestMemoSink(SinkContract):
 
     @pytest.fixture
     def read_back(self, tmp_path: Path) -> Callable[[str], bytes | None]:
-        def read(key: str) -> bytes | None:
-            path = tmp_path / "dest" / key
-            return path.read_bytes() if path.is_file() else None
-
-        return read
+        # the bytes of the file under a key, or None when there is none
+        return read_back_folder(tmp_path / "dest")

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from portshift.config import build_options
-from portshift.errors import ConfigError, SinkError
+from portshift import ConfigError, SinkError, build_options
 from portshift.testing import failing_chunks, pattern_bytes, put_bytes
 
 from portshift_sink_memo import MemoSink

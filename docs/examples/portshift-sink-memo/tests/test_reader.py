@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from portshift.config import build_options
-from portshift.testing import pattern_bytes, put_bytes
+from portshift import build_options
+from portshift.testing import ReaderContract, pattern_bytes, put_bytes
 
 from portshift_sink_memo import MemoReader, MemoSink
 from portshift_sink_memo.options import MemoOptions
@@ -33,3 +34,20 @@ def test_a_missing_file_is_file_not_found(options: MemoOptions) -> None:
         b"".join(reader.open("job1/nothing.bin"))
     with pytest.raises(FileNotFoundError):
         b"".join(reader.open("../outside.bin"))
+
+
+class TestMemoReaderContract(ReaderContract):
+    """portshift's reader contract: streaming, FileNotFoundError, listing a prefix and nothing else."""
+
+    @pytest.fixture
+    def reader(self, options: MemoOptions) -> MemoReader:
+        return MemoReader(options)
+
+    @pytest.fixture
+    def store(self, options: MemoOptions) -> Callable[[str, bytes], None]:
+        sink = MemoSink(options)
+
+        def store(key: str, data: bytes) -> None:
+            put_bytes(sink, key, data, len(data))
+
+        return store
