@@ -382,5 +382,5 @@ def test_without_the_postgres_extra_a_url_is_one_line(monkeypatch: pytest.Monkey
     import sys
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `portshift[postgres]` were not installed
-    with pytest.raises(ConfigError, match=r"needs psycopg, which is not installed \(pip install 'portshift\[postgres\]'\)"):
+    with pytest.raises(ConfigError, match=r"needs psycopg, which is not installed \(install portshift's postgres extra"):
         open_state("postgresql://portshift@db.example.com/portshift")

@@ -55,7 +55,8 @@ def require_psycopg() -> None:
         import psycopg  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "a postgresql:// state needs psycopg, which is not installed", hint="pip install 'portshift[postgres]'"
+            "a postgresql:// state needs psycopg, which is not installed",
+            hint="install portshift's postgres extra (psycopg[binary])",
         ) from None
 
 
