@@ -91,16 +91,22 @@ class ChorusSource(Source):
             for etype in o.engagement_types:
                 filters = listing.query_for(lo, hi, etype)
                 filters["with_trackers"] = "true"
+                what = f"calls {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} ({etype})"
                 page = 0
-                for items in listing.pages(self._page, filters, older_than=lo):
-                    page += 1
+
+                def get_page(params: dict[str, str], what: str = what) -> dict[str, Any]:
+                    nonlocal page
+                    page += 1  # said before the request: the line shows what a long wait is for
+                    self._progress(f"{what}, page {page}: {len(seen)} listed")
+                    return self._page(params)
+
+                for items in listing.pages(get_page, filters, older_than=lo):
                     for item in items:
                         rec = self._recording(item, lo, hi, etype)
                         if rec is None or rec.id in seen:
                             continue
                         seen.add(rec.id)
                         yield rec
-                    self._progress(f"calls {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} ({etype}), page {page}: {len(seen)} listed")
 
     def _page(self, params: dict[str, str]) -> dict[str, Any]:
         if self.cancel is not None and self.cancel.is_set():

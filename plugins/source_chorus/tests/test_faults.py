@@ -268,18 +268,21 @@ def test_bearer_scheme(sim: ChorusSimulator) -> None:
 def test_hidden_calls_are_skipped_with_their_reason(sim: ChorusSimulator) -> None:
     got = export_all(make_source(sim))
     check_export(sim, got)
-    reasons = sorted(set(got.skipped.values()))
-    assert reasons == ["forbidden", "not_found"]
+    hidden = {c.engagement_id: c.hidden for c in sim.tenant.exportable() if c.hidden}
+    assert sorted(set(hidden.values())) == ["forbidden", "not_found"]
+    assert {cid: got.skipped[cid] for cid in hidden} == hidden
 
 
-def test_hidden_media_alone_is_skipped(sim: ChorusSimulator) -> None:
+def test_a_call_hidden_from_the_token_is_skipped_before_its_media_is_asked(sim: ChorusSimulator) -> None:
+    """Only media asked for: the conversation is asked first (its fields minimal), so that a 404
+    skips the call as not visible, while a media 404 alone only reports the media missing."""
     source = make_source(sim, artifacts=["media"])
     rec = next(r for r in source.recordings(WINDOW) if r.skipped is None and sim.tenant.by_id[r.id].hidden == "not_found")
-    (media,) = source.artifacts(rec)
     with pytest.raises(SkipRecording) as e:
-        media.open()
+        source.artifacts(rec)
     assert e.value.reason == "not_found"
     assert "HTTP 404" in str(e.value) and "Not found" in str(e.value)
+    assert sim.stats.requests["api:media_api"] == 0
 
 
 def test_strict_turns_a_skip_into_an_error(sim: ChorusSimulator) -> None:

@@ -85,6 +85,8 @@ class Behaviour:
     #: something that is not the Chorus API (a proxy, a firewall, another web server) answers
     #: every API request with an HTML 403
     foreign_403: bool = False
+    #: the token's user may not call the API: ``/v3/engagements`` answers Chorus's own JSON 403
+    listing_forbidden: bool = False
 
 
 NOT_FOUND = "The server has not found anything matching the Request-URI."

@@ -29,6 +29,9 @@ class EngagementRoutes:
     def _engagements(self, h: Handler, q: dict[str, str], resource: str) -> None:
         with self.stats.lock:
             self.stats.list_queries.append(dict(q))
+        if self.behaviour.listing_forbidden:
+            self._send_json(h, 403, {"errors": [{"detail": "API may not be called using this token."}]})
+            return
         lo = hi = None
         if "min_date" in q:
             lo = parse_date(q["min_date"])
