@@ -140,10 +140,13 @@ def test_simulate_switches_the_tenant_behaviours(tmp_path: Path) -> None:
     try:
         source = ChorusSource(
             ChorusOptions(
-                base_url=info["base_url"], token=Secret(CANARY, "token"), ca_bundle=info["ca_bundle"], backoff_base=0.05
+                base_url=info["base_url"],
+                token=Secret(CANARY, "token"),
+                ca_bundle=info["ca_bundle"],
+                backoff_base=0.05,
+                requests_per_second=0,
             )
         )
-        source.options.requests_per_second = 0
         listed = list(source.recordings(WINDOW))
         pending = [r for r in listed if isinstance(r.skipped, RecordingPending)]
         missing = exported = 0
