@@ -33,7 +33,6 @@ from portshift import (
     AuthError,
     Backoff,
     ConfigError,
-    Interrupted,
     Opened,
     SkipRecording,
     SourceError,
@@ -41,7 +40,6 @@ from portshift import (
     parse_retry_after,
     redact_url,
     ssl_context,
-    wait_or_interrupt,
 )
 
 from .diagnostics import connection_failure, error_text, from_chorus, tls_failure
@@ -150,15 +148,6 @@ class ChorusClient:
             return redact_url(str(url))
         u = httpx.URL(str(url))
         return f"{u.scheme}://{u.host}" + (f":{u.port}" if u.port else "")
-
-    def wait(self, seconds: float, what: str) -> None:
-        """Wait ``seconds``, or raise :class:`portshift.Interrupted` as soon as cancel is set."""
-        if self.sleep is None:
-            wait_or_interrupt(self.cancel, seconds, what)
-            return
-        if self.cancel is not None and self.cancel.is_set():
-            raise Interrupted(f"interrupted while {what}")
-        self.sleep(seconds)
 
     def close(self) -> None:
         self.http.close()

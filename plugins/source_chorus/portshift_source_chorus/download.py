@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from portshift import ArtifactMissing, Opened, SourceError, forget_mask, redact_url
+from portshift import ArtifactMissing, Attempts, Backoff, Opened, SourceError, forget_mask, redact_url
 
 from .diagnostics import MAX_ERROR_BODY, error_text
 from .media import MediaResponse
@@ -184,7 +184,13 @@ class MediaDownloader:
 
         def chunks() -> Iterator[bytes]:
             offset = 0
-            resumes = 0
+            # one retry policy for the resumes: ``retries`` of them, each wait cancellable
+            resumes = Attempts(
+                Backoff(base=client.backoff.base, cap=client.backoff.cap, attempts=self.options.retries + 1),
+                cancel=client.cancel,
+                what="waiting to resume a media download",
+                sleep=client.sleep,
+            )
             try:
                 while True:
                     broke: str | None = None
@@ -207,7 +213,8 @@ class MediaDownloader:
                             location=where(),
                             retryable=True,
                         )
-                    if not self.options.resume_downloads or size is None or resumes >= self.options.retries:
+                    delay = resumes.next_delay() if self.options.resume_downloads and size is not None else None
+                    if delay is None:
                         raise SourceError(
                             f"call {cid}: the media download broke off after {offset} of {size if size is not None else '?'} "
                             f"bytes ({broke})",
@@ -215,10 +222,8 @@ class MediaDownloader:
                             location=where(),
                             retryable=True,
                         )
-                    resumes += 1
-                    delay = client.backoff.delay(resumes)
                     log.info("call %s: media download broke off at byte %d (%s); resuming in %.2fs", cid, offset, broke, delay)
-                    client.wait(delay, "waiting to resume a media download")
+                    resumes.wait(delay)
                     current["resp"] = self._resume(cid, offset, size, etag)
             finally:
                 current["resp"].close()
