@@ -137,6 +137,10 @@ class Source(ABC):
     #: so that a long ``Retry-After`` never holds up Ctrl-C. ``None`` outside a run.
     cancel: threading.Event | None = None
 
+    #: What this source's listing cannot see, in one sentence for users (e.g. calls private to
+    #: their owner); shown by ``portshift verify --against-source``. Empty: nothing known.
+    listing_limits: ClassVar[str] = ""
+
     #: Set by the core before listing: call it with a short text saying what is being listed now
     #: (``"calls 2026-01-01 .. 2026-01-08, page 3"``); the progress line and the logs show it
     #: while the listing runs. ``None`` outside a run.
@@ -276,6 +280,16 @@ class JobInfo:
     total_bytes: int = 0
     tool_version: str = ""
     status: str = "running"
+    #: recordings of the window not exported, and artifacts missing at the source, each a dict
+    #: with ``recording_id``, ``status`` (skipped, pending, failed, missing), ``reason``,
+    #: ``message`` and, for a missing artifact, ``artifact``: the manifest's inventory
+    not_exported: list[dict[str, str]] = field(default_factory=list)
+    #: the source's inventory of the window: recordings per outcome and reason, files missing
+    #: per reason, and ``listed_ids_sha256`` (see docs/manifest.md); empty before the job ends
+    inventory: dict[str, object] = field(default_factory=dict)
+    #: recordings of the window a ``--since last`` job found exported by an earlier job:
+    #: ``recording_id`` and ``job``
+    exported_earlier: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,20 @@ def parse_when(value: str | date | datetime, what: str) -> datetime:
     return dt.astimezone(timezone.utc)
 
 
+_DURATION = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str | int) -> timedelta:
+    """``"3d"``, ``"12h"``, ``"90m"``, ``"45s"`` or ``0``."""
+    value = str(text).strip().lower()
+    if value == "0":
+        return timedelta(0)
+    number, unit = value[:-1].strip(), value[-1:]
+    if unit not in _DURATION or not number.isdigit():
+        raise ValueError(f"{str(text)[:20]!r} is not a duration; use a number and d, h, m or s (e.g. 3d, 12h)")
+    return timedelta(seconds=int(number) * _DURATION[unit])
+
+
 class JobSection(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -58,9 +72,24 @@ class JobSection(BaseModel):
     manifest: list[str] = Field(default_factory=lambda: ["sha256sum"], description="manifest writers to run")
     since: datetime | date | None = Field(default=None, description="start of the export window (default 2015-01-01)")
     until: datetime | date | None = Field(default=None, description="end of the export window (default: now)")
+    relist_margin: str = Field(
+        default="3d",
+        description="--since last lists this much time before the last job's end again, for calls "
+        "that were still processing (e.g. 3d, 12h; 0 to turn off)",
+    )
+    pending_lookback: str = Field(
+        default="30d",
+        description="--since last also lists back to the oldest call left pending, at most this far back",
+    )
     signing_key_file: Path | None = Field(
         default=None, description="Ed25519 private key (PEM) to sign the manifest; or PORTSHIFT_SIGNING_KEY"
     )
+
+    @field_validator("relist_margin", "pending_lookback")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
 
     @field_validator("key_template")
     @classmethod

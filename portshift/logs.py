@@ -7,9 +7,12 @@ base64 forms, in the final text: message, arguments, extras and exception text a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -34,6 +37,40 @@ PINNED_LOGGERS = (
     "hpack",
     "charset_normalizer",
 )
+
+#: fields every JSON log record of this process carries (the job, the phase), set by the runner
+_context: dict[str, Any] = {}
+_recording = threading.local()
+
+
+def set_log_context(**fields: Any) -> None:
+    """Add (or, with ``None``, remove) fields carried by every JSON log record: ``job``, ``phase``."""
+    for key, value in fields.items():
+        if value is None:
+            _context.pop(key, None)
+        else:
+            _context[key] = value
+
+
+@contextlib.contextmanager
+def recording_context(recording_id: str) -> Iterator[None]:
+    """JSON log records written by this thread inside the block carry ``recording``."""
+    previous = getattr(_recording, "id", None)
+    _recording.id = recording_id
+    try:
+        yield
+    finally:
+        _recording.id = previous
+
+
+def log_context() -> dict[str, Any]:
+    """The fields a JSON record gets now (this thread's recording included)."""
+    fields = dict(_context)
+    recording = getattr(_recording, "id", None)
+    if recording is not None:
+        fields["recording"] = recording
+    return fields
+
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -60,6 +97,7 @@ class ScrubbingFormatter(logging.Formatter):
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "message": message,
+                **log_context(),
             }
             for key, value in vars(record).items():
                 if key not in _STANDARD_ATTRS and not key.startswith("_"):
@@ -86,6 +124,14 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
         # logging's default prints the raw arguments to stderr: never.
         return
+
+
+def json_logging() -> bool:
+    """Is portshift's handler writing JSON records?"""
+    for h in logging.getLogger().handlers:
+        if h.get_name() == "portshift" and isinstance(h.formatter, ScrubbingFormatter):
+            return h.formatter.json_format
+    return False
 
 
 def pin_sdk_loggers(unsafe_wire_debug: bool = False) -> None:

@@ -103,3 +103,19 @@ def m004_sink_journal(db: sqlite_utils.Database) -> None:
         pk=("job_id", "key"),
         foreign_keys=[("job_id", "jobs", "id")],
     )
+
+
+@migration
+def m005_outcomes(db: sqlite_utils.Database) -> None:
+    """Pending recordings (with their start time, so a later run lists their time again), the
+    artifacts a source reported missing, a pending count per job, and whether a job is an
+    incremental (``--since last``) one."""
+    db["recordings"].add_column("started_at", str)
+    db["recordings"].create_index(["status", "started_at"], if_not_exists=True)
+    db["jobs"].add_column("pending_count", int, not_null_default=0)
+    db["jobs"].add_column("incremental", int, not_null_default=0)  # a --since last job
+    db["missing_artifacts"].create(
+        {"job_id": str, "recording_id": str, "artifact": str, "reason": str, "message": str},
+        pk=("job_id", "recording_id", "artifact"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
+from .settings import read_settings
 
 log = logging.getLogger("portshift.plugins")
 
@@ -57,7 +57,7 @@ def load_plugins() -> None:
 
 
 def _load_entry_points() -> None:
-    allow_env = os.environ.get("PORTSHIFT_LOAD_PLUGINS")
+    allow_env = read_settings().load_plugins
     allowed: set[str] | None = None
     if allow_env is not None:
         allowed = {p.strip() for p in allow_env.split(",") if p.strip()}

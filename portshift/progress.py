@@ -40,8 +40,11 @@ class Progress:
         self.files = 0
         self.bytes = 0
         self.listed_count = 0
-        self.finished = {"done": 0, "already": 0, "skipped": 0, "failed": 0}
+        self.listed_bytes = 0  #: sizes the listing told (0 when the source does not tell them)
+        self.finished = {"done": 0, "already": 0, "skipped": 0, "pending": 0, "failed": 0}
         self.listing_complete = False
+        self.listing_now = ""  #: what the source says it is listing now
+        self.stopped = False  #: interrupted: no ETA any more
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,9 +59,16 @@ class Progress:
         with self._lock:
             self.files += 1
 
-    def listed(self) -> None:
+    def listed(self, size: int | None = None) -> None:
         with self._lock:
             self.listed_count += 1
+            self.listed_bytes += size or 0
+
+    def listing(self, text: str) -> None:
+        """The source says what it is listing now (a date range, a page)."""
+        with self._lock:
+            self.listing_now = text
+        log.debug("listing %s", text)
 
     def recording_finished(self, how: str) -> None:
         with self._lock:
@@ -66,6 +76,7 @@ class Progress:
 
     def listing_done(self) -> None:
         self.listing_complete = True
+        self.listing_now = ""
 
     # rendering
     def line(self) -> str:
@@ -78,14 +89,29 @@ class Progress:
                 f"recordings {finished}/{total}{'' if self.listing_complete else '+'} · files {self.files} · "
                 f"{human_bytes(self.bytes)} · {human_bytes(rate)}/s"
             )
-            if self.finished["skipped"] or self.finished["failed"]:
-                text += f" · skipped {self.finished['skipped']} · failed {self.finished['failed']}"
-            todo = total - finished
-            exported = self.finished["done"] + self.finished["failed"] + self.finished["skipped"]
-            if self.listing_complete and exported and todo > 0:
-                eta = elapsed / exported * todo
+            if not self.listing_complete and self.listing_now:
+                text = f"listing {self.listing_now} · " + text
+            if self.finished["skipped"] or self.finished["failed"] or self.finished["pending"]:
+                text += f" · skipped {self.finished['skipped']} · pending {self.finished['pending']}"
+                text += f" · failed {self.finished['failed']}"
+            if self.stopped:
+                return text + " · stopped"
+            eta = self._eta(elapsed, total, finished)
+            if eta is not None:
                 text += f" · ETA {human_duration(eta)}"
             return text
+
+    def _eta(self, elapsed: float, total: int, finished: int) -> float | None:
+        """From calls and, when the listing told sizes, from bytes: the later of the two."""
+        todo = total - finished - self.finished["already"]
+        worked = finished - self.finished["already"]
+        if not self.listing_complete or worked <= 0 or todo <= 0:
+            return None
+        by_calls = elapsed / worked * todo
+        if self.listed_bytes and self.bytes:
+            left = max(0, self.listed_bytes - self.bytes)
+            return max(by_calls, left / (self.bytes / elapsed))
+        return by_calls
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -107,7 +133,8 @@ class Progress:
             self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, interrupted: bool = False) -> None:
+        self.stopped = self.stopped or interrupted
         if self._thread is not None:
             self._stop.set()
             self._thread.join()

@@ -10,11 +10,10 @@ manifest. Check, with no portshift::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import ConfigError, VerificationError
-from .secrets import Secret, read_secret_file
+from .secrets import Secret, read_secret_file, secret_from_env
 
 ENV = "PORTSHIFT_SIGNING_KEY"
 
@@ -23,8 +22,8 @@ def load_signing_key(path: Path | None) -> Secret | None:
     """The signing key from the job file's ``signing_key_file`` or the environment, validated."""
     if path is not None:
         secret = Secret(read_secret_file(Path(path), "[job] signing_key_file"), "signing_key")
-    elif os.environ.get(ENV):
-        secret = Secret(os.environ[ENV], "signing_key")
+    elif (from_env := secret_from_env(ENV, "signing_key")) is not None:
+        secret = from_env
     else:
         return None
     _private_key(secret)

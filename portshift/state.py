@@ -24,10 +24,12 @@ import sqlite_utils
 
 from .errors import ConfigError, LockedError, StateError
 from .migrations import migrate
+from .records import JobRecord, JobStatus, Problem, RecordingStatus
+from .settings import read_settings
 
 
 def default_state_path() -> Path:
-    env = os.environ.get("PORTSHIFT_STATE")
+    env = read_settings().state
     if env:
         return Path(env)
     return Path(platformdirs.user_data_dir("portshift")) / "state.db"
@@ -172,41 +174,51 @@ class State:
     @_guard
     def create_job(self, **values: Any) -> str:
         job_id = values.pop("id", None) or new_job_id()
-        row = {"id": job_id, "started_at": now_iso(), "status": "running", "file_count": 0, "byte_count": 0}
-        row.update(values)
+        row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
+        row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
         with self._lock:
             self.db["jobs"].insert(row)
         return job_id
 
     @_guard
     def update_job(self, job_id: str, **values: Any) -> None:
+        values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
         with self._lock:
             self.db["jobs"].update(job_id, values)
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("select * from jobs where id = ? or id like ?", [job_id, job_id + "%"]))
-        if len(rows) == 1:
-            return rows[0]
-        return None
+    def _jobs(self, sql: str, params: list[Any]) -> list[JobRecord]:
+        return [JobRecord.from_row(r) for r in self.db.query(sql, params)]
 
-    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
-        return list(self.db.query("select * from jobs order by started_at desc, id desc limit ?", [limit]))
+    def job(self, job_id: str) -> JobRecord | None:
+        """The job with this id, or the only job whose id starts or ends with it."""
+        rows = self.find_jobs(job_id)
+        return rows[0] if len(rows) == 1 else None
 
-    def unfinished_job(self, job_key: str) -> dict[str, Any] | None:
-        rows = list(
-            self.db.query(
-                "select * from jobs where job_key = ? and status != 'complete' order by started_at desc, id desc limit 1",
-                [job_key],
-            )
+    def find_jobs(self, text: str, limit: int = 20) -> list[JobRecord]:
+        """Jobs whose id is ``text``, or else starts or ends with it (newest first)."""
+        exact = self._jobs("select * from jobs where id = ?", [text])
+        if exact or not text:
+            return exact
+        like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return self._jobs(
+            "select * from jobs where id like ? escape '\\' or id like ? escape '\\' order by started_at desc, id desc limit ?",
+            [like + "%", "%" + like, limit],
+        )
+
+    def jobs(self, limit: int = 50) -> list[JobRecord]:
+        return self._jobs("select * from jobs order by started_at desc, id desc limit ?", [limit])
+
+    def unfinished_job(self, job_key: str) -> JobRecord | None:
+        rows = self._jobs(
+            "select * from jobs where job_key = ? and status != 'complete' order by started_at desc, id desc limit 1",
+            [job_key],
         )
         return rows[0] if rows else None
 
-    def last_complete_job(self, job_key: str) -> dict[str, Any] | None:
-        rows = list(
-            self.db.query(
-                "select * from jobs where job_key = ? and status = 'complete' order by window_end desc, started_at desc limit 1",
-                [job_key],
-            )
+    def last_complete_job(self, job_key: str) -> JobRecord | None:
+        rows = self._jobs(
+            "select * from jobs where job_key = ? and status = 'complete' order by window_end desc, started_at desc limit 1",
+            [job_key],
         )
         return rows[0] if rows else None
 
@@ -221,6 +233,28 @@ class State:
             )
             return cur.rowcount
 
+    def exported_by_earlier_jobs(self, job_key: str, since: str, exclude_job: str) -> dict[str, str]:
+        """Recording id -> the id of the job that exported it, for recordings done by other jobs
+        of this job file whose window ends after ``since`` (a window re-listed by ``--since last``)."""
+        rows = self.conn.execute(
+            "select r.recording_id, r.job_id from recordings r join jobs j on j.id = r.job_id "
+            "where j.job_key = ? and j.id != ? and j.window_end > ? and r.status = 'done'",
+            [job_key, exclude_job, since],
+        )
+        return {rec: job for rec, job in rows}
+
+    def oldest_pending(self, job_key: str) -> str | None:
+        """The start time of the oldest recording left pending by a job of this job file and not
+        exported since (``--since last`` lists from there, so it is picked up once ready)."""
+        row = self.conn.execute(
+            "select min(p.started_at) from recordings p join jobs j on j.id = p.job_id "
+            "where j.job_key = ? and p.status = 'pending' and p.started_at is not null and not exists ("
+            "select 1 from recordings d join jobs k on k.id = d.job_id "
+            "where k.job_key = j.job_key and d.recording_id = p.recording_id and d.status = 'done')",
+            [job_key],
+        ).fetchone()
+        return row[0] if row else None
+
     # --- progress ---------------------------------------------------------------------------
     def done_recordings(self, job_id: str) -> set[str]:
         return {
@@ -228,14 +262,34 @@ class State:
         }
 
     @_guard
-    def set_recording(self, job_id: str, recording_id: str, status: str, reason: str = "", message: str = "") -> None:
+    def set_recording(
+        self,
+        job_id: str,
+        recording_id: str,
+        status: RecordingStatus | str,
+        reason: str = "",
+        message: str = "",
+        started_at: str | None = None,
+    ) -> None:
+        status = RecordingStatus(status)
         with self._lock:
             self.conn.execute(
-                "insert into recordings (job_id, recording_id, status, reason, message, updated_at) "
-                "values (?, ?, ?, ?, ?, ?) on conflict(job_id, recording_id) do update set "
+                "insert into recordings (job_id, recording_id, status, reason, message, updated_at, started_at) "
+                "values (?, ?, ?, ?, ?, ?, ?) on conflict(job_id, recording_id) do update set "
                 "status = excluded.status, reason = excluded.reason, message = excluded.message, "
-                "updated_at = excluded.updated_at",
-                [job_id, recording_id, status, reason, message[:500], now_iso()],
+                "updated_at = excluded.updated_at, started_at = coalesce(excluded.started_at, recordings.started_at)",
+                [job_id, recording_id, status.value, reason, message[:500], now_iso(), started_at],
+            )
+
+    @_guard
+    def add_missing(self, job_id: str, recording_id: str, artifact: str, reason: str, message: str) -> None:
+        """One artifact the source said does not exist (the recording is still exported)."""
+        with self._lock:
+            self.conn.execute(
+                "insert into missing_artifacts (job_id, recording_id, artifact, reason, message) values (?, ?, ?, ?, ?) "
+                "on conflict(job_id, recording_id, artifact) do update set reason = excluded.reason, "
+                "message = excluded.message",
+                [job_id, recording_id, artifact, reason, message[:500]],
             )
 
     def recording_counts(self, job_id: str) -> dict[str, int]:
@@ -244,11 +298,42 @@ class State:
             for r in self.conn.execute("select status, count(*) from recordings where job_id = ? group by status", [job_id])
         }
 
-    def problems(self, job_id: str) -> list[dict[str, Any]]:
+    def problems(self, job_id: str) -> list[Problem]:
+        """Recordings not exported (failed, skipped, pending) and artifacts missing at the source."""
+        rows = self.conn.execute(
+            "select recording_id, status, reason, message, '' from recordings "
+            "where job_id = ? and status in ('failed', 'skipped', 'pending') "
+            "union all select recording_id, 'missing', reason, message, artifact from missing_artifacts where job_id = ? "
+            "order by 2, 1, 5",
+            [job_id, job_id],
+        )
+        return [Problem(rec, status, reason or "", message or "", art or "") for rec, status, reason, message, art in rows]
+
+    def outcome_counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        """Recordings per outcome and reason, and files missing at the source per reason:
+        ``{"done": {"": 12}, "skipped": {"private": 1}, "missing": {"media_not_found": 2}}``."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self.conn.execute(
+            "select status, coalesce(reason, ''), count(*) from recordings where job_id = ? group by 1, 2 "
+            "union all select 'missing', coalesce(reason, ''), count(*) from missing_artifacts where job_id = ? group by 2",
+            [job_id, job_id],
+        )
+        for status, reason, n in rows:
+            out.setdefault(status, {})[reason] = n
+        return out
+
+    def listed_ids(self, job_id: str) -> Iterator[str]:
+        """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
+        e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
+        for (rid,) in self.conn.execute("select recording_id from recordings where job_id = ? order by recording_id", [job_id]):
+            yield rid
+
+    def exported_earlier(self, job_id: str) -> list[tuple[str, str]]:
+        """(recording id, message) of the recordings a --since last job found exported by an earlier job."""
         return list(
-            self.db.query(
-                "select recording_id, status, reason, message from recordings "
-                "where job_id = ? and status in ('failed', 'skipped') order by status, recording_id",
+            self.conn.execute(
+                "select recording_id, message from recordings where job_id = ? and status = 'exported_earlier' "
+                "order by recording_id",
                 [job_id],
             )
         )
@@ -313,9 +398,10 @@ class State:
         for row in cur:
             yield dict(zip(cols, row))
 
-    def last_recorded_at(self, job_id: str) -> str | None:
-        """When the job's last content file was recorded (None when it has none)."""
-        row = self.conn.execute("select max(recorded_at) from files where job_id = ? and kind = 'content'", [job_id]).fetchone()
+    def last_file_done_at(self, job_id: str) -> str | None:
+        """When the job's last content file was stored (None when it has none): the manifest's
+        ``# finished``, the same on every rewrite of the manifest."""
+        row = self.conn.execute("select max(done_at) from files where job_id = ? and kind = 'content'", [job_id]).fetchone()
         return row[0] if row else None
 
     def totals(self, job_id: str) -> tuple[int, int]:

@@ -74,7 +74,6 @@ CASES = [
         ["run"],
         "the export window is empty",
     ),
-    Case("since-last-without-history", SOURCE + SINK, ["run", "--since", "last"], "no completed job"),
     Case("state-folder-missing", SOURCE + SINK, ["run", "--state", "{tmp}/no/such/dir/state.db"], "does not exist"),
     Case("state-is-a-folder", SOURCE + SINK, ["run", "--state", "{tmp}"], "is a folder"),
     Case("state-not-sqlite", SOURCE + SINK, ["run"], "cannot open the state file", setup="garbage-state"),

@@ -242,7 +242,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").rglob("portshift-manifest.txt"))
     r = portshift("run", "--config", str(job), "--state", str(state), "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "skipping" in r.stderr and "recordings already exported" in r.stderr
+    assert "resuming job" in r.stderr and "recordings already exported" in r.stderr
     assert sha256sum_check(export_root(tmp_path)).returncode == 0
 
 

@@ -341,8 +341,23 @@ def test_every_exit_code_is_documented_with_its_number() -> None:
     assert documented == codes, f"docs/cli.md exit codes {documented} differ from portshift.errors.ExitCode {codes}"
 
 
+def env_table() -> dict[str, str]:
+    """variable -> kind (setting, secret, option) from docs/cli.md's table."""
+    rows = re.findall(
+        r"^\|\s*`(PORTSHIFT_[A-Z0-9_]+)`\s*\|\s*([a-z]+)\s*\|", section(read("cli.md"), "Environment variables"), re.M
+    )
+    table: dict[str, str] = {}
+    for name, kind in rows:
+        assert name not in table, f"{name} is documented twice in docs/cli.md"
+        assert kind in ("setting", "secret", "option"), f"{name}: kind {kind!r} is not setting, secret or option"
+        table[name] = kind
+    return table
+
+
 def test_every_environment_variable_the_core_reads_is_documented() -> None:
-    names: set[str] = set()
+    from portshift.settings import Settings, env_name
+
+    names: set[str] = {env_name(f) for f in Settings.model_fields}
     for path in (REPO / "portshift").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
@@ -351,10 +366,49 @@ def test_every_environment_variable_the_core_reads_is_documented() -> None:
                 and re.fullmatch(r"PORTSHIFT_[A-Z0-9_]+", node.value)
             ):
                 names.add(node.value)
-    assert {"PORTSHIFT_DEBUG", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE"} <= names
-    table = section(read("cli.md"), "Environment variables")
-    documented = {t for cell in first_cells(table) for t in ticked(cell)}
+    assert {"PORTSHIFT_DEBUG", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE", "PORTSHIFT_SIGNING_KEY"} <= names
+    documented = set(env_table())
     assert names <= documented, f"environment variables missing from docs/cli.md: {sorted(names - documented)}"
+
+
+def test_every_setting_is_documented_and_every_documented_setting_exists() -> None:
+    from portshift.settings import Settings, env_name
+
+    fields = {env_name(f) for f in Settings.model_fields}
+    documented = {name for name, kind in env_table().items() if kind == "setting"}
+    assert fields - documented == set(), f"settings missing from docs/cli.md: {sorted(fields - documented)}"
+    assert documented - fields == set(), f"docs/cli.md lists settings portshift/settings.py lacks: {sorted(documented - fields)}"
+
+
+def test_every_secret_variable_is_documented_as_a_secret() -> None:
+    load_plugins()
+    secrets = {"PORTSHIFT_SIGNING_KEY"}
+    for registry in (plugins.sources(), plugins.sinks()):
+        for cls in registry.classes.values():
+            secrets |= {str(extra["env"]) for extra in cls.Options.secret_fields().values()}
+    table = env_table()
+    wrong = {name: table.get(name) for name in secrets if table.get(name) != "secret"}
+    assert not wrong, f"secret variables not documented as secrets in docs/cli.md: {wrong}"
+    # every documented secret is one a plugin of this repository (installed here or not) reads
+    sources = [
+        p.read_text(encoding="utf-8")
+        for p in [*(REPO / "portshift").rglob("*.py"), *(REPO / "plugins").glob("*/portshift_*/**/*.py")]
+    ]
+    stale = [n for n, kind in table.items() if kind == "secret" and not any(f'"{n}"' in text for text in sources)]
+    assert not stale, f"docs/cli.md documents secret variables nothing reads: {stale}"
+
+
+def test_every_command_option_read_from_the_environment_is_documented() -> None:
+    envvars = set()
+    for _, cmd in walk(get_cli()):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and p.envvar:
+                envvars |= {p.envvar} if isinstance(p.envvar, str) else set(p.envvar)
+    documented = {name for name, kind in env_table().items() if kind == "option"}
+    assert envvars <= documented, f"options read from the environment missing from docs/cli.md: {sorted(envvars - documented)}"
+    plugin_code = "".join(p.read_text(encoding="utf-8") for p in (REPO / "plugins").glob("*/portshift_*/**/*.py"))
+    stale = [n for n in documented - envvars if f'envvar="{n}"' not in plugin_code]
+    assert not stale, f"docs/cli.md documents option variables no command reads: {stale}"
 
 
 # --- docs/job-file.md ---------------------------------------------------------------------------
@@ -626,7 +680,7 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-@pytest.mark.parametrize("page", ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md"])
+@pytest.mark.parametrize("page", ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md", "releasing.md"])
 def test_links_resolve(page: str) -> None:
     prose = without_code(read(page))
     for target in re.findall(r"\]\(([^)\s]+)\)", prose):

@@ -69,7 +69,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # copies: a build in place would leave build/ and *.egg-info in the repository
     core = base / "src" / "portshift"
     shutil.copytree(REPO / "portshift", core / "portshift", ignore=IGNORE)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, core / name)
     plugin = base / "src" / DIST
     shutil.copytree(EXAMPLE, plugin, ignore=IGNORE)

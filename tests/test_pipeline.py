@@ -42,8 +42,8 @@ def test_full_run_writes_a_manifest_sha256sum_accepts(tmp_path: Path) -> None:
     assert result.manifest_sha256 == digest
     with State.open(tmp_path / "state.db") as state:
         job = state.job(result.job_id)
-        assert job["manifest_sha256"] == digest and job["status"] == "complete"
-        assert job["file_count"] == 12
+        assert job.manifest_sha256 == digest and job.status == "complete"
+        assert job.file_count == 12
 
 
 def test_rerun_of_a_complete_job_does_nothing_and_since_last_exports_only_new(tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_an_unfinished_job_refuses_a_different_window_and_new_starts_over(tmp_pa
     fresh = run_job(doc, tmp_path / "s.db", RunRequest(new=True))
     assert fresh.job_id != first.job_id and not fresh.resumed and fresh.files == 10
     with State.open(tmp_path / "s.db") as state:
-        assert state.job(first.job_id)["status"] == "abandoned"
+        assert state.job(first.job_id).status == "abandoned"
 
 
 def test_two_runs_of_the_same_job_cannot_overlap(tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_manifest_json_index_lists_every_file_with_its_recording(tmp_path: Path)
     out = tmp_path / "out"
     result = run_job(example_doc(out, count=3), tmp_path / "s.db")
     index = json.loads((out / result.export_root / "portshift-manifest.json").read_text())
-    assert index["format"] == 1 and index["job"]["id"] == result.job_id
+    assert index["format"] == 2 and index["job"]["id"] == result.job_id
     assert len(index["files"]) == 6
     assert {f["artifact"] for f in index["files"]} == {"media", "metadata"}
     for f in index["files"]:

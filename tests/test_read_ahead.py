@@ -16,7 +16,7 @@ from portshift.api import Artifact, Opened, Recording, Source, Window
 from portshift.errors import ExitCode, Interrupted
 from portshift.hashing import HashingStream
 from portshift.options import PluginOptions
-from portshift.pipeline import READ_AHEAD_CHUNKS, READ_AHEAD_FROM, _ReadAhead
+from portshift.pipeline import READ_AHEAD_CHUNKS, READ_AHEAD_FROM, ReadAhead
 
 from .support import plugin, run_job, sha256sum_check
 
@@ -63,7 +63,7 @@ class Recorder:
 def test_read_ahead_keeps_bytes_and_order_and_stays_within_its_bound() -> None:
     chunks = [bytes([i]) * 64 * 1024 for i in range(200)]
     rec = Recorder(chunks)
-    ahead = _ReadAhead(rec.gen(), threading.Event())
+    ahead = ReadAhead(rec.gen(), threading.Event())
     got = []
     for c in ahead:
         time.sleep(0.0005)  # a slower sink: the thread runs ahead as far as it may
@@ -80,7 +80,7 @@ def test_read_ahead_keeps_bytes_and_order_and_stays_within_its_bound() -> None:
 def test_an_unknown_size_passes_its_first_bytes_inline_and_the_rest_through_the_thread() -> None:
     chunks = [b"x" * MiB for _ in range(12)]
     rec = Recorder(chunks)
-    ahead = _ReadAhead(rec.gen(), threading.Event(), start_after=READ_AHEAD_FROM)
+    ahead = ReadAhead(rec.gen(), threading.Event(), start_after=READ_AHEAD_FROM)
     first = [next(ahead) for _ in range(READ_AHEAD_FROM // MiB)]
     assert rec.threads == {threading.current_thread().name}
     rest = list(ahead)
@@ -91,7 +91,7 @@ def test_an_unknown_size_passes_its_first_bytes_inline_and_the_rest_through_the_
 def test_a_source_error_reaches_the_reader_unchanged_after_the_chunks_before_it() -> None:
     chunks = [bytes([i]) * 1000 for i in range(10)]
     rec = Recorder(chunks, fail_after=6)
-    ahead = _ReadAhead(rec.gen(), threading.Event())
+    ahead = ReadAhead(rec.gen(), threading.Event())
     got = []
     with pytest.raises(ConnectionResetError, match="reset the connection"):
         for c in ahead:
@@ -102,7 +102,7 @@ def test_a_source_error_reaches_the_reader_unchanged_after_the_chunks_before_it(
 
 def test_stop_ends_a_thread_blocked_on_a_full_queue_and_closes_the_source_in_it() -> None:
     rec = Recorder([b"y" * 1000] * 1000)
-    ahead = _ReadAhead(rec.gen(), threading.Event())
+    ahead = ReadAhead(rec.gen(), threading.Event())
     assert next(ahead) == b"y" * 1000
     deadline = time.monotonic() + 5
     while rec.produced < READ_AHEAD_CHUNKS + 1 and time.monotonic() < deadline:
@@ -125,7 +125,7 @@ def test_cancel_is_noticed_while_the_source_is_silent() -> None:
         yield b"b"
 
     cancel = threading.Event()
-    ahead = _ReadAhead(silent(), cancel)
+    ahead = ReadAhead(silent(), cancel)
     assert next(ahead) == b"a"
     threading.Timer(0.2, cancel.set).start()
     t0 = time.monotonic()

@@ -37,14 +37,18 @@ EXPECTED = {
         "id": S, "job_key": S, "fingerprint": S, "config_path": S, "source_type": S, "source_location": S,
         "sink_type": S, "sink_location": S, "window_start": S, "window_end": S, "export_root": S,
         "started_at": S, "finished_at": S, "status": S, "file_count": N, "byte_count": N, "error": S,
-        "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N,
+        "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N, "pending_count": N,
+        "incremental": N,
     },
-    "recordings": {"job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S},
+    "recordings": {
+        "job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S, "started_at": S,
+    },
     "files": {
         "job_id": S, "key": S, "size": N, "sha256": S, "recording_id": S, "artifact": S, "content_type": S,
         "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S,
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S},
+    "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
 }  # fmt: skip
 EXPECTED_PKS = {
     "_portshift_migrations": ["name"],
@@ -52,6 +56,7 @@ EXPECTED_PKS = {
     "recordings": ["job_id", "recording_id"],
     "files": ["job_id", "key"],
     "sink_journal": ["job_id", "key"],
+    "missing_artifacts": ["job_id", "recording_id", "artifact"],
 }
 #: words a column holding call metadata or a credential would be named after
 FORBIDDEN_WORDS = ("title", "participant", "email", "mail", "phone", "attendee", "speaker", "subject", "name",
@@ -109,8 +114,8 @@ def test_migrating_from_every_earlier_schema_keeps_the_rows(tmp_path: Path, appl
     with State.open(path) as state:
         assert [r["name"] for r in state.db["_portshift_migrations"].rows] == [fn.__name__ for fn in MIGRATIONS]
         job = state.job("J1")
-        assert job is not None and job["status"] == "running" and job["file_count"] == 1
-        assert job["skipped_count"] == 0 and job["failed_count"] == 0
+        assert job is not None and job.status == "running" and job.file_count == 1
+        assert job.skipped_count == 0 and job.failed_count == 0
         assert state.done_recordings("J1") == {"r1"}
         assert list(state.files("J1")) == [
             {"key": "2024/01/01/r1/media.mp3", "size": 3, "sha256": "a" * 64, "recording_id": "r1", "artifact": "media",
@@ -256,8 +261,8 @@ def test_after_a_full_run_the_state_holds_no_content_or_call_metadata(tmp_path: 
         assert state.conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         assert state.conn.execute("pragma foreign_key_check").fetchall() == []
         job = state.job(result.job_id)
-        assert job is not None and job["status"] == "complete" and job["file_count"] == 12
-        assert job["manifest_sha256"] == result.manifest_sha256
+        assert job is not None and job.status == "complete" and job.file_count == 12
+        assert job.manifest_sha256 == result.manifest_sha256
     assert _scan(path) == []  # and after the checkpoint on close
     assert _schema(path) == EXPECTED
 

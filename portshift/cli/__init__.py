@@ -3,19 +3,20 @@ and a documented exit code; a traceback only with ``PORTSHIFT_DEBUG=1``."""
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from .. import __version__
 from ..errors import ExitCode, PortshiftError
-from ..logs import configure_logging
+from ..logs import configure_logging, json_logging
 from ..plugins import load_plugins, pm
 from ..redact import sanitize_message
+from ..settings import read_settings
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,26 +94,40 @@ def get_cli() -> click.Group:
     return cli
 
 
+def _debug() -> bool:
+    try:
+        return read_settings().debug
+    except PortshiftError:
+        return False  # a bad variable is reported, in one line, by the first command that reads the settings
+
+
+def _fatal(text: str, exit_code: int) -> NoReturn:
+    """The one line that ends a failed command: plain text, or a JSON record with --log-format json."""
+    if json_logging():
+        logging.getLogger("portshift").error(text, extra={"event": "fatal", "exit_code": int(exit_code)})
+    else:
+        click.echo(f"portshift: {text}", err=True)
+    sys.exit(exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    debug = os.environ.get("PORTSHIFT_DEBUG", "") not in ("", "0")
+    debug = _debug()
     group = get_cli()
     try:
         rv = group.main(args=argv, prog_name="portshift", standalone_mode=False)
     except PortshiftError as e:
         if debug:
             traceback.print_exc()
-        click.echo(f"portshift: error: {sanitize_message(str(e), 1000)}", err=True)
-        sys.exit(e.exit_code)
+        word = "stopped" if e.exit_code == ExitCode.INTERRUPTED else "error"
+        _fatal(f"{word}: {sanitize_message(str(e), 1000)}", e.exit_code)
     except click.exceptions.Abort:
         click.echo("portshift: aborted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "portshift"
-        click.echo(f"portshift: error: {e.format_message()} (see `{where} --help`)", err=True)
-        sys.exit(ExitCode.USAGE)
+        _fatal(f"error: {e.format_message()} (see `{where} --help`)", ExitCode.USAGE)
     except click.ClickException as e:
-        click.echo(f"portshift: error: {e.format_message()}", err=True)
-        sys.exit(ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
+        _fatal(f"error: {e.format_message()}", ExitCode.USAGE if e.exit_code == 2 else e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
@@ -121,10 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence
         if debug:
             traceback.print_exc()
-        click.echo(
-            f"portshift: internal error: {sanitize_message(f'{type(e).__name__}: {e}')} "
+        _fatal(
+            f"internal error: {sanitize_message(f'{type(e).__name__}: {e}')} "
             "(set PORTSHIFT_DEBUG=1 for the traceback, and please report it)",
-            err=True,
+            ExitCode.INTERNAL,
         )
-        sys.exit(ExitCode.INTERNAL)
     sys.exit(rv if isinstance(rv, int) else 0)

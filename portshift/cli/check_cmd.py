@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
-from ..errors import PortshiftError
+from ..config import DEFAULT_SINCE, JobConfig, parse_when
+from ..errors import ConfigError, ExitCode, PortshiftError
 from . import common_options
 from .options import config_option, load, secrets_stdin_option
+
+
+def _check_window(cfg: JobConfig) -> None:
+    """The job file's own window must not be empty (a run would refuse it)."""
+    since = parse_when(cfg.job.since, "[job] since") if cfg.job.since is not None else DEFAULT_SINCE
+    until = parse_when(cfg.job.until, "[job] until") if cfg.job.until is not None else datetime.now(timezone.utc)
+    if since >= until:
+        raise ConfigError(
+            f"[job] since ({since.date().isoformat()}) is not before until ({until.date().isoformat()})",
+            hint="swap them, or remove until to export up to now",
+        )
 
 
 @click.command("check")
@@ -18,13 +31,16 @@ from .options import config_option, load, secrets_stdin_option
 def command(config_path: Path, secrets_from_stdin: bool) -> int:
     """Validate the job file and reach the source and the sink; transfer nothing."""
     cfg = load(config_path, secrets_from_stdin)
-    click.echo(f"job file {config_path}: ok")
-    failed = False
+    _check_window(cfg)
+    plugins = []
     for role, cls, options, type_ in (
         ("source", cfg.source_cls, cfg.source_options, cfg.source_type),
         ("sink", cfg.sink_cls, cfg.sink_options, cfg.sink_type),
     ):
-        obj = cls(options)
+        plugins.append((role, type_, cls(options)))
+    click.echo(f"job file {config_path}: ok")
+    failed = False
+    for role, type_, obj in plugins:
         try:
             obj.check()
             click.echo(f"{role} {type_} {obj.location()}: ok")
@@ -33,4 +49,4 @@ def command(config_path: Path, secrets_from_stdin: bool) -> int:
             click.echo(f"{role} {type_} {obj.location()}: FAILED: {e}", err=True)
         finally:
             obj.close()
-    return 5 if failed else 0
+    return ExitCode.FATAL if failed else ExitCode.OK

@@ -35,7 +35,7 @@ def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: i
     with State.open(state_path, create=False) as state:
         rows = state.jobs(limit)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
     if not rows:
         click.echo("no jobs yet")
@@ -43,8 +43,8 @@ def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: i
     click.echo(f"{'JOB':<24} {'STATUS':<11} {'FILES':>7} {'BYTES':>10}  WINDOW")
     for r in rows:
         click.echo(
-            f"{r['id']:<24} {r['status']:<11} {r['file_count'] or 0:>7} {human_bytes(r['byte_count'] or 0):>10}  "
-            f"{r['window_start']} .. {r['window_end']}"
+            f"{r.id:<24} {r.status.value:<11} {r.file_count:>7} {human_bytes(r.byte_count):>10}  "
+            f"{r.window_start} .. {r.window_end}"
         )
 
 
@@ -57,13 +57,20 @@ def command(ctx: click.Context, state_path: Path | None, as_json: bool, limit: i
 def show(ctx: click.Context, job_id: str, state_path: Path | None, as_json: bool) -> None:
     """Show one job: its window, counts, manifest digest and problems."""
     with State.open(state_path or ctx.obj.get("state_path"), create=False) as state:
-        row = state.job(job_id)
-        if row is None:
+        matches = state.find_jobs(job_id)
+        if not matches:
             raise ConfigError(f"no job {job_id!r} in the state file", hint="`portshift jobs` lists them")
-        problems = state.problems(row["id"])
-        counts = state.recording_counts(row["id"])
+        if len(matches) > 1:
+            listed = ", ".join(j.id for j in matches[:10]) + (", ..." if len(matches) > 10 else "")
+            raise ConfigError(
+                f"{job_id!r} matches {len(matches)} jobs: {listed}", hint="give more of the id (a prefix or a suffix)"
+            )
+        job = matches[0]
+        problems = state.problems(job.id)
+        counts = state.recording_counts(job.id)
+    row = job.as_dict()
     row["recordings"] = counts
-    row["problems"] = problems
+    row["problems"] = [p.as_dict() for p in problems]
     if as_json:
         click.echo(json.dumps(row, indent=2))
         return
@@ -89,4 +96,5 @@ def show(ctx: click.Context, job_id: str, state_path: Path | None, as_json: bool
             click.echo(f"{k.replace('_', ' '):<16} {row[k]}")
     click.echo(f"{'recordings':<16} " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     for p in problems:
-        click.echo(f"  {p['status']:<8} {p['recording_id']}  {p['reason']}  {p['message']}")
+        what = f"{p.recording_id}/{p.artifact}" if p.artifact else p.recording_id
+        click.echo(f"  {p.status:<8} {what}  {p.reason}  {p.message}")

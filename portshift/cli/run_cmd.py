@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -9,14 +12,19 @@ from typing import Any
 
 import click
 
-from ..config import parse_when
+from ..config import JobConfig, parse_when
 from ..errors import ConfigError, ExitCode, PortshiftError
 from ..hardening import harden_process
-from ..pipeline import Runner, RunRequest
+from ..logs import json_logging
+from ..pipeline import Runner, RunRequest, RunResult
+from ..pipeline.result import error_report
 from ..progress import Progress, human_bytes
-from ..state import State
+from ..redact import sanitize_message
+from ..state import State, default_state_path
 from . import common_options
 from .options import config_option, load, secrets_stdin_option
+
+log = logging.getLogger("portshift.run")
 
 
 def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -35,8 +43,10 @@ def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) ->
     "--transfers", type=int, callback=_transfers, help="artifacts in parallel (1-64, default from the job file, else 4)"
 )
 @click.option("--state", "state_path", type=click.Path(path_type=Path), help="the state DB (default: the user data folder)")
-@click.option("--dry-run", is_flag=True, help="list what would be exported; transfer nothing, change nothing")
+@click.option("--dry-run", is_flag=True, help="list what would be exported; transfer nothing, write nothing")
 @click.option("--new", is_flag=True, help="abandon an unfinished job of this job file and start over")
+@click.option("--allow-empty", is_flag=True, help="write an export root and manifest even when there is nothing new")
+@click.option("--report", type=click.Choice(["json"]), default=None, help="print a machine-readable summary on stdout")
 @click.option("--progress/--no-progress", default=None, help="live progress (default: on a terminal)")
 @secrets_stdin_option
 @common_options
@@ -48,6 +58,8 @@ def command(
     state_path: Path | None,
     dry_run: bool,
     new: bool,
+    allow_empty: bool,
+    report: str | None,
     progress: bool | None,
     secrets_from_stdin: bool,
 ) -> int:
@@ -55,7 +67,22 @@ def command(
 
     Re-running the same job file resumes an unfinished job."""
     harden_process()
-    req = RunRequest(transfers=transfers, dry_run=dry_run, new=new)
+    try:
+        result = _run(config_path, since, until, transfers, state_path, dry_run, new, allow_empty, progress, secrets_from_stdin)
+    except PortshiftError as e:
+        if report:
+            click.echo(json.dumps(error_report(e.exit_code, sanitize_message(str(e), 1000)), indent=2))
+        raise
+    _summary(result, err=report is not None)
+    if report:
+        click.echo(json.dumps(result.report(), indent=2))
+    return result.exit_code
+
+
+def _request(
+    since: str | None, until: str | None, transfers: int | None, dry_run: bool, new: bool, allow_empty: bool
+) -> RunRequest:
+    req = RunRequest(transfers=transfers, dry_run=dry_run, new=new, allow_empty=allow_empty)
     if since == "last":
         req.since_last = True
     elif since:
@@ -64,71 +91,139 @@ def command(
         req.until = parse_when(until, "--until")
     if req.since and req.until and req.since >= req.until:
         raise ConfigError("--since must be before --until")
+    return req
+
+
+def _run(
+    config_path: Path,
+    since: str | None,
+    until: str | None,
+    transfers: int | None,
+    state_path: Path | None,
+    dry_run: bool,
+    new: bool,
+    allow_empty: bool,
+    progress: bool | None,
+    secrets_from_stdin: bool,
+) -> RunResult:
+    req = _request(since, until, transfers, dry_run, new, allow_empty)
     cfg = load(config_path, secrets_from_stdin)
     cancel = threading.Event()
-    bar = Progress(enabled=progress if progress is not None else True)
-    if progress is None and not bar.tty:
-        bar.enabled = True  # periodic log lines
-    previous: dict[int, Any] = {}
-
-    def _stop(signum: int, frame: Any) -> None:
-        if cancel.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-        cancel.set()
-        click.echo(f"\nportshift: stopping ({signal.Signals(signum).name}); finishing cleanly, state is kept", err=True)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _stop)
-    try:
-        state = State.open(state_path)
+    bar = Progress(enabled=progress if progress is not None else not dry_run)
+    with _signals(cancel):
+        if dry_run and not Path(state_path or default_state_path()).exists():
+            return Runner(cfg, None, progress=bar, cancel=cancel).run(req)  # a dry run writes nothing
+        state = State.open(state_path, create=not dry_run)
         try:
-            runner = Runner(cfg, state, progress=bar, cancel=cancel, retry_base=_retry_base())
-            result = runner.run(req)
-        except PortshiftError:
-            state.discard_if_unused()
-            raise
+            return _with_state(cfg, state, bar, cancel, req)
         finally:
             state.close()
-    finally:
-        for sig, handler in previous.items():
+
+
+def _with_state(cfg: JobConfig, state: State, bar: Progress, cancel: threading.Event, req: RunRequest) -> RunResult:
+    try:
+        result = Runner(cfg, state, progress=bar, cancel=cancel, retry_base=_retry_base()).run(req)
+    except PortshiftError:
+        state.discard_if_unused()
+        raise
+    if not json_logging():  # the summary says it in words; a log shipper gets one record
+        return result
+    log.info(
+        "job finished: %s",
+        result.status,
+        extra={
+            "event": "job finished",
+            "job": result.job_id,
+            "status": result.status,
+            "exit_code": int(result.exit_code),
+            "files": result.files,
+            "bytes": result.bytes,
+            "recordings": result.report()["recordings"],
+            "manifest_sha256": result.manifest_sha256,
+        },
+    )
+    return result
+
+
+class _signals:
+    """SIGINT/SIGTERM: the first stops the run cleanly, the second says a third forces exit."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            self.cancel.set()
+            click.echo(f"\nportshift: stopping ({name}): finishing cleanly, state is kept", err=True)
+        elif self.count == 2:
+            click.echo(
+                "portshift: still stopping; a third signal forces exit at once (the next run cleans up after it)", err=True
+            )
+        else:
+            click.echo("portshift: forced exit", err=True)
+            os._exit(ExitCode.INTERRUPTED)
+
+    def __enter__(self) -> _signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-    if result.status in ("dry-run", "up-to-date"):
-        click.echo(result.message)
-        return 0
-    _report(result)
-    return result.exit_code
 
 
 def _retry_base() -> float:
-    import os
+    from ..settings import read_settings
 
-    try:
-        return max(0.0, float(os.environ.get("PORTSHIFT_RETRY_BASE", "1.0")))
-    except ValueError:
-        return 1.0
+    return max(0.0, read_settings().retry_base)  # a bad value is one ConfigError line naming the variable
 
 
-def _report(r: Any) -> None:
-    out = click.echo
-    verb = {"complete": "complete", "partial": "partial", "failed": "failed", "interrupted": "interrupted"}[r.status]
+def _summary(r: RunResult, err: bool) -> None:
+    """The human summary: on stdout, or on stderr when stdout carries the JSON report."""
+
+    def out(text: str, to_err: bool = False) -> None:
+        click.echo(text, err=err or to_err)
+
+    if r.status in ("dry-run", "up-to-date", "nothing-new"):
+        for item in r.listed:
+            size = f"  {human_bytes(item['size'])}" if item.get("size") is not None else ""
+            outcome = f"  ({item['outcome']}: {item['reason']})" if item.get("outcome") else ""
+            out(f"  {item['recording_id']}  {item['started_at'] or '-'}{size}{outcome}")
+        out(r.message)
+        _problems(r, out)
+        return
     if r.resumed:
         out(f"resumed job {r.job_id}: {r.already_done} recordings were already exported")
-    out(f"job {r.job_id}: {verb} — {r.files} files, {human_bytes(r.bytes)} under {r.export_root}/")
+    elif r.already_done:
+        out(f"{r.already_done} recordings in the window were exported by earlier jobs")
+    status = "stopped" if r.status == "interrupted" else r.status  # the last line says "interrupted", once
+    out(f"job {r.job_id}: {status} — {r.files} files, {human_bytes(r.bytes)} under {r.export_root}/")
     if r.manifest_sha256:
         out(f"manifest: {r.manifest_key}")
         out(f"manifest sha256: {r.manifest_sha256}")
-    if r.skipped:
-        out(f"skipped {len(r.skipped)} recordings:")
-        for p in r.skipped[:50]:
-            out(f"  {p['recording_id']}  {p['reason']}  {p['message']}")
-        if len(r.skipped) > 50:
-            out(f"  ... and {len(r.skipped) - 50} more (portshift jobs show {r.job_id})")
-    if r.failed:
-        out(f"failed {len(r.failed)} recordings (re-run the same command to retry them):", err=True)
-        for p in r.failed[:50]:
-            out(f"  {p['recording_id']}  {p['message']}", err=True)
+    _problems(r, out)
     if r.status != "complete" and r.message:
-        out(f"portshift: {r.message}", err=True)
-    if r.exit_code == ExitCode.INTERRUPTED:
-        out("portshift: interrupted; run the same command again to resume", err=True)
+        out(f"portshift: {r.message}", True)
+
+
+def _problems(r: RunResult, out: Any) -> None:
+    for title, items, to_err in (
+        ("skipped {n} recordings:", r.skipped, False),
+        ("pending {n} recordings (not ready yet; a later run, --since last included, exports them):", r.pending, False),
+        ("missing at the source: {n} files (the rest of those recordings was exported):", r.missing, False),
+        ("failed {n} recordings (re-run the same command to retry them):", r.failed, True),
+    ):
+        if not items:
+            continue
+        out(title.format(n=len(items)), to_err)
+        for p in items[:50]:
+            what = f"{p['recording_id']}/{p['artifact']}" if p.get("artifact") else p["recording_id"]
+            out(f"  {what}  {p['reason']}  {p['message']}", to_err)
+        if len(items) > 50:
+            out(f"  ... and {len(items) - 50} more (portshift jobs show {r.job_id})", to_err)

@@ -76,8 +76,10 @@ class ExampleSource(Source):
             if started >= window.end:
                 return
             if started >= window.start:
+                if self.on_listing is not None and i % 100 == 0:
+                    self.on_listing(f"{started.date().isoformat()} onwards")
                 rid = f"ex{self.options.seed:04d}{i:06d}"
-                yield Recording(id=rid, started_at=started, fields={"type": "meeting"})
+                yield Recording(id=rid, started_at=started, fields={"type": "meeting"}, size=self.options.media_size)
 
     def artifacts(self, recording: Recording) -> Iterator[Artifact]:
         seed = f"{self.options.seed}:{recording.id}"

@@ -35,6 +35,12 @@ def _index_chunks(job: JobInfo, entries: Iterator[ManifestEntry]) -> Iterator[by
             "total_bytes": job.total_bytes,
             "tool": f"portshift {job.tool_version}",
         },
+        # the source's inventory of the window: counts per outcome and reason, the listed ids' digest
+        "inventory": job.inventory,
+        # what the window held that is not in "files", each with its reason
+        "not_exported": job.not_exported,
+        # recordings of the window exported into an earlier job's root (--since last)
+        "exported_earlier": job.exported_earlier,
     }
     text = json.dumps(head, indent=2)
     yield (text[:-2] + ',\n  "files": [').encode()

@@ -1,0 +1,348 @@
+"""One run of a job file, top to bottom: open the plugins, check that source and sink answer,
+decide which job and window (:mod:`.planning`), clean up what a killed run left in flight,
+transfer (:mod:`.transfer`), write the manifests (:mod:`.manifests`), record how it ended."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .. import __version__
+from ..api import JobInfo, Sink, Source
+from ..config import JobConfig
+from ..errors import ConfigError, Interrupted, PortshiftError
+from ..logs import set_log_context
+from ..manifest import build_inventory
+from ..plugins import call_event
+from ..progress import Progress
+from ..records import JobRecord, JobStatus, RecordingStatus
+from ..redact import sanitize_message
+from ..state import State, new_job_id, now_iso
+from .manifests import ManifestRun
+from .planning import Plan, iso, plan_job, run_command
+from .result import EXIT_CODES, RunRequest, RunResult
+from .transfer import Transfer
+
+log = logging.getLogger("portshift.run")
+T = TypeVar("T")
+
+
+def cancellable(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
+    """Run ``fn`` (a plugin call: a check, a clean-up, a manifest upload) in a thread of its own and
+    wait for it, so that a cancel ends the wait at once even when the plugin is blocked (a long
+    backoff, a socket read): :class:`Interrupted` is raised and the daemon thread is left behind."""
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box.append((False, e))
+
+    thread = threading.Thread(target=call, name=what, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if cancel.wait(0.05) and thread.is_alive():
+            thread.join(0.5)  # a plugin that noticed the cancel ends by itself
+            if thread.is_alive():
+                raise Interrupted(f"interrupted while {what}")
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+def job_key(cfg: JobConfig, source: Source, sink: Sink) -> str:
+    """What identifies "the same job": source, sink, their non-secret options, the key layout."""
+    doc = {
+        "source": [cfg.source_type, source.location(), cfg.source_options.model_dump(mode="json")],
+        "sink": [cfg.sink_type, sink.location(), cfg.sink_options.model_dump(mode="json")],
+        "key_template": cfg.job.key_template,
+        "manifest": cfg.job.manifest,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Runner:
+    """Runs one job. Create with a validated :class:`JobConfig` and an open :class:`State`
+    (``None`` only for a dry run with no state file yet: a dry run writes nothing)."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        state: State | None,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        retry_base: float = 1.0,
+    ) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.progress = progress or Progress(enabled=False)
+        self.cancel = cancel or threading.Event()
+        self.retry_base = retry_base
+        prefixes = {cls.payload_prefix for _, cls, _ in cfg.writers if getattr(cls, "payload_prefix", "")}
+        if len(prefixes) > 1:
+            raise ConfigError(f"manifest writers disagree on the payload folder: {', '.join(sorted(prefixes))}")
+        self._payload_prefix = prefixes.pop() if prefixes else ""
+
+    def run(self, req: RunRequest) -> RunResult:
+        started = time.monotonic()
+        source: Source = self.cfg.source_cls(self.cfg.source_options)
+        sink: Sink = self.cfg.sink_cls(self.cfg.sink_options)
+        source.cancel = sink.cancel = self.cancel
+        try:
+            result = self._run(req, source, sink)
+        finally:
+            for closer in (source.close, sink.close):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - closing must not mask the result
+                    log.debug("close failed", exc_info=True)
+        result.duration = time.monotonic() - started
+        return result
+
+    def _run(self, req: RunRequest, source: Source, sink: Sink) -> RunResult:
+        key = job_key(self.cfg, source, sink)
+        if req.dry_run:
+            return self._dry_run(plan_job(self.cfg, self.state, req, key), source)
+        state = self.state
+        if state is None:
+            raise ConfigError("a run needs a state file")
+        state.lock(key)
+        plan = plan_job(self.cfg, state, req, key)
+        if plan.up_to_date is not None:
+            return self._up_to_date(plan.up_to_date)
+        self._check_reachable(source, sink)
+        if plan.abandon is not None:
+            self._recover(plan.abandon.id, sink)  # its in-flight uploads too
+            state.abandon_unfinished(key)
+            log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
+        job = self._start(plan, source, sink)
+        set_log_context(job=job.id, phase="transfer")
+        result = RunResult(job_id=job.id, status="", exit_code=0, export_root=job.export_root)
+        result.resumed = plan.resume is not None
+        status, error = self._export(job, plan, source, sink, req, result)
+        self._finish(job, status, error, result)
+        files = result.files
+        if status is JobStatus.COMPLETE and not files and not req.allow_empty:
+            result.status, result.export_root = "nothing-new", ""
+            result.message = f"nothing new in {job.window_start} .. {job.window_end}: no export written" + (
+                " (--allow-empty writes an empty one)" if not result.pending and not result.skipped else ""
+            )
+        call_event("job_finished", job=self._job_info(job.id), manifest_sha256=result.manifest_sha256)
+        set_log_context(phase="finished")
+        return result
+
+    def _export(
+        self, job: JobRecord, plan: Plan, source: Source, sink: Sink, req: RunRequest, result: RunResult
+    ) -> tuple[JobStatus, str | None]:
+        """Clean up, transfer, write the manifests: how the job ended, and a one-line error."""
+        assert self.state is not None
+        phase = ""
+        try:
+            info = self._job_info(job.id)
+            self._recover(job.id, sink)
+            call_event("job_started", job=info, resumed=plan.resume is not None)
+            transfer = Transfer(
+                self.cfg,
+                self.state,
+                job,
+                plan,
+                source,
+                sink,
+                info=info,
+                progress=self.progress,
+                cancel=self.cancel,
+                transfers=req.transfers or self.cfg.job.transfers,
+                retry_base=self.retry_base,
+                payload_prefix=self._payload_prefix,
+            )
+            status, error = transfer.run()
+            result.already_done, result.exported_now = transfer.already, transfer.exported
+            if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
+                set_log_context(phase="manifest")
+                phase = "writing the manifest: "
+                result.manifest_key, result.manifest_sha256 = self._write_manifests(job, sink)
+        except Interrupted:
+            return JobStatus.INTERRUPTED, "interrupted"
+        except Exception as e:  # noqa: BLE001 - the job is recorded failed, nothing lost
+            text = str(e) if isinstance(e, PortshiftError) else f"{type(e).__name__}: {e}"
+            return JobStatus.FAILED, f"{phase}{sanitize_message(text)}"
+        return status, error
+
+    # --- before the transfer ---------------------------------------------------------------
+    def _check_reachable(self, source: Source, sink: Sink) -> None:
+        """Source and sink answer before any listing: a destination that cannot be written to is
+        one line now, not a failure per call after spending the source's rate limit."""
+        set_log_context(phase="check")
+        cancellable(sink.check, self.cancel, "checking the sink")
+        cancellable(source.check, self.cancel, "checking the source")
+
+    def _start(self, plan: Plan, source: Source, sink: Sink) -> JobRecord:
+        state = self.state
+        assert state is not None
+        if plan.resume is not None:
+            job = plan.resume
+            state.update_job(job.id, status=JobStatus.RUNNING, finished_at=None, error=None)
+            log.info("resuming job %s: %d recordings already exported; --new to start over", job.id, len(plan.done))
+            return job
+        job_id = new_job_id()
+        window = plan.window
+        state.create_job(
+            id=job_id,
+            job_key=plan.key,
+            fingerprint=hashlib.sha256(f"{plan.key}|{iso(window.start)}|{iso(window.end)}".encode()).hexdigest(),
+            config_path=str(self.cfg.path) if self.cfg.path else None,
+            source_type=self.cfg.source_type,
+            source_location=source.location(),
+            sink_type=self.cfg.sink_type,
+            sink_location=sink.location(),
+            window_start=iso(window.start),
+            window_end=iso(window.end),
+            export_root=job_id,
+            incremental=int(plan.incremental),
+        )
+        log.info("job %s: exporting %s .. %s into %s/%s", job_id, iso(window.start), iso(window.end), sink.location(), job_id)
+        job = state.job(job_id)
+        assert job is not None
+        return job
+
+    def _recover(self, job_id: str, sink: Sink) -> None:
+        """Let the sink clean up what earlier runs of the job left in flight (multipart uploads)."""
+        assert self.state is not None
+        journal = self.state.journal(job_id)
+        sink.journal = journal
+        pending = journal.pending()
+        if not pending:
+            return
+        log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
+        try:
+            cancellable(lambda: sink.recover(pending), self.cancel, "cleaning up after a previous run")
+        except Interrupted:
+            raise
+        except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
+            log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
+            return
+        remaining = {k for k, _ in journal.pending()}
+        for key, _ in pending:
+            if key in remaining:
+                journal.end(key)
+
+    # --- after the transfer ----------------------------------------------------------------
+    def _write_manifests(self, job: JobRecord, sink: Sink) -> tuple[str, str]:
+        state = self.state
+        assert state is not None
+        files, nbytes = state.totals(job.id)
+        # "finished" is when the last file was stored, not this attempt's time: a manifest
+        # rewritten after a failed or killed attempt is byte for byte the same, so a store that
+        # refuses to replace an object (GCS with ifGenerationMatch=0) accepts it as already there.
+        finished = state.last_file_done_at(job.id) or job.started_at
+        state.update_job(job.id, finished_at=finished, file_count=files, byte_count=nbytes)
+        writer = ManifestRun(self.cfg, state, job.id, job.export_root, sink)
+        info = self._job_info(job.id, inventory=True)
+        key, digest = cancellable(lambda: writer.write(info), self.cancel, "writing the manifest")
+        state.update_job(job.id, manifest_key=key, manifest_sha256=digest)
+        return key, digest
+
+    def _finish(self, job: JobRecord, status: JobStatus, error: str | None, result: RunResult) -> None:
+        state = self.state
+        assert state is not None
+        files, nbytes = state.totals(job.id)
+        counts = state.recording_counts(job.id)
+        state.update_job(
+            job.id,
+            status=status,
+            finished_at=now_iso(),
+            file_count=files,
+            byte_count=nbytes,
+            error=error,
+            skipped_count=counts.get(RecordingStatus.SKIPPED.value, 0),
+            failed_count=counts.get(RecordingStatus.FAILED.value, 0),
+            pending_count=counts.get(RecordingStatus.PENDING.value, 0),
+        )
+        problems = [p.as_dict() for p in state.problems(job.id)]
+        result.status, result.exit_code = status.value, EXIT_CODES[status]
+        result.files, result.bytes, result.counts = files, nbytes, counts
+        result.window_start, result.window_end = job.window_start, job.window_end
+        lists = {"skipped": result.skipped, "pending": result.pending, "failed": result.failed}
+        for p in problems:
+            lists.get(p["status"], result.missing).append(p)
+        result.message = error or ""
+        if status in (JobStatus.INTERRUPTED, JobStatus.FAILED, JobStatus.PARTIAL):
+            result.message = (result.message + "; " if result.message else "") + f"resume with `{run_command(self.cfg)}`"
+
+    def _up_to_date(self, last: JobRecord) -> RunResult:
+        return RunResult(
+            job_id=last.id,
+            status="up-to-date",
+            exit_code=0,
+            export_root=last.export_root,
+            window_start=last.window_start,
+            window_end=last.window_end,
+            manifest_key=last.manifest_key,
+            manifest_sha256=last.manifest_sha256,
+            message=(
+                f"job {last.id} of this job file is already complete ({last.window_start} .. {last.window_end}); "
+                "nothing to do. Use --since last to export what is newer, or --new for a fresh full export"
+            ),
+        )
+
+    def _dry_run(self, plan: Plan, source: Source) -> RunResult:
+        result = RunResult(job_id=None, status="dry-run", exit_code=0)
+        result.window_start, result.window_end = iso(plan.window.start), iso(plan.window.end)
+        todo = 0
+        for rec in source.recordings(plan.window):
+            if self.cancel.is_set():
+                break
+            if rec.id in plan.done or rec.id in plan.earlier:
+                result.already_done += 1
+                continue
+            item = {"recording_id": rec.id, "started_at": iso(rec.started_at) if rec.started_at else None, "size": rec.size}
+            if rec.skipped is not None:
+                item["outcome"] = "pending" if type(rec.skipped).__name__ == "RecordingPending" else "skipped"
+                item["reason"] = getattr(rec.skipped, "reason", "")
+            else:
+                todo += 1
+            result.listed.append(item)
+        result.message = (
+            f"dry run: {len(result.listed) + result.already_done} recordings in {result.window_start} .. "
+            f"{result.window_end}, {todo} to export"
+        )
+        if plan.resume is not None:
+            result.message += f" ({len(plan.done)} already exported by job {plan.resume.id})"
+        elif plan.earlier:
+            result.message += f" ({result.already_done} already exported by earlier jobs)"
+        return result
+
+    def _job_info(self, job_id: str, inventory: bool = False) -> JobInfo:
+        assert self.state is not None
+        row = self.state.job(job_id)
+        assert row is not None
+        files, nbytes = self.state.totals(job_id)
+        return JobInfo(
+            id=job_id,
+            window_start=row.window_start,
+            window_end=row.window_end,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            source=f"{row.source_type} {row.source_location}".strip(),
+            sink=f"{row.sink_type} {row.sink_location}".strip(),
+            export_root=row.export_root,
+            file_count=files,
+            total_bytes=nbytes,
+            tool_version=__version__,
+            status=row.status.value,
+            not_exported=[p.as_dict() for p in self.state.problems(job_id)],
+            inventory=build_inventory(self.state.outcome_counts(job_id), self.state.listed_ids(job_id)) if inventory else {},
+            exported_earlier=[
+                {"recording_id": rid, "job": message.rsplit(" ", 1)[-1]} for rid, message in self.state.exported_earlier(job_id)
+            ]
+            if inventory
+            else [],
+        )

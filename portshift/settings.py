@@ -1,0 +1,71 @@
+"""portshift's settings from the environment, in one place.
+
+Every non-secret setting the core reads from the environment is a field of :class:`Settings`,
+named ``PORTSHIFT_<FIELD>``; docs/cli.md documents each one (a test keeps the two in step).
+:func:`read_settings` reads the environment afresh on every call, so a variable set after import
+(by a test, or by a parent process before it forks) is seen.
+
+Credentials are not settings: they go through :mod:`portshift.secrets` (``secret_from_env``,
+``*_file`` options, ``--secrets-from-stdin``) and never into a model that could be dumped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+PREFIX = "PORTSHIFT_"
+#: values of a yes/no setting that mean "no" (any other non-empty value means "yes")
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+class Settings(BaseSettings):
+    """The environment variables that tune portshift (never credentials)."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
+
+    state: Path | None = Field(
+        None, description="the state file to use when --state is not given (unset: state.db in the user data folder)"
+    )
+    load_plugins: str | None = Field(
+        None,
+        description="a comma-separated allow-list of plugin distributions or entry-point names to load; "
+        "set but empty loads none; unset loads every installed plugin",
+    )
+    debug: bool = Field(False, description="print the traceback of an error (expected errors are otherwise one line)")
+    retry_base: float = Field(1.0, description="the base, in seconds, of the wait before a failed artifact is retried")
+
+    @field_validator("state", "retry_base", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[str(info.field_name)].default
+        return value
+
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() not in FALSE_WORDS
+        return value
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: ``retry_base`` -> ``PORTSHIFT_RETRY_BASE``."""
+    return PREFIX + field.upper()
+
+
+def read_settings() -> Settings:
+    """The settings as the environment has them now. A bad value is one ConfigError naming the
+    variable (never echoing the value)."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(f"environment variable {env_name(field)}: {err['msg'].lower()} (fix or unset it)") from None
