@@ -68,6 +68,7 @@ def test_sigint_during_a_long_retry_after_stops_the_run_in_under_2_s(sim: Chorus
     wait_for(proc, lambda: sim.stats.throttled >= 1)
     took, err = interrupt(proc)
     assert proc.returncode == 130, err
+    print(f"\nSIGINT to exit: {took:.2f} s")
     assert took < 2.0, f"stopped after {took:.2f}s"
     assert sim.stats.throttled == 1  # it was waiting out the Retry-After, not hammering
 
@@ -78,6 +79,7 @@ def test_sigint_during_a_long_rate_limiter_wait_in_the_listing_stops_in_under_2_
     wait_for(proc, lambda: sim.stats.requests["api:list"] >= 1)
     took, err = interrupt(proc)
     assert proc.returncode == 130, err
+    print(f"\nSIGINT to exit: {took:.2f} s")
     assert took < 2.0, f"stopped after {took:.2f}s"
     assert sim.stats.requests["api:list"] <= 2
 

@@ -71,3 +71,49 @@ def test_a_call_processing_at_run_1_is_exported_by_run_2s_since_last(recent: Cho
     # the earlier job's calls are not exported twice
     assert not got & set(exported)
     assert sim.stats.writes == []
+
+
+def test_the_state_keeps_ids_times_and_types_only_with_every_opt_in_artifact(tmp_path: Path) -> None:
+    """Summaries, action items and scorecards go to the sink, never into portshift's state: no
+    participant, subject, summary or scorecard content in the state DB (and its WAL)."""
+    spec = TenantSpec(
+        calls=16,
+        seed=4,
+        start=NOW - timedelta(days=10),
+        end=NOW - timedelta(hours=1),
+        media_size=1024,
+        summary_ratio=1.0,
+        scorecard_ratio=1.0,
+        unprocessed_ratio=0,
+    )
+    with ChorusSimulator(Tenant(spec), token=CANARY) as sim:
+        out, state, job = tmp_path / "export", tmp_path / "state.db", tmp_path / "job.toml"
+        job.write_text(
+            '[job]\ntransfers = 2\n\n[source]\ntype = "chorus"\n'
+            f'base_url = "{sim.base_url}"\nca_bundle = "{sim.ca_path}"\nrequests_per_second = 0\n'
+            'artifacts = ["media", "transcript", "captions", "metadata", "summary", "action_items", "scorecards"]\n\n'
+            f'[sink]\ntype = "local"\npath = "{out}"\nfsync = false\n'
+        )
+        report = run(job, state, "--since", (NOW - timedelta(days=11)).date().isoformat())
+        assert report["status"] == "complete" and report["recordings"]["exported"] > 0  # type: ignore[index]
+        root = out / str(report["export_root"])
+        assert list(root.rglob("summary.json")) and list(root.rglob("action_items.json")) and list(root.rglob("scorecards.json"))
+        content: set[str] = set()
+        for c in sim.tenant.calls:
+            item = sim.tenant.engagement(c)
+            content.add(str(item["subject"]))
+            for person in sim.tenant.participants(c):
+                content |= {str(person["name"]), str(person["email"])}
+            summary = sim.tenant.summary(c)
+            if summary:
+                content |= {summary[0], *summary[1]}
+        for card in sim.tenant.scorecards():
+            content.add(json.dumps(card["attributes"]))
+        # the control: these strings are what the exported files hold (the sweep can find them)
+        exported = b"".join(p.read_bytes() for p in root.rglob("*.json"))
+        assert sum(text.encode() in exported for text in content) > len(content) // 2
+        blobs = {p.name: p.read_bytes() for p in tmp_path.rglob("state.db*") if p.is_file()}
+        assert "state.db" in blobs
+        leaks = [(name, text) for name, blob in blobs.items() for text in content if text.encode() in blob]
+        assert not leaks, leaks[:5]
+        assert sim.stats.writes == []
