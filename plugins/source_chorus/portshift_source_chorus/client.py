@@ -51,8 +51,8 @@ from .pacing import AdaptiveRate
 log = logging.getLogger("portshift.chorus")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: ``portshift check``: one attempt, a short connect timeout (an unreachable host fails in seconds)
-CHECK_POLICY = Backoff(attempts=1)
+#: ``check()``: a short connect timeout, and no retry when nothing answers (an unreachable host
+#: fails in seconds); an answer that says "later" (429, 5xx) is retried as always
 CHECK_CONNECT_TIMEOUT = 5.0
 
 PINNED = ("httpx", "httpcore", "hpack", "h11", "h2")
@@ -168,11 +168,11 @@ class ChorusClient:
         A 429 is retried while the time spent waiting stays within ``retry_budget`` (a tenant
         limited to 10 requests a minute needs minutes, not a count of tries); the rest ``retries``
         times. Returns the response for any other status (read, unless ``stream``). A 401 from
-        the Chorus API raises :class:`AuthError` at once. ``check``: one attempt, a short connect
-        timeout (``portshift check`` on an unreachable host answers in seconds).
+        the Chorus API raises :class:`AuthError` at once. ``check``: a short connect timeout and no
+        retry when nothing answers (``portshift check`` on an unreachable host answers in seconds).
         """
         api = self.same_origin(url)
-        policy = CHECK_POLICY if check else self.backoff
+        policy = self.backoff
         attempts = Attempts(policy, cancel=self.cancel, what=f"waiting to retry {operation}", sleep=self.sleep)
         while True:
             if api:
@@ -225,8 +225,9 @@ class ChorusClient:
                         self.pacing.succeeded()
                     return resp
             # --- only failures that may be retried get here ---------------------------------
-            # a 429 goes on within the time budget; anything else gets ``retries`` retries
-            spent = status != 429 and attempts.count >= policy.attempts
+            # a 429 goes on within the time budget; anything else gets ``retries`` retries; for
+            # ``check``, no answer at all fails at once (an unreachable host, a wrong base_url)
+            spent = (status is None and check) or (status != 429 and attempts.count >= policy.attempts)
             delay = None if spent else attempts.next_delay(hint)
             if delay is None:
                 raise SourceError(

@@ -52,6 +52,10 @@ WITHOUT_RECORDING = frozenset({"metadata", "email"})
 class ChorusSource(Source):
     Options = ChorusOptions
     description = "Chorus by ZoomInfo: recorded calls (media, transcript, captions, metadata) over the public API"
+    listing_limits = (
+        "Chorus never lists recordings marked private, nor calls the token's user may not see "
+        "(data access rules): export with a user who sees every recording"
+    )
 
     def __init__(self, options: ChorusOptions) -> None:
         super().__init__(options)
@@ -74,8 +78,8 @@ class ChorusSource(Source):
         return self.client.location
 
     def check(self) -> None:
-        """List one page of the last week to prove the host, TLS trust and token: one attempt,
-        a short connect timeout."""
+        """List one page of the last week to prove the host, TLS trust and token: a host that
+        does not answer fails at once (short connect timeout, no retry)."""
         end = datetime.now(timezone.utc)
         filters = listing.query_for(end - timedelta(days=7), end, self.options.engagement_types[0])
         self.client.list_page(filters, check=True)

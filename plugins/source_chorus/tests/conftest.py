@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from portshift_source_chorus import ChorusOptions, ChorusSource
 from portshift_source_chorus.options import DEFAULT_FIELDS
-from portshift_source_chorus.simulator import ChorusSimulator, Faults, MediaConfig, Paging, Tenant, TenantSpec
+from portshift_source_chorus.simulator import Behaviour, ChorusSimulator, Faults, MediaConfig, Paging, Tenant, TenantSpec
 
 from portshift import ArtifactMissing, RecordingPending, Secret, SkipRecording, Window
 
@@ -46,9 +46,9 @@ def simulator() -> Iterator[ChorusSimulator]:
 @pytest.fixture
 def sim(simulator: ChorusSimulator) -> Iterator[ChorusSimulator]:
     """The session simulator with default behaviour; whatever a test configures is undone."""
-    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig())
+    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig(), behaviour=Behaviour())
     yield simulator
-    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig())
+    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig(), behaviour=Behaviour())
 
 
 @pytest.fixture

@@ -62,10 +62,12 @@ def interrupt(proc: subprocess.Popen[str]) -> tuple[float, str]:
     return time.monotonic() - t0, err
 
 
-def test_sigint_during_a_long_retry_after_stops_the_run_in_under_2_s(sim: ChorusSimulator, tmp_path: Path) -> None:
+def test_sigint_during_a_long_retry_after_in_the_listing_stops_the_run_in_under_2_s(sim: ChorusSimulator, tmp_path: Path) -> None:
+    proc = start_run(tmp_path, sim, "requests_per_second = 0.5\n")  # the listing starts 2 s after the check
+    wait_for(proc, lambda: sim.stats.requests["api:list"] >= 1)  # the run's check() went through
     sim.configure(faults=Faults(throttle=Fault(ratio=1.0, times=-1, on=("list",)), retry_after="120"))
-    proc = start_run(tmp_path, sim, "requests_per_second = 0\n")
     wait_for(proc, lambda: sim.stats.throttled >= 1)
+    assert sim.stats.list_queries[0].get("with_trackers") == "true"  # a listing page, not the check
     took, err = interrupt(proc)
     assert proc.returncode == 130, err
     print(f"\nSIGINT to exit: {took:.2f} s")

@@ -27,8 +27,6 @@ class EngagementRoutes:
         raise NotImplementedError
 
     def _engagements(self, h: Handler, q: dict[str, str], resource: str) -> None:
-        with self.stats.lock:
-            self.stats.list_queries.append(dict(q))
         if self.behaviour.listing_forbidden:
             self._send_json(h, 403, {"errors": [{"detail": "API may not be called using this token."}]})
             return

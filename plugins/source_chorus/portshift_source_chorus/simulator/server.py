@@ -282,6 +282,9 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
             self._send_json(h, 404, error(404, "Not found", NOT_FOUND), jsonapi=True)
             return
         self._record(h, "api", route)
+        if route == "list":  # every listing request, answered or not
+            with self.stats.lock:
+                self.stats.list_queries.append(dict(query))
         if self.behaviour.foreign_403:
             body = b"<html><body><h1>403 Forbidden</h1>Request blocked.</body></html>"
             self._send(h, 403, {"Content-Type": "text/html"}, [body], len(body), None, None, "api")
