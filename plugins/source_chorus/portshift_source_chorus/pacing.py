@@ -5,12 +5,16 @@ Chorus documents no rate limit; the one figure seen in public code is 10 request
 the configured ``requests_per_second`` is a ceiling, not a promise: every 429 halves the rate (down
 to ``min_requests_per_second``), and after ``RECOVER_AFTER`` answers in a row without a 429 it
 grows by a quarter, up to the ceiling again (additive-increase would take hours from 0.1/s).
+The rate is cut at most once per round of requests (``1 / rate`` seconds, at least half a
+second): the 429s of requests already on their way when the first came back are one signal.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from portshift import RateLimiter
 
@@ -22,12 +26,14 @@ RECOVER_AFTER = 50  #: answers without a 429 before the rate grows again
 class AdaptiveRate:
     """Owns a :class:`portshift.RateLimiter` and moves its rate between a floor and a ceiling."""
 
-    def __init__(self, ceiling: float, floor: float, burst: int = 1) -> None:
+    def __init__(self, ceiling: float, floor: float, burst: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = float(ceiling)
         self.floor = min(float(floor), self.ceiling)
         self.limiter = RateLimiter(ceiling, burst=burst)
         self._lock = threading.Lock()
         self._ok = 0
+        self._clock = clock
+        self._last_cut = float("-inf")
 
     @property
     def rate(self) -> float:
@@ -41,8 +47,12 @@ class AdaptiveRate:
         with self._lock:
             self._ok = 0
             current = self.limiter.rate
+            now = self._clock()
+            if now - self._last_cut < max(0.5, 1.0 / current):
+                return  # the same round of requests: already cut
             new = max(self.floor, current / 2)
             if new < current:
+                self._last_cut = now
                 self.limiter.set_rate(new)
                 log.info("Chorus answered 429: slowing down to %.3g requests/s", new)
 

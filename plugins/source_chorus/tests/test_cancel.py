@@ -27,7 +27,9 @@ from .test_end_to_end import write_job
 def start_run(tmp_path: Path, sim: ChorusSimulator, source_extra: str = "") -> subprocess.Popen[str]:
     job = write_job(tmp_path, sim, tmp_path / "export")
     text = (
-        job.read_text().replace("requests_per_second = 200\nburst = 4\n", "").replace("[source]\n", f"[source]\n{source_extra}")
+        job.read_text()
+        .replace("requests_per_second = 200\nmin_requests_per_second = 50\nburst = 4\n", "")
+        .replace("[source]\n", f"[source]\n{source_extra}")
     )
     job.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}

@@ -34,7 +34,8 @@ def write_job(tmp_path: Path, sim: ChorusSimulator, out: Path) -> Path:
         f'since = "{WINDOW.start.date().isoformat()}"\nuntil = "{WINDOW.end.date().isoformat()}"\n\n'
         '[source]\ntype = "chorus"\n'
         f'base_url = "{sim.base_url}"\nca_bundle = "{sim.ca_path}"\n'
-        "requests_per_second = 200\nburst = 4\nbackoff_base = 0.01\nbackoff_cap = 0.1\nwindow_days = 20\n\n"
+        "requests_per_second = 200\nmin_requests_per_second = 50\nburst = 4\nbackoff_base = 0.01\nbackoff_cap = 0.1\n"
+        "window_days = 20\n\n"
         f'[sink]\ntype = "local"\npath = "{out}"\nfsync = false\n'
     )
     return job
