@@ -166,6 +166,9 @@ def test_a_10_per_window_limit_without_retry_after_is_survived(sim: ChorusSimula
     source.client.backoff.base, source.client.backoff.cap = 0.05, 0.6
     ids = [r.id for r in source.recordings(WINDOW)]
     assert sorted(ids) == sorted(c.engagement_id for c in sim.tenant.listed(WINDOW.start, WINDOW.end))
+    print(
+        f"\n{sim.stats.total('api')} requests, {sim.stats.rate_limited} answered 429, rate now {source.client.limiter.rate:g}/s"
+    )
     assert sim.stats.rate_limited > 0
     assert source.client.limiter.rate < 40  # slowed down
 
