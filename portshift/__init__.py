@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ArtifactMissing": "errors",
     "IntegrityError": "errors",
     "Interrupted": "errors",
+    "check_failure": "errors",
     # retries and rate
     "Attempts": "retry",
     "Backoff": "retry",
@@ -70,6 +71,23 @@ _EXPORTS: dict[str, str] = {
     "handshake_failure": "tls",
     "dropped_under_tls": "tls",
     "exception_chain": "tls",
+    "ssl_reason": "tls",
+    "harden_session": "requests_tls",
+    "https_requests_session": "requests_tls",
+    "is_plain_http_refusal": "requests_tls",
+    "PlainHTTPRefused": "requests_tls",
+    # what every sink needs: sizes, data residency, content types, quiet SDK loggers
+    "Size": "sizes",
+    "parse_size": "sizes",
+    "format_size": "sizes",
+    "AllowedRegions": "residency",
+    "ResidencyError": "residency",
+    "region_allowed": "residency",
+    "require_allowed": "residency",
+    "refuse_unverifiable": "residency",
+    "media_type": "media_types",
+    "content_type_for": "media_types",
+    "pin_loggers": "logs",
     "redact_url": "redact",
     "sanitize_message": "redact",
 }
@@ -121,10 +139,24 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         SinkError,
         SkipRecording,
         SourceError,
+        check_failure,
     )
     from .hashing import HashingStream
+    from .logs import pin_loggers
+    from .media_types import content_type_for, media_type
     from .options import HttpsUrl, PluginOptions
     from .redact import redact_url, sanitize_message
+    from .requests_tls import PlainHTTPRefused, harden_session, https_requests_session, is_plain_http_refusal
+    from .residency import AllowedRegions, ResidencyError, refuse_unverifiable, region_allowed, require_allowed
     from .retry import Attempts, Backoff, RateLimiter, call_with_retries, parse_retry_after, wait_or_interrupt
     from .secrets import Secret, forget_mask, register_mask, secret_field
-    from .tls import dropped_under_tls, exception_chain, handshake_failure, https_client, require_https, ssl_context
+    from .sizes import Size, format_size, parse_size
+    from .tls import (
+        dropped_under_tls,
+        exception_chain,
+        handshake_failure,
+        https_client,
+        require_https,
+        ssl_context,
+        ssl_reason,
+    )

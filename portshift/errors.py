@@ -157,3 +157,16 @@ class Interrupted(PortshiftError):
 
 class StateError(FatalError):
     """The state DB cannot be written (disk full, read-only): the job stops, nothing done is lost."""
+
+
+def check_failure(error: PortshiftError) -> PortshiftError:
+    """What a plugin's ``check()`` raises for a failed probe, so that ``portshift run`` stops
+    before listing with one line: configuration, authentication and fatal errors and an
+    interrupt as they are; a refusal (HTTP 401/403) as an :class:`AuthError`; anything else (an
+    unreachable endpoint, a TLS failure, a 5xx after retries) as a :class:`FatalError`. A plugin
+    maps its own "does not exist" answer to a :class:`ConfigError` first."""
+    if isinstance(error, ConfigError | FatalError | Interrupted):
+        return error
+    if getattr(error, "status", None) in (401, 403):
+        return AuthError(error.message, hint=error.hint)
+    return FatalError(error.message, hint=error.hint)

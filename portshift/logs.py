@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -126,6 +126,26 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         return
 
 
+def pin_loggers(names: Iterable[str], trees: Iterable[str] = ()) -> None:
+    """Keep SDK and HTTP-library loggers at WARNING or above, whatever the root level is.
+
+    Each of ``names`` is set to WARNING unless it is stricter already (a user's ERROR stays);
+    every logger that exists under one of ``trees`` (``"google"`` covers ``google.auth``...)
+    and was lowered below WARNING is raised back. The one function every plugin calls: the
+    DEBUG output of these loggers carries signatures, session tokens and JWT grants.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:  # NOTSET (0) included
+            logger.setLevel(logging.WARNING)
+    roots = tuple(trees)
+    if roots:
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger) and name.split(".", 1)[0] in roots:
+                if logging.NOTSET < logger.level < logging.WARNING:
+                    logger.setLevel(logging.WARNING)
+
+
 def json_logging() -> bool:
     """Is portshift's handler writing JSON records?"""
     for h in logging.getLogger().handlers:
@@ -135,8 +155,11 @@ def json_logging() -> bool:
 
 
 def pin_sdk_loggers(unsafe_wire_debug: bool = False) -> None:
-    for name in PINNED_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if unsafe_wire_debug else logging.WARNING)
+    if unsafe_wire_debug:
+        for name in PINNED_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        return
+    pin_loggers(PINNED_LOGGERS)
 
 
 def configure_logging(level: str = "info", fmt: str = "text", stream: IO[str] | None = None) -> None:

@@ -219,3 +219,13 @@ def dropped_under_tls(error: BaseException) -> str | None:
                 return "connection closed during the TLS handshake"
             return "connection dropped mid-request"
     return None
+
+
+def ssl_reason(error: BaseException) -> str | None:
+    """The OpenSSL reason code (``CERTIFICATE_VERIFY_FAILED``, ``TLSV1_ALERT_PROTOCOL_VERSION``)
+    of the first SSL error in ``error``'s chain, for messages; None when there is none."""
+    for e in exception_chain(error):
+        if isinstance(e, ssl.SSLError):
+            reason = getattr(e, "reason", None)
+            return str(reason) if reason else type(e).__name__
+    return None

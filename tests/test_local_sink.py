@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from portshift.default_plugins.local_sink import LocalOptions, LocalSink
-from portshift.errors import SinkError
+from portshift.errors import ConfigError, SinkError
 from portshift.hashing import HashingStream
 from portshift.testing import SinkContract, failing_chunks, pattern_bytes
 
@@ -42,9 +42,14 @@ def test_keys_cannot_escape_the_destination(tmp_path: Path) -> None:
     assert not (tmp_path / "outside.bin").exists()
 
 
-def test_a_destination_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_destination_that_is_a_file_is_refused_by_the_options(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    sink = LocalSink(LocalOptions(path=blocker))
-    with pytest.raises(SinkError, match="cannot write"):
-        sink.put("x/y.bin", HashingStream(iter([b"abc"])), 3)
+    with pytest.raises(ConfigError, match=r"path: .*file is a file, not a folder") as e:
+        LocalOptions(path=blocker)
+    assert "\n" not in str(e.value)
+    # a file further up is refused by check(), before anything is written
+    sink = LocalSink(LocalOptions(path=blocker / "sub"))
+    with pytest.raises(ConfigError, match="is not a folder"):
+        sink.check()
+    assert blocker.read_text() == "not a folder"

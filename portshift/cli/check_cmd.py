@@ -39,14 +39,14 @@ def command(config_path: Path, secrets_from_stdin: bool) -> int:
     ):
         plugins.append((role, type_, cls(options)))
     click.echo(f"job file {config_path}: ok")
-    failed = False
+    codes: list[int] = []
     for role, type_, obj in plugins:
         try:
             obj.check()
             click.echo(f"{role} {type_} {obj.location()}: ok")
         except PortshiftError as e:
-            failed = True
+            codes.append(e.exit_code)  # a configuration problem (2) or an unreachable/refusing service (5)
             click.echo(f"{role} {type_} {obj.location()}: FAILED: {e}", err=True)
         finally:
             obj.close()
-    return ExitCode.FATAL if failed else ExitCode.OK
+    return codes[0] if codes else ExitCode.OK

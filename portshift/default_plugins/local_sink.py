@@ -15,13 +15,21 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from portshift import hookimpl
-from portshift.api import PutResult, Reader, Sink
-from portshift.errors import ConfigError, FatalError, IntegrityError, SinkError
-from portshift.hashing import HashingStream
-from portshift.options import PluginOptions
+from portshift import (
+    ConfigError,
+    ExitCode,
+    FatalError,
+    HashingStream,
+    IntegrityError,
+    PluginOptions,
+    PutResult,
+    Reader,
+    Sink,
+    SinkError,
+    hookimpl,
+)
 
 CHUNK = 1024 * 1024
 
@@ -30,6 +38,25 @@ class LocalOptions(PluginOptions):
     section = "sink"
     path: Path = Field(description="destination folder; created if missing")
     fsync: bool = Field(default=True, description="fsync each file and its folder before it counts as written")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: Path) -> Path:
+        # checked when the job file is read: nothing (no state, no job) exists yet
+        expanded = value.expanduser()
+        if expanded.exists() and not expanded.is_dir():
+            raise ConfigError(
+                f"[{cls.section}] path: {expanded} is a file, not a folder",
+                hint="give the folder to export into (it is created if missing)",
+            )
+        return value
+
+
+class DestinationNotWritable(FatalError):
+    """The destination folder refuses writes (permission denied, read-only file system): every
+    later file would fail the same way, so the job stops at once. A configuration problem."""
+
+    exit_code = ExitCode.USAGE
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,13 +98,28 @@ class LocalSink(Sink):
         return str(self.root.resolve())
 
     def check(self) -> None:
+        """The destination (or, while it does not exist yet, the folder it will be created in)
+        must be a folder this process can create files in: a real probe file in the destination
+        (created and removed at once), ``os.access`` on a parent that portshift would create it in."""
         probe_dir = self.root
         while not probe_dir.exists():
             probe_dir = probe_dir.parent
         if not probe_dir.is_dir():
-            raise ConfigError(f"[sink] path: {probe_dir} is not a folder")
-        if not os.access(probe_dir, os.W_OK):
-            raise ConfigError(f"[sink] path: {probe_dir} is not writable by this user")
+            raise ConfigError(f"[sink] path: {probe_dir} is not a folder", hint="give the folder to export into")
+        if probe_dir != self.root:
+            if not os.access(probe_dir, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"[sink] path: cannot create {self.root}: {probe_dir} is not writable by this user",
+                    hint="create the folder with the right owner, or choose another path",
+                )
+            return
+        probe = self.root / f".portshift-check-{uuid.uuid4().hex[:8]}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise ConfigError(f"[sink] path: cannot write into {self.root}: {e.strerror}", hint=_hint(e.errno)) from None
+        os.close(fd)
+        _unlink_quietly(probe)
 
     def _target(self, key: str) -> Path:
         root = self._real_root
@@ -130,16 +172,31 @@ class LocalSink(Sink):
         return PutResult(key=key, size=written, verified="size re-read from disk after fsync")
 
 
+#: errors after which every later write to the destination fails the same way
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _hint(code: int | None) -> str:
+    if code in _FULL:
+        return "free space, then re-run the same command to resume"
+    if code == errno.EROFS:
+        return "the file system is mounted read-only: remount it read-write or choose another path, then re-run"
+    if code in (errno.EACCES, errno.EPERM):
+        return "let the user running portshift create files in the folder, or choose another path, then re-run"
+    return "check the destination folder"
+
+
 @contextlib.contextmanager
 def _disk_errors(target: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            # every later write would fail the same way: stop the job, keep what is done
-            raise FatalError(
-                f"cannot write {target}: {e.strerror}", operation="put", hint="free space, then re-run the same command to resume"
-            ) from None
+        # every later write would fail the same way: stop the job at once, keep what is done
+        if e.errno in _FULL:
+            raise FatalError(f"cannot write {target}: {e.strerror}", operation="put", hint=_hint(e.errno)) from None
+        if e.errno in _REFUSED:
+            raise DestinationNotWritable(f"cannot write {target}: {e.strerror}", operation="put", hint=_hint(e.errno)) from None
         raise SinkError(f"cannot write {target}: {e.strerror or type(e).__name__}", operation="put", retryable=False) from None
 
 

@@ -165,6 +165,7 @@ class Runner:
             )
             status, error = transfer.run()
             result.already_done, result.exported_now = transfer.already, transfer.exported
+            result.exit_code = transfer.fatal_exit_code or 0
             if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
                 set_log_context(phase="manifest")
                 phase = "writing the manifest: "
@@ -267,7 +268,8 @@ class Runner:
             pending_count=counts.get(RecordingStatus.PENDING.value, 0),
         )
         problems = [p.as_dict() for p in state.problems(job.id)]
-        result.status, result.exit_code = status.value, EXIT_CODES[status]
+        fatal_code = result.exit_code if status is JobStatus.FAILED else 0  # set by _export from the fatal error
+        result.status, result.exit_code = status.value, fatal_code or EXIT_CODES[status]
         result.files, result.bytes, result.counts = files, nbytes, counts
         result.window_start, result.window_end = job.window_start, job.window_end
         lists = {"skipped": result.skipped, "pending": result.pending, "failed": result.failed}

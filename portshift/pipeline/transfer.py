@@ -121,6 +121,13 @@ class Transfer:
             self.progress.stop(interrupted=self.cancel.is_set() and self._fatal is None)
         return self._outcome()
 
+    @property
+    def fatal_exit_code(self) -> int | None:
+        """The exit code the fatal error that stopped the job asks for (a residency refusal is a
+        configuration problem: 2), or None."""
+        fatal = self._fatal
+        return fatal.exit_code if isinstance(fatal, PortshiftError) else None
+
     def _outcome(self) -> tuple[JobStatus, str | None]:
         fatal = self._fatal
         if fatal is not None and not isinstance(fatal, Exception):

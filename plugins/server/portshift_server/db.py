@@ -64,6 +64,12 @@ class ServiceDB:
                 self.db["jobs"].create(JOB_COLUMNS, pk="id", not_null={"status"})
             if "signups" not in self.db.table_names():
                 self.db["signups"].create({"id": int, "created_at": str, "name": str, "email": str, "company": str}, pk="id")
+            if "email_key" not in self.db["signups"].columns_dict:
+                # one row per e-mail address (case-insensitive); older duplicates keep the newest
+                self.db["signups"].add_column("email_key", str)
+                self.conn.execute("update signups set email_key = lower(email)")
+                self.conn.execute("delete from signups where id not in (select max(id) from signups group by email_key)")
+                self.conn.execute("create unique index signups_email_key on signups (email_key)")
             if "rate_limits" not in self.db.table_names():
                 self.db["rate_limits"].create(
                     {"key": str, "bucket": str, "window_start": float, "count": int}, pk=("key", "bucket")
@@ -101,6 +107,18 @@ class ServiceDB:
             rows = list(self.db.query("select * from jobs where id = ?", [job_id]))
         return rows[0] if rows else None
 
+    def jobs(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        if not job_ids:
+            return []
+        marks = ", ".join("?" * len(job_ids))
+        with self._lock:
+            return list(self.db.query(f"select * from jobs where id in ({marks})", job_ids))  # noqa: S608 - placeholders only
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status (for the operator, never the API)."""
+        with self._lock:
+            return dict(self.conn.execute("select status, count(*) from jobs group by status").fetchall())
+
     def unfinished_jobs(self) -> list[str]:
         with self._lock:
             return [
@@ -110,8 +128,24 @@ class ServiceDB:
 
     # --- sign-ups -----------------------------------------------------------------------------
     def add_signup(self, name: str, email: str, company: str) -> None:
+        """One row per e-mail address: signing up again updates the name and company."""
         with self._lock:
-            self.db["signups"].insert({"created_at": now_iso(), "name": name, "email": email, "company": company})
+            self.conn.execute(
+                "insert into signups (created_at, name, email, company, email_key) values (?, ?, ?, ?, ?) "
+                "on conflict(email_key) do update set name = excluded.name, company = excluded.company, email = excluded.email",
+                [now_iso(), name, email, company, email.lower()],
+            )
+
+    def signups(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query("select created_at, name, email, company from signups order by id"))
+
+    def delete_signup(self, email: str) -> int:
+        """Erase one person's sign-up (secure_delete zeroes it on disk). Returns rows deleted."""
+        with self._lock:
+            cur = self.conn.execute("delete from signups where email_key = ?", [email.strip().lower()])
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return cur.rowcount
 
     # --- rate limits --------------------------------------------------------------------------
     def hit(self, key: str, bucket: str, limit: int, window: float) -> float:

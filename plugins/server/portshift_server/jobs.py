@@ -26,8 +26,10 @@ from typing import Any
 from portshift.redact import sanitize_message
 
 from .db import TERMINAL, ServiceDB, now_iso
+from .destinations import blur_network_error
+from .job_request import build_credentials, build_job
 from .launcher import Handle, JobSpec, Launcher, zero
-from .offers import Catalogue, build_credentials, build_job
+from .offers import Catalogue
 
 log = logging.getLogger("portshift.server.jobs")
 
@@ -41,6 +43,10 @@ class Busy(Exception):
     """Too many jobs running (HTTP 503)."""
 
 
+class TooMany(Exception):
+    """This client already runs as many jobs as one client may (HTTP 429)."""
+
+
 class Conflict(Exception):
     """The job is not in a state that allows this (HTTP 409)."""
 
@@ -51,6 +57,7 @@ class Run:
 
     job_id: str
     spec: JobSpec
+    client: str = ""
     handle: Handle | None = None
     cancel_requested: bool = False
     cancel_at: float | None = None
@@ -108,6 +115,7 @@ class JobManager:
         jobs_dir: Path,
         *,
         max_jobs: int = 4,
+        max_jobs_per_client: int = 1,
         cancel_grace: float = 15.0,
         poll_interval: float = 0.5,
         max_runtime: float | None = None,
@@ -117,6 +125,7 @@ class JobManager:
         self.launcher = launcher
         self.jobs_dir = jobs_dir
         self.max_jobs = max_jobs
+        self.max_jobs_per_client = max_jobs_per_client
         self.cancel_grace = cancel_grace
         self.poll_interval = poll_interval
         self.max_runtime = max_runtime
@@ -134,26 +143,35 @@ class JobManager:
             )
 
     # --- API --------------------------------------------------------------------------------------
-    def create(self, doc: Any) -> str:
-        """Validate, write the job file, start the worker. Returns the new job id."""
-        if self.running() >= self.max_jobs:
-            raise Busy(f"{self.max_jobs} jobs are running; try again in a minute")
+    def create(self, doc: Any, client: str = "") -> str:
+        """Validate, write the job file, start the worker. Returns the new job id. Nothing is
+        written (file or row) for a request that is refused."""
+        self._check_capacity(client)
         job_id = _random.token_urlsafe(18)
         built = build_job(self.catalogue, doc, job_id)
         try:
+            text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
             work = self.jobs_dir / job_id
             work.mkdir(mode=0o700)
-            job_file = work / "job.toml"
-            fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(built.job_toml)
+            fd = os.open(work / "job.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
             self.db.insert_job(id=job_id, status="starting", source_type=built.source_type, sink_type=built.sink_type)
-            self._start(job_id, built.secrets)
+            self._start(job_id, built.secrets, client)
         finally:
             zero(built.secrets)
         return job_id
 
-    def resume(self, job_id: str, doc: Any) -> None:
+    def _check_capacity(self, client: str) -> None:
+        with self._lock:
+            total = len(self._runs)
+            mine = sum(1 for r in self._runs.values() if r.client == client)
+        if mine >= self.max_jobs_per_client:
+            raise TooMany(f"you already run {mine} job(s), the most one client may; wait for it to end or cancel it")
+        if total >= self.max_jobs:
+            raise Busy("the service is busy; try again in a minute")
+
+    def resume(self, job_id: str, doc: Any, client: str = "") -> None:
         row = self.db.job(job_id)
         if row is None:
             raise KeyError(job_id)
@@ -163,7 +181,8 @@ class JobManager:
                 raise Conflict(f"a {row['status']} job cannot be resumed")
             if not (self.jobs_dir / job_id / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
-            self._start(job_id, creds)
+            self._check_capacity(client)
+            self._start(job_id, creds, client)
         finally:
             zero(creds)
 
@@ -183,8 +202,14 @@ class JobManager:
 
     def snapshot(self, job_id: str) -> dict[str, Any] | None:
         row = self.db.job(job_id)
-        if row is None:
-            return None
+        return None if row is None else self._snapshot(row)
+
+    def snapshots(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The snapshots of several jobs from one database read (the event feed)."""
+        return {row["id"]: self._snapshot(row) for row in self.db.jobs(job_ids)}
+
+    def _snapshot(self, row: dict[str, Any]) -> dict[str, Any]:
+        job_id = row["id"]
         with self._lock:
             run = self._runs.get(job_id)
         out = {
@@ -205,8 +230,8 @@ class JobManager:
             },
             "export_root": row["export_root"],
             "manifest_sha256": row["manifest_sha256"],
-            "error": row["error"],
-            "messages": list(run.messages) if run else [],
+            "error": blur_network_error(row["error"]),
+            "messages": [blur_network_error(m) for m in run.messages] if run else [],
         }
         return out
 
@@ -236,7 +261,7 @@ class JobManager:
             t.join(timeout=5)
 
     # --- internals ------------------------------------------------------------------------------
-    def _start(self, job_id: str, secrets: bytearray) -> None:
+    def _start(self, job_id: str, secrets: bytearray, client: str = "") -> None:
         work = self.jobs_dir / job_id
         with self._lock:
             if self._closing:
@@ -245,8 +270,8 @@ class JobManager:
                 raise Conflict("the job is already running")
             if len(self._runs) >= self.max_jobs:
                 self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
-                raise Busy(f"{self.max_jobs} jobs are running; try again in a minute")
-            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"))
+                raise Busy("the service is busy; try again in a minute")
+            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"), client)
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
@@ -260,7 +285,9 @@ class JobManager:
             log.error("job %s: worker could not be started: %s", job_id[:6], type(e).__name__)
             return
         self.db.update_job(job_id, status="running", started_at=now_iso(), attempts=(row.get("attempts") or 0) + 1)
-        log.info("job %s: worker started (attempt %d)", job_id[:6], (row.get("attempts") or 0) + 1)
+        log.info(
+            "job %s: worker started (attempt %d, %d jobs running)", job_id[:6], (row.get("attempts") or 0) + 1, self.running()
+        )
         threading.Thread(target=self._monitor, args=(run,), name=f"job-{job_id[:6]}", daemon=True).start()
 
     def _on_output(self, run: Run, stream: str, line: str) -> None:

@@ -11,15 +11,16 @@ set what its offer lists; operator settings come from the service configuration 
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 from portshift.errors import ConfigError
+
+from .bodies import TEXT as TEXT  # re-exported for openapi.py
+from .destinations import Outbound
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,8 +37,12 @@ MAX_STRING = 2048
 MAX_SECRET = 16 * 1024
 MAX_INTEGER = 2**53
 MAX_NUMBER = 1e15
-TEXT = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")  #: no control characters (C0, DEL, C1)
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: names as the clouds define them, so a bad one is refused here and not echoed by a worker later
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+S3_REGION = r"^[a-z]{2}(-[a-z0-9]+){1,3}-[0-9]{1,2}$"
+AZURE_CONTAINER = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+GCS_BUCKET = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"
 _FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,7}$")
 
 
@@ -52,6 +57,7 @@ class Field_:
     required: bool = False
     label: str = ""
     pattern: str | None = None  #: a regular expression (Python and ECMAScript) the value must match
+    hint: str = ""  #: what the pattern allows, for the refusal (never the value sent)
 
 
 @dataclass
@@ -77,6 +83,9 @@ class Offer:
         }
 
 
+_BUCKET_HINT = "3 to 63 lower-case letters, digits, '.' and '-' (the storage's own naming rules)"
+
+
 def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
     offers = [
         Offer("source", "chorus", "Chorus by ZoomInfo", secrets={"token": True}),
@@ -85,9 +94,11 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
             "s3",
             "Amazon S3",
             fields={
-                "bucket": Field_("bucket", required=True, label="Bucket"),
+                "bucket": Field_("bucket", required=True, label="Bucket", pattern=S3_BUCKET, hint=_BUCKET_HINT),
                 "prefix": Field_("prefix", label="Prefix"),
-                "region": Field_("region", required=True, label="Region"),
+                "region": Field_(
+                    "region", required=True, label="Region", pattern=S3_REGION, hint="a region name such as eu-central-1"
+                ),
             },
             secrets={"access_key_id": True, "secret_access_key": True, "session_token": False},
             fixed={"credential_chain": False},
@@ -100,7 +111,7 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
                 "account_url": Field_(
                     "account_url", required=True, label="Account URL (https://<account>.blob.core.windows.net)"
                 ),
-                "container": Field_("container", required=True, label="Container"),
+                "container": Field_("container", required=True, label="Container", pattern=AZURE_CONTAINER, hint=_BUCKET_HINT),
                 "prefix": Field_("prefix", label="Prefix"),
             },
             secrets={"sas": True},
@@ -109,7 +120,10 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
             "sink",
             "gcs",
             "Google Cloud Storage",
-            fields={"bucket": Field_("bucket", required=True, label="Bucket"), "prefix": Field_("prefix", label="Prefix")},
+            fields={
+                "bucket": Field_("bucket", required=True, label="Bucket", pattern=GCS_BUCKET, hint=_BUCKET_HINT),
+                "prefix": Field_("prefix", label="Prefix"),
+            },
             secrets={"key": True},
             fixed={"application_default_credentials": False, "anonymous": False},
         ),
@@ -120,7 +134,14 @@ def _builtin_offers(local_root: Path | None) -> dict[tuple[str, str], Offer]:
                 "sink",
                 "local",
                 "A folder on the server (trials)",
-                fields={"folder": Field_("folder", label="Folder under the server's export root", pattern=_FOLDER.pattern)},
+                fields={
+                    "folder": Field_(
+                        "folder",
+                        label="Folder under the server's export root",
+                        pattern=_FOLDER.pattern,
+                        hint="letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels",
+                    )
+                },
             )
         )
     return {(o.section, o.type): o for o in offers}
@@ -134,6 +155,9 @@ class Catalogue:
     sinks: dict[str, Offer]
     local_root: Path | None = None
     transfers: int = 4
+    outbound: Outbound = field(default_factory=Outbound)
+    #: the operator's Ed25519 key (PEM file) every job signs its manifest with, or None
+    signing_key_file: Path | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"sources": [o.describe() for o in self.sources.values()], "sinks": [o.describe() for o in self.sinks.values()]}
@@ -169,9 +193,11 @@ def load_catalogue(config_path: Path | None, local_root: Path | None, transfers:
             raise ConfigError(f"--service-config {config_path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"--service-config {config_path} is not valid TOML: {e}") from None
-    unknown = set(doc) - {"sources", "sinks", "source", "sink"}
+    unknown = set(doc) - {"sources", "sinks", "source", "sink", "outbound"}
     if unknown:
-        raise ConfigError(f"--service-config: unknown keys {', '.join(sorted(unknown))} (valid: sources, sinks, source, sink)")
+        raise ConfigError(
+            f"--service-config: unknown keys {', '.join(sorted(unknown))} (valid: sources, sinks, source, sink, outbound)"
+        )
     tables: dict[str, dict[str, Offer]] = {"source": {}, "sink": {}}
     for section in ("source", "sink"):
         configured = doc.get(section, {})
@@ -192,7 +218,7 @@ def load_catalogue(config_path: Path | None, local_root: Path | None, transfers:
         for name in configured:
             if name not in names:
                 raise ConfigError(f"--service-config: [{section}.{name}] is configured but not in {section}s")
-    return Catalogue(tables["source"], tables["sink"], local_root, transfers)
+    return Catalogue(tables["source"], tables["sink"], local_root, transfers, Outbound.from_config(doc.get("outbound")))
 
 
 def _offer(section: str, name: str, base: Offer | None, table: dict[str, Any]) -> Offer:
@@ -214,12 +240,12 @@ def _offer(section: str, name: str, base: Offer | None, table: dict[str, Any]) -
         required = table.get("required", [])
         offer.fields = {}
         for fname, kind in fields.items():
-            if kind not in FIELD_TYPES or not _NAME.match(fname):
+            if kind not in FIELD_TYPES or not NAME.match(fname):
                 raise ConfigError(f"{where}: field {fname!r}: kind must be one of {', '.join(FIELD_TYPES)}")
             offer.fields[fname] = Field_(fname, kind, fname in required)
     if "secrets" in table:
         secrets = table["secrets"]
-        if not isinstance(secrets, dict) or not all(isinstance(v, bool) and _NAME.match(k) for k, v in secrets.items()):
+        if not isinstance(secrets, dict) or not all(isinstance(v, bool) and NAME.match(k) for k, v in secrets.items()):
             raise ConfigError(f"{where}: secrets must be a table of name = true/false (required)")
         offer.secrets = dict(secrets)
     fixed = table.get("fixed", {})
@@ -238,172 +264,3 @@ def _offer(section: str, name: str, base: Offer | None, table: dict[str, Any]) -
         if sname in offer.fixed:
             raise ConfigError(f"{where}: {sname!r} is a secret and cannot be fixed in the configuration")
     return offer
-
-
-# --- turning a request into a job file and a credential document --------------------------------------
-
-
-@dataclass
-class BuiltJob:
-    job_toml: str
-    secrets: bytearray  #: the JSON document for ``--secrets-from-stdin``; zeroed after hand-off
-    source_type: str
-    sink_type: str
-
-
-def _value(offer: Offer, f: Field_, value: Any) -> Any:
-    where = f"{offer.section}.{f.name}"
-    if f.kind == "string":
-        if not isinstance(value, str):
-            raise RequestError(f"{where}: must be a string")
-        if len(value) > MAX_STRING or not TEXT.match(value):
-            raise RequestError(f"{where}: too long or contains control characters")
-        if f.pattern and not re.match(f.pattern, value):
-            raise RequestError(f"{where}: letters, digits, '.', '_', '-' and '/' only, relative, at most 8 levels")
-        return value
-    if f.kind == "boolean":
-        if not isinstance(value, bool):
-            raise RequestError(f"{where}: must be true or false")
-        return value
-    if f.kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_INTEGER:
-            raise RequestError(f"{where}: must be an integer")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > MAX_NUMBER:
-        raise RequestError(f"{where}: must be a number")
-    return float(value)
-
-
-def _section(
-    catalogue: Catalogue, section: str, doc: Any, secrets_only: bool = False
-) -> tuple[Offer, dict[str, Any], dict[str, str]]:
-    if not isinstance(doc, dict):
-        raise RequestError(f"{section}: must be an object")
-    offer = catalogue.offer(section, doc.get("type"))
-    options: dict[str, Any] = {}
-    creds: dict[str, str] = {}
-    for key, value in doc.items():
-        if key == "type":
-            continue
-        if key in offer.secrets:
-            if not isinstance(value, str):
-                raise RequestError(f"{section}.{key}: must be a string")
-            if len(value) > MAX_SECRET:
-                raise RequestError(f"{section}.{key}: longer than {MAX_SECRET} characters")
-            if value:
-                creds[key] = value
-        elif key in offer.fields and not secrets_only:
-            if value is None or value == "":
-                continue
-            options[key] = _value(offer, offer.fields[key], value)
-        else:
-            valid = ", ".join(["type", *(offer.secrets if secrets_only else [*offer.fields, *offer.secrets])])
-            shown = key if _NAME.match(key) else "(a key)"
-            raise RequestError(f"{section}: unknown field {shown} (valid: {valid})")
-    for name, required in offer.secrets.items():
-        if required and name not in creds:
-            raise RequestError(f"{section}.{name}: the credential is missing")
-    if not secrets_only:
-        for f in offer.fields.values():
-            if f.required and f.name not in options:
-                raise RequestError(f"{section}.{f.name}: required")
-    return offer, options, creds
-
-
-def _window(doc: dict[str, Any]) -> dict[str, date]:
-    out: dict[str, date] = {}
-    for key in ("since", "until"):
-        value = doc.get(key)
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or len(value) != 10:
-            raise RequestError(f"{key}: must be a date like 2024-01-31")
-        try:
-            out[key] = date.fromisoformat(value)
-        except ValueError:
-            raise RequestError(f"{key}: must be a date like 2024-01-31") from None
-    if "since" in out and "until" in out and out["since"] >= out["until"]:
-        raise RequestError("since must be before until")
-    return out
-
-
-def _credentials(source: dict[str, str], sink: dict[str, str]) -> bytearray:
-    doc: dict[str, dict[str, str]] = {}
-    if source:
-        doc["source"] = source
-    if sink:
-        doc["sink"] = sink
-    return bytearray(json.dumps(doc).encode())
-
-
-def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
-    """Validate a POST /api/jobs body; return the job file text and the credential document."""
-    if not isinstance(doc, dict):
-        raise RequestError("the body must be a JSON object with source and sink")
-    unknown = set(doc) - {"source", "sink", "since", "until"}
-    if unknown:
-        raise RequestError("unknown top-level fields (valid: source, sink, since, until)")
-    if "source" not in doc or "sink" not in doc:
-        raise RequestError("source and sink are required")
-    src_offer, src_opts, src_creds = _section(catalogue, "source", doc["source"])
-    snk_offer, snk_opts, snk_creds = _section(catalogue, "sink", doc["sink"])
-    window = _window(doc)
-    if snk_offer.type == "local":
-        assert catalogue.local_root is not None
-        folder = snk_opts.pop("folder", None) or job_id  # checked against its pattern; a job id is URL-safe base64
-        snk_opts["path"] = str(catalogue.local_root / folder)
-    job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
-    text = to_toml(
-        {
-            "job": job,
-            "source": {"type": src_offer.type, **src_offer.fixed, **src_opts},
-            "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
-        }
-    )
-    return BuiltJob(text, _credentials(src_creds, snk_creds), src_offer.type, snk_offer.type)
-
-
-def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_type: str) -> bytearray:
-    """Validate a resume body (credentials only, for the types the job was created with)."""
-    if not isinstance(doc, dict) or set(doc) - {"source", "sink"}:
-        raise RequestError("the body must be a JSON object with source and sink credentials only")
-    src = dict(doc.get("source") or {})
-    snk = dict(doc.get("sink") or {})
-    for part, expected in ((src, source_type), (snk, sink_type)):
-        if part.setdefault("type", expected) != expected:
-            raise RequestError("source.type and sink.type cannot change when resuming")
-    _, _, src_creds = _section(catalogue, "source", src, secrets_only=True)
-    _, _, snk_creds = _section(catalogue, "sink", snk, secrets_only=True)
-    return _credentials(src_creds, snk_creds)
-
-
-# --- a small TOML writer (job files only: tables of scalars, lists of scalars) ------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, str):
-        # a JSON string is a valid TOML basic string when non-ASCII stays as is (no surrogate escapes)
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Path):
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to a job file")
-
-
-def to_toml(doc: dict[str, dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for table, values in doc.items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            if not _NAME.match(key):
-                raise TypeError(f"bad option name {key!r}")
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)

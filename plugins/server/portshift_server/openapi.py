@@ -15,11 +15,13 @@ _KIND: dict[str, dict[str, Any]] = {
     "boolean": {"type": "boolean"},
 }
 #: Patterns shared by the schema and the server (written so Python and ECMAScript read them alike).
-_CTRL = r"\x00-\x1f\x7f-\x9f"
+_CTRL = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # controls and bidi controls
 _SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 SIGNUP_TEXT = rf"^[^{_CTRL}]*$"
 SIGNUP_NAME = rf"^[^{_CTRL}]*[^{_CTRL}{_SPACE}][^{_CTRL}]*$"
-EMAIL = rf"^[^@{_CTRL}{_SPACE}]+@[^@{_CTRL}{_SPACE}]+$"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: an ASCII address with a dotted domain (internationalised domains in their xn-- form)
+EMAIL = rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$"
 
 
 def _field_schema(f: Field_) -> dict[str, Any]:
@@ -71,7 +73,13 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
         "schema": {"type": "string"},
         "description": "the random job id returned when the job was created",
     }
-    limited = {"429": {**_err("rate limited; see Retry-After"), "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
+    limited = {
+        "429": {
+            **_err("rate limited, or this client already runs as many jobs as one client may; see Retry-After"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+        "408": _err("the body was not sent in time"),
+    }
     date = {
         "type": "string",
         "format": "date",
@@ -108,7 +116,32 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "to one fresh worker process per job over a pipe and are never stored, logged or echoed.",
         },
         "paths": {
-            "/api/health": {"get": {"summary": "liveness", "responses": {"200": {"description": "up"}}}},
+            "/.well-known/security.txt": {
+                "get": {
+                    "summary": "how to report a vulnerability (RFC 9116)",
+                    "responses": {
+                        "200": {"description": "security.txt", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/advisories": {
+                "get": {
+                    "summary": "security advisories (JSON Feed 1.1)",
+                    "responses": {
+                        "200": {"description": "the feed", "content": {"application/feed+json": {"schema": {"type": "object"}}}}
+                    },
+                }
+            },
+            "/manifest-signing.pub.pem": {
+                "get": {
+                    "summary": "the public key every job's manifest signature checks against",
+                    "responses": {
+                        "200": {"description": "PEM", "content": {"application/x-pem-file": {"schema": {"type": "string"}}}},
+                        "404": _err("this service does not sign manifests"),
+                    },
+                }
+            },
+            "/api/health": {"get": {"summary": "liveness (no load figures)", "responses": {"200": {"description": "up"}}}},
             "/api/offers": {
                 "get": {
                     "summary": "source and sink types offered, with their fields",
@@ -147,6 +180,8 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
                         "404": _err("no such job"),
+                        "429": _err("too many streams for this job or this client; see Retry-After"),
+                        "503": _err("too many streams in the service; see Retry-After"),
                     },
                 }
             },

@@ -39,6 +39,13 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def _data_dir(data_dir: Path | None) -> Path:
+    data_dir = (data_dir or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    return data_dir
+
+
 def load_server_secret(path: Path | None) -> bytes:
     if path is None:
         log.info("no --secret-file: a new rate-limit key was generated for this run (counters restart at each start)")
@@ -53,7 +60,7 @@ def load_server_secret(path: Path | None) -> bytes:
 
 
 def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
-    from .app import RateLimit
+    from .ratelimit import RateLimit
 
     try:
         return RateLimit.parse(value)
@@ -61,9 +68,9 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
         raise click.BadParameter("expected N/SECONDS, e.g. 10/3600", ctx=ctx, param=param) from None
 
 
-@click.command("serve")
-@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False), required=True, help="TLS certificate chain (PEM)")
-@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), required=True, help="TLS private key (PEM)")
+@click.group("serve", invoke_without_command=True)
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False), help="TLS certificate chain (PEM); required")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), help="TLS private key (PEM); required")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
@@ -88,6 +95,34 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     help="key (>= 32 bytes) for the HMAC of client addresses; default: a new one per start",
 )
 @click.option("--max-jobs", default=4, show_default=True, type=click.IntRange(1, 256), help="jobs running at once")
+@click.option(
+    "--max-jobs-per-client",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="jobs one client (/64, /32) runs at once",
+)
+@click.option(
+    "--max-connections", default=1000, show_default=True, type=click.IntRange(16, 1_000_000), help="open connections at once"
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="seconds for a TLS handshake or a request head",
+)
+@click.option(
+    "--security-contact",
+    default="mailto:security@portshift.app",
+    show_default=True,
+    help="Contact: line of /.well-known/security.txt",
+)
+@click.option(
+    "--signing-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ed25519 private key (PEM) every job signs its manifest with (docs/manifest.md)",
+)
 @click.option("--transfers", default=4, show_default=True, type=click.IntRange(1, 64), help="transfers per job")
 @click.option(
     "--rate-jobs",
@@ -108,9 +143,11 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 )
 @click.option("--max-runtime", default=24 * 3600.0, show_default=True, type=float, help="seconds a job may run")
 @common_options
+@click.pass_context
 def command(
-    cert: Path,
-    key_path: Path,
+    ctx: click.Context,
+    cert: Path | None,
+    key_path: Path | None,
     host: str,
     port: int,
     data_dir: Path | None,
@@ -118,6 +155,11 @@ def command(
     local_root: Path | None,
     secret_file: Path | None,
     max_jobs: int,
+    max_jobs_per_client: int,
+    max_connections: int,
+    header_timeout: float,
+    security_contact: str,
+    signing_key_file: Path | None,
     transfers: int,
     rate_jobs: Any,
     rate_signups: Any,
@@ -127,10 +169,16 @@ def command(
     """Run the export service: the JSON API and the web page, over HTTPS only.
 
     Each job runs in a fresh `portshift run` worker process that gets its credentials over a
-    pipe. See docs/serve.md."""
+    pipe. See docs/serve.md. `portshift serve signups ...` manages the early-access list."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"data_dir": data_dir}
+        return
+    if cert is None or key_path is None:
+        raise ConfigError("serve needs --cert and --key (PEM)", hint="see docs/serve.md for a throw-away certificate")
     import uvicorn
 
     from .app import create_app
+    from .connections import ConnectionLimits, GuardedServer, protocol_class
     from .db import ServiceDB
     from .jobs import JobManager
     from .launcher import LocalLauncher
@@ -140,20 +188,39 @@ def command(
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).addFilter(_no_color_message)
     os.umask(0o077)
-    ctx = server_ssl_context(cert, key_path)
-    data_dir = (data_dir or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data_dir, 0o700)
+    tls = server_ssl_context(cert, key_path)
+    data_dir = _data_dir(data_dir)
     if local_root is not None:
         local_root = local_root.resolve()
         local_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     catalogue = load_catalogue(service_config, local_root, transfers)
+    public_key = None
+    if signing_key_file is not None:
+        from portshift.signing import load_signing_key, public_key_pem
+
+        signing_key_file = signing_key_file.resolve()
+        key = load_signing_key(signing_key_file)  # refuses a missing, unreadable or non-Ed25519 key now
+        assert key is not None
+        public_key = public_key_pem(key)
+        del key
+        catalogue.signing_key_file = signing_key_file
     secret = load_server_secret(secret_file)
     db = ServiceDB(data_dir / "service.db")
     manager = JobManager(
-        db, catalogue, LocalLauncher(), data_dir / "jobs", max_jobs=max_jobs, cancel_grace=cancel_grace, max_runtime=max_runtime
+        db,
+        catalogue,
+        LocalLauncher(),
+        data_dir / "jobs",
+        max_jobs=max_jobs,
+        max_jobs_per_client=max_jobs_per_client,
+        cancel_grace=cancel_grace,
+        max_runtime=max_runtime,
     )
-    app = create_app(db, manager, catalogue, secret, rate_jobs, rate_signups)
+    app = create_app(
+        db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact, signing_public_key=public_key
+    )
+    limits = ConnectionLimits(max_connections, handshake_timeout=header_timeout, header_timeout=header_timeout)
+    limits.fit_to_file_limit()
     config = uvicorn.Config(
         app,
         host=host,
@@ -163,17 +230,86 @@ def command(
         proxy_headers=False,  # the client address is the TLS peer; X-Forwarded-For is not trusted
         server_header=False,
         timeout_graceful_shutdown=5,
-        ssl_context_factory=lambda config, default: ctx,
+        timeout_keep_alive=int(limits.keep_alive),
+        h11_max_incomplete_event_size=16 * 1024,  # a request head over 16 KiB is refused
+        http=protocol_class(limits),
+        ssl_context_factory=lambda config, default: tls,
     )
 
-    class Server(uvicorn.Server):
+    class Server(GuardedServer):
         def handle_exit(self, sig: int, frame: Any) -> None:
             manager.begin_shutdown()  # workers start stopping now, not after open connections close
             super().handle_exit(sig, frame)
 
-    server = Server(config)
-    log.info("serving https://%s:%d (TLS 1.2+), data in %s", host, port, data_dir)
+    server = Server(config, limits)
+    log.info("serving https://%s:%d (TLS 1.2+), data in %s, at most %d connections", host, port, data_dir, limits.max_connections)
     try:
         server.run()
     finally:
         db.close()
+
+
+@command.command("status")
+@click.pass_context
+def status_cmd(ctx: click.Context) -> None:
+    """How many jobs are in each status (operators only: /api/health does not tell)."""
+    db = _open_db(ctx)
+    try:
+        counts = db.job_counts()
+    finally:
+        db.close()
+    for name in ("starting", "running", "cancelling", "complete", "partial", "failed", "cancelled"):
+        click.echo(f"{name}: {counts.get(name, 0)}")
+
+
+@command.group("signups")
+def signups_group() -> None:
+    """The early-access sign-ups (the only personal data the service keeps)."""
+
+
+def _open_db(ctx: click.Context) -> Any:
+    from .db import ServiceDB
+
+    obj = ctx.find_object(dict) or {}
+    data_dir = (obj.get("data_dir") or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
+    if not (data_dir / "service.db").exists():
+        raise ConfigError(
+            f"no service database in {data_dir}",
+            hint="pass the --data-dir the service runs with: portshift serve --data-dir DIR signups ...",
+        )
+    return ServiceDB(data_dir / "service.db")
+
+
+@signups_group.command("export")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="write here (mode 0600) instead of stdout")
+@click.pass_context
+def signups_export(ctx: click.Context, output: Path | None) -> None:
+    """Write the sign-ups as CSV; cells that a spreadsheet would run as formulas are quoted."""
+    from .signups import export_csv
+
+    db = _open_db(ctx)
+    try:
+        text = export_csv(db)
+    finally:
+        db.close()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+@signups_group.command("delete")
+@click.argument("email")
+@click.pass_context
+def signups_delete(ctx: click.Context, email: str) -> None:
+    """Erase one person's sign-up (a right-to-erasure request), zeroed on disk."""
+    db = _open_db(ctx)
+    try:
+        deleted = db.delete_signup(email)
+    finally:
+        db.close()
+    if not deleted:
+        raise ConfigError("no sign-up with that e-mail address", hint="addresses are matched case-insensitively")
+    click.echo("deleted 1 sign-up")

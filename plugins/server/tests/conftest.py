@@ -8,6 +8,7 @@ import base64
 import binascii
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -27,72 +28,7 @@ import pytest
 import trustme
 from portshift_source_chorus.simulator import ChorusSimulator, Tenant, TenantSpec
 
-CANARY_PLUGIN = '''
-"""Test-only plugins: a source and a sink that need a credential (values starting "canary-")."""
-import time
-from pathlib import Path
-
-from pydantic import Field
-
-from portshift import hookimpl
-from portshift.api import Artifact, Recording, Source, Opened
-from portshift.default_plugins.example_source import ExampleOptions, ExampleSource, synthetic_chunks
-from portshift.default_plugins.local_sink import LocalOptions, LocalSink
-from portshift.errors import AuthError
-from portshift.secrets import Secret, secret_field
-
-
-class CanaryOptions(ExampleOptions):
-    token: Secret | None = secret_field(env="CANARY_SOURCE_TOKEN")
-    token_file: Path | None = None
-    delay: float = Field(default=0.0, ge=0, description="seconds to wait before each media file")
-
-
-class CanarySource(ExampleSource):
-    Options = CanaryOptions
-
-    def recordings(self, window):
-        if not self.options.token.reveal().startswith("canary-"):
-            raise AuthError("the token was refused by the canary service", operation="list")
-        yield from super().recordings(window)
-
-    def artifacts(self, recording):
-        for art in super().artifacts(recording):
-            if art.name == "media" and self.options.delay:
-                inner = art.open
-                delay = self.options.delay
-
-                def slow(inner=inner, delay=delay):
-                    time.sleep(delay)
-                    return inner()
-
-                art = Artifact(name=art.name, open=slow, extension=art.extension, size=art.size,
-                               content_type=art.content_type)
-            yield art
-
-
-class CanaryLocalOptions(LocalOptions):
-    key: Secret | None = secret_field(env="CANARY_SINK_KEY")
-
-
-class CanaryLocalSink(LocalSink):
-    Options = CanaryLocalOptions
-
-    def check(self):
-        if not self.options.key.reveal().startswith("canary-"):
-            raise AuthError("the key was refused", operation="check")
-        super().check()
-
-
-@hookimpl
-def register_sources(register):
-    register("canary", CanarySource)
-
-
-@hookimpl
-def register_sinks(register):
-    register("canarylocal", CanaryLocalSink)
-'''
+from .canary_plugin import CANARY_PLUGIN
 
 
 @dataclass
@@ -142,7 +78,7 @@ def free_port() -> int:
 
 SERVICE_CONFIG = """
 sources = ["chorus", "canary", "example"]
-sinks = ["local", "canarylocal"]
+sinks = ["local", "canarylocal", "s3"]
 
 [source.chorus.fixed]
 base_url = "{chorus_url}"
@@ -233,6 +169,19 @@ class Server:
                 self.proc.wait(5)
 
 
+def signing_key(root: Path) -> Path:
+    """An Ed25519 manifest signing key (PEM, mode 0600) for the service's jobs."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    path = root / "manifest-signing.pem"
+    pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return path
+
+
 def start_server(
     certs: Certs,
     plugin_path: Path,
@@ -241,7 +190,10 @@ def start_server(
     *extra: str,
     secret: bytes | None = None,
     config_text: str = SERVICE_CONFIG,
+    nofile: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Server:
+    """``nofile``: the server's file limit (soft and hard), to show what a low limit does."""
     data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "service.toml"
@@ -252,6 +204,12 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-server,portshift-canary-test,portshift-source-chorus"
+    env.update(env_extra or {})
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     for _ in range(5):
         port = free_port()
         stdout, stderr = root / f"server-{port}.out", root / f"server-{port}.err"
@@ -284,6 +242,7 @@ def start_server(
                 stdout=out,
                 stderr=err,
                 env=env,
+                preexec_fn=limit_files if nofile is not None else None,  # noqa: PLW1509 - setrlimit only
             )
         server = Server(proc, port, certs, data_dir, local_root, canary_out, stdout, stderr, secret)
         deadline = time.monotonic() + 30
@@ -316,12 +275,17 @@ def chorus() -> Iterator[ChorusSimulator]:
 def server(
     certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("service")
     s = start_server(
         certs,
         plugin_path,
         chorus,
-        tmp_path_factory.mktemp("service"),
+        root,
+        "--signing-key-file",
+        str(signing_key(root)),
         "--max-jobs",
+        "6",
+        "--max-jobs-per-client",
         "6",
         "--transfers",
         "2",

@@ -108,8 +108,10 @@ def test_the_offers_and_the_openapi_document(server: Server) -> None:
     c = server.client()
     offers = c.get("/api/offers").json()
     assert [o["type"] for o in offers["sources"]] == ["chorus", "canary", "example"]
-    assert [o["type"] for o in offers["sinks"]] == ["local", "canarylocal"]
+    assert [o["type"] for o in offers["sinks"]] == ["local", "canarylocal", "s3"]
     assert str(server.canary_out) not in json.dumps(offers), "operator-fixed options are not published"
+    assert offers["signing"] == {"public_key": "/manifest-signing.pub.pem"}
+    assert "manifest-signing.pem" not in json.dumps(offers), "the signing key's path is not published"
     spec = c.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert {

@@ -42,6 +42,8 @@ def fuzz_server(
         tmp_path_factory.mktemp("fuzz"),
         "--max-jobs",
         "2",
+        "--max-jobs-per-client",
+        "2",
         "--max-runtime",
         "5",
         "--cancel-grace",

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from portshift_server.offers import RequestError, build_credentials, build_job, load_catalogue, to_toml
+from portshift_server.job_request import build_credentials, build_job, to_toml
+from portshift_server.offers import RequestError, load_catalogue
 
 from portshift.errors import ConfigError
 
@@ -73,10 +74,21 @@ def test_each_sink_takes_its_own_credentials(tmp_path: Path) -> None:
         "j",
     )
     assert json.loads(bytes(azure.secrets))["sink"] == {"sas": "sv=1&sig=canary"}
-    gcs = build_job(cat, {"source": src, "sink": {"type": "gcs", "bucket": "b-1", "key": '{"private_key": "x"}'}}, "j")
+    gcs = build_job(
+        cat,
+        {
+            "source": src,
+            "sink": {
+                "type": "gcs",
+                "bucket": "b-1",
+                "key": '{"private_key": "x", "token_uri": "https://oauth2.googleapis.com/token"}',
+            },
+        },
+        "j",
+    )
     assert tomllib.loads(gcs.job_toml)["sink"]["application_default_credentials"] is False
     with pytest.raises(RequestError, match=r"sink\.sas: the credential is missing"):
-        build_job(cat, {"source": src, "sink": {"type": "azure", "account_url": "https://a", "container": "c"}}, "j")
+        build_job(cat, {"source": src, "sink": {"type": "azure", "account_url": "https://a", "container": "calls"}}, "j")
 
 
 @pytest.mark.parametrize("field", ["ca_bundle", "endpoint_url", "credential_chain", "token_file", "path"])
@@ -152,3 +164,20 @@ def test_job_file_strings_survive_toml_escaping(tmp_path: Path) -> None:
     tricky = 'a "quoted" \\ back\tslash ünïcode 😀 ]]\n[sink]\ntype = "x"'
     text = to_toml({"source": {"type": "example", "label": tricky}})
     assert tomllib.loads(text) == {"source": {"type": "example", "label": tricky}}
+
+
+@pytest.mark.parametrize(
+    ("sink", "field"),
+    [
+        ({"type": "s3", "bucket": "my-bucket", "region": "evil.example/x"}, "region"),
+        ({"type": "s3", "bucket": "My_Bucket", "region": "eu-central-1"}, "bucket"),
+        ({"type": "gcs", "bucket": "a/b"}, "bucket"),
+        ({"type": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "A B"}, "container"),
+    ],
+)
+def test_bucket_region_and_container_names_follow_the_clouds_rules(tmp_path: Path, sink: dict, field: str) -> None:
+    cat = catalogue(tmp_path)
+    bad = sink[field]
+    with pytest.raises(RequestError, match=rf"sink\.{field}: ") as e:
+        build_job(cat, {"source": {"type": "chorus", "token": "t"}, "sink": {**sink, "sas": "s", "key": "k"}}, "j")
+    assert bad not in str(e.value)

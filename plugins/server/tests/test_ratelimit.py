@@ -19,7 +19,18 @@ from .conftest import Certs, Server, canary_job, start_server
 def strict(
     certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    s = start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp("strict"), "--rate-jobs", "2/3", "--rate-signups", "2/3")
+    s = start_server(
+        certs,
+        plugin_path,
+        chorus,
+        tmp_path_factory.mktemp("strict"),
+        "--rate-jobs",
+        "2/3",
+        "--rate-signups",
+        "2/3",
+        "--max-jobs-per-client",
+        "4",
+    )
     yield s
     s.stop()
 
@@ -60,7 +71,7 @@ def test_signups_are_rate_limited_then_recover(strict: Server) -> None:
 
 def test_counters_are_keyed_by_an_hmac_of_the_address_never_the_address(strict: Server) -> None:
     strict.client().post("/api/signups", json={"name": "x", "email": "x@example.com"})
-    expected = hmac.new(strict.secret, b"127.0.0.1", hashlib.sha256).hexdigest()
+    expected = hmac.new(strict.secret, b"127.0.0.1/32", hashlib.sha256).hexdigest()  # the /32 of the peer
     conn = sqlite3.connect(f"file:{strict.data_dir / 'service.db'}?mode=ro", uri=True)
     try:
         keys = {row[0] for row in conn.execute("select key from rate_limits")}

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from azure.core.credentials import AzureSasCredential
@@ -10,7 +12,7 @@ from azure.core.exceptions import AzureError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from portshift.errors import SinkError
+from portshift import SinkError
 
 from .options import AzureOptions
 from .sas import normalize_token
@@ -23,9 +25,12 @@ def location_of(options: AzureOptions) -> str:
     return f"{loc}/{options.prefix}" if options.prefix else loc
 
 
-def connect(options: AzureOptions, **client_kwargs: Any) -> tuple[RequestsTransport, BlobServiceClient, ContainerClient]:
+def connect(
+    options: AzureOptions, *, cancel: Callable[[], threading.Event | None] = lambda: None, **client_kwargs: Any
+) -> tuple[RequestsTransport, BlobServiceClient, ContainerClient]:
     """The transport, service client and container client for ``options``. ``client_kwargs``
-    tune transfer sizes (``max_block_size``, ``max_chunk_get_size``...)."""
+    tune transfer sizes (``max_block_size``, ``max_chunk_get_size``...); ``cancel`` returns the
+    event that ends a retry's wait (the sink's :attr:`~portshift.Sink.cancel`)."""
     if options.sas is None:  # pragma: no cover - the options model requires it
         raise SinkError("no SAS token", retryable=False)
     pin_loggers()
@@ -33,7 +38,7 @@ def connect(options: AzureOptions, **client_kwargs: Any) -> tuple[RequestsTransp
     kwargs: dict[str, Any] = {
         "credential": AzureSasCredential(normalize_token(options.sas, options.section_name)),
         "transport": transport,
-        "retry_policy": Retries(options.request_retries),
+        "retry_policy": Retries(options.request_retries, cancel),
         "permit_redirects": False,
         **client_kwargs,
     }

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from azure.core.exceptions import AzureError, HttpResponseError
 
-from portshift.errors import AuthError, PortshiftError, SinkError
-from portshift.redact import sanitize_message
-from portshift.tls import dropped_under_tls, handshake_failure
-
-from .transport import is_plain_http_refusal
+from portshift import (
+    AuthError,
+    PortshiftError,
+    SinkError,
+    dropped_under_tls,
+    handshake_failure,
+    is_plain_http_refusal,
+    sanitize_message,
+)
 
 _AUTH_HINTS = {
     "AuthorizationPermissionMismatch": "the SAS lacks a permission this operation needs: it must grant create "

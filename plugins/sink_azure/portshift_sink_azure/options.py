@@ -9,9 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ModelWrapValidatorHandler, PrivateAttr, field_validator, model_validator
 
-from portshift.errors import ConfigError
-from portshift.options import HttpsUrl, PluginOptions
-from portshift.secrets import Secret, secret_field
+from portshift import ConfigError, HttpsUrl, PluginOptions, Secret, Size, refuse_unverifiable, secret_field
 
 from .sas import READ, WRITE, inspect_sas, warn
 
@@ -26,26 +24,12 @@ MAX_BLOCK_SIZE = 4000 * MiB
 #: Azure's limit of committed blocks per blob.
 MAX_BLOCKS = 50_000
 
-_UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _REGION = re.compile(r"^[a-z0-9]+$")
 
 #: The section a reader's options come from (``portshift verify --store``): the same keys as
 #: ``[sink]``, but the SAS is checked for reading (read + list) instead of writing.
 READ_SECTION = "store"
-
-
-def parse_size(value: Any, what: str) -> int:
-    """An int (bytes) or a string like ``"8MiB"``, ``"4 MiB"``, ``"1048576"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
-        if m and m.group(2).lower() in _UNITS:
-            return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB" (units B, KiB, MiB, GiB)')
 
 
 def normalize_region(name: str) -> str:
@@ -63,7 +47,7 @@ class AzureOptions(PluginOptions):
     )
     container: str = Field(description="the destination container (it must exist)")
     prefix: str = Field(default="", description="blob name prefix inside the container, e.g. exports/chorus")
-    block_size: int = Field(
+    block_size: Size = Field(
         default=DEFAULT_BLOCK_SIZE,
         description="bytes per block (1 MiB to 4000 MiB; default 8 MiB); a file up to this size is one Put Blob. "
         "Memory per transfer is about one block",
@@ -77,11 +61,13 @@ class AzureOptions(PluginOptions):
     ca_bundle: Path | None = Field(default=None, description="extra CA certificates (PEM) to trust, e.g. a proxy CA")
     region: str | None = Field(
         default=None,
-        description="the storage account's region as you know it (e.g. westeurope); a SAS cannot read it",
+        description="the storage account's region as you know it (e.g. westeurope), recorded only: a SAS "
+        "cannot read the account's location, so portshift cannot confirm it",
     )
     allowed_regions: list[str] | None = Field(
         default=None,
-        description="refuse to run unless `region` is one of these (a declaration check, see the README)",
+        description="refused for Azure: a SAS cannot learn where the storage account is, so portshift cannot "
+        "enforce an allow-list (use an Azure Policy 'Allowed locations' assignment; see the README)",
     )
     api_version: str | None = Field(
         default=None, description="storage service API version to send (default: the SDK's); e.g. for Azurite"
@@ -132,10 +118,9 @@ class AzureOptions(PluginOptions):
             raise ConfigError("[sink] prefix is too long (Azure blob names are at most 1024 characters)")
         return v
 
-    @field_validator("block_size", mode="before")
+    @field_validator("block_size")
     @classmethod
-    def _block_size(cls, v: Any) -> int:
-        size = parse_size(v, "block_size")
+    def _block_size(cls, size: int) -> int:
         if not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE:
             raise ConfigError(
                 f"[sink] block_size {size} is out of range",
@@ -159,16 +144,6 @@ class AzureOptions(PluginOptions):
         if not _REGION.match(r):
             raise ConfigError(f"[sink] region {v[:40]!r} is not a region name such as westeurope")
         return r
-
-    @field_validator("allowed_regions")
-    @classmethod
-    def _allowed(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        out = [normalize_region(r) for r in v]
-        if not out or not all(_REGION.match(r) for r in out):
-            raise ConfigError('[sink] allowed_regions: a non-empty list of region names such as ["westeurope"]')
-        return out
 
     #: "write" for ``[sink]``, "read" for ``[store]`` (verify --store); set from the section.
     _role: str = PrivateAttr(default=WRITE)
@@ -209,12 +184,12 @@ class AzureOptions(PluginOptions):
 
     @model_validator(mode="after")
     def _checks(self) -> AzureOptions:
-        if self.allowed_regions is not None:
-            if self.region is None:
-                raise ConfigError(
-                    "[sink] allowed_regions is set but region is not: a SAS cannot read the account's location",
-                    hint="declare the account's region, e.g. region = \"westeurope\" (see the sink's README)",
-                )
-            if self.region not in self.allowed_regions:
-                raise ConfigError(f"[sink] region {self.region} is not in allowed_regions ({', '.join(self.allowed_regions)})")
+        refuse_unverifiable(
+            self.allowed_regions,
+            store="Azure Blob Storage",
+            why="no data-plane API tells a SAS holder the storage account's location (Get Account "
+            "Information returns only the SKU and account kind), so the region cannot be confirmed",
+            hint="remove allowed_regions and enforce residency on the account itself: an Azure Policy "
+            "'Allowed locations' assignment and a locally or zone-redundant SKU (plugins/sink_azure/README.md)",
+        )
         return self

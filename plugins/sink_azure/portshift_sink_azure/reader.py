@@ -24,8 +24,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from portshift.api import Reader
-from portshift.errors import IntegrityError, PortshiftError, SinkError
+from portshift import IntegrityError, PortshiftError, Reader, SinkError
 
 from .client import connect, location_of
 from .errors import translate

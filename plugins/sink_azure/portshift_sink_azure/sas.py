@@ -13,8 +13,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from portshift.errors import ConfigError
-from portshift.secrets import Secret, register_mask
+from portshift import ConfigError, Secret, register_mask
 
 log = logging.getLogger("portshift.sink.azure")
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import mimetypes
-import re
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,9 +30,19 @@ from typing import Any, TypeVar
 from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobType, ContentSettings, StandardBlobTier
 
-from portshift.api import PutResult, Sink
-from portshift.errors import IntegrityError, SinkError
-from portshift.hashing import HashingStream
+from portshift import (
+    ConfigError,
+    HashingStream,
+    IntegrityError,
+    PortshiftError,
+    PutResult,
+    Sink,
+    SinkError,
+    check_failure,
+)
+from portshift import (
+    content_type_for as _content_type_for,
+)
 
 from .client import connect, location_of
 from .errors import translate
@@ -46,26 +54,13 @@ log = logging.getLogger("portshift.sink.azure")
 T = TypeVar("T")
 
 
-#: A media type as HTTP allows it in a header: ``type/subtype`` and optional ``; k=v`` parameters.
-_NAME_CHARS = r"[A-Za-z0-9!#$&^_.+-]{1,127}"
-_MEDIA_TYPE = re.compile(
-    rf"{_NAME_CHARS}/{_NAME_CHARS}(?:[ \t]*;[ \t]*{_NAME_CHARS}=(?:{_NAME_CHARS}|\"[^\"\\\x00-\x1f\x7f]{{0,200}}\"))*"
-)
-
-
 def content_type_for(stream: HashingStream, name: str) -> str:
     """The blob's Content-Type: the media type the source gave with the artifact
     (``stream.content_type``), else a guess from the file extension, else octet-stream.
 
     A value that is not a well-formed media type (e.g. with a line break) is not sent.
     """
-    given = getattr(stream, "content_type", None)
-    if isinstance(given, str) and given.strip():
-        value = given.strip()
-        if len(value) <= 255 and _MEDIA_TYPE.fullmatch(value):
-            return value
-        log.warning("%s: the source's content type is not a valid media type; guessing from the name", name)
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return _content_type_for(getattr(stream, "content_type", None), name)
 
 
 def _md5(data: bytes) -> bytes:
@@ -111,7 +106,7 @@ class AzureSink(Sink):
         self.sas_info = inspect_sas(options.sas, role=WRITE, section=options.section_name)
         self._base = options.account_url.rstrip("/")
         self._transport, self._service, self._container = connect(
-            options, max_single_put_size=options.block_size, max_block_size=options.block_size
+            options, cancel=lambda: self.cancel, max_single_put_size=options.block_size, max_block_size=options.block_size
         )
         self._tier = StandardBlobTier(options.access_tier) if options.access_tier else None
 
@@ -150,16 +145,19 @@ class AzureSink(Sink):
         name = self.blob_name(f".portshift-check/{uuid.uuid4().hex}")
         blob = self._container.get_blob_client(name)
         data = b"\n"
-        self._call(
-            "check (put block)",
-            self._blob_location(name),
-            blob.stage_block,
-            _block_id(uuid.uuid4().hex[:16], 1),
-            data,
-            length=len(data),
-            transactional_content_md5=_transactional_md5(data),
-            **self._common(),
-        )
+        try:
+            self._call(
+                "check (put block)",
+                self._blob_location(name),
+                blob.stage_block,
+                _block_id(uuid.uuid4().hex[:16], 1),
+                data,
+                length=len(data),
+                transactional_content_md5=_transactional_md5(data),
+                **self._common(),
+            )
+        except PortshiftError as e:
+            raise _check_error(e, self.location()) from None
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         name = self.blob_name(key)
@@ -291,6 +289,17 @@ class AzureSink(Sink):
             self._service.close()
         except Exception:  # noqa: BLE001 - closing must not fail a finished job
             log.debug("closing the Azure client failed", exc_info=False)
+
+
+def _check_error(error: PortshiftError, location: str) -> PortshiftError:
+    """What ``check()`` raises: a missing container is a configuration error, the rest as the
+    core classifies a failed check (:func:`portshift.check_failure`)."""
+    if getattr(error, "status", None) == 404 and "ContainerNotFound" in str(error):
+        return ConfigError(
+            f"[sink] container: {location} does not exist (Azure answered ContainerNotFound)",
+            hint="check account_url and container; the sink never creates containers",
+        )
+    return check_failure(error)
 
 
 def _block_id(attempt: str, n: int) -> str:

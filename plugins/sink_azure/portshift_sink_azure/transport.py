@@ -10,25 +10,35 @@ whatever the process's default SSL settings are. Here the requests session:
 - refuses ``http://`` outright (an adapter that raises), so nothing -- no redirect, no
   misconfiguration -- can send a request, and the SAS appended to it, in clear.
 
+The session is the core's (:func:`portshift.https_requests_session`, shared with the GCS sink).
 ``connection_verify`` stays ``True`` on purpose: a path there would make urllib3 call
 ``load_verify_locations`` on the shared context, adding trust behind the policy's back.
+
+Retries: azure-storage-blob's exponential policy, whose wait (:meth:`Retries.sleep`) is
+portshift's: on the job's cancel event, honouring ``Retry-After``.
 """
 
 from __future__ import annotations
 
-import logging
-import ssl
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import ExponentialRetry
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from portshift.tls import exception_chain as _chain
-from portshift.tls import handshake_failure, ssl_context
+from portshift import (
+    handshake_failure,
+    https_requests_session,
+    is_plain_http_refusal,
+    parse_retry_after,
+    wait_or_interrupt,
+)
+from portshift import (
+    pin_loggers as _pin,
+)
 
 #: SDK and HTTP-library loggers: urllib3 logs every request line with its query string, i.e.
 #: the SAS signature, at DEBUG. Pinned to WARNING whatever the root level is.
@@ -43,46 +53,17 @@ PINNED_LOGGERS = (
     "requests",
 )
 
+#: The longest ``Retry-After`` a retry of one request honours (seconds); the core's per-file
+#: retries come on top.
+RETRY_AFTER_CAP = 60.0
+
 
 def pin_loggers() -> None:
-    for name in PINNED_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.level < logging.WARNING:  # NOTSET (0) included; a stricter user setting stays
-            logger.setLevel(logging.WARNING)
-
-
-class _TLSAdapter(HTTPAdapter):
-    """An HTTPS adapter whose urllib3 pools use portshift's SSL context and never retry."""
-
-    def __init__(self, context: ssl.SSLContext, pool_maxsize: int) -> None:
-        self._context = context
-        super().__init__(
-            pool_connections=4,
-            pool_maxsize=pool_maxsize,
-            max_retries=Retry(total=False, redirect=False, raise_on_status=False),
-        )
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        pool_kwargs["ssl_context"] = self._context
-        super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:  # pragma: no cover - never configured
-        raise requests.exceptions.InvalidSchema("portshift's Azure sink does not use proxies")
-
-
-class _RefusePlainHTTP(HTTPAdapter):
-    """Mounted on the plain-HTTP scheme: every request is refused before a socket is opened."""
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        raise requests.exceptions.InvalidSchema("refusing plain HTTP: portshift only speaks https")
+    _pin(PINNED_LOGGERS)
 
 
 def build_session(ca_bundle: Path | None, pool_maxsize: int = 64) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.mount("https://", _TLSAdapter(ssl_context(ca_bundle), pool_maxsize))
-    session.mount("http" + "://", _RefusePlainHTTP())
-    return session
+    return https_requests_session(ca_bundle, pool_maxsize=pool_maxsize)
 
 
 def build_transport(ca_bundle: Path | None, *, connect_timeout: float, read_timeout: float) -> RequestsTransport:
@@ -97,20 +78,35 @@ def build_transport(ca_bundle: Path | None, *, connect_timeout: float, read_time
     )
 
 
-def is_plain_http_refusal(error: BaseException) -> bool:
-    return any(isinstance(e, requests.exceptions.InvalidSchema) for e in _chain(error))
+__all__ = ["Retries", "build_session", "build_transport", "is_plain_http_refusal", "pin_loggers"]
 
 
 class Retries(ExponentialRetry):
-    """Storage's exponential retry with short waits, and no retry of TLS failures or refusals."""
+    """Storage's exponential retry with short waits, and no retry of TLS failures or refusals.
 
-    def __init__(self, retry_total: int) -> None:
+    The wait between two attempts is portshift's: on the job's cancel event (``cancel()``
+    returns the sink's :attr:`~portshift.Sink.cancel`, set by the core after the sink is built),
+    so Ctrl-C ends it at once with :class:`~portshift.Interrupted`; azure-storage-blob's own
+    ``sleep`` calls ``transport.sleep`` (``time.sleep``), which nothing can interrupt. A
+    server's ``Retry-After`` (up to :data:`RETRY_AFTER_CAP`) wins over the exponential delay.
+    """
+
+    def __init__(self, retry_total: int, cancel: Callable[[], threading.Event | None] = lambda: None) -> None:
         super().__init__(initial_backoff=1, increment_base=2, retry_total=retry_total, random_jitter_range=1)
+        self._cancel = cancel
 
     def increment(self, settings: Any, request: Any, response: Any = None, error: Any = None) -> bool:
         if error is not None and (handshake_failure(error) or is_plain_http_refusal(error)):
             return False
         return bool(super().increment(settings, request, response=response, error=error))
+
+    def sleep(self, settings: Any, transport: Any) -> None:
+        history = settings.get("history") or []
+        last = getattr(history[-1], "http_response", None) if history else None
+        hint = parse_retry_after(last.headers.get("Retry-After"), cap=RETRY_AFTER_CAP) if last is not None else None
+        delay = hint if hint is not None else self.get_backoff_time(settings)
+        if delay and delay > 0:
+            wait_or_interrupt(self._cancel(), delay, "waiting to retry an Azure request")
 
 
 # pinned as soon as the SDK is imported (the package itself imports no SDK; see __init__)

@@ -286,7 +286,8 @@ def test_a_connection_dropped_mid_body_at_the_default_block_size_is_retried(
 
 RECORDINGS = 15
 MEDIA = 2 * MiB + 70_001  # 3 blocks of 1 MiB
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
+#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
+FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
 
 
 def portshift(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -303,7 +304,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
         m = FAILED_LINE.match(line)
         if not m:
             break
-        out[m.group(1)] = m.group(2)
+        out[m.group(1)] = m.group(3)
     assert len(out) == count, stderr[-3000:]
     return out
 

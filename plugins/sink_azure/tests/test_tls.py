@@ -12,7 +12,7 @@ import pytest
 import trustme
 from portshift_sink_azure import AzureSink
 
-from portshift.errors import SinkError
+from portshift.errors import FatalError, SinkError
 from portshift.secrets import Secret
 from portshift.testing import pattern_bytes, put_bytes
 
@@ -65,7 +65,8 @@ def test_environment_cannot_remove_trust(
 
 def test_wrong_ca_bundle_fails_verification(make_sink: Callable[..., AzureSink], other_ca: Path) -> None:
     sink = make_sink(ca_bundle=str(other_ca))
-    with pytest.raises(SinkError, match="certificate verification failed"):
+    # check() stops the run on it (FatalError), before anything is listed
+    with pytest.raises(FatalError, match="certificate verification failed"):
         sink.check()
 
 

@@ -27,9 +27,7 @@ import google.auth.exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.oauth2 import service_account
 
-from portshift.errors import ConfigError
-from portshift.secrets import Secret, register_mask
-from portshift.tls import require_https
+from portshift import ConfigError, Secret, register_mask, require_https
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 _REQUIRED = ("type", "client_email", "private_key", "token_uri")

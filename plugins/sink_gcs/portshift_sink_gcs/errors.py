@@ -14,12 +14,17 @@ from typing import Any
 
 import google.auth.exceptions
 import requests
+import urllib3
 
-from portshift.errors import AuthError, PortshiftError, SinkError
-from portshift.redact import sanitize_message
-from portshift.tls import dropped_under_tls, handshake_failure
-
-from .transport import is_plain_http_refusal
+from portshift import (
+    AuthError,
+    PortshiftError,
+    SinkError,
+    dropped_under_tls,
+    handshake_failure,
+    is_plain_http_refusal,
+    sanitize_message,
+)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -124,6 +129,10 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
             location=location,
             hint="the key may be revoked or disabled, or the workload identity binding is missing",
         )
+    if isinstance(e, google.auth.exceptions.InvalidOperation):  # e.g. anonymous credentials answered 401
+        return AuthError(
+            "the endpoint refused the request as unauthenticated", operation=operation, location=location, status=401
+        )
     if isinstance(e, google.auth.exceptions.TransportError):
         return SinkError(
             "could not reach the token endpoint (connection failed)",
@@ -133,7 +142,9 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
         )
     if isinstance(e, requests.exceptions.Timeout):
         return SinkError("GCS did not answer in time", operation=operation, location=location, retryable=True)
-    if isinstance(e, (requests.exceptions.RequestException, OSError)):
+    # urllib3's own errors (a refused connection: NewConnectionError) reach here unwrapped,
+    # because the adapter never retries (requests re-raises what it does not map)
+    if isinstance(e, (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError)):
         why = dropped_under_tls(e) or type(e).__name__
         return SinkError(f"connection to GCS failed ({why})", operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)

@@ -6,13 +6,11 @@ import ipaddress
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from portshift.errors import ConfigError
-from portshift.options import HttpsUrl, PluginOptions
-from portshift.secrets import Secret, secret_field
+from portshift import AllowedRegions, ConfigError, HttpsUrl, PluginOptions, Secret, Size, secret_field
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -25,25 +23,11 @@ MAX_CHUNK_SIZE = 1 * GiB
 #: The public JSON API endpoint.
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 
-_UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 # https://cloud.google.com/storage/docs/buckets#naming (dotted names may be up to 222 characters)
 _BUCKET = re.compile(r"^(?=.{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 _KMS = re.compile(r"^projects/[^/\s]+/locations/[^/\s]+/keyRings/[^/\s]+/cryptoKeys/[^/\s]+$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^\d{6,20}$")
 StorageClass = Literal["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"]
-
-
-def parse_size(value: Any, what: str) -> int:
-    """An int (bytes) or a string like ``"8MiB"``, ``"256 KiB"``, ``"1048576"``."""
-    if isinstance(value, bool):
-        raise ValueError('expected a size such as 8388608 or "8MiB"')
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
-        if m and m.group(2).lower() in _UNITS:
-            return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ValueError('expected a size such as 8388608 or "8MiB" (units B, KiB, MiB, GiB)')
 
 
 def is_loopback_endpoint(url: str) -> bool:
@@ -68,7 +52,7 @@ class GcsOptions(PluginOptions):
     storage_class: StorageClass | None = Field(
         default=None, description="storage class of each object (default: the bucket's default class)"
     )
-    chunk_size: int = Field(
+    chunk_size: Size = Field(
         default=DEFAULT_CHUNK_SIZE,
         description="bytes per resumable-upload request, a multiple of 256 KiB (default 8 MiB); a file up to "
         "this size is stored in one request. Memory per transfer is about one chunk",
@@ -103,6 +87,12 @@ class GcsOptions(PluginOptions):
         description="send no credentials at all; for local test servers only: refused unless api_endpoint "
         "is a loopback IP address (https://127.0.0.1:PORT), so it can never reach real GCS",
     )
+    allowed_regions: AllowedRegions = Field(
+        default=None,
+        description='glob patterns of bucket locations (e.g. ["eu", "europe-*", "eur4"]): before the first '
+        "upload the sink reads the bucket's location from GCS and stops unless it matches one; needs "
+        "storage.buckets.get (docs/permissions/gcs.md)",
+    )
     request_retries: int = Field(
         default=3, ge=0, le=10, description="retries of one request (one chunk) on timeouts, 429 and 5xx"
     )
@@ -131,14 +121,13 @@ class GcsOptions(PluginOptions):
             raise ValueError("too long (GCS object names are at most 1024 bytes)")
         return v
 
-    @field_validator("chunk_size", mode="before")
+    @field_validator("chunk_size")
     @classmethod
-    def _chunk_size(cls, v: Any) -> int:
-        size = parse_size(v, "chunk_size")
+    def _chunk_size(cls, size: int) -> int:
         if size <= 0 or size % CHUNK_QUANTUM or size > MAX_CHUNK_SIZE:
-            raise ValueError(
-                f"{size} is not a multiple of 256 KiB between 256 KiB and 1 GiB (GCS takes resumable chunks "
-                'in multiples of 262144 bytes; e.g. "8MiB", the default)'
+            raise ConfigError(
+                f"[sink] chunk_size: {size} is not a multiple of 256 KiB between 256 KiB and 1 GiB",
+                hint='GCS takes resumable chunks in multiples of 262144 bytes; e.g. "8MiB", the default',
             )
         return size
 

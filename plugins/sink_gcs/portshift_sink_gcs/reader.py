@@ -16,9 +16,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.cloud import storage
 
-from portshift.api import Reader
-from portshift.errors import AuthError, PortshiftError, SourceError
-from portshift.redact import sanitize_message
+from portshift import AuthError, PortshiftError, Reader, SourceError, sanitize_message
 
 from . import errors
 from .credentials import connect

@@ -32,67 +32,40 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
-import mimetypes
-import re
-import time
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import google_crc32c
 import requests
 from google.auth.credentials import Credentials
 
-from portshift.api import PutResult, Sink
-from portshift.errors import IntegrityError, PortshiftError, SinkError
-from portshift.hashing import HashingStream
-from portshift.retry import Backoff, parse_retry_after
-from portshift.secrets import register_mask
+from portshift import (
+    Attempts,
+    Backoff,
+    HashingStream,
+    PortshiftError,
+    PutResult,
+    Sink,
+    SinkError,
+    content_type_for,
+    parse_retry_after,
+    register_mask,
+)
 
 from . import errors
+from .chunks import Digests, read_chunks
 from .credentials import connect
 from .options import GcsOptions
+from .probe import BucketProbe
+from .stored import StoredObjects
 
 log = logging.getLogger("portshift.sink.gcs")
 
 _MULTIPART_BOUNDARY_PREFIX = "portshift-"
-#: a media type safe to put in a header and a multipart part header
-_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9_.-]+=[A-Za-z0-9_.\"-]+)*$")
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def read_chunks(stream: HashingStream, chunk_size: int) -> Iterator[tuple[bytes, bool]]:
-    """``(chunk, is_last)`` pairs of up to ``chunk_size`` bytes; at least one (empty) chunk."""
-    carry = b""
-    while True:
-        chunk = carry + stream.read(chunk_size - len(carry))
-        carry = stream.read(1)
-        yield chunk, not carry
-        if not carry:
-            return
-
-
-class _Digests:
-    """CRC32C and MD5 of everything the stream yields, fed by ``HashingStream.observe``."""
-
-    def __init__(self) -> None:
-        self.crc32c = google_crc32c.Checksum()
-        self.md5 = hashlib.md5(usedforsecurity=False)
-
-    def update(self, data: bytes) -> None:
-        self.crc32c.update(data)
-        self.md5.update(data)
-
-    def values(self) -> dict[str, str]:
-        return {"crc32c": _b64(self.crc32c.digest()), "md5": _b64(self.md5.digest())}
 
 
 class _ObjectExists(Exception):
@@ -109,11 +82,12 @@ def _sent_checksums(values: dict[str, str]) -> dict[str, str]:
     return dict(values)
 
 
-class GcsSink(Sink):
+class GcsSink(BucketProbe, StoredObjects, Sink):
     Options = GcsOptions
     description = "Google Cloud Storage: resumable streaming uploads checked by GCS with CRC32C and MD5"
 
     options: GcsOptions
+    _object_exists = _ObjectExists
 
     def __init__(self, options: GcsOptions, *, _credentials: Credentials | None = None) -> None:
         """``_credentials`` is for the plugin's own tests only (emulators take anonymous
@@ -124,6 +98,8 @@ class GcsSink(Sink):
         self._host = urllib.parse.urlsplit(self._endpoint).netloc.lower()
         self._timeout = (options.connect_timeout, options.read_timeout)
         self._backoff = Backoff(base=0.5, cap=8.0, attempts=options.request_retries + 1)
+        self._residency_lock = threading.Lock()
+        self._residency_checked = options.allowed_regions is None
 
     # --- names ----------------------------------------------------------------------------------
     def object_name(self, key: str) -> str:
@@ -162,9 +138,8 @@ class GcsSink(Sink):
         params: dict[str, str] | None = None,
         retry: bool = True,
     ) -> requests.Response:
-        attempt = 0
+        attempts = self._attempts(operation)
         while True:
-            attempt += 1
             failure: PortshiftError | None = None
             hint: float | None = None
             try:
@@ -181,20 +156,26 @@ class GcsSink(Sink):
                 failure = errors.from_response(response, operation, where)
                 hint = parse_retry_after(response.headers.get("Retry-After"))
                 response.close()
-            if not retry or not failure.retryable or attempt >= self._backoff.attempts:
+            if not retry or not failure.retryable:
                 raise failure from None
-            delay = self._backoff.delay(attempt, hint)
-            log.debug("%s: %s; retry %d in %.1fs", operation, failure, attempt, delay)
-            time.sleep(delay)
+            delay = attempts.next_delay(hint)
+            if delay is None:
+                raise failure from None
+            log.debug("%s: %s; retry %d in %.1fs", operation, failure, attempts.count, delay)
+            attempts.wait(delay)  # on the job's cancel event: Interrupted at once on Ctrl-C
+
+    def _attempts(self, what: str) -> Attempts:
+        """The retry state of one request: waits go through portshift's retry helper, on the job's
+        cancel event (never ``time.sleep``), so Ctrl-C ends any backoff at once."""
+        return Attempts(self._backoff, cancel=self.cancel, what=what)
 
     # --- put ------------------------------------------------------------------------------------
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         name = self.object_name(key)
         where = self._where(name)
-        content_type = getattr(stream, "content_type", None) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if not _CONTENT_TYPE.match(content_type):
-            content_type = "application/octet-stream"
-        digests = _Digests()
+        self._check_residency()
+        content_type = content_type_for(getattr(stream, "content_type", None), name)
+        digests = Digests()
         stream.observe(digests.update)
         chunks = read_chunks(stream, self.options.chunk_size)
         first, last = next(chunks)
@@ -209,79 +190,7 @@ class GcsSink(Sink):
             pass
         return self._compare_existing(name, where, stream.bytes_read, digests.values())
 
-    def _compare_existing(self, name: str, where: str, size: int, values: dict[str, str]) -> PutResult:
-        """GCS refused the upload because an object exists under ``name``: compare it with the
-        file just read. Equal (size, CRC32C and, when GCS reports it, MD5): the file is stored.
-        Anything else fails the put for good; portshift never replaces an object."""
-        url = (
-            f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self.options.bucket, safe='')}/o/"
-            f"{urllib.parse.quote(name, safe='')}"
-        )
-        response = self._send(
-            "GET", url, "compare existing object", where, ok=(200, 403, 404), params={"fields": "size,crc32c,md5Hash,generation"}
-        )
-        status = response.status_code
-        try:
-            obj = response.json() if status == 200 else None
-        except ValueError:
-            obj = None
-        finally:
-            response.close()
-        if status == 403:
-            raise SinkError(
-                "an object already exists under this name (left by an earlier attempt, or another writer); "
-                "portshift never replaces an object, and cannot compare this one with the file: reading its "
-                "metadata needs storage.objects.get",
-                operation="compare existing object",
-                status=403,
-                location=where,
-                retryable=False,
-                hint="grant storage.objects.get as well (docs/permissions/gcs.md), or delete the object "
-                "if it is not wanted, then run the job again",
-            )
-        if status == 404:  # it was there a moment ago: deleted since; a new attempt can write it
-            raise SinkError(
-                "GCS refused the upload because an object existed under this name, which is now gone",
-                operation="compare existing object",
-                status=404,
-                location=where,
-                retryable=True,
-            )
-        if not isinstance(obj, dict):
-            raise SinkError(
-                "GCS did not return the existing object's metadata",
-                operation="compare existing object",
-                location=where,
-                retryable=True,
-            )
-        try:
-            stored_size = int(obj.get("size", -1))
-        except (TypeError, ValueError):
-            stored_size = -1
-        md5 = obj.get("md5Hash")
-        if stored_size != size or obj.get("crc32c") != values["crc32c"] or (md5 is not None and md5 != values["md5"]):
-            raise SinkError(
-                f"an object already exists under this name with other content ({stored_size} bytes stored, "
-                f"{size} in this file, or different CRC32C/MD5); portshift never replaces an object",
-                operation="upload object",
-                status=412,
-                location=where,
-                retryable=False,
-                hint="an earlier export or another writer used this name: move or delete that object, or "
-                "export into another prefix",
-            )
-        checksums = {"crc32c": values["crc32c"]}
-        how = (
-            f"an object with the same size and CRC32C{' and MD5' if md5 is not None else ''} already existed "
-            "under the name (an earlier attempt's upload); GCS refused to replace it (ifGenerationMatch=0)"
-        )
-        if md5 is not None:
-            checksums["md5"] = values["md5"]
-        generation = obj.get("generation")
-        log.info("%s already stored with the same content (generation %s); not uploaded again", where, generation)
-        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None, verified=how)
-
-    def _multipart(self, name: str, where: str, content_type: str, data: bytes, digests: _Digests) -> PutResult:
+    def _multipart(self, name: str, where: str, content_type: str, data: bytes, digests: Digests) -> PutResult:
         values = digests.values()
         sent = _sent_checksums(values)
         meta = self._metadata(name, content_type)
@@ -318,7 +227,7 @@ class GcsSink(Sink):
         content_type: str,
         first: bytes,
         rest: Iterator[tuple[bytes, bool]],
-        digests: _Digests,
+        digests: Digests,
         size: int | None,
     ) -> PutResult:
         session_uri = self._initiate(name, where, content_type, size)
@@ -383,9 +292,8 @@ class GcsSink(Sink):
         """PUT one non-final chunk; resend what GCS did not persist."""
         end = offset + len(chunk)
         pos = offset
-        tries = 0
+        attempts = self._attempts("upload chunk")
         while pos < end:
-            tries += 1
             piece = chunk[pos - offset :]
             headers = {"Content-Range": f"bytes {pos}-{end - 1}/*"}
             try:
@@ -395,9 +303,9 @@ class GcsSink(Sink):
                 persisted = _persisted(response)
                 response.close()
             except PortshiftError as e:
-                if not e.retryable or tries >= self._backoff.attempts:
+                if not e.retryable:
                     raise
-                time.sleep(self._backoff.delay(tries))
+                attempts.backoff(e)  # re-raises e when the policy is exhausted
                 persisted = self._status(session_uri, where)
             if persisted < pos or persisted > end:
                 raise SinkError(
@@ -407,8 +315,9 @@ class GcsSink(Sink):
                     retryable=True,
                 )
             if persisted == pos:
-                if tries >= self._backoff.attempts:
+                if attempts.exhausted():
                     raise SinkError("GCS persisted none of the chunk", operation="upload chunk", location=where)
+                attempts.wait(0)  # counts the attempt; raises Interrupted if the run is stopping
                 continue
             pos = persisted
 
@@ -417,17 +326,16 @@ class GcsSink(Sink):
         sent = _sent_checksums(values)
         headers = {"X-Goog-Hash": f"crc32c={sent['crc32c']},md5={sent['md5']}"}
         headers["Content-Range"] = f"bytes {offset}-{total - 1}/{total}" if chunk else f"bytes */{total}"
-        tries = 0
+        attempts = self._attempts("finish upload")
         while True:
-            tries += 1
             try:
                 return self._send(
                     "PUT", session_uri, "finish upload", where, ok=(200, 201), data=chunk, headers=headers, retry=False
                 )
             except PortshiftError as e:
-                if not e.retryable or tries >= self._backoff.attempts or getattr(e, "status", None) == 400:
+                if not e.retryable or getattr(e, "status", None) == 400:
                     raise
-                time.sleep(self._backoff.delay(tries))
+                attempts.backoff(e)  # re-raises e when the policy is exhausted
                 persisted = self._status(session_uri, where)
                 if persisted == -1:  # already finalised by the lost request: ask for the object
                     return self._send(
@@ -472,58 +380,7 @@ class GcsSink(Sink):
         else:
             log.warning("cancelling the resumable upload of %s: GCS answered HTTP %d", where, status)
 
-    def _confirm(
-        self, name: str, where: str, response: requests.Response, size: int, values: dict[str, str], how: str
-    ) -> PutResult:
-        try:
-            obj = response.json()
-        except ValueError:
-            obj = None
-        finally:
-            response.close()
-        if not isinstance(obj, dict):
-            raise SinkError(
-                "GCS did not return the stored object's metadata", operation="confirm upload", location=where, retryable=True
-            )
-        problems = []
-        if str(obj.get("name", name)) != name:
-            problems.append("name")
-        try:
-            stored_size = int(obj.get("size", -1))
-        except (TypeError, ValueError):
-            stored_size = -1
-        if stored_size != size:
-            problems.append(f"size ({stored_size} stored, {size} sent)")
-        reported = {"crc32c": obj.get("crc32c"), "md5": obj.get("md5Hash")}
-        if reported["crc32c"] != values["crc32c"]:
-            problems.append("CRC32C")
-        if reported["md5"] is not None and reported["md5"] != values["md5"]:
-            problems.append("MD5")
-        if problems:
-            raise IntegrityError(f"GCS stored an object at {where} that differs from what was sent: {', '.join(problems)}")
-        checksums = {"crc32c": values["crc32c"]}
-        if reported["md5"] is not None:
-            checksums["md5"] = values["md5"]
-            how += "; the CRC32C and MD5 GCS reported match"
-        else:
-            how += "; the CRC32C GCS reported matches (no MD5 reported)"
-        generation = obj.get("generation")
-        log.debug("stored %s (%d bytes, generation %s)", where, size, generation)
-        return PutResult(key=name, size=size, checksums=checksums, version=str(generation) if generation else None, verified=how)
-
     # --- check / close --------------------------------------------------------------------------
-    def check(self) -> None:
-        """Open a resumable upload session for a probe name and cancel it: proves the
-        credentials, the bucket and the create permission (and the TLS path) without writing
-        an object."""
-        name = self.object_name(f".portshift-check-{uuid.uuid4().hex[:12]}")
-        where = self._where(name)
-        try:
-            session_uri = self._initiate(name, where, "application/octet-stream", 0)
-        except _ObjectExists:  # a random name that exists: GCS checked the create permission
-            return
-        self._cancel(session_uri, where)
-
     def close(self) -> None:
         self._session.close()
         self._token_session.close()

@@ -3,7 +3,8 @@
 google-auth and google-cloud-storage speak HTTP through ``requests``. A default
 ``requests.Session`` trusts the environment (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``,
 ``HTTPS_PROXY``, ``.netrc``), follows redirects and would send a request to a plain-http URL.
-Here every session:
+Here every session is built by :func:`portshift.harden_session` (the core's one requests TLS
+adapter, shared with the Azure sink):
 
 - ignores the environment (``trust_env = False``);
 - speaks TLS only through :func:`portshift.tls.ssl_context` (TLS 1.2 minimum, certificates and
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import ssl
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from portshift.secrets import register_mask
-from portshift.tls import exception_chain as _chain
-from portshift.tls import ssl_context
+from portshift import PlainHTTPRefused, harden_session, is_plain_http_refusal, register_mask
+from portshift import pin_loggers as _pin
 
 #: SDK and HTTP-library loggers pinned to WARNING whatever the root level is.
 PINNED_LOGGERS = (
@@ -111,44 +110,7 @@ def pin_loggers() -> None:
     names = set(PINNED_LOGGERS)
     if scope:
         names.add(scope)
-    for name in names:
-        logger = logging.getLogger(name)
-        if logger.level < logging.WARNING:  # NOTSET (0) included; a stricter setting stays
-            logger.setLevel(logging.WARNING)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.split(".", 1)[0] in _PINNED_TREES:
-            if logging.NOTSET < logger.level < logging.WARNING:
-                logger.setLevel(logging.WARNING)
-
-
-class _TLSAdapter(HTTPAdapter):
-    """An HTTPS adapter whose urllib3 pools use portshift's SSL context and never retry."""
-
-    def __init__(self, context: ssl.SSLContext, pool_maxsize: int) -> None:
-        self._context = context
-        super().__init__(
-            pool_connections=4,
-            pool_maxsize=pool_maxsize,
-            max_retries=Retry(total=False, redirect=False, raise_on_status=False),
-        )
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        pool_kwargs["ssl_context"] = self._context
-        super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:  # pragma: no cover - never configured
-        raise requests.exceptions.InvalidSchema("portshift's GCS sink does not use proxies")
-
-
-class PlainHTTPRefused(requests.exceptions.InvalidSchema):
-    """A request to a plain-http URL was refused before any connection."""
-
-
-class _RefusePlainHTTP(HTTPAdapter):
-    """Mounted on the plain-HTTP scheme: every request is refused before a socket is opened."""
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        raise PlainHTTPRefused("refusing plain HTTP: portshift only speaks https")
+    _pin(sorted(names), trees=_PINNED_TREES)
 
 
 class _MetadataServerOnly(HTTPAdapter):
@@ -172,12 +134,9 @@ def harden(
     session: requests.Session, ca_bundle: Path | None, *, pool_maxsize: int = 32, allow_metadata_server: bool = False
 ) -> requests.Session:
     """Make ``session`` follow portshift's policy (see the module docstring)."""
-    session.trust_env = False
-    session.verify = True  # a path here would make urllib3 add trust to the shared context
-    session.proxies = {}
-    session.mount("https://", _TLSAdapter(ssl_context(ca_bundle), pool_maxsize))
-    session.mount("http" + "://", _MetadataServerOnly() if allow_metadata_server else _RefusePlainHTTP())
-    return session
+    return harden_session(
+        session, ca_bundle, pool_maxsize=pool_maxsize, plain_http=_MetadataServerOnly() if allow_metadata_server else None
+    )
 
 
 def build_session(ca_bundle: Path | None, *, pool_maxsize: int = 8, allow_metadata_server: bool = False) -> requests.Session:
@@ -272,9 +231,7 @@ class GcsSession(google_requests.AuthorizedSession):
         return response
 
 
-def is_plain_http_refusal(error: BaseException) -> bool:
-    return any(isinstance(e, PlainHTTPRefused) for e in _chain(error))
-
+__all__ = ["GcsSession", "MaskingRequest", "PlainHTTPRefused", "build_session", "harden", "is_plain_http_refusal", "pin_loggers"]
 
 # pinned as soon as the SDK is imported (the package itself imports no SDK; see __init__)
 pin_loggers()

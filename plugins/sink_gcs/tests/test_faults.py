@@ -307,7 +307,8 @@ def test_a_connection_dropped_mid_body_at_the_default_chunk_size_is_retried(emul
 
 RECORDINGS = 12
 MEDIA = 700_001  # 3 chunks of 256 KiB
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
+#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
+FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
 OPERATIONS = r"(upload object|start resumable upload|upload chunk|finish upload|query upload status|confirm upload)"
 
 
@@ -325,7 +326,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
         m = FAILED_LINE.match(line)
         if not m:
             break
-        out[m.group(1)] = m.group(2)
+        out[m.group(1)] = m.group(3)
     assert len(out) == count, stderr[-3000:]
     return out
 

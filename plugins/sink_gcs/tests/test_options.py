@@ -37,6 +37,8 @@ def test_registered_as_gcs_sink_and_reader() -> None:
         ("8MiB", 8 * 1024 * 1024),
         ("512 KiB", 512 * 1024),
         ("1GiB", 1024**3),
+        ("16M", 16 * 1024 * 1024),  # the same forms as every portshift size
+        ("8 MiB", 8 * 1024 * 1024),
     ],
 )
 def test_chunk_size_accepts_multiples_of_256_kib(value: Any, expected: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 from portshift_sink_gcs import GcsReader, GcsSink
 
-from portshift.errors import PortshiftError, SinkError
+from portshift.errors import FatalError, PortshiftError, SinkError
 from portshift.testing import pattern_bytes, put_bytes
 
 from .conftest import (
@@ -63,8 +63,9 @@ def test_trust_comes_from_ca_bundle_never_from_the_environment(
     for name in TRUST_ENV:
         monkeypatch.setenv(name, str(certs.ca_pem))
     sink = make_sink(ca_bundle=None, request_retries=3)
-    for fn in (lambda: put_bytes(sink, unique(), b"abc", 3), sink.check):
-        with pytest.raises(SinkError) as e:
+    # put: this file fails, not retried; check: the run stops before listing (FatalError)
+    for fn, kind in ((lambda: put_bytes(sink, unique(), b"abc", 3), SinkError), (sink.check, FatalError)):
+        with pytest.raises(kind) as e:
             fn()
         assert "certificate verification failed" in str(e.value) and not e.value.retryable
 

@@ -22,6 +22,7 @@ whom it trusts, or what it logs.
   botocore's automatic "retry in the bucket's real region" never runs.
 - Loggers ``botocore``, ``boto3``, ``s3transfer`` and ``urllib3`` are pinned to WARNING: their
   DEBUG output carries the session token and request signatures.
+- Retries: none inside botocore (``total_max_attempts = 1``); see :meth:`S3Sink._call`.
 """
 
 from __future__ import annotations
@@ -38,9 +39,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.httpsession import URLLib3Session
 
-from portshift.errors import AuthError, ConfigError
-from portshift.secrets import register_mask
-from portshift.tls import ssl_context
+from portshift import AuthError, ConfigError, pin_loggers, register_mask, ssl_context
 
 from .options import S3Options
 
@@ -63,8 +62,7 @@ _NO_FILE = os.path.join(os.sep, "nonexistent", "portshift", "no-aws-config")
 
 
 def pin_sdk_loggers() -> None:
-    for name in SDK_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    pin_loggers(SDK_LOGGERS)
 
 
 def system_ca_file() -> str:
@@ -187,7 +185,11 @@ def build_client(options: S3Options, *, max_pool_connections: int = 32) -> tuple
         connect_timeout=15,
         read_timeout=60,
         max_pool_connections=max_pool_connections,
-        retries={"mode": "standard", "total_max_attempts": 3},
+        # One attempt per call: the sink retries through portshift's retry helper (S3Sink._call),
+        # because botocore waits with time.sleep() in Endpoint._needs_retry, which no cancel
+        # event can interrupt (a SlowDown backoff would hold up Ctrl-C), and it ignores
+        # Retry-After. The helper waits on the job's cancel event and honours the header.
+        retries={"mode": "standard", "total_max_attempts": 1},
         request_checksum_calculation="when_required",  # we send our own SHA-256 on every upload
         response_checksum_validation="when_required",
         use_fips_endpoint=False,

@@ -8,15 +8,20 @@ not travel up.
 
 from __future__ import annotations
 
-import re
-import ssl
-from typing import Any
-
 import botocore.exceptions
 
-from portshift.errors import AuthError, ConfigError, PortshiftError, RemoteError, SinkError
-from portshift.redact import scrub
-from portshift.tls import DROPPED_UNDER_TLS, exception_chain, raised_by_handshake
+from portshift import (
+    AuthError,
+    ConfigError,
+    PortshiftError,
+    RemoteError,
+    SinkError,
+    dropped_under_tls,
+    handshake_failure,
+    parse_retry_after,
+    sanitize_message,
+    ssl_reason,
+)
 
 from .client import PlainHTTPRefused, RegionMismatch
 
@@ -55,27 +60,9 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
-_SSL_REASON = re.compile(
-    r"\[SSL: ([A-Z0-9_]+)\]|(certificate verify failed[^)\]'\"]*)|(alert protocol version)"
-    r"|(EOF occurred in violation of protocol)",
-    re.I,
-)
-_TLS_FATAL = (
-    "CERTIFICATE",
-    "VERIFY",
-    "PROTOCOL_VERSION",
-    "PROTOCOL VERSION",
-    "WRONG_VERSION",
-    "UNSUPPORTED_PROTOCOL",
-    "HOSTNAME",
-    "NO_PROTOCOLS",
-    "HANDSHAKE_FAILURE",
-)
-
 
 def _short(text: str, limit: int = 160) -> str:
-    text = scrub(" ".join(str(text).split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return sanitize_message(" ".join(str(text).split()), limit)
 
 
 def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
@@ -115,18 +102,28 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
             retryable = code in RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
             error = SinkError(text, operation=operation, status=status, location=location, retryable=retryable)
         error.code = code  # type: ignore[attr-defined]  # S3's error code, for callers that branch on it
+        headers = meta.get("HTTPHeaders") or {}
+        # the server's Retry-After (S3 itself rarely sends one; gateways and compatible stores do)
+        error.retry_after = parse_retry_after(headers.get("retry-after"))  # type: ignore[attr-defined]
         return error
     if isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return AuthError("no usable AWS credentials", operation=operation, location=location)
     if isinstance(e, botocore.exceptions.SSLError):
-        dropped = _dropped_connection(e)
+        # Classified once, in portshift.tls: a connection that ended under TLS is retryable; a
+        # handshake failure (certificate, protocol version) will not heal by retrying.
+        dropped = dropped_under_tls(e)
         if dropped:
             return SinkError(f"connection failed ({dropped})", operation=operation, location=location, retryable=True)
-        reason = _tls_reason(e)
-        # A certificate or protocol-version refusal will not heal by retrying; another failed
-        # handshake may.
-        fatal = any(word in reason.upper() for word in _TLS_FATAL)
-        return SinkError(f"TLS failure ({reason})", operation=operation, location=location, retryable=not fatal)
+        reason = ssl_reason(e) or "handshake failed"
+        if handshake_failure(e):
+            return SinkError(
+                f"TLS failure ({reason})",
+                operation=operation,
+                location=location,
+                retryable=False,
+                hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later",
+            )
+        return SinkError(f"TLS failure ({reason})", operation=operation, location=location, retryable=True)
     if isinstance(e, botocore.exceptions.HTTPClientError) and isinstance(e.kwargs.get("error"), PlainHTTPRefused):
         return ConfigError(f"{operation}: refusing to send a request that is not https:// to {location}")
     if isinstance(e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
@@ -141,34 +138,3 @@ def s3_error(e: BaseException, operation: str, location: str) -> PortshiftError:
     if isinstance(e, botocore.exceptions.BotoCoreError):
         return SinkError(type(e).__name__, operation=operation, location=location, retryable=True)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
-
-
-def _ssl_errors(error: BaseException) -> list[ssl.SSLError]:
-    return [x for x in exception_chain(error) if isinstance(x, ssl.SSLError)]
-
-
-def _during_handshake(e: ssl.SSLError) -> bool:
-    return raised_by_handshake(e, _TLS_FATAL)
-
-
-def _dropped_connection(e: BaseException) -> str | None:
-    """What happened when ``e`` is a connection that ended under TLS rather than a TLS set-up
-    failure: an EOF/close_notify at any time, or an SSL error (a TLS alert after a half-close)
-    on an established connection. None for a certificate or handshake failure."""
-    found = _ssl_errors(e)
-    if not found:
-        return None
-    if any(isinstance(x, ssl.SSLCertVerificationError) for x in found):
-        return None
-    if any(not isinstance(x, DROPPED_UNDER_TLS) and _during_handshake(x) for x in found):
-        return None
-    if all(_during_handshake(x) for x in found):
-        return "connection closed during the TLS handshake"
-    return "connection dropped mid-request"
-
-
-def _tls_reason(e: Any) -> str:
-    m = _SSL_REASON.search(str(e))
-    if m:
-        return next(g for g in m.groups() if g)
-    return "handshake failed"

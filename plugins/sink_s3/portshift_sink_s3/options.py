@@ -7,16 +7,13 @@ credential set that is incomplete or ambiguous are all :class:`portshift.errors.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from portshift.errors import ConfigError
-from portshift.options import HttpsUrl, PluginOptions
-from portshift.secrets import Secret, secret_field
+from portshift import AllowedRegions, ConfigError, HttpsUrl, PluginOptions, Secret, Size, require_allowed, secret_field
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -32,36 +29,9 @@ ENV_ACCESS_KEY_ID = "PORTSHIFT_AWS_ACCESS_KEY_ID"
 ENV_SECRET_ACCESS_KEY = "PORTSHIFT_AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name
 ENV_SESSION_TOKEN = "PORTSHIFT_AWS_SESSION_TOKEN"  # noqa: S105 - a variable name
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": KiB,
-    "kib": KiB,
-    "m": MiB,
-    "mib": MiB,
-    "g": GiB,
-    "gib": GiB,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-}
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _STORAGE_CLASS = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-
-
-def parse_size(value: Any, what: str) -> int:
-    """``8388608``, ``"8MiB"``, ``"8 MiB"``, ``"16M"`` (binary) or ``"10MB"`` (decimal) -> bytes."""
-    if isinstance(value, bool):
-        raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m and m.group(2).lower() in _UNITS:
-            return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f'[sink] {what}: expected a size such as 8388608 or "8MiB"')
 
 
 class S3Options(PluginOptions):
@@ -88,7 +58,7 @@ class S3Options(PluginOptions):
         default=None,
         description="12-digit AWS account id that must own the bucket; S3 refuses every request otherwise",
     )
-    part_size: int = Field(
+    part_size: Size = Field(
         default=DEFAULT_PART_SIZE,
         description="bytes per request: an artifact up to this size is one PUT, a larger one a multipart "
         'upload of parts this big (5 MiB to 5 GiB; "8MiB" is accepted)',
@@ -101,8 +71,10 @@ class S3Options(PluginOptions):
         "part_size x (max_concurrency + 1) plus one source chunk",
     )
     ca_bundle: Path | None = Field(default=None, description="extra CA certificates (PEM) to trust besides the system store")
-    allowed_regions: list[str] | None = Field(
-        default=None, description='glob patterns (e.g. ["eu-*"]): refuse to start when region matches none'
+    allowed_regions: AllowedRegions = Field(
+        default=None,
+        description='glob patterns (e.g. ["eu-*"]): refuse to start when region matches none; S3 confirms the '
+        "bucket is in region on every request (and check() asks S3 where the bucket is)",
     )
     check_write: bool = Field(
         default=False,
@@ -121,10 +93,9 @@ class S3Options(PluginOptions):
     session_token: Secret | None = secret_field(env=ENV_SESSION_TOKEN, required=False)
     session_token_file: Path | None = None
 
-    @field_validator("part_size", mode="before")
+    @field_validator("part_size")
     @classmethod
-    def _part_size(cls, value: Any) -> int:
-        size = parse_size(value, "part_size")
+    def _part_size(cls, size: int) -> int:
         if size < MIN_PART_SIZE:
             raise ConfigError(f"[sink] part_size: {size} bytes is below S3's minimum part size of 5 MiB ({MIN_PART_SIZE})")
         if size > MAX_PART_SIZE:
@@ -172,13 +143,6 @@ class S3Options(PluginOptions):
             raise ConfigError("[sink] expected_bucket_owner: expected a 12-digit AWS account id")
         return value
 
-    @field_validator("allowed_regions")
-    @classmethod
-    def _allowed(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ConfigError("[sink] allowed_regions: an empty list allows nothing; remove it or name regions")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> S3Options:
         if self.kms_key_id is not None and self.sse != "aws:kms":
@@ -208,11 +172,6 @@ class S3Options(PluginOptions):
 
 
 def check_region_allowed(region: str, allowed: list[str] | None) -> None:
-    """Raise ConfigError unless ``region`` matches one of the ``allowed`` glob patterns."""
-    if allowed is None:
-        return
-    if not any(fnmatch.fnmatchcase(region, pattern) for pattern in allowed):
-        raise ConfigError(
-            f"[sink] region {region!r} is not in allowed_regions {allowed}",
-            hint="data residency: nothing was sent; fix region or allowed_regions",
-        )
+    """Raise ConfigError unless ``region`` matches one of the ``allowed`` glob patterns (the
+    core's :func:`portshift.require_allowed`, at config time: nothing was sent)."""
+    require_allowed(region, allowed, what="[sink] region", config_time=True)

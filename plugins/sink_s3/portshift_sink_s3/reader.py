@@ -13,7 +13,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from portshift.api import Reader
+from portshift import Reader
 
 from .client import build_client, refresh_masks
 from .errors import s3_error

@@ -16,103 +16,43 @@ it warns and leaves such an upload to the bucket's lifecycle rule).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import re
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from portshift.api import PutResult, Sink
-from portshift.errors import IntegrityError, PortshiftError, SinkError
-from portshift.hashing import HashingStream
+from portshift import (
+    Backoff,
+    HashingStream,
+    IntegrityError,
+    PutResult,
+    Sink,
+    SinkError,
+    call_with_retries,
+)
 
 from .client import build_client, refresh_masks
 from .errors import s3_error
 from .options import MAX_PARTS, S3Options, check_region_allowed
+from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, version_of
+from .probe import BucketProbe
+from .recovery import UploadRecovery
+
+_Part = Part  # the name the plugin's tests use
+_StoreError = StoreError
 
 log = logging.getLogger("portshift.s3")
 
-CHECK_KEY = ".portshift-check"
-#: A media type as HTTP allows it (RFC 9110 token "/" token, optional parameters); anything else
-#: from a source is not sent as Content-Type (it could carry line breaks into a header).
-_TCHARS = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_MEDIA_TYPE = re.compile(rf'{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"))*')
-#: How much is taken from the stream at a time while a part is filled.
-READ_SIZE = 256 * 1024
 
-
-def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | bytearray:
-    """Up to ``size`` bytes of ``stream`` (after ``start``), fewer only at its end.
-
-    A small artifact comes back as the bytes read; a large one is copied into one buffer of
-    ``size`` bytes allocated up front, so that a part costs its own size in memory and not the
-    several transient copies a single ``stream.read(size)`` would make.
-    """
-    head = start or stream.read(min(READ_SIZE, size))
-    if len(head) < READ_SIZE:
-        more = stream.read(min(READ_SIZE, size - len(head))) if head and len(head) < size else b""
-        if not more:
-            return head
-        head = head + more
-    buf = bytearray(size)
-    view = memoryview(buf)
-    pos = len(head)
-    view[:pos] = head
-    del head
-    while pos < size:
-        chunk = stream.read(min(READ_SIZE, size - pos))
-        if not chunk:
-            break
-        view[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    view.release()
-    if pos < size:
-        del buf[pos:]
-    return buf
-
-
-def b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def content_type_args(value: str | None) -> dict[str, str]:
-    """``{"ContentType": value}`` for a well-formed media type, else nothing (S3 then stores
-    ``binary/octet-stream``). The value comes from the source, so it is checked before it
-    becomes a header."""
-    if not value:
-        return {}
-    value = value.strip()
-    if len(value) > 255 or not _MEDIA_TYPE.fullmatch(value):
-        log.warning("the source gave a content type that is not a valid media type; the object is stored without one")
-        return {}
-    return {"ContentType": value}
-
-
-@dataclass(frozen=True)
-class _Part:
-    number: int
-    etag: str
-    checksum: str  # base64 SHA-256, as S3 returned it (and equal to ours)
-    digest: bytes
-    size: int
-
-
-class _StoreError(Exception):
-    """An S3 call failed: carries the mapped portshift error, raised from None at the boundary."""
-
-    def __init__(self, error: PortshiftError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class S3Sink(Sink):
+class S3Sink(BucketProbe, UploadRecovery, Sink):
     """Amazon S3 or an S3-compatible store; streaming, checksum-verified, write-only."""
 
     Options = S3Options
     description = "Amazon S3 / S3-compatible: streaming multipart, SHA-256 verified by S3, write-only"
+    #: Retries of one S3 call (botocore's own are off, see client.py): 3 attempts as botocore's
+    #: standard mode made, waiting on the job's cancel event; a server's Retry-After wins.
+    retry_policy: ClassVar[Backoff] = Backoff(base=0.5, cap=20.0, attempts=3)
 
     def __init__(self, options: S3Options) -> None:
         super().__init__(options)
@@ -130,114 +70,17 @@ class S3Sink(Sink):
         self._owner: dict[str, str] = {}
         if options.expected_bucket_owner:
             self._owner["ExpectedBucketOwner"] = options.expected_bucket_owner
+        self._backoff = self.retry_policy
 
     # --- Sink API ---------------------------------------------------------------------------
     def location(self) -> str:
         return f"s3://{self.options.bucket}/{self.options.prefix}".rstrip("/")
-
-    def check(self) -> None:
-        """Validate without touching the bucket: options, region, TLS settings and credentials
-        were checked when the sink was built. With ``check_write = true`` also store a small
-        marker object (the only write-only probe there is; it stays in the bucket)."""
-        refresh_masks(self._chain_creds)
-        if not self.options.check_write:
-            return
-        body = b"portshift write check\n"
-        self._put_single(self._full_key(CHECK_KEY), CHECK_KEY, body, hashlib.sha256(body).digest(), {"ContentType": "text/plain"})
 
     def close(self) -> None:
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing idle connections cannot fail meaningfully
             pass
-
-    def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
-        """Abort the multipart uploads an earlier, killed run of this job left open.
-
-        Each entry is what :meth:`_put_multipart` journaled: ``{"bucket", "key", "upload_id"}``
-        once CreateMultipartUpload answered, only ``{"bucket", "key"}`` (the intent) if the process
-        died before that. An upload id is aborted as is; ``NoSuchUpload`` means it is gone already
-        (completed, or aborted before the journal heard of it): fine. For an intent, the uploads
-        open for exactly that key are listed and aborted (none: the process died before S3 created
-        one). If listing is denied (``AccessDenied``: no ``s3:ListBucketMultipartUploads``), one
-        warning names the permission and the lifecycle rule, and the entry is dropped: it never
-        fails the job. Any other failure (``AccessDenied`` on the abort, a 5xx, no connection) is
-        raised after trying every entry, so the core keeps the ones still open for the next run;
-        the ones cleaned up here leave the journal at once.
-        """
-        refresh_masks(self._chain_creds)
-        failed: list[PortshiftError] = []
-        denied = 0
-        for key, data in pending:
-            upload_id, full_key, bucket = data.get("upload_id"), data.get("key"), data.get("bucket")
-            if not full_key or bucket != self.options.bucket:
-                # Not ours to act on (another format or bucket): leave it to the lifecycle rule.
-                log.warning("ignoring a journal entry that is not an upload in s3://%s", self.options.bucket)
-                self._journal_end(key)
-                continue
-            if upload_id:
-                ids = [upload_id]
-            else:
-                try:
-                    ids = self._open_uploads(full_key)
-                except _StoreError as e:
-                    if getattr(e.error, "code", None) == "AccessDenied":
-                        denied += 1
-                        self._journal_end(key)
-                    else:
-                        failed.append(e.error)
-                    continue
-            errors = [err for u in ids if (err := self._abort_left(full_key, u)) is not None]
-            if errors:
-                failed.extend(errors)
-                continue
-            self._journal_end(key)
-        if denied:
-            log.warning(
-                "could not look for multipart uploads a killed run may have left open in s3://%s (%d %s): "
-                "listing them needs s3:ListBucketMultipartUploads (optional, recommended; "
-                "docs/permissions/s3.md). Grant it, or have an AbortIncompleteMultipartUpload lifecycle rule "
-                "on the bucket remove such uploads",
-                self.options.bucket,
-                denied,
-                "key" if denied == 1 else "keys",
-            )
-        if len(failed) == 1:
-            raise failed[0] from None
-        if failed:
-            raise SinkError(
-                f"{len(failed)} multipart uploads left by a previous run could not be aborted, the first: {failed[0]}",
-                retryable=True,
-            ) from None
-
-    def _open_uploads(self, full_key: str) -> list[str]:
-        """The ids of the multipart uploads open for exactly ``full_key`` (ListMultipartUploads
-        with ``Prefix=full_key``; uploads of longer keys that start with it are not ours)."""
-        ids: list[str] = []
-        marker: dict[str, str] = {}
-        while True:
-            try:
-                resp = self.client.list_multipart_uploads(Bucket=self.options.bucket, Prefix=full_key, **self._owner, **marker)
-            except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
-                mapped = s3_error(e, "list multipart uploads", self._loc(full_key))
-                raise _StoreError(mapped) from None
-            ids += [str(u["UploadId"]) for u in resp.get("Uploads", []) if u.get("Key") == full_key]
-            key_marker, id_marker = resp.get("NextKeyMarker"), resp.get("NextUploadIdMarker")
-            if not resp.get("IsTruncated") or not (key_marker or id_marker):
-                return ids
-            marker = {"KeyMarker": str(key_marker or ""), "UploadIdMarker": str(id_marker or "")}
-
-    def _abort_left(self, full_key: str, upload_id: str) -> PortshiftError | None:
-        """Abort an upload a previous run left; None when it is gone (now or before)."""
-        try:
-            self._call("abort multipart upload", full_key, self.client.abort_multipart_upload, UploadId=upload_id)
-        except _StoreError as e:
-            if getattr(e.error, "code", None) != "NoSuchUpload":
-                return e.error
-            log.debug("multipart upload at %s is already gone", self._loc(full_key))
-        else:
-            log.info("aborted the multipart upload a previous run left open at %s", self._loc(full_key))
-        return None
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         full_key = self._full_key(key)
@@ -282,11 +125,26 @@ class S3Sink(Sink):
         return f"s3://{self.options.bucket}/{full_key}"
 
     def _call(self, operation: str, full_key: str, fn: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return fn(Bucket=self.options.bucket, Key=full_key, **self._owner, **kwargs)  # type: ignore[no-any-return]
-        except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
-            mapped = s3_error(e, operation, self._loc(full_key))
-        raise _StoreError(mapped)
+        """One S3 call, retried through :func:`portshift.call_with_retries` when the mapped error
+        is retryable. Every wait is on the job's cancel event (Ctrl-C ends it at once with
+        :class:`~portshift.Interrupted`); botocore's own retries are off (client.py)."""
+
+        def once() -> dict[str, Any]:
+            try:
+                return fn(Bucket=self.options.bucket, Key=full_key, **self._owner, **kwargs)  # type: ignore[no-any-return]
+            except Exception as e:  # noqa: BLE001 - every SDK failure is mapped at this boundary
+                mapped = s3_error(e, operation, self._loc(full_key))
+            raise _StoreError(mapped)
+
+        return call_with_retries(
+            once,
+            backoff=self._backoff,
+            should_retry=lambda e: isinstance(e, _StoreError) and e.error.retryable,
+            hint=lambda e: getattr(getattr(e, "error", None), "retry_after", None),
+            cancel=self.cancel,
+            on_retry=lambda n, e, delay: log.debug("%s: %s; retry %d in %.1fs", operation, e, n, delay),
+            what=operation,
+        )
 
     def _put_single(
         self, full_key: str, key: str, body: bytes | bytearray, digest: bytes, headers: dict[str, str] | None = None
@@ -317,7 +175,7 @@ class S3Sink(Sink):
             key=key,
             size=len(body),
             checksums={"sha256": digest.hex(), "s3-sha256": theirs},
-            version=_version(resp),
+            version=version_of(resp),
             verified="S3 checked SHA-256 of 1 part (the whole object: the manifest SHA-256)",
         )
 
@@ -456,7 +314,7 @@ class S3Sink(Sink):
                     f"for {self._loc(full_key)}; the upload was aborted"
                 )
             )
-        return _Part(number=number, etag=_etag(resp) or "", checksum=theirs, digest=digest, size=len(body))
+        return _Part(number=number, etag=etag_of(resp) or "", checksum=theirs, digest=digest, size=len(body))
 
     def _completed(self, full_key: str, key: str, parts: list[_Part], total: int, resp: dict[str, Any]) -> PutResult:
         composite = f"{b64(hashlib.sha256(b''.join(p.digest for p in parts)).digest())}-{len(parts)}"
@@ -474,7 +332,7 @@ class S3Sink(Sink):
         else:
             verified += "; the store returned no composite checksum"
         return PutResult(
-            key=key, size=total, checksums={"s3-sha256-composite": composite}, version=_version(resp), verified=verified
+            key=key, size=total, checksums={"s3-sha256-composite": composite}, version=version_of(resp), verified=verified
         )
 
     def _abort(self, full_key: str, upload_id: str) -> bool:
@@ -495,19 +353,6 @@ class S3Sink(Sink):
             )
             return False
         return True
-
-
-def _version(resp: dict[str, Any]) -> str | None:
-    """The version id when the bucket is versioned, else the ETag."""
-    vid = resp.get("VersionId")
-    if vid and vid != "null":
-        return str(vid)
-    return _etag(resp)
-
-
-def _etag(resp: dict[str, Any]) -> str | None:
-    etag = resp.get("ETag")
-    return str(etag) if etag else None
 
 
 __all__ = ["S3Options", "S3Sink"]

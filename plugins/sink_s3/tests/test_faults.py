@@ -5,10 +5,10 @@ body, while the other part is in flight).
 
 Outcome rules checked here:
 
-- ``sink.put`` with the plugin's own settings (botocore standard retries, 3 attempts): it either
+- ``sink.put`` with the plugin's own settings (3 attempts per call, by the sink's retry policy): it either
   succeeds, and the object re-downloaded is byte for byte what was sent, or raises a portshift
   error; either way no multipart upload is left open, and after a failure nothing is visible
-  under the key. With botocore's retries off (a test seam, the plugin has no such option),
+  under the key. With the sink's retries off (a test seam, the plugin has no such option),
   every fault fails the put with a retryable, secret-free portshift error and leaves nothing.
 - ``portshift run`` (a real subprocess, 12 recordings whose media go up in 2 parts of 5 MiB,
   ``transfers = 2``) through a fault proxy faulting 10 connections (6 resets, then 4
@@ -18,10 +18,10 @@ Outcome rules checked here:
   left open. A re-run on a clean path (its requests counted by a TLS-terminating proxy) finishes
   the job writing only what was missing.
 
-Timeouts: the plugin pins botocore's timeouts (connect 15 s, read 60 s) and retries (standard,
-3 attempts) with no option to change them, so the sink-level tests lower the timeouts through a
-subclass of the plugin's HTTP session (``low_timeouts``) and switch retries off by wrapping its
-``Config`` (``no_retries``). The job-level test runs the plugin untouched.
+Timeouts: the plugin pins botocore's timeouts (connect 15 s, read 60 s) and its retries (3
+attempts per call, ``S3Sink.retry_policy``) with no option to change them, so the sink-level tests
+lower the timeouts through a subclass of the plugin's HTTP session (``low_timeouts``) and switch
+retries off by lowering that policy (``no_retries``). The job-level test runs the plugin untouched.
 
 Faults go through ``portshift.testing.FaultProxy`` itself (its ``reset`` reaches the server).
 """
@@ -76,14 +76,19 @@ def low_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The plugin's Config with one attempt per request instead of three."""
+    """One attempt per request instead of three: botocore makes one (its retries are off), and the
+    sink's own retry policy is lowered to one attempt."""
+    from portshift_sink_s3.sink import S3Sink
+
+    from portshift import Backoff
 
     def config(**kwargs: Any) -> Config:
-        assert kwargs["retries"] == {"mode": "standard", "total_max_attempts": 3}, "the plugin's retries changed"
-        kwargs["retries"] = {"mode": "standard", "total_max_attempts": 1}
+        assert kwargs["retries"] == {"mode": "standard", "total_max_attempts": 1}, "botocore must not retry"
         return Config(**kwargs)
 
+    assert S3Sink.retry_policy.attempts == 3, "the plugin's retries changed"
     monkeypatch.setattr(s3_client, "Config", config)
+    monkeypatch.setattr(S3Sink, "retry_policy", Backoff(attempts=1))
 
 
 #: shape -> (bytes of the file, client->server bytes on a connection at which the fault fires).
@@ -269,7 +274,8 @@ def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
 
 RECORDINGS = 12
 MEDIA = PART + MiB + 17  # 2 parts
-FAILED_LINE = re.compile(r"^  (ex\d{10})  (.+)$")
+#: "  <recording>  <reason>  <message>" under "failed N recordings" (portshift run's summary)
+FAILED_LINE = re.compile(r"^  (ex\d{10})  (\S+)  (.+)$")
 
 
 def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, prefix: str) -> Path:
@@ -312,7 +318,7 @@ def failed_on_stderr(stderr: str) -> dict[str, str]:
         m = FAILED_LINE.match(line)
         if not m:
             break
-        out[m.group(1)] = m.group(2)
+        out[m.group(1)] = m.group(3)
     assert len(out) == count, stderr[-3000:]
     return out
 
@@ -445,8 +451,10 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert {k: v for k, v in done2.items() if k in done1} == done1, "the re-run changed what was done"
     missing = set(done2) - set(done1)
     assert {done2[k][2] for k in missing} == set(failed), "the re-run wrote files of other recordings"
-    writes = {
-        urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2] for q in tls_proxy.seen if q.method in ("PUT", "POST")
+    writes = {  # check()'s conditional PutObject (If-Match no object satisfies) writes nothing
+        urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2]
+        for q in tls_proxy.seen
+        if q.method in ("PUT", "POST") and "If-Match" not in q.headers
     }
     if first.returncode == 0:
         assert f"job {job_id} of this job file is already complete" in second.stdout + second.stderr

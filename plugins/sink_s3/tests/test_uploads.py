@@ -167,7 +167,12 @@ def test_interrupt_mid_multipart_aborts(
 
 
 def test_server_failure_on_one_part_aborts_and_leaves_nothing(
-    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
+    make_sink: Callable[..., Any],
+    tls_proxy: Any,
+    read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]],
+    admin: Any,
+    bucket: str,
 ) -> None:
     # Every attempt at part 3 loses its connection (botocore retries it, then gives up).
     tls_proxy.rule = lambda req: tls_proxy.Action(close=True) if "partNumber=3&" in req.target + "&" else None
@@ -199,15 +204,28 @@ def test_location_is_bucket_and_prefix(make_sink: Callable[..., Any], bucket: st
     assert make_sink().location() == f"s3://{bucket}"
 
 
-def test_check_contacts_nothing_unless_check_write(
-    make_sink: Callable[..., Any], tls_proxy: Any, read_obj: Callable[[str], bytes | None]
+def test_check_creates_nothing_and_writes_only_with_check_write(
+    make_sink: Callable[..., Any],
+    tls_proxy: Any,
+    read_obj: Callable[[str], bytes | None],
+    pending: Callable[[], list[Any]],
+    admin: Any,
+    bucket: str,
 ) -> None:
+    """check() proves the bucket and the write permission with a PutObject that cannot be written
+    (If-Match on a name no object has: NoSuchKey) and an AbortMultipartUpload for an upload that
+    does not exist (NoSuchUpload): no object, no upload, nothing to leave behind if the process
+    dies. check_write adds the marker object."""
     sink = make_sink(endpoint_url=tls_proxy.url, prefix="chk")
     sink.check()
-    assert tls_proxy.connections == 0
+    assert [r.method for r in tls_proxy.seen] == ["PUT", "DELETE"]
+    assert "If-Match" in tls_proxy.seen[0].headers and "uploadId=check-" in tls_proxy.seen[1].target
+    assert admin.list_objects_v2(Bucket=bucket, Prefix="chk/").get("KeyCount") == 0
+    assert read_obj("chk/.portshift-check") is None and pending() == []
+    tls_proxy.seen.clear()
     writer = make_sink(endpoint_url=tls_proxy.url, prefix="chk", check_write=True)
     writer.check()
-    assert [r.method for r in tls_proxy.seen] == ["PUT"]
+    assert [r.method for r in tls_proxy.seen] == ["PUT", "DELETE", "PUT"]
     assert read_obj("chk/.portshift-check") == b"portshift write check\n"
 
 

@@ -15,6 +15,8 @@ const TERMINAL = ["complete", "partial", "failed", "cancelled"];
 let offers = { sources: [], sinks: [] };
 let currentJob = null;
 let events = null;
+let samples = []; // [time ms, bytes] of the running job, for the rate
+let followedAt = Date.now();
 
 function $(id) { return document.getElementById(id); }
 
@@ -56,11 +58,34 @@ function renderFields(section, offer) {
   }
 }
 
+function renderPermissions(offer) {
+  const p = offer && offer.permissions;
+  $("permissions").hidden = !p;
+  if (!p) return;
+  $("policy-title").textContent = p.title;
+  $("policy-text").textContent = p.text;
+  $("policy-source").textContent = p.source;
+  $("policy-copied").textContent = "";
+}
+
+async function copyPolicy() {
+  try {
+    await navigator.clipboard.writeText($("policy-text").textContent);
+    $("policy-copied").textContent = "Copied.";
+  } catch (e) {
+    $("policy-copied").textContent = "Select the text and copy it.";
+  }
+}
+
 function fillSelect(section, list) {
   const select = $(section + "-type");
   select.replaceChildren();
   for (const o of list) select.appendChild(el("option", { value: o.type }, o.label));
-  const pick = () => renderFields(section, list.find((o) => o.type === select.value));
+  const pick = () => {
+    const offer = list.find((o) => o.type === select.value);
+    renderFields(section, offer);
+    if (section === "sink") renderPermissions(offer);
+  };
   select.addEventListener("change", pick);
   pick();
 }
@@ -111,6 +136,63 @@ async function post(url, body) {
   return doc;
 }
 
+function humanDuration(s) {
+  if (!isFinite(s) || s < 0) return "–";
+  if (s < 90) return `about ${Math.max(1, Math.round(s))} s`;
+  if (s < 5400) return `about ${Math.round(s / 60)} min`;
+  return `about ${(s / 3600).toFixed(1)} h`;
+}
+
+function renderRate(job) {
+  const now = Date.now();
+  samples.push([now, job.bytes]);
+  samples = samples.filter(([t]) => now - t <= 10000);
+  const [t0, b0] = samples[0];
+  const rate = now > t0 ? ((job.bytes - b0) * 1000) / (now - t0) : 0;
+  const running = job.status === "running";
+  $("job-rate").textContent = running && rate > 0 ? humanBytes(rate) + "/s" : "–";
+  const bar = $("job-bar");
+  const total = job.recordings_total;
+  const r = job.recordings || { done: 0, failed: 0, skipped: 0 };
+  const finished = r.done + r.failed + r.skipped;
+  let percent = null;
+  if (job.status === "complete") percent = 100;
+  else if (total) percent = Math.min(99, Math.floor((100 * finished) / total));
+  if (percent === null) {
+    bar.removeAttribute("value"); // indeterminate: the source has not said how many recordings there are
+    $("job-percent").textContent = "";
+    $("job-eta").textContent = running ? "when the source has listed its recordings" : "–";
+  } else {
+    bar.value = percent;
+    $("job-percent").textContent = `${percent} %`;
+    const left = total && finished && running ? ((total - finished) * (now - followedAt)) / 1000 / finished : NaN;
+    $("job-eta").textContent = job.status === "complete" ? "done" : humanDuration(left);
+  }
+  bar.dataset.percent = percent === null ? "" : String(percent);
+}
+
+function shellQuote(s) { return "'" + String(s).replace(/'/g, "'\\''") + "'"; }
+
+function renderVerify(job) {
+  const show = job.status === "complete" && !!job.manifest_sha256;
+  $("verify").hidden = !show;
+  if (!show) return;
+  $("verify-root").textContent = job.export_root;
+  const lines = [
+    `cd ${shellQuote(job.export_root)}`,
+    "sha256sum -c portshift-manifest.txt",
+    `sha256sum portshift-manifest.txt    # must print ${job.manifest_sha256}`,
+  ];
+  if (offers.signing) {
+    lines.push(
+      `curl -fsS -o manifest-signing.pub.pem ${location.origin}${offers.signing.public_key}`,
+      "openssl pkeyutl -verify -pubin -inkey manifest-signing.pub.pem -rawin \\",
+      "  -in portshift-manifest.txt -sigfile portshift-manifest.txt.sig",
+    );
+  }
+  $("verify-commands").textContent = lines.join("\n");
+}
+
 function render(job) {
   $("progress").hidden = false;
   const status = $("job-status");
@@ -133,10 +215,13 @@ function render(job) {
   $("resume-button").hidden = !resumable;
   $("resume-help").hidden = !resumable;
   $("start-button").disabled = !done;
+  renderRate(job);
+  renderVerify(job);
 }
 
 function follow(jobId) {
   if (events) events.close();
+  followedAt = Date.now();
   events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events`);
   events.addEventListener("status", (ev) => render(JSON.parse(ev.data)));
   events.addEventListener("end", () => { events.close(); events = null; });
@@ -159,6 +244,7 @@ async function startJob(ev) {
   try {
     const job = await post("/api/jobs", body);
     currentJob = job.id;
+    samples = [];
     render(job);
     follow(job.id);
   } catch (e) {
@@ -214,6 +300,7 @@ async function init() {
   $("cancel-button").addEventListener("click", cancelJob);
   $("resume-button").addEventListener("click", resumeJob);
   $("signup-form").addEventListener("submit", signup);
+  $("policy-copy").addEventListener("click", copyPolicy);
   document.body.dataset.ready = "1";
 }
 

@@ -26,6 +26,15 @@ async function main() {
     out.pageHeaders = resp.headers();
     await page.waitForSelector('body[data-ready="1"]', { timeout: 15000 });
 
+    // the least-privilege policy of the chosen storage, then none for a local folder
+    await page.selectOption("#sink-type", "s3");
+    out.policyShown = !(await page.$eval("#permissions", (e) => e.hidden));
+    out.policy = await page.textContent("#policy-text");
+    out.policySource = await page.textContent("#policy-source");
+    await page.selectOption("#sink-type", "local");
+    out.policyHiddenForLocal = await page.$eval("#permissions", (e) => e.hidden);
+    out.securityHref = await page.getAttribute("#security-link", "href");
+
     // a missing credential: a clear error, nothing started
     await page.selectOption("#source-type", "canary");
     await page.selectOption("#sink-type", "local");
@@ -46,7 +55,8 @@ async function main() {
     let status = "";
     while (Date.now() < deadline) {
       status = (await page.textContent("#job-status")) || "";
-      out.progress.push([status, await page.textContent("#job-files")]);
+      out.progress.push([status, await page.textContent("#job-files"),
+        await page.getAttribute("#job-bar", "data-percent"), await page.textContent("#job-rate")]);
       if (["complete", "failed", "cancelled", "partial"].includes(status)) break;
       await page.waitForTimeout(100);
     }
@@ -54,7 +64,12 @@ async function main() {
     out.manifest = await page.textContent("#job-manifest");
     out.exportRoot = await page.textContent("#job-root");
     out.jobError = await page.textContent("#job-error");
+    await page.waitForSelector("#verify:not([hidden])", { timeout: 10000 });
+    out.percent = await page.getAttribute("#job-bar", "data-percent");
+    out.barValue = await page.$eval("#job-bar", (e) => e.value);
+    out.verifyCommands = await page.textContent("#verify-commands");
     await page.screenshot({ path: cfg.screenshot, fullPage: true });
+    await page.locator("#job-bar").screenshot({ path: cfg.screenshot + ".bar.png" });
 
     await page.fill("#signup-name", "Browser Tester");
     await page.fill("#signup-email", "tester@example.com");
@@ -62,6 +77,12 @@ async function main() {
     await page.click("#signup-button");
     await page.waitForSelector("#signup-result:not([hidden])", { timeout: 10000 });
     out.signup = await page.textContent("#signup-result");
+
+    const sec = await page.goto(cfg.url + "security");
+    out.securityStatus = sec.status();
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 15000 });
+    out.advisories = await page.textContent("#advisories");
+    await page.screenshot({ path: cfg.screenshot + ".security.png", fullPage: true });
   } finally {
     await ctx.close();
   }

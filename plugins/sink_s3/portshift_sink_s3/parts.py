@@ -1,0 +1,94 @@
+"""The pieces an S3 upload is made of: filling a part from the stream in one buffer, the
+checksums and headers sent with it, what S3 answered (version, ETag), and the wrapper that
+carries a mapped portshift error out of a retried call."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from portshift import HashingStream, PortshiftError, media_type
+
+log = logging.getLogger("portshift.s3")
+
+#: How much is taken from the stream at a time while a part is filled.
+READ_SIZE = 256 * 1024
+
+
+def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | bytearray:
+    """Up to ``size`` bytes of ``stream`` (after ``start``), fewer only at its end.
+
+    A small artifact comes back as the bytes read; a large one is copied into one buffer of
+    ``size`` bytes allocated up front, so that a part costs its own size in memory and not the
+    several transient copies a single ``stream.read(size)`` would make.
+    """
+    head = start or stream.read(min(READ_SIZE, size))
+    if len(head) < READ_SIZE:
+        more = stream.read(min(READ_SIZE, size - len(head))) if head and len(head) < size else b""
+        if not more:
+            return head
+        head = head + more
+    buf = bytearray(size)
+    view = memoryview(buf)
+    pos = len(head)
+    view[:pos] = head
+    del head
+    while pos < size:
+        chunk = stream.read(min(READ_SIZE, size - pos))
+        if not chunk:
+            break
+        view[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    view.release()
+    if pos < size:
+        del buf[pos:]
+    return buf
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def content_type_args(value: str | None) -> dict[str, str]:
+    """``{"ContentType": value}`` for a well-formed media type, else nothing (S3 then stores
+    ``binary/octet-stream``). The value comes from the source, so it is checked before it
+    becomes a header."""
+    if not value:
+        return {}
+    checked = media_type(value)
+    if checked is None:
+        log.warning("the source gave a content type that is not a valid media type; the object is stored without one")
+        return {}
+    return {"ContentType": checked}
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    etag: str
+    checksum: str  # base64 SHA-256, as S3 returned it (and equal to ours)
+    digest: bytes
+    size: int
+
+
+class StoreError(Exception):
+    """An S3 call failed: carries the mapped portshift error, raised from None at the boundary."""
+
+    def __init__(self, error: PortshiftError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def version_of(resp: dict[str, Any]) -> str | None:
+    """The version id when the bucket is versioned, else the ETag."""
+    vid = resp.get("VersionId")
+    if vid and vid != "null":
+        return str(vid)
+    return etag_of(resp)
+
+
+def etag_of(resp: dict[str, Any]) -> str | None:
+    etag = resp.get("ETag")
+    return str(etag) if etag else None

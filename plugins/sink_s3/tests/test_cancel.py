@@ -1,0 +1,70 @@
+"""Ctrl-C during a long backoff: ``portshift run`` (a real subprocess, the built-in example source
+-> this sink) against a store that answers every request 503 SlowDown with ``Retry-After: 600``
+stops within a second of SIGINT, exit 130, whether the backoff is in ``check()`` (which the run
+calls before listing) or in a put (the check passes against moto, the uploads get the 503). The
+sink's retries wait on the job's cancel event (botocore's own retries, which ``time.sleep``, are
+off)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portshift import ExitCode
+
+from .conftest import ACCESS_KEY, SECRET_KEY, Certs
+
+
+@pytest.mark.parametrize("phase", ["check", "put"])
+def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(
+    tmp_path: Path, tls_proxy: Any, certs: Certs, bucket: str, phase: str
+) -> None:
+    slow = tls_proxy.error_response(503, "Slow Down", "SlowDown", headers={"Retry-After": "600"})
+
+    def slowed(req: Any) -> bool:  # check(): a conditional PutObject; a small file: a plain one
+        return phase == "check" or (req.method == "PUT" and "If-Match" not in req.headers)
+
+    tls_proxy.rule = lambda req: tls_proxy.Action(respond=slow) if slowed(req) else None
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[source]\ntype = "example"\ncount = 3\nmedia_size = 1000\n\n'
+        f'[sink]\ntype = "s3"\nbucket = "{bucket}"\nregion = "us-east-1"\nendpoint_url = "{tls_proxy.url}"\n'
+        f'ca_bundle = "{certs.ca_pem}"\naddressing_style = "path"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
+    env.update({"PORTSHIFT_AWS_ACCESS_KEY_ID": ACCESS_KEY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(tmp_path / "s.db"), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(slowed(r) for r in tls_proxy.seen) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        reached = any(slowed(r) for r in tls_proxy.seen)
+        assert reached and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
+        time.sleep(0.5)  # every transfer is now waiting out the 600 s Retry-After
+        asked = len(tls_proxy.seen)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(f"stopped {elapsed:.3f} s after SIGINT, exit {proc.returncode}")
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert elapsed < 1.0, f"stopped {elapsed:.2f} s after SIGINT"
+    assert len(tls_proxy.seen) == asked, "no request after the signal"
+    assert "Traceback" not in err
