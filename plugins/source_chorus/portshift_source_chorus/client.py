@@ -38,6 +38,7 @@ from portshift import (
     SourceError,
     https_client,
     parse_retry_after,
+    pin_loggers,
     redact_url,
     ssl_context,
 )
@@ -55,18 +56,9 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: fails in seconds); an answer that says "later" (429, 5xx) is retried as always
 CHECK_CONNECT_TIMEOUT = 5.0
 
+#: httpx logs full URLs (media links with their signature) at INFO and httpcore logs response
+#: headers (a redirect's Location) at DEBUG: these loggers, and their children, stay at WARNING
 PINNED = ("httpx", "httpcore", "hpack", "h11", "h2")
-
-
-def pin_loggers() -> None:
-    """httpx logs full URLs (media links with their signature) at INFO and httpcore logs response
-    headers (a redirect's Location) at DEBUG: keep them, and any child logger someone configured
-    more verbosely, at WARNING."""
-    for name in PINNED:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith(tuple(p + "." for p in PINNED)):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class ChorusClient:
@@ -91,7 +83,7 @@ class ChorusClient:
         self.cancel: threading.Event | None = None
         #: tests: a function that replaces waiting for a backoff (it records the delays)
         self.sleep: Callable[[float], None] | None = None
-        pin_loggers()
+        pin_loggers(PINNED, trees=PINNED)
         timeout = httpx.Timeout(connect=options.connect_timeout, read=options.read_timeout, write=options.read_timeout, pool=None)
         self._check_timeout = httpx.Timeout(
             connect=min(options.connect_timeout, CHECK_CONNECT_TIMEOUT),

@@ -30,7 +30,17 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from portshift import Artifact, Interrupted, Recording, SkipRecording, Source, SourceError, Window
+from portshift import (
+    Artifact,
+    Interrupted,
+    PortshiftError,
+    Recording,
+    SkipRecording,
+    Source,
+    SourceError,
+    Window,
+    check_failure,
+)
 
 from . import captions, listing
 from .client import ChorusClient
@@ -82,7 +92,10 @@ class ChorusSource(Source):
         does not answer fails at once (short connect timeout, no retry)."""
         end = datetime.now(timezone.utc)
         filters = listing.query_for(end - timedelta(days=7), end, self.options.engagement_types[0])
-        self.client.list_page(filters, check=True)
+        try:
+            self.client.list_page(filters, check=True)
+        except PortshiftError as e:  # one line, and run stops before listing: auth or fatal
+            raise check_failure(e) from None
 
     def close(self) -> None:
         self.client.close()

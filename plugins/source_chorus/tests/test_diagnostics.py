@@ -15,7 +15,7 @@ from portshift_source_chorus import ChorusSource
 from portshift_source_chorus.diagnostics import connection_failure
 from portshift_source_chorus.simulator import Behaviour, ChorusSimulator, Paging
 
-from portshift import AuthError, SourceError
+from portshift import AuthError, FatalError, SourceError
 
 from .conftest import WINDOW, make_source, options
 
@@ -47,7 +47,7 @@ def refused_port() -> int:
 def test_check_on_a_refused_port_fails_at_once_naming_the_reason(sim: ChorusSimulator, refused_port: int) -> None:
     source = ChorusSource(options(sim, base_url=f"https://127.0.0.1:{refused_port}", retries=5, backoff_base=1))
     t0 = time.monotonic()
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(FatalError) as e:  # check(): the run stops before listing, one line
         source.check()
     assert time.monotonic() - t0 < 1.0  # one attempt, no backoff
     text = str(e.value)
@@ -92,7 +92,7 @@ def silent_port() -> Iterator[int]:
 def test_check_on_a_silent_host_times_out_in_the_connect_timeout(sim: ChorusSimulator, silent_port: int) -> None:
     source = ChorusSource(options(sim, base_url=f"https://127.0.0.1:{silent_port}", connect_timeout=1, read_timeout=30))
     t0 = time.monotonic()
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(FatalError) as e:  # check(): the run stops before listing, one line
         source.check()
     took = time.monotonic() - t0
     assert 0.9 < took < 3.0, took
@@ -112,7 +112,7 @@ def test_a_dns_failure_is_named_as_such() -> None:
 def test_a_403_from_something_that_is_not_chorus_says_so(sim: ChorusSimulator) -> None:
     sim.configure(behaviour=Behaviour(foreign_403=True))
     source = ChorusSource(options(sim))
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(FatalError) as e:  # check(): the run stops before listing, one line
         source.check()
     assert not isinstance(e.value, AuthError)
     assert "does not come from the Chorus API" in str(e.value) and "token" not in str(e.value)

@@ -14,7 +14,7 @@ from portshift_source_chorus import ChorusOptions, ChorusSource
 from portshift_source_chorus.simulator import ChorusSimulator, Fault, Faults, MediaConfig
 from portshift_source_chorus.simulator.certs import make_certs
 
-from portshift.errors import AuthError, ConfigError, PortshiftError, SourceError
+from portshift.errors import AuthError, ConfigError, FatalError, PortshiftError, SourceError
 from portshift.secrets import Secret
 
 from .conftest import CANARY, WINDOW, check_export, export_all, make_source, options
@@ -83,7 +83,7 @@ def test_the_simulator_ca_is_never_trusted_implicitly(sim: ChorusSimulator, tmp_
 def test_another_ca_is_refused(sim: ChorusSimulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     other = tmp_path / "other-ca.pem"
     other.write_bytes(make_certs().ca_pem)
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(FatalError) as e:  # check(): the run stops before listing
         ChorusSource(options(sim, ca_bundle=other)).check()
     assert "TLS certificate verification failed" in str(e.value)
     assert sim.stats.total("api") == 0
