@@ -147,6 +147,15 @@ def chorus() -> None:
 @click.option("--private", type=float, default=0.05, show_default=True, help="share of calls never listed (private)")
 @click.option("--rate-limit", type=float, default=0.0, help="requests per second the API enforces with 429s (0: none)")
 @click.option("--rate-limit-no-retry-after", is_flag=True, help="rate-limit 429s come without Retry-After")
+@click.option("--rate-window", default="", help="a fixed-window limit N/SECONDS, e.g. 10/60 (10 requests a minute)")
+@click.option("--unprocessed", type=float, default=0.05, show_default=True, help="share of calls live, scheduled or processing")
+@click.option("--no-show", type=float, default=0.05, show_default=True, help="share of calls marked no_show")
+@click.option("--unrecorded-no-shows", is_flag=True, help="no-shows recorded nothing (default: they keep their recording)")
+@click.option("--media-missing", type=float, default=0.0, help="share of calls whose media answers 404 (transcript kept)")
+@click.option("--summaries", type=float, default=0.0, help="share of calls whose conversation carries a summary")
+@click.option("--scorecards", type=float, default=0.0, help="share of calls a scorecard names")
+@click.option("--ignore-date-filters", is_flag=True, help="/v3/engagements ignores min_date/max_date")
+@click.option("--trackers-always", is_flag=True, help="tracker_matches even without with_trackers=true")
 def simulate(**kw: Any) -> None:
     """Run a Chorus API simulator over HTTPS on loopback until Ctrl-C.
 
@@ -154,7 +163,7 @@ def simulate(**kw: Any) -> None:
     otherwise a random one is made and printed. Test and demo tooling: its throw-away CA is
     trusted only by clients given --ca-out's file as ca_bundle.
     """
-    from .simulator import ChorusSimulator, Fault, Faults, MediaConfig, Paging, TenantSpec
+    from .simulator import Behaviour, ChorusSimulator, Fault, Faults, MediaConfig, Paging, TenantSpec
     from .simulator.tenant import Tenant
 
     big: dict[int, int] = {}
@@ -168,6 +177,13 @@ def simulate(**kw: Any) -> None:
     except ValueError:
         raise click.BadParameter("a comma list of integers", param_hint="--page-size") from None
     times = kw["fault_times"]
+    window: tuple[int, float] | None = None
+    if kw["rate_window"]:
+        n, _, secs = kw["rate_window"].partition("/")
+        try:
+            window = (int(n), float(secs))
+        except ValueError:
+            raise click.BadParameter("use N/SECONDS, e.g. 10/60", param_hint="--rate-window") from None
 
     def fault(ratio: float, on: tuple[str, ...] | None = None) -> Fault | None:
         if ratio <= 0:
@@ -185,6 +201,12 @@ def simulate(**kw: Any) -> None:
             not_found_ratio=kw["not_found"],
             forbidden_ratio=kw["forbidden"],
             private_ratio=kw["private"],
+            unprocessed_ratio=kw["unprocessed"],
+            no_show_ratio=kw["no_show"],
+            recorded_no_show=not kw["unrecorded_no_shows"],
+            media_missing_ratio=kw["media_missing"],
+            summary_ratio=kw["summaries"],
+            scorecard_ratio=kw["scorecards"],
         )
     )
     faults = Faults(
@@ -199,6 +221,7 @@ def simulate(**kw: Any) -> None:
         expired_status=int(kw["expired_status"]),
         rate_limit=kw["rate_limit"],
         rate_limit_retry_after=not kw["rate_limit_no_retry_after"],
+        rate_window=window,
     )
     token = os.environ.get("PORTSHIFT_CHORUS_TOKEN") or None
     sim = ChorusSimulator(
@@ -207,6 +230,7 @@ def simulate(**kw: Any) -> None:
         faults=faults,
         paging=Paging(page_sizes=sizes, duplicates=kw["duplicates"], end_marker=kw["end_marker"]),
         media=MediaConfig(mode=kw["media_mode"], json_shape=kw["json_shape"], link_ttl=kw["link_ttl"]),
+        behaviour=Behaviour(ignore_date_filters=kw["ignore_date_filters"], trackers_only_on_request=not kw["trackers_always"]),
         host=kw["host"],
         port=kw["port"],
         media_port=kw["media_port"],
@@ -262,5 +286,6 @@ def simulate(**kw: Any) -> None:
         st = sim.stats
         click.echo(
             f"stopped: {st.total('api')} API requests, {st.total('media')} media requests, "
-            f"{st.throttled} answered 429, {st.links_issued} media links issued"
+            f"{st.throttled} answered 429, {st.links_issued} media links issued, "
+            f"{len(st.writes)} requests that would have changed the tenant"
         )

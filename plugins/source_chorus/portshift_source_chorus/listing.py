@@ -6,7 +6,13 @@ widened by one second on both sides (whether the API treats them as inclusive is
 documented) and every item is then kept only if its ``date_time`` lies in ``[start, end)`` of
 its slice: a call on a boundary belongs to exactly one slice. Pages follow ``continuation_key``
 with the same filters resent on every page, and stop on a missing, empty or blank key (the API
-sends a single space), an empty page, or a key seen before (a loop).
+sends a single space), an empty page, a key seen before (a loop), or a whole page older than the
+slice's start: a tenant that ignored ``min_date``/``max_date`` (no public source confirms they are
+honoured) would otherwise be walked to its first call once per slice.
+
+Every call of the window the API lists is yielded once, with what will happen to it decided
+here (:func:`plan`): exported, pending (not processed yet: a later run exports it) or skipped
+with a reason. Nothing is dropped without a word.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import math
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from portshift import RecordingPending, SkipRecording
 
 log = logging.getLogger("portshift.chorus")
 
@@ -43,8 +51,11 @@ def query_for(lo: datetime, hi: datetime, engagement_type: str) -> dict[str, str
     }
 
 
-def pages(get_page: Callable[[dict[str, str]], dict[str, Any]], filters: dict[str, str]) -> Iterator[list[Any]]:
-    """The pages of one query, following ``continuation_key`` until one of the end conditions."""
+def pages(
+    get_page: Callable[[dict[str, str]], dict[str, Any]], filters: dict[str, str], older_than: datetime | None = None
+) -> Iterator[list[Any]]:
+    """The pages of one query, following ``continuation_key`` until one of the end conditions;
+    with ``older_than``, also after a page whose every dated item started before it."""
     key: str | None = None
     seen: set[str] = set()
     while True:
@@ -56,6 +67,9 @@ def pages(get_page: Callable[[dict[str, str]], dict[str, Any]], filters: dict[st
         if not items:
             return
         yield items
+        if older_than is not None and _all_older(items, older_than):
+            log.debug("a whole page is older than the slice: end of the slice")
+            return
         nxt = doc.get("continuation_key")
         if not isinstance(nxt, str) or not nxt.strip():
             return
@@ -76,13 +90,37 @@ def started_at(item: dict[str, Any]) -> datetime | None:
         return None
 
 
-def wanted(item: dict[str, Any], include_unprocessed: bool, include_no_show: bool) -> bool:
-    """Only recorded calls: processing done, not a no-show, with a duration (by default)."""
-    if not include_unprocessed and item.get("processing_state") != "done":
-        return False
-    if not include_no_show and item.get("no_show") is True:
-        return False
+def _all_older(items: list[Any], limit: datetime) -> bool:
+    dates = [started_at(i) for i in items if isinstance(i, dict)]
+    known = [d for d in dates if d is not None]
+    return bool(known) and all(d < limit for d in known)
+
+
+#: processing states of a call that is not ready yet: pending, exported by a later run
+PENDING_STATES = frozenset({"live", "scheduled", "processing"})
+#: engagement types that may carry a recording
+RECORDED_TYPES = frozenset({"meeting", "dialer"})
+
+FULL = "full"  #: a recorded call: every artifact asked for
+METADATA = "metadata"  #: nothing recorded (an e-mail, a no-show kept by include_no_show): metadata-type files only
+
+
+def plan(item: dict[str, Any], kind: str, include_unprocessed: bool, include_no_show: bool) -> str | SkipRecording:
+    """What to do with one listed call: :data:`FULL`, :data:`METADATA`, or the pending/skip
+    outcome (a :class:`portshift.RecordingPending` or :class:`portshift.SkipRecording`)."""
+    if kind not in RECORDED_TYPES:
+        return METADATA  # e-mail, content_viewed, unrecorded_meeting: no recording by nature
+    state = item.get("processing_state")
+    if state != "done" and not include_unprocessed:
+        if state in PENDING_STATES:
+            return RecordingPending(str(state), f"the call is {state}: not ready yet, a later run exports it")
+        return SkipRecording("not_processed", f"the call's processing_state is {str(state)[:40]!r}, not 'done'")
     duration = item.get("duration")
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
-        return False
-    return duration > 0
+    recorded = not isinstance(duration, bool) and isinstance(duration, (int, float)) and duration > 0
+    if recorded:
+        return FULL  # a no-show with a recording is exported like any call
+    if item.get("no_show") is True:
+        if include_no_show:
+            return METADATA
+        return SkipRecording("no_show", "a no-show: nothing was recorded (include_no_show exports its metadata)")
+    return SkipRecording("no_recording", "nothing was recorded (no duration)")

@@ -7,10 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from portshift.options import HttpsUrl, PluginOptions
-from portshift.secrets import Secret, secret_field
+from portshift import HttpsUrl, PluginOptions, Secret, secret_field
 
-ARTIFACTS = ("media", "transcript", "captions", "metadata")
+#: every artifact, in the order they are yielded; the last four are opt-in (see DEFAULT_ARTIFACTS)
+ARTIFACTS = ("media", "transcript", "captions", "metadata", "summary", "action_items", "scorecards", "email")
+DEFAULT_ARTIFACTS = ("media", "transcript", "captions", "metadata")
 ENGAGEMENT_TYPES = ("meeting", "dialer", "email", "content_viewed", "unrecorded_meeting")
 
 #: The conversation fields requested by default: the list a client verified against real
@@ -28,7 +29,7 @@ DEFAULT_FIELDS = (
     "recording.utterances",
 )
 
-Artifact = Literal["media", "transcript", "captions", "metadata"]
+Artifact = Literal["media", "transcript", "captions", "metadata", "summary", "action_items", "scorecards", "email"]
 EngagementType = Literal["meeting", "dialer", "email", "content_viewed", "unrecorded_meeting"]
 
 
@@ -50,15 +51,23 @@ class ChorusOptions(PluginOptions):
         default_factory=lambda: ["meeting", "dialer"], min_length=1, description="engagement types to list"
     )
     artifacts: list[Artifact] = Field(
-        default_factory=lambda: list(ARTIFACTS),
+        default_factory=lambda: list(DEFAULT_ARTIFACTS),
         min_length=1,
-        description="what to export per call: media, transcript (JSON), captions (WebVTT), metadata (JSON)",
+        description="what to export per call: media, transcript (JSON), captions (WebVTT), metadata (JSON); opt-in: "
+        "summary, action_items (JSON, where the conversation carries them), scorecards (JSON), email (JSON, e-mail engagements)",
     )
     window_days: float = Field(
         default=7.0, gt=0, le=366, description="days per listing window (the API lists newest first and cannot seek)"
     )
-    include_unprocessed: bool = Field(default=False, description="also list calls whose processing_state is not 'done'")
-    include_no_show: bool = Field(default=False, description="also list calls marked no_show")
+    include_unprocessed: bool = Field(
+        default=False,
+        description="export calls that are live, scheduled or still processing as they are now, instead of marking "
+        "them pending for a later run",
+    )
+    include_no_show: bool = Field(
+        default=False,
+        description="also export the metadata of no-show calls that recorded nothing (recorded no-shows are always exported)",
+    )
     conversation_fields: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FIELDS), min_length=1, description="the `fields` asked of /api/v1/conversations/{id}"
     )
@@ -66,10 +75,24 @@ class ChorusOptions(PluginOptions):
         default=False, description="ask /media?info=true (a JSON answer carrying a download link) instead of a redirect"
     )
     requests_per_second: float = Field(
-        default=2.0, ge=0, le=1000, description="ceiling on requests to the Chorus API (0: no limit)"
+        default=1.0,
+        ge=0,
+        le=1000,
+        description="ceiling on requests to the Chorus API (0: no limit); halved after each 429, regained slowly",
+    )
+    min_requests_per_second: float = Field(
+        default=0.1, gt=0, le=1000, description="the rate 429s never push the client below (0.1/s = 6 a minute)"
     )
     burst: int = Field(default=1, ge=1, le=100, description="requests that may go out at once before the ceiling applies")
-    retries: int = Field(default=5, ge=0, le=20, description="retries of one request (429, 5xx, resets, timeouts)")
+    retries: int = Field(
+        default=5, ge=0, le=20, description="retries of one request (5xx, resets, timeouts; 429s: see retry_budget)"
+    )
+    retry_budget: float = Field(
+        default=900.0,
+        ge=0,
+        le=86400,
+        description="seconds one request may spend waiting on 429s (Retry-After or backoff) before it fails",
+    )
     backoff_base: float = Field(default=1.0, ge=0, le=60, description="first retry delay in seconds (doubles, with jitter)")
     backoff_cap: float = Field(default=60.0, ge=0, le=600, description="longest retry delay in seconds")
     max_retry_after: float = Field(

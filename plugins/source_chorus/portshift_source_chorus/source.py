@@ -1,16 +1,23 @@
-"""The ``chorus`` source: lists a tenant's recorded calls and yields each one's artifacts.
+"""The ``chorus`` source: lists a tenant's calls and yields each one's artifacts.
 
 Artifacts of one call, in this order (each optional, see the ``artifacts`` option):
 
 - ``media`` (``.mp4``/``.m4a``/``.mp3``/...: the extension follows the final Content-Type):
-  ``GET /api/v1/conversations/{id}/media``, by redirect or by a JSON download link;
+  ``GET /api/v1/conversations/{id}/media``, by redirect or by a JSON download link; a call
+  without media (404/403 there) keeps its other files, the media is reported missing;
 - ``transcript`` (``.json``): the ``GET /api/v1/conversations/{id}`` document exactly as Chorus
   returned it (metadata and ``recording.utterances``);
 - ``captions`` (``.vtt``): WebVTT built from those utterances;
 - ``metadata`` (``.json``): the call's ``/v3/engagements`` item (subject, participants,
-  trackers, account, ...), as the listing returned it, pretty-printed.
+  trackers, account, ...), as the listing returned it, pretty-printed;
+- opt-in: ``summary`` and ``action_items`` (``.json``) where the conversation carries them,
+  ``scorecards`` (``.json``: the tenant's scorecards that name the call), ``email`` (``.json``:
+  ``GET /api/v1/emails/{id}`` for e-mail engagements).
 
-The conversation document is fetched once per call and shared by ``transcript`` and ``captions``.
+Every call the listing returns in the window is yielded exactly once: to export, or with
+``skipped`` set (a :class:`portshift.RecordingPending` for a call not processed yet, a
+:class:`portshift.SkipRecording` with the reason otherwise). The conversation document is fetched
+once per call: it is the proof the call is visible, and feeds transcript, captions and summary.
 """
 
 from __future__ import annotations
@@ -18,51 +25,77 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from portshift.api import Artifact, Recording, Source, Window
-from portshift.errors import Interrupted, SourceError
+from portshift import (
+    Artifact,
+    Interrupted,
+    PortshiftError,
+    Recording,
+    SkipRecording,
+    Source,
+    SourceError,
+    Window,
+    check_failure,
+)
 
 from . import captions, listing
 from .client import ChorusClient
+from .extras import Extras
 from .options import ARTIFACTS, ChorusOptions
 
 log = logging.getLogger("portshift.chorus")
 
 #: engagement items kept between listing and export (the core lists only a little ahead)
 METADATA_CACHE = 4096
+#: artifacts that need the full conversation document
+FROM_CONVERSATION = frozenset({"transcript", "captions", "summary", "action_items"})
+#: artifacts read per call from the conversation's endpoints (the rest come from the listing)
+PER_CALL = FROM_CONVERSATION | {"media"}
+#: artifacts a call without a recording can still have
+WITHOUT_RECORDING = frozenset({"metadata", "email"})
 
 
 class ChorusSource(Source):
     Options = ChorusOptions
     description = "Chorus by ZoomInfo: recorded calls (media, transcript, captions, metadata) over the public API"
+    listing_limits = (
+        "Chorus never lists recordings marked private, nor calls the token's user may not see "
+        "(data access rules): export with a user who sees every recording"
+    )
 
     def __init__(self, options: ChorusOptions) -> None:
         super().__init__(options)
         self.options: ChorusOptions = options
-        self.client = ChorusClient(options, sleep=self._sleep)
-        self._metadata: OrderedDict[str, bytes] = OrderedDict()
+        self.client = ChorusClient(options)
+        self.extras = Extras(self.client)
+        self._metadata: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _sleep(self, seconds: float) -> None:
-        """Back off, but wake up at once when the run is asked to stop."""
-        if self.cancel is None:
-            time.sleep(seconds)
-        elif self.cancel.wait(seconds):
-            raise Interrupted("interrupted while waiting to retry")
+    # the core sets ``cancel`` before listing: every wait of the client ends when it is set
+    @property  # type: ignore[override]
+    def cancel(self) -> threading.Event | None:
+        return self.client.cancel
+
+    @cancel.setter
+    def cancel(self, event: threading.Event | None) -> None:
+        self.client.cancel = event
 
     def location(self) -> str:
         return self.client.location
 
     def check(self) -> None:
-        """List one page of the last week to prove the token works."""
+        """List one page of the last week to prove the host, TLS trust and token: a host that
+        does not answer fails at once (short connect timeout, no retry)."""
         end = datetime.now(timezone.utc)
         filters = listing.query_for(end - timedelta(days=7), end, self.options.engagement_types[0])
-        self.client.list_page(filters)
+        try:
+            self.client.list_page(filters, check=True)
+        except PortshiftError as e:  # one line, and run stops before listing: auth or fatal
+            raise check_failure(e) from None
 
     def close(self) -> None:
         self.client.close()
@@ -74,14 +107,32 @@ class ChorusSource(Source):
         for lo, hi in listing.slices(window.start, window.end, o.window_days):
             for etype in o.engagement_types:
                 filters = listing.query_for(lo, hi, etype)
-                for items in listing.pages(self.client.list_page, filters):
+                filters["with_trackers"] = "true"
+                what = f"calls {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} ({etype})"
+                page = 0
+
+                def get_page(params: dict[str, str], what: str = what) -> dict[str, Any]:
+                    nonlocal page
+                    page += 1  # said before the request: the line shows what a long wait is for
+                    self._progress(f"{what}, page {page}: {len(seen)} listed")
+                    return self._page(params)
+
+                for items in listing.pages(get_page, filters, older_than=lo):
                     for item in items:
                         rec = self._recording(item, lo, hi, etype)
                         if rec is None or rec.id in seen:
                             continue
                         seen.add(rec.id)
-                        self._remember(rec.id, item)
                         yield rec
+
+    def _page(self, params: dict[str, str]) -> dict[str, Any]:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Interrupted("interrupted while listing")
+        return self.client.list_page(params)
+
+    def _progress(self, text: str) -> None:
+        if self.on_listing is not None:
+            self.on_listing(text)
 
     def _recording(self, item: Any, lo: datetime, hi: datetime, etype: str) -> Recording | None:
         if not isinstance(item, dict):
@@ -92,56 +143,86 @@ class ChorusSource(Source):
             log.warning("an engagement without engagement_id or date_time was ignored")
             return None
         if not lo <= started < hi:
-            return None  # outside this slice (the query was widened): another slice has it
+            return None  # outside this slice (the query was widened, or not honoured): another slice has it
         kind = item.get("engagement_type", etype)
         if kind != etype:
-            return None
-        if not listing.wanted(item, self.options.include_unprocessed, self.options.include_no_show):
-            return None
-        return Recording(id=eid, started_at=started, fields={"type": str(kind)})
+            return None  # listed under its own type's query
+        o = self.options
+        what = listing.plan(item, str(kind), o.include_unprocessed, o.include_no_show)
+        rec = Recording(id=eid, started_at=started, fields={"type": str(kind)})
+        if isinstance(what, SkipRecording):
+            rec.skipped = what
+        elif what == listing.METADATA and not WITHOUT_RECORDING & set(o.artifacts):
+            rec.skipped = SkipRecording(
+                "no_recording", f"a {kind} engagement has no recording (add 'metadata' to artifacts to export its listing item)"
+            )
+        else:
+            self._remember(eid, item, what)
+        return rec
 
-    def _remember(self, eid: str, item: dict[str, Any]) -> None:
+    def _remember(self, eid: str, item: dict[str, Any], what: str) -> None:
         data = json.dumps(item, ensure_ascii=False, indent=2).encode()
         with self._lock:
-            self._metadata[eid] = data
+            self._metadata[eid] = (data, what)
             self._metadata.move_to_end(eid)
             while len(self._metadata) > METADATA_CACHE:
                 self._metadata.popitem(last=False)
 
-    def _engagement_json(self, rec: Recording) -> bytes:
+    def _engagement(self, rec: Recording) -> tuple[bytes, str]:
         with self._lock:
-            data = self._metadata.get(rec.id)
-        if data is not None:
-            return data
+            known = self._metadata.get(rec.id)
+        if known is not None:
+            return known
         # Not listed by this process (evicted): ask for it by id around its start time.
         if rec.started_at is None:
             raise SourceError(f"call {rec.id}: its engagement is not known", retryable=False)
         day = timedelta(days=1)
-        filters = listing.query_for(rec.started_at - day, rec.started_at + day, rec.fields.get("type", "meeting"))
+        kind = rec.fields.get("type", "meeting")
+        filters = listing.query_for(rec.started_at - day, rec.started_at + day, kind)
         filters["engagement_id"] = rec.id
+        filters["with_trackers"] = "true"
         for items in listing.pages(self.client.list_page, filters):
             for item in items:
                 if isinstance(item, dict) and item.get("engagement_id") == rec.id:
-                    self._remember(rec.id, item)
-                    return json.dumps(item, ensure_ascii=False, indent=2).encode()
+                    o = self.options
+                    what = listing.plan(item, kind, o.include_unprocessed, o.include_no_show)
+                    if isinstance(what, SkipRecording):
+                        raise what
+                    self._remember(rec.id, item, what)
+                    return self._metadata[rec.id]
         raise SourceError(f"call {rec.id}: its engagement is no longer listed", retryable=False)
 
     # --- artifacts -----------------------------------------------------------------------------
     def artifacts(self, recording: Recording) -> list[Artifact]:
+        if recording.skipped is not None:
+            raise recording.skipped  # a core that did not look at ``skipped`` still records it
+        metadata, what = self._engagement(recording)
         wanted = [a for a in ARTIFACTS if a in self.options.artifacts]
-        doc_bytes: bytes | None = None
+        if what == listing.METADATA:
+            wanted = [a for a in wanted if a in WITHOUT_RECORDING]
+        elif "email" in wanted:
+            wanted.remove("email")
         doc: Any = None
-        if "transcript" in wanted or "captions" in wanted:
-            doc_bytes, doc = self.client.conversation(recording.id)
+        doc_bytes = b""
+        if what == listing.FULL and PER_CALL & set(wanted):
+            # the conversation proves the call is visible (403/404 skip it) before its media is
+            # asked for: a media 404 then means only the media is missing
+            doc_bytes, doc = self.client.conversation(recording.id, full=bool(FROM_CONVERSATION & set(wanted)))
         out: list[Artifact] = []
+        cid = recording.id
         for name in wanted:
             if name == "media":
-                cid = recording.id
                 out.append(Artifact(name="media", open=lambda cid=cid: self.client.open_media(cid), extension="bin"))
-            elif name == "transcript" and doc_bytes is not None:
+            elif name == "transcript":
                 out.append(Artifact.from_bytes("transcript", doc_bytes, "json", "application/json"))
             elif name == "captions":
                 out.append(Artifact.from_bytes("captions", captions.webvtt(doc).encode(), "vtt", "text/vtt"))
             elif name == "metadata":
-                out.append(Artifact.from_bytes("metadata", self._engagement_json(recording), "json", "application/json"))
+                out.append(Artifact.from_bytes("metadata", metadata, "json", "application/json"))
+            elif name in ("summary", "action_items"):
+                out.append(self.extras.from_conversation(name, cid, doc, metadata))
+            elif name == "scorecards":
+                out.append(self.extras.scorecards(cid))
+            elif name == "email":
+                out.append(self.extras.email(cid))
         return out

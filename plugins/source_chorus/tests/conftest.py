@@ -16,11 +16,9 @@ from typing import Any
 import pytest
 from portshift_source_chorus import ChorusOptions, ChorusSource
 from portshift_source_chorus.options import DEFAULT_FIELDS
-from portshift_source_chorus.simulator import ChorusSimulator, Faults, MediaConfig, Paging, Tenant, TenantSpec
+from portshift_source_chorus.simulator import Behaviour, ChorusSimulator, Faults, MediaConfig, Paging, Tenant, TenantSpec
 
-from portshift.api import Window
-from portshift.errors import SkipRecording
-from portshift.secrets import Secret
+from portshift import ArtifactMissing, RecordingPending, Secret, SkipRecording, Window
 from portshift.testing import PlainListener, read_artifact
 
 CANARY = "CANARY-chorus-tok-7f3a9e21"
@@ -49,9 +47,9 @@ def simulator() -> Iterator[ChorusSimulator]:
 @pytest.fixture
 def sim(simulator: ChorusSimulator) -> Iterator[ChorusSimulator]:
     """The session simulator with default behaviour; whatever a test configures is undone."""
-    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig())
+    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig(), behaviour=Behaviour())
     yield simulator
-    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig())
+    simulator.configure(faults=Faults(), paging=Paging(), media=MediaConfig(), behaviour=Behaviour())
 
 
 @pytest.fixture
@@ -117,26 +115,38 @@ class Export:
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)  #: call id -> artifact -> bytes
     extensions: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  #: call id -> reason
+    pending: dict[str, str] = field(default_factory=dict)  #: call id -> reason (processing, live...)
+    missing: dict[str, dict[str, str]] = field(default_factory=dict)  #: call id -> artifact -> reason
     listed: list[str] = field(default_factory=list)
 
 
 def export_all(source: ChorusSource, window: Window = WINDOW) -> Export:
-    """What the core does, minus the sink: list, then open and read every artifact."""
+    """What the core does, minus the sink: list, then open and read every artifact; a recording
+    listed as pending or skipped, or whose ``artifacts()`` says so, is recorded with its reason."""
     out = Export()
     for rec in source.recordings(window):
         out.listed.append(rec.id)
         try:
+            if rec.skipped is not None:
+                raise rec.skipped
             artifacts = list(source.artifacts(rec))
             got: dict[str, bytes] = {}
             exts: dict[str, str] = {}
             for a in artifacts:
-                data, opened = read(a)
+                try:
+                    data, opened = read(a)
+                except ArtifactMissing as e:
+                    out.missing.setdefault(rec.id, {})[a.name] = e.reason
+                    continue
                 if opened.size is not None:
                     assert len(data) == opened.size, f"{rec.id}/{a.name}: short read accepted"
                 if a.sha256:
                     assert hashlib.sha256(data).hexdigest() == a.sha256
                 got[a.name] = data
                 exts[a.name] = opened.extension or a.extension
+        except RecordingPending as e:
+            out.pending[rec.id] = e.reason
+            continue
         except SkipRecording as e:
             out.skipped[rec.id] = e.reason
             continue
@@ -148,31 +158,57 @@ def export_all(source: ChorusSource, window: Window = WINDOW) -> Export:
 EXT = {"video/mp4": "mp4", "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/wav": "wav"}
 
 
-def check_export(sim: ChorusSimulator, got: Export, window: Window = WINDOW, artifacts: tuple[str, ...] | None = None) -> None:
-    """Every visible call exactly once, each artifact byte-identical to the tenant's truth, the
-    hidden ones skipped with their reason."""
+def check_export(
+    sim: ChorusSimulator,
+    got: Export,
+    window: Window = WINDOW,
+    artifacts: tuple[str, ...] | None = None,
+    **flags: bool,
+) -> None:
+    """Every call listed in the window yielded exactly once and ending in one outcome: exported
+    (each artifact byte-identical to the tenant's truth, media missing where the tenant has none),
+    pending (not processed yet) or skipped with its reason (hidden from the token's user, nothing
+    recorded). Nothing dropped."""
     t = sim.tenant
-    expected = t.exportable(window.start, window.end)
+    outcomes = t.outcomes(window.start, window.end, **flags)
     assert len(got.listed) == len(set(got.listed)), "a call was listed twice"
-    assert sorted(got.listed) == sorted(c.engagement_id for c in expected)
+    assert sorted(got.listed) == sorted(outcomes), "a listed call was dropped, or one outside the window yielded"
     wanted = artifacts or ("media", "transcript", "captions", "metadata")
-    # calls hidden from the token's user answer 403/404 once a per-call request is made
-    per_call = bool({"media", "transcript", "captions"} & set(wanted))
-    hidden = {c.engagement_id: c.hidden for c in expected if c.hidden and per_call}
-    assert got.skipped == hidden
-    for c in expected:
-        if c.engagement_id in hidden:
+    for cid, outcome in outcomes.items():
+        c = t.by_id[cid]
+        kind, _, reason = outcome.partition(":")
+        if kind == "pending":
+            assert got.pending.get(cid) == reason, (cid, outcome)
             continue
-        files = got.files[c.engagement_id]
-        assert sorted(files) == sorted(wanted)
-        if "media" in wanted:
+        if kind == "skipped":
+            assert got.skipped.get(cid) == reason, (cid, outcome)
+            continue
+        if kind == "metadata":
+            if "metadata" not in wanted:
+                assert got.skipped.get(cid) == "no_recording"
+            else:
+                assert sorted(got.files[cid]) == ["metadata"]
+            continue
+        if c.hidden and {"media", "transcript", "captions"} & set(wanted):  # 403/404 once asked: skipped
+            assert got.skipped.get(cid) == c.hidden, (cid, got.skipped.get(cid))
+            continue
+        files = got.files[cid]
+        expect = [a for a in wanted if not (a == "media" and not c.has_media)]
+        assert sorted(files) == sorted(expect), cid
+        if not c.has_media and "media" in wanted:
+            assert got.missing[cid] == {"media": "media_not_found"}
+        else:
+            assert cid not in got.missing, got.missing.get(cid)
+        if "media" in files:
             media = files["media"]
             assert len(media) == c.media_size
-            assert hashlib.sha256(media).hexdigest() == t.media_sha256(c.engagement_id), c.engagement_id
-            assert got.extensions[c.engagement_id]["media"] == EXT[c.content_type]
+            assert hashlib.sha256(media).hexdigest() == t.media_sha256(cid), cid
+            assert got.extensions[cid]["media"] == EXT[c.content_type]
         if "transcript" in wanted:
-            assert files["transcript"] == t.conversation_bytes(c.engagement_id, set(DEFAULT_FIELDS))
+            assert files["transcript"] == t.conversation_bytes(cid, set(DEFAULT_FIELDS))
         if "metadata" in wanted:
             assert json.loads(files["metadata"]) == t.engagement(c)
         if "captions" in wanted:
             assert files["captions"].startswith(b"WEBVTT\n")
+    # an export reads: no request that would change the tenant (a write, a summary generation)
+    assert sim.stats.writes == [], sim.stats.writes

@@ -15,7 +15,7 @@ import pytest
 from portshift_source_chorus import ChorusOptions, ChorusSource
 from portshift_source_chorus.cli import parse_size, parse_sizes
 
-from portshift.errors import SkipRecording
+from portshift.errors import ArtifactMissing, RecordingPending, SkipRecording
 from portshift.secrets import Secret
 from portshift.testing import clean_env, run_portshift
 
@@ -94,8 +94,10 @@ def test_simulate_serves_until_sigterm(tmp_path: Path) -> None:
                 backoff_base=0.01,
             )
         )
-        recs = list(source.recordings(WINDOW))
-        assert len(recs) == info["exportable"] > 0
+        listed = list(source.recordings(WINDOW))
+        # calls not processed yet or with nothing recorded are listed too, marked with their outcome
+        recs = [r for r in listed if r.skipped is None]
+        assert len(recs) == info["exportable"] > 0 and len(listed) > len(recs)
         skipped = exported = 0
         for rec in recs:
             try:
@@ -115,6 +117,58 @@ def test_simulate_serves_until_sigterm(tmp_path: Path) -> None:
     assert "token        from PORTSHIFT_CHORUS_TOKEN" in out
     assert CANARY not in out
     assert "answered 429" in out and "stopped:" in out
+
+
+def test_simulate_switches_the_tenant_behaviours(tmp_path: Path) -> None:
+    """The issue-22 behaviours from the command line: ignored date filters, media 404s with the
+    transcript kept, unprocessed calls, a fixed-window rate limit; the export reads only."""
+    proc, info = start(
+        tmp_path,
+        "--calls",
+        "30",
+        "--seed",
+        "5",
+        "--media-size",
+        "1KiB",
+        "--ignore-date-filters",
+        "--media-missing",
+        "0.3",
+        "--unprocessed",
+        "0.3",
+        "--rate-window",
+        "30/1",
+    )
+    try:
+        source = ChorusSource(
+            ChorusOptions(
+                base_url=info["base_url"],
+                token=Secret(CANARY, "token"),
+                ca_bundle=info["ca_bundle"],
+                backoff_base=0.05,
+                requests_per_second=0,
+            )
+        )
+        listed = list(source.recordings(WINDOW))
+        pending = [r for r in listed if isinstance(r.skipped, RecordingPending)]
+        missing = exported = 0
+        for rec in listed:
+            if rec.skipped is not None:
+                continue
+            try:
+                arts = {a.name: a for a in source.artifacts(rec)}
+            except SkipRecording:
+                continue
+            try:
+                read(arts["media"])
+            except ArtifactMissing as e:
+                assert e.reason == "media_not_found"
+                missing += 1
+            read(arts["transcript"])
+            exported += 1
+        assert pending and missing and exported > missing
+    finally:
+        out = stop(proc)
+    assert "0 requests that would have changed the tenant" in out
 
 
 def test_simulate_makes_a_token_when_none_is_given(tmp_path: Path) -> None:

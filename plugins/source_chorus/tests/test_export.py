@@ -16,10 +16,10 @@ def test_every_visible_call_once_every_artifact_correct(sim: ChorusSimulator) ->
     source = make_source(sim)
     got = export_all(source)
     check_export(sim, got)
-    assert got.skipped and set(got.skipped.values()) == {"not_found", "forbidden"}
-    # the conversation document is fetched once per call and shared by transcript and captions
-    listed = len(got.listed)
-    assert sim.stats.requests["api:conversation"] == listed
+    assert {"not_found", "forbidden"} <= set(got.skipped.values())
+    # the conversation document is fetched once per recorded call and shared by transcript and captions
+    recorded = [cid for cid, o in sim.tenant.outcomes(WINDOW.start, WINDOW.end).items() if o == "export"]
+    assert sim.stats.requests["api:conversation"] == len(recorded)
     assert sim.stats.requests["api:media_api"] == len(got.files)  # skipped calls stop at the document
     # media by redirect: one link per download, every download on the media host
     assert sim.stats.links_issued == sim.stats.requests["media:media"] == len(got.files)
@@ -52,9 +52,14 @@ def test_info_mode_asks_for_the_json_link(sim: ChorusSimulator) -> None:
     assert sim.stats.statuses["api:302"] == 0 and sim.stats.statuses["api:200"] > 0
 
 
-def test_only_media_never_fetches_the_document(sim: ChorusSimulator) -> None:
-    export_all(make_source(sim, artifacts=["media"]))
-    assert sim.stats.requests["api:conversation"] == 0
+def test_only_media_asks_the_document_for_presence_only(sim: ChorusSimulator) -> None:
+    """The conversation proves the call is visible before its media is asked for (a media 404
+    then means the media alone is missing), with the smallest ``fields``: no utterances."""
+    got = export_all(make_source(sim, artifacts=["media"]))
+    assert sim.stats.requests["api:conversation"] == len(got.files) + sum(
+        1 for r in got.skipped.values() if r in ("not_found", "forbidden")
+    )
+    assert sim.stats.conversation_queries and all(q["fields"] == "name,status" for q in sim.stats.conversation_queries)
 
 
 def test_metadata_only_needs_the_listing(sim: ChorusSimulator) -> None:
@@ -65,7 +70,7 @@ def test_metadata_only_needs_the_listing(sim: ChorusSimulator) -> None:
 
 def test_metadata_of_a_call_not_in_the_cache_is_fetched_by_id(sim: ChorusSimulator) -> None:
     source = make_source(sim, artifacts=["metadata"])
-    rec = next(iter(source.recordings(WINDOW)))
+    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None)
     source._metadata.clear()
     before = sim.stats.requests["api:list"]
     (artifact,) = source.artifacts(rec)
@@ -77,7 +82,7 @@ def test_metadata_of_a_call_not_in_the_cache_is_fetched_by_id(sim: ChorusSimulat
 
 def test_reopening_media_downloads_again(sim: ChorusSimulator) -> None:
     source = make_source(sim, artifacts=["media"])
-    rec = next(r for r in source.recordings(WINDOW) if not sim.tenant.by_id[r.id].hidden)
+    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None and not sim.tenant.by_id[r.id].hidden)
     (media,) = source.artifacts(rec)
     first, _ = read(media)
     second, _ = read(media)
@@ -115,7 +120,7 @@ def test_captions_follow_the_utterances(sim: ChorusSimulator) -> None:
     checked = 0
     for rec in source.recordings(WINDOW):
         call = sim.tenant.by_id[rec.id]
-        if call.hidden:
+        if call.hidden or rec.skipped is not None:
             continue
         arts = {a.name: read(a)[0] for a in source.artifacts(rec)}
         utts = sorted(sim.tenant.utterances(call), key=lambda u: u["index"])

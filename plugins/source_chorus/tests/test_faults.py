@@ -22,7 +22,7 @@ ALL = ("list", "conversation", "media_api", "media")
 def visible_media(sim: ChorusSimulator, source: ChorusSource, min_size: int = 2):  # type: ignore[no-untyped-def]
     for rec in source.recordings(WINDOW):
         call = sim.tenant.by_id[rec.id]
-        if not call.hidden and call.media_size >= min_size:
+        if rec.skipped is None and not call.hidden and call.media_size >= min_size:
             yield rec
 
 
@@ -82,14 +82,18 @@ def test_retry_after_is_capped(sim: ChorusSimulator) -> None:
 
 
 def test_429_forever_gives_up_with_a_retryable_error(sim: ChorusSimulator) -> None:
+    """429s are retried past ``retries`` while the waiting stays within ``retry_budget``."""
     sim.configure(faults=Faults(throttle=Fault(ratio=1.0, times=-1, on=("conversation",)), retry_after="none"))
-    source = make_source(sim, retries=3)
+    sleeps = Sleeps()
+    source = make_source(sim, sleeps, retries=3, backoff_base=0.01, backoff_cap=0.01, retry_budget=0.1)
     rec = next(visible_media(sim, source))
     with pytest.raises(SourceError) as e:
         source.artifacts(rec)
     assert e.value.retryable and e.value.status == 429
-    assert "gave up after 4 attempts" in str(e.value) and "Too Many Requests" in str(e.value)
-    assert sim.stats.requests["api:conversation"] == 4
+    tries = sim.stats.requests["api:conversation"]
+    assert f"gave up after {tries} attempts" in str(e.value) and "Too Many Requests" in str(e.value)
+    # past the 4 attempts ``retries`` gives other failures, within 0.1 s of waiting in all
+    assert tries > 4 and 0.1 - 0.01 < sum(sleeps.delays) <= 0.1
 
 
 # --- rate limits ------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ def test_without_the_limiter_the_server_limit_is_hit(sim: ChorusSimulator) -> No
     sleeps = Sleeps(scale=1.0)
     source = make_source(sim, sleeps, requests_per_second=0, retries=15, artifacts=["metadata"], window_days=45)
     ids = [r.id for r in source.recordings(WINDOW)]
-    assert sorted(ids) == sorted(c.engagement_id for c in sim.tenant.exportable())
+    assert sorted(ids) == sorted(c.engagement_id for c in sim.tenant.listed())
     assert sim.stats.rate_limited > 0
 
 
@@ -264,23 +268,26 @@ def test_bearer_scheme(sim: ChorusSimulator) -> None:
 def test_hidden_calls_are_skipped_with_their_reason(sim: ChorusSimulator) -> None:
     got = export_all(make_source(sim))
     check_export(sim, got)
-    reasons = sorted(set(got.skipped.values()))
-    assert reasons == ["forbidden", "not_found"]
+    hidden = {c.engagement_id: c.hidden for c in sim.tenant.exportable() if c.hidden}
+    assert sorted(set(hidden.values())) == ["forbidden", "not_found"]
+    assert {cid: got.skipped[cid] for cid in hidden} == hidden
 
 
-def test_hidden_media_alone_is_skipped(sim: ChorusSimulator) -> None:
+def test_a_call_hidden_from_the_token_is_skipped_before_its_media_is_asked(sim: ChorusSimulator) -> None:
+    """Only media asked for: the conversation is asked first (its fields minimal), so that a 404
+    skips the call as not visible, while a media 404 alone only reports the media missing."""
     source = make_source(sim, artifacts=["media"])
-    rec = next(r for r in source.recordings(WINDOW) if sim.tenant.by_id[r.id].hidden == "not_found")
-    (media,) = source.artifacts(rec)
+    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None and sim.tenant.by_id[r.id].hidden == "not_found")
     with pytest.raises(SkipRecording) as e:
-        media.open()
+        source.artifacts(rec)
     assert e.value.reason == "not_found"
     assert "HTTP 404" in str(e.value) and "Not found" in str(e.value)
+    assert sim.stats.requests["api:media_api"] == 0
 
 
 def test_strict_turns_a_skip_into_an_error(sim: ChorusSimulator) -> None:
     source = make_source(sim, strict=True)
-    rec = next(r for r in source.recordings(WINDOW) if sim.tenant.by_id[r.id].hidden == "forbidden")
+    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None and sim.tenant.by_id[r.id].hidden == "forbidden")
     with pytest.raises(SourceError) as e:
         source.artifacts(rec)
     assert e.value.status == 403 and not e.value.retryable

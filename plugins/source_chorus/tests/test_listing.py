@@ -10,15 +10,16 @@ from hypothesis import strategies as st
 from portshift_source_chorus.listing import pages, slices
 from portshift_source_chorus.simulator import ChorusSimulator, Faults, MediaConfig, Paging
 
-from portshift.api import Window
+from portshift import RecordingPending, SkipRecording, Window
 
 from .conftest import WINDOW, make_source
 
 MARKERS = ["space", "missing", "empty", "null", "empty_page", "repeat", "mixed"]
 
 
-def expected_ids(sim: ChorusSimulator, window: Window = WINDOW, **kw: bool) -> list[str]:
-    return sorted(c.engagement_id for c in sim.tenant.exportable(window.start, window.end, **kw))
+def expected_ids(sim: ChorusSimulator, window: Window = WINDOW) -> list[str]:
+    """Every call the API lists in the window: each is yielded, whatever becomes of it."""
+    return sorted(c.engagement_id for c in sim.tenant.listed(window.start, window.end))
 
 
 def listed(sim: ChorusSimulator, window: Window = WINDOW, limit: int = 2000, **kw: object) -> list[str]:
@@ -94,22 +95,38 @@ def test_the_window_end_is_exclusive(sim: ChorusSimulator) -> None:
     assert call.engagement_id in listed(sim, Window(t, t + timedelta(seconds=1)))
 
 
-def test_processing_no_show_and_duration_filters(sim: ChorusSimulator) -> None:
+def test_unprocessed_no_show_and_unrecorded_calls_are_yielded_with_their_outcome(sim: ChorusSimulator) -> None:
+    """Nothing the API lists is dropped: a call not processed yet is pending, one with nothing
+    recorded is skipped with that reason, a recorded no-show is exported (issue 22)."""
     calls = sim.tenant.calls
     assert any(c.processing_state != "done" for c in calls) and any(c.no_show for c in calls)
-    assert sorted(listed(sim)) == expected_ids(sim)
-    assert sorted(listed(sim, include_unprocessed=True, include_no_show=True)) == expected_ids(
-        sim, include_unprocessed=True, include_no_show=True
+    source = make_source(sim)
+    recs = {r.id: r for r in source.recordings(WINDOW)}
+    assert sorted(recs) == expected_ids(sim)
+    for cid, outcome in sim.tenant.outcomes(WINDOW.start, WINDOW.end).items():
+        rec = recs[cid]
+        kind, _, reason = outcome.partition(":")
+        if kind == "export":
+            assert rec.skipped is None
+        elif kind == "pending":
+            assert isinstance(rec.skipped, RecordingPending) and rec.skipped.reason == reason
+        else:
+            assert isinstance(rec.skipped, SkipRecording) and not isinstance(rec.skipped, RecordingPending)
+            assert rec.skipped.reason == reason and str(rec.skipped)
+    assert {r.skipped.reason for r in recs.values() if r.skipped} >= {"no_recording"} or any(
+        isinstance(r.skipped, RecordingPending) for r in recs.values()
     )
-    assert len(expected_ids(sim, include_unprocessed=True, include_no_show=True)) > len(expected_ids(sim))
+    # include_unprocessed: exported as they are now, not pending
+    eager = {r.id: r for r in make_source(sim, include_unprocessed=True).recordings(WINDOW)}
+    assert not any(isinstance(r.skipped, RecordingPending) for r in eager.values())
     private = [c.engagement_id for c in calls if c.private]
-    assert private and not set(private) & set(listed(sim, include_unprocessed=True, include_no_show=True))
+    assert private and not set(private) & set(eager)
 
 
 def test_engagement_types_option(sim: ChorusSimulator) -> None:
     ids = listed(sim, engagement_types=["dialer"])
     assert ids and all(sim.tenant.by_id[i].engagement_type == "dialer" for i in ids)
-    assert sorted(ids) == sorted(c.engagement_id for c in sim.tenant.exportable(WINDOW.start, WINDOW.end, types=("dialer",)))
+    assert sorted(ids) == sorted(c.engagement_id for c in sim.tenant.listed(WINDOW.start, WINDOW.end, types=("dialer",)))
 
 
 def test_pages_stops_on_every_end_condition() -> None:

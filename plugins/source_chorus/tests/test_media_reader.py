@@ -125,7 +125,11 @@ def media_server(sim: ChorusSimulator) -> Iterator[MediaServer]:
 
 
 def _calls(sim: ChorusSimulator, source: Any, n: int, min_size: int = 1) -> list[Any]:
-    recs = [r for r in source.recordings(WINDOW) if not sim.tenant.by_id[r.id].hidden and sim.tenant.media_size(r.id) >= min_size]
+    recs = [
+        r
+        for r in source.recordings(WINDOW)
+        if r.skipped is None and not sim.tenant.by_id[r.id].hidden and sim.tenant.media_size(r.id) >= min_size
+    ]
     assert len(recs) >= n
     return recs[:n]
 

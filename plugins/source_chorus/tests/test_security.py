@@ -11,7 +11,7 @@ from portshift_source_chorus import ChorusOptions, ChorusSource
 from portshift_source_chorus.simulator import ChorusSimulator, Fault, Faults, MediaConfig
 from portshift_source_chorus.simulator.certs import make_certs
 
-from portshift.errors import AuthError, ConfigError, PortshiftError, SourceError
+from portshift.errors import AuthError, ConfigError, FatalError, PortshiftError, SourceError
 from portshift.secrets import Secret
 from portshift.testing import PlainListener, renderings
 
@@ -45,7 +45,7 @@ def test_the_simulator_ca_is_never_trusted_implicitly(sim: ChorusSimulator, tmp_
 def test_another_ca_is_refused(sim: ChorusSimulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     other = tmp_path / "other-ca.pem"
     other.write_bytes(make_certs().ca_pem)
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(FatalError) as e:  # check(): the run stops before listing
         ChorusSource(options(sim, ca_bundle=other)).check()
     assert "TLS certificate verification failed" in str(e.value)
     assert sim.stats.total("api") == 0
@@ -73,7 +73,7 @@ def test_a_link_to_another_host_name_on_the_same_server_gets_no_token(sim: Choru
     """Same address and port as the API, another host name: another origin, so no token."""
     sim.configure(media=MediaConfig(host="localhost", rewrite_link=lambda u: u.replace(f":{sim.media_port}/", f":{sim.port}/")))
     source = make_source(sim, artifacts=["media"], retries=0)
-    rec = next(r for r in source.recordings(WINDOW) if not sim.tenant.by_id[r.id].hidden)
+    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None and not sim.tenant.by_id[r.id].hidden)
     (media,) = source.artifacts(rec)
     with pytest.raises(SourceError) as e:
         media.open()
@@ -89,7 +89,7 @@ def test_a_redirect_to_plain_http_is_refused(sim: ChorusSimulator, plain: PlainL
 
     sim.configure(media=MediaConfig(rewrite_link=downgrade))
     source = make_source(sim, artifacts=["media"])
-    rec = next(r for r in source.recordings(WINDOW) if not sim.tenant.by_id[r.id].hidden)
+    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None and not sim.tenant.by_id[r.id].hidden)
     (media,) = source.artifacts(rec)
     with pytest.raises(SourceError) as e:
         media.open()
@@ -132,7 +132,7 @@ def test_no_token_or_link_in_logs_errors_or_reprs(sim: ChorusSimulator, caplog: 
     for build in (
         lambda: ChorusSource(options(sim, token=Secret(CANARY + "-wrong", "token"))).check(),
         lambda: make_source(sim, strict=True).artifacts(
-            next(r for r in source.recordings(WINDOW) if sim.tenant.by_id[r.id].hidden)
+            next(r for r in source.recordings(WINDOW) if r.skipped is None and sim.tenant.by_id[r.id].hidden)
         ),
     ):
         try:

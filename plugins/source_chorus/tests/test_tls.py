@@ -178,7 +178,7 @@ def test_trust_variables_naming_another_ca_do_not_remove_ca_bundle(
         monkeypatch.setenv(name, str(ca_file))  # a CA that did not sign the simulator's certificate
     source = ChorusSource(options(sim))
     try:
-        assert len(list(source.recordings(WINDOW))) == len(sim.tenant.exportable(WINDOW.start, WINDOW.end))
+        assert len(list(source.recordings(WINDOW))) == len(sim.tenant.listed(WINDOW.start, WINDOW.end))
     finally:
         source.close()
 

@@ -14,10 +14,12 @@ synthetic tenant, with switchable faults. Nothing in the source plugin depends o
 
 from __future__ import annotations
 
-from .server import ChorusSimulator, Fault, Faults, MediaConfig, Paging, Stats
+from .config import Behaviour, Fault, Faults, MediaConfig, Paging, Stats
+from .server import ChorusSimulator
 from .tenant import Call, Tenant, TenantSpec, media_chunks
 
 __all__ = [
+    "Behaviour",
     "Call",
     "ChorusSimulator",
     "Fault",

@@ -9,73 +9,20 @@ the fly from any offset in constant memory: a 2 GiB recording costs no memory, a
 from __future__ import annotations
 
 import hashlib
-import json
-import random
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from .calls import Call, _rng, _unit
+from .documents import Documents
+
+__all__ = ["BLOCK", "Call", "Tenant", "TenantSpec", "_unit", "media_chunks"]
 
 BLOCK = 64 * 1024
 
 DEFAULT_START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DEFAULT_END = datetime(2024, 4, 1, tzinfo=timezone.utc)
-
-_WORDS = (
-    "pricing renewal budget timeline integration security review pilot onboarding contract "
-    "forecast pipeline quarter discount champion procurement legal signature rollout roadmap "
-    "feature dashboard export latency support region migration seats license question answer"
-).split()
-_FIRST = ["Ana", "Björn", "Chloé", "Dmitri", "Esther", "Farid", "Grace", "Hiro", "Inès", "Jonas", "Kwame", "Lena"]
-_LAST = ["Okafor", "Müller", "Dubois", "Ivanova", "Cohen", "Haddad", "Hopper", "Tanaka", "Silva", "Berg", "Mensah", "Nowak"]
-_COMPANIES = ["Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark & Sons"]
-
-
-def _rng(*parts: object) -> random.Random:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def _unit(*parts: object) -> float:
-    """A deterministic number in [0, 1) for ``parts``."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-@dataclass(frozen=True)
-class Call:
-    """One engagement of the tenant, with what the simulator needs to serve it."""
-
-    index: int
-    engagement_id: str
-    engagement_type: str  #: meeting, dialer, or a type without a recording (email)
-    date_time: int  #: epoch seconds
-    duration: float
-    processing_state: str
-    no_show: bool
-    private: bool  #: never listed ("recordings marked as private are not returned")
-    hidden: str | None  #: listed, but "not_found"/"forbidden" for the token's user
-    media_size: int
-    content_type: str
-    audio_only: bool
-
-    @property
-    def started_at(self) -> datetime:
-        return datetime.fromtimestamp(self.date_time, tz=timezone.utc)
-
-    @property
-    def listed(self) -> bool:
-        return not self.private
-
-    def exportable(self, include_unprocessed: bool = False, include_no_show: bool = False) -> bool:
-        """Would the Chorus source list this call with these filters?"""
-        if self.private or self.engagement_type not in ("meeting", "dialer"):
-            return False
-        if not include_unprocessed and self.processing_state != "done":
-            return False
-        if not include_no_show and self.no_show:
-            return False
-        return self.duration > 0
 
 
 @dataclass
@@ -96,9 +43,15 @@ class TenantSpec:
     not_found_ratio: float = 0.0  #: listed, but 404 on /conversations/{id} and /media
     forbidden_ratio: float = 0.0  #: listed, but 403 on /conversations/{id} and /media
     same_second_ratio: float = 0.1  #: share of calls sharing their start second with another
+    #: no-shows keep their recording (the provider's own example: 48 minutes, done, no_show);
+    #: False: every no-show recorded nothing (duration 0)
+    recorded_no_show: bool = True
+    media_missing_ratio: float = 0.0  #: conversation there, media 404 (removed, expired, not recorded)
+    summary_ratio: float = 0.0  #: calls whose conversation carries a summary and action items
+    scorecard_ratio: float = 0.0  #: calls a scorecard names
 
 
-class Tenant:
+class Tenant(Documents):
     """The calls of one synthetic tenant, newest first."""
 
     def __init__(self, spec: TenantSpec | None = None, **kwargs: object) -> None:
@@ -146,12 +99,37 @@ class Tenant:
                 ctype = "audio/mpeg"
             else:
                 ctype = "video/mp4"
-            calls.append(Call(i, eid, kind, second, duration, state, no_show, private, hidden, size, ctype, audio_only))
+            if no_show and not s.recorded_no_show:
+                duration = 0.0
+            missing = _unit(s.seed, "media-missing", i) < s.media_missing_ratio
+            summary = _unit(s.seed, "summary", i) < s.summary_ratio
+            calls.append(
+                Call(i, eid, kind, second, duration, state, no_show, private, hidden, size, ctype, audio_only, missing, summary)
+            )
         calls.sort(key=lambda c: (c.date_time, c.engagement_id), reverse=True)
         self.calls: list[Call] = calls
         self.by_id: dict[str, Call] = {c.engagement_id: c for c in calls}
         self._sha_cache: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: calls whose summary a read generated (the API's default without skip_summary_generation)
+        self.generated: set[str] = set()
+
+    # --- changes over time -------------------------------------------------------------------
+    def finish_processing(self, call_ids: list[str] | None = None) -> list[str]:
+        """Calls that were live, scheduled or processing are done now (all, or ``call_ids``), as
+        Chorus finishes them between two runs. Returns the ids that changed."""
+        changed = []
+        for n, c in enumerate(self.calls):
+            if c.processing_state != "done" and (call_ids is None or c.engagement_id in call_ids):
+                done = replace(c, processing_state="done")
+                self.calls[n] = done
+                self.by_id[c.engagement_id] = done
+                changed.append(c.engagement_id)
+        return changed
+
+    def generate_summary(self, call_id: str) -> None:
+        with self._lock:
+            self.generated.add(call_id)
 
     # --- what tests ask ----------------------------------------------------------------------
     def exportable(
@@ -162,7 +140,7 @@ class Tenant:
         include_unprocessed: bool = False,
         include_no_show: bool = False,
     ) -> list[Call]:
-        """The calls the Chorus source must list for the window ``[start, end)``."""
+        """The calls the Chorus source must export in full for the window ``[start, end)``."""
         out = []
         for c in self.calls:
             if start is not None and c.started_at < start:
@@ -194,115 +172,29 @@ class Tenant:
     def media_size(self, call_id: str) -> int:
         return self.by_id[call_id].media_size
 
-    # --- documents -----------------------------------------------------------------------
-    def participants(self, call: Call) -> list[dict[str, object]]:
-        r = _rng(self.spec.seed, "people", call.index)
-        people = []
-        for n in range(r.randint(2, 4)):
-            first, last = r.choice(_FIRST), r.choice(_LAST)
-            rep = n == 0
-            people.append(
-                {
-                    "name": f"{first} {last}",
-                    "email": f"{first.lower()}.{last.lower()}@{'seller' if rep else 'buyer'}.example",
-                    "person_id": 1_000_000 + call.index * 10 + n,
-                    "user_id": 300_000 + call.index if rep else None,
-                    "title": "Account Executive" if rep else r.choice(["CTO", "VP Sales", "Buyer", "Engineer"]),
-                    "company_name": "Seller Inc" if rep else r.choice(_COMPANIES),
-                    "type": "rep" if rep else "customer",
-                }
-            )
-        return people
+    def listed(
+        self, start: datetime | None = None, end: datetime | None = None, types: tuple[str, ...] = ("meeting", "dialer")
+    ) -> list[Call]:
+        """Every call ``/v3/engagements`` lists in ``[start, end)`` for ``types``."""
+        return [
+            c
+            for c in self.calls
+            if c.listed
+            and c.engagement_type in types
+            and (start is None or c.started_at >= start)
+            and (end is None or c.started_at < end)
+        ]
 
-    def engagement(self, call: Call) -> dict[str, object]:
-        """The ``/v3/engagements`` item of a call (the shape of the published example)."""
-        people = self.participants(call)
-        rep = people[0]
-        return {
-            "engagement_id": call.engagement_id,
-            "engagement_type": call.engagement_type,
-            "subject": f"Call {call.index}: {_rng(self.spec.seed, 'subject', call.index).choice(_WORDS)} sync",
-            "date_time": call.date_time,
-            "duration": call.duration,
-            "processing_state": call.processing_state,
-            "no_show": call.no_show,
-            "language": "en",
-            "compliance": "compliant",
-            "user_id": rep["user_id"],
-            "user_name": rep["name"],
-            "user_email": rep["email"],
-            "account_id": f"acc-{call.index % 7}",
-            "account_name": people[-1]["company_name"],
-            "participants": people,
-            "tracker_matches": [{"name": "Pricing", "num_matches": call.index % 3, "type": "chorus"}],
-            "url": f"https://chorus.ai/meeting/{call.engagement_id}",
-        }
-
-    def utterances(self, call: Call) -> list[dict[str, object]]:
-        """Utterances in a shuffled array order (clients must sort by ``index``)."""
-        r = _rng(self.spec.seed, "utterances", call.index)
-        people = self.participants(call)
-        count = max(0, min(60, int(call.duration // 45)))
-        t = round(r.uniform(0, 3), 3)
-        out: list[dict[str, object]] = []
-        for n in range(count):
-            who = people[r.randrange(len(people))]
-            words = [r.choice(_WORDS) for _ in range(r.randint(3, 14))]
-            if n % 7 == 3:
-                words.insert(1, "<b>R&D</b> -->")  # text a caption writer must escape
-            length = round(r.uniform(0.8, 12.0), 3)
-            out.append(
-                {
-                    "id": f"{call.engagement_id}-{n}",
-                    "index": n,
-                    "snippet": " ".join(words),
-                    "snippet_time": t,
-                    "snippet_length": length,
-                    "snippet_word_count": len(words),
-                    "speaker_name": who["name"],
-                    "speaker_type": who["type"],
-                    "speaker_id": who["person_id"],
-                    "participant": who["person_id"],
-                    "engaging": r.random() < 0.1,
-                    "date_time": (call.started_at + timedelta(seconds=t)).isoformat().replace("+00:00", "Z"),
-                }
-            )
-            t = round(t + length + r.uniform(0, 2), 3)
-        r.shuffle(out)
-        return out
-
-    def conversation(self, call: Call, fields: set[str] | None) -> dict[str, object]:
-        """The ``/api/v1/conversations/{id}`` document. Utterances only when ``fields`` asks."""
-        people = self.participants(call)
-        recording: dict[str, object] = {
-            "start_time": call.started_at.isoformat().replace("+00:00", "Z"),
-            "duration": call.duration,
-            "audio_only": call.audio_only,
-            "end_reason": "ended",
-        }
-        if fields is not None and "recording.utterances" in fields:
-            recording["utterances"] = self.utterances(call)
-        status = {"done": "done"}.get(call.processing_state, call.processing_state)
-        return {
-            "data": {
-                "id": call.engagement_id,
-                "type": "recording",
-                "attributes": {
-                    "name": f"Call {call.index}",
-                    "status": "no show" if call.no_show else status,
-                    "language": "en",
-                    "private": False,
-                    "source": "zoom" if call.engagement_type == "meeting" else "dialer",
-                    "owner": {k: people[0][k] for k in ("email", "name", "person_id", "user_id")},
-                    "participants": people,
-                    "recording": recording,
-                },
-            }
-        }
-
-    def conversation_bytes(self, call_id: str, fields: set[str] | None) -> bytes:
-        """The exact bytes the simulator serves for a conversation document."""
-        return json.dumps(self.conversation(self.by_id[call_id], fields), ensure_ascii=False).encode()
+    def outcomes(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        types: tuple[str, ...] = ("meeting", "dialer"),
+        include_unprocessed: bool = False,
+        include_no_show: bool = False,
+    ) -> dict[str, str]:
+        """Call id -> :meth:`Call.outcome` for every call listed in the window."""
+        return {c.engagement_id: c.outcome(include_unprocessed, include_no_show) for c in self.listed(start, end, types)}
 
 
 def _base_block(seed: int, call_id: str) -> bytes:

@@ -1,0 +1,261 @@
+"""Downloading one call's media: ``/media`` by redirect or JSON link, followed by hand (https
+only, the token only to ``base_url``'s origin), fresh links for expired ones, Range resumes.
+
+A 403/404 from the API's ``/media`` means this one file is not there (removed, expired, never
+recorded, not visible): :class:`portshift.ArtifactMissing`, so the call's transcript and metadata
+are still exported. The media *host* refusing a link (401/403/410) means the link expired: a new
+one is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from portshift import ArtifactMissing, Attempts, Backoff, Opened, SourceError, forget_mask, redact_url
+
+from .diagnostics import MAX_ERROR_BODY, error_text
+from .media import MediaResponse
+from .media_links import drain, extension_for, find_link, mask_link
+
+if TYPE_CHECKING:
+    from .client import ChorusClient
+
+log = logging.getLogger("portshift.chorus")
+
+JSONAPI = "application/vnd.api+json"
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_HOPS = 5
+
+Response = httpx.Response | MediaResponse
+
+
+class MediaDownloader:
+    """Opens calls' media through a :class:`~portshift_source_chorus.client.ChorusClient`."""
+
+    def __init__(self, client: ChorusClient) -> None:
+        self.client = client
+        self.options = client.options
+        #: masks of the signed links handed out per call, forgotten when its download ends
+        self._links: dict[str, list[str]] = {}
+
+    def _follow(self, resp: Response, headers: dict[str, str], cid: str = "") -> Response:
+        """Follow redirects and JSON links by hand: https only, the token only to base_url's origin."""
+        client = self.client
+        hops = 0
+        while True:
+            status = resp.status_code
+            ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if status in REDIRECTS:
+                location = resp.headers.get("location")
+                drain(resp)
+                if not location:
+                    raise SourceError("a redirect without a Location", operation="get media", status=status, retryable=True)
+                target = resp.url.join(location)
+            elif status == 200 and client.same_origin(resp.url) and ctype in ("application/json", JSONAPI):
+                try:
+                    body = resp.read()
+                finally:
+                    resp.close()
+                try:
+                    target_raw = find_link(json.loads(body))
+                except ValueError:
+                    target_raw = None
+                if not target_raw:
+                    raise SourceError(
+                        "the /media answer carries no download link",
+                        operation="get media",
+                        location=redact_url(str(resp.url)),
+                        retryable=False,
+                    )
+                target = resp.url.join(target_raw)
+            else:
+                return resp
+            # the joined URL is sent as it is (a long signed link is not parsed again)
+            target_text = str(target)
+            self._links.setdefault(cid, []).extend(mask_link(target_text))
+            hops += 1
+            if hops > MAX_HOPS:
+                raise SourceError("too many redirects", operation="get media", location=client.location, retryable=True)
+            if not target_text.startswith("https://"):  # httpx's join() gives the scheme in lower case
+                raise SourceError(
+                    "refusing to follow the media link: it is not https",
+                    operation="get media",
+                    location=client.location,
+                    retryable=False,
+                )
+            resp = client.request(target, operation="download media", headers=headers, stream=True)
+
+    def _missing(self, cid: str, resp: Response, body: bytes) -> None:
+        """The API said this call has no media for the token (403/404): the file is missing."""
+        status = resp.status_code
+        text = error_text(body, status)
+        message = f"call {cid}: its media answered HTTP {status} ({text}): no recording, removed, or not visible"
+        if self.options.strict:
+            raise SourceError(message, operation="get media", status=status, location=redact_url(str(resp.url)), retryable=False)
+        raise ArtifactMissing("media_forbidden" if status == 403 else "media_not_found", message)
+
+    def _fetch(self, cid: str, headers: dict[str, str]) -> Response:
+        """A streaming response with the media bytes (or a Range of them), asking for a new link
+        when the media host refuses an expired one."""
+        client = self.client
+        refused = 0
+        while True:
+            params = {"info": "true"} if self.options.media_info else None
+            resp = client.request(
+                client.api_url(f"/api/v1/conversations/{urllib.parse.quote(cid, safe='')}/media"),
+                operation="get media",
+                params=params,
+                headers=headers,
+                stream=True,
+            )
+            resp = self._follow(resp, headers, cid)
+            status = resp.status_code
+            if status in (200, 206):
+                return resp
+            api = client.same_origin(resp.url)
+            body = b""
+            try:
+                body = resp.read()[:MAX_ERROR_BODY]
+            except httpx.HTTPError:
+                pass
+            finally:
+                resp.close()
+            if api:
+                if status in (403, 404):
+                    self._missing(cid, resp, body)
+                raise SourceError(
+                    error_text(body, status),
+                    operation="get media",
+                    status=status,
+                    location=redact_url(str(resp.url)),
+                    retryable=False,
+                )
+            if status in (401, 403, 410):  # the media host refused the link: expired or revoked
+                refused += 1
+                if refused > self.options.link_refreshes:
+                    raise SourceError(
+                        f"call {cid}: the media host refused {refused} download links (expired?)",
+                        operation="download media",
+                        status=status,
+                        location=client.where(resp.url, False),
+                        retryable=True,
+                    )
+                log.info("call %s: the media link was refused (HTTP %d); asking for a new one", cid, status)
+                continue
+            raise SourceError(
+                f"call {cid}: the media host answered HTTP {status}",
+                operation="download media",
+                status=status,
+                location=client.where(resp.url, False),
+                retryable=True,
+            )
+
+    def open(self, cid: str) -> Opened:
+        """Open a call's media for reading (called again for a retry)."""
+        client = self.client
+        resp = self._fetch(cid, {"Accept-Encoding": "identity"})
+        if resp.status_code != 200:
+            resp.close()
+            raise SourceError(f"call {cid}: unexpected HTTP {resp.status_code} for the media", retryable=True)
+        ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower() or None
+        size: int | None = None
+        # asked for identity; a server that compresses anyway gets decoded (and cannot be resumed)
+        decoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+        length = resp.headers.get("content-length")
+        if length is not None and length.isdigit() and not decoded:
+            size = int(length)
+        etag = resp.headers.get("etag")
+        final_url = resp.url
+
+        def where() -> str:  # only for an error: not worth a URL parse per download
+            return client.where(final_url, client.same_origin(final_url))
+
+        current: dict[str, Any] = {"resp": resp, "closed": False}
+
+        def close() -> None:
+            current["closed"] = True  # a download closed from another thread is not resumed
+            current["resp"].close()
+
+        def chunks() -> Iterator[bytes]:
+            offset = 0
+            # one retry policy for the resumes: ``retries`` of them, each wait cancellable
+            resumes = Attempts(
+                Backoff(base=client.backoff.base, cap=client.backoff.cap, attempts=self.options.retries + 1),
+                cancel=client.cancel,
+                what="waiting to resume a media download",
+                sleep=client.sleep,
+            )
+            try:
+                while True:
+                    broke: str | None = None
+                    try:
+                        body = current["resp"].iter_bytes if decoded else current["resp"].iter_raw
+                        for piece in body(self.options.chunk_size):
+                            offset += len(piece)
+                            yield piece
+                    except httpx.TimeoutException:
+                        broke = "timed out"
+                    except httpx.TransportError as e:
+                        broke = type(e).__name__
+                    if broke is None:
+                        return  # complete: httpx checks the body against Content-Length
+                    current["resp"].close()
+                    if current["closed"]:
+                        raise SourceError(
+                            f"call {cid}: the media download was closed",
+                            operation="download media",
+                            location=where(),
+                            retryable=True,
+                        )
+                    delay = resumes.next_delay() if self.options.resume_downloads and size is not None else None
+                    if delay is None:
+                        raise SourceError(
+                            f"call {cid}: the media download broke off after {offset} of {size if size is not None else '?'} "
+                            f"bytes ({broke})",
+                            operation="download media",
+                            location=where(),
+                            retryable=True,
+                        )
+                    log.info("call %s: media download broke off at byte %d (%s); resuming in %.2fs", cid, offset, broke, delay)
+                    resumes.wait(delay)
+                    current["resp"] = self._resume(cid, offset, size, etag)
+            finally:
+                current["resp"].close()
+                for value in self._links.pop(cid, []):  # the link is spent: keep the mask set small
+                    forget_mask(value)
+
+        return Opened(chunks=chunks(), size=size, extension=extension_for(ctype), content_type=ctype, close=close)
+
+    def _resume(self, cid: str, offset: int, size: int, etag: str | None) -> Response:
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={offset}-"}
+        if etag:
+            headers["If-Range"] = etag
+        resp = self._fetch(cid, headers)
+        ok = resp.status_code == 206
+        if ok:
+            crange = resp.headers.get("content-range", "")
+            try:
+                unit, _, rest = crange.partition(" ")
+                span, _, total = rest.partition("/")
+                first, _, last = span.partition("-")
+                ok = unit == "bytes" and int(first) == offset and int(last) == size - 1 and int(total) == size
+            except ValueError:
+                ok = False
+            if ok and etag and resp.headers.get("etag") and resp.headers.get("etag") != etag:
+                ok = False
+        if not ok:
+            status = resp.status_code
+            resp.close()
+            raise SourceError(
+                f"call {cid}: the media cannot be resumed at byte {offset} (HTTP {status}); starting over",
+                operation="download media",
+                status=status,
+                retryable=True,
+            )
+        return resp
