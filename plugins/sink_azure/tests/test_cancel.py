@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import trustme
 
 from portshift import ExitCode
+from portshift.testing import LocalCA, Request
 
-from .conftest import ACCOUNT, Azurite, TLSServer, server_context
+from .conftest import ACCOUNT, Azurite, TLSServer
 
 STAGED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BUSY = (
@@ -30,12 +30,12 @@ BUSY = (
 
 @pytest.mark.parametrize("phase", ["check", "put"])
 def test_sigint_during_a_server_busy_backoff_stops_the_run_within_a_second(
-    tmp_path: Path, azurite: Azurite, certs: tuple[trustme.CA, Path], phase: str
+    tmp_path: Path, azurite: Azurite, certs: LocalCA, phase: str
 ) -> None:
-    def is_probe(head: bytes) -> bool:  # check(): Put Block (comp=block); a small file: Put Blob
-        return b"comp=block" in head.split(b"\r\n", 1)[0]
+    def is_probe(request: Request) -> bool:  # check(): Put Block (comp=block); a small file: Put Blob
+        return "comp=block" in request.target
 
-    server = TLSServer(server_context(certs[0]), lambda head: STAGED if phase == "put" and is_probe(head) else BUSY)
+    server = TLSServer(certs.server_context(), lambda req: STAGED if phase == "put" and is_probe(req) else BUSY)
 
     def slowed() -> list[bytes]:
         return [h for h in server.requests if phase == "check" or not is_probe(h)]

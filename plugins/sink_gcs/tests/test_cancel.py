@@ -36,7 +36,7 @@ def test_sigint_during_a_503_backoff_stops_the_run_within_a_second(tmp_path: Pat
     server = TLSServer(server_context(certs.ca), respond)
 
     def slowed() -> list[object]:
-        return [r for r in server.requests if phase == "check" or "uploadType=multipart" in r[1]]
+        return [r for r in server.requests if phase == "check" or "uploadType=multipart" in r.target]
 
     job = tmp_path / "job.toml"
     job.write_text(
