@@ -37,7 +37,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     report = tmp_path_factory.mktemp("kit") / "report.xml"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", str(RUNS), "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-         f"--junitxml={report}", f"--rootdir={HERE / 'kit_broken'}", "-o", "addopts=--import-mode=prepend"],
+         f"--junitxml={report}", f"--rootdir={HERE / 'kit_broken'}", f"--confcutdir={HERE / 'kit_broken'}",
+         "-o", "addopts=--import-mode=prepend"],
         capture_output=True, text=True, cwd=HERE / "kit_broken", timeout=600,
     )  # fmt: skip
     assert report.exists(), done.stdout[-3000:] + done.stderr[-3000:]
