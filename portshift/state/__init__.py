@@ -95,9 +95,12 @@ def open_state(
     create: bool = True,
     password: Secret | None = None,
     ca_bundle: Path | None = None,
+    read_only: bool = False,
 ) -> State:
     """Open the state: a path (or nothing: the default file) is SQLite, a ``postgresql://`` URL
-    is PostgreSQL (``password`` and ``ca_bundle`` apply to it only)."""
+    is PostgreSQL (``password`` and ``ca_bundle`` apply to it only). ``read_only`` opens a SQLite
+    file another process writes, without migrating or writing anything (PostgreSQL ignores it:
+    its reader's role decides)."""
     if target is None or (isinstance(target, str) and not target.strip()):
         target = default_state_target()
     if is_postgres_url(target):
@@ -109,6 +112,8 @@ def open_state(
         return PostgresState.connect(str(target), password=password, ca_bundle=ca_bundle)
     from .sqlite import SqliteState
 
+    if read_only:
+        return SqliteState.open_read_only(Path(target))
     return SqliteState.open(Path(target), create=create)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,22 @@ class SqliteState(State):
         self._lock = threading.RLock()
         self._lock_files: list[int] = []
         self.created = False  #: this process created the file
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> SqliteState:
+        """Read a state file another process is writing (the service watching its workers):
+        no migration, no write, no file created. A file not migrated yet raises StateError."""
+        if not path.is_file():
+            raise ConfigError(f"no state file at {path}", hint="nothing has run yet")
+        try:
+            conn = sqlite3.connect(
+                "file:" + urllib.parse.quote(str(path)) + "?mode=ro", uri=True, check_same_thread=False, timeout=2
+            )
+            state = cls(path, conn)
+            conn.execute("select id from jobs limit 0")
+        except sqlite3.Error as e:
+            raise StateError(f"cannot read the state file {path} yet: {e}") from None
+        return state
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, create: bool = True) -> SqliteState:

@@ -113,12 +113,17 @@ def _check_destination(catalogue: Catalogue, sink_type: str, options: dict[str, 
         raise RequestError(str(e)) from None
 
 
-def _credentials(source: dict[str, str], sink: dict[str, str]) -> bytearray:
+def _credentials(catalogue: Catalogue, source: dict[str, str], sink: dict[str, str]) -> bytearray:
+    """The document handed to the hardened worker over its credential channel: the customer's
+    credentials and, when the service signs manifests, its signing key (never a file the worker
+    could be pointed at, never the job file)."""
     doc: dict[str, dict[str, str]] = {}
     if source:
         doc["source"] = source
     if sink:
         doc["sink"] = sink
+    if catalogue.signing_key is not None:
+        doc["job"] = {"signing_key": catalogue.signing_key.reveal()}
     return bytearray(json.dumps(doc).encode())
 
 
@@ -140,8 +145,6 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
         folder = snk_opts.pop("folder", None) or job_id  # checked against its pattern; a job id is URL-safe base64
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
-    if catalogue.signing_key_file is not None:
-        job["signing_key_file"] = catalogue.signing_key_file
     text = to_toml(
         {
             "job": job,
@@ -149,7 +152,7 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
             "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
         }
     )
-    return BuiltJob(text, _credentials(src_creds, snk_creds), src_offer.type, snk_offer.type)
+    return BuiltJob(text, _credentials(catalogue, src_creds, snk_creds), src_offer.type, snk_offer.type)
 
 
 def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_type: str) -> bytearray:
@@ -164,7 +167,7 @@ def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_typ
     _, _, src_creds = _section(catalogue, "source", src, secrets_only=True)
     _, _, snk_creds = _section(catalogue, "sink", snk, secrets_only=True)
     _check_destination(catalogue, sink_type, {}, snk_creds)
-    return _credentials(src_creds, snk_creds)
+    return _credentials(catalogue, src_creds, snk_creds)
 
 
 # --- a small TOML writer (job files only: tables of scalars, lists of scalars) ------------------------

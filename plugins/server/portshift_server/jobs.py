@@ -18,12 +18,12 @@ import secrets as _random
 import sqlite3
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portshift.redact import sanitize_message
+from portshift import PortshiftError, sanitize_message
+from portshift.state import open_state
 
 from .db import TERMINAL, ServiceDB, now_iso
 from .destinations import blur_network_error
@@ -69,41 +69,30 @@ class Run:
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
-    """The latest job of a worker's state DB, read-only; None if there is none (yet)."""
-    if not path.exists():
-        return None
-    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    """The latest job of a worker's state, read-only through the state interface; None if there
+    is none (yet): not created, not migrated, or busy — the next tick reads it again."""
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=2)
-    except sqlite3.Error:
+        with open_state(path, read_only=True) as state:
+            latest = state.jobs(1)
+            if not latest:
+                return None
+            job = latest[0]
+            files, nbytes = state.totals(job.id)
+            recs = state.recording_counts(job.id)
+    except (PortshiftError, sqlite3.Error):
         return None
-    try:
-        row = conn.execute(
-            "select id, status, export_root, manifest_sha256, error from jobs order by started_at desc, id desc limit 1"
-        ).fetchone()
-        if row is None:
-            return None
-        job_id = row[0]
-        files, nbytes = conn.execute(
-            "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]
-        ).fetchone()
-        recs = dict(conn.execute("select status, count(*) from recordings where job_id = ? group by status", [job_id]).fetchall())
-        return {
-            "portshift_job_id": job_id,
-            "state_status": row[1],
-            "export_root": row[2],
-            "manifest_sha256": row[3],
-            "state_error": row[4],
-            "file_count": int(files),
-            "byte_count": int(nbytes),
-            "recordings_done": int(recs.get("done", 0)),
-            "recordings_failed": int(recs.get("failed", 0)),
-            "recordings_skipped": int(recs.get("skipped", 0)),
-        }
-    except sqlite3.Error:
-        return None  # not migrated yet, or busy: try again on the next tick
-    finally:
-        conn.close()
+    return {
+        "portshift_job_id": job.id,
+        "state_status": job.status.value,
+        "export_root": job.export_root,
+        "manifest_sha256": job.manifest_sha256,
+        "state_error": job.error,
+        "file_count": files,
+        "byte_count": nbytes,
+        "recordings_done": int(recs.get("done", 0)),
+        "recordings_failed": int(recs.get("failed", 0)),
+        "recordings_skipped": int(recs.get("skipped", 0)),
+    }
 
 
 class JobManager:

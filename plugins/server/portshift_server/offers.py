@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portshift.errors import ConfigError
+from portshift import ConfigError, Secret
 
 from .bodies import TEXT as TEXT  # re-exported for openapi.py
 from .destinations import Outbound
@@ -157,7 +157,9 @@ class Catalogue:
     transfers: int = 4
     outbound: Outbound = field(default_factory=Outbound)
     #: the operator's Ed25519 key (PEM file) every job signs its manifest with, or None
-    signing_key_file: Path | None = None
+    #: the service's manifest signing key, kept in memory and handed to each worker with the
+    #: credentials (``{"job": {"signing_key": ...}}`` on its credential channel)
+    signing_key: Secret | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"sources": [o.describe() for o in self.sources.values()], "sinks": [o.describe() for o in self.sinks.values()]}

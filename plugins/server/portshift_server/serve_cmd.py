@@ -198,12 +198,10 @@ def command(
     if signing_key_file is not None:
         from portshift.signing import load_signing_key, public_key_pem
 
-        signing_key_file = signing_key_file.resolve()
-        key = load_signing_key(signing_key_file)  # refuses a missing, unreadable or non-Ed25519 key now
+        key = load_signing_key(signing_key_file.resolve())  # refuses a missing, unreadable or non-Ed25519 key now
         assert key is not None
         public_key = public_key_pem(key)
-        del key
-        catalogue.signing_key_file = signing_key_file
+        catalogue.signing_key = key  # in memory; workers get it over their credential channel
     secret = load_server_secret(secret_file)
     db = ServiceDB(data_dir / "service.db")
     manager = JobManager(

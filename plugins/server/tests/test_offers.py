@@ -181,3 +181,20 @@ def test_bucket_region_and_container_names_follow_the_clouds_rules(tmp_path: Pat
     with pytest.raises(RequestError, match=rf"sink\.{field}: ") as e:
         build_job(cat, {"source": {"type": "chorus", "token": "t"}, "sink": {**sink, "sas": "s", "key": "k"}}, "j")
     assert bad not in str(e.value)
+
+
+def test_the_signing_key_goes_to_the_worker_with_the_credentials_never_in_its_job_file(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    from portshift import Secret
+
+    pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    cat = catalogue(tmp_path)
+    cat.signing_key = Secret(pem, "signing_key")
+    built = build_job(cat, {"source": {"type": "chorus", "token": "canary-token"}, "sink": S3}, "jid")
+    assert "signing" not in built.job_toml and "PRIVATE KEY" not in built.job_toml
+    assert json.loads(bytes(built.secrets))["job"] == {"signing_key": pem}
+    keys = {"access_key_id": "AKIACANARY", "secret_access_key": "canary-secret/+="}
+    resumed = build_credentials(cat, {"source": {"token": "canary-token"}, "sink": keys}, "chorus", "s3")
+    assert json.loads(bytes(resumed))["job"] == {"signing_key": pem}
