@@ -66,6 +66,7 @@ class JobRecord:
     skipped_count: int = 0
     failed_count: int = 0
     pending_count: int = 0
+    listed_count: int = 0  #: recordings the last complete listing of the window found (progress totals)
     incremental: bool = False  #: a ``--since last`` job: recordings earlier jobs exported are not exported again
 
     @classmethod
@@ -73,7 +74,7 @@ class JobRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in row.items() if k in names}
         values["status"] = JobStatus(values.get("status") or "running")
-        for k in ("file_count", "byte_count", "skipped_count", "failed_count", "pending_count"):
+        for k in ("file_count", "byte_count", "skipped_count", "failed_count", "pending_count", "listed_count"):
             values[k] = int(values.get(k) or 0)
         values["incremental"] = bool(values.get("incremental"))
         return cls(**values)

@@ -38,7 +38,7 @@ EXPECTED = {
         "id": S, "job_key": S, "fingerprint": S, "config_path": S, "source_type": S, "source_location": S,
         "sink_type": S, "sink_location": S, "window_start": S, "window_end": S, "export_root": S,
         "started_at": S, "finished_at": S, "status": S, "file_count": N, "byte_count": N, "error": S,
-        "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N, "pending_count": N,
+        "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N, "pending_count": N, "listed_count": N,
         "incremental": N,
     },
     "recordings": {

@@ -151,10 +151,12 @@ class Transfer:
 
     # --- listing (one thread) ---------------------------------------------------------------
     def _list(self) -> None:
+        listed = 0
         try:
             for rec in self.source.recordings(self.plan.window):
                 if self.cancel.is_set():
                     break
+                listed += 1
                 self.progress.listed(rec.size)
                 rec.id = storable(rec.id)
                 if rec.id in self.plan.done or rec.id in self.plan.earlier:
@@ -173,6 +175,9 @@ class Transfer:
                     self._record_outcome(rec, rec.skipped)
                 elif not self._put(rec):
                     break
+            else:
+                if not self.cancel.is_set():  # the whole window: a total for progress bars (the service's page)
+                    self.state.update_job(self.job.id, listed_count=listed)
         except FatalError as e:
             self._set_fatal(e)
         except Interrupted:

@@ -85,6 +85,7 @@ JOB_COLUMNS = frozenset(
         "id", "job_key", "fingerprint", "config_path", "source_type", "source_location", "sink_type", "sink_location",
         "window_start", "window_end", "export_root", "started_at", "finished_at", "status", "file_count", "byte_count",
         "error", "manifest_key", "manifest_sha256", "skipped_count", "failed_count", "pending_count", "incremental",
+        "listed_count",
     }
 )  # fmt: skip
 

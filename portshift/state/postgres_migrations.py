@@ -29,7 +29,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             export_root {_T}, started_at {_T}, finished_at {_T}, status {_T}, file_count bigint, byte_count bigint,
             error {_T}, manifest_key {_T}, manifest_sha256 {_T}, skipped_count bigint not null default 0,
             failed_count bigint not null default 0, pending_count bigint not null default 0,
-            incremental bigint not null default 0
+            incremental bigint not null default 0, listed_count bigint not null default 0
         );
         create index jobs_job_key_started_at on jobs (job_key, started_at);
         create table recordings (

@@ -122,6 +122,7 @@ def m005_outcomes(db: sqlite_utils.Database) -> None:
     db["recordings"].create_index(["status", "started_at"], if_not_exists=True)
     db["jobs"].add_column("pending_count", int, not_null_default=0)
     db["jobs"].add_column("incremental", int, not_null_default=0)  # a --since last job
+    db["jobs"].add_column("listed_count", int, not_null_default=0)  # recordings the last whole listing found
     db["missing_artifacts"].create(
         {"job_id": str, "recording_id": str, "artifact": str, "reason": str, "message": str},
         pk=("job_id", "recording_id", "artifact"),

@@ -34,6 +34,7 @@ JOB_COLUMNS = {
     "recordings_done": int,
     "recordings_failed": int,
     "recordings_skipped": int,
+    "recordings_total": int,
     "portshift_job_id": str,
     "export_root": str,
     "manifest_sha256": str,
@@ -62,6 +63,8 @@ class ServiceDB:
         with self._lock:
             if "jobs" not in self.db.table_names():
                 self.db["jobs"].create(JOB_COLUMNS, pk="id", not_null={"status"})
+            if "recordings_total" not in self.db["jobs"].columns_dict:  # a service.db from before the total
+                self.db["jobs"].add_column("recordings_total", int)
             if "signups" not in self.db.table_names():
                 self.db["signups"].create({"id": int, "created_at": str, "name": str, "email": str, "company": str}, pk="id")
             if "email_key" not in self.db["signups"].columns_dict:

@@ -92,6 +92,8 @@ def read_state(path: Path) -> dict[str, Any] | None:
         "recordings_done": int(recs.get("done", 0)),
         "recordings_failed": int(recs.get("failed", 0)),
         "recordings_skipped": int(recs.get("skipped", 0)),
+        # known once the worker's listing has covered the window: the page's bar and estimate
+        "recordings_total": job.listed_count or None,
     }
 
 
@@ -217,6 +219,7 @@ class JobManager:
                 "failed": row["recordings_failed"] or 0,
                 "skipped": row["recordings_skipped"] or 0,
             },
+            "recordings_total": row["recordings_total"],
             "export_root": row["export_root"],
             "manifest_sha256": row["manifest_sha256"],
             "error": blur_network_error(row["error"]),
@@ -321,6 +324,7 @@ class JobManager:
                 "recordings_done",
                 "recordings_failed",
                 "recordings_skipped",
+                "recordings_total",
                 "portshift_job_id",
                 "export_root",
             )

@@ -100,6 +100,10 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "files": {"type": "integer", "description": "files stored and confirmed by the destination"},
             "bytes": {"type": "integer"},
             "recordings": {"type": "object", "properties": {k: {"type": "integer"} for k in ("done", "failed", "skipped")}},
+            "recordings_total": {
+                "type": ["integer", "null"],
+                "description": "recordings the source listed in the window, once the listing has covered it",
+            },
             "export_root": {"type": ["string", "null"], "description": "folder of this export under the destination prefix"},
             "manifest_sha256": {"type": ["string", "null"], "description": "SHA-256 of portshift-manifest.txt"},
             "error": {"type": ["string", "null"]},

@@ -134,6 +134,7 @@ def test_the_page_in_chromium_runs_a_job_and_leaks_nothing(
 
     # the progress bar: indeterminate or rising while running, 100 % at the end; a rate was shown
     percents = [p for s, _, p, _ in seen["progress"] if s == "running" and p]
+    assert percents, "once the worker has listed the window the bar is determinate while running"
     assert percents == sorted(percents, key=int)
     assert seen["percent"] == "100" and seen["barValue"] == 100
     assert any(r.endswith("/s") for s, _, _, r in seen["progress"] if s == "running"), seen["progress"][:20]
