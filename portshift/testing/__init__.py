@@ -10,7 +10,8 @@
   (:class:`RequestMeter`), :class:`LocalCA` (a throw-away CA, ``trustme``), :class:`TLSServer`,
   :class:`PlainListener`, :func:`free_port`, :func:`wait_port`, :func:`stop_process`.
 - The command line: :func:`run_portshift` returns a :class:`CliResult` (exit code, stdout, stderr,
-  the JSON report, the failed recordings); :func:`clean_env`.
+  the JSON report, the failed recordings); :func:`clean_env`; :func:`interrupt_run` (Ctrl-C a
+  running ``portshift run``) returns :class:`Interrupted`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from .cli import (
     PORTSHIFT,
     CliResult,
     DoneFile,
+    Interrupted,
     checked_failures,
     clean_env,
     done_files,
     failed_in_state,
     failed_on_stderr,
+    interrupt_run,
     query_state,
     run_portshift,
 )
@@ -66,6 +69,7 @@ __all__ = [
     "Connection",
     "DoneFile",
     "FaultProxy",
+    "Interrupted",
     "LocalCA",
     "PlainListener",
     "ReaderContract",
@@ -89,6 +93,7 @@ __all__ = [
     "faults_in_turn",
     "free_port",
     "http_response",
+    "interrupt_run",
     "pattern_bytes",
     "put_bytes",
     "query_state",
