@@ -12,6 +12,8 @@
 - The command line: :func:`run_portshift` returns a :class:`CliResult` (exit code, stdout, stderr,
   the JSON report, the failed recordings); :func:`clean_env`; :func:`interrupt_run` (Ctrl-C a
   running ``portshift run``) returns :class:`Interrupted`.
+- A run's export: :func:`partial_run`, :func:`complete_recordings`, :func:`wrote_only_the_missing`,
+  :func:`verified_manifest`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .data import (
     read_back_folder,
     unique_key,
 )
+from .exports import complete_recordings, partial_run, verified_manifest, wrote_only_the_missing
 from .faults import FAULTS, Connection, FaultProxy, RequestMeter, fault_cases, faults_in_turn
 from .journal import RecordingJournal
 from .reader_contract import ReaderContract
@@ -63,14 +66,14 @@ from .sink_contract import SinkContract, confirmed_checksums_match
 from .source_contract import SourceContract
 
 __all__ = [
-    "FAULTS",
-    "PORTSHIFT",
     "CliResult",
     "Connection",
     "DoneFile",
+    "FAULTS",
     "FaultProxy",
     "Interrupted",
     "LocalCA",
+    "PORTSHIFT",
     "PlainListener",
     "ReaderContract",
     "RecordingJournal",
@@ -83,6 +86,7 @@ __all__ = [
     "checked_failures",
     "chunked",
     "clean_env",
+    "complete_recordings",
     "confirmed_checksums_match",
     "done_files",
     "env_flag",
@@ -94,6 +98,7 @@ __all__ = [
     "free_port",
     "http_response",
     "interrupt_run",
+    "partial_run",
     "pattern_bytes",
     "put_bytes",
     "query_state",
@@ -105,5 +110,7 @@ __all__ = [
     "server_context",
     "stop_process",
     "unique_key",
+    "verified_manifest",
     "wait_port",
+    "wrote_only_the_missing",
 ]

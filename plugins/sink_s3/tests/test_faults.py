@@ -49,6 +49,7 @@ from portshift.testing import (
     FaultProxy,
     checked_failures,
     chunked,
+    complete_recordings,
     done_files,
     fault_cases,
     faults_in_turn,
@@ -56,6 +57,8 @@ from portshift.testing import (
     query_state,
     renderings,
     run_portshift,
+    verified_manifest,
+    wrote_only_the_missing,
 )
 
 from .conftest import PART, Moto, TLSProxy, run_env
@@ -372,10 +375,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
                 message,
             ), message
         assert not [k for k in objects(admin, bucket) if k.endswith("portshift-manifest.txt")]
-    per_recording: dict[str, int] = {}
-    for rid in (f.recording_id for f in done1.values()):
-        per_recording[rid] = per_recording.get(rid, 0) + 1
-    assert {rid for rid, n in per_recording.items() if n == 2} == all_recordings - set(failed)
+    assert complete_recordings(done1) == all_recordings - set(failed)
     before = objects(admin, bucket)
 
     # --- run 2: the same job on a clean path, every request seen by a TLS-terminating proxy ------------
@@ -385,11 +385,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert front.faults == faults
     assert pending() == []
-    done2 = done_files(state)
-    assert len(done2) == 2 * RECORDINGS
-    assert {k: v for k, v in done2.items() if k in done1} == done1, "the re-run changed what was done"
-    missing = set(done2) - set(done1)
-    assert {done2[k][2] for k in missing} == set(failed), "the re-run wrote files of other recordings"
+    missing = wrote_only_the_missing(done1, done_files(state), failed, 2 * RECORDINGS)
     writes = {  # check()'s conditional PutObject (If-Match no object satisfies) writes nothing
         urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2]
         for q in tls_proxy.seen
@@ -407,9 +403,5 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         assert after[key] == tag, f"{key} was uploaded again by the re-run"
 
     # --- everything verifies -----------------------------------------------------------------------
-    manifest = body(admin, bucket, f"{root_key}/portshift-manifest.txt").decode()
-    entries = [line.split("  ", 1) for line in manifest.splitlines() if line and not line.startswith("#")]
-    assert len(entries) == 2 * RECORDINGS + 1, manifest  # media + metadata + the JSON manifest
-    for digest, path in entries:
-        assert hashlib.sha256(body(admin, bucket, f"{root_key}/{path}")).hexdigest() == digest, path
-    assert set(after) == {f"{root_key}/{p}" for _, p in entries} | {f"{root_key}/portshift-manifest.txt"}
+    exported = verified_manifest(lambda path: body(admin, bucket, f"{root_key}/{path}"), 2 * RECORDINGS + 1)
+    assert set(after) == {f"{root_key}/{p}" for p in exported}  # media + metadata + the JSON manifest, and the manifest
