@@ -54,6 +54,8 @@ import boto3
 import trustme
 from botocore.config import Config
 
+from portshift.testing import PORTSHIFT
+
 MIB = 1024 * 1024
 
 
@@ -61,6 +63,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def bench_bucket(url: str, ca: Path) -> Any:
+    """A plain boto3 client of the moto server at ``url``, with the bucket ``bench`` created."""
+    plain = boto3.session.Session().client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        verify=str(ca),
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+    )
+    plain.create_bucket(Bucket="bench")
+    return plain
 
 
 def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -134,16 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
         proc, url, ca = start_moto(Path(tmp))
         try:
-            plain = boto3.session.Session().client(
-                "s3",
-                endpoint_url=url,
-                region_name="us-east-1",
-                verify=str(ca),
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-                config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
-            )
-            plain.create_bucket(Bucket="bench")
+            plain = bench_bucket(url, ca)
 
             def sink(concurrency: int) -> S3Sink:
                 opts = build_options(
@@ -236,17 +244,7 @@ def run_pipeline(work: Path, url: str, ca: Path, size: int, prefix: str, profile
         PORTSHIFT_AWS_SECRET_ACCESS_KEY="benchmark-secret",
         PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "portshift",
-        "run",
-        "--config",
-        str(job),
-        "--state",
-        str(work / f"{prefix}.db"),
-        "--no-progress",
-    ]
+    argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(work / f"{prefix}.db"), "--no-progress"]
     if profile:
         Path(profile).mkdir(parents=True, exist_ok=True)
         if not shutil.which("py-spy"):
@@ -300,16 +298,7 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
         work = Path(tmp)
         proc, url, ca = start_moto(work)
         try:
-            plain = boto3.session.Session().client(
-                "s3",
-                endpoint_url=url,
-                region_name="us-east-1",
-                verify=str(ca),
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-                config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
-            )
-            plain.create_bucket(Bucket="bench")
+            plain = bench_bucket(url, ca)
             sink = S3Sink(
                 build_options(
                     S3Options,
