@@ -148,7 +148,13 @@ def faulted_put(
     return key, data, proxy, error, started
 
 
-def settle(fault: str, shape: str, started: float, read_obj: Callable[[str], bytes | None], key: str) -> None:
+MakeSink = Callable[..., Any]
+ReadObj = Callable[[str], bytes | None]
+Pending = Callable[[], list[Any]]
+Canaries = tuple[str, str, str]
+
+
+def settle(fault: str, shape: str, started: float, read_obj: ReadObj, key: str) -> None:
     """Let a stalled connection deliver what it held (moto then finishes that request). A late
     PutObject shows: it is awaited (up to 5 s past the stall) until its object appears. A late
     UploadPart meets an aborted upload and shows nothing: half a second past the stall."""
@@ -162,7 +168,7 @@ def settle(fault: str, shape: str, started: float, read_obj: Callable[[str], byt
     time.sleep(max(0.0, STALL + 0.5 - (time.monotonic() - started)))
 
 
-def assert_clean_error(e: PortshiftError, canaries: tuple[str, str, str]) -> None:
+def assert_clean_error(e: PortshiftError, canaries: Canaries) -> None:
     texts = renderings(e)
     for text in texts:
         for c in canaries:
@@ -172,22 +178,16 @@ def assert_clean_error(e: PortshiftError, canaries: tuple[str, str, str]) -> Non
     assert e.__cause__ is None
 
 
-def assert_nothing_left(read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]], key: str) -> None:
+def assert_nothing_left(read_obj: ReadObj, pending: Pending, key: str) -> None:
     assert read_obj(key) is None, "a failed put left an object under its key"
     assert pending() == [], "a multipart upload was left open"
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.usefixtures("low_timeouts")
 def test_a_fault_is_recovered_by_botocore_or_fails_the_put_and_leaves_nothing(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    canaries: tuple[str, str, str],
-    low_timeouts: None,
-    fault: str,
-    shape: str,
+    moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending, canaries: Canaries, fault: str, shape: str
 ) -> None:
     key, data, proxy, error, started = faulted_put(moto, make_sink, fault, shape)
     settle(fault, shape, started, read_obj, key)
@@ -202,16 +202,9 @@ def test_a_fault_is_recovered_by_botocore_or_fails_the_put_and_leaves_nothing(
 
 
 @pytest.mark.parametrize(("fault", "shape"), NO_RETRY_CASES)
+@pytest.mark.usefixtures("low_timeouts", "no_retries")
 def test_without_retries_a_fault_fails_the_put_and_leaves_nothing(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    canaries: tuple[str, str, str],
-    low_timeouts: None,
-    no_retries: None,
-    fault: str,
-    shape: str,
+    moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending, canaries: Canaries, fault: str, shape: str
 ) -> None:
     key, _, _, error, started = faulted_put(moto, make_sink, fault, shape)
     assert error is not None, f"the put succeeded through a {fault} without retries"
@@ -224,14 +217,8 @@ def test_without_retries_a_fault_fails_the_put_and_leaves_nothing(
     assert_nothing_left(read_obj, pending, key)
 
 
-def test_a_late_put_object_is_the_whole_file(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    low_timeouts: None,
-    no_retries: None,
-) -> None:
+@pytest.mark.usefixtures("low_timeouts", "no_retries")
+def test_a_late_put_object_is_the_whole_file(moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending) -> None:
     """What the xfail above documents, and what does hold: whatever lands under the key after a
     failed single PutObject is the whole file (it carries its SHA-256, which S3 verifies)."""
     key, data, _, error, started = faulted_put(moto, make_sink, "stall", "single-put")
@@ -244,15 +231,9 @@ def test_a_late_put_object_is_the_whole_file(
 
 
 @pytest.mark.parametrize("fault", ["reset", "half-close"])
+@pytest.mark.usefixtures("low_timeouts", "no_retries")
 def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    canaries: tuple[str, str, str],
-    low_timeouts: None,
-    no_retries: None,
-    fault: str,
+    moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending, canaries: Canaries, fault: str
 ) -> None:
     """Known bug #6: a drop 200 kB into a 5 MiB UploadPart body reaches botocore while it is still
     writing, as ssl.SSLEOFError (or, after a half-close, a TLS alert): a connection failure,
@@ -336,8 +317,8 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     certs: Any,
     admin: Any,
     bucket: str,
-    canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]],
+    canaries: Canaries,
+    pending: Pending,
     in_turn: tuple[FaultProxy, Callable[[], None]],
     tls_proxy: TLSProxy,
 ) -> None:
