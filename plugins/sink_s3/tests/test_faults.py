@@ -61,7 +61,7 @@ from portshift.testing import (
     wrote_only_the_missing,
 )
 
-from .conftest import PART, Moto, TLSProxy, run_env
+from .conftest import PART, Canaries, MakeSink, Moto, Pending, ReadObj, TLSProxy, run_env
 
 MiB = 1024 * 1024
 #: Seconds a stalled connection holds its bytes: longer than both lowered timeouts.
@@ -146,12 +146,6 @@ def faulted_put(
     if shape == "multipart":
         assert proxy.connections >= 3, "create + two parts at least"
     return key, data, proxy, error, started
-
-
-MakeSink = Callable[..., Any]
-ReadObj = Callable[[str], bytes | None]
-Pending = Callable[[], list[Any]]
-Canaries = tuple[str, str, str]
 
 
 def settle(fault: str, shape: str, started: float, read_obj: ReadObj, key: str) -> None:
