@@ -80,6 +80,16 @@ def bench_bucket(url: str, ca: Path) -> Any:
     return plain
 
 
+def bench_sink(url: str, ca: Path, **options: Any) -> Any:
+    """The S3 sink into the bucket ``bench`` of the moto server at ``url``, with ``options``."""
+    from portshift_sink_s3 import S3Options, S3Sink
+
+    from portshift.config import build_options
+
+    base = {"bucket": "bench", "region": "us-east-1", "endpoint_url": url, "ca_bundle": str(ca), "addressing_style": "path"}
+    return S3Sink(build_options(S3Options, {**base, **options}, "sink"))
+
+
 def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -143,9 +153,7 @@ def main() -> None:
 
     os.environ["PORTSHIFT_AWS_ACCESS_KEY_ID"] = "AKIABENCHMARK0000001"
     os.environ["PORTSHIFT_AWS_SECRET_ACCESS_KEY"] = "benchmark-secret"  # noqa: S105 - moto ignores it
-    from portshift_sink_s3 import S3Options, S3Sink
 
-    from portshift.config import build_options
     from portshift.hashing import HashingStream
 
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
@@ -153,23 +161,7 @@ def main() -> None:
         try:
             plain = bench_bucket(url, ca)
 
-            def sink(concurrency: int) -> S3Sink:
-                opts = build_options(
-                    S3Options,
-                    {
-                        "bucket": "bench",
-                        "region": "us-east-1",
-                        "endpoint_url": url,
-                        "ca_bundle": str(ca),
-                        "addressing_style": "path",
-                        "part_size": "8MiB",
-                        "max_concurrency": concurrency,
-                    },
-                    "sink",
-                )
-                return S3Sink(opts)
-
-            sinks = {2: sink(2), 10: sink(10)}
+            sinks = {n: bench_sink(url, ca, part_size="8MiB", max_concurrency=n) for n in (2, 10)}
             data = os.urandom(size)
 
             def chunks() -> Iterator[bytes]:
@@ -282,9 +274,7 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
     size = mib * MIB
     os.environ["PORTSHIFT_AWS_ACCESS_KEY_ID"] = "AKIABENCHMARK0000001"
     os.environ["PORTSHIFT_AWS_SECRET_ACCESS_KEY"] = "benchmark-secret"  # noqa: S105 - moto ignores it
-    from portshift_sink_s3 import S3Options, S3Sink
 
-    from portshift.config import build_options
     from portshift.default_plugins.example_source import synthetic_chunks
     from portshift.hashing import HashingStream
 
@@ -299,19 +289,7 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
         proc, url, ca = start_moto(work)
         try:
             plain = bench_bucket(url, ca)
-            sink = S3Sink(
-                build_options(
-                    S3Options,
-                    {
-                        "bucket": "bench",
-                        "region": "us-east-1",
-                        "endpoint_url": url,
-                        "ca_bundle": str(ca),
-                        "addressing_style": "path",
-                    },
-                    "sink",
-                )
-            )
+            sink = bench_sink(url, ca)
 
             def chunks() -> Iterator[bytes]:
                 view = memoryview(data)

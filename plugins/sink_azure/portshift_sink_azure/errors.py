@@ -42,7 +42,8 @@ _READ_AUTH_HINTS = {
 }
 
 
-def _code(e: HttpResponseError) -> str:
+def error_code(e: HttpResponseError) -> str:
+    """The storage error code of an answer (``BlobNotFound``), or ``""``."""
     code = getattr(e, "error_code", None)
     if code is not None:
         code = getattr(code, "value", code)
@@ -69,7 +70,7 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
     (verify --store), whose hints name the read-only SAS."""
     if isinstance(e, HttpResponseError) and e.status_code is not None:
         status = int(e.status_code)
-        code = _code(e)
+        code = error_code(e)
         detail = _server_message(e)
         what = f"Azure answered {code or 'an error'}"
         if detail and detail not in what:

@@ -169,28 +169,23 @@ def test_a_tls_1_1_server_is_refused(make_sink: MakeSink, old_tls_server: TLSSer
     assert old_tls_server.handshakes == before and old_tls_server.requests == []
 
 
-def test_a_certificate_for_another_host_is_refused(make_sink: MakeSink, certs: Any, tmp_path: Path) -> None:
-    server = TLSServer(server_context(certs.ca, "other.example"))
-    try:
+def assert_refused_before_a_request(make_sink: MakeSink, context: ssl.SSLContext, key: str) -> None:
+    """A put to a TLS server holding ``context``'s certificate fails certificate verification
+    (the sink's ca_bundle is the test CA), and no request reaches that server."""
+    with TLSServer(context) as server:
         sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")
         with pytest.raises(SinkError) as e:
-            sink.put("host.bin", HashingStream(iter([b"x"])), 1)
+            sink.put(key, HashingStream(iter([b"x"])), 1)
         assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
         assert server.requests == []
-    finally:
-        server.close()
+
+
+def test_a_certificate_for_another_host_is_refused(make_sink: MakeSink, certs: Any, tmp_path: Path) -> None:
+    assert_refused_before_a_request(make_sink, server_context(certs.ca, "other.example"), "host.bin")
 
 
 def test_an_unknown_ca_is_refused(make_sink: MakeSink, tmp_path: Path) -> None:
-    server = TLSServer(server_context(trustme.CA()))
-    try:
-        sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")  # ca_bundle: the test CA, not this one
-        with pytest.raises(SinkError) as e:
-            sink.put("ca.bin", HashingStream(iter([b"x"])), 1)
-        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
-        assert server.requests == []
-    finally:
-        server.close()
+    assert_refused_before_a_request(make_sink, server_context(trustme.CA()), "ca.bin")
 
 
 def test_client_side_monitoring_from_the_environment_stays_off(
