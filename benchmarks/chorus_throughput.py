@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portshift.testing import PORTSHIFT
+
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -92,20 +94,8 @@ class Simulator:
         work.mkdir(parents=True, exist_ok=True)
         info_file, token_file, ca = work / "sim-info.json", work / "sim-token", work / "sim-ca.pem"
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "portshift",
-                "chorus",
-                "simulate",
-                *args,
-                "--ca-out",
-                str(ca),
-                "--token-out",
-                str(token_file),
-                "--info-out",
-                str(info_file),
-            ],
+            [*PORTSHIFT, "chorus", "simulate", *args, "--ca-out", str(ca), "--token-out", str(token_file)]
+            + ["--info-out", str(info_file)],
             env=child_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -162,19 +152,8 @@ def portshift_run(
 
     Run as cron or a Kubernetes Job would: no terminal, so ``portshift run`` logs a progress
     line every 10 s (its default without a TTY); ``progress=False`` passes ``--no-progress``."""
-    argv = [
-        sys.executable,
-        "-m",
-        "portshift",
-        "run",
-        "--config",
-        str(job),
-        "--state",
-        str(state),
-        "--log-level",
-        log_level,
-        *([] if progress else ["--no-progress"]),
-    ]
+    argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--log-level", log_level]
+    argv += [] if progress else ["--no-progress"]
     if transfers is not None:
         argv += ["--transfers", str(transfers)]
     if profile is not None:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from portshift.testing import PORTSHIFT
+
 MIB = 1024 * 1024
 
 
@@ -30,19 +32,7 @@ def run(size: int, transfers: int, work: Path) -> tuple[float, float]:
     )
     started = time.monotonic()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "portshift",
-            "run",
-            "--config",
-            str(job),
-            "--state",
-            str(work / f"s-{size}.db"),
-            "--no-progress",
-            "--log-level",
-            "warning",
-        ],
+        [*PORTSHIFT, "run", "--config", str(job), "--state", str(work / f"s-{size}.db"), "--no-progress", "--log-level=warning"],
         stdout=subprocess.DEVNULL,
     )
     _, status, usage = os.wait4(proc.pid, 0)

@@ -54,6 +54,8 @@ import boto3
 import trustme
 from botocore.config import Config
 
+from portshift.testing import PORTSHIFT
+
 MIB = 1024 * 1024
 
 
@@ -61,6 +63,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def bench_bucket(url: str, ca: Path) -> Any:
+    """A plain boto3 client of the moto server at ``url``, with the bucket ``bench`` created."""
+    plain = boto3.session.Session().client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        verify=str(ca),
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+    )
+    plain.create_bucket(Bucket="bench")
+    return plain
+
+
+def bench_sink(url: str, ca: Path, **options: Any) -> Any:
+    """The S3 sink into the bucket ``bench`` of the moto server at ``url``, with ``options``."""
+    from portshift_sink_s3 import S3Options, S3Sink
+
+    from portshift.config import build_options
+
+    base = {"bucket": "bench", "region": "us-east-1", "endpoint_url": url, "ca_bundle": str(ca), "addressing_style": "path"}
+    return S3Sink(build_options(S3Options, {**base, **options}, "sink"))
 
 
 def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -126,42 +153,15 @@ def main() -> None:
 
     os.environ["PORTSHIFT_AWS_ACCESS_KEY_ID"] = "AKIABENCHMARK0000001"
     os.environ["PORTSHIFT_AWS_SECRET_ACCESS_KEY"] = "benchmark-secret"  # noqa: S105 - moto ignores it
-    from portshift_sink_s3 import S3Options, S3Sink
 
-    from portshift.config import build_options
     from portshift.hashing import HashingStream
 
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp:
         proc, url, ca = start_moto(Path(tmp))
         try:
-            plain = boto3.session.Session().client(
-                "s3",
-                endpoint_url=url,
-                region_name="us-east-1",
-                verify=str(ca),
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-                config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
-            )
-            plain.create_bucket(Bucket="bench")
+            plain = bench_bucket(url, ca)
 
-            def sink(concurrency: int) -> S3Sink:
-                opts = build_options(
-                    S3Options,
-                    {
-                        "bucket": "bench",
-                        "region": "us-east-1",
-                        "endpoint_url": url,
-                        "ca_bundle": str(ca),
-                        "addressing_style": "path",
-                        "part_size": "8MiB",
-                        "max_concurrency": concurrency,
-                    },
-                    "sink",
-                )
-                return S3Sink(opts)
-
-            sinks = {2: sink(2), 10: sink(10)}
+            sinks = {n: bench_sink(url, ca, part_size="8MiB", max_concurrency=n) for n in (2, 10)}
             data = os.urandom(size)
 
             def chunks() -> Iterator[bytes]:
@@ -236,17 +236,7 @@ def run_pipeline(work: Path, url: str, ca: Path, size: int, prefix: str, profile
         PORTSHIFT_AWS_SECRET_ACCESS_KEY="benchmark-secret",
         PORTSHIFT_LOAD_PLUGINS="portshift-sink-s3",
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "portshift",
-        "run",
-        "--config",
-        str(job),
-        "--state",
-        str(work / f"{prefix}.db"),
-        "--no-progress",
-    ]
+    argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(work / f"{prefix}.db"), "--no-progress"]
     if profile:
         Path(profile).mkdir(parents=True, exist_ok=True)
         if not shutil.which("py-spy"):
@@ -284,9 +274,7 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
     size = mib * MIB
     os.environ["PORTSHIFT_AWS_ACCESS_KEY_ID"] = "AKIABENCHMARK0000001"
     os.environ["PORTSHIFT_AWS_SECRET_ACCESS_KEY"] = "benchmark-secret"  # noqa: S105 - moto ignores it
-    from portshift_sink_s3 import S3Options, S3Sink
 
-    from portshift.config import build_options
     from portshift.default_plugins.example_source import synthetic_chunks
     from portshift.hashing import HashingStream
 
@@ -300,29 +288,8 @@ def bench6(mib: int, rounds: int, profile: str | None) -> None:
         work = Path(tmp)
         proc, url, ca = start_moto(work)
         try:
-            plain = boto3.session.Session().client(
-                "s3",
-                endpoint_url=url,
-                region_name="us-east-1",
-                verify=str(ca),
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-                config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
-            )
-            plain.create_bucket(Bucket="bench")
-            sink = S3Sink(
-                build_options(
-                    S3Options,
-                    {
-                        "bucket": "bench",
-                        "region": "us-east-1",
-                        "endpoint_url": url,
-                        "ca_bundle": str(ca),
-                        "addressing_style": "path",
-                    },
-                    "sink",
-                )
-            )
+            plain = bench_bucket(url, ca)
+            sink = bench_sink(url, ca)
 
             def chunks() -> Iterator[bytes]:
                 view = memoryview(data)

@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "IntegrityError": "errors",
     "Interrupted": "errors",
     "check_failure": "errors",
+    "http_status_error": "errors",
+    "redirect_refused": "errors",
     # retries and rate
     "Attempts": "retry",
     "Backoff": "retry",
@@ -76,6 +78,8 @@ _EXPORTS: dict[str, str] = {
     "https_requests_session": "requests_tls",
     "is_plain_http_refusal": "requests_tls",
     "PlainHTTPRefused": "requests_tls",
+    "refused_request": "requests_tls",
+    "connection_failed": "requests_tls",
     # what every sink needs: sizes, data residency, content types, quiet SDK loggers
     "Size": "sizes",
     "parse_size": "sizes",
@@ -88,6 +92,7 @@ _EXPORTS: dict[str, str] = {
     "media_type": "media_types",
     "content_type_for": "media_types",
     "pin_loggers": "logs",
+    "lazy_attributes": "lazy",
     "redact_url": "redact",
     "sanitize_message": "redact",
 }
@@ -140,13 +145,23 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         SkipRecording,
         SourceError,
         check_failure,
+        http_status_error,
+        redirect_refused,
     )
     from .hashing import HashingStream
+    from .lazy import lazy_attributes
     from .logs import pin_loggers
     from .media_types import content_type_for, media_type
     from .options import HttpsUrl, PluginOptions
     from .redact import redact_url, sanitize_message
-    from .requests_tls import PlainHTTPRefused, harden_session, https_requests_session, is_plain_http_refusal
+    from .requests_tls import (
+        PlainHTTPRefused,
+        connection_failed,
+        harden_session,
+        https_requests_session,
+        is_plain_http_refusal,
+        refused_request,
+    )
     from .residency import AllowedRegions, ResidencyError, refuse_unverifiable, region_allowed, require_allowed
     from .retry import Attempts, Backoff, RateLimiter, call_with_retries, parse_retry_after, wait_or_interrupt
     from .secrets import Secret, forget_mask, register_mask, secret_field

@@ -170,3 +170,27 @@ def check_failure(error: PortshiftError) -> PortshiftError:
     if getattr(error, "status", None) in (401, 403):
         return AuthError(error.message, hint=error.hint)
     return FatalError(error.message, hint=error.hint)
+
+
+#: HTTP statuses a store answers for a request worth sending again (with any 5xx)
+RETRYABLE_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def http_status_error(what: str, *, operation: str, status: int, location: str) -> SinkError:
+    """A :class:`SinkError` for an HTTP answer no other rule explains: retryable when the status
+    is in :data:`RETRYABLE_HTTP_STATUS` or any 5xx."""
+    retryable = status in RETRYABLE_HTTP_STATUS or status >= 500
+    return SinkError(what, operation=operation, status=status, location=location, retryable=retryable)
+
+
+def redirect_refused(*, operation: str, status: int, location: str, hint: str) -> SinkError:
+    """A store answered a 3xx: portshift never follows a redirect (it could carry the credential
+    elsewhere). ``hint`` says which option should name the endpoint itself."""
+    return SinkError(
+        "the endpoint answered with a redirect, which portshift never follows",
+        operation=operation,
+        status=status,
+        location=location,
+        retryable=False,
+        hint=hint,
+    )

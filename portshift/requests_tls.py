@@ -24,7 +24,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .tls import exception_chain, ssl_context
+from .errors import SinkError
+from .tls import dropped_under_tls, exception_chain, handshake_failure, ssl_context
 
 __all__ = [
     "PlainHTTPRefused",
@@ -92,3 +93,28 @@ def https_requests_session(ca_bundle: str | os.PathLike[str] | None = None, *, p
 def is_plain_http_refusal(error: BaseException) -> bool:
     """Whether ``error`` (or what it wraps) is a refused plain-HTTP request."""
     return any(isinstance(e, requests.exceptions.InvalidSchema) for e in exception_chain(error))
+
+
+def refused_request(error: BaseException, operation: str, location: str) -> SinkError | None:
+    """The error for a request that never went out: a plain-HTTP request the session refused, or
+    a failed TLS handshake (with the ``ca_bundle`` hint); neither heals by retrying. ``None`` for
+    anything else."""
+    if is_plain_http_refusal(error):
+        return SinkError("refused to send a request over plain HTTP", operation=operation, location=location, retryable=False)
+    tls = handshake_failure(error)
+    if tls:
+        return SinkError(
+            tls,
+            operation=operation,
+            location=location,
+            retryable=False,
+            hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later",
+        )
+    return None
+
+
+def connection_failed(error: BaseException, service: str, operation: str, location: str) -> SinkError:
+    """A retryable ``connection to <service> failed (<why>)``: a connection dropped under TLS
+    (:func:`~portshift.tls.dropped_under_tls`) or another network failure, named by its type."""
+    why = dropped_under_tls(error) or type(error).__name__
+    return SinkError(f"connection to {service} failed ({why})", operation=operation, location=location, retryable=True)

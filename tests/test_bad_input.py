@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CANARY = "CANARY-badinput-7Q2x9"
 SINK = '[sink]\ntype = "local"\npath = "{out}"\n'
 SOURCE = '[source]\ntype = "example"\n'
+#: canary S3 credentials, for the cases that get past reading them
+S3_KEYS = {"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY}
 
 
 @dataclass
@@ -145,7 +147,7 @@ CASES = [
         SOURCE + '[sink]\ntype = "s3"\nbucket = "acme-calls"\nregion = "us-east-1"\nendpoint_url = "http://127.0.0.1:9"\n',
         ["run"],
         "must be an https:// URL",
-        env={"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY},
+        env=S3_KEYS,
         needs="portshift_sink_s3",
     ),
     Case(
@@ -153,7 +155,7 @@ CASES = [
         SOURCE + '[sink]\ntype = "s3"\nbucket = "No_Such..Bucket"\nregion = "us-east-1"\n',
         ["run"],
         "bucket",
-        env={"PORTSHIFT_AWS_ACCESS_KEY_ID": "AKIA" + CANARY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": CANARY},
+        env=S3_KEYS,
         needs="portshift_sink_s3",
     ),
     Case(

@@ -22,15 +22,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portshift import hookimpl
 from portshift.api import Artifact, Opened, Recording, Source, Window
 from portshift.config import load_job
 from portshift.manifest import INDEX_NAME, MANIFEST_NAME
 from portshift.options import PluginOptions
 from portshift.pipeline import Runner, RunRequest
-from portshift.plugins import load_plugins, pm
 from portshift.state import State
 from portshift.verify import verify_dir
+
+from .support import plugin
 
 SHA256SUM = shutil.which("sha256sum")
 
@@ -95,21 +95,10 @@ def _chunks(data: bytes, cuts: list[int]) -> Iterator[bytes]:
     yield data[pos:]
 
 
-class _Plugin:
-    @hookimpl
-    def register_sources(self, register) -> None:  # type: ignore[no-untyped-def]
-        register("prop", PropSource)
-
-
 @pytest.fixture(scope="module")
 def prop_source() -> Iterator[type[PropSource]]:
-    load_plugins()
-    obj = _Plugin()
-    pm.register(obj, name="test-manifest-property-source")
-    try:
+    with plugin("test-manifest-property-source", sources={"prop": PropSource}):
         yield PropSource
-    finally:
-        pm.unregister(obj)
 
 
 # unicode scalar values (what UTF-8/JSON text can carry); lone surrogates are the subject of
@@ -221,21 +210,10 @@ class _Fixed(Source):
         yield Artifact.from_bytes("media", f"content of {recording.id!r}".encode("utf-8", "backslashreplace"), "bin")
 
 
-class _FixedPlugin:
-    @hookimpl
-    def register_sources(self, register) -> None:  # type: ignore[no-untyped-def]
-        register("fixed", _Fixed)
-
-
 @pytest.fixture
 def fixed_source() -> Iterator[type[_Fixed]]:
-    load_plugins()
-    obj = _FixedPlugin()
-    pm.register(obj, name="test-manifest-property-fixed")
-    try:
+    with plugin("test-manifest-property-fixed", sources={"fixed": _Fixed}):
         yield _Fixed
-    finally:
-        pm.unregister(obj)
 
 
 def _run_fixed(ids: list[str], work: Path) -> tuple[Any, Path]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -333,14 +335,22 @@ class JournalingSink(Sink):
         JournalingSink.recovered.extend(pending)
 
 
-def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
+@contextlib.contextmanager
+def crashed_journaling_job(tmp_path: Path, state_backend: StateBackend, name: str) -> Iterator[dict[str, Any]]:
+    """A job of 5 recordings, one at a time, into :class:`JournalingSink`, run once until the flaky
+    source ends the process with a put in flight; yields the job document, the sink still registered."""
     JournalingSink.recovered = []
-    with plugin("test-journal", sinks={"journaling": JournalingSink}):
+    with plugin(name, sinks={"journaling": JournalingSink}):
         doc = flaky_doc(tmp_path / "out", count=5)
         doc["job"]["transfers"] = 1
         doc["sink"] = {"type": "journaling", "path": "x"}
         with pytest.raises(SystemExit):
             run_job(doc, state_backend)
+        yield doc
+
+
+def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
+    with crashed_journaling_job(tmp_path, state_backend, "test-journal") as doc:
         result = run_job(doc, state_backend)
     assert result.resumed and result.status == "complete"
     assert [k for k, _ in JournalingSink.recovered] == [f"{result.export_root}/2024/03/01/r3/media.bin"]
@@ -350,13 +360,7 @@ def test_a_sink_journal_survives_a_crash_and_is_recovered_on_resume(tmp_path: Pa
 
 
 def test_new_cleans_up_what_the_abandoned_job_left_in_flight(tmp_path: Path, state_backend: StateBackend, flaky) -> None:  # noqa: ANN001
-    JournalingSink.recovered = []
-    with plugin("test-journal-new", sinks={"journaling": JournalingSink}):
-        doc = flaky_doc(tmp_path / "out", count=5)
-        doc["job"]["transfers"] = 1
-        doc["sink"] = {"type": "journaling", "path": "x"}
-        with pytest.raises(SystemExit):
-            run_job(doc, state_backend)
+    with crashed_journaling_job(tmp_path, state_backend, "test-journal-new") as doc:
         fresh = run_job(doc, state_backend, RunRequest(new=True))
     assert not fresh.resumed and fresh.status == "complete"
     assert len(JournalingSink.recovered) == 1 and "/r3/" in JournalingSink.recovered[0][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,14 +132,12 @@ def command(
             doc["source"] = source.as_dict()
         click.echo(json.dumps(doc))
     else:
-        for rel in report.differ:
-            click.echo(f"* differ   {rel}")
-        for rel in report.missing:
-            click.echo(f"- missing  {rel}")
-        for rel in report.extra:
-            click.echo(f"+ extra    {rel}")
-        for n in report.bad_lines:
-            click.echo(f"! line {n} of the manifest is not a valid entry")
+        _echo_each(
+            ("* differ   {}", report.differ),
+            ("- missing  {}", report.missing),
+            ("+ extra    {}", report.extra),
+            ("! line {} of the manifest is not a valid entry", report.bad_lines),
+        )
         verdict = "OK" if report.passed else "FAILED"
         click.echo(
             f"{verdict}: {len(report.ok)} ok, {len(report.differ)} differ, {len(report.missing)} missing, "
@@ -150,13 +149,19 @@ def command(
     return ExitCode.OK if passed else ExitCode.VERIFY_FAILED
 
 
+def _echo_each(*groups: tuple[str, Iterable[object]]) -> None:
+    """One line per item of each group, ``template.format(item)``, group after group."""
+    for template, items in groups:
+        for item in items:
+            click.echo(template.format(item))
+
+
 def _print_source(source: SourceComparison) -> None:
-    for rid in source.new:
-        click.echo(f"+ new      {rid}  (at the source now, not in the export)")
-    for rid in source.gone:
-        click.echo(f"- gone     {rid}  (exported, no longer listed by the source)")
-    for rid in source.vanished:
-        click.echo(f"- vanished {rid}  (not exported, no longer listed by the source)")
+    _echo_each(
+        ("+ new      {}  (at the source now, not in the export)", source.new),
+        ("- gone     {}  (exported, no longer listed by the source)", source.gone),
+        ("- vanished {}  (not exported, no longer listed by the source)", source.vanished),
+    )
     verdict = "OK" if source.passed else "CHANGED"
     same = "the same listing as at export time" if source.same_listing else "the listing differs from export time"
     click.echo(

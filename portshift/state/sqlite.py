@@ -7,7 +7,6 @@ through one connection guarded by a lock; each is committed when it returns (WAL
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sqlite3
 import threading
@@ -19,8 +18,8 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import ConfigError, LockedError, StateError
-from ..records import JobRecord, JobStatus, Problem, RecordingStatus
-from . import FileRecord, State, default_state_path, new_job_id, now_iso
+from ..records import JobRecord, JobStatus
+from . import State, default_state_path, new_job_id, now_iso
 from .sqlite_migrations import migrate
 
 
@@ -166,198 +165,23 @@ class SqliteState(State):
         with self._lock:
             self.db["jobs"].update(job_id, values)
 
-    def _jobs(self, sql: str, params: list[Any]) -> list[JobRecord]:
-        return [JobRecord.from_row(r) for r in self.db.query(sql, params)]
+    def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]:
+        return [JobRecord.from_row(r) for r in self.db.query(query, params)]
 
-    def find_jobs(self, text: str, limit: int = 20) -> list[JobRecord]:
-        """Jobs whose id is ``text``, or else starts or ends with it (newest first)."""
-        exact = self._jobs("select * from jobs where id = ?", [text])
-        if exact or not text:
-            return exact
-        like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return self._jobs(
-            "select * from jobs where id like ? escape '\\' or id like ? escape '\\' order by started_at desc, id desc limit ?",
-            [like + "%", "%" + like, limit],
-        )
-
-    def jobs(self, limit: int = 50) -> list[JobRecord]:
-        return self._jobs("select * from jobs order by started_at desc, id desc limit ?", [limit])
-
-    def unfinished_job(self, job_key: str) -> JobRecord | None:
-        rows = self._jobs(
-            "select * from jobs where job_key = ? and status != 'complete' order by started_at desc, id desc limit 1",
-            [job_key],
-        )
-        return rows[0] if rows else None
-
-    def last_complete_job(self, job_key: str) -> JobRecord | None:
-        rows = self._jobs(
-            "select * from jobs where job_key = ? and status = 'complete' order by window_end desc, started_at desc limit 1",
-            [job_key],
-        )
-        return rows[0] if rows else None
+    def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(query, params))
 
     @_guard
-    def abandon_unfinished(self, job_key: str) -> int:
-        """Mark unfinished jobs of this job file as abandoned (``--new``)."""
+    def _write(self, what: str, query: str, params: list[Any]) -> int:
         with self._lock:
-            cur = self.conn.execute(
-                "update jobs set status = 'abandoned', finished_at = coalesce(finished_at, ?) "
-                "where job_key = ? and status != 'complete' and status != 'abandoned'",
-                [now_iso(), job_key],
-            )
-            return cur.rowcount
-
-    def exported_by_earlier_jobs(self, job_key: str, since: str, exclude_job: str) -> dict[str, str]:
-        """Recording id -> the id of the job that exported it, for recordings done by other jobs
-        of this job file whose window ends after ``since`` (a window re-listed by ``--since last``)."""
-        rows = self.conn.execute(
-            "select r.recording_id, r.job_id from recordings r join jobs j on j.id = r.job_id "
-            "where j.job_key = ? and j.id != ? and j.window_end > ? and r.status = 'done'",
-            [job_key, exclude_job, since],
-        )
-        return {rec: job for rec, job in rows}
-
-    def oldest_pending(self, job_key: str) -> str | None:
-        """The start time of the oldest recording left pending by a job of this job file and not
-        exported since (``--since last`` lists from there, so it is picked up once ready)."""
-        row = self.conn.execute(
-            "select min(p.started_at) from recordings p join jobs j on j.id = p.job_id "
-            "where j.job_key = ? and p.status = 'pending' and p.started_at is not null and not exists ("
-            "select 1 from recordings d join jobs k on k.id = d.job_id "
-            "where k.job_key = j.job_key and d.recording_id = p.recording_id and d.status = 'done')",
-            [job_key],
-        ).fetchone()
-        return row[0] if row else None
+            return self.conn.execute(query, params).rowcount
 
     # --- progress ---------------------------------------------------------------------------
-    def done_recordings(self, job_id: str) -> set[str]:
-        return {
-            r[0] for r in self.conn.execute("select recording_id from recordings where job_id = ? and status = 'done'", [job_id])
-        }
-
-    @_guard
-    def set_recording(
-        self,
-        job_id: str,
-        recording_id: str,
-        status: RecordingStatus | str,
-        reason: str = "",
-        message: str = "",
-        started_at: str | None = None,
-    ) -> None:
-        status = RecordingStatus(status)
-        with self._lock:
-            self.conn.execute(
-                "insert into recordings (job_id, recording_id, status, reason, message, updated_at, started_at) "
-                "values (?, ?, ?, ?, ?, ?, ?) on conflict(job_id, recording_id) do update set "
-                "status = excluded.status, reason = excluded.reason, message = excluded.message, "
-                "updated_at = excluded.updated_at, started_at = coalesce(excluded.started_at, recordings.started_at)",
-                [job_id, recording_id, status.value, reason, message[:500], now_iso(), started_at],
-            )
-
-    @_guard
-    def add_missing(self, job_id: str, recording_id: str, artifact: str, reason: str, message: str) -> None:
-        """One artifact the source said does not exist (the recording is still exported)."""
-        with self._lock:
-            self.conn.execute(
-                "insert into missing_artifacts (job_id, recording_id, artifact, reason, message) values (?, ?, ?, ?, ?) "
-                "on conflict(job_id, recording_id, artifact) do update set reason = excluded.reason, "
-                "message = excluded.message",
-                [job_id, recording_id, artifact, reason, message[:500]],
-            )
-
-    def recording_counts(self, job_id: str) -> dict[str, int]:
-        return {
-            r[0]: r[1]
-            for r in self.conn.execute("select status, count(*) from recordings where job_id = ? group by status", [job_id])
-        }
-
-    def problems(self, job_id: str) -> list[Problem]:
-        """Recordings not exported (failed, skipped, pending) and artifacts missing at the source."""
-        rows = self.conn.execute(
-            "select recording_id, status, reason, message, '' from recordings "
-            "where job_id = ? and status in ('failed', 'skipped', 'pending') "
-            "union all select recording_id, 'missing', reason, message, artifact from missing_artifacts where job_id = ? "
-            "order by 2, 1, 5",
-            [job_id, job_id],
-        )
-        return [Problem(rec, status, reason or "", message or "", art or "") for rec, status, reason, message, art in rows]
-
-    def outcome_counts(self, job_id: str) -> dict[str, dict[str, int]]:
-        """Recordings per outcome and reason, and files missing at the source per reason:
-        ``{"done": {"": 12}, "skipped": {"private": 1}, "missing": {"media_not_found": 2}}``."""
-        out: dict[str, dict[str, int]] = {}
-        rows = self.conn.execute(
-            "select status, coalesce(reason, ''), count(*) from recordings where job_id = ? group by 1, 2 "
-            "union all select 'missing', coalesce(reason, ''), count(*) from missing_artifacts where job_id = ? group by 2",
-            [job_id, job_id],
-        )
-        for status, reason, n in rows:
-            out.setdefault(status, {})[reason] = n
-        return out
-
     def listed_ids(self, job_id: str) -> Iterator[str]:
         """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
         e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
         for (rid,) in self.conn.execute("select recording_id from recordings where job_id = ? order by recording_id", [job_id]):
             yield rid
-
-    def exported_earlier(self, job_id: str) -> list[tuple[str, str]]:
-        """(recording id, message) of the recordings a --since last job found exported by an earlier job."""
-        return list(
-            self.conn.execute(
-                "select recording_id, message from recordings where job_id = ? and status = 'exported_earlier' "
-                "order by recording_id",
-                [job_id],
-            )
-        )
-
-    @_guard
-    def add_file(self, job_id: str, f: FileRecord) -> None:
-        with self._lock:
-            self.conn.execute(
-                "insert into files (job_id, key, size, sha256, recording_id, artifact, content_type, "
-                "recorded_at, done_at, verified, provider_checksums, kind) values (?,?,?,?,?,?,?,?,?,?,?,?) "
-                "on conflict(job_id, key) do update set size = excluded.size, sha256 = excluded.sha256, "
-                "recording_id = excluded.recording_id, artifact = excluded.artifact, "
-                "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
-                "done_at = excluded.done_at, verified = excluded.verified, "
-                "provider_checksums = excluded.provider_checksums, kind = excluded.kind",
-                [
-                    job_id,
-                    f.key,
-                    f.size,
-                    f.sha256,
-                    f.recording_id,
-                    f.artifact,
-                    f.content_type,
-                    f.recorded_at,
-                    now_iso(),
-                    f.verified,
-                    json.dumps(f.provider_checksums or {}, sort_keys=True),
-                    f.kind,
-                ],
-            )
-
-    @_guard
-    def remove_files_of(self, job_id: str, recording_id: str) -> None:
-        with self._lock:
-            self.conn.execute("delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
-
-    def done_artifacts(self, job_id: str, recording_id: str) -> set[str]:
-        return {
-            r[0]
-            for r in self.conn.execute(
-                "select artifact from files where job_id = ? and recording_id = ? and kind = 'content'",
-                [job_id, recording_id],
-            )
-        }
-
-    @_guard
-    def remove_manifest_files(self, job_id: str) -> None:
-        with self._lock:
-            self.conn.execute("delete from files where job_id = ? and kind = 'manifest'", [job_id])
 
     def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
         """Done files of a job, sorted by key, streamed from the DB."""
@@ -369,34 +193,3 @@ class SqliteState(State):
         cols = [d[0] for d in cur.description]
         for row in cur:
             yield dict(zip(cols, row))
-
-    def last_file_done_at(self, job_id: str) -> str | None:
-        """When the job's last content file was stored (None when it has none): the manifest's
-        ``# finished``, the same on every rewrite of the manifest."""
-        row = self.conn.execute("select max(done_at) from files where job_id = ? and kind = 'content'", [job_id]).fetchone()
-        return row[0] if row else None
-
-    def totals(self, job_id: str) -> tuple[int, int]:
-        row = self.conn.execute(
-            "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]
-        ).fetchone()
-        return int(row[0]), int(row[1])
-
-    # --- the sinks' journal
-    @_guard
-    def journal_begin(self, job_id: str, key: str, data: dict[str, str]) -> None:
-        with self._lock:
-            self.conn.execute(
-                "insert into sink_journal (job_id, key, data, started_at) values (?, ?, ?, ?) "
-                "on conflict(job_id, key) do update set data = excluded.data, started_at = excluded.started_at",
-                [job_id, key, json.dumps(data, sort_keys=True), now_iso()],
-            )
-
-    @_guard
-    def journal_end(self, job_id: str, key: str) -> None:
-        with self._lock:
-            self.conn.execute("delete from sink_journal where job_id = ? and key = ?", [job_id, key])
-
-    def journal_pending(self, job_id: str) -> list[tuple[str, dict[str, str]]]:
-        rows = self.conn.execute("select key, data from sink_journal where job_id = ? order by started_at", [job_id]).fetchall()
-        return [(key, json.loads(data)) for key, data in rows]

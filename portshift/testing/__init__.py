@@ -10,7 +10,10 @@
   (:class:`RequestMeter`), :class:`LocalCA` (a throw-away CA, ``trustme``), :class:`TLSServer`,
   :class:`PlainListener`, :func:`free_port`, :func:`wait_port`, :func:`stop_process`.
 - The command line: :func:`run_portshift` returns a :class:`CliResult` (exit code, stdout, stderr,
-  the JSON report, the failed recordings); :func:`clean_env`.
+  the JSON report, the failed recordings); :func:`clean_env`; :func:`interrupt_run` (Ctrl-C a
+  running ``portshift run``) returns :class:`Interrupted`.
+- A run's export: :func:`partial_run`, :func:`complete_recordings`, :func:`wrote_only_the_missing`,
+  :func:`verified_manifest`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from .cli import (
     PORTSHIFT,
     CliResult,
     DoneFile,
+    Interrupted,
     checked_failures,
     clean_env,
     done_files,
     failed_in_state,
     failed_on_stderr,
+    interrupt_run,
     query_state,
     run_portshift,
 )
@@ -41,6 +46,7 @@ from .data import (
     read_back_folder,
     unique_key,
 )
+from .exports import complete_recordings, partial_run, verified_manifest, wrote_only_the_missing
 from .faults import FAULTS, Connection, FaultProxy, RequestMeter, fault_cases, faults_in_turn
 from .journal import RecordingJournal
 from .reader_contract import ReaderContract
@@ -60,13 +66,14 @@ from .sink_contract import SinkContract, confirmed_checksums_match
 from .source_contract import SourceContract
 
 __all__ = [
-    "FAULTS",
-    "PORTSHIFT",
     "CliResult",
     "Connection",
     "DoneFile",
+    "FAULTS",
     "FaultProxy",
+    "Interrupted",
     "LocalCA",
+    "PORTSHIFT",
     "PlainListener",
     "ReaderContract",
     "RecordingJournal",
@@ -79,6 +86,7 @@ __all__ = [
     "checked_failures",
     "chunked",
     "clean_env",
+    "complete_recordings",
     "confirmed_checksums_match",
     "done_files",
     "env_flag",
@@ -89,6 +97,8 @@ __all__ = [
     "faults_in_turn",
     "free_port",
     "http_response",
+    "interrupt_run",
+    "partial_run",
     "pattern_bytes",
     "put_bytes",
     "query_state",
@@ -100,5 +110,7 @@ __all__ = [
     "server_context",
     "stop_process",
     "unique_key",
+    "verified_manifest",
     "wait_port",
+    "wrote_only_the_missing",
 ]

@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from ..errors import ExitCode
 
 #: the interpreter running the tests, with portshift and its plugins installed
 PORTSHIFT = [sys.executable, "-m", "portshift"]
@@ -170,3 +174,58 @@ def checked_failures(result: CliResult, state: Path) -> dict[str, str]:
     assert result.failed_recordings() == in_state, "the JSON report and the state file disagree on what failed and why"
     assert failed_on_stderr(result.stderr) == in_state, "the summary on stderr and the state file disagree"
     return in_state
+
+
+class Interrupted(NamedTuple):
+    """What :func:`interrupt_run` saw: the exit code, the seconds from SIGINT to the exit, stderr,
+    and ``count()`` just before the signal and once the run had exited (``None`` without ``count``)."""
+
+    exit_code: int
+    seconds: float
+    stderr: str
+    counted: int | None
+    counted_after: int | None
+
+    def assert_stopped_promptly(self, within: float = 1.0) -> None:
+        """The run exited with code 130 (interrupted) within ``within`` seconds of the signal,
+        without a traceback, and ``count()`` did not move after the signal (no request sent)."""
+        print(f"stopped {self.seconds:.3f} s after SIGINT, exit {self.exit_code}")
+        assert self.exit_code == ExitCode.INTERRUPTED, self.stderr
+        assert self.seconds < within, f"stopped {self.seconds:.2f} s after SIGINT"
+        assert self.counted_after == self.counted, "no request after the signal"
+        assert "Traceback" not in self.stderr
+
+
+def interrupt_run(
+    job: Path,
+    state: Path,
+    *,
+    env: dict[str, str],
+    reached: Callable[[], bool],
+    count: Callable[[], int] | None = None,
+    settle: float = 0.5,
+    timeout: float = 60,
+) -> Interrupted:
+    """Start ``portshift run --config job --state state --no-progress`` in a subprocess, wait (at
+    most ``timeout`` seconds) until ``reached()`` is true while it still runs, let it ``settle``
+    seconds more, then send SIGINT (Ctrl-C) and wait for it to exit (30 s at most). A run that ends
+    or never reaches the condition fails the test with its stderr; the process is killed if it
+    outlives the test."""
+    argv = ["run", "--config", str(job), "--state", str(state), "--no-progress"]
+    proc = subprocess.Popen([*PORTSHIFT, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not reached() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert reached() and proc.poll() is None, f"the run never reached the condition: {proc.communicate()[1]}"
+        time.sleep(settle)
+        counted = None if count is None else count()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Interrupted(proc.returncode, seconds, err, counted, None if count is None else count())

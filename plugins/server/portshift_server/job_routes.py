@@ -19,6 +19,21 @@ from .offers import RequestError
 Guard = Callable[[Request, str], Awaitable[Response | None]]
 
 
+def refused(e: Exception) -> Response:
+    """The answer when the job manager refuses a request: no such job (``KeyError``) 404, a bad
+    request 400, a conflict with the job's state 409, too many jobs of this client 429, the
+    server busy 503 (both with ``Retry-After: 60``)."""
+    if isinstance(e, KeyError):
+        return error(404, "no such job")
+    if isinstance(e, RequestError):
+        return error(400, str(e))
+    if isinstance(e, Conflict):
+        return error(409, str(e))
+    if isinstance(e, TooMany):
+        return error(429, str(e), {"Retry-After": "60"})
+    return error(503, str(e), {"Retry-After": "60"})  # Busy
+
+
 def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: Callable[[Request], str]) -> list[Route]:
     """``guard(request, bucket)``: a refusal (cross-origin, rate limit) or None."""
 
@@ -28,12 +43,8 @@ def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: 
         doc = await read_json(request)
         try:
             job_id = await run_in_threadpool(manager.create, doc, client_key(request))
-        except RequestError as e:
-            return error(400, str(e))
-        except TooMany as e:
-            return error(429, str(e), {"Retry-After": "60"})
-        except Busy as e:
-            return error(503, str(e), {"Retry-After": "60"})
+        except (RequestError, TooMany, Busy) as e:
+            return refused(e)
         finally:
             del doc
         snap = await run_in_threadpool(manager.snapshot, job_id)
@@ -50,10 +61,8 @@ def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: 
             return resp
         try:
             await run_in_threadpool(manager.cancel, request.path_params["job_id"])
-        except KeyError:
-            return error(404, "no such job")
-        except Conflict as e:
-            return error(409, str(e))
+        except (KeyError, Conflict) as e:
+            return refused(e)
         snap = await run_in_threadpool(manager.snapshot, request.path_params["job_id"])
         return JSONResponse(snap, status_code=202)
 
@@ -64,16 +73,8 @@ def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: 
         doc: Any = await read_json(request)
         try:
             await run_in_threadpool(manager.resume, job_id, doc, client_key(request))
-        except KeyError:
-            return error(404, "no such job")
-        except RequestError as e:
-            return error(400, str(e))
-        except Conflict as e:
-            return error(409, str(e))
-        except TooMany as e:
-            return error(429, str(e), {"Retry-After": "60"})
-        except Busy as e:
-            return error(503, str(e), {"Retry-After": "60"})
+        except (KeyError, RequestError, Conflict, TooMany, Busy) as e:
+            return refused(e)
         finally:
             del doc
         snap = await run_in_threadpool(manager.snapshot, job_id)

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,27 @@ def start_server(
         if b"address already in use" not in stderr.read_bytes().lower():
             raise AssertionError("the server did not start:\n" + stderr.read_text()[-3000:])
     raise AssertionError("no free port")
+
+
+ServerStarter = Callable[..., Server]
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerStarter]:
+    """``module_server(name, *args, **options)`` starts a server of the module's own, as
+    :func:`start_server` does, in a new folder named ``name``; each is stopped once the module's
+    tests are done."""
+    started: list[Server] = []
+
+    def start(name: str, *extra: str, **options: Any) -> Server:
+        started.append(start_server(certs, plugin_path, chorus, tmp_path_factory.mktemp(name), *extra, **options))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
 
 
 CHORUS_TOKEN = "canary-chorus-" + secrets.token_hex(8) + "/+="

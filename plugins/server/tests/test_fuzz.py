@@ -4,19 +4,17 @@ the documented schema, and no string value sent comes back in an answer."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from portshift_source_chorus.simulator import ChorusSimulator
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from .conftest import Certs, Server, start_server
+from .conftest import Certs, Server, ServerStarter
 
 # Only the Chorus source (no request fields) and the confined local sink: whatever valid job the
 # fuzzer invents is small, and is cancelled after 5 s anyway.
@@ -32,30 +30,9 @@ window_days = 366
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(
-    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    s = start_server(
-        certs,
-        plugin_path,
-        chorus,
-        tmp_path_factory.mktemp("fuzz"),
-        "--max-jobs",
-        "2",
-        "--max-jobs-per-client",
-        "2",
-        "--max-runtime",
-        "5",
-        "--cancel-grace",
-        "2",
-        "--rate-jobs",
-        "100000/60",
-        "--rate-signups",
-        "100000/60",
-        config_text=FUZZ_CONFIG,
-    )
-    yield s
-    s.stop()
+def fuzz_server(module_server: ServerStarter) -> Server:
+    limits = ["--max-jobs", "2", "--max-jobs-per-client", "2", "--max-runtime", "5", "--cancel-grace", "2"]
+    return module_server("fuzz", *limits, "--rate-jobs", "100000/60", "--rate-signups", "100000/60", config_text=FUZZ_CONFIG)
 
 
 @pytest.fixture(scope="module")

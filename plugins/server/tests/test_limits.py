@@ -16,38 +16,19 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from portshift_server.events import ChangeFeed, StreamLimits, StreamRefused
-from portshift_source_chorus.simulator import ChorusSimulator
 
-from .conftest import Certs, Server, canary_job, canary_value, start_job, start_server, wait_status
+from .conftest import Certs, Server, ServerStarter, canary_job, canary_value, start_job, wait_status
 
 HOLD = 1000
 
 
 @pytest.fixture(scope="module")
-def limited(
-    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    s = start_server(
-        certs,
-        plugin_path,
-        chorus,
-        tmp_path_factory.mktemp("limits"),
-        "--header-timeout",
-        "2",
-        "--max-jobs-per-client",
-        "4",
-        "--rate-jobs",
-        "1000/60",
-        nofile=1024,
-    )
-    yield s
-    s.stop()
+def limited(module_server: ServerStarter) -> Server:
+    return module_server("limits", "--header-timeout", "2", "--max-jobs-per-client", "4", "--rate-jobs", "1000/60", nofile=1024)
 
 
 def open_fds(pid: int) -> int:

@@ -10,15 +10,13 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trustme
 from portshift_server.destinations import NETWORK_ERROR, Outbound
 from portshift_server.ratelimit import client_key, client_network
-from portshift_source_chorus.simulator import ChorusSimulator
 
-from .conftest import Certs, Server, canary_job, canary_value, free_port, start_server, wait_status
+from .conftest import Server, ServerStarter, canary_job, canary_value, free_port, wait_status
 from .test_hostile_input import job_dirs, job_rows
 
 OUTBOUND_CONFIG = """
@@ -71,28 +69,15 @@ class Listener:
 
 
 @pytest.fixture(scope="module")
-def outbound(
-    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+def outbound(module_server: ServerStarter) -> Iterator[Server]:
     untrusted, dropping = Listener("untrusted"), Listener("dropping")
     config = OUTBOUND_CONFIG.replace("{closed}", str(free_port()))
     config = config.replace("{untrusted}", str(untrusted.port)).replace("{dropping}", str(dropping.port))
-    s = start_server(
-        certs,
-        plugin_path,
-        chorus,
-        tmp_path_factory.mktemp("outbound"),
-        "--rate-jobs",
-        "1000/60",
-        config_text=config,
-        env_extra={
-            "PORTSHIFT_LOAD_PLUGINS": "portshift-server,portshift-canary-test,portshift-sink-azure",
-            "PORTSHIFT_RETRY_BASE": "0.01",
-        },
-    )
+    plugins = "portshift-server,portshift-canary-test,portshift-sink-azure"
+    env = {"PORTSHIFT_LOAD_PLUGINS": plugins, "PORTSHIFT_RETRY_BASE": "0.01"}
+    s = module_server("outbound", "--rate-jobs", "1000/60", config_text=config, env_extra=env)
     s.outbound_config = config  # type: ignore[attr-defined]
     yield s
-    s.stop()
     untrusted.close()
     dropping.close()
 

@@ -6,33 +6,16 @@ import hashlib
 import hmac
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from portshift_source_chorus.simulator import ChorusSimulator
 
-from .conftest import Certs, Server, canary_job, start_server
+from .conftest import Server, ServerStarter, canary_job
 
 
 @pytest.fixture(scope="module")
-def strict(
-    certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    s = start_server(
-        certs,
-        plugin_path,
-        chorus,
-        tmp_path_factory.mktemp("strict"),
-        "--rate-jobs",
-        "2/3",
-        "--rate-signups",
-        "2/3",
-        "--max-jobs-per-client",
-        "4",
-    )
-    yield s
-    s.stop()
+def strict(module_server: ServerStarter) -> Server:
+    return module_server("strict", "--rate-jobs", "2/3", "--rate-signups", "2/3", "--max-jobs-per-client", "4")
 
 
 def hit_until_limited(strict: Server, path: str, body: dict) -> tuple[list[int], str | None]:

@@ -13,29 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from portshift import hookimpl
+from portshift import hookimpl, lazy_attributes
 
 __all__ = ["AzureOptions", "AzureReader", "AzureSink"]
 
 
 #: the SDK is imported only when a job uses this plugin (registered by reference below);
 #: ``from <package> import <Class>`` still works and imports it then
-_LAZY = {"AzureOptions": "options", "AzureReader": "reader", "AzureSink": "sink"}
-
-
-def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"AzureOptions": "options", "AzureReader": "reader", "AzureSink": "sink"})
 
 
 @hookimpl
-def register_sinks(register):  # type: ignore[no-untyped-def]
+def register_sinks(register: Any) -> None:
     register("azure", "portshift_sink_azure.sink:AzureSink")
 
 
 @hookimpl
-def register_readers(register):  # type: ignore[no-untyped-def]
+def register_readers(register: Any) -> None:
     register("azure", "portshift_sink_azure.reader:AzureReader")

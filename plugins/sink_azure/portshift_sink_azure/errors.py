@@ -14,9 +14,10 @@ from portshift import (
     AuthError,
     PortshiftError,
     SinkError,
-    dropped_under_tls,
-    handshake_failure,
-    is_plain_http_refusal,
+    connection_failed,
+    http_status_error,
+    redirect_refused,
+    refused_request,
     sanitize_message,
 )
 
@@ -40,10 +41,9 @@ _READ_AUTH_HINTS = {
     "read and list (sp=rl) on the container",
 }
 
-_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
-
-def _code(e: HttpResponseError) -> str:
+def error_code(e: HttpResponseError) -> str:
+    """The storage error code of an answer (``BlobNotFound``), or ``""``."""
     code = getattr(e, "error_code", None)
     if code is not None:
         code = getattr(code, "value", code)
@@ -70,20 +70,14 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
     (verify --store), whose hints name the read-only SAS."""
     if isinstance(e, HttpResponseError) and e.status_code is not None:
         status = int(e.status_code)
-        code = _code(e)
+        code = error_code(e)
         detail = _server_message(e)
         what = f"Azure answered {code or 'an error'}"
         if detail and detail not in what:
             what += f": {detail}"
         if 300 <= status < 400:
-            return SinkError(
-                "the endpoint answered with a redirect, which portshift never follows",
-                operation=operation,
-                status=status,
-                location=location,
-                retryable=False,
-                hint="set account_url to the storage account's blob endpoint itself",
-            )
+            hint = "set account_url to the storage account's blob endpoint itself"
+            return redirect_refused(operation=operation, status=status, location=location, hint=hint)
         if status in (401, 403):
             hints = _READ_AUTH_HINTS if reading else _AUTH_HINTS
             return AuthError(what, operation=operation, status=status, location=location, hint=hints.get(code))
@@ -107,20 +101,7 @@ def translate(e: BaseException, operation: str, location: str, *, reading: bool 
             )
         if status == 409 and code in ("EncryptionScopeDisabled", "EncryptionScopeNotFound"):
             return SinkError(what, operation=operation, status=status, location=location, retryable=False)
-        retryable = status in _RETRYABLE_STATUS or status >= 500
-        return SinkError(what, operation=operation, status=status, location=location, retryable=retryable)
+        return http_status_error(what, operation=operation, status=status, location=location)
     if isinstance(e, AzureError) or isinstance(e, OSError):
-        if is_plain_http_refusal(e):
-            return SinkError("refused to send a request over plain HTTP", operation=operation, location=location, retryable=False)
-        tls = handshake_failure(e)
-        if tls:
-            return SinkError(
-                tls,
-                operation=operation,
-                location=location,
-                retryable=False,
-                hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later",
-            )
-        why = dropped_under_tls(e) or type(e).__name__
-        return SinkError(f"connection to Azure failed ({why})", operation=operation, location=location, retryable=True)
+        return refused_request(e, operation, location) or connection_failed(e, "Azure", operation, location)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)

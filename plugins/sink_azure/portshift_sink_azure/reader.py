@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from portshift import IntegrityError, PortshiftError, Reader, SinkError
 
 from .client import connect, location_of
-from .errors import translate
+from .errors import error_code, translate
 from .options import AzureOptions
 from .sas import READ, inspect_sas, warn
 
@@ -84,7 +84,7 @@ class AzureReader(Reader):
         try:
             downloader = blob.download_blob(max_concurrency=1, validate_content=True)
         except ResourceNotFoundError as e:
-            if _code(e) in ("BlobNotFound", ""):
+            if error_code(e) in ("BlobNotFound", ""):
                 raise FileNotFoundError(location) from None
             failure = translate(e, "get blob", location, reading=True)
         except AzureError as e:
@@ -150,17 +150,6 @@ class AzureReader(Reader):
             self._service.close()
         except Exception:  # noqa: BLE001 - closing must not fail a finished verification
             log.debug("closing the Azure client failed", exc_info=False)
-
-
-def _code(e: HttpResponseError) -> str:
-    code = getattr(e, "error_code", None)
-    code = getattr(code, "value", code)
-    if not code and e.response is not None:
-        try:
-            code = e.response.headers.get("x-ms-error-code")
-        except Exception:  # noqa: BLE001 - best effort
-            code = None
-    return str(code or "")
 
 
 def _translate(e: AzureError, operation: str, location: str) -> PortshiftError:

@@ -22,7 +22,6 @@ its last TLS record.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 import uuid
@@ -42,14 +41,17 @@ from portshift.testing import (
     FAULTS,
     FaultProxy,
     RequestMeter,
-    checked_failures,
     chunked,
+    clean_env,
+    complete_recordings,
     done_files,
     fault_cases,
     faults_in_turn,
+    partial_run,
     pattern_bytes,
-    query_state,
     run_portshift,
+    verified_manifest,
+    wrote_only_the_missing,
 )
 
 from .conftest import ACCOUNT, CONTAINER, Azurite, MiB, download, make_options, md5
@@ -286,19 +288,14 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         f"connect_timeout = {CONNECT_TIMEOUT}\n"
     )
     state = tmp_path / "state.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
-    env.update({"HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), "PORTSHIFT_AZURE_SAS": azurite.sas()})
+    env = clean_env(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path), PORTSHIFT_AZURE_SAS=azurite.sas())
     container = admin.get_container_client(CONTAINER)
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
     first = run_portshift("run", "--config", str(job), "--state", str(state), "--report", "json", env=env)
     faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
-    assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
-    ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
-    assert status == "partial"
-    listed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
-    assert 1 <= len(listed) <= RECORDINGS
+    job_id, root, listed = partial_run(first, state, RECORDINGS)
     operation = r"(put blob|put block|put block list)"
     for rid, message in listed.items():
         # the call, what went wrong, and the blob (of that recording) it was writing
@@ -309,11 +306,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         ), message
     # a failed recording has a missing file; every other recording has both of its files
     done1 = done_files(state)
-    per_recording: dict[str, int] = {}
-    for _, _, rid, _ in done1.values():
-        per_recording[rid] = per_recording.get(rid, 0) + 1
-    assert {rid for rid, n in per_recording.items() if n == 2} == {f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
-    assert all(per_recording.get(rid, 0) < 2 for rid in listed)
+    assert complete_recordings(done1) == {f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
     # nothing recorded as done is truncated or corrupted
     etags1: dict[str, str] = {}
     for key, (size, sha, _, _) in done1.items():
@@ -327,24 +320,17 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     time.sleep(0.5)
     calm()
     second = run_portshift("run", "--config", str(job), "--state", str(state), env=env)
-    assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
+    assert second.exit_code == 0, str(second)
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = done_files(state)
-    written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
-    assert len(done2) == 2 * RECORDINGS
-    assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"
-    assert {done2[key][2] for key in written} == set(listed), "the re-run wrote files of other recordings"
+    wrote_only_the_missing(done1, done_files(state), listed, 2 * RECORDINGS)
     for key, etag in etags1.items():
         props = container.get_blob_client(f"{prefix}/{root}/{key}").get_blob_properties()
         assert props.etag == etag, f"{key} was uploaded again by the re-run"
 
     # --- everything verifies ------------------------------------------------------------------------------
-    names = set(committed(admin, f"{prefix}/"))
-    manifest = container.get_blob_client(f"{prefix}/{root}/portshift-manifest.txt").download_blob().readall().decode()
-    entries = [line.split("  ", 1) for line in manifest.splitlines() if line and not line.startswith("#")]
-    assert len(entries) == 2 * RECORDINGS + 1, manifest  # media + metadata + the JSON manifest
-    for digest, path in entries:
-        data = container.get_blob_client(f"{prefix}/{root}/{path}").download_blob().readall()
-        assert hashlib.sha256(data).hexdigest() == digest, f"{path}: differs from the manifest"
-    assert names == {f"{prefix}/{root}/{p}" for _, p in entries} | {f"{prefix}/{root}/portshift-manifest.txt"}
+    def read(path: str) -> bytes:
+        return container.get_blob_client(f"{prefix}/{root}/{path}").download_blob().readall()  # type: ignore[no-any-return]
+
+    exported = verified_manifest(read, 2 * RECORDINGS + 1)  # media + metadata + the JSON manifest
+    assert set(committed(admin, f"{prefix}/")) == {f"{prefix}/{root}/{p}" for p in exported}

@@ -20,13 +20,12 @@ from portshift import (
     AuthError,
     PortshiftError,
     SinkError,
-    dropped_under_tls,
-    handshake_failure,
-    is_plain_http_refusal,
+    connection_failed,
+    http_status_error,
+    redirect_refused,
+    refused_request,
     sanitize_message,
 )
-
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def _reason_and_message(response: requests.Response) -> tuple[str, str]:
@@ -52,14 +51,8 @@ def from_response(response: requests.Response, operation: str, location: str) ->
     if message:
         what += f": {message}"
     if 300 <= status < 400:
-        return SinkError(
-            "the endpoint answered with a redirect, which portshift never follows",
-            operation=operation,
-            status=status,
-            location=location,
-            retryable=False,
-            hint="set api_endpoint to the JSON API endpoint itself",
-        )
+        hint = "set api_endpoint to the JSON API endpoint itself"
+        return redirect_refused(operation=operation, status=status, location=location, hint=hint)
     if status == 401:
         return AuthError(
             what,
@@ -103,25 +96,16 @@ def from_response(response: requests.Response, operation: str, location: str) ->
             retryable=False,
             hint="check the bucket name; the sink never creates buckets",
         )
-    retryable = status in RETRYABLE_STATUS or status >= 500
-    return SinkError(what, operation=operation, status=status, location=location, retryable=retryable)
+    return http_status_error(what, operation=operation, status=status, location=location)
 
 
 def from_exception(e: BaseException, operation: str, location: str) -> PortshiftError:
     """A portshift error for an exception raised while talking to GCS or the token endpoint."""
     if isinstance(e, PortshiftError):
         return e
-    if is_plain_http_refusal(e):
-        return SinkError("refused to send a request over plain HTTP", operation=operation, location=location, retryable=False)
-    tls = handshake_failure(e)
-    if tls:
-        return SinkError(
-            tls,
-            operation=operation,
-            location=location,
-            retryable=False,
-            hint="check ca_bundle and that the endpoint speaks TLS 1.2 or later",
-        )
+    refused = refused_request(e, operation, location)
+    if refused:
+        return refused
     if isinstance(e, google.auth.exceptions.RefreshError):
         return AuthError(
             f"the token endpoint refused the credentials ({_refresh_detail(e)})",
@@ -145,8 +129,7 @@ def from_exception(e: BaseException, operation: str, location: str) -> Portshift
     # urllib3's own errors (a refused connection: NewConnectionError) reach here unwrapped,
     # because the adapter never retries (requests re-raises what it does not map)
     if isinstance(e, (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError)):
-        why = dropped_under_tls(e) or type(e).__name__
-        return SinkError(f"connection to GCS failed ({why})", operation=operation, location=location, retryable=True)
+        return connection_failed(e, "GCS", operation, location)
     return SinkError(f"unexpected {type(e).__name__}", operation=operation, location=location, retryable=False)
 
 

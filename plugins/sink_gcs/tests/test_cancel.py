@@ -8,16 +8,11 @@ retries go through ``portshift.Attempts`` and wait on the job's cancel event, ne
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from portshift import ExitCode
+from portshift.testing import Request, clean_env, interrupt_run
 
 from .conftest import Certs, TLSServer, server_context
 
@@ -35,7 +30,7 @@ def test_sigint_during_a_503_backoff_stops_the_run_within_a_second(tmp_path: Pat
 
     server = TLSServer(server_context(certs.ca), respond)
 
-    def slowed() -> list[object]:
+    def slowed() -> list[Request]:
         return [r for r in server.requests if phase == "check" or "uploadType=multipart" in r.target]
 
     job = tmp_path / "job.toml"
@@ -44,32 +39,7 @@ def test_sigint_during_a_503_backoff_stops_the_run_within_a_second(tmp_path: Pat
         f'[sink]\ntype = "gcs"\nbucket = "exports"\napi_endpoint = "{server.url}"\nca_bundle = "{certs.ca_pem}"\n'
         "anonymous = true\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(tmp_path / "s.db"), "--no-progress"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not slowed() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert slowed() and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
-        time.sleep(0.5)  # every transfer is now waiting out the Retry-After
-        asked = len(server.requests)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        elapsed = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        server.close()
-    print(f"stopped {elapsed:.3f} s after SIGINT, exit {proc.returncode}")
-    assert proc.returncode == ExitCode.INTERRUPTED, err
-    assert elapsed < 1.0, f"stopped {elapsed:.2f} s after SIGINT"
-    assert len(server.requests) == asked, "no request after the signal"
-    assert "Traceback" not in err
+    env = clean_env(drop=("PORTSHIFT_", "GOOGLE_"))
+    with server:
+        run = interrupt_run(job, tmp_path / "s.db", env=env, reached=lambda: bool(slowed()), count=lambda: len(server.requests))
+    run.assert_stopped_promptly()

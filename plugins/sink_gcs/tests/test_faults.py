@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import time
 import uuid
@@ -48,13 +47,16 @@ from portshift.testing import (
     FAULTS,
     FaultProxy,
     RequestMeter,
-    checked_failures,
+    clean_env,
+    complete_recordings,
     done_files,
     fault_cases,
     faults_in_turn,
+    partial_run,
     pattern_bytes,
-    query_state,
     run_portshift,
+    verified_manifest,
+    wrote_only_the_missing,
 )
 
 from .conftest import BUCKET, CHUNK, Certs, KiB, MiB, Server, make_options
@@ -309,29 +311,20 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         f"connect_timeout = {CONNECT_TIMEOUT}\n"
     )
     state = tmp_path / "state.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
-    env.update({"HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)})
+    env = clean_env(drop=("PORTSHIFT_", "GOOGLE_"), HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
     sessions = admin.resumable()
 
     # --- run 1: through the faults, no retries anywhere -------------------------------------------
     first = run_portshift("run", "--config", str(job), "--state", str(state), "--report", "json", env=env)
     faults = front.faults
     assert faults >= 3, f"only {faults} faults were injected"
-    assert first.exit_code == 3, f"exit {first.exit_code}\n{first.stdout}\n{first.stderr[-3000:]}"
-    ((job_id, root, status),) = query_state(state, "select id, export_root, status from jobs")
-    assert status == "partial"
-    listed = checked_failures(first, state)  # the same in the JSON report, on stderr and in the state
-    assert 1 <= len(listed) <= RECORDINGS
+    job_id, root, listed = partial_run(first, state, RECORDINGS)
     for rid, message in listed.items():
         # the call, what went wrong, and the object (of that recording) it was writing
         assert re.match(rf"^{OPERATIONS}: .+ at gs://{BUCKET}/{prefix}/{root}/\S*/{rid}/\S+( \(.+\))?$", message), message
     # a failed recording has a missing file; every other recording has both of its files
     done1 = done_files(state)
-    per_recording: dict[str, int] = {}
-    for _, _, rid, _ in done1.values():
-        per_recording[rid] = per_recording.get(rid, 0) + 1
-    assert {rid for rid, n in per_recording.items() if n == 2} == {f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
-    assert all(per_recording.get(rid, 0) < 2 for rid in listed)
+    assert complete_recordings(done1) == {f"ex0000{i:06d}" for i in range(RECORDINGS)} - set(listed)
     # nothing recorded as done is truncated or corrupted
     generations1: dict[str, str] = {}
     for key, (size, sha, _, _) in done1.items():
@@ -347,25 +340,15 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     # --- run 2: the same job on a clean path ---------------------------------------------------------
     calm()
     second = run_portshift("run", "--config", str(job), "--state", str(state), env=env)
-    assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
+    assert second.exit_code == 0, str(second)
     assert f"resumed job {job_id}" in second.stdout
     assert front.faults == faults
-    done2 = done_files(state)
-    written = {key for key in done2 if key not in done1 or done2[key] != done1[key]}
-    assert len(done2) == 2 * RECORDINGS
-    assert written == set(done2) - set(done1), "the re-run rewrote files that were already done"
-    assert {done2[key][2] for key in written} == set(listed), "the re-run wrote files of other recordings"
+    wrote_only_the_missing(done1, done_files(state), listed, 2 * RECORDINGS)
     for key, generation in generations1.items():
         meta = admin.meta(f"{prefix}/{root}/{key}")
         assert meta is not None and str(meta["generation"]) == generation, f"{key} was uploaded again by the re-run"
 
     # --- everything verifies ------------------------------------------------------------------------------
-    names = set(admin.names(f"{prefix}/"))
-    manifest = (admin.download(f"{prefix}/{root}/portshift-manifest.txt") or b"").decode()
-    entries = [line.split("  ", 1) for line in manifest.splitlines() if line and not line.startswith("#")]
-    assert len(entries) == 2 * RECORDINGS + 1, manifest  # media + metadata + the JSON manifest
-    for digest, path in entries:
-        data = admin.download(f"{prefix}/{root}/{path}")
-        assert data is not None and hashlib.sha256(data).hexdigest() == digest, f"{path}: differs from the manifest"
-    assert names == {f"{prefix}/{root}/{p}" for _, p in entries} | {f"{prefix}/{root}/portshift-manifest.txt"}
+    exported = verified_manifest(lambda path: admin.download(f"{prefix}/{root}/{path}"), 2 * RECORDINGS + 1)
+    assert set(admin.names(f"{prefix}/")) == {f"{prefix}/{root}/{p}" for p in exported}
     assert admin.resumable()["open"] == sessions["open"]

@@ -126,19 +126,20 @@ def test_wrong_checksum_is_refused_by_gcs_and_nothing_is_stored(
         assert after["open"] == before["open"] and after["cancelled"] == before["cancelled"] + 1
 
 
+def flip_a_body_byte(sent: Sent) -> Sent:
+    """Change one byte near the end of an upload's body (after the sink hashed it)."""
+    if sent.body and sent.method in ("POST", "PUT") and len(sent.body) > 500:
+        body = bytearray(sent.body)
+        body[-300] ^= 0x01
+        sent.body = bytes(body)
+    return sent
+
+
 @pytest.mark.parametrize("size", [1000, 3 * CHUNK + 5], ids=["multipart", "resumable"])
 def test_bytes_corrupted_on_the_wire_are_refused(emulator: Server, make_sink: Callable[..., GcsSink], size: int) -> None:
     """The checksums are right but a byte of the body changes in transit (after hashing)."""
     sink = make_sink()
-
-    def flip(sent: Sent) -> Sent:
-        if sent.body and sent.method in ("POST", "PUT") and len(sent.body) > 500:
-            body = bytearray(sent.body)
-            body[-300] ^= 0x01
-            sent.body = bytes(body)
-        return sent
-
-    Recorder(sink, alter=flip)
+    Recorder(sink, alter=flip_a_body_byte)
     key = unique("flipped.bin")
     with pytest.raises(SinkError) as e:
         put_bytes(sink, key, pattern_bytes(size), size)
@@ -244,15 +245,7 @@ def test_store_that_does_not_verify_is_caught_by_the_comparison(
     stored. The sink compares the CRC32C/MD5 the store reports with its own and refuses to call
     that a verified write."""
     sink = make_sink(fakegcs)
-
-    def flip(sent: Sent) -> Sent:
-        if sent.body and sent.method in ("POST", "PUT") and len(sent.body) > 500:
-            body = bytearray(sent.body)
-            body[-300] ^= 0x01
-            sent.body = bytes(body)
-        return sent
-
-    Recorder(sink, alter=flip)
+    Recorder(sink, alter=flip_a_body_byte)
     with pytest.raises(IntegrityError) as e:
         put_bytes(sink, unique(), pattern_bytes(size), size)
     assert "CRC32C" in str(e.value) and "MD5" in str(e.value)

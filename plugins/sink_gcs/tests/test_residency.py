@@ -4,9 +4,6 @@ the location a bucket was created with)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 from portshift_sink_gcs import GcsSink
 
 from portshift import ConfigError, ExitCode, ResidencyError
-from portshift.testing import pattern_bytes, put_bytes
+from portshift.testing import clean_env, pattern_bytes, put_bytes, run_portshift
 
 from .conftest import BUCKET, Certs, Server, make_options
 
@@ -96,16 +93,10 @@ def test_portshift_run_refuses_before_listing_with_one_line(tmp_path: Path, fake
     )
     state = tmp_path / "state.db"
     before = fakegcs.admin.names("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "GOOGLE_"))}
-    r = subprocess.run(
-        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    env = clean_env(drop=("PORTSHIFT_", "GOOGLE_"))
+    r = run_portshift("run", "--config", job, "--state", state, env=env, timeout=120)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert r.exit_code == ExitCode.USAGE, r.stderr
     assert len(lines) == 1 and "'US-CENTRAL1'" in lines[0] and "allowed_regions" in lines[0], r.stderr
     assert not state.exists()
     assert fakegcs.admin.names("") == before

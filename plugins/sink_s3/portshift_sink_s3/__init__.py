@@ -12,22 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from portshift import hookimpl
+from portshift import hookimpl, lazy_attributes
 
 __all__ = ["S3Options", "S3Reader", "S3Sink"]
 
 
 #: the SDK is imported only when a job uses this plugin (registered by reference below);
 #: ``from <package> import <Class>`` still works and imports it then
-_LAZY = {"S3Options": "options", "S3Reader": "reader", "S3Sink": "sink"}
-
-
-def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"S3Options": "options", "S3Reader": "reader", "S3Sink": "sink"})
 
 
 @hookimpl

@@ -38,6 +38,12 @@ SECRET_KEY = "CANARYSECRETKEY/abc123+xyz"
 SESSION_TOKEN = "CANARYSESSIONTOKEN999"
 PART = 5 * 1024 * 1024
 
+#: the types of the fixtures below, for the tests' signatures
+MakeSink = Callable[..., Any]
+ReadObj = Callable[[str], bytes | None]
+Pending = Callable[[], list[Any]]
+Canaries = tuple[str, str, str]
+
 
 @dataclass
 class Certs:

@@ -7,17 +7,12 @@ off)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from portshift import ExitCode
+from portshift.testing import clean_env, interrupt_run
 
 from .conftest import ACCESS_KEY, SECRET_KEY, Certs
 
@@ -38,33 +33,10 @@ def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(
         f'[sink]\ntype = "s3"\nbucket = "{bucket}"\nregion = "us-east-1"\nendpoint_url = "{tls_proxy.url}"\n'
         f'ca_bundle = "{certs.ca_pem}"\naddressing_style = "path"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
-    env.update({"PORTSHIFT_AWS_ACCESS_KEY_ID": ACCESS_KEY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": SECRET_KEY})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(tmp_path / "s.db"), "--no-progress"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    keys = {"PORTSHIFT_AWS_ACCESS_KEY_ID": ACCESS_KEY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    env = clean_env(drop=("AWS_", "PORTSHIFT_"), **keys)
+    # every transfer is then waiting out the 600 s Retry-After
+    run = interrupt_run(
+        job, tmp_path / "s.db", env=env, reached=lambda: any(slowed(r) for r in tls_proxy.seen), count=lambda: len(tls_proxy.seen)
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not any(slowed(r) for r in tls_proxy.seen) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        reached = any(slowed(r) for r in tls_proxy.seen)
-        assert reached and proc.poll() is None, f"the sink never reached the store: {proc.communicate()[1]}"
-        time.sleep(0.5)  # every transfer is now waiting out the 600 s Retry-After
-        asked = len(tls_proxy.seen)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        elapsed = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    print(f"stopped {elapsed:.3f} s after SIGINT, exit {proc.returncode}")
-    assert proc.returncode == ExitCode.INTERRUPTED, err
-    assert elapsed < 1.0, f"stopped {elapsed:.2f} s after SIGINT"
-    assert len(tls_proxy.seen) == asked, "no request after the signal"
-    assert "Traceback" not in err
+    run.assert_stopped_promptly()

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from portshift.errors import ExitCode
 from portshift.testing import PORTSHIFT
 
-from .conftest import run_env
+from .conftest import Canaries, Pending, run_env
 
 MEDIA = 10 * 1024 * 1024 + 7  # three parts of 5 MiB (the last one 7 bytes)
 
@@ -38,12 +37,12 @@ def write_job(tmp_path: Path, bucket: str, endpoint: str, ca: Path, count: int =
     return job
 
 
-def run_args(job: Path, state: Path, canaries: tuple[str, str, str]) -> tuple[list[str], dict[str, str]]:
+def run_args(job: Path, state: Path, canaries: Canaries) -> tuple[list[str], dict[str, str]]:
     env = run_env(canaries)
     return [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--log-level", "debug", "--no-progress"], env
 
 
-def run(job: Path, state: Path, canaries: tuple[str, str, str]) -> subprocess.CompletedProcess[str]:
+def run(job: Path, state: Path, canaries: Canaries) -> subprocess.CompletedProcess[str]:
     argv, env = run_args(job, state, canaries)
     try:
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=90)
@@ -73,13 +72,7 @@ def manifest_entries(admin: Any, bucket: str, root: str) -> dict[str, str]:
 
 
 def test_run_into_s3_then_rehash_every_object(
-    tmp_path: Path,
-    moto: Any,
-    certs: Any,
-    admin: Any,
-    bucket: str,
-    canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]],
+    tmp_path: Path, moto: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Pending
 ) -> None:
     r = run(write_job(tmp_path, bucket, moto.url, certs.ca_pem), tmp_path / "state.db", canaries)
     assert r.returncode == 0, r.stderr
@@ -107,13 +100,7 @@ def test_run_into_s3_then_rehash_every_object(
 
 
 def test_a_corrupted_upload_is_never_recorded_as_done(
-    tmp_path: Path,
-    tls_proxy: Any,
-    certs: Any,
-    admin: Any,
-    bucket: str,
-    canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]],
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Pending
 ) -> None:
     victim = "ex0000000001/media.mp3"
     tls_proxy.rule = lambda req: (
@@ -161,7 +148,7 @@ def test_a_corrupted_upload_is_never_recorded_as_done(
 
 @pytest.mark.parametrize("region", ["eu-west-1"])
 def test_a_region_outside_allowed_regions_stops_before_anything_is_sent(
-    tmp_path: Path, tls_proxy: Any, certs: Any, bucket: str, canaries: tuple[str, str, str], region: str
+    tmp_path: Path, tls_proxy: Any, certs: Any, bucket: str, canaries: Canaries, region: str
 ) -> None:
     job = write_job(tmp_path, bucket, tls_proxy.url, certs.ca_pem)
     job.write_text(job.read_text().replace('region = "us-east-1"', f'region = "{region}"'))
@@ -172,7 +159,7 @@ def test_a_region_outside_allowed_regions_stops_before_anything_is_sent(
 
 
 def test_verify_store_reads_the_export_back_from_s3(
-    tmp_path: Path, moto: Any, certs: Any, admin: Any, bucket: str, canaries: tuple[str, str, str]
+    tmp_path: Path, moto: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries
 ) -> None:
     assert run(write_job(tmp_path, bucket, moto.url, certs.ca_pem, count=2), tmp_path / "s.db", canaries).returncode == 0
     root, _ = export(admin, bucket)
@@ -225,15 +212,7 @@ def kill_points(seed: int = 20261130) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize(("rec", "what"), kill_points(), ids=lambda v: str(v))
 def test_a_run_killed_mid_multipart_upload_leaves_no_pending_upload_after_the_rerun(
-    tmp_path: Path,
-    tls_proxy: Any,
-    certs: Any,
-    admin: Any,
-    bucket: str,
-    canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]],
-    rec: int,
-    what: str,
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Pending, rec: int, what: str
 ) -> None:
     victim = f"ex0000{rec:06d}/media.mp3"
     proc: list[subprocess.Popen[bytes]] = []

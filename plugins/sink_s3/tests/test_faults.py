@@ -49,6 +49,7 @@ from portshift.testing import (
     FaultProxy,
     checked_failures,
     chunked,
+    complete_recordings,
     done_files,
     fault_cases,
     faults_in_turn,
@@ -56,9 +57,11 @@ from portshift.testing import (
     query_state,
     renderings,
     run_portshift,
+    verified_manifest,
+    wrote_only_the_missing,
 )
 
-from .conftest import PART, Moto, TLSProxy, run_env
+from .conftest import PART, Canaries, MakeSink, Moto, Pending, ReadObj, TLSProxy, run_env
 
 MiB = 1024 * 1024
 #: Seconds a stalled connection holds its bytes: longer than both lowered timeouts.
@@ -145,7 +148,7 @@ def faulted_put(
     return key, data, proxy, error, started
 
 
-def settle(fault: str, shape: str, started: float, read_obj: Callable[[str], bytes | None], key: str) -> None:
+def settle(fault: str, shape: str, started: float, read_obj: ReadObj, key: str) -> None:
     """Let a stalled connection deliver what it held (moto then finishes that request). A late
     PutObject shows: it is awaited (up to 5 s past the stall) until its object appears. A late
     UploadPart meets an aborted upload and shows nothing: half a second past the stall."""
@@ -159,7 +162,7 @@ def settle(fault: str, shape: str, started: float, read_obj: Callable[[str], byt
     time.sleep(max(0.0, STALL + 0.5 - (time.monotonic() - started)))
 
 
-def assert_clean_error(e: PortshiftError, canaries: tuple[str, str, str]) -> None:
+def assert_clean_error(e: PortshiftError, canaries: Canaries) -> None:
     texts = renderings(e)
     for text in texts:
         for c in canaries:
@@ -169,22 +172,16 @@ def assert_clean_error(e: PortshiftError, canaries: tuple[str, str, str]) -> Non
     assert e.__cause__ is None
 
 
-def assert_nothing_left(read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]], key: str) -> None:
+def assert_nothing_left(read_obj: ReadObj, pending: Pending, key: str) -> None:
     assert read_obj(key) is None, "a failed put left an object under its key"
     assert pending() == [], "a multipart upload was left open"
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.usefixtures("low_timeouts")
 def test_a_fault_is_recovered_by_botocore_or_fails_the_put_and_leaves_nothing(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    canaries: tuple[str, str, str],
-    low_timeouts: None,
-    fault: str,
-    shape: str,
+    moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending, canaries: Canaries, fault: str, shape: str
 ) -> None:
     key, data, proxy, error, started = faulted_put(moto, make_sink, fault, shape)
     settle(fault, shape, started, read_obj, key)
@@ -199,16 +196,9 @@ def test_a_fault_is_recovered_by_botocore_or_fails_the_put_and_leaves_nothing(
 
 
 @pytest.mark.parametrize(("fault", "shape"), NO_RETRY_CASES)
+@pytest.mark.usefixtures("low_timeouts", "no_retries")
 def test_without_retries_a_fault_fails_the_put_and_leaves_nothing(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    canaries: tuple[str, str, str],
-    low_timeouts: None,
-    no_retries: None,
-    fault: str,
-    shape: str,
+    moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending, canaries: Canaries, fault: str, shape: str
 ) -> None:
     key, _, _, error, started = faulted_put(moto, make_sink, fault, shape)
     assert error is not None, f"the put succeeded through a {fault} without retries"
@@ -221,14 +211,8 @@ def test_without_retries_a_fault_fails_the_put_and_leaves_nothing(
     assert_nothing_left(read_obj, pending, key)
 
 
-def test_a_late_put_object_is_the_whole_file(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    low_timeouts: None,
-    no_retries: None,
-) -> None:
+@pytest.mark.usefixtures("low_timeouts", "no_retries")
+def test_a_late_put_object_is_the_whole_file(moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending) -> None:
     """What the xfail above documents, and what does hold: whatever lands under the key after a
     failed single PutObject is the whole file (it carries its SHA-256, which S3 verifies)."""
     key, data, _, error, started = faulted_put(moto, make_sink, "stall", "single-put")
@@ -241,15 +225,9 @@ def test_a_late_put_object_is_the_whole_file(
 
 
 @pytest.mark.parametrize("fault", ["reset", "half-close"])
+@pytest.mark.usefixtures("low_timeouts", "no_retries")
 def test_a_connection_dropped_mid_body_is_reported_as_a_connection_failure(
-    moto: Moto,
-    make_sink: Callable[..., Any],
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    canaries: tuple[str, str, str],
-    low_timeouts: None,
-    no_retries: None,
-    fault: str,
+    moto: Moto, make_sink: MakeSink, read_obj: ReadObj, pending: Pending, canaries: Canaries, fault: str
 ) -> None:
     """Known bug #6: a drop 200 kB into a 5 MiB UploadPart body reaches botocore while it is still
     writing, as ssl.SSLEOFError (or, after a half-close, a TLS alert): a connection failure,
@@ -333,8 +311,8 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     certs: Any,
     admin: Any,
     bucket: str,
-    canaries: tuple[str, str, str],
-    pending: Callable[[], list[Any]],
+    canaries: Canaries,
+    pending: Pending,
     in_turn: tuple[FaultProxy, Callable[[], None]],
     tls_proxy: TLSProxy,
 ) -> None:
@@ -372,10 +350,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
                 message,
             ), message
         assert not [k for k in objects(admin, bucket) if k.endswith("portshift-manifest.txt")]
-    per_recording: dict[str, int] = {}
-    for rid in (f.recording_id for f in done1.values()):
-        per_recording[rid] = per_recording.get(rid, 0) + 1
-    assert {rid for rid, n in per_recording.items() if n == 2} == all_recordings - set(failed)
+    assert complete_recordings(done1) == all_recordings - set(failed)
     before = objects(admin, bucket)
 
     # --- run 2: the same job on a clean path, every request seen by a TLS-terminating proxy ------------
@@ -385,11 +360,7 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
     assert second.exit_code == 0, f"exit {second.exit_code}\n{second.stdout}\n{second.stderr[-3000:]}"
     assert front.faults == faults
     assert pending() == []
-    done2 = done_files(state)
-    assert len(done2) == 2 * RECORDINGS
-    assert {k: v for k, v in done2.items() if k in done1} == done1, "the re-run changed what was done"
-    missing = set(done2) - set(done1)
-    assert {done2[k][2] for k in missing} == set(failed), "the re-run wrote files of other recordings"
+    missing = wrote_only_the_missing(done1, done_files(state), failed, 2 * RECORDINGS)
     writes = {  # check()'s conditional PutObject (If-Match no object satisfies) writes nothing
         urllib.parse.unquote(q.target.split("?")[0]).split("/", 2)[2]
         for q in tls_proxy.seen
@@ -407,9 +378,5 @@ def test_portshift_run_through_faults_then_a_clean_rerun_writes_only_what_is_mis
         assert after[key] == tag, f"{key} was uploaded again by the re-run"
 
     # --- everything verifies -----------------------------------------------------------------------
-    manifest = body(admin, bucket, f"{root_key}/portshift-manifest.txt").decode()
-    entries = [line.split("  ", 1) for line in manifest.splitlines() if line and not line.startswith("#")]
-    assert len(entries) == 2 * RECORDINGS + 1, manifest  # media + metadata + the JSON manifest
-    for digest, path in entries:
-        assert hashlib.sha256(body(admin, bucket, f"{root_key}/{path}")).hexdigest() == digest, path
-    assert set(after) == {f"{root_key}/{p}" for _, p in entries} | {f"{root_key}/portshift-manifest.txt"}
+    exported = verified_manifest(lambda path: body(admin, bucket, f"{root_key}/{path}"), 2 * RECORDINGS + 1)
+    assert set(after) == {f"{root_key}/{p}" for p in exported}  # media + metadata + the JSON manifest, and the manifest

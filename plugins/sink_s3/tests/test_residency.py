@@ -5,9 +5,6 @@ which keeps the region a bucket was created in)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 import pytest
 
 from portshift import ConfigError, ExitCode, ResidencyError
+from portshift.testing import clean_env, run_portshift
 
 from .conftest import ACCESS_KEY, SECRET_KEY
 
@@ -60,16 +58,10 @@ def test_portshift_run_refuses_before_listing_with_one_line(tmp_path: Path, admi
         f'ca_bundle = "{certs.ca_pem}"\naddressing_style = "path"\nallowed_regions = ["us-*"]\n'
     )
     state = tmp_path / "state.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PORTSHIFT_"))}
-    env.update({"PORTSHIFT_AWS_ACCESS_KEY_ID": ACCESS_KEY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": SECRET_KEY})
-    r = subprocess.run(
-        [sys.executable, "-m", "portshift", "run", "--config", str(job), "--state", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    keys = {"PORTSHIFT_AWS_ACCESS_KEY_ID": ACCESS_KEY, "PORTSHIFT_AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    env = clean_env(drop=("AWS_", "PORTSHIFT_"), **keys)
+    r = run_portshift("run", "--config", job, "--state", state, env=env, timeout=120)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert r.exit_code == ExitCode.USAGE, r.stderr
     assert len(lines) == 1 and "'eu-west-1'" in lines[0] and "allowed_regions" in lines[0], r.stderr
     assert not state.exists() and admin.list_objects_v2(Bucket=name).get("KeyCount") == 0

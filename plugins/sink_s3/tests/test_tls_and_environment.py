@@ -17,6 +17,8 @@ from portshift.errors import ConfigError, SinkError
 from portshift.hashing import HashingStream
 from portshift.testing import TLSServer, server_context
 
+from .conftest import MakeSink, ReadObj
+
 HOSTILE_ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 TRUST_VARS = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
 
@@ -33,11 +35,7 @@ def test_an_http_endpoint_is_a_config_error_before_any_connection(make_options: 
 
 
 def test_hostile_endpoint_proxy_and_trust_variables_are_ignored(
-    make_sink: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
-    plain_listener: Any,
-    certs: Any,
-    read_obj: Callable[[str], bytes | None],
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, plain_listener: Any, certs: Any, read_obj: ReadObj
 ) -> None:
     for name in HOSTILE_ENDPOINT_VARS + ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, plain(plain_listener))
@@ -53,7 +51,7 @@ def test_hostile_endpoint_proxy_and_trust_variables_are_ignored(
 
 
 def test_without_an_endpoint_it_is_aws_over_https_whatever_the_environment(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, plain_listener: Any
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, plain_listener: Any
 ) -> None:
     for name in HOSTILE_ENDPOINT_VARS:
         monkeypatch.setenv(name, plain(plain_listener))
@@ -63,7 +61,7 @@ def test_without_an_endpoint_it_is_aws_over_https_whatever_the_environment(
 
 
 def test_trust_variables_do_not_add_trust(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, certs: Any, tls_proxy: Any
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, certs: Any, tls_proxy: Any
 ) -> None:
     """With the test CA only in AWS_CA_BUNDLE & co (not in ca_bundle), moto's cert is refused."""
     for name in TRUST_VARS:
@@ -77,12 +75,7 @@ def test_trust_variables_do_not_add_trust(
 
 
 def test_shared_config_files_cannot_redirect_or_add_trust_with_the_credential_chain(
-    make_sink: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    plain_listener: Any,
-    certs: Any,
-    read_obj: Callable[[str], bytes | None],
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plain_listener: Any, certs: Any, read_obj: ReadObj
 ) -> None:
     config = tmp_path / "config"
     config.write_text(
@@ -109,11 +102,7 @@ def test_shared_config_files_cannot_redirect_or_add_trust_with_the_credential_ch
 
 
 def test_static_keys_read_no_shared_file(
-    make_sink: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    plain_listener: Any,
-    read_obj: Callable[[str], bytes | None],
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, plain_listener: Any, read_obj: ReadObj
 ) -> None:
     config = tmp_path / "config"
     config.write_text("[profile other]\nregion = ap-south-1\n[default]\nthis is not an ini file\n")
@@ -124,7 +113,7 @@ def test_static_keys_read_no_shared_file(
     assert read_obj("static.bin") == b"ok"
 
 
-def test_the_client_uses_portshifts_tls_context(make_sink: Callable[..., Any]) -> None:
+def test_the_client_uses_portshifts_tls_context(make_sink: MakeSink) -> None:
     from portshift_sink_s3.client import HTTPSOnlySession
 
     session = make_sink().client._endpoint.http_session
@@ -134,7 +123,7 @@ def test_the_client_uses_portshifts_tls_context(make_sink: Callable[..., Any]) -
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname is True
 
 
-def test_the_http_session_refuses_plain_http(make_sink: Callable[..., Any], plain_listener: Any) -> None:
+def test_the_http_session_refuses_plain_http(make_sink: MakeSink, plain_listener: Any) -> None:
     import botocore.exceptions
     from botocore.awsrequest import AWSRequest
     from portshift_sink_s3.client import PlainHTTPRefused
@@ -157,7 +146,7 @@ def old_tls_server(certs: Any) -> Iterator[TLSServer]:
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-def test_a_tls_1_1_server_is_refused(make_sink: Callable[..., Any], old_tls_server: TLSServer, certs: Any) -> None:
+def test_a_tls_1_1_server_is_refused(make_sink: MakeSink, old_tls_server: TLSServer, certs: Any) -> None:
     # Control: the server does speak TLS 1.1 to a client that allows it.
     loose = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     loose.load_verify_locations(str(certs.ca_pem))
@@ -180,32 +169,27 @@ def test_a_tls_1_1_server_is_refused(make_sink: Callable[..., Any], old_tls_serv
     assert old_tls_server.handshakes == before and old_tls_server.requests == []
 
 
-def test_a_certificate_for_another_host_is_refused(make_sink: Callable[..., Any], certs: Any, tmp_path: Path) -> None:
-    server = TLSServer(server_context(certs.ca, "other.example"))
-    try:
+def assert_refused_before_a_request(make_sink: MakeSink, context: ssl.SSLContext, key: str) -> None:
+    """A put to a TLS server holding ``context``'s certificate fails certificate verification
+    (the sink's ca_bundle is the test CA), and no request reaches that server."""
+    with TLSServer(context) as server:
         sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")
         with pytest.raises(SinkError) as e:
-            sink.put("host.bin", HashingStream(iter([b"x"])), 1)
+            sink.put(key, HashingStream(iter([b"x"])), 1)
         assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
         assert server.requests == []
-    finally:
-        server.close()
 
 
-def test_an_unknown_ca_is_refused(make_sink: Callable[..., Any], tmp_path: Path) -> None:
-    server = TLSServer(server_context(trustme.CA()))
-    try:
-        sink = make_sink(endpoint_url=f"https://127.0.0.1:{server.port}")  # ca_bundle: the test CA, not this one
-        with pytest.raises(SinkError) as e:
-            sink.put("ca.bin", HashingStream(iter([b"x"])), 1)
-        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
-        assert server.requests == []
-    finally:
-        server.close()
+def test_a_certificate_for_another_host_is_refused(make_sink: MakeSink, certs: Any, tmp_path: Path) -> None:
+    assert_refused_before_a_request(make_sink, server_context(certs.ca, "other.example"), "host.bin")
+
+
+def test_an_unknown_ca_is_refused(make_sink: MakeSink, tmp_path: Path) -> None:
+    assert_refused_before_a_request(make_sink, server_context(trustme.CA()), "ca.bin")
 
 
 def test_client_side_monitoring_from_the_environment_stays_off(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, moto: Any, certs: Any
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, moto: Any, certs: Any
 ) -> None:
     """AWS_CSM_ENABLED would make botocore send call records (with the access key id) over UDP."""
     import boto3
@@ -240,7 +224,7 @@ def test_client_side_monitoring_from_the_environment_stays_off(
 
 
 def test_sslkeylogfile_gets_no_tls_secrets(
-    make_sink: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, moto: Any, certs: Any
+    make_sink: MakeSink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, moto: Any, certs: Any
 ) -> None:
     import boto3
 

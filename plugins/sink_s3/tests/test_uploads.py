@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +14,8 @@ import pytest
 from portshift.errors import AuthError, SinkError
 from portshift.hashing import HashingStream
 from portshift.testing import chunked, failing_chunks, pattern_bytes
+
+from .conftest import MakeSink, Pending, ReadObj
 
 PART = 5 * 1024 * 1024
 MiB = 1024 * 1024
@@ -39,7 +41,7 @@ def b64sha(data: bytes) -> str:
     ids=["zero", "small", "part-minus-1", "exactly-one-part", "one-part-plus-1", "three-parts", "25MiB"],
 )
 def test_sizes_round_trip_and_say_what_s3_checked(
-    make_sink: Callable[..., Any], admin: Any, bucket: str, pending: Callable[[], list[Any]], size: int, parts: int
+    make_sink: MakeSink, admin: Any, bucket: str, pending: Pending, size: int, parts: int
 ) -> None:
     sink = make_sink(prefix="p")
     data = pattern_bytes(size, seed=size)
@@ -73,7 +75,7 @@ def test_sizes_round_trip_and_say_what_s3_checked(
 
 
 @pytest.mark.parametrize("size", [1000, 2 * PART + 7])
-def test_sse_kms_and_storage_class_reach_the_server(make_sink: Callable[..., Any], admin: Any, bucket: str, size: int) -> None:
+def test_sse_kms_and_storage_class_reach_the_server(make_sink: MakeSink, admin: Any, bucket: str, size: int) -> None:
     sink = make_sink(sse="aws:kms", kms_key_id="alias/portshift-test", storage_class="STANDARD_IA")
     data = pattern_bytes(size)
     sink.put("kms.bin", HashingStream(chunked(data)), size)
@@ -84,7 +86,7 @@ def test_sse_kms_and_storage_class_reach_the_server(make_sink: Callable[..., Any
 
 
 @pytest.mark.parametrize("size", [10, PART + 10])
-def test_sse_s3_reaches_the_server(make_sink: Callable[..., Any], admin: Any, bucket: str, size: int) -> None:
+def test_sse_s3_reaches_the_server(make_sink: MakeSink, admin: Any, bucket: str, size: int) -> None:
     sink = make_sink(sse="AES256")
     sink.put("aes.bin", HashingStream(chunked(pattern_bytes(size))), size)
     head = admin.head_object(Bucket=bucket, Key="aes.bin")
@@ -92,7 +94,7 @@ def test_sse_s3_reaches_the_server(make_sink: Callable[..., Any], admin: Any, bu
     assert "StorageClass" not in head  # STANDARD: not set, not sent
 
 
-def test_parallel_parts_arrive_in_order(make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None]) -> None:
+def test_parallel_parts_arrive_in_order(make_sink: MakeSink, read_obj: ReadObj) -> None:
     sink = make_sink(max_concurrency=4)
     data = os.urandom(6 * PART + 999)
     result = sink.put("par.bin", HashingStream(chunked(data)), None)
@@ -113,7 +115,7 @@ def _generated(total: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
-def test_memory_is_bounded_by_part_size_not_file_size(make_sink: Callable[..., Any], concurrency: int) -> None:
+def test_memory_is_bounded_by_part_size_not_file_size(make_sink: MakeSink, concurrency: int) -> None:
     total = 40 * MiB
     sink = make_sink(max_concurrency=concurrency)
     tracemalloc.start()
@@ -129,9 +131,7 @@ def test_memory_is_bounded_by_part_size_not_file_size(make_sink: Callable[..., A
     assert peak < bound, f"peak {peak / MiB:.1f} MiB above the bound {bound / MiB:.1f} MiB"
 
 
-def test_source_failure_mid_multipart_aborts_and_leaves_nothing(
-    make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
-) -> None:
+def test_source_failure_mid_multipart_aborts_and_leaves_nothing(make_sink: MakeSink, read_obj: ReadObj, pending: Pending) -> None:
     sink = make_sink(max_concurrency=2)
     data = pattern_bytes(3 * PART + 100)
     stream = HashingStream(failing_chunks(data, fail_after=2 * PART + 50))
@@ -143,9 +143,7 @@ def test_source_failure_mid_multipart_aborts_and_leaves_nothing(
     assert pending() == []
 
 
-def test_interrupt_mid_multipart_aborts(
-    make_sink: Callable[..., Any], read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]
-) -> None:
+def test_interrupt_mid_multipart_aborts(make_sink: MakeSink, read_obj: ReadObj, pending: Pending) -> None:
     import threading
 
     from portshift.errors import Interrupted
@@ -167,12 +165,7 @@ def test_interrupt_mid_multipart_aborts(
 
 
 def test_server_failure_on_one_part_aborts_and_leaves_nothing(
-    make_sink: Callable[..., Any],
-    tls_proxy: Any,
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    admin: Any,
-    bucket: str,
+    make_sink: MakeSink, tls_proxy: Any, read_obj: ReadObj, pending: Pending, admin: Any, bucket: str
 ) -> None:
     # Every attempt at part 3 loses its connection (botocore retries it, then gives up).
     tls_proxy.rule = lambda req: tls_proxy.Action(close=True) if "partNumber=3&" in req.target + "&" else None
@@ -187,7 +180,7 @@ def test_server_failure_on_one_part_aborts_and_leaves_nothing(
     assert pending() == []
 
 
-def test_no_such_bucket_is_a_sink_error_with_location(make_sink: Callable[..., Any]) -> None:
+def test_no_such_bucket_is_a_sink_error_with_location(make_sink: MakeSink) -> None:
     sink = make_sink(bucket="no-such-bucket-here")
     with pytest.raises(SinkError) as e:
         sink.put("x.bin", HashingStream(iter([b"data"])), 4)
@@ -199,18 +192,13 @@ def test_no_such_bucket_is_a_sink_error_with_location(make_sink: Callable[..., A
     assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
-def test_location_is_bucket_and_prefix(make_sink: Callable[..., Any], bucket: str) -> None:
+def test_location_is_bucket_and_prefix(make_sink: MakeSink, bucket: str) -> None:
     assert make_sink(prefix="/exports/acme/").location() == f"s3://{bucket}/exports/acme"
     assert make_sink().location() == f"s3://{bucket}"
 
 
 def test_check_creates_nothing_and_writes_only_with_check_write(
-    make_sink: Callable[..., Any],
-    tls_proxy: Any,
-    read_obj: Callable[[str], bytes | None],
-    pending: Callable[[], list[Any]],
-    admin: Any,
-    bucket: str,
+    make_sink: MakeSink, tls_proxy: Any, read_obj: ReadObj, pending: Pending, admin: Any, bucket: str
 ) -> None:
     """check() proves the bucket and the write permission with a PutObject that cannot be written
     (If-Match on a name no object has: NoSuchKey) and an AbortMultipartUpload for an upload that
@@ -229,14 +217,14 @@ def test_check_creates_nothing_and_writes_only_with_check_write(
     assert read_obj("chk/.portshift-check") == b"portshift write check\n"
 
 
-def test_a_declared_size_beyond_10000_parts_is_refused_before_sending(make_sink: Callable[..., Any], tls_proxy: Any) -> None:
+def test_a_declared_size_beyond_10000_parts_is_refused_before_sending(make_sink: MakeSink, tls_proxy: Any) -> None:
     sink = make_sink(endpoint_url=tls_proxy.url)
     with pytest.raises(SinkError, match="raise part_size"):
         sink.put("huge.bin", HashingStream(iter([b"x"])), PART * 10_000 + 1)
     assert tls_proxy.connections == 0
 
 
-def test_a_composite_checksum_returned_by_s3_is_compared(make_sink: Callable[..., Any]) -> None:
+def test_a_composite_checksum_returned_by_s3_is_compared(make_sink: MakeSink) -> None:
     """moto returns no composite checksum on CompleteMultipartUpload; AWS does (``<b64>-<parts>``)."""
     import base64
 

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from portshift import hookimpl
+from portshift import hookimpl, lazy_attributes
 
 __all__ = ["ChorusOptions", "ChorusSource"]
 
 
 #: the SDK is imported only when a job uses this plugin (registered by reference below);
 #: ``from <package> import <Class>`` still works and imports it then
-_LAZY = {"ChorusOptions": "options", "ChorusSource": "source"}
-
-
-def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the submodule holds
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"ChorusOptions": "options", "ChorusSource": "source"})
 
 
 @hookimpl
