@@ -71,7 +71,8 @@ def command(
     Re-running the same job file resumes an unfinished job."""
     harden_process()
     try:
-        result = _run(config_path, since, until, transfers, state_path, dry_run, new, allow_empty, progress, secrets_from_stdin)
+        req = _request(since, until, transfers, dry_run, new, allow_empty)
+        result = _run(config_path, req, state_path, progress, secrets_from_stdin)
     except PortshiftError as e:
         if report:
             click.echo(json.dumps(error_report(e.exit_code, sanitize_message(str(e), 1000)), indent=2))
@@ -98,18 +99,9 @@ def _request(
 
 
 def _run(
-    config_path: Path,
-    since: str | None,
-    until: str | None,
-    transfers: int | None,
-    state_path: str | None,
-    dry_run: bool,
-    new: bool,
-    allow_empty: bool,
-    progress: bool | None,
-    secrets_from_stdin: bool,
+    config_path: Path, req: RunRequest, state_path: str | None, progress: bool | None, secrets_from_stdin: bool
 ) -> RunResult:
-    req = _request(since, until, transfers, dry_run, new, allow_empty)
+    dry_run = req.dry_run
     cfg = load(config_path, secrets_from_stdin)
     cancel = threading.Event()
     bar = Progress(enabled=progress if progress is not None else not dry_run)
