@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from .. import __version__
 from ..api import JobInfo, Sink, Source
 from ..config import JobConfig
-from ..errors import ConfigError, Interrupted, PortshiftError
+from ..errors import ConfigError, Interrupted, PortshiftError, RecordingPending
 from ..logs import set_log_context
 from ..manifest import build_inventory
 from ..plugins import call_event
@@ -127,8 +127,8 @@ class Runner:
         set_log_context(job=job.id, phase="transfer")
         result = RunResult(job_id=job.id, status="", exit_code=0, export_root=job.export_root)
         result.resumed = plan.resume is not None
-        status, error = self._export(job, plan, source, sink, req, result)
-        self._finish(job, status, error, result)
+        status, error, exit_code = self._export(job, plan, source, sink, req, result)
+        self._finish(job, status, error, exit_code, result)
         files = result.files
         if status is JobStatus.COMPLETE and not files and not req.allow_empty:
             result.status, result.export_root = "nothing-new", ""
@@ -141,8 +141,9 @@ class Runner:
 
     def _export(
         self, job: JobRecord, plan: Plan, source: Source, sink: Sink, req: RunRequest, result: RunResult
-    ) -> tuple[JobStatus, str | None]:
-        """Clean up, transfer, write the manifests: how the job ended, and a one-line error."""
+    ) -> tuple[JobStatus, str | None, int]:
+        """Clean up, transfer, write the manifests: how the job ended, a one-line error, and the
+        exit code (a fatal error's own, e.g. 2 for a residency refusal, else the status's)."""
         assert self.state is not None
         phase = ""
         try:
@@ -165,17 +166,16 @@ class Runner:
             )
             status, error = transfer.run()
             result.already_done, result.exported_now = transfer.already, transfer.exported
-            result.exit_code = transfer.fatal_exit_code or 0
             if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
                 set_log_context(phase="manifest")
                 phase = "writing the manifest: "
                 result.manifest_key, result.manifest_sha256 = self._write_manifests(job, sink)
         except Interrupted:
-            return JobStatus.INTERRUPTED, "interrupted"
+            return JobStatus.INTERRUPTED, "interrupted", EXIT_CODES[JobStatus.INTERRUPTED]
         except Exception as e:  # noqa: BLE001 - the job is recorded failed, nothing lost
             text = str(e) if isinstance(e, PortshiftError) else f"{type(e).__name__}: {e}"
-            return JobStatus.FAILED, f"{phase}{sanitize_message(text)}"
-        return status, error
+            return JobStatus.FAILED, f"{phase}{sanitize_message(text)}", EXIT_CODES[JobStatus.FAILED]
+        return status, error, transfer.fatal_exit_code or EXIT_CODES[status]
 
     # --- before the transfer ---------------------------------------------------------------
     def _check_reachable(self, source: Source, sink: Sink) -> None:
@@ -251,7 +251,7 @@ class Runner:
         state.update_job(job.id, manifest_key=key, manifest_sha256=digest)
         return key, digest
 
-    def _finish(self, job: JobRecord, status: JobStatus, error: str | None, result: RunResult) -> None:
+    def _finish(self, job: JobRecord, status: JobStatus, error: str | None, exit_code: int, result: RunResult) -> None:
         state = self.state
         assert state is not None
         files, nbytes = state.totals(job.id)
@@ -268,8 +268,7 @@ class Runner:
             pending_count=counts.get(RecordingStatus.PENDING.value, 0),
         )
         problems = [p.as_dict() for p in state.problems(job.id)]
-        fatal_code = result.exit_code if status is JobStatus.FAILED else 0  # set by _export from the fatal error
-        result.status, result.exit_code = status.value, fatal_code or EXIT_CODES[status]
+        result.status, result.exit_code = status.value, exit_code
         result.files, result.bytes, result.counts = files, nbytes, counts
         result.window_start, result.window_end = job.window_start, job.window_end
         lists = {"skipped": result.skipped, "pending": result.pending, "failed": result.failed}
@@ -307,7 +306,7 @@ class Runner:
                 continue
             item = {"recording_id": rec.id, "started_at": iso(rec.started_at) if rec.started_at else None, "size": rec.size}
             if rec.skipped is not None:
-                item["outcome"] = "pending" if type(rec.skipped).__name__ == "RecordingPending" else "skipped"
+                item["outcome"] = "pending" if isinstance(rec.skipped, RecordingPending) else "skipped"
                 item["reason"] = getattr(rec.skipped, "reason", "")
             else:
                 todo += 1
