@@ -41,25 +41,20 @@ from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
 from ..retry import Attempts, Backoff
-from ..state import FileRecord, State
+from ..state import Claimed, FileRecord, State
+from ..state.claims import listing_lock
+from .listing import Lister
 from .planning import Plan, iso
 from .readahead import READ_AHEAD_FROM, ReadAhead
+from .seat import WorkerSeat
 
 log = logging.getLogger("portshift.run")
 T = TypeVar("T")
 
 GRACE = 0.8  #: seconds the workers get to stop after a cancel before the run ends without them
 _TICK = 0.1
-
-
-def storable(recording_id: str) -> str:
-    """The id as the state DB can store it: a lone surrogate (possible in JSON) is written as its
-    escape sequence, deterministically, so that resume still recognises the recording."""
-    try:
-        recording_id.encode("utf-8")
-        return recording_id
-    except UnicodeEncodeError:
-        return recording_id.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+_WAIT = 0.2  #: between looks for work when there is nothing to claim
+REAP_EVERY = 1.0  #: seconds between looks for dead workers while others hold recordings
 
 
 def _message(e: BaseException) -> str:
@@ -67,7 +62,8 @@ def _message(e: BaseException) -> str:
 
 
 class Transfer:
-    """Moves every recording of one job's window from the source into the sink."""
+    """One worker's share of a job: claim recordings from the state and move them from the
+    source into the sink (and list the window, when this worker holds the listing lock)."""
 
     def __init__(
         self,
@@ -84,6 +80,7 @@ class Transfer:
         transfers: int,
         retry_base: float,
         payload_prefix: str,
+        seat: WorkerSeat,
     ) -> None:
         self.cfg, self.state, self.job, self.plan = cfg, state, job, plan
         self.source, self.sink, self.info = source, sink, info
@@ -91,31 +88,41 @@ class Transfer:
         self.transfers = transfers
         self.retry_base = retry_base
         self.payload_prefix = payload_prefix
-        self.resuming = plan.resume is not None
-        self.already = 0  #: recordings exported before (this job's earlier attempt, or an earlier job)
-        self.exported = 0  #: recordings exported by this run
-        self._work: queue.Queue[Recording | None] = queue.Queue(maxsize=transfers * 2)
+        self.seat = seat
+        self.exported = 0  #: recordings exported by this worker
+        self._work: queue.Queue[Recording | None] = queue.Queue()
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
         self._listing_error: str | None = None
         self._left_behind = False  #: the run ended while a worker was still busy
+        self._mine: set[str] = set()  #: claimed by this worker and not finished
+        self._reaped_at = 0.0
+        self.lister: Lister | None = None
+        self._lister_thread: threading.Thread | None = None
+
+    @property
+    def already(self) -> int:
+        """Recordings the listing found exported before (an earlier attempt, or an earlier job)."""
+        return self.lister.already if self.lister is not None else 0
 
     # --- the whole job --------------------------------------------------------------------
     def run(self) -> tuple[JobStatus, str | None]:
-        """Transfer everything; return the job's status and a one-line error (or None)."""
+        """Transfer until nothing is left to do; return the status and a one-line error (or None)."""
         self.source.on_listing = self.progress.listing
         workers = [threading.Thread(target=self._worker, name=f"transfer-{n}", daemon=True) for n in range(self.transfers)]
-        lister = threading.Thread(target=self._list, name="listing", daemon=True)
+        dispatcher = threading.Thread(target=self._dispatch, name="claims", daemon=True)
         self.progress.start()
-        for t in (lister, *workers):
+        self._start_listing()
+        for t in (dispatcher, *workers):
             t.start()
         try:
             while any(t.is_alive() for t in workers) and not self.cancel.is_set():
                 self.cancel.wait(_TICK)
             if self.cancel.is_set():
                 deadline = time.monotonic() + GRACE
-                for t in (lister, *workers):
-                    t.join(max(0.0, deadline - time.monotonic()))
+                for t in (self._lister_thread, dispatcher, *workers):
+                    if t is not None:
+                        t.join(max(0.0, deadline - time.monotonic()))
                 self._left_behind = any(t.is_alive() for t in workers)
         finally:
             self.progress.stop(interrupted=self.cancel.is_set() and self._fatal is None)
@@ -138,6 +145,8 @@ class Transfer:
             return JobStatus.INTERRUPTED, "interrupted"
         if self._listing_error:
             return JobStatus.FAILED, self._listing_error
+        if not self.seat.alive:
+            return JobStatus.FAILED, "this worker stalled past its lease; the others redo what it held"
         failed = self.state.recording_counts(self.job.id).get(RecordingStatus.FAILED.value, 0)
         if failed:
             return JobStatus.PARTIAL, f"{failed} recordings failed; re-run to retry them"
@@ -149,35 +158,33 @@ class Transfer:
                 self._fatal = e
         self.cancel.set()
 
-    # --- listing (one thread) ---------------------------------------------------------------
+    # --- listing (one thread, in the worker that holds the listing lock) -----------------------
+    def _start_listing(self) -> bool:
+        """List the window here unless this attempt's listing is complete or another worker lists."""
+        job = self.state.job(self.job.id)
+        if job is None or job.listing_attempt == self.seat.attempt:
+            return False
+        if not self.state.try_lock(listing_lock(self.job.id)):
+            return False
+        self.lister = Lister(
+            self.state,
+            self.job,
+            self.plan,
+            self.source,
+            attempt=self.seat.attempt,
+            cancel=self.cancel,
+            outcome=lambda rec, e: self._record_outcome(rec, e, claimed=False),
+            on_listed=self.progress.listed,
+            on_already=lambda: self.progress.recording_finished("already"),
+        )
+        self._lister_thread = threading.Thread(target=self._list, name="listing", daemon=True)
+        self._lister_thread.start()
+        return True
+
     def _list(self) -> None:
-        listed = 0
+        assert self.lister is not None
         try:
-            for rec in self.source.recordings(self.plan.window):
-                if self.cancel.is_set():
-                    break
-                listed += 1
-                self.progress.listed(rec.size)
-                rec.id = storable(rec.id)
-                if rec.id in self.plan.done or rec.id in self.plan.earlier:
-                    self.already += 1
-                    self.progress.recording_finished("already")
-                    if rec.id in self.plan.earlier:  # in this window's inventory, exported elsewhere
-                        self.state.set_recording(
-                            self.job.id,
-                            rec.id,
-                            RecordingStatus.EXPORTED_EARLIER,
-                            "",
-                            f"exported by job {self.plan.earlier[rec.id]}",
-                            iso(rec.started_at) if rec.started_at else None,
-                        )
-                elif rec.skipped is not None:
-                    self._record_outcome(rec, rec.skipped)
-                elif not self._put(rec):
-                    break
-            else:
-                if not self.cancel.is_set():  # the whole window: a total for progress bars (the service's page)
-                    self.state.update_job(self.job.id, listed_count=listed)
+            self.lister.run()
         except FatalError as e:
             self._set_fatal(e)
         except Interrupted:
@@ -190,17 +197,64 @@ class Transfer:
             self._set_fatal(e)
         finally:
             self.progress.listing_done()
-            for _ in range(self.transfers):
-                if not self._put(None):
-                    break
 
-    def _put(self, item: Recording | None) -> bool:
-        while not self.cancel.is_set():
-            try:
-                self._work.put(item, timeout=_TICK)
-                return True
-            except queue.Full:
-                continue
+    def _listing(self) -> bool:
+        return self._lister_thread is not None and self._lister_thread.is_alive()
+
+    # --- claims (one thread) ------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Claim recordings in small batches while the local queue has room; end when nothing is
+        left to do in the whole job (what other live workers hold is waited for: if one dies,
+        its recordings come back and are claimed here)."""
+        try:
+            while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
+                room = self.transfers - self._work.qsize()
+                claimed = self.state.claim(self.job.id, self.seat.id, room) if room > 0 else []
+                if claimed:
+                    for c in claimed:
+                        with self._lock:
+                            self._mine.add(c.id)
+                        self._work.put(self._recording_of(c))
+                    continue
+                if not self._more_to_come():
+                    return
+                self.cancel.wait(_WAIT)
+        except BaseException as e:  # noqa: BLE001 - a lost state database stops this worker
+            if not self.cancel.is_set():
+                self._set_fatal(e)
+        finally:
+            for _ in range(self.transfers):
+                self._work.put(None)
+
+    def _recording_of(self, claimed: Claimed) -> Recording:
+        if self.lister is not None:
+            return self.lister.recording(claimed)
+        return Lister.rebuild(claimed)
+
+    def _more_to_come(self) -> bool:
+        """Nothing to claim now: will there be (a listing under way, recordings other live
+        workers hold, or this worker's own still in flight)?"""
+        if self._listing():
+            assert self.lister is not None
+            self.lister.flush(stale_only=True)
+            return True
+        job = self.state.job(self.job.id)
+        if job is not None and job.listing_attempt != self.seat.attempt:
+            if self._lister_thread is not None and self._listing_error is None and not self.cancel.is_set():
+                return False  # our own listing ended without completing: stop (the outcome says why)
+            self._start_listing()  # the lister died: take over
+            return True
+        unclaimed, claimed = self.state.todo_counts(self.job.id)
+        with self._lock:
+            mine = len(self._mine)
+        if unclaimed or mine:
+            return True
+        if claimed:
+            if time.monotonic() - self._reaped_at >= REAP_EVERY:
+                self._reaped_at = time.monotonic()
+                if self.state.reap(self.job.id, self.seat.id):
+                    log.info("a worker of this job stopped; its recordings are claimed again")
+            return True
         return False
 
     # --- one recording (N worker threads) ----------------------------------------------------
@@ -219,27 +273,37 @@ class Transfer:
                 if not self._left_behind:
                     self._set_fatal(e)
                 return
+            finally:
+                with self._lock:
+                    self._mine.discard(rec.id)
 
-    def _record_outcome(self, rec: Recording, e: BaseException) -> None:
+    def _record_outcome(self, rec: Recording, e: BaseException, *, claimed: bool = True) -> None:
         started = iso(rec.started_at) if rec.started_at else None
         if isinstance(e, RecordingPending):
-            self.state.set_recording(self.job.id, rec.id, RecordingStatus.PENDING, e.reason, _message(e), started)
-            self.progress.recording_finished("pending")
+            status, reason, how = RecordingStatus.PENDING, e.reason, "pending"
             log.info("recording %s is not ready yet (%s): a later run exports it", rec.id, e.reason)
         elif isinstance(e, SkipRecording):
-            self.state.set_recording(self.job.id, rec.id, RecordingStatus.SKIPPED, e.reason, _message(e), started)
-            self.progress.recording_finished("skipped")
+            status, reason, how = RecordingStatus.SKIPPED, e.reason, "skipped"
             log.warning("skipped recording %s: %s", rec.id, _message(e))
         else:
-            msg = _message(e)
-            self.state.set_recording(self.job.id, rec.id, RecordingStatus.FAILED, type(e).__name__, msg, started)
-            self.progress.recording_finished("failed")
-            log.error("recording %s failed: %s", rec.id, msg)
+            status, reason, how = RecordingStatus.FAILED, type(e).__name__, "failed"
+            log.error("recording %s failed: %s", rec.id, _message(e))
+        if claimed:
+            self._finish(rec, status, reason, _message(e))
+        else:
+            self.state.set_recording(self.job.id, rec.id, status, reason, _message(e), started)
+        self.progress.recording_finished(how)
+
+    def _finish(self, rec: Recording, status: RecordingStatus, reason: str = "", message: str = "") -> bool:
+        if self.state.finish_claim(self.job.id, rec.id, self.seat.id, status, reason, message):
+            return True
+        log.warning("recording %s was given to another worker while this one worked on it (lease lost)", rec.id)
+        return False
 
     def _recording(self, rec: Recording) -> None:
         try:
             artifacts = self._with_retries(lambda: list(self.source.artifacts(rec)), f"recording {rec.id}")
-            done = self.state.done_artifacts(self.job.id, rec.id) if self.resuming else set()
+            done = self.state.done_artifacts(self.job.id, rec.id)
             for artifact in artifacts:
                 if self.cancel.is_set():
                     return
@@ -262,10 +326,9 @@ class Transfer:
             if not (self.cancel.is_set() and not isinstance(e, PortshiftError)):
                 self._record_outcome(rec, e)
             return
-        started = iso(rec.started_at) if rec.started_at else None
-        self.state.set_recording(self.job.id, rec.id, RecordingStatus.DONE, started_at=started)
-        with self._lock:
-            self.exported += 1
+        if self._finish(rec, RecordingStatus.DONE):
+            with self._lock:
+                self.exported += 1
         self.progress.recording_finished("done")
 
     def _with_retries(self, fn: Callable[[], T], what: str) -> T:
