@@ -188,6 +188,9 @@ class Runner:
             )
             status, error = transfer.run()
             result.already_done, result.exported_now = transfer.already, transfer.exported
+            if req.worker:  # what the job's workers together exported in this run, not only this one
+                done = self.state.recording_counts(job.id).get(RecordingStatus.DONE.value, 0)
+                result.exported_now = max(transfer.exported, done - len(plan.done))
             if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
                 set_log_context(phase="manifest")
                 phase = "writing the manifest: "
