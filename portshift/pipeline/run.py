@@ -29,6 +29,7 @@ from .manifests import ManifestRun
 from .planning import Plan, iso, plan_job, run_command
 from .result import EXIT_CODES, RunRequest, RunResult
 from .seat import WorkerSeat
+from .shared_rate import share_source_rate
 from .transfer import Transfer
 
 log = logging.getLogger("portshift.run")
@@ -141,6 +142,7 @@ class Runner:
                 log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
             job, seat = self._start(plan, source, sink)
         try:
+            share_source_rate(source, state, job.id)
             if self.on_started is not None:
                 self.on_started(job.id)
             set_log_context(job=job.id, phase="transfer")

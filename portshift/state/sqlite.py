@@ -254,15 +254,19 @@ class SqliteState(State):
             self.conn.executemany(query, rows)
 
     @_guard
+    def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._lock, self._immediate():
+            return self.conn.execute(query, params).fetchall()
+
     def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
         # one statement under SQLite's single writer: no two workers can take the same row
-        with self._lock, self._immediate():
-            return self.conn.execute(
-                "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
-                "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
-                "returning recording_id, started_at, ref",
-                [worker_id, job_id, limit],
-            ).fetchall()
+        return self._write_returning(
+            "claim recordings",
+            "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
+            "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
+            "returning recording_id, started_at, ref",
+            [worker_id, job_id, limit],
+        )
 
     # --- progress ---------------------------------------------------------------------------
     def listed_ids(self, job_id: str) -> Iterator[str]:
