@@ -335,3 +335,31 @@ def test_the_batch_job_file_loads_with_the_role_and_the_variables_the_definition
     for s in definition["containerProperties"]["secrets"]:
         monkeypatch.setenv(s["name"], "deploy-test-credential-0123456789")
     load_with_dummy_files(doc, tmp_path)
+
+
+# --- docs/scaling.md -------------------------------------------------------------------------
+
+SCALING = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
+
+
+def test_the_scaling_doc_names_files_that_exist_and_documents_every_manifest() -> None:
+    text = SCALING.read_text()
+    named = set(re.findall(r"deploy/[\w./-]*\w", text))
+    assert named and not [p for p in named if not (DEPLOY.parent / p).exists()]
+    table = text.split("## Kubernetes", 1)[1].split("**Indexed", 1)[0]
+    for path in KUBE.rglob("*.yaml"):
+        assert f"`{path.relative_to(KUBE)}`" in table, f"{path.relative_to(KUBE)} is not in the docs' table"
+    for path in BATCH.iterdir():
+        assert f"`{path.name}`" in text
+
+
+def test_the_scaling_doc_commands_use_the_names_the_manifests_use() -> None:
+    text = SCALING.read_text()
+    the_job = job(KUBE / "job.yaml")
+    assert f"job/{the_job['metadata']['name']}" in text
+    assert f"-n {the_job['metadata']['namespace']} " in text
+    (volume,) = [v for v in the_job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert f"create secret generic {volume['secret']['secretName']}" in text
+    doc = tomllib.loads(the_one(kube_objects(), "ConfigMap")["data"]["job.toml"])
+    keys = set(re.findall(r"--from-file=([\w-]+)=", text))
+    assert keys == {Path(f).name for f in credential_files(doc).values()}

@@ -245,7 +245,7 @@ def test_a_worker_that_never_says_it_is_ready_gets_no_credentials(tmp_path: Path
     started = time.monotonic()
     with pytest.raises(HandoverFailed, match="did not become ready"):
         KubernetesLauncher(settings(ready_timeout=1.0), cluster).start(export.spec, export.credentials)
-    assert 1.0 <= time.monotonic() - started < 4.0
+    assert 1.0 <= time.monotonic() - started < 10.0
     assert cluster.attached == []
     assert cluster.deleted == [(cluster.created[0]["metadata"]["name"], 0)]
     assert export.credentials == bytearray(len(export.credentials))
