@@ -1,5 +1,5 @@
 """The :class:`~portshift_server.kubernetes_launcher.Cluster` calls over the official
-``kubernetes`` client, imported here only (``pip install 'portshift-server[kubernetes]'``).
+``kubernetes`` client, imported here only (the ``kubernetes`` extra of portshift-server).
 
 NOT RUN against a live cluster: no cluster, kind or k3s can run where portshift is developed.
 The calls follow the client's documented API (``create_namespaced_*``, ``read_namespaced_pod_log``
@@ -24,7 +24,7 @@ class KubeClientCluster:
             import kubernetes  # noqa: F401 - optional: only this launcher needs it
         except ImportError:
             raise RuntimeError(
-                "the Kubernetes launcher needs the kubernetes client: pip install 'portshift-server[kubernetes]'"
+                "the Kubernetes launcher needs the kubernetes client: install portshift-server with its kubernetes extra"
             ) from None
         from kubernetes import client, config
 

@@ -20,9 +20,9 @@ for good at that moment, so a later attach gets nothing. Object names carry a ke
 job id, never the id itself.
 
 The cluster is reached through :class:`Cluster`; ``kubernetes_cluster.KubeClientCluster``
-implements it with the official ``kubernetes`` client (``pip install
-'portshift-server[kubernetes]'``), imported only when this launcher is used without a cluster of
-its own. That adapter has not been run against a live cluster (docs/serve.md).
+implements it with the official ``kubernetes`` client (the ``kubernetes`` extra of
+portshift-server), imported only when this launcher is used without a cluster of its own. That
+adapter has not been run against a live cluster (docs/serve.md).
 """
 
 from __future__ import annotations
