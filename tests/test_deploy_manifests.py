@@ -111,9 +111,9 @@ def test_the_job_runs_n_workers_each_of_which_must_finish(path: Path) -> None:
     assert 0 < spec["ttlSecondsAfterFinished"] <= 7 * 86400
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"  # a dead worker is a new pod, counted by backoffLimit
-    # wrong job file (2) or rejected credentials (5): retrying cannot help
+    # a wrong job file (2): retrying cannot help; anything else (5: something unreachable) may pass
     (fail_job,) = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
-    assert fail_job["onExitCodes"] == {"containerName": "worker", "operator": "In", "values": [2, 5]}
+    assert fail_job["onExitCodes"] == {"containerName": "worker", "operator": "In", "values": [2]}
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: str(p.relative_to(KUBE)))
@@ -307,7 +307,7 @@ def test_the_batch_array_job_runs_the_hardened_worker() -> None:
     assert {"name": "core", "softLimit": 0, "hardLimit": 0} in container["ulimits"]
     assert "volumes" not in container and "mountPoints" not in container
     exits = {r.get("onExitCode"): r["action"] for r in definition["retryStrategy"]["evaluateOnExit"]}
-    assert exits["2"] == exits["5"] == "EXIT"
+    assert exits == {"2": "EXIT", None: "RETRY"} and definition["retryStrategy"]["attempts"] >= 2
     assert definition["timeout"]["attemptDurationSeconds"] > 0
 
 
