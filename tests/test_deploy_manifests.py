@@ -27,6 +27,7 @@ import yaml
 from portshift import plugins
 from portshift.config import load_job
 from portshift.plugins import load_plugins
+from portshift.state.pg_url import parse_url
 
 try:
     import tomllib
@@ -59,6 +60,13 @@ def kube_objects() -> list[tuple[str, dict[str, Any]]]:
 def core_objects() -> list[tuple[str, dict[str, Any]]]:
     """The objects of Kubernetes' own API (custom resources have no schema in the bundle)."""
     return [(name, doc) for name, doc in kube_objects() if ".x-k8s.io/" not in doc["apiVersion"]]
+
+
+def assert_state_url(text: str) -> None:
+    """A PostgreSQL URL that portshift itself accepts: a user, no password, nothing it refuses."""
+    url = urllib.parse.urlsplit(text)
+    assert url.scheme == "postgresql" and url.username and url.password is None
+    parse_url(text)
 
 
 def job(path: Path) -> dict[str, Any]:
@@ -162,8 +170,7 @@ def test_the_job_runs_the_worker_with_no_secret_on_its_command_line_or_in_its_en
     argv = container["command"] + container["args"]
     assert argv[:1] == ["portshift"] and "worker" in argv
     assert argv[argv.index("--config") + 1] == "/etc/portshift/job.toml"
-    url = urllib.parse.urlsplit(argv[argv.index("--state") + 1])
-    assert url.scheme == "postgresql" and url.username and url.password is None
+    assert_state_url(argv[argv.index("--state") + 1])
     assert not [e for e in container["env"] if "valueFrom" in e or e["name"] in secret_variables()]
     assert "envFrom" not in container
 
@@ -297,8 +304,7 @@ def test_the_batch_array_job_runs_the_hardened_worker() -> None:
         if arg.startswith("Ref::"):
             argv[i] = parameters[arg[len("Ref::") :]]
     assert argv[argv.index("--config") + 1] == "/etc/portshift/job.toml"
-    url = urllib.parse.urlsplit(argv[argv.index("--state") + 1])
-    assert url.scheme == "postgresql" and url.username and url.password is None
+    assert_state_url(argv[argv.index("--state") + 1])
     assert container["user"] == str(UID)
     assert container["readonlyRootFilesystem"] is True and container["privileged"] is False
     assert container["linuxParameters"]["tmpfs"] == [

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from portshift.state.pg_url import parse_url
+
 from .launcher import JobSpec, zero
 
 log = logging.getLogger("portshift.server.kubernetes")
@@ -92,8 +94,7 @@ class KubernetesSettings:
     def __post_init__(self) -> None:
         if len(self.name_key) < 32:
             raise ValueError("name_key must be at least 32 bytes")
-        if "@" not in self.state_url.split("//", 1)[-1] or ":" in self.state_url.split("//", 1)[-1].split("@", 1)[0]:
-            raise ValueError("state_url must be postgresql://role@host/db, without a password")
+        parse_url(self.state_url)  # portshift's own rules: no password, no sslmode below verify-full ...
 
 
 def object_name(settings: KubernetesSettings, job_id: str) -> str:

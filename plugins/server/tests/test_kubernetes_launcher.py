@@ -39,6 +39,8 @@ from portshift_server.kubernetes_launcher import (
 from portshift_server.launcher import JobSpec
 from portshift_server.offers import load_catalogue
 
+from portshift import ConfigError
+
 from .conftest import canary_value, find_canary
 
 DEPLOY_JOB = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes" / "job.yaml"
@@ -271,8 +273,10 @@ def test_the_handle_reports_the_exit_code_and_stops_the_job(tmp_path: Path) -> N
 
 
 def test_settings_refuse_a_password_in_the_state_url_and_a_short_name_key() -> None:
-    with pytest.raises(ValueError, match="without a password"):
+    with pytest.raises(ConfigError, match="carries a password"):
         settings(state_url="postgresql://portshift:hunter2hunter2@db.example.internal/portshift")
+    with pytest.raises(ConfigError, match="sslmode"):
+        settings(state_url="postgresql://portshift@db.example.internal/portshift?sslmode=disable")
     with pytest.raises(ValueError, match="32 bytes"):
         settings(name_key=b"short")
 
