@@ -295,9 +295,11 @@ class KubernetesLauncher:
         config_map, job, policy = job_objects(spec, self.settings)
         name = job["metadata"]["name"]
         created = self.cluster.create(job)
-        # owned by the Job: deleted with it when ttlSecondsAfterFinished removes it
-        self.cluster.create(config_map, owner=created)
+        # Both owned by the Job: deleted with it when ttlSecondsAfterFinished removes it. The pod
+        # cannot start its container before the job file's ConfigMap exists, and that is created
+        # after the NetworkPolicy: the worker never runs without its egress policy in place.
         self.cluster.create(policy, owner=created)
+        self.cluster.create(config_map, owner=created)
         deadline = time.monotonic() + self.settings.ready_timeout
         pod = self._wait_for_pod(name, deadline)
         ready = threading.Event()

@@ -218,7 +218,7 @@ def test_credentials_reach_the_pod_only_through_its_stdin_after_the_ready_line(t
     handle = KubernetesLauncher(settings(), cluster).start(export.spec, export.credentials)
     assert export.credentials == bytearray(len(export.credentials))  # zeroed once handed over
     # nothing the API server stores holds a credential, in any encoding
-    assert [o["kind"] for o in cluster.created] == ["Job", "ConfigMap", "NetworkPolicy"]
+    assert [o["kind"] for o in cluster.created] == ["Job", "NetworkPolicy", "ConfigMap"]  # the policy before the pod can run
     assert cluster.owners == [None, handle.name, handle.name]
     assert find_canary(leaves(cluster.created), export.canaries) == []
     planted = {"kind": "ConfigMap", "data": {"job.toml": export.document.decode()}}
