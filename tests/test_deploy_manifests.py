@@ -176,6 +176,19 @@ def test_the_job_runs_the_worker_with_no_secret_on_its_command_line_or_in_its_en
     assert_state_url(argv[argv.index("--state") + 1])
     assert not [e for e in container["env"] if "valueFrom" in e or e["name"] in secret_variables()]
     assert "envFrom" not in container
+    assert_the_real_cli_takes(argv)
+
+
+def assert_the_real_cli_takes(argv: list[str]) -> None:
+    """The arguments parse with portshift's own command line (options that exist, in place)."""
+    from portshift.cli import get_cli
+
+    group = get_cli()
+    ctx = group.make_context("portshift", list(argv[1:]), resilient_parsing=False)
+    name = ctx.protected_args[0] if ctx.protected_args else ctx.args[0]
+    assert name == "worker"
+    rest = (ctx.protected_args + ctx.args)[1:]
+    group.commands["worker"].make_context("worker", rest, parent=ctx)
 
 
 def test_the_csi_job_differs_from_the_secret_job_only_in_the_credentials_volume() -> None:
@@ -308,6 +321,7 @@ def test_the_batch_array_job_runs_the_hardened_worker() -> None:
             argv[i] = parameters[arg[len("Ref::") :]]
     assert argv[argv.index("--config") + 1] == "/etc/portshift/job.toml"
     assert_state_url(argv[argv.index("--state") + 1])
+    assert_the_real_cli_takes(argv)
     assert container["user"] == str(UID)
     assert container["readonlyRootFilesystem"] is True and container["privileged"] is False
     assert container["linuxParameters"]["tmpfs"] == [
