@@ -183,7 +183,6 @@ def test_four_workers_share_the_request_ceiling_and_a_pause(tmp_path: Path) -> N
             times = sorted(stats.api_times)
             late_429s = [t - t0 for t in stats.rate_limited_times if t - t0 > 10]
     achieved = (len(times) - 1) / (times[-1] - times[0])
-    print(f"{len(times)} API requests in {times[-1] - times[0]:.1f}s: {achieved:.1f}/s for a limit of {rate}/s, 429s {len(stats.rate_limited_times)}")
-    print(proc.stderr[-4000:])
+    print(f"{len(times)} API requests in {times[-1] - times[0]:.1f}s: {achieved:.1f}/s for {rate}/s")
     assert achieved >= 0.9 * rate, achieved
     assert late_429s == [], late_429s
