@@ -111,6 +111,26 @@ def test_run_with_four_workers_exports_every_call_exactly_once(tmp_path: Path, s
     assert report["manifest"] and (tmp_path / "out" / report["manifest"]["key"]).is_file()
 
 
+def wait_until(what: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _listed(backend: StateBackend) -> int:
+    path = Path(backend.target)
+    if not path.exists():
+        return 0
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("select count(*) from recordings").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0  # not migrated yet
+
+
 def _start_worker(job: Path, backend: StateBackend, lease: float, log: Path) -> subprocess.Popen[bytes]:
     cmd = [*PORTSHIFT, "worker", "--config", str(job), "--state", backend.target, "--since", SINCE, "--until", UNTIL]
     with log.open("ab") as f:
@@ -127,8 +147,13 @@ def test_workers_killed_at_random_finish_the_job_with_nothing_lost_or_doubled(
         job = write_job(tmp_path, sim)
         rng = random.Random(1604)
         log = tmp_path / "workers.log"
-        procs = [_start_worker(job, state_backend, 2.0, log) for _ in range(4)]
-        killed = 0
+        procs = [_start_worker(job, state_backend, 2.0, log)]
+        wait_until(lambda: _listed(state_backend) > 0)  # the first worker planned the job and is listing
+        procs += [_start_worker(job, state_backend, 2.0, log) for _ in range(3)]
+        procs[0].send_signal(signal.SIGKILL)  # the planner, mid-listing: another worker lists again
+        procs[0].wait()
+        procs.append(_start_worker(job, state_backend, 2.0, log))
+        killed = 1
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(0.2, 0.8))
