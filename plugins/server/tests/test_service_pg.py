@@ -22,7 +22,10 @@ from portshift.errors import ConfigError
 from portshift.secrets import Secret
 from portshift.state import FileRecord, open_state
 
-from .pg_fixtures import ServiceDatabase, pg_server, service_database  # noqa: F401 - fixtures
+from . import pg_fixtures
+from .pg_fixtures import ServiceDatabase
+
+pg_server, service_database = pg_fixtures.pg_server, pg_fixtures.service_database  # the fixtures
 
 
 def worker_connect(target: str, password: str) -> psycopg.Connection[Any]:
