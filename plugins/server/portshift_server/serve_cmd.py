@@ -248,7 +248,8 @@ def command(
         states=job_states_for(db),
     )
     sweeper = RetentionSweeper(
-        lambda: retention.sweep(db, manager.states, data_dir / "jobs", retention_days, running=manager.running_ids)
+        lambda: retention.sweep(db, manager.states, data_dir / "jobs", retention_days, running=manager.running_ids),
+        every=max(1.0, min(3600.0, retention_days * 86400 / 4)),  # at least four rounds per period
     ).start()
     app = create_app(
         db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact, signing_public_key=public_key

@@ -1,0 +1,161 @@
+"""`portshift serve --database postgresql://...` end to end, as a real subprocess.
+
+Jobs with canary credentials run to completion; their workers keep their state in the service's
+PostgreSQL (no state file on disk) under a role made for the job and gone once it ended. Then the
+canary sweep reads the PostgreSQL server's log (``log_statement=all``, ``log_connections``) and a
+``pg_dump`` of the service database, as well as every file of the service and its output: no
+canary credential, no job role's password, no service role's password in any of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from portshift_source_chorus.simulator import ChorusSimulator
+
+from . import pg_fixtures
+from .conftest import Certs, canary_value, find_canary, start_server, wait_status
+from .pg_fixtures import ServiceDatabase
+
+pg_server, service_database = pg_fixtures.pg_server, pg_fixtures.service_database  # the fixtures
+
+
+def pg_dump(db: ServiceDatabase) -> bytes:
+    s = db.server
+    conninfo = f"host=127.0.0.1 port={s.port} dbname={db.dbname} user=postgres sslmode=verify-full sslrootcert={s.ca_pem}"
+    r = subprocess.run(
+        [pg_fixtures.pg.pg_bin("pg_dump"), "--no-owner", "-d", conninfo],
+        capture_output=True,
+        env={"PATH": os.environ.get("PATH", ""), "PGPASSWORD": s.admin_password},
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def job_roles(db: ServiceDatabase) -> list[str]:
+    with db.admin() as c:
+        return [r[0] for r in c.execute("select role_name from portshift_service.job_roles")]
+
+
+def roles_exist(db: ServiceDatabase, roles: list[str]) -> list[str]:
+    with db.admin() as c:
+        return [r[0] for r in c.execute("select rolname from pg_roles where rolname = any(%s)", [roles])]
+
+
+def serve_cli(db: ServiceDatabase, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
+    env["PORTSHIFT_SERVE_DATABASE_PASSWORD"] = db.password
+    return subprocess.run(
+        [sys.executable, "-m", "portshift", "serve", "--data-dir", str(root / "data"), "--database", db.url, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_jobs_keep_their_state_in_postgres_and_no_secret_reaches_it(
+    service_database: ServiceDatabase, certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path: Path
+) -> None:
+    db = service_database
+    pw = db.options(tmp_path).password_file
+    log_start = len(db.server.log_text())
+    server = start_server(
+        certs,
+        plugin_path,
+        chorus,
+        tmp_path / "svc",
+        "--database",
+        db.url,
+        "--database-password-file",
+        str(pw),
+        "--max-jobs-per-client",
+        "4",
+        "--rate-jobs",
+        "100/60",
+    )
+    try:
+        c = server.client()
+        token, key = canary_value("pgtoken"), canary_value("pgkey")
+        bodies = [
+            {
+                "source": {"type": "canary", "token": token, "count": 5, "media_size": 20_000, "delay": 0.3},
+                "sink": {"type": "canarylocal", "key": key},
+            },
+            {"source": {"type": "canary", "token": token, "count": 3, "delay": 0.3}, "sink": {"type": "local"}},
+        ]
+        jobs = [c.post("/api/jobs", json=b).json() for b in bodies]
+        # while they run: each worker logs in with a role of its own, named in its state URL (no job id in it)
+        seen_roles: set[str] = set()
+        argvs: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(seen_roles) < 2:
+            seen_roles |= set(job_roles(db))
+            for pid in server.workers():
+                try:
+                    argvs.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        assert len(seen_roles) == 2, seen_roles
+        done = [wait_status(c, j["id"], ("complete", "failed", "partial")) for j in jobs]
+        assert [d["status"] for d in done] == ["complete", "complete"], done
+        assert [d["recordings"]["done"] for d in done] == [5, 3] and all(d["files"] > 0 for d in done)
+        state_args = [a.split(b"\0")[a.split(b"\0").index(b"--state") + 1] for a in argvs if b"--state" in a]
+        assert state_args and all(s.startswith(b"postgresql://ps_job_") for s in state_args)
+        assert not any(j["id"].encode() in s for s in state_args for j in jobs)
+
+        # the state is in the database, none on disk; the roles are gone
+        assert not list(server.data_dir.rglob("state.db*"))
+        with db.admin() as a:
+            owned = dict(a.execute("select service_job, count(*) from portshift_service.state_owners group by 1").fetchall())
+            assert owned == {jobs[0]["id"]: 1, jobs[1]["id"]: 1}
+            assert a.execute("select count(*) from public.files").fetchone()[0] >= sum(d["files"] for d in done)
+        time.sleep(0.5)
+        assert job_roles(db) == [] and roles_exist(db, sorted(seen_roles)) == []
+
+        # a sign-up goes to the same database, and the operator's commands find it there
+        assert c.post("/api/signups", json={"name": "Ada", "email": "ada@example.com", "company": "Engines"}).status_code == 201
+        exported = serve_cli(db, tmp_path / "svc", "signups", "export")
+        assert exported.returncode == 0 and "ada@example.com" in exported.stdout, exported.stderr
+    finally:
+        server.stop()
+
+    # the sweep: the PostgreSQL server log since this test began, a pg_dump, the service's files and output
+    canaries = [token, key, db.password]
+    log = db.server.log_text()[log_start:].encode()
+    dump = pg_dump(db)
+    assert jobs[0]["id"].encode() in dump and b"ada@example.com" in dump  # the control: real rows were dumped
+    assert b"create role" in log.lower() and b"ps_job_" in log  # the control: the log has the role statements
+    assert b"SCRAM-SHA-256$" in log  # CREATE ROLE carried a verifier, not a password
+    hits = {"server log": find_canary(log, canaries), "pg_dump": find_canary(dump, canaries)}
+    files = [p for p in (tmp_path / "svc").rglob("*") if p.is_file() and p != pw]
+    hits |= {str(p): h for p in files if (h := find_canary(p.read_bytes(), canaries))}
+    assert not any(hits.values()), hits
+    # every password of a job role is a 43-character token: none is in the log in clear after "password"
+    assert b"password '" not in log.lower().replace(b"password 'scram-sha-256$", b"")
+
+
+def test_signups_delete_on_postgres(service_database: ServiceDatabase, tmp_path: Path) -> None:
+    from portshift_server.service_store import open_service_db
+
+    store: Any = open_service_db(tmp_path, service_database.options(tmp_path))
+    try:
+        store.add_signup("Ada", "ada@example.com", "Engines")
+        store.add_signup("Bob", "bob@example.com", "Bobs")
+    finally:
+        store.close()
+    gone = serve_cli(service_database, tmp_path, "signups", "delete", "ADA@example.com")
+    assert gone.returncode == 0 and gone.stdout.strip() == "deleted 1 sign-up", gone.stderr
+    again = serve_cli(service_database, tmp_path, "signups", "delete", "ada@example.com")
+    assert again.returncode != 0 and "no sign-up with that e-mail address" in again.stderr and "Traceback" not in again.stderr
+    left = serve_cli(service_database, tmp_path, "signups", "export")
+    assert "bob@example.com" in left.stdout and "ada@" not in left.stdout
