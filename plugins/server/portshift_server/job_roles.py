@@ -165,11 +165,19 @@ def create_role(
     return role, password
 
 
-def drop_roles(conn: psycopg.Connection[Any], service_job: str | None = None) -> int:
-    """Drop the login roles of ``service_job`` (None: of every job); how many were dropped. A role
-    that cannot be dropped now (still connected, say) stays listed for the next sweep."""
+def drop_roles(
+    conn: psycopg.Connection[Any], service_job: str | None = None, *, keep: set[str] | None = None, before: str | None = None
+) -> int:
+    """Drop the login roles of ``service_job``, or (None) of every job not in ``keep`` whose role
+    was created before ``before`` (an ISO time; None: any time); how many were dropped. A role
+    that cannot be dropped now stays listed for the next sweep."""
     if service_job is None:
-        rows = conn.execute(sql.SQL("select role_name from {}.job_roles").format(sql.Identifier(SCHEMA))).fetchall()
+        rows = conn.execute(
+            sql.SQL("select role_name from {}.job_roles where service_job <> all(%s) and created_at < %s").format(
+                sql.Identifier(SCHEMA)
+            ),
+            [sorted(keep or ()), before or "9999"],
+        ).fetchall()
     else:
         rows = conn.execute(
             sql.SQL("select role_name from {}.job_roles where service_job = %s").format(sql.Identifier(SCHEMA)), [service_job]
@@ -261,5 +269,10 @@ class PgJobStates:
 
         self.db.state.connections.run("delete the job's state", delete)
 
-    def sweep(self) -> None:
-        self.db.state.connections.run("drop leftover job roles", lambda c: drop_roles(c, None))
+    def sweep(self, running: set[str] | None = None) -> None:
+        """Drop the roles of runs that are over. With ``running`` (a sweep while the service
+        serves), only roles older than a minute: a run starting now is not in ``running`` yet."""
+        before = None
+        if running is not None:
+            before = (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat(timespec="seconds")
+        self.db.state.connections.run("drop leftover job roles", lambda c: drop_roles(c, None, keep=running, before=before))

@@ -66,8 +66,9 @@ class JobStates(Protocol):
     def remove(self, job_id: str) -> None:
         """Delete the job's state (retention)."""
 
-    def sweep(self) -> None:
-        """At start: remove what runs that ended without :meth:`end` left behind."""
+    def sweep(self, running: set[str] | None = None) -> None:
+        """Remove what runs that ended without :meth:`end` left behind (at start: every run's;
+        later: those of jobs not in ``running``)."""
 
 
 class FileJobStates:
@@ -85,7 +86,7 @@ class FileJobStates:
     def remove(self, job_id: str) -> None:
         pass
 
-    def sweep(self) -> None:
+    def sweep(self, running: set[str] | None = None) -> None:
         pass
 
 

@@ -61,6 +61,7 @@ def sweep(
             log.warning("retention: job %s not removed yet: %s", job_id[:6], e)
             continue
         forgotten += 1
+    states.sweep(busy)  # and what runs that ended without cleaning up left (a job's database role)
     if forgotten:
         log.info("retention: %d finished job(s) older than %g days removed", forgotten, days)
     return forgotten

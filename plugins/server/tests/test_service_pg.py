@@ -23,6 +23,7 @@ from portshift.secrets import Secret
 from portshift.state import FileRecord, open_state
 
 from . import pg_fixtures
+from .conftest import find_canary
 from .pg_fixtures import ServiceDatabase
 
 pg_server, service_database = pg_fixtures.pg_server, pg_fixtures.service_database  # the fixtures
@@ -158,6 +159,19 @@ def test_a_job_role_reads_and_writes_only_its_own_rows(service_database: Service
         assert a2_url != a_url
         with open_state(a2_url, password=Secret(a2_pw, "password")) as again:
             assert [j.id for j in again.jobs()] == [a_job] and again.unfinished_job("key-service-job-a") is not None
+        # a sweep while serving keeps the roles of running jobs and of runs that just started;
+        # older roles of jobs not running go (their run ended without dropping them)
+        b_role = b_url.split("://", 1)[1].split("@", 1)[0]
+        a2_role = a2_url.split("://", 1)[1].split("@", 1)[0]
+        states.sweep(running=set())
+        with service_database.admin() as c:
+            assert len(c.execute("select 1 from pg_roles where rolname = any(%s)", [[b_role, a2_role]]).fetchall()) == 2
+            c.execute("update portshift_service.job_roles set created_at = '2000-01-01T00:00:00+00:00'")
+        states.sweep(running={"service-job-a"})
+        with service_database.admin() as c:
+            assert [r[0] for r in c.execute("select rolname from pg_roles where rolname = any(%s)", [[b_role, a2_role]])] == [
+                a2_role
+            ]
         # the sweep at start drops every role left behind
         states.sweep()
         with service_database.admin() as c:
@@ -167,6 +181,10 @@ def test_a_job_role_reads_and_writes_only_its_own_rows(service_database: Service
             assert c.execute("select count(*) from pg_roles where rolname = %s", [group]).fetchone()[0] == 1
     finally:
         db.close()
+    # CREATE ROLE went to the server's statement log with a SCRAM verifier: no password there
+    log = service_database.server.log_text()
+    assert a_role in log and "SCRAM-SHA-256$" in log  # the control: the role statements were logged
+    assert not find_canary(log.encode(), [a_pw, b_pw, a2_pw, service_database.password])
 
 
 def test_the_service_needs_createrole(pg_server: Any, service_database: ServiceDatabase, tmp_path: Path) -> None:
