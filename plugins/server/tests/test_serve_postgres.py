@@ -10,6 +10,7 @@ canary credential, no job role's password, no service role's password in any of 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,8 +20,10 @@ from typing import Any
 from portshift_source_chorus.simulator import ChorusSimulator
 
 from . import pg_fixtures
-from .conftest import Certs, canary_value, find_canary, start_server, wait_status
+from .conftest import Certs, canary_job, canary_value, find_canary, start_job, start_server, wait_status
 from .pg_fixtures import ServiceDatabase
+from .test_api import verify_export
+from .test_jobs import exported
 
 pg_server, service_database = pg_fixtures.pg_server, pg_fixtures.service_database  # the fixtures
 
@@ -159,3 +162,43 @@ def test_signups_delete_on_postgres(service_database: ServiceDatabase, tmp_path:
     assert again.returncode != 0 and "no sign-up with that e-mail address" in again.stderr and "Traceback" not in again.stderr
     left = serve_cli(service_database, tmp_path, "signups", "export")
     assert "bob@example.com" in left.stdout and "ada@" not in left.stdout
+
+
+def test_a_killed_job_resumes_from_its_state_in_postgres(
+    service_database: ServiceDatabase, certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path: Path
+) -> None:
+    """The resumed run logs in with a new role that sees the job's earlier state, so files done
+    before the kill are kept (same inode and mtime), not exported again."""
+    db = service_database
+    pw = db.options(tmp_path).password_file
+    server = start_server(certs, plugin_path, chorus, tmp_path / "svc", "--database", db.url, "--database-password-file", str(pw))
+    try:
+        c = server.client()
+        token = canary_value("pgresume")
+        job = start_job(c, canary_job(token, count=12, delay=0.25))
+        pid = server.worker_of(job["id"])
+        deadline = time.monotonic() + 30
+        while (snap := c.get(f"/api/jobs/{job['id']}").json())["files"] < 6:
+            assert snap["status"] == "running" and time.monotonic() < deadline, snap
+            time.sleep(0.05)
+        first_roles = job_roles(db)
+        assert len(first_roles) == 1
+        os.kill(pid, signal.SIGKILL)
+        failed = wait_status(c, job["id"], ("failed", "complete", "cancelled"))
+        assert failed["status"] == "failed", failed
+        root = server.local_root / job["id"] / failed["export_root"]
+        before = exported(root)
+        assert 6 <= len(before) < 24
+        time.sleep(0.3)
+        assert job_roles(db) == [] and roles_exist(db, first_roles) == []  # the killed run's role is gone
+
+        assert c.post(f"/api/jobs/{job['id']}/resume", json={"source": {"token": token}}).status_code == 202
+        done = wait_status(c, job["id"], ("complete", "failed"))
+        assert done["status"] == "complete" and done["files"] == 24 and done["attempts"] == 2, done
+        after = exported(root)
+        assert all(after[rel] == ident for rel, ident in before.items()), "files were exported again instead of kept"
+        assert verify_export(root) == 25
+        with db.admin() as a:  # one state job, continued by the second run
+            assert a.execute("select count(*) from portshift_service.state_owners").fetchone()[0] == 1
+    finally:
+        server.stop()
