@@ -87,6 +87,16 @@ def _functions(state_schema: str) -> list[sql.Composed]:
     ]
 
 
+def state_tables(conn: psycopg.Connection[Any], state_schema: str) -> list[str]:
+    """The state tables that hold a job's rows: every table of the schema with a ``job_id``."""
+    rows = conn.execute(
+        "select table_name from information_schema.columns where table_schema = %s and column_name = 'job_id' "
+        "and table_name in (select tablename from pg_tables where schemaname = %s) order by 1",
+        [state_schema, state_schema],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: str) -> str:
     """Create (again) the group role, the functions, the grants and the policies; return the group."""
     group = group_name(dbname)
@@ -104,15 +114,7 @@ def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: st
         conn.execute(sql.SQL("grant usage on schema {} to {}").format(s, g))
         conn.execute(sql.SQL("grant usage on schema {} to {}").format(st, g))
         conn.execute(sql.SQL("grant select on {}._portshift_migrations to {}").format(st, g))
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "select table_name from information_schema.columns where table_schema = %s and column_name = 'job_id' "
-                "and table_name in (select tablename from pg_tables where schemaname = %s) order by 1",
-                [state_schema, state_schema],
-            )
-        ]
-        for table in ["jobs", *tables]:
+        for table in ["jobs", *state_tables(conn, state_schema)]:
             t = sql.SQL("{}.{}").format(st, sql.Identifier(table))
             conn.execute(sql.SQL("grant select, insert, update, delete on {} to {}").format(t, g))
             conn.execute(sql.SQL("alter table {} enable row level security").format(t))
@@ -217,15 +219,7 @@ class PgJobStates:
             raise ConfigError(
                 str(e), hint="the service's role needs CREATEROLE and must own the state tables (docs/serve.md)"
             ) from None
-        self.tables = db.state.connections.run("list the state tables", self._tables)
-
-    def _tables(self, conn: Any) -> list[str]:
-        rows = conn.execute(
-            "select table_name from information_schema.columns where table_schema = %s and column_name = 'job_id' "
-            "and table_name in (select tablename from pg_tables where schemaname = %s) order by 1",
-            [self.schema, self.schema],
-        ).fetchall()
-        return [r[0] for r in rows]
+        self.tables: list[str] = db.state.connections.run("list the state tables", lambda c: state_tables(c, self.schema))
 
     def start(self, job_id: str, work: Path, valid_for: float) -> tuple[str | Path, str | None]:
         role, password = self.db.state.connections.run(
