@@ -94,7 +94,7 @@ def test_retention_on_postgres_removes_the_workers_state(service_database: Servi
         with service_database.admin() as c:
             owners = {r[0] for r in c.execute("select service_job from portshift_service.state_owners")}
             assert owners == {YOUNG}
-            for table in ("recordings", "files", "sink_journal", "missing_artifacts", "jobs"):
+            for table in ("recordings", "files", "sink_journal", "missing_artifacts", "workers", "jobs"):
                 column = "id" if table == "jobs" else "job_id"
                 left = c.execute(f"select count(distinct {column}) from public.{table}").fetchone()[0]  # noqa: S608 - fixed
                 assert left == 1, table  # the young job's state only

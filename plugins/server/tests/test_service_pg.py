@@ -100,6 +100,8 @@ def run_worker(states: PgJobStates, service_job: str, tmp_path: Path, recordings
         state.add_missing(job_id, "rec-0", "media", "media_not_found", "gone")
         state.journal_begin(job_id, "k", {"upload": "x"})
         assert [j.id for j in state.jobs()] == [job_id]  # its own state job, nothing else
+    with worker_connect(target, password) as conn:  # a table a later migration added (m002_claims)
+        conn.execute("insert into workers (job_id, id, label) values (%s, 'w1', 'worker')", [job_id])
     return target, password, job_id
 
 
@@ -117,7 +119,7 @@ def test_a_job_role_reads_and_writes_only_its_own_rows(service_database: Service
 
         with worker_connect(a_url, a_pw) as a:
             assert a.execute("select session_user").fetchone()[0] != service_database.role
-            for table in ("jobs", "recordings", "files", "sink_journal", "missing_artifacts"):
+            for table in ("jobs", "recordings", "files", "sink_journal", "missing_artifacts", "workers"):
                 column = "id" if table == "jobs" else "job_id"
                 seen = {r[0] for r in a.execute(f"select {column} from {table}")}  # noqa: S608 - fixed names
                 assert seen == {a_job}, table
