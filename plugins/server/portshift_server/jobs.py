@@ -240,7 +240,11 @@ class JobManager:
             if len(self._runs) >= self.max_jobs:
                 self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
                 raise Busy("the service is busy; try again in a minute")
-            target, password = self.states.start(job_id, work, (self.max_runtime or 86400.0) + 3600.0)
+            try:  # the job's state target (with PostgreSQL, a database role for this run)
+                target, password = self.states.start(job_id, work, (self.max_runtime or 86400.0) + 3600.0)
+            except PortshiftError as e:
+                log.error("job %s: no state for the worker: %s", job_id[:6], e)
+                raise Busy("the service database is not available for new jobs; try again in a minute") from None
             if password is not None:
                 add_state_password(secrets, password)
             run = Run(job_id, JobSpec(job_id, work, work / "job.toml", target), client)  # type: ignore[arg-type]

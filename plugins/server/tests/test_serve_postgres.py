@@ -213,3 +213,24 @@ def test_a_killed_job_resumes_from_its_state_in_postgres(
             assert a.execute("select count(*) from portshift_service.state_owners").fetchone()[0] == 1
     finally:
         server.stop()
+
+
+def test_a_job_role_that_cannot_be_made_is_a_503_not_a_crash(
+    service_database: ServiceDatabase, certs: Certs, plugin_path: Path, chorus: ChorusSimulator, tmp_path: Path
+) -> None:
+    db = service_database
+    pw = db.options(tmp_path).password_file
+    server = start_server(certs, plugin_path, chorus, tmp_path / "svc", "--database", db.url, "--database-password-file", str(pw))
+    try:
+        c = server.client()
+        with db.server.admin() as a:
+            a.execute(f"alter role {db.role} nocreaterole")
+        resp = c.post("/api/jobs", json=canary_job(canary_value("norole"), count=1))
+        assert resp.status_code == 503 and "database is not available for new jobs" in resp.text and resp.headers["retry-after"]
+        with db.server.admin() as a:
+            a.execute(f"alter role {db.role} createrole")
+        job = start_job(c, canary_job(canary_value("role-again"), count=1))
+        assert wait_status(c, job["id"], ("complete", "failed"))["status"] == "complete"
+        assert b"permission denied to create role" in server.stderr.read_bytes()
+    finally:
+        server.stop()
