@@ -70,10 +70,10 @@ def _functions(state_schema: str) -> list[sql.Composed]:
     # ``insert ... on conflict`` into jobs checks the read policy on the new row after the claim
     return [
         sql.SQL(
-            "create or replace function {s}.my_state_jobs() returns text[] language sql volatile security definer "
-            "set search_path = pg_catalog, pg_temp as $$ select coalesce(array_agg(o.state_job_id), '{{}}') "
+            "create or replace function {s}.my_state_jobs() returns text[] language plpgsql volatile security definer "
+            "set search_path = pg_catalog, pg_temp as $$ begin return (select coalesce(array_agg(o.state_job_id), '{{}}') "
             "from {s}.state_owners o join {s}.job_roles r on r.service_job = o.service_job "
-            "where r.role_name = session_user $$"
+            "where r.role_name = session_user); end $$"
         ).format(s=s),
         sql.SQL(
             "create or replace function {s}.claim_state_job(job_id text) returns boolean language plpgsql volatile "
