@@ -178,9 +178,15 @@ class PgServiceDB:
         )
 
     def delete_signup(self, email: str) -> int:
-        return self._write(
+        """Erase one person's sign-up. ``vacuum full`` rewrites the (small) table into a new file,
+        so the row's bytes leave the table's files at once; PostgreSQL's write-ahead log keeps
+        them until it is recycled (docs/serve.md)."""
+        deleted = self._write(
             "delete the sign-up", "delete from portshift_service.signups where email_key = %s", [email.strip().lower()]
         )
+        if deleted:
+            self._write("compact the sign-ups", "vacuum full portshift_service.signups", [])
+        return deleted
 
     # --- rate limits --------------------------------------------------------------------------
     def hit(self, key: str, bucket: str, limit: int, window: float) -> float:

@@ -23,7 +23,7 @@ from portshift.secrets import Secret
 from portshift.state import FileRecord, open_state
 
 from . import pg_fixtures
-from .conftest import find_canary
+from .conftest import canary_value, find_canary
 from .pg_fixtures import ServiceDatabase
 
 pg_server, service_database = pg_fixtures.pg_server, pg_fixtures.service_database  # the fixtures
@@ -210,3 +210,25 @@ def test_the_password_joins_the_credential_document_in_place() -> None:
     empty = bytearray(b"{}")
     add_state_password(empty, "x")
     assert json.loads(empty) == {"state": {"password": "x"}}
+
+
+def test_a_deleted_signup_leaves_the_tables_files(service_database: ServiceDatabase, tmp_path: Path) -> None:
+    """With a control: before the delete, the e-mail address is in the table's file on disk."""
+    marker = "erase-me-" + canary_value("signup")[7:23] + "@example.com"
+    db = open_db(service_database, tmp_path)
+
+    def table_file() -> bytes:
+        with service_database.admin() as c:
+            c.execute("checkpoint")
+            rel = c.execute("select pg_relation_filepath('portshift_service.signups')").fetchone()[0]
+        return (service_database.server.data / rel).read_bytes()
+
+    try:
+        db.add_signup("Erase Me", marker, "Co")
+        db.add_signup("Stay", "stay@example.com", "Co")
+        assert marker.encode() in table_file()
+        assert db.delete_signup(marker) == 1
+        data = table_file()
+        assert marker.encode() not in data and b"stay@example.com" in data
+    finally:
+        db.close()
