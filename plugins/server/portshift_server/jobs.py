@@ -26,7 +26,7 @@ from portshift import PortshiftError, sanitize_message
 from .db import TERMINAL, ServiceDB, now_iso
 from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
-from .job_state import FileJobStates, JobStates, add_state_password, read_state  # noqa: F401 - read_state: kept here
+from .job_state import FileJobStates, JobStates, add_state_password
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
 
@@ -244,6 +244,7 @@ class JobManager:
                 target, password = self.states.start(job_id, work, (self.max_runtime or 86400.0) + 3600.0)
             except PortshiftError as e:
                 log.error("job %s: no state for the worker: %s", job_id[:6], e)
+                self._forget_run(job_id, "the service database was not available; resume the job to try again")
                 raise Busy("the service database is not available for new jobs; try again in a minute") from None
             if password is not None:
                 add_state_password(secrets, password)
@@ -257,8 +258,7 @@ class JobManager:
         except OSError as e:
             with self._lock:
                 self._runs.pop(job_id, None)
-            self.states.end(job_id)
-            self.db.update_job(job_id, status="failed", error=f"the worker could not be started ({type(e).__name__})")
+            self._forget_run(job_id, f"the worker could not be started ({type(e).__name__})")
             log.error("job %s: worker could not be started: %s", job_id[:6], type(e).__name__)
             return
         self.db.update_job(job_id, status="running", started_at=now_iso(), attempts=(row.get("attempts") or 0) + 1)
@@ -266,6 +266,15 @@ class JobManager:
             "job %s: worker started (attempt %d, %d jobs running)", job_id[:6], (row.get("attempts") or 0) + 1, self.running()
         )
         threading.Thread(target=self._monitor, args=(run,), name=f"job-{job_id[:6]}", daemon=True).start()
+
+    def _forget_run(self, job_id: str, error: str) -> None:
+        """A run that did not start: what was made for it goes, the job is failed (best effort:
+        the database may be what failed)."""
+        try:
+            self.states.end(job_id)
+            self.db.update_job(job_id, status="failed", error=error)
+        except PortshiftError as e:
+            log.warning("job %s: %s", job_id[:6], e)
 
     def _on_output(self, run: Run, stream: str, line: str) -> None:
         if not line.strip():

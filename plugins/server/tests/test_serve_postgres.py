@@ -227,6 +227,9 @@ def test_a_job_role_that_cannot_be_made_is_a_503_not_a_crash(
             a.execute(f"alter role {db.role} nocreaterole")
         resp = c.post("/api/jobs", json=canary_job(canary_value("norole"), count=1))
         assert resp.status_code == 503 and "database is not available for new jobs" in resp.text and resp.headers["retry-after"]
+        with db.admin() as a:  # the refused job is recorded failed, not left starting
+            rows = a.execute("select status, error from portshift_service.jobs").fetchall()
+            assert rows == [("failed", "the service database was not available; resume the job to try again")]
         with db.server.admin() as a:
             a.execute(f"alter role {db.role} createrole")
         job = start_job(c, canary_job(canary_value("role-again"), count=1))
