@@ -237,3 +237,22 @@ def test_a_job_role_that_cannot_be_made_is_a_503_not_a_crash(
         assert b"permission denied to create role" in server.stderr.read_bytes()
     finally:
         server.stop()
+
+
+def test_a_bad_database_option_is_one_clear_line(tmp_path: Path) -> None:
+    cases = {
+        "mysql://x@127.0.0.1/z": "--database must be a postgresql:// URL",
+        "postgresql://x@127.0.0.1:1/z?sslmode=require": "only with sslmode=verify-full",
+        "postgresql://x:CANARY-pw-in-url@127.0.0.1:1/z": "carries a password",
+    }
+    for url, message in cases.items():
+        r = subprocess.run(
+            [sys.executable, "-m", "portshift", "serve", "--data-dir", str(tmp_path), "--database", url, "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")},
+        )
+        assert r.returncode == 2 and message in r.stderr, (url, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr and "CANARY-pw" not in r.stderr
