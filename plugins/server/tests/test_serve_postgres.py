@@ -177,13 +177,22 @@ def test_a_killed_job_resumes_from_its_state_in_postgres(
     """The resumed run logs in with a new role that sees the job's earlier state, so files done
     before the kill are kept (same inode and mtime), not exported again."""
     db = service_database
-    pw = db.options(tmp_path).password_file
-    server = start_server(certs, plugin_path, chorus, tmp_path / "svc", "--database", db.url, "--database-password-file", str(pw))
+    server = start_server(
+        certs,
+        plugin_path,
+        chorus,
+        tmp_path / "svc",
+        "--database",
+        db.url,
+        env_extra={"PORTSHIFT_SERVE_DATABASE_PASSWORD": db.password},  # the password from the environment this time
+    )
     try:
         c = server.client()
         token = canary_value("pgresume")
         job = start_job(c, canary_job(token, count=12, delay=0.25))
         pid = server.worker_of(job["id"])
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"PORTSHIFT_SERVE_DATABASE" not in environ and db.password.encode() not in environ  # not the service's
         deadline = time.monotonic() + 30
         while (snap := c.get(f"/api/jobs/{job['id']}").json())["files"] < 6:
             assert snap["status"] == "running" and time.monotonic() < deadline, snap
