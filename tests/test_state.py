@@ -51,6 +51,7 @@ EXPECTED = {
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
+    "rate_slots": {"key": S, "tat": float},
     "workers": {
         "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
         "ended_at": S,
@@ -64,6 +65,7 @@ EXPECTED_PKS = {
     "sink_journal": ["job_id", "key"],
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
     "workers": ["job_id", "id"],
+    "rate_slots": ["key"],
 }
 #: words a column holding call metadata or a credential would be named after
 FORBIDDEN_WORDS = ("title", "participant", "email", "mail", "phone", "attendee", "speaker", "subject", "name",
