@@ -4,8 +4,9 @@ When a job's worker starts, the service creates a login role for it (a random na
 nothing about the job, a random password handed over only on the worker's credential channel,
 ``VALID UNTIL`` the job's longest run, a small connection limit) as a member of one group role
 per database, ``ps_workers_<hash of the database name>``. The group may read and write the core
-state tables (``jobs``, ``recordings``, ``files``, ``sink_journal``, ``missing_artifacts``, and any
-later table with a ``job_id`` column) and read ``_portshift_migrations``; nothing in the schema
+state tables (``jobs``, and every table with a ``job_id`` column: ``recordings``, ``files``,
+``sink_journal``, ``missing_artifacts``, ``workers``…; and ``rate_slots``, whose key ends with the
+state job id) and read ``_portshift_migrations``; nothing in the schema
 ``portshift_service`` (service jobs, sign-ups, rate counters, these mappings). Row-level security
 on each state table (one policy per table, whatever columns a later migration adds) limits the
 group to the state jobs of the service job its login role was made for:
@@ -15,7 +16,7 @@ group to the state jobs of the service job its login role was made for:
 - every other row is visible and writable only when its job id is one its service job claimed
   (``my_state_jobs()``, evaluated once per statement).
 
-The role is dropped when the job's worker ends, and by :func:`sweep` at start for jobs that ended
+The role is dropped when the job's worker ends, and by :meth:`PgJobStates.sweep` for runs that ended
 without it. ``CREATE ROLE`` carries a pre-hashed SCRAM verifier, never the password, so a server
 logging every statement logs no password. The service's own role needs ``CREATEROLE`` (docs/serve.md).
 """
@@ -87,14 +88,26 @@ def _functions(state_schema: str) -> list[sql.Composed]:
     ]
 
 
-def state_tables(conn: psycopg.Connection[Any], state_schema: str) -> list[str]:
-    """The state tables that hold a job's rows: every table of the schema with a ``job_id``."""
+#: state tables whose rows name their state job inside a text key, ``<what>:<state job id>``
+#: (the request budget a job's workers share: portshift/pipeline/shared_rate.py)
+KEYED_TABLES = {"rate_slots": "key"}
+
+
+def state_tables(conn: psycopg.Connection[Any], state_schema: str) -> dict[str, sql.Composable]:
+    """The state tables that hold a job's rows (besides ``jobs``), each with the SQL expression
+    of the state job a row belongs to: every table with a ``job_id``, and :data:`KEYED_TABLES`."""
     rows = conn.execute(
-        "select table_name from information_schema.columns where table_schema = %s and column_name = 'job_id' "
-        "and table_name in (select tablename from pg_tables where schemaname = %s) order by 1",
+        "select table_name, column_name from information_schema.columns where table_schema = %s "
+        "and table_name in (select tablename from pg_tables where schemaname = %s) and table_name <> 'jobs' order by 1",
         [state_schema, state_schema],
     ).fetchall()
-    return [r[0] for r in rows]
+    out: dict[str, sql.Composable] = {}
+    for table, column in rows:
+        if column == "job_id":
+            out[table] = sql.Identifier("job_id")
+        elif KEYED_TABLES.get(table) == column:
+            out[table] = sql.SQL("regexp_replace({}, '^.*:', '')").format(sql.Identifier(column))
+    return out
 
 
 def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: str) -> str:
@@ -114,7 +127,8 @@ def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: st
         conn.execute(sql.SQL("grant usage on schema {} to {}").format(s, g))
         conn.execute(sql.SQL("grant usage on schema {} to {}").format(st, g))
         conn.execute(sql.SQL("grant select on {}._portshift_migrations to {}").format(st, g))
-        for table in ["jobs", *state_tables(conn, state_schema)]:
+        tables = state_tables(conn, state_schema)
+        for table in ["jobs", *tables]:
             t = sql.SQL("{}.{}").format(st, sql.Identifier(table))
             conn.execute(sql.SQL("grant select, insert, update, delete on {} to {}").format(t, g))
             conn.execute(sql.SQL("alter table {} enable row level security").format(t))
@@ -134,11 +148,8 @@ def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: st
                 )
                 conn.execute(sql.SQL("create policy portshift_delete on {} for delete to {} using (id {})").format(t, g, mine))
             else:
-                conn.execute(
-                    sql.SQL("create policy portshift_own on {} to {} using (job_id {m}) with check (job_id {m})").format(
-                        t, g, m=mine
-                    )
-                )
+                own = sql.SQL("create policy portshift_own on {} to {} using ({e} {m}) with check ({e} {m})")
+                conn.execute(own.format(t, g, e=tables[table], m=mine))
     return group
 
 
@@ -219,7 +230,9 @@ class PgJobStates:
             raise ConfigError(
                 str(e), hint="the service's role needs CREATEROLE and must own the state tables (docs/serve.md)"
             ) from None
-        self.tables: list[str] = db.state.connections.run("list the state tables", lambda c: state_tables(c, self.schema))
+        self.tables: dict[str, sql.Composable] = db.state.connections.run(
+            "list the state tables", lambda c: state_tables(c, self.schema)
+        )
 
     def start(self, job_id: str, work: Path, valid_for: float) -> tuple[str | Path, str | None]:
         role, password = self.db.state.connections.run(
@@ -255,8 +268,7 @@ class PgJobStates:
 
         def delete(conn: Any) -> None:
             with conn.transaction():
-                for table in [*self.tables, "jobs"]:
-                    column = sql.Identifier("id" if table == "jobs" else "job_id")
+                for table, column in [*self.tables.items(), ("jobs", sql.Identifier("id"))]:
                     conn.execute(sql.SQL("delete from {}.{} where {} = any(%s)").format(st, sql.Identifier(table), column), [ids])
                 owners = sql.SQL("delete from {}.state_owners where service_job = %s").format(sql.Identifier(SCHEMA))
                 conn.execute(owners, [job_id])

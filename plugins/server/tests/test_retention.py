@@ -98,6 +98,8 @@ def test_retention_on_postgres_removes_the_workers_state(service_database: Servi
                 column = "id" if table == "jobs" else "job_id"
                 left = c.execute(f"select count(distinct {column}) from public.{table}").fetchone()[0]  # noqa: S608 - fixed
                 assert left == 1, table  # the young job's state only
+            slots = [r[0] for r in c.execute("select key from public.rate_slots")]
+            assert len(slots) == 1 and slots[0].startswith("source:"), slots  # the young job's budget only
             assert c.execute("select count(*) from portshift_service.job_roles").fetchone()[0] == 0
     finally:
         db.close()

@@ -100,6 +100,7 @@ def run_worker(states: PgJobStates, service_job: str, tmp_path: Path, recordings
         state.add_missing(job_id, "rec-0", "media", "media_not_found", "gone")
         state.journal_begin(job_id, "k", {"upload": "x"})
         assert [j.id for j in state.jobs()] == [job_id]  # its own state job, nothing else
+        state.reserve_request(f"source:{job_id}", 100.0, 1.0)  # the request budget its workers share (rate_slots)
     with worker_connect(target, password) as conn:  # a table a later migration added (m002_claims)
         conn.execute("insert into workers (job_id, id, label) values (%s, 'w1', 'worker')", [job_id])
     return target, password, job_id
@@ -126,6 +127,11 @@ def test_a_job_role_reads_and_writes_only_its_own_rows(service_database: Service
                 assert a.execute(f"select count(*) from {table} where {column} = %s", [b_job]).fetchone()[0] == 0  # noqa: S608
                 assert a.execute(f"update {table} set {column} = {column} where {column} = %s", [b_job]).rowcount == 0  # noqa: S608
                 assert a.execute(f"delete from {table} where {column} = %s", [b_job]).rowcount == 0  # noqa: S608
+            # the request budget: its own only
+            assert [r[0] for r in a.execute("select key from rate_slots")] == [f"source:{a_job}"]
+            assert a.execute("update rate_slots set tat = 0 where key = %s", [f"source:{b_job}"]).rowcount == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+                a.execute("insert into rate_slots (key, tat) values (%s, 1e12)", [f"source:{b_job}"])
             # writing a row into job B, or taking over B's state job id, is refused
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
                 a.execute("insert into recordings (job_id, recording_id, status) values (%s, 'evil', 'done')", [b_job])
