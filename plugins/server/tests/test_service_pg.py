@@ -238,3 +238,19 @@ def test_a_deleted_signup_leaves_the_tables_files(service_database: ServiceDatab
         assert marker.encode() not in data and b"stay@example.com" in data
     finally:
         db.close()
+
+
+def test_every_state_table_is_under_row_level_security(service_database: ServiceDatabase, tmp_path: Path) -> None:
+    """A state table a later migration adds must name its job (a ``job_id``, or a key in
+    job_roles.KEYED_TABLES): otherwise the workers' roles could not use it, and this fails first."""
+    db = open_db(service_database, tmp_path)
+    try:
+        PgJobStates(db)
+    finally:
+        db.close()
+    with service_database.admin() as c:
+        rows = c.execute("select tablename, rowsecurity from pg_tables where schemaname = 'public' order by 1").fetchall()
+        policies = {r[0] for r in c.execute("select distinct tablename from pg_policies where schemaname = 'public'")}
+    uncovered = [t for t, rls in rows if t != "_portshift_migrations" and not (rls and t in policies)]
+    assert uncovered == [], f"state tables without row-level security for the job roles: {uncovered}"
+    assert {"jobs", "recordings", "files", "workers", "rate_slots"} <= {t for t, _ in rows}
