@@ -162,3 +162,27 @@ def test_workers_killed_at_random_finish_the_job_with_nothing_lost_or_doubled(
         manifests = [f["key"] for f in state.files(report["job_id"], "manifest")]
     assert counts == {"done": calls}, counts  # each recorded once (one row per call), none left to do
     assert manifests, "the manifest was written"
+
+
+def test_four_workers_share_the_request_ceiling_and_a_pause(tmp_path: Path) -> None:
+    """The simulator enforces R requests/s; the job asks for R. Four workers together keep to it:
+    the combined rate is at least 0.9 R and no 429 comes after the first 10 s."""
+    rate = 20.0
+    limit = chorus.Faults(rate_limit=rate, rate_limit_burst=2.0)
+    backend = StateBackend("sqlite", str(tmp_path / "state.db"))
+    with simulator(160, limit) as sim:
+        job = write_job(tmp_path, sim)
+        job.write_text(job.read_text().replace("requests_per_second = 0", f"requests_per_second = {rate}"))
+        t0 = time.monotonic()
+        cmd = [*PORTSHIFT, "run", "--config", str(job), "--state", backend.target, "--workers", "4"]
+        cmd += ["--since", SINCE, "--until", UNTIL, "--no-progress", "--report", "json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(backend), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stats = sim.stats  # type: ignore[attr-defined]
+        with stats.lock:
+            times = sorted(stats.api_times)
+            late_429s = [t - t0 for t in stats.rate_limited_times if t - t0 > 10]
+    achieved = (len(times) - 1) / (times[-1] - times[0])
+    print(f"{len(times)} API requests in {times[-1] - times[0]:.1f}s: {achieved:.1f}/s for {rate}/s")
+    assert achieved >= 0.9 * rate, achieved
+    assert late_429s == [], late_429s

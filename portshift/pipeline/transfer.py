@@ -95,6 +95,7 @@ class Transfer(ArtifactSteps):
         self._left_behind = False  #: the run ended while a worker was still busy
         self._mine: set[str] = set()  #: claimed by this worker and not finished
         self._reaped_at = 0.0
+        self._counted_at = 0.0
         self.lister: Lister | None = None
         self._lister_thread: threading.Thread | None = None
 
@@ -207,7 +208,11 @@ class Transfer(ArtifactSteps):
         try:
             while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
                 room = self.transfers - self._work.qsize()
-                claimed = self.state.claim(self.job.id, self.seat.id, room) if room > 0 else []
+                if room <= 0:  # every transfer has work waiting: nothing to ask the state
+                    self._job_progress()
+                    self.cancel.wait(_WAIT)
+                    continue
+                claimed = self.state.claim(self.job.id, self.seat.id, room)
                 if claimed:
                     for c in claimed:
                         with self._lock:
@@ -216,6 +221,7 @@ class Transfer(ArtifactSteps):
                     continue
                 if not self._more_to_come():
                     return
+                self._job_progress()
                 self.cancel.wait(_WAIT)
         except BaseException as e:  # noqa: BLE001 - a lost state database stops this worker
             if not self.cancel.is_set():
@@ -223,6 +229,17 @@ class Transfer(ArtifactSteps):
         finally:
             for _ in range(self.transfers):
                 self._work.put(None)
+
+    def _job_progress(self) -> None:
+        """Every second: the job's totals, so the progress line counts what all workers did."""
+        if time.monotonic() - self._counted_at < 1.0:
+            return
+        self._counted_at = time.monotonic()
+        counts = self.state.recording_counts(self.job.id)
+        job = self.state.job(self.job.id)
+        listed = sum(counts.values())
+        complete = job is not None and job.listing_attempt == self.seat.attempt
+        self.progress.job_counts(listed, listed - counts.get(RecordingStatus.TODO.value, 0), complete)
 
     def _recording_of(self, claimed: Claimed) -> Recording:
         if self.lister is not None:
