@@ -75,7 +75,8 @@ def migrate(conn: Any) -> list[str]:
     known = [name for name, _ in MIGRATIONS]
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", [MIGRATE_LOCK])
-        conn.execute("create table if not exists _portshift_migrations (name text primary key, applied_at text)")
+        if conn.execute("select to_regclass('_portshift_migrations') is null").fetchone()[0]:  # a worker's role may not create
+            conn.execute("create table if not exists _portshift_migrations (name text primary key, applied_at text)")
         done = {r[0] for r in conn.execute("select name from _portshift_migrations")}
     newer = sorted(done - set(known))
     if newer:
