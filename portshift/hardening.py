@@ -1,5 +1,8 @@
 """Process hardening at start: no core dumps, not dumpable (so same-uid processes cannot ptrace
-or read this process's memory through /proc)."""
+or read this process's memory through /proc, nor open or duplicate its descriptors).
+
+A service worker hardens before it can receive credentials: ``portshift.handover`` calls
+``harden_process`` as its first statement, then checks ``tracer_pid() == 0``."""
 
 from __future__ import annotations
 
@@ -30,3 +33,15 @@ def harden_process() -> None:
 def is_dumpable() -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+def tracer_pid() -> int:
+    """The pid of the process tracing this one (0: none; 0 also where /proc is not there)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -1,6 +1,7 @@
 """Jobs of the service: a private work folder each, one worker each, progress from its state DB.
 
-A job's work folder (mode 0700, under ``<data dir>/jobs/``) holds its job file (no secret) and its
+A job's work folder (mode 0700, under ``<data dir>/jobs/``, named by a keyed hash of the job id
+so that no file name a worker sees is the job id, the capability to read and cancel it) holds its job file (no secret) and its
 state DB, and nothing else; no two jobs share a file. Progress is read from the worker's state
 DB, opened read-only (the file and byte counts of files the sink confirmed), and the worker's own
 output: its JSON log lines on stderr (warnings and errors, kept in memory) and its summary on
@@ -10,12 +11,15 @@ stdout. When the worker has ended, its exit code and the state DB's job row say 
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import secrets as _random
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +34,11 @@ from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 log = logging.getLogger("portshift.server.jobs")
 
@@ -97,6 +106,27 @@ def read_state(path: Path) -> dict[str, Any] | None:
     }
 
 
+def _names_key(path: Path) -> bytes:
+    """The key of the work folders' names, made once (0600) beside them."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    key = _random.token_bytes(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def _local_export(job_file: Path) -> Path | None:
+    """The export folder of a job that writes to the ``local`` sink, else None."""
+    try:
+        sink = tomllib.loads(job_file.read_text("utf-8")).get("sink", {})
+    except (OSError, ValueError):
+        return None
+    return Path(sink["path"]) if sink.get("type") == "local" and isinstance(sink.get("path"), str) else None
+
+
 class JobManager:
     def __init__(
         self,
@@ -125,6 +155,7 @@ class JobManager:
         self._closing = False
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(jobs_dir, 0o700)
+        self._names_key = _names_key(jobs_dir / ".names.key")
         for job_id in db.unfinished_jobs():
             db.update_job(
                 job_id,
@@ -139,10 +170,10 @@ class JobManager:
         written (file or row) for a request that is refused."""
         self._check_capacity(client)
         job_id = _random.token_urlsafe(18)
-        built = build_job(self.catalogue, doc, job_id)
+        built = build_job(self.catalogue, doc, self.work_dir(job_id).name)  # the local sink's default folder: not the id
         try:
             text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
-            work = self.jobs_dir / job_id
+            work = self.work_dir(job_id)
             work.mkdir(mode=0o700)
             fd = os.open(work / "job.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -152,6 +183,15 @@ class JobManager:
         finally:
             zero(built.secrets)
         return job_id
+
+    def work_dir(self, job_id: str) -> Path:
+        """The job's work folder: a keyed hash of its id (a folder of an older version, named by
+        the id itself, is renamed on first use)."""
+        name = hmac.new(self._names_key, job_id.encode(), hashlib.sha256).hexdigest()[:32]
+        work, legacy = self.jobs_dir / name, self.jobs_dir / job_id
+        if not work.exists() and legacy.is_dir():
+            legacy.rename(work)
+        return work
 
     def _check_capacity(self, client: str) -> None:
         with self._lock:
@@ -170,7 +210,7 @@ class JobManager:
         try:
             if row["status"] not in ("failed", "partial", "cancelled"):
                 raise Conflict(f"a {row['status']} job cannot be resumed")
-            if not (self.jobs_dir / job_id / "job.toml").is_file():
+            if not (self.work_dir(job_id) / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
             self._check_capacity(client)
             self._start(job_id, creds, client)
@@ -254,7 +294,7 @@ class JobManager:
 
     # --- internals ------------------------------------------------------------------------------
     def _start(self, job_id: str, secrets: bytearray, client: str = "") -> None:
-        work = self.jobs_dir / job_id
+        work = self.work_dir(job_id)
         with self._lock:
             if self._closing:
                 raise Busy("the service is stopping")
@@ -263,7 +303,8 @@ class JobManager:
             if len(self._runs) >= self.max_jobs:
                 self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
                 raise Busy("the service is busy; try again in a minute")
-            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"), client)
+            spec = JobSpec(job_id, work, work / "job.toml", work / "state.db", export_dir=_local_export(work / "job.toml"))
+            run = Run(job_id, spec, client)
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
