@@ -7,7 +7,6 @@ A service worker hardens before it can receive credentials: ``portshift.handover
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import resource
 import sys
@@ -17,6 +16,12 @@ PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
 
 
+def _libc() -> ctypes.CDLL:
+    """libc as already loaded in this process (dlopen(NULL)): no ``ctypes.util.find_library``,
+    which runs ldconfig in a subprocess, while the process is not hardened yet."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def harden_process() -> None:
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -24,15 +29,13 @@ def harden_process() -> None:
         log.debug("could not disable core dumps")
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+            _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         except OSError:  # pragma: no cover
             log.debug("could not clear the dumpable flag")
 
 
 def is_dumpable() -> bool:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+    return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def tracer_pid() -> int:

@@ -228,7 +228,7 @@ class SandboxLauncher(ProcessLauncher):
         args = [*self._base_args(), "--bind", str(spec.work_dir), "/job"]
         if spec.export_dir is not None:
             args += ["--bind", str(spec.export_dir), str(spec.export_dir)]
-        return [*args, "--chdir", "/job"]
+        return [*args, "--remount-ro", "/", "--chdir", "/job"]
 
     def command(self, spec: JobSpec) -> tuple[list[str], dict[str, str], Path, list[int]]:
         uid = self._take_uid(spec)

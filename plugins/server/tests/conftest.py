@@ -170,7 +170,7 @@ class Server:
         while time.monotonic() < deadline:
             for pid in self.workers():
                 try:
-                    if f"{self.work_dir(job_id)}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    if str(self.work_dir(job_id)).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                         return pid
                 except OSError:
                     continue

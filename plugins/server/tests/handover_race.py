@@ -49,9 +49,11 @@ def attacker() -> None:
             stats["found"] += needle in data
 
     def peek(fd: int) -> None:
+        dup = os.dup(fd)
         try:
-            s = socket.socket(fileno=os.dup(fd))
+            s = socket.socket(fileno=dup)
         except OSError:
+            os.close(dup)  # (holding a pipe's write end open would only stall the worker: no theft)
             try:
                 seen(os.pread(fd, 65536, 0))
             except OSError:
