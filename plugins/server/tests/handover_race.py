@@ -3,7 +3,7 @@ from the moment it is spawned, for its credentials.
 
 Run by test_handover.py as an unprivileged user (setpriv), so that the attacker has exactly the
 rights of that user: ``python handover_race.py`` reads {"token", "count", "concurrency", "base",
-"plugin_path"} as JSON on stdin, starts ``count`` real workers through the unisolated launcher
+"plugin_path", "control"} as JSON on stdin, starts ``count`` real workers through the unisolated launcher
 (``concurrency`` at once), each exporting one canary recording into its own folder, and for each
 worker pid tells an attacker process, which until the worker ends keeps trying to
 
@@ -14,7 +14,9 @@ worker pid tells an attacker process, which until the worker ends keeps trying t
   deny service, by flooding that channel or simply killing the worker; theft is what is tested),
 - read ``/proc/<pid>/mem`` and ``environ``.
 
-It prints one JSON document: every worker's exit code and what the attacker obtained.
+With ``control`` it starts, instead, processes that take the credential on a plain pipe with no
+hardening: the attacker must find it there (the proof that it would see one). It prints one JSON
+document: every worker's exit code and what the attacker obtained.
 """
 
 from __future__ import annotations
@@ -183,9 +185,23 @@ def driver() -> None:
             failures[i] = lines[-5:]
         return -999 if rc is None else rc
 
+    def naive(i: int) -> int:
+        """The control: a process that takes a credential on a pipe without any hardening."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; held = sys.stdin.readline(); time.sleep(1.5)"], stdin=subprocess.PIPE
+        )
+        assert proc.stdin is not None
+        with tell:
+            att.stdin.write(f"{proc.pid}\n")
+            att.stdin.flush()
+        time.sleep(0.3)
+        proc.stdin.write(token.encode() + b"\n")
+        proc.stdin.close()
+        return proc.wait(30)
+
     t0 = time.monotonic()
     with ThreadPoolExecutor(cfg["concurrency"]) as pool:
-        codes = list(pool.map(one, range(cfg["count"])))
+        codes = list(pool.map(naive if cfg.get("control") else one, range(cfg["count"])))
     att.stdin.close()
     seen = json.loads(att.stdout.read())
     att.wait(30)

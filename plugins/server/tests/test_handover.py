@@ -89,6 +89,27 @@ def test_a_same_user_process_racing_200_workers_from_their_spawn_never_gets_a_cr
     assert 0 < refusals <= att["fake_requests"], (refusals, att)
 
 
+def test_the_racing_attacker_does_find_a_credential_held_without_the_handover(shared_dir: Path, worker_python: Path) -> None:
+    """The control for the race above: the same attacker, against processes that take the canary
+    on a plain pipe without hardening, finds it."""
+    token = canary_value("control")
+    cfg = {"token": token, "count": 4, "concurrency": 2, "base": str(shared_dir / "work"), "control": True}
+    cfg["plugin_path"] = str(shared_dir / "plugin")
+    as_user = ["setpriv", f"--reuid={RACE_UID}", f"--regid={RACE_UID}", "--clear-groups"]
+    r = subprocess.run(
+        [*as_user, str(worker_python), str(HERE / "handover_race.py")],
+        input=json.dumps(cfg),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=shared_dir / "work",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["codes"] == [0] * 4
+    assert out["attacker"]["found"] >= 1, out["attacker"]
+
+
 HOSTILE_WORKER = textwrap.dedent(
     """
     import socket, sys, os

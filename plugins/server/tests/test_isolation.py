@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -202,3 +203,57 @@ def test_the_job_id_stays_in_the_service_with_the_sandbox(sandbox_server: Server
 
 def test_the_job_id_stays_in_the_service_unisolated(server: Server) -> None:
     assert_the_job_id_stays_in_the_service(server)
+
+
+def _serve(certs: Certs, tmp_path: Path, *extra: str, env: dict[str, str] | None = None, prefix: list[str] | None = None,
+           python: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    argv = [python or sys.executable, "-m", "portshift", "serve", "--cert", str(certs.cert), "--key", str(certs.key)]
+    return subprocess.run(
+        [*(prefix or []), *argv, "--port", "1", "--data-dir", str(tmp_path / "d"), "--launcher", "sandbox", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("portshift: error:")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_the_service_refuses_a_sandbox_the_host_cannot_give(certs: Certs, tmp_path: Path, worker_python: Path) -> None:
+    # no bubblewrap on the PATH
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTSHIFT_")}
+    line = one_line(_serve(certs, tmp_path, env={**env, "PATH": str(empty)}))
+    assert "needs bubblewrap (bwrap)" in line and "make setup" in line and "--launcher unisolated" in line
+    # not started as root: no host uid per job
+    shared = Path(tempfile.mkdtemp(prefix="portshift-nonroot-"))
+    try:
+        os.chmod(shared, 0o777)
+        certs_copy = Certs(certs.ca, certs.ca_pem, shared / "cert.pem", shared / "key.pem")
+        for src, dst in ((certs.cert, certs_copy.cert), (certs.key, certs_copy.key)):
+            shutil.copy(src, dst)
+            os.chmod(dst, 0o644)
+        as_user = ["setpriv", "--reuid=2100001", "--regid=2100001", "--clear-groups"]
+        line = one_line(_serve(certs_copy, shared, prefix=as_user, python=str(worker_python)))
+        assert "must start as root" in line, line
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    # a Python the job uids cannot run (this machine's venv sits on a base interpreter in /root, say)
+    line = one_line(_serve(certs, tmp_path, "--worker-python", str(tmp_path / "no-python")))
+    assert "the worker's Python" in line, line
+
+
+def test_a_sandboxed_job_cancels_cleanly_and_resumes_under_a_new_uid(sandbox_server: Server) -> None:
+    """Cancel reaches the sandboxed worker (SIGTERM to the process that collected the credentials),
+    and a resume, which may get another uid from the pool, takes over the job's folders."""
+    from . import test_jobs
+
+    test_jobs.test_cancel_stops_the_worker_cleanly_and_the_job_can_be_resumed(sandbox_server)
