@@ -47,6 +47,24 @@ def security_event(label: str, what: str) -> None:
     security.error("security: job %s: %s", label, what, extra={"event": "security", "job": label})
 
 
+class _Refusals:
+    """Security events of one channel: each of the first ``FULL`` logged, then every 100th with a
+    count (a flood of requests must not become a flood of log lines)."""
+
+    FULL = 20
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.count = 0
+
+    def __call__(self, what: str) -> None:
+        self.count += 1
+        if self.count <= self.FULL:
+            security_event(self.label, what)
+        elif self.count % 100 == 0:
+            security_event(self.label, f"{what} ({self.count} refused on this channel so far)")
+
+
 def peer(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process that created ``sock``'s peer, in this pid namespace."""
     pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
@@ -71,6 +89,7 @@ def deliver(
     """Wait for the hardened worker, hand it ``secrets`` once; returns the worker's pid. Zeroes
     ``secrets`` in every case. Raises HandoverFailed when no accepted worker asked in time."""
     deadline = time.monotonic() + timeout
+    refuse = _Refusals(label)
     try:
         while True:
             left = deadline - time.monotonic()
@@ -86,11 +105,11 @@ def deliver(
             socks = [socket.socket(fileno=fd) for fd in fds]
             try:
                 if msg != READY or len(socks) != 1 or socks[0].family != socket.AF_UNIX:
-                    security_event(label, "a malformed credential request on the worker's channel was refused")
+                    refuse("a malformed credential request on the worker's channel was refused")
                     continue
                 pid, uid = peer(socks[0])
                 if not accept(pid, uid):
-                    security_event(label, f"a credential request from a socket not made by the worker (pid {pid}) was refused")
+                    refuse(f"a credential request from a socket not made by the worker (pid {pid}) was refused")
                     continue
                 _write_all(socks[0], secrets)
                 socks[0].shutdown(socket.SHUT_WR)
@@ -106,6 +125,8 @@ def watch(control: socket.socket, label: str) -> threading.Thread:
     """After the handover: any message on the control end is a second request (refused, logged).
     The thread ends when every holder of the worker's end closed it."""
 
+    refuse = _Refusals(label)
+
     def run() -> None:
         control.settimeout(None)
         try:
@@ -115,7 +136,7 @@ def watch(control: socket.socket, label: str) -> threading.Thread:
                     os.close(fd)
                 if not msg and not fds:
                     return
-                security_event(label, "a second attempt to collect the credentials was refused")
+                refuse("a second attempt to collect the credentials was refused")
         except OSError:
             return
         finally:

@@ -176,15 +176,25 @@ def test_a_worker_that_is_not_started_through_a_handover_says_so(tmp_path: Path)
 
 
 def test_the_launcher_gives_up_when_no_worker_asks(caplog: pytest.LogCaptureFixture) -> None:
+    """150 malformed requests, then the channel closes: the launcher hands nothing over, zeroes its
+    copy, and logs the first 20 refusals and then every 100th (a flood is not a flood of logs)."""
     control, child_end = handover.channel()
     buf = bytearray(b"canary-never")
     fake = socket.socket(fileno=os.dup(child_end.fileno()))
     child_end.close()
-    t = threading.Thread(target=lambda: (socket.send_fds(fake, [b"hello\n"], []), fake.close()))
+
+    def flood() -> None:
+        for _ in range(150):
+            socket.send_fds(fake, [b"hello\n"], [])
+        fake.close()
+
+    t = threading.Thread(target=flood)
     with caplog.at_level(logging.WARNING, logger="portshift.security"):
         t.start()
         with pytest.raises(handover.HandoverFailed):
-            handover.deliver(control, buf, lambda pid, uid: False, "xyz789", timeout=2)
+            handover.deliver(control, buf, lambda pid, uid: False, "xyz789", timeout=20)
     t.join()
     assert buf == bytearray(len(buf))
-    assert any("malformed credential request" in r.getMessage() for r in caplog.records)
+    events = [r.getMessage() for r in caplog.records if r.name == "portshift.security"]
+    assert len(events) == 21 and all("malformed credential request" in e for e in events), events
+    assert events[-1].endswith("(100 refused on this channel so far)")
