@@ -11,15 +11,12 @@ stdout. When the worker has ended, its exit code and the state DB's job row say 
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import json
 import logging
 import os
 import re
 import secrets as _random
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,11 +31,7 @@ from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .workdirs import WorkDirs, local_export
 
 log = logging.getLogger("portshift.server.jobs")
 
@@ -106,27 +99,6 @@ def read_state(path: Path) -> dict[str, Any] | None:
     }
 
 
-def _names_key(path: Path) -> bytes:
-    """The key of the work folders' names, made once (0600) beside them."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    key = _random.token_bytes(32)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
-
-
-def _local_export(job_file: Path) -> Path | None:
-    """The export folder of a job that writes to the ``local`` sink, else None."""
-    try:
-        sink = tomllib.loads(job_file.read_text("utf-8")).get("sink", {})
-    except (OSError, ValueError):
-        return None
-    return Path(sink["path"]) if sink.get("type") == "local" and isinstance(sink.get("path"), str) else None
-
-
 class JobManager:
     def __init__(
         self,
@@ -155,7 +127,7 @@ class JobManager:
         self._closing = False
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(jobs_dir, 0o700)
-        self._names_key = _names_key(jobs_dir / ".names.key")
+        self._work_dirs = WorkDirs(jobs_dir)
         for job_id in db.unfinished_jobs():
             db.update_job(
                 job_id,
@@ -170,7 +142,7 @@ class JobManager:
         written (file or row) for a request that is refused."""
         self._check_capacity(client)
         job_id = _random.token_urlsafe(18)
-        built = build_job(self.catalogue, doc, self.work_dir(job_id).name)  # the local sink's default folder: not the id
+        built = build_job(self.catalogue, doc, self._work_dirs.name(job_id))  # the local sink's default folder: not the id
         try:
             text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
             work = self.work_dir(job_id)
@@ -185,13 +157,8 @@ class JobManager:
         return job_id
 
     def work_dir(self, job_id: str) -> Path:
-        """The job's work folder: a keyed hash of its id (a folder of an older version, named by
-        the id itself, is renamed on first use)."""
-        name = hmac.new(self._names_key, job_id.encode(), hashlib.sha256).hexdigest()[:32]
-        work, legacy = self.jobs_dir / name, self.jobs_dir / job_id
-        if not work.exists() and legacy.is_dir():
-            legacy.rename(work)
-        return work
+        """The job's work folder, named by a keyed hash of its id (workdirs.py)."""
+        return self._work_dirs.of(job_id)
 
     def _check_capacity(self, client: str) -> None:
         with self._lock:
@@ -303,7 +270,7 @@ class JobManager:
             if len(self._runs) >= self.max_jobs:
                 self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
                 raise Busy("the service is busy; try again in a minute")
-            spec = JobSpec(job_id, work, work / "job.toml", work / "state.db", export_dir=_local_export(work / "job.toml"))
+            spec = JobSpec(job_id, work, work / "job.toml", work / "state.db", export_dir=local_export(work / "job.toml"))
             run = Run(job_id, spec, client)
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
