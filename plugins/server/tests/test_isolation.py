@@ -26,7 +26,7 @@ import pytest
 from portshift_source_chorus.simulator import ChorusSimulator
 
 from .attack_plugin import ATTACK_PLUGIN
-from .conftest import SERVICE_CONFIG, Certs, Server, canary_value, start_job, start_server, wait_status
+from .conftest import SERVICE_CONFIG, Certs, Server, canary_value, find_canary, start_job, start_server, wait_status
 
 ATTACK_OFFER = """
 [source.attack]
@@ -165,9 +165,8 @@ def test_hostile_code_in_one_job_reaches_nothing_of_another_job_or_the_service(s
 
 def assert_the_job_id_stays_in_the_service(server: Server) -> None:
     c = server.client()
-    job = start_job(
-        c, {"source": {"type": "canary", "token": canary_value("idle"), "count": 4, "delay": 0.3}, "sink": {"type": "local"}}
-    )
+    token = canary_value("idle")
+    job = start_job(c, {"source": {"type": "canary", "token": token, "count": 4, "delay": 0.3}, "sink": {"type": "local"}})
     job_id = job["id"].encode()
     top = server.worker_of(job["id"])
     seen = 0
@@ -181,6 +180,7 @@ def assert_the_job_id_stays_in_the_service(server: Server) -> None:
                     continue
                 seen += 1
                 assert job_id not in data, f"the job id is in /proc/{pid}/{name}"
+                assert not find_canary(data, [token]), f"the credential is in /proc/{pid}/{name}"
         time.sleep(0.05)
     assert seen >= 4, "the worker's processes were read while they ran"
     assert wait_status(c, job["id"], ("complete", "failed"))["status"] == "complete"
