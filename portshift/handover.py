@@ -20,6 +20,12 @@ holds. Before click, pydantic or any plugin is imported, the process:
 
 A second collection in the same process is refused and logged as a security event. fd 0 is a
 socket, never a pipe: a socket cannot be opened through ``/proc/<pid>/fd/0`` at all.
+
+``python -m portshift.handover --stream ...`` is the same protocol over a plain stream, for a
+worker alone in its container (the Kubernetes launcher): after step 1 the worker prints the ready
+line on its standard output and reads the document from its standard input until it is closed
+(the launcher attaches once the line appears, writes, and the runtime closes stdin for good).
+No process of another job shares that container, so there is no same-user reader to race.
 """
 
 from __future__ import annotations
@@ -95,6 +101,41 @@ def collect(channel_fd: int = 0, wait: float = WAIT) -> bytearray:
     return out
 
 
+def collect_stream(wait: float = WAIT) -> bytearray:
+    """The ``--stream`` form of steps 2 and 3: the ready line on stdout, the document on stdin."""
+    global _collected
+    if _collected:
+        _security_event("a second attempt to collect the credentials in this worker was refused")
+        raise HandoverError("the credentials were already collected; a worker collects them once")
+    _collected = True
+    import select
+    import time
+
+    os.write(1, READY)
+    buf = bytearray(MAX_BYTES + 1)
+    got = 0
+    deadline = time.monotonic() + wait
+    with memoryview(buf) as view:
+        while got <= MAX_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([0], [], [], left)[0]:
+                buf[:] = bytes(len(buf))
+                raise HandoverError("no credentials on standard input in time")
+            n = os.readv(0, [view[got:]])
+            if n == 0:
+                break
+            got += n
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    if got > MAX_BYTES:
+        buf[:] = bytes(len(buf))
+        raise HandoverError("the credential document is too large")
+    out = bytearray(buf[:got])
+    buf[:] = bytes(len(buf))
+    return out
+
+
 def take() -> str | None:
     """The collected document for ``--secrets-from-stdin``, once; None when this process was not
     started through the handover. A second take is refused and logged as a security event."""
@@ -143,6 +184,9 @@ def main() -> None:
     from .hardening import harden_process, is_dumpable, tracer_pid
 
     harden_process()  # first of all: before the credentials can exist in this process
+    stream = sys.argv[1:2] == ["--stream"]
+    if stream:
+        del sys.argv[1]
     os.closerange(3, 1 << 16)  # nothing inherited beyond the channel and the two output pipes
     parent = os.getpid()
     child = os.fork()
@@ -152,7 +196,7 @@ def main() -> None:
     try:
         if is_dumpable() or tracer_pid() != 0:
             raise HandoverError("this worker is traced or dumpable; it refuses to receive credentials")
-        _slot.append(collect(0))
+        _slot.append(collect_stream() if stream else collect(0))
     except HandoverError as e:
         print(f"portshift: error: {e}", file=sys.stderr, flush=True)
         sys.exit(5)  # ExitCode.FATAL, without importing the CLI
