@@ -122,6 +122,31 @@ def python_paths(python: str, env: dict[str, str]) -> list[Path]:
     return kept
 
 
+#: where the sandbox shows the state database's CA (the only file of the host it needs to trust it)
+SANDBOX_DB_CA = "/run/portshift/db-ca.pem"
+
+
+def sandboxed_state(target: str | Path) -> tuple[str | Path, list[str]]:
+    """The state target as the sandboxed worker sees it, and the binds it needs: a state file is
+    the job's own ``/job/state.db``; a ``postgresql://`` URL (the run's own role, no password)
+    stays, with its ``sslrootcert=`` file shown read-only at :data:`SANDBOX_DB_CA`."""
+    text = str(target)
+    if not text.startswith(("postgresql://", "postgres://")):
+        return Path("/job/state.db"), []
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(text)
+    query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+    binds: list[str] = []
+    out = []
+    for k, v in query:
+        if k == "sslrootcert" and v not in ("system", ""):
+            binds = ["--ro-bind", str(Path(v).resolve()), SANDBOX_DB_CA]
+            v = SANDBOX_DB_CA
+        out.append((k, v))
+    return urllib.parse.urlunsplit(url._replace(query=urllib.parse.urlencode(out, safe="/"))), binds
+
+
 def _chown_tree(root: Path, uid: int) -> None:
     os.chown(root, uid, uid)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -240,9 +265,12 @@ class SandboxLauncher(ProcessLauncher):
         except OSError:
             self.released(spec)
             raise
-        worker = spec.argv(Path("/job/job.toml"), Path("/job/state.db"), python=self.python)
+        state, ca_binds = sandboxed_state(spec.state_file)
+        worker = spec.argv(Path("/job/job.toml"), state, python=self.python)  # type: ignore[arg-type]
         argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
-        argv += [self.bwrap, *self.bwrap_args(spec), "--", *worker]
+        args = self.bwrap_args(spec)
+        args[-4:-4] = ca_binds  # before the final remount and chdir
+        argv += [self.bwrap, *args, "--", *worker]
         return argv, spec.env(home=SANDBOX_TMP), Path("/"), []
 
     def accept(self, proc: subprocess.Popen[bytes], spec: JobSpec, pid: int, uid: int) -> bool:
