@@ -121,7 +121,7 @@ def plain_client(sim: Simulator, threads: int, expect: int, limit: int | None = 
                     f"{sim.base_url}/v3/engagements", params=params, headers={**auth, "Accept": "application/json"}
                 ).json()
                 for e in doc.get("engagements") or []:
-                    if e["processing_state"] == "done" and not e["no_show"] and e["duration"] > 0:
+                    if e["processing_state"] == "done" and e["duration"] > 0:  # recorded no-shows are exported too
                         ids.append(e["engagement_id"])
                 key = doc.get("continuation_key")
                 if not doc.get("engagements") or not isinstance(key, str) or not key.strip():
