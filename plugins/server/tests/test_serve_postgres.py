@@ -215,7 +215,7 @@ def test_a_killed_job_resumes_from_its_state_in_postgres(
         os.kill(pid, signal.SIGKILL)
         failed = wait_status(c, job["id"], ("failed", "complete", "cancelled"))
         assert failed["status"] == "failed", failed
-        root = server.local_root / job["id"] / failed["export_root"]
+        root = server.local_root / server.work_dir(job["id"]).name / failed["export_root"]
         # the files the killed run recorded as done (a file renamed into place just before the
         # kill but not yet recorded is exported again, on either backend)
         with db.admin() as a:
