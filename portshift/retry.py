@@ -217,9 +217,12 @@ class RateLimiter:
             self._shared.pause(seconds)
 
     def set_rate(self, rate: float) -> None:
-        """Change the ceiling (an adaptive limiter lowers it after a 429)."""
+        """Change the ceiling (an adaptive limiter lowers it after a 429): for every process
+        sharing the budget too."""
         with self._lock:
             self.rate = float(rate)
+        if self._shared is not None and rate > 0:
+            self._shared.set_rate(rate)
 
     def _wait_needed(self) -> float:
         """Take a token and return 0, or return how long to wait for one (under the lock)."""
@@ -247,7 +250,8 @@ class RateLimiter:
             wait_or_interrupt(cancel, wait, "waiting for the request rate limit")
             waited += wait
         if self._shared is not None:  # one slot among every process of the job: reserved, then waited for
-            wait = self._shared.reserve(self.rate, self.burst)
+            wait, rate = self._shared.reserve(self.rate, self.burst)
+            self.rate = rate  # the budget's pace, which another process may have changed
             if wait > 0:
                 wait_or_interrupt(cancel, wait, "waiting for the request rate limit")
                 waited += wait
@@ -257,13 +261,18 @@ class RateLimiter:
 class SharedRate(Protocol):
     """A request budget several processes share (the core's lives in the job state)."""
 
-    def reserve(self, rate: float, burst: float) -> float:
-        """Take the next slot at ``rate`` per second (``burst`` may go at once); the seconds to
-        wait before using it (0: now). ``rate <= 0``: no ceiling, only a pause is waited for."""
+    def reserve(self, rate: float, burst: float) -> tuple[float, float]:
+        """Take the next slot (``burst`` may go at once): the seconds to wait before using it (0:
+        now) and the budget's rate (``rate`` unless someone sharing it set another). ``rate <= 0``:
+        no ceiling, only a pause is waited for."""
         ...
 
     def pause(self, seconds: float) -> None:
         """Nobody sharing the budget sends a request for ``seconds``."""
+        ...
+
+    def set_rate(self, rate: float) -> None:
+        """The budget's pace from now on, for everyone sharing it."""
         ...
 
 

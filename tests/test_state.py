@@ -51,7 +51,7 @@ EXPECTED = {
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
-    "rate_slots": {"key": S, "tat": float},
+    "rate_slots": {"key": S, "tat": float, "rate": float},
     "workers": {
         "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
         "ended_at": S,

@@ -131,6 +131,11 @@ class Runner:
         plan = plan_job(self.cfg, state, req, key)  # a window refused or nothing to do: said before any request
         if plan.up_to_date is not None:
             return self._up_to_date(plan.up_to_date)
+        # workers share one request budget per job file from their first request (their checks
+        # included: several starting together must not burst); a lone run's budget is its job's
+        budget = f"source:{key}" if req.worker else ""
+        if budget:
+            share_source_rate(source, state, budget)
         self._check_reachable(source, sink)
         with self._planning(key):
             plan = plan_job(self.cfg, state, req, key)  # again: another worker may have started the job meanwhile
@@ -142,7 +147,7 @@ class Runner:
                 log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
             job, seat = self._start(plan, source, sink)
         try:
-            share_source_rate(source, state, job.id)
+            share_source_rate(source, state, budget or f"source:{job.id}")
             if self.on_started is not None:
                 self.on_started(job.id)
             set_log_context(job=job.id, phase="transfer")

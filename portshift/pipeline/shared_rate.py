@@ -19,7 +19,7 @@ class StateRate:
         self.state = state
         self.key = key
 
-    def reserve(self, rate: float, burst: float) -> float:
+    def reserve(self, rate: float, burst: float) -> tuple[float, float]:
         return self.state.reserve_request(self.key, rate, burst)
 
     def pause(self, seconds: float) -> None:
@@ -28,12 +28,19 @@ class StateRate:
         except Exception as e:  # noqa: BLE001 - this worker pauses anyway; the others see the next 429
             log.warning("could not share a pause with the other workers: %s", type(e).__name__)
 
+    def set_rate(self, rate: float) -> None:
+        try:
+            self.state.set_request_rate(self.key, rate)
+        except Exception as e:  # noqa: BLE001 - the next change is shared again
+            log.warning("could not share a rate with the other workers: %s", type(e).__name__)
 
-def share_source_rate(source: object, state: State, job_id: str) -> bool:
-    """Give the source's limiter (if it exposes one) the job's shared budget."""
+
+def share_source_rate(source: object, state: State, key: str) -> bool:
+    """Give the source's limiter (if it exposes one) the shared budget ``key``: ``source:<job id>``
+    once the job is known; before that (the checks of workers starting together) one per job file."""
     limiter = getattr(source, "rate_limiter", None)
     share = getattr(limiter, "share", None)
     if share is None:
         return False
-    share(StateRate(state, f"source:{job_id}"))
+    share(StateRate(state, key))
     return True

@@ -224,26 +224,34 @@ class Claims:
     #: the SQL function of the larger of two numbers (``greatest`` on PostgreSQL)
     _GREATEST = "max"
 
-    def reserve_request(self, key: str, rate: float, burst: float) -> float:
-        """Take the next request slot of budget ``key`` at ``rate`` per second; seconds to wait."""
+    def reserve_request(self, key: str, rate: float, burst: float) -> tuple[float, float]:
+        """Take the next request slot of budget ``key``: (seconds to wait, the budget's rate). The
+        slots are spaced by the budget's own rate (:meth:`set_request_rate`, the last any worker
+        set), else ``rate``: one pace for every worker, so one that slowed down after a 429 slows
+        all of them alike, and each of them sees it."""
         now = time.time()
         if rate <= 0:  # no ceiling: only a pause holds
             rows = self._rows("read the request budget", "select tat from rate_slots where key = ?", [key])
-            return max(0.0, float(rows[0][0]) - now) if rows and rows[0][0] is not None else 0.0
-        interval = 1.0 / rate
-        tolerance = (max(1.0, burst) - 1.0) * interval
-        tat = self._reserve(key, now, interval)
-        return max(0.0, tat - interval - tolerance - now)
-
-    def _reserve(self, key: str, now: float, interval: float) -> float:
+            return (max(0.0, float(rows[0][0]) - now) if rows and rows[0][0] is not None else 0.0), rate
         g = self._GREATEST
         rows = self._write_returning(
             "reserve a request",
-            f"insert into rate_slots (key, tat) values (?, ? + ?) on conflict (key) do update "  # noqa: S608 - fixed names
-            f"set tat = {g}(rate_slots.tat, ?) + ? returning tat",
-            [key, now, interval, now, interval],
+            f"insert into rate_slots (key, tat, rate) values (?, ? + 1.0 / ?, ?) on conflict (key) do update "  # noqa: S608
+            f"set tat = {g}(rate_slots.tat, ?) + 1.0 / coalesce(rate_slots.rate, ?) returning tat, coalesce(rate, ?)",
+            [key, now, rate, rate, now, rate, rate],
         )
-        return float(rows[0][0])
+        tat, shared = float(rows[0][0]), float(rows[0][1])
+        interval = 1.0 / shared
+        tolerance = (max(1.0, burst) - 1.0) * interval
+        return max(0.0, tat - interval - tolerance - now), shared
+
+    def set_request_rate(self, key: str, rate: float) -> None:
+        """The pace of budget ``key`` from now on (an adaptive limiter after a 429, or recovering)."""
+        self._write(
+            "set the request rate",
+            "insert into rate_slots (key, tat, rate) values (?, 0, ?) on conflict (key) do update set rate = excluded.rate",
+            [key, rate],
+        )
 
     def pause_requests(self, key: str, seconds: float) -> None:
         """Nobody on budget ``key`` sends a request for ``seconds`` (a 429's Retry-After)."""

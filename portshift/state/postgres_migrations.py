@@ -64,7 +64,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             job_id {_T} not null references jobs (id), id {_T} not null, label {_T}, attempt bigint, host {_T},
             pid bigint, started_at {_T}, lease_until double precision, ended_at {_T}, primary key (job_id, id)
         );
-        create table rate_slots (key {_T} primary key, tat double precision);
+        create table rate_slots (key {_T} primary key, tat double precision, rate double precision);
         """,
     ),
 ]
