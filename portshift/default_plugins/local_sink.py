@@ -32,6 +32,8 @@ from portshift import (
 )
 
 CHUNK = 1024 * 1024
+WRITE_BEHIND = 32 * 1024 * 1024  #: bytes written between two hints to write the file out (large files only)
+_DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
 
 
 class LocalOptions(PluginOptions):
@@ -146,13 +148,21 @@ class LocalSink(Sink):
                     _unlink_quietly(stale)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             # errors raised by the stream (the source) pass through unchanged: they are retryable
-            for piece in stream.chunks(CHUNK):
+            advised = 0
+            for piece in stream.views():  # a large download's own buffers, hashed meanwhile
                 with _disk_errors(target):
-                    view = memoryview(piece)
+                    view = piece
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
                 written += len(piece)
+                if written - advised >= WRITE_BEHIND and _DONTNEED is not None:
+                    # start writing the file out now and keep its pages out of the cache: the
+                    # fsync at the end has little left to do, and writing into a full cache
+                    # (kernel page reclaim) costs several times what the write itself does
+                    with contextlib.suppress(OSError):  # only a hint: a file system may not take it
+                        os.posix_fadvise(fd, 0, written, _DONTNEED)
+                    advised = written
             with _disk_errors(target):
                 if self.options.fsync:
                     os.fsync(fd)

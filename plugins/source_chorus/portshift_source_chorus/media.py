@@ -32,7 +32,8 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -73,10 +74,30 @@ class MediaResponse:
     def _read(self, amt: int) -> bytes:
         if self._complete:
             return b""
+        data = self._receive(self._raw.read, amt)
+        if data:
+            self._received += len(data)
+            return data
+        self._ended()
+        return b""
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Receive the next body bytes into ``buffer`` (no copy); 0 at the end. Only for a body
+        without a ``Content-Encoding``: use :meth:`iter_bytes` for the others."""
+        if self._complete:
+            return 0
+        n: int = self._receive(self._raw.readinto, buffer)
+        if n:
+            self._received += n
+            return n
+        self._ended()
+        return 0
+
+    def _receive(self, read: Callable[[Any], Any], arg: Any) -> Any:
         if self._closed:
             raise httpx.ReadError("the download was closed")
         try:
-            data = self._raw.read(amt)
+            return read(arg)
         except TimeoutError as e:
             raise httpx.ReadTimeout("timed out receiving from the media host") from e
         except http.client.IncompleteRead as e:
@@ -85,15 +106,13 @@ class MediaResponse:
             if self._closed:
                 raise httpx.ReadError("the download was closed") from e
             raise httpx.ReadError(f"receiving from the media host failed ({type(e).__name__})") from e
-        if data:
-            self._received += len(data)
-            return data
+
+    def _ended(self) -> None:
         if self._length is not None and self._received < self._length:
             raise httpx.RemoteProtocolError(
                 f"the media host closed the connection after {self._received} of {self._length} body bytes"
             )
         self._complete = True
-        return b""
 
     def iter_raw(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """The body as sent, in pieces of ``chunk_size`` bytes (the last one shorter)."""
