@@ -278,13 +278,13 @@ class MediaBody:
         broke = "timed out" if isinstance(error, httpx.TimeoutException) else type(error).__name__
         cid = self._cid
         self._resp.close()
-        url = self._resp.url
+        where = self._where()  # no URL in a local: a traceback rendered with its locals shows them
         if self._closed:
             self._finish()
             raise SourceError(
                 f"call {cid}: the media download was closed",
                 operation="download media",
-                location=self._where(url),
+                location=where,
                 retryable=True,
             )
         options = self._dl.options
@@ -295,7 +295,7 @@ class MediaBody:
                 f"call {cid}: the media download broke off after {self._offset} of "
                 f"{self._size if self._size is not None else '?'} bytes ({broke})",
                 operation="download media",
-                location=self._where(url),
+                location=where,
                 retryable=True,
             )
         log.info("call %s: media download broke off at byte %d (%s); resuming in %.2fs", cid, self._offset, broke, delay)
@@ -309,9 +309,9 @@ class MediaBody:
         self._chunks = None
         self._left = memoryview(b"")
 
-    def _where(self, url: httpx.URL) -> str:  # only for an error: not worth a URL parse per download
+    def _where(self) -> str:  # only for an error: not worth a URL parse per download
         client = self._dl.client
-        return client.where(url, client.same_origin(url))
+        return client.where(self._resp.url, client.same_origin(self._resp.url))
 
     def _finish(self) -> None:
         """The download ended (complete, failed or closed): release the connection, forget the link."""
