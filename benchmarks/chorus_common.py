@@ -22,12 +22,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of every child: no token, no CA or proxy variables from this machine,
-    and only the Chorus plugin loaded (a Chorus -> local install)."""
+    only the Chorus plugin loaded (a Chorus -> local install), and Python's bytecode cache on, as
+    in a pip install (which compiles it) even where ``PYTHONDONTWRITEBYTECODE`` is set."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("PORTSHIFT_")
-        and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+        and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PYTHONDONTWRITEBYTECODE")
         and not k.lower().endswith("_proxy")
     }
     env["PORTSHIFT_LOAD_PLUGINS"] = "portshift-source-chorus"
