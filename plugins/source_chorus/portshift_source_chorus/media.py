@@ -33,7 +33,6 @@ import ssl
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 
@@ -69,6 +68,7 @@ class MediaResponse:
         self._received = 0
         self._complete = False  #: the body was read to its end
         self._drained = False  #: http.client's buffer holds no more body bytes (readinto)
+        self._failed: BaseException | None = None  #: raised by the next readinto (after bytes it returned)
         self._closed = False
 
     # --- the body ---------------------------------------------------------------------------
@@ -83,70 +83,91 @@ class MediaResponse:
         return b""
 
     def readinto(self, buffer: memoryview) -> int:
-        """Receive the next body bytes into ``buffer`` (no copy); 0 at the end. Only for a body
-        without a ``Content-Encoding``: use :meth:`iter_bytes` for the others.
+        """Fill ``buffer`` with the next body bytes (no copy), fewer only at the end of the body;
+        0 at the end. An error after some bytes arrived is raised by the next call, so those bytes
+        count (a resume starts after them). Only for a body without a ``Content-Encoding``: use
+        :meth:`iter_bytes` for the others.
 
         A body of known length is received straight from the TLS connection once ``http.client``'s
-        buffer is drained: one C call per TLS record (at most 16 KiB) instead of three Python
-        frames (``SocketIO.readinto``, ``SSLSocket.recv_into``, ``SSLSocket.read``). The receiving
-        thread then holds the GIL for a fraction of the time, which is what keeps it running beside
-        the hashing and writing threads on a busy machine. The connection is not reused after that
-        (http.client did not see the body), which only matters for small bodies, read otherwise."""
+        buffer is drained, in a loop in this one frame: one C call per TLS record (at most 16 KiB)
+        instead of three Python frames each (``SocketIO.readinto``, ``SSLSocket.recv_into``,
+        ``SSLSocket.read``). The receiving thread then holds the GIL a fraction of the time, which
+        is what lets it run beside the hashing and writing threads on a busy machine. The
+        connection is not reused afterwards (http.client did not see the body)."""
         if self._complete:
             return 0
-        n: int = self._receive(self._direct_read(), buffer)
-        if n:
-            self._received += n
-            return n
+        if self._failed is not None:
+            error, self._failed = self._failed, None
+            raise error
+        if self._closed:
+            raise httpx.ReadError("the download was closed")
+        raw = self._raw
+        length = self._length
+        want = len(buffer) if length is None else min(len(buffer), length - self._received)
+        got = 0
+        try:
+            if length is None or raw.chunked or raw.fp is None:
+                got = raw.readinto(buffer)  # http.client's buffered reader fills it in C
+            else:
+                if not self._drained:
+                    got = self._drain(buffer[:want])
+                sslobj = getattr(self._sock, "_sslobj", None) if self._drained else None
+                if sslobj is None:
+                    while got < want and (n := raw.readinto(buffer[got:want])):
+                        got += n
+                else:
+                    read = sslobj.read  # what SSLSocket.recv_into calls, for the same socket
+                    while got < want and (n := read(want - got, buffer[got:])):
+                        got += n
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            pass  # the peer closed the connection: a short body is reported by the length check
+        except BaseException as e:
+            error = self._mapped(e)
+            if error is e:
+                raise  # not a receive error (an interrupt): at once
+            if not got:
+                raise error from e
+            error.__cause__ = e
+            self._failed = error
+        if got:
+            self._received += got
+            return got
         if self._closed:
             raise httpx.ReadError("the download was closed")
         self._ended()
         return 0
 
-    def _direct_read(self) -> Callable[[memoryview], int]:
-        if self._length is None or self._raw.chunked or self._closed:
-            return self._raw.readinto
-        left = self._length - self._received
-        if not left:
-            return lambda buffer: 0
-        if not self._drained:
-            fp = self._raw.fp
-            if fp is None:
-                return self._raw.readinto
+    def _drain(self, buffer: memoryview) -> int:
+        """What http.client read beyond the headers (or one more record), from its buffer."""
+        fp = self._raw.fp
+        assert fp is not None
+        have = len(fp.peek())
+        got: int = fp.readinto(buffer[: min(have, len(buffer))])
+        self._drained = got == have
+        return got
 
-            def drain(buffer: memoryview) -> int:
-                have = len(fp.peek())  # what http.client holds beyond the headers (or one more record)
-                n = min(have, len(buffer), left)
-                got: int = fp.readinto(buffer[:n])  # from its buffer: no receive
-                self._drained = got == have
-                return got
-
-            return drain
-        sslobj = getattr(self._sock, "_sslobj", None)  # the C TLS object; SSLSocket.recv_into calls it the same way
-        if sslobj is None:
-            return self._raw.readinto
-
-        def direct(buffer: memoryview) -> int:
-            try:
-                return int(sslobj.read(min(len(buffer), left), buffer))
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return 0  # the peer closed: a short body is reported by the length check
-
-        return direct
-
-    def _receive(self, read: Callable[[Any], Any], arg: Any) -> Any:
+    def _receive(self, read: Callable[[int], bytes], amt: int) -> bytes:
         if self._closed:
             raise httpx.ReadError("the download was closed")
         try:
-            return read(arg)
-        except TimeoutError as e:
-            raise httpx.ReadTimeout("timed out receiving from the media host") from e
-        except http.client.IncompleteRead as e:
-            raise httpx.RemoteProtocolError("the media host ended a chunked body early") from e
-        except (OSError, http.client.HTTPException, ValueError) as e:
+            return read(amt)
+        except BaseException as e:
+            error = self._mapped(e)
+            if error is e:
+                raise
+            raise error from e
+
+    def _mapped(self, e: BaseException) -> BaseException:
+        """An OS, TLS or http.client error as the httpx error httpcore raises for the same event."""
+        if isinstance(e, TimeoutError):
+            return httpx.ReadTimeout("timed out receiving from the media host")
+        if isinstance(e, http.client.IncompleteRead):
+            return httpx.RemoteProtocolError("the media host ended a chunked body early")
+        if isinstance(e, (OSError, http.client.HTTPException, ValueError)):
             if self._closed:
-                raise httpx.ReadError("the download was closed") from e
-            raise httpx.ReadError(f"receiving from the media host failed ({type(e).__name__})") from e
+                return httpx.ReadError("the download was closed")
+            return httpx.ReadError(f"receiving from the media host failed ({type(e).__name__})")
+        return e
 
     def _ended(self) -> None:
         if self._length is not None and self._received < self._length:
