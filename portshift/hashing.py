@@ -231,7 +231,7 @@ class HashingStream:
     def views(self) -> Iterator[memoryview]:
         """The rest of the stream as read-only views, each valid only until the next one is asked
         for (write it out or copy it before that). Pieces are as large as the source's buffers
-        (4 MiB for a large download read ahead) or chunks; a large download's buffers are handed
+        (512 KiB for a large download read ahead) or chunks; a large download's buffers are handed
         out without a copy while another thread hashes them. Errors are raised as :meth:`read`
         raises them, the end-of-stream checks before the last step ends."""
         if self._buf:

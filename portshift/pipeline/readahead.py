@@ -21,9 +21,11 @@ log = logging.getLogger("portshift.run")
 READ_AHEAD_FROM = 8 * 1024 * 1024
 READ_AHEAD_CHUNKS = 4  #: chunks held ready for the sink, at most ...
 READ_AHEAD_BYTES = 16 * 1024 * 1024  #: ... and at most this many bytes (at least one chunk)
-#: buffers of a source read with ``readinto``: their number and size (the same 16 MiB bound)
-READ_BUFFERS = 4
-READ_BUFFER_SIZE = 4 * 1024 * 1024
+#: buffers of a source read with ``readinto``: their number and size. Small enough that a buffer
+#: is still in the CPU cache when the hashing and writing threads read it: 4 MiB buffers were
+#: measured 1.5-3x slower than 256 KiB-1 MiB ones (benchmarks/README.md, issue 19)
+READ_BUFFERS = 8
+READ_BUFFER_SIZE = 512 * 1024
 _POLL = 0.2  #: seconds between checks of the cancel event while waiting
 
 
