@@ -10,9 +10,10 @@ bytes, then runs ``--pairs`` pairs, the order alternating pair by pair:
   media host, which curl follows), piped through ``tee FILE`` into ``openssl dgst -sha256``,
   then ``sync FILE`` (fsync: the local sink fsyncs every file before it counts as written);
 - **portshift**: a ``portshift run`` subprocess exporting that call (artifact ``media``) into the
-  ``local`` sink with its defaults (fsync on), timed from process start to exit (interpreter
-  start, plugin loading, listing, state DB and manifests included), and from the job's first log
-  line to exit ("job phase").
+  ``local`` sink with its defaults (fsync on) and ``requests_per_second = --rate`` (default 0, no
+  pacing: the simulator has no limit; portshift makes 3 API requests where curl makes 1), timed
+  from process start to exit (interpreter start, plugin loading, listing, state DB and manifests
+  included), and from the job's first log line to exit ("job phase").
 
 Each figure is printed with the 1-minute load average when it was taken (the machine is shared).
 The ratio is baseline time / portshift time per pair, and the median of the pairs (target >= 1.0).
@@ -28,7 +29,7 @@ Every copy is checked: curl's digest, the portshift manifest's digest and the si
 SHA-256 of the media must agree. CPU seconds of each side (and of the simulator) are printed,
 so that what bounds the figure is visible.
 
-    .venv/bin/python benchmarks/chorus_throughput.py [--size 1GiB] [--pairs 3] [--small 64MiB] [--profile DIR]
+    .venv/bin/python benchmarks/chorus_throughput.py [--size 1GiB] [--pairs 3] [--small 64MiB] [--rate 0] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -127,23 +128,25 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}[m.group(2)]
 
 
-def job_file(work: Path, sim: Simulator, call: object, out_dir: Path) -> Path:
+def job_file(work: Path, sim: Simulator, call: object, out_dir: Path, rate: float = 0) -> Path:
     day = call.started_at.date()  # type: ignore[attr-defined]
     job = work / "job.toml"
     job.write_text(
         f"[job]\ntransfers = 1\nsince = {day}\nuntil = {day.fromordinal(day.toordinal() + 1)}\n\n"
         f'[source]\ntype = "chorus"\nbase_url = "{sim.base_url}"\nca_bundle = "{sim.ca}"\n'
-        f'token_file = "{sim.token_file}"\nartifacts = ["media"]\n'
+        f'token_file = "{sim.token_file}"\nartifacts = ["media"]\nrequests_per_second = {rate}\n'
         f'engagement_types = ["{call.engagement_type}"]\n\n'  # type: ignore[attr-defined]
         f'[sink]\ntype = "local"\npath = "{out_dir}"\n'
     )
     return job
 
 
-def exported(work: Path, sim: Simulator, call: object, size: int, expected: str, run: int, prof: Path | None) -> RunResult:
+def exported(
+    work: Path, sim: Simulator, call: object, size: int, expected: str, run: int, prof: Path | None, rate: float
+) -> RunResult:
     """One ``portshift run`` of the call into a fresh folder, its digest checked."""
     out_dir = work / "export"
-    res = portshift_run(job_file(work, sim, call, out_dir), work / f"state-{run}.db", profile=prof)
+    res = portshift_run(job_file(work, sim, call, out_dir, rate), work / f"state-{run}.db", profile=prof)
     media = [d for p, d in manifest_digests(out_dir).items() if "/media." in p]
     if media != [expected]:
         sys.exit(f"portshift: the manifest's media SHA-256 {media} is not the simulator's {expected}")
@@ -156,6 +159,13 @@ def main() -> None:
     ap.add_argument("--size", type=parse_size, default=1024 * MIB, help="media size (default 1GiB)")
     ap.add_argument("--pairs", "--rounds", type=int, default=3, help="pairs of baseline + portshift (default 3)")
     ap.add_argument("--small", type=parse_size, default=64 * MIB, help="the small recording for peak RSS (default 64MiB)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="the Chorus source's requests_per_second (default 0: no pacing; the product default 2 adds about 1 s for the "
+        "3 API requests portshift makes, where curl makes 1)",
+    )
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy record each portshift run into DIR")
     args = ap.parse_args()
     size: int = args.size
@@ -178,7 +188,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="portshift-bench-chorus1-small-"))
         sim = Simulator.start(work, "--calls", "1", "--seed", str(seed), "--private", "0", "--big", f"0={args.small}")
         try:
-            small = exported(work, sim, call, args.small, media_sha256(seed, cid, args.small), 0, None)
+            small = exported(work, sim, call, args.small, media_sha256(seed, cid, args.small), 0, None, args.rate)
             print(
                 f"  {args.small // MIB} MiB recording: portshift run {fmt_rate(args.small, small.wall)}  ({small.wall:.2f} s; "
                 f"peak RSS {small.peak_rss / MIB:.1f} MiB; {load()})",
@@ -233,7 +243,7 @@ def main() -> None:
         def pipeline() -> None:
             s0 = sim.cpu()
             prof = args.profile / f"portshift-pair{r + 1}.speedscope.json" if args.profile else None
-            res = exported(work, sim, call, size, expected, r, prof)
+            res = exported(work, sim, call, size, expected, r, prof, args.rate)
             sim_cpu["portshift"].append(sim.cpu() - s0)
             ps.append(res)
             print(
