@@ -167,7 +167,34 @@ class HashingStream:
         self.finished = True
         return None
 
+    def _buffers(self) -> BufferSource | None:
+        """The source, when it hands out reused buffers (a large download read ahead)."""
+        src = self._source
+        return src if isinstance(src, BufferSource) and src.buffered else None
+
     def _pull(self) -> bool:
+        src = self._buffers()
+        if src is not None:  # straight from the source's buffer into ours: one copy, no bytes object
+            if self.finished:
+                return False
+            if self._cancel is not None and self._cancel.is_set():
+                raise Interrupted("interrupted while transferring")
+            view = src.next_buffer()
+            if view is None:
+                self._check_end()
+                self.finished = True
+                return False
+            self._sha.update(view)
+            for fn in self._observers:
+                fn(view)  # type: ignore[arg-type]
+            self.bytes_read += len(view)
+            self._buf += view
+            src.release(view)
+            if self._max is not None and self.bytes_read > self._max:
+                from .errors import IntegrityError
+
+                raise IntegrityError(f"the source sent more than the {self._max} bytes declared")
+            return True
         chunk = self._next()
         if chunk is None:
             return False
@@ -193,7 +220,7 @@ class HashingStream:
             self._buf.clear()
             return out
         buf = self._buf
-        if not buf and n:
+        if not buf and n and self._buffers() is None:
             # the common case: a source chunk of the size asked for passes through without a copy
             chunk = self._next()
             if chunk is None:
@@ -238,8 +265,8 @@ class HashingStream:
             head = bytes(self._buf)
             self._buf.clear()
             yield memoryview(head)
-        src = self._source
-        if not (isinstance(src, BufferSource) and src.buffered):
+        src = self._buffers()
+        if src is None:
             while (chunk := self._next()) is not None:
                 yield memoryview(chunk)
             return

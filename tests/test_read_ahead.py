@@ -401,3 +401,24 @@ def test_a_readinto_source_goes_through_the_pipeline_into_the_local_sink_and_is_
         assert path.read_bytes() == b"".join(_piece(rid, i) for i in range(20))
     assert sorted(BigSource.closed) == ["r0", "r0", "r1"]
     _wait_no_read_ahead_threads()
+
+
+@pytest.mark.parametrize("n", [1000, 512 * 1024, 3 * MiB + 7])
+def test_read_n_from_reused_buffers_gives_exact_bytes_and_fails_a_wrong_sha256_before_the_end(n: int) -> None:
+    from portshift.errors import IntegrityError
+
+    data = _data(7 * MiB + 3)
+    body = Body(data)
+    s = HashingStream(ReadAhead(body, threading.Event(), readinto=body.readinto), expect_size=len(data))
+    seen: list[int] = []
+    s.observe(lambda chunk: seen.append(len(chunk)))
+    out = b"".join(s.chunks(n))
+    assert out == data and s.finished and s.sha256_hex() == hashlib.sha256(data).hexdigest()
+    assert sum(seen) == len(data)
+    body = Body(data)
+    s = HashingStream(ReadAhead(body, threading.Event(), readinto=body.readinto), expect_sha256="0" * 64)
+    got = 0
+    with pytest.raises(IntegrityError):
+        while piece := s.read(n):
+            got += len(piece)
+    assert got < len(data) or n > len(data)
