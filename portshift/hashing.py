@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 from .errors import Interrupted
@@ -117,6 +117,11 @@ class HashingStream:
         content_type: str | None = None,
     ) -> None:
         self._source: Iterator[bytes] = iter(chunks)
+        src = self._source
+        #: the source, when it hands out reused buffers (fixed when it is made; no Protocol isinstance per read)
+        self._buffer_source: BufferSource | None = (
+            src if getattr(src, "buffered", False) is True and hasattr(src, "next_buffer") else None  # type: ignore[assignment]
+        )
         self._buf = bytearray()
         self._sha = hashlib.sha256()
         self._observers: list[Callable[[bytes], object]] = []
@@ -169,8 +174,7 @@ class HashingStream:
 
     def _buffers(self) -> BufferSource | None:
         """The source, when it hands out reused buffers (a large download read ahead)."""
-        src = self._source
-        return src if isinstance(src, BufferSource) and src.buffered else None
+        return self._buffer_source
 
     def _pull(self) -> bool:
         src = self._buffers()
@@ -255,7 +259,7 @@ class HashingStream:
                 return
             yield piece
 
-    def views(self) -> Iterator[memoryview]:
+    def views(self) -> Generator[memoryview, None, None]:
         """The rest of the stream as read-only views, each valid only until the next one is asked
         for (write it out or copy it before that). Pieces are as large as the source's buffers
         (512 KiB for a large download read ahead) or chunks; a large download's buffers are handed

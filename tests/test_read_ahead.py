@@ -400,6 +400,7 @@ def test_a_readinto_source_goes_through_the_pipeline_into_the_local_sink_and_is_
         (path,) = [p for p in root.rglob("*") if p.is_file() and rid in p.as_posix() and "media" in p.name]
         assert path.read_bytes() == b"".join(_piece(rid, i) for i in range(20))
     assert sorted(BigSource.closed) == ["r0", "r0", "r1"]
+    assert not [t for t in threading.enumerate() if t.name.endswith("-hash")], "a hashing thread outlived its stream"
     _wait_no_read_ahead_threads()
 
 

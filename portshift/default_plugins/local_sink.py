@@ -12,7 +12,7 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -139,6 +139,7 @@ class LocalSink(Sink):
         tmp = target.parent / f".{target.name}.portshift-{uuid.uuid4().hex[:8]}.part"
         fd = -1
         written = 0
+        pieces: Generator[memoryview, None, None] | None = None
         try:
             with _disk_errors(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,8 @@ class LocalSink(Sink):
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             # errors raised by the stream (the source) pass through unchanged: they are retryable
             advised = 0
-            for piece in stream.views():  # a large download's own buffers, hashed meanwhile
+            pieces = stream.views()  # a large download's own buffers, hashed meanwhile
+            for piece in pieces:
                 with _disk_errors(target):
                     view = piece
                     while view:
@@ -173,6 +175,8 @@ class LocalSink(Sink):
                     _fsync_dir(target.parent)
                 on_disk = target.stat().st_size
         except BaseException:
+            if pieces is not None:
+                pieces.close()  # ends the stream's hashing thread now, not when the generator is collected
             if fd >= 0:
                 os.close(fd)
             _unlink_quietly(tmp)
