@@ -1,7 +1,7 @@
 """Read-ahead: a large artifact's chunks received by a thread of their own while the sink's thread
 hashes and writes them (receiving, SHA-256 and writing each release the GIL, so they overlap).
 
-A source that offers ``Opened.readinto`` is received into a few large buffers that are reused
+A source that offers ``Opened.readinto`` is received into a few buffers that are reused
 (no allocation and no copy per chunk): the thread fills a free buffer, the stream hashes it and
 the sink writes it, each in a thread of its own, and the buffer goes back to the pool once both are
 done with it (:meth:`ReadAhead.next_buffer`, :meth:`ReadAhead.release`)."""
@@ -34,7 +34,8 @@ class ReadAhead:
 
     Receiving (TLS decryption), SHA-256 and writing each release the GIL, so they overlap instead
     of running one after another in the sink's thread. The thread is at most
-    ``READ_AHEAD_CHUNKS`` chunks (and ``READ_AHEAD_BYTES``) ahead. An exception in the source
+    ``READ_AHEAD_CHUNKS`` chunks (and ``READ_AHEAD_BYTES``) ahead; with ``readinto``, at most
+    ``READ_BUFFERS`` buffers of ``READ_BUFFER_SIZE`` exist, filled or being filled or in use. An exception in the source
     reaches the reader unchanged, in order, after the chunks before it. ``close()`` (always
     called) stops the thread: it finishes the chunk it is receiving, closes the source's iterator
     in its own thread (a generator cannot be closed from another thread while it runs) and ends.
