@@ -39,7 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chorus_throughput import Simulator, manifest_digests, portshift_run  # noqa: E402
+from chorus_common import Simulator, manifest_digests, portshift_run  # noqa: E402
 
 KIB = 1024
 SEED = 0

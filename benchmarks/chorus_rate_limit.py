@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chorus_throughput import child_env, manifest_digests, portshift_run  # noqa: E402
+from chorus_common import child_env, manifest_digests, portshift_run  # noqa: E402
 
 SEED = 0
 START, END = "2024-01-01", "2024-04-01"

@@ -75,6 +75,9 @@ class Opened:
     extension: str | None = None  #: overrides Artifact.extension (e.g. from the Content-Type)
     content_type: str | None = None
     close: Callable[[], None] | None = None
+    #: optional: fill the buffer with the next bytes, return how many (0 at the end); when given,
+    #: the core may read a large artifact through it, into buffers it reuses, instead of ``chunks``
+    readinto: Callable[[memoryview], int] | None = None
 
 
 @dataclass

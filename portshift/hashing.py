@@ -5,17 +5,102 @@ sink. As the sink reads, SHA-256 and the byte count are computed on the fly; not
 buffered beyond what the sink asks for, nothing is re-read, nothing touches the disk. A sink
 that needs a provider checksum of its own (MD5, CRC32C, per-part SHA-256) computes it on the
 same bytes it reads (or registers an observer with :meth:`HashingStream.observe`).
+
+A sink that writes what it reads at once (a file) reads with :meth:`HashingStream.views`
+instead: for a large download received into reused buffers (the pipeline's read-ahead) it gets
+the buffers themselves, without a copy, while a thread of the stream hashes the same buffer.
+Receiving, hashing and writing then run on three threads at once (each releases the GIL).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Protocol, runtime_checkable
 
 from .errors import Interrupted
 
 DEFAULT_CHUNK = 1024 * 1024
+
+
+@runtime_checkable
+class BufferSource(Protocol):
+    """Chunks that can also be taken as reused buffers (the pipeline's ``ReadAhead``)."""
+
+    buffered: bool
+
+    def next_buffer(self) -> memoryview | None: ...
+
+    def release(self, view: memoryview) -> None: ...
+
+
+class _Hasher:
+    """SHA-256 and the observers of a buffered stream, in a thread of its own, piece by piece in
+    order. A piece goes back to its source once both this thread and the sink are done with it."""
+
+    def __init__(self, sha: hashlib._Hash, observers: list[Callable[[bytes], object]], release: Callable[[memoryview], None]):
+        self._sha = sha
+        self._observers = observers
+        self._release = release
+        self._cond = threading.Condition()
+        self._queue: list[list[object]] = []
+        self._busy = False
+        self._stop = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"{threading.current_thread().name}-hash", daemon=True)
+        self._thread.start()
+
+    def submit(self, view: memoryview) -> list[object]:
+        piece: list[object] = [view, 2]  # the view and how many of (this thread, the sink) still use it
+        with self._cond:
+            self._queue.append(piece)
+            self._cond.notify_all()
+        return piece
+
+    def done(self, piece: list[object]) -> None:
+        with self._cond:
+            piece[1] = refs = piece[1] - 1  # type: ignore[operator]
+        if not refs:
+            self._release(piece[0])  # type: ignore[arg-type]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait()
+                if not self._queue:
+                    self._busy = False
+                    self._cond.notify_all()
+                    return
+                piece = self._queue.pop(0)
+                self._busy = True
+            view: memoryview = piece[0]  # type: ignore[assignment]
+            if self.error is None:
+                try:
+                    self._sha.update(view)
+                    for fn in self._observers:
+                        fn(view)  # type: ignore[arg-type]
+                except BaseException as e:  # noqa: BLE001 - raised in the sink's thread
+                    self.error = e
+            self.done(piece)
+
+    def drain(self) -> None:
+        """Wait until every piece submitted so far is hashed; raise what an observer raised."""
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Hash what was submitted, then end the thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 class HashingStream:
@@ -32,6 +117,11 @@ class HashingStream:
         content_type: str | None = None,
     ) -> None:
         self._source: Iterator[bytes] = iter(chunks)
+        src = self._source
+        #: the source, when it hands out reused buffers (fixed when it is made; no Protocol isinstance per read)
+        self._buffer_source: BufferSource | None = (
+            src if getattr(src, "buffered", False) is True and hasattr(src, "next_buffer") else None  # type: ignore[assignment]
+        )
         self._buf = bytearray()
         self._sha = hashlib.sha256()
         self._observers: list[Callable[[bytes], object]] = []
@@ -82,7 +172,33 @@ class HashingStream:
         self.finished = True
         return None
 
+    def _buffers(self) -> BufferSource | None:
+        """The source, when it hands out reused buffers (a large download read ahead)."""
+        return self._buffer_source
+
     def _pull(self) -> bool:
+        src = self._buffers()
+        if src is not None:  # straight from the source's buffer into ours: one copy, no bytes object
+            if self.finished:
+                return False
+            if self._cancel is not None and self._cancel.is_set():
+                raise Interrupted("interrupted while transferring")
+            view = src.next_buffer()
+            if view is None:
+                self._check_end()
+                self.finished = True
+                return False
+            self._sha.update(view)
+            for fn in self._observers:
+                fn(view)  # type: ignore[arg-type]
+            self.bytes_read += len(view)
+            self._buf += view
+            src.release(view)
+            if self._max is not None and self.bytes_read > self._max:
+                from .errors import IntegrityError
+
+                raise IntegrityError(f"the source sent more than the {self._max} bytes declared")
+            return True
         chunk = self._next()
         if chunk is None:
             return False
@@ -108,7 +224,7 @@ class HashingStream:
             self._buf.clear()
             return out
         buf = self._buf
-        if not buf and n:
+        if not buf and n and self._buffers() is None:
             # the common case: a source chunk of the size asked for passes through without a copy
             chunk = self._next()
             if chunk is None:
@@ -142,6 +258,49 @@ class HashingStream:
             if not piece:
                 return
             yield piece
+
+    def views(self) -> Generator[memoryview, None, None]:
+        """The rest of the stream as read-only views, each valid only until the next one is asked
+        for (write it out or copy it before that). Pieces are as large as the source's buffers
+        (512 KiB for a large download read ahead) or chunks; a large download's buffers are handed
+        out without a copy while another thread hashes them. Errors are raised as :meth:`read`
+        raises them, the end-of-stream checks before the last step ends."""
+        if self._buf:
+            head = bytes(self._buf)
+            self._buf.clear()
+            yield memoryview(head)
+        src = self._buffers()
+        if src is None:
+            while (chunk := self._next()) is not None:
+                yield memoryview(chunk)
+            return
+        if self.finished:
+            return
+        hasher = _Hasher(self._sha, self._observers, src.release)
+        try:
+            while True:
+                if self._cancel is not None and self._cancel.is_set():
+                    raise Interrupted("interrupted while transferring")
+                if hasher.error is not None:
+                    raise hasher.error
+                view = src.next_buffer()
+                if view is None:
+                    break
+                self.bytes_read += len(view)
+                if self._max is not None and self.bytes_read > self._max:
+                    from .errors import IntegrityError
+
+                    raise IntegrityError(f"the source sent more than the {self._max} bytes declared")
+                piece = hasher.submit(view)
+                try:
+                    yield view
+                finally:
+                    hasher.done(piece)
+            hasher.drain()
+            self._check_end()
+            self.finished = True
+        finally:
+            hasher.stop()
 
     def readable(self) -> bool:
         return True

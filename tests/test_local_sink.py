@@ -49,3 +49,20 @@ def test_a_destination_that_is_a_file_is_refused_by_the_options(tmp_path: Path) 
     with pytest.raises(ConfigError, match="is not a folder"):
         sink.check()
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_file_past_the_write_behind_interval_is_stored_byte_for_byte(tmp_path: Path, fsync: bool) -> None:
+    """Past ``WRITE_BEHIND`` bytes the sink asks the kernel to write the file out early (a hint,
+    not an fsync): the file on disk is still exactly what was streamed."""
+    import hashlib
+
+    from portshift.default_plugins.local_sink import WRITE_BEHIND
+
+    data = pattern_bytes(WRITE_BEHIND * 2 + 12345)
+    sink = LocalSink(LocalOptions(path=tmp_path, fsync=fsync))
+    stream = HashingStream(data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+    result = sink.put("big/file.bin", stream, len(data))
+    assert result.size == len(data) == stream.bytes_read
+    on_disk = (tmp_path / "big" / "file.bin").read_bytes()
+    assert hashlib.sha256(on_disk).hexdigest() == hashlib.sha256(data).hexdigest() == stream.sha256_hex()

@@ -12,7 +12,7 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -32,6 +32,8 @@ from portshift import (
 )
 
 CHUNK = 1024 * 1024
+WRITE_BEHIND = 32 * 1024 * 1024  #: bytes written between two hints to write the file out (large files only)
+_DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
 
 
 class LocalOptions(PluginOptions):
@@ -137,6 +139,7 @@ class LocalSink(Sink):
         tmp = target.parent / f".{target.name}.portshift-{uuid.uuid4().hex[:8]}.part"
         fd = -1
         written = 0
+        pieces: Generator[memoryview, None, None] | None = None
         try:
             with _disk_errors(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,13 +149,22 @@ class LocalSink(Sink):
                     _unlink_quietly(stale)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             # errors raised by the stream (the source) pass through unchanged: they are retryable
-            for piece in stream.chunks(CHUNK):
+            advised = 0
+            pieces = stream.views()  # a large download's own buffers, hashed meanwhile
+            for piece in pieces:
                 with _disk_errors(target):
-                    view = memoryview(piece)
+                    view = piece
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
                 written += len(piece)
+                if written - advised >= WRITE_BEHIND and _DONTNEED is not None:
+                    # start writing the file out now and keep its pages out of the cache: the
+                    # fsync at the end has little left to do, and writing into a full cache
+                    # (kernel page reclaim) costs several times what the write itself does
+                    with contextlib.suppress(OSError):  # only a hint: a file system may not take it
+                        os.posix_fadvise(fd, 0, written, _DONTNEED)
+                    advised = written
             with _disk_errors(target):
                 if self.options.fsync:
                     os.fsync(fd)
@@ -163,6 +175,8 @@ class LocalSink(Sink):
                     _fsync_dir(target.parent)
                 on_disk = target.stat().st_size
         except BaseException:
+            if pieces is not None:
+                pieces.close()  # ends the stream's hashing thread now, not when the generator is collected
             if fd >= 0:
                 os.close(fd)
             _unlink_quietly(tmp)

@@ -54,7 +54,12 @@ class ArtifactSteps:
             declared = opened.size if opened.size is not None else artifact.size
             chunks: Iterable[bytes] = opened.chunks
             if declared is None or declared >= READ_AHEAD_FROM:
-                ahead = ReadAhead(opened.chunks, self.cancel, start_after=0 if declared is not None else READ_AHEAD_FROM)
+                ahead = ReadAhead(
+                    opened.chunks,
+                    self.cancel,
+                    start_after=0 if declared is not None else READ_AHEAD_FROM,
+                    readinto=opened.readinto,
+                )
                 chunks = ahead
             content_type = opened.content_type or artifact.content_type
             stream = HashingStream(

@@ -13,7 +13,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -158,7 +158,6 @@ class MediaDownloader:
 
     def open(self, cid: str) -> Opened:
         """Open a call's media for reading (called again for a retry)."""
-        client = self.client
         resp = self._fetch(cid, {"Accept-Encoding": "identity"})
         if resp.status_code != 200:
             resp.close()
@@ -170,67 +169,12 @@ class MediaDownloader:
         length = resp.headers.get("content-length")
         if length is not None and length.isdigit() and not decoded:
             size = int(length)
-        etag = resp.headers.get("etag")
-        final_url = resp.url
-
-        def where() -> str:  # only for an error: not worth a URL parse per download
-            return client.where(final_url, client.same_origin(final_url))
-
-        current: dict[str, Any] = {"resp": resp, "closed": False}
-
-        def close() -> None:
-            current["closed"] = True  # a download closed from another thread is not resumed
-            current["resp"].close()
-
-        def chunks() -> Iterator[bytes]:
-            offset = 0
-            # one retry policy for the resumes: ``retries`` of them, each wait cancellable
-            resumes = Attempts(
-                Backoff(base=client.backoff.base, cap=client.backoff.cap, attempts=self.options.retries + 1),
-                cancel=client.cancel,
-                what="waiting to resume a media download",
-                sleep=client.sleep,
-            )
-            try:
-                while True:
-                    broke: str | None = None
-                    try:
-                        body = current["resp"].iter_bytes if decoded else current["resp"].iter_raw
-                        for piece in body(self.options.chunk_size):
-                            offset += len(piece)
-                            yield piece
-                    except httpx.TimeoutException:
-                        broke = "timed out"
-                    except httpx.TransportError as e:
-                        broke = type(e).__name__
-                    if broke is None:
-                        return  # complete: httpx checks the body against Content-Length
-                    current["resp"].close()
-                    if current["closed"]:
-                        raise SourceError(
-                            f"call {cid}: the media download was closed",
-                            operation="download media",
-                            location=where(),
-                            retryable=True,
-                        )
-                    delay = resumes.next_delay() if self.options.resume_downloads and size is not None else None
-                    if delay is None:
-                        raise SourceError(
-                            f"call {cid}: the media download broke off after {offset} of {size if size is not None else '?'} "
-                            f"bytes ({broke})",
-                            operation="download media",
-                            location=where(),
-                            retryable=True,
-                        )
-                    log.info("call %s: media download broke off at byte %d (%s); resuming in %.2fs", cid, offset, broke, delay)
-                    resumes.wait(delay)
-                    current["resp"] = self._resume(cid, offset, size, etag)
-            finally:
-                current["resp"].close()
-                for value in self._links.pop(cid, []):  # the link is spent: keep the mask set small
-                    forget_mask(value)
-
-        return Opened(chunks=chunks(), size=size, extension=extension_for(ctype), content_type=ctype, close=close)
+        body = MediaBody(self, cid, resp, size, resp.headers.get("etag"), decoded)
+        # a body sent as it is can be received straight into the core's buffers (no copy)
+        readinto = body.readinto if not decoded and isinstance(resp, MediaResponse) else None
+        return Opened(
+            chunks=body, size=size, extension=extension_for(ctype), content_type=ctype, close=body.close, readinto=readinto
+        )
 
     def _resume(self, cid: str, offset: int, size: int, etag: str | None) -> Response:
         headers = {"Accept-Encoding": "identity", "Range": f"bytes={offset}-"}
@@ -259,3 +203,125 @@ class MediaDownloader:
                 retryable=True,
             )
         return resp
+
+
+class MediaBody:
+    """One call's media body, read either as chunks (iterate) or into the caller's buffers
+    (:meth:`readinto`), resumed with a ``Range`` request where it broke off (up to ``retries``
+    times, each wait cancellable). :meth:`close` (from any thread) ends it: a closed download is
+    not resumed."""
+
+    def __init__(self, downloader: MediaDownloader, cid: str, resp: Response, size: int | None, etag: str | None, decoded: bool):
+        self._dl = downloader
+        self._cid = cid
+        self._resp = resp
+        self._size = size
+        self._etag = etag
+        self._decoded = decoded
+        self._offset = 0
+        self._closed = False
+        self._done = False
+        self._chunks: Iterator[bytes] | None = None
+        self._left = memoryview(b"")  #: what a response without readinto sent beyond a buffer
+        client = downloader.client
+        self._resumes = Attempts(
+            Backoff(base=client.backoff.base, cap=client.backoff.cap, attempts=downloader.options.retries + 1),
+            cancel=client.cancel,
+            what="waiting to resume a media download",
+            sleep=client.sleep,
+        )
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            try:
+                if self._chunks is None:
+                    read = self._resp.iter_bytes if self._decoded else self._resp.iter_raw
+                    self._chunks = read(self._dl.options.chunk_size)
+                piece = next(self._chunks, None)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                self._broke(e)
+                continue
+            if piece is None:
+                self._finish()
+                raise StopIteration
+            self._offset += len(piece)
+            return piece
+
+    def readinto(self, buffer: memoryview) -> int:
+        """The next bytes into ``buffer``; 0 at the end (httpx checks the body's length)."""
+        while True:
+            try:
+                if isinstance(self._resp, MediaResponse):
+                    n = self._resp.readinto(buffer)
+                else:  # a resume answered by the API's own origin: its chunks, copied
+                    if not self._left:
+                        if self._chunks is None:
+                            self._chunks = self._resp.iter_raw(self._dl.options.chunk_size)
+                        self._left = memoryview(next(self._chunks, b""))
+                    n = min(len(buffer), len(self._left))
+                    buffer[:n] = self._left[:n]
+                    self._left = self._left[n:]
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                self._broke(e)
+                continue
+            if not n:
+                self._finish()
+                return 0
+            self._offset += n
+            return n
+
+    def _broke(self, error: Exception) -> None:
+        """Resume after a broken receive (after a wait), or raise the retryable error."""
+        broke = "timed out" if isinstance(error, httpx.TimeoutException) else type(error).__name__
+        cid = self._cid
+        self._resp.close()
+        where = self._where()  # no URL in a local: a traceback rendered with its locals shows them
+        if self._closed:
+            self._finish()
+            raise SourceError(
+                f"call {cid}: the media download was closed",
+                operation="download media",
+                location=where,
+                retryable=True,
+            )
+        options = self._dl.options
+        delay = self._resumes.next_delay() if options.resume_downloads and self._size is not None else None
+        if delay is None:
+            self._finish()
+            raise SourceError(
+                f"call {cid}: the media download broke off after {self._offset} of "
+                f"{self._size if self._size is not None else '?'} bytes ({broke})",
+                operation="download media",
+                location=where,
+                retryable=True,
+            )
+        log.info("call %s: media download broke off at byte %d (%s); resuming in %.2fs", cid, self._offset, broke, delay)
+        try:
+            self._resumes.wait(delay)
+            assert self._size is not None
+            self._resp = self._dl._resume(cid, self._offset, self._size, self._etag)
+        except BaseException:
+            self._finish()
+            raise
+        self._chunks = None
+        self._left = memoryview(b"")
+
+    def _where(self) -> str:  # only for an error: not worth a URL parse per download
+        client = self._dl.client
+        return client.where(self._resp.url, client.same_origin(self._resp.url))
+
+    def _finish(self) -> None:
+        """The download ended (complete, failed or closed): release the connection, forget the link."""
+        self._resp.close()
+        if not self._done:
+            self._done = True
+            for value in self._dl._links.pop(self._cid, []):  # the link is spent: keep the mask set small
+                forget_mask(value)
+
+    def close(self) -> None:
+        """End the download (from any thread: wakes a blocked receive); it is not resumed."""
+        self._closed = True
+        self._finish()

@@ -292,3 +292,35 @@ def test_strict_turns_a_skip_into_an_error(sim: ChorusSimulator) -> None:
         source.artifacts(rec)
     assert e.value.status == 403 and not e.value.retryable
     assert "API may not be called using this token" in str(e.value)
+
+
+def test_media_read_into_buffers_resumes_after_a_reset_and_fails_loudly_when_always_cut(sim: ChorusSimulator) -> None:
+    """The path the core takes for a large download (``Opened.readinto``): same Range resumes,
+    same loud failure as the chunks."""
+    import hashlib
+
+    sim.configure(faults=Faults(reset=Fault(ratio=1.0, times=1, on=("media",))))
+    source = make_source(sim, artifacts=["media"])
+    call = next(c for c in sim.tenant.exportable() if not c.hidden and c.media_size > 1_000_000)
+    rec = next(r for r in source.recordings(WINDOW) if r.id == call.engagement_id)
+    (media,) = source.artifacts(rec)
+    opened = media.open()
+    assert opened.readinto is not None
+    buf = memoryview(bytearray(100_000))
+    h = hashlib.sha256()
+    total = 0
+    while n := opened.readinto(buf):
+        h.update(buf[:n])
+        total += n
+    assert total == call.media_size == opened.size
+    assert h.hexdigest() == sim.tenant.media_sha256(call.engagement_id)
+    assert sim.stats.statuses["media:206"] > 0  # continued with a Range request
+    sim.configure(faults=Faults(truncate=Fault(ratio=1.0, times=-1, on=("media",))))
+    opened = make_source(sim, artifacts=["media"], retries=2).artifacts(rec)[0].open()
+    assert opened.readinto is not None
+    total = 0
+    with pytest.raises(SourceError) as e:
+        while n := opened.readinto(buf):
+            total += n
+    assert total < call.media_size
+    assert "broke off" in str(e.value) and e.value.retryable

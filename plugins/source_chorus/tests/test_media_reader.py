@@ -161,6 +161,34 @@ def test_a_stall_longer_than_read_timeout_is_resumed_with_a_range_request(
     source.close()
 
 
+def test_read_into_buffers_a_stall_is_resumed_at_the_byte_it_stopped_at(sim: ChorusSimulator, media_server: MediaServer) -> None:
+    """The path the core takes for a large download: straight from the TLS connection into the
+    caller's buffer, a stall is a read timeout, resumed with a Range request from the last byte
+    received (nothing fetched twice), the connection of the broken download not reused."""
+    media_server.mode = "stall"
+    source = make_source(sim, artifacts=["media"], read_timeout=0.3)
+    (rec,) = _calls(sim, source, 1, min_size=100_000)
+    (media,) = source.artifacts(rec)
+    opened = media.open()
+    assert opened.readinto is not None
+    buf = memoryview(bytearray(40_000))
+    h = hashlib.sha256()
+    total = 0
+    try:
+        while n := opened.readinto(buf):
+            h.update(buf[:n])
+            total += n
+    finally:
+        if opened.close:
+            opened.close()
+    size = sim.tenant.media_size(rec.id)
+    assert total == size and h.hexdigest() == sim.tenant.media_sha256(rec.id)
+    ranges = [r.get("range") for r in media_server.requests]
+    assert ranges[0] is None and ranges[1] == f"bytes={size // 2}-", ranges
+    assert media_server.connections == 2
+    source.close()
+
+
 def test_a_compressed_body_is_decoded_and_has_no_declared_size(sim: ChorusSimulator, media_server: MediaServer) -> None:
     media_server.mode = "gzip"
     source = make_source(sim, artifacts=["media"])
