@@ -35,7 +35,7 @@ from portshift import (
 from .client import build_client, refresh_masks
 from .errors import s3_error
 from .options import MAX_PARTS, S3Options, check_region_allowed
-from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, version_of
+from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, send_buffer, version_of
 from .probe import BucketProbe
 from .recovery import UploadRecovery
 
@@ -155,7 +155,7 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                 "put object",
                 full_key,
                 self.client.put_object,
-                Body=body,
+                Body=send_buffer(body),
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=ours,
                 **self._extra,
@@ -302,7 +302,7 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
             self.client.upload_part,
             UploadId=upload_id,
             PartNumber=number,
-            Body=body,
+            Body=send_buffer(body),
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=ours,
         )
