@@ -136,6 +136,7 @@ class RunResult:
     job: float  #: the job's first log line ("exporting ...") to exit
     cpu: float  #: user + system seconds of the portshift process
     stderr: str
+    peak_rss_mib: float = 0.0  #: the process's peak resident memory (wait4's ru_maxrss)
 
 
 def portshift_run(
@@ -176,7 +177,8 @@ def portshift_run(
     text = "".join(err)
     if proc.returncode != 0 or "complete" not in out:
         sys.exit(f"portshift run failed ({proc.returncode}):\n{out[-1500:]}\n{text[-3000:]}")
-    return RunResult(ended - started, ended - (job_started or started), usage.ru_utime + usage.ru_stime, text)
+    cpu = usage.ru_utime + usage.ru_stime
+    return RunResult(ended - started, ended - (job_started or started), cpu, text, usage.ru_maxrss / 1024)
 
 
 def manifest_digests(root: Path) -> dict[str, str]:

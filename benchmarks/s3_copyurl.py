@@ -146,7 +146,7 @@ def main() -> None:
             env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
             prof = args.profile / f"{prefix}.speedscope.json" if args.profile else None
             res = portshift_run(job, work / f"{prefix}.db", env=env, progress=False, profile=prof, log_level=args.log_level)
-            notes.append(f"job phase {res.job:.2f} s")
+            notes.append(f"job phase {res.job:.2f} s, peak RSS {res.peak_rss_mib:.0f} MiB")
             if args.log_level == "debug":
                 (Path(tempfile.gettempdir()) / f"s3_copyurl-{prefix}.log").write_text(res.stderr)
             objs = plain.list_objects_v2(Bucket="bench", Prefix=f"{prefix}/")["Contents"]
