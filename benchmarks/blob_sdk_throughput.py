@@ -5,7 +5,7 @@ Starts the tests' local servers over HTTPS on 127.0.0.1 with a throw-away CA (Az
 by round in rotating order, uploads the same N MiB of random bytes held in memory:
 
 - **azure**: ``AzureSink.put`` of a ``HashingStream`` over 1 MiB chunks (8 MiB blocks, an MD5 per
-  block and the whole file's MD5 and SHA-256), with ``max_concurrency`` 1 and the default 2;
+  block and the whole file's MD5 and SHA-256), with ``max_concurrency`` 1, the default 2 and 4;
   azure-storage-blob's ``upload_blob`` (account key, ``max_concurrency=2``, its default 4 MiB
   blocks, no per-block MD5);
 - **gcs**: ``GcsSink.put`` (8 MiB resumable chunks, one in flight while the next is read, CRC32C
@@ -64,7 +64,7 @@ def azure_steps(ca: LocalCA, work: Path, data: bytes) -> tuple[dict[str, Callabl
     server = Azurite(url=f"https://127.0.0.1:{port}/devstoreaccount1", port=port, ca=ca.ca_pem, certdir=work)
     admin = server.admin()
     admin.create_container(CONTAINER)
-    sinks = {n: AzureSink(make_options(server, prefix="", block_size=8 * MIB, max_concurrency=n)) for n in (1, 2)}
+    sinks = {n: AzureSink(make_options(server, prefix="", block_size=8 * MIB, max_concurrency=n)) for n in (1, 2, 4)}
     container = admin.get_container_client(CONTAINER)
 
     def sink(n: int) -> Callable[[str], None]:
@@ -73,7 +73,8 @@ def azure_steps(ca: LocalCA, work: Path, data: bytes) -> tuple[dict[str, Callabl
     def sdk(key: str) -> None:
         container.upload_blob(key, data, overwrite=True, max_concurrency=2)
 
-    steps = {"AzureSink.put (max_concurrency=1)": sink(1), "AzureSink.put (max_concurrency=2)": sink(2), "SDK upload_blob": sdk}
+    steps = {f"AzureSink.put (max_concurrency={n})": sink(n) for n in sinks}
+    steps["SDK upload_blob"] = sdk
     return steps, lambda key: container.download_blob(key).readall(), (proc, log)
 
 
