@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "ManifestEntry": "api",
     "StoredFile": "api",
     "HashingStream": "hashing",
+    "InFlight": "inflight",
     # options and secrets
     "PluginOptions": "options",
     "HttpsUrl": "options",
@@ -150,6 +151,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         redirect_refused,
     )
     from .hashing import HashingStream
+    from .inflight import InFlight
     from .lazy import lazy_attributes
     from .logs import pin_loggers
     from .media_types import content_type_for, media_type

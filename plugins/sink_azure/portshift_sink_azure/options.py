@@ -50,7 +50,13 @@ class AzureOptions(PluginOptions):
     block_size: Size = Field(
         default=DEFAULT_BLOCK_SIZE,
         description="bytes per block (1 MiB to 4000 MiB; default 8 MiB); a file up to this size is one Put Blob. "
-        "Memory per transfer is about one block",
+        "Memory per transfer is about block_size x (max_concurrency + 1)",
+    )
+    max_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="blocks of one file uploaded at the same time, while the next block is read",
     )
     access_tier: Literal["Hot", "Cool", "Cold", "Archive"] | None = Field(
         default=None, description="access tier set on each blob (default: the account's default tier)"

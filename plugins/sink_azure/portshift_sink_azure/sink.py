@@ -14,7 +14,9 @@ How one file is stored:
   succeeds. Staged blocks that are never committed are invisible to readers and are discarded
   by Azure (after a week); a failed upload therefore leaves no blob, and an existing blob of
   the same name stays as it was.
-- Memory: about one block (plus one chunk of the source) per transfer.
+- Blocks are uploaded while the next one is read: up to ``max_concurrency`` Put Block requests in
+  flight at once (:class:`portshift.InFlight`). Memory: about ``max_concurrency + 1`` blocks
+  (plus one chunk of the source) per transfer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from azure.storage.blob import BlobType, ContentSettings, StandardBlobTier
 from portshift import (
     ConfigError,
     HashingStream,
+    InFlight,
     IntegrityError,
     PortshiftError,
     PutResult,
@@ -184,36 +187,28 @@ class AzureSink(Sink):
 
         attempt = uuid.uuid4().hex[:16]
         ids: list[str] = []
-        while True:
-            if len(ids) >= MAX_BLOCKS:
-                raise SinkError(
-                    f"more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
-                    operation="put block",
-                    location=location,
-                    retryable=False,
-                    hint="raise block_size",
-                )
-            block_id = _block_id(attempt, len(ids) + 1)
-            sent_md5 = _transactional_md5(data)
-            response = self._call(
-                "put block",
-                location,
-                blob.stage_block,
-                block_id,
-                data,
-                length=len(data),
-                transactional_content_md5=sent_md5,
-                **self._common(),
-            )
-            _check_echo(response, sent_md5, location, "put block")
-            ids.append(block_id)
-            if last:
-                break
-            data, last = next(blocks)
-            whole.update(data)
-            total += len(data)
-        del data
-
+        # Up to max_concurrency blocks in flight (worker threads) while the next one is read.
+        with InFlight[str](self.options.max_concurrency, "portshift-azure-block") as inflight:
+            while True:
+                if len(ids) >= MAX_BLOCKS:
+                    raise SinkError(
+                        f"more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
+                        operation="put block",
+                        location=location,
+                        retryable=False,
+                        hint="raise block_size",
+                    )
+                block_id = _block_id(attempt, len(ids) + 1)
+                inflight.submit(self._stage_block, blob, location, block_id, data)
+                ids.append(block_id)
+                if last:
+                    break
+                data = b""  # drop the reference before reading the next block
+                data, last = next(blocks)
+                whole.update(data)
+                total += len(data)
+            del data
+            inflight.finish()
         self._check_size(total, size, location)
         digest = whole.digest()
         response = self._call(
@@ -230,6 +225,21 @@ class AzureSink(Sink):
         log.debug("stored %s: %d bytes in %d blocks", location, total, len(ids))
         verified = f"Azure checked MD5 of each of {len(ids)} blocks; Content-MD5 set"
         return PutResult(key=name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified)
+
+    def _stage_block(self, blob: Any, location: str, block_id: str, data: bytes) -> str:
+        sent_md5 = _transactional_md5(data)
+        response = self._call(
+            "put block",
+            location,
+            blob.stage_block,
+            block_id,
+            data,
+            length=len(data),
+            transactional_content_md5=sent_md5,
+            **self._common(),
+        )
+        _check_echo(response, sent_md5, location, "put block")
+        return block_id
 
     def _put_single(
         self,

@@ -71,12 +71,16 @@ def fast_request_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def through(azurite: Azurite, proxy: FaultProxy, **overrides: Any) -> AzureSink:
+    # One block in flight: the blocks then follow each other on one kept-alive connection, so a
+    # byte count on that connection names the request a fault hits (the retry path is the same
+    # whatever max_concurrency is: each block is retried by its own request's policy).
     return AzureSink(
         make_options(
             azurite,
             account_url=f"https://127.0.0.1:{proxy.port}/{ACCOUNT}",
             read_timeout=READ_TIMEOUT,
             connect_timeout=CONNECT_TIMEOUT,
+            max_concurrency=1,
             **overrides,
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import urllib.parse
 from collections.abc import Callable
 
 import portshift_sink_azure.sink as sink_module
@@ -68,8 +69,9 @@ def test_sizes_from_zero_to_many_blocks(
     else:
         assert (len(put_blobs), len(put_blocks), len(commits)) == (0, blocks, 1)
         assert result.verified == f"Azure checked MD5 of each of {blocks} blocks; Content-MD5 set"
-        # every block went with the MD5 of exactly its own bytes, in order, block-sized
-        assert b"".join(r.body or b"" for r in put_blocks) == data
+        # every block went with the MD5 of exactly its own bytes, block-sized; in block-id order
+        # they are the file (up to max_concurrency of them are sent at the same time)
+        assert b"".join(r.body or b"" for r in sorted(put_blocks, key=_block_id_of)) == data
         for r in put_blocks:
             assert r.body is not None and 0 < len(r.body) <= MiB
             assert base64.b64decode(r.headers["content-md5"]) == md5(r.body)
@@ -100,6 +102,11 @@ def test_wrong_md5_is_rejected_by_azurite_raw(azurite: Azurite, admin: BlobServi
     assert download(admin, blob.blob_name) is None
 
 
+def _block_id_of(sent: Sent) -> str:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(sent.url).query)
+    return base64.b64decode(query["blockid"][0]).decode()
+
+
 def _lie_on(monkeypatch: pytest.MonkeyPatch, which: int) -> list[int]:
     """Make the sink send a wrong Content-MD5 on its ``which``-th request body (1-based)."""
     calls: list[int] = []
@@ -122,7 +129,7 @@ def test_wrong_md5_is_refused_by_the_server_and_nothing_is_visible(
     size: int,
     which: int,
 ) -> None:
-    sink = make_sink(block_size=MiB)
+    sink = make_sink(block_size=MiB, max_concurrency=1)  # one block in flight: none sent after the refused one
     calls = _lie_on(monkeypatch, which)
     key = unique("corrupt.bin")
     with pytest.raises(SinkError) as e:
@@ -186,25 +193,33 @@ def test_declared_sha256_mismatch_aborts_before_commit(sink: AzureSink, admin: B
     assert download(admin, sink.blob_name(key)) is None
 
 
-def test_memory_is_bounded_by_one_block(make_sink: Callable[..., AzureSink], admin: BlobServiceClient) -> None:
-    """While a block is sent, the sink has taken at most one block (+ one source chunk) beyond it."""
-    sink = make_sink(block_size=MiB)
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_memory_is_bounded_by_the_blocks_in_flight(
+    make_sink: Callable[..., AzureSink], admin: BlobServiceClient, concurrency: int
+) -> None:
+    """While a block is sent, the sink has taken at most max_concurrency blocks (+ one source
+    chunk) beyond it: the blocks in flight and the one being read."""
+    sink = make_sink(block_size=MiB, max_concurrency=concurrency)
     chunk = 64 * 1024
     data = pattern_bytes(12 * MiB + 17, seed=7)
     stream = HashingStream(data[i : i + chunk] for i in range(0, len(data), chunk))
     ahead: list[int] = []
     sent = [0]
+    lock = threading.Lock()
 
     def on_send(item: Sent) -> None:
         if item.body is not None and "comp=block&" in item.url + "&":
-            sent[0] += len(item.body)
-            ahead.append(stream.bytes_read - sent[0])
+            with lock:
+                sent[0] += len(item.body)
+                ahead.append(stream.bytes_read - sent[0])
 
     Recorder(sink, on_send)
     key = unique("big.bin")
     result = sink.put(key, stream, len(data))
     assert result.size == len(data) and len(ahead) == 13
-    assert max(ahead) <= chunk + 1, f"the sink read {max(ahead)} bytes ahead of what it sent"
+    bound = concurrency * MiB + chunk + 1
+    assert bound < len(data) / 3, "the file must be much larger than the bound for this test to mean anything"
+    assert max(ahead) <= bound, f"the sink read {max(ahead)} bytes ahead of what it sent"
     stored_checks(admin, sink, key, data)
 
 

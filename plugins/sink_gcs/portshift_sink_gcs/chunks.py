@@ -8,8 +8,9 @@ import hashlib
 from collections.abc import Iterator
 
 import google_crc32c
+import requests
 
-from portshift import HashingStream
+from portshift import HashingStream, SinkError
 
 
 def b64(digest: bytes) -> str:
@@ -40,3 +41,14 @@ class Digests:
 
     def values(self) -> dict[str, str]:
         return {"crc32c": b64(self.crc32c.digest()), "md5": b64(self.md5.digest())}
+
+
+def persisted_of(response: requests.Response) -> int:
+    """Bytes persisted according to a 308's ``Range: bytes=0-N`` (none when absent)."""
+    value = response.headers.get("Range", "")
+    if not value:
+        return 0
+    try:
+        return int(value.rsplit("-", 1)[1]) + 1
+    except (IndexError, ValueError):
+        raise SinkError("GCS answered an unreadable Range header", operation="upload chunk", retryable=True) from None

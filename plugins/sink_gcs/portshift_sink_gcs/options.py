@@ -55,7 +55,7 @@ class GcsOptions(PluginOptions):
     chunk_size: Size = Field(
         default=DEFAULT_CHUNK_SIZE,
         description="bytes per resumable-upload request, a multiple of 256 KiB (default 8 MiB); a file up to "
-        "this size is stored in one request. Memory per transfer is about one chunk",
+        "this size is stored in one request. Memory per transfer is about two chunks (one in flight, the next being read)",
     )
     kms_key_name: str | None = Field(
         default=None,

@@ -47,6 +47,7 @@ from portshift import (
     Attempts,
     Backoff,
     HashingStream,
+    InFlight,
     PortshiftError,
     PutResult,
     Sink,
@@ -57,7 +58,7 @@ from portshift import (
 )
 
 from . import errors
-from .chunks import Digests, read_chunks
+from .chunks import Digests, persisted_of, read_chunks
 from .credentials import connect
 from .options import GcsOptions
 from .probe import BucketProbe
@@ -231,6 +232,9 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
         size: int | None,
     ) -> PutResult:
         session_uri = self._initiate(name, where, content_type, size)
+        # A chunk goes up on a worker thread while the next one is read; a resumable session
+        # takes its chunks in order, so one at a time (the final one once all are persisted).
+        inflight: InFlight[None] = InFlight(1, "portshift-gcs-chunk")
         try:
             offset = 0
             count = 0
@@ -238,6 +242,7 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
             while True:
                 count += 1
                 if last:
+                    inflight.finish()
                     values = digests.values()
                     response = self._final_chunk(session_uri, where, chunk, offset, values)
                     return self._confirm(
@@ -248,12 +253,16 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
                         values,
                         f"GCS checked CRC32C and MD5 of the whole object at finalize (resumable upload, {count} chunks)",
                     )
-                self._chunk(session_uri, where, chunk, offset)
+                inflight.submit(self._chunk, session_uri, where, chunk, offset)
                 offset += len(chunk)
+                chunk = b""  # drop the reference before reading the next chunk
                 chunk, last = next(rest)
         except BaseException:
+            inflight.close()  # the chunk in flight ends before the session is cancelled
             self._cancel(session_uri, where)
             raise
+        finally:
+            inflight.close()
 
     def _initiate(self, name: str, where: str, content_type: str, size: int | None) -> str:
         headers = {"Content-Type": "application/json; charset=UTF-8", "X-Upload-Content-Type": content_type}
@@ -300,7 +309,7 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
                 response = self._send(
                     "PUT", session_uri, "upload chunk", where, ok=(308,), data=piece, headers=headers, retry=False
                 )
-                persisted = _persisted(response)
+                persisted = persisted_of(response)
                 response.close()
             except PortshiftError as e:
                 if not e.retryable:
@@ -364,7 +373,7 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
         response.close()
         if response.status_code in (200, 201):
             return -1
-        return _persisted(response)
+        return persisted_of(response)
 
     def _cancel(self, session_uri: str, where: str) -> None:
         """Cancel a resumable session (GCS answers 499); never raises."""
@@ -384,17 +393,6 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
     def close(self) -> None:
         self._session.close()
         self._token_session.close()
-
-
-def _persisted(response: requests.Response) -> int:
-    """Bytes persisted according to a 308's ``Range: bytes=0-N`` (none when absent)."""
-    value = response.headers.get("Range", "")
-    if not value:
-        return 0
-    try:
-        return int(value.rsplit("-", 1)[1]) + 1
-    except (IndexError, ValueError):
-        raise SinkError("GCS answered an unreadable Range header", operation="upload chunk", retryable=True) from None
 
 
 __all__ = ["GcsSink", "read_chunks"]

@@ -64,7 +64,7 @@ class S3Options(PluginOptions):
         'upload of parts this big (5 MiB to 5 GiB; "8MiB" is accepted)',
     )
     max_concurrency: int = Field(
-        default=2,
+        default=4,  # measured: benchmarks/README.md, "S3: portshift run vs rclone vs boto3"
         ge=1,
         le=32,
         description="parts of one artifact uploaded at the same time; memory per transfer is at most about "

@@ -13,8 +13,19 @@ from portshift import HashingStream, PortshiftError, media_type
 
 log = logging.getLogger("portshift.s3")
 
-#: How much is taken from the stream at a time while a part is filled.
+#: How much is taken from the stream at a time while a part is filled. (1 MiB, the Chorus
+#: source's chunk, would pass each chunk through without the stream's internal copies, but a
+#: source with smaller chunks then makes the stream gather 1 MiB and copy it. Measured: 0.40 vs 0.35
+#: CPU-s to hash and fill the parts of 512 MiB, i.e. ~0.5 % of an upload; not worth the memory.)
 READ_SIZE = 256 * 1024
+
+
+def send_buffer(body: bytes | bytearray) -> bytearray:
+    """``body`` as a bytearray: botocore wraps a ``bytes`` body of PutObject/UploadPart in a
+    ``BytesIO``, which it then sends 16 KiB at a time after an ``Expect: 100-continue`` round
+    trip (up to 1 s when the server sends no 100 Continue); a bytearray goes out as it is, in one
+    ``sendall``. Only small bodies are ``bytes`` here (read_part builds parts as bytearrays)."""
+    return body if isinstance(body, bytearray) else bytearray(body)
 
 
 def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | bytearray:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, ClassVar
 
 from portshift import (
     Backoff,
     HashingStream,
+    InFlight,
     IntegrityError,
     PutResult,
     Sink,
@@ -35,7 +34,7 @@ from portshift import (
 from .client import build_client, refresh_masks
 from .errors import s3_error
 from .options import MAX_PARTS, S3Options, check_region_allowed
-from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, version_of
+from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, send_buffer, version_of
 from .probe import BucketProbe
 from .recovery import UploadRecovery
 
@@ -155,7 +154,7 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                 "put object",
                 full_key,
                 self.client.put_object,
-                Body=body,
+                Body=send_buffer(body),
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=ours,
                 **self._extra,
@@ -214,10 +213,8 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                 if self._abort(full_key, upload_id):  # not journaled: do not leave it behind
                     self._journal_end(key)  # else the intent stays, and the next run finds it
                 raise
-        conc = self.options.max_concurrency
-        pool = ThreadPoolExecutor(max_workers=conc, thread_name_prefix="portshift-s3-part") if conc > 1 else None
-        pending: deque[Future[_Part]] = deque()
-        done: list[_Part] = []
+        # At most max_concurrency parts in flight (worker threads), plus the one being read.
+        inflight: InFlight[_Part] = InFlight(self.options.max_concurrency, "portshift-s3-part")
         try:
             number = 0
             piece, carry = seed
@@ -233,22 +230,11 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                             retryable=False,
                         )
                     )
-                if pool is None:
-                    done.append(self._upload_part(full_key, upload_id, number, piece))
-                else:
-                    # At most max_concurrency parts in flight, plus the one being read.
-                    while len(pending) >= conc:
-                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            pending.remove(f)
-                            done.append(f.result())  # raises that part's error
-                    pending.append(pool.submit(self._upload_part, full_key, upload_id, number, piece))
+                inflight.submit(self._upload_part, full_key, upload_id, number, piece)
                 piece = b""  # drop the reference before filling the next part
                 piece = read_part(stream, self.options.part_size, carry)
                 carry = b""
-            while pending:
-                done.append(pending.popleft().result())
-            parts = sorted(done, key=lambda p: p.number)
+            parts = sorted(inflight.finish(), key=lambda p: p.number)
             total = sum(p.size for p in parts)
             if not stream.finished or total != stream.bytes_read:
                 raise _StoreError(
@@ -269,19 +255,14 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                 },
             )
         except BaseException as exc:
-            for f in pending:
-                f.cancel()
-            if pool is not None:
-                pool.shutdown(wait=True)  # in-flight parts end before the abort, or they could outlive it
-                pool = None
+            inflight.close()  # in-flight parts end before the abort, or they could outlive it
             if self._abort(full_key, upload_id):
                 self._journal_end(key)  # else it stays journaled, and the next run aborts it
             if isinstance(exc, _StoreError):
                 raise exc.error from None
             raise  # the stream's own error (a source failure, an interrupt) goes up unchanged
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            inflight.close()
         self._journal_end(key)  # completed: nothing left to abort
         return self._completed(full_key, key, parts, total, resp)
 
@@ -302,7 +283,7 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
             self.client.upload_part,
             UploadId=upload_id,
             PartNumber=number,
-            Body=body,
+            Body=send_buffer(body),
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=ours,
         )

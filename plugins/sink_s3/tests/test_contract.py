@@ -14,13 +14,14 @@ PART = 5 * 1024 * 1024
 
 class TestS3SinkContract(SinkContract):
     many_size = 2 * PART + 12345  # three parts
-    # a part being read, one being sent and botocore's copies of it: a few parts, whatever the size
+    # two parts in flight (max_concurrency = 2 below), one being read and botocore's copies: a few
+    # parts, whatever the size (the bound for other max_concurrency values: test_uploads.py)
     memory_budget = 5 * PART
     bounded_size = 12 * PART
 
     @pytest.fixture
     def sink(self, make_sink: Callable[..., Any]) -> Any:
-        return make_sink(prefix="exports/contract")
+        return make_sink(prefix="exports/contract", max_concurrency=2)
 
     @pytest.fixture
     def read_back(self, read_obj: Callable[[str], bytes | None], pending: Callable[[], list[Any]]) -> Any:

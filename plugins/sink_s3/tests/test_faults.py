@@ -105,7 +105,7 @@ def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 #: moto answers one request per connection (HTTP/1.0), so the count is within one request: the
 #: middle of the single PutObject's body, and 2.5 MiB into a connection, which only an
 #: UploadPart of 5 MiB reaches (CreateMultipartUpload and Complete are a few kB): the middle of
-#: part 1 or 2, which go up at the same time (max_concurrency = 2), of a 3-part upload.
+#: part 1 or 2, which go up at the same time (max_concurrency = 4), of a 3-part upload.
 SHAPES = {
     "single-put": (MiB + 4321, MiB // 2),
     "multipart": (2 * PART + 777, PART // 2),

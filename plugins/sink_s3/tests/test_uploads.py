@@ -241,3 +241,49 @@ def test_a_composite_checksum_returned_by_s3_is_compared(make_sink: MakeSink) ->
     for wrong in (f"{composite}-2", base64.b64encode(b"\0" * 32).decode() + "-3"):
         with pytest.raises(IntegrityError, match="composite"):
             sink._completed("k", "k", parts, 3, {"ChecksumSHA256": wrong})
+
+
+@pytest.mark.parametrize("size", [1000, 2 * PART + 7], ids=["put-object", "multipart"])
+def test_botocore_sends_our_sha256_and_hashes_nothing_again(make_sink: MakeSink, read_obj: ReadObj, size: int) -> None:
+    """Each part's SHA-256 is computed once, by the sink: botocore sends it as a plain header,
+    neither computes a checksum of its own (no trailer, no aws-chunked body, no Content-MD5) nor
+    hashes the payload for the signature, and sends the very buffer it was given (no re-read)."""
+    import base64
+
+    import botocore.httpchecksum
+
+    sink = make_sink(max_concurrency=2)
+    seen: list[tuple[str, dict[str, str], Any]] = []
+
+    def capture(request: Any, event_name: str, **_: Any) -> None:
+        seen.append((event_name.rsplit(".", 1)[-1], dict(request.headers), request.body))
+
+    sink.client.meta.events.register("before-send.s3", capture)
+    hashed: list[str] = []
+    original_handle = botocore.httpchecksum.BaseChecksum.handle
+
+    def spy_handle(self: Any, body: Any) -> Any:
+        hashed.append(type(self).__name__)
+        return original_handle(self, body)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(botocore.httpchecksum.BaseChecksum, "handle", spy_handle)
+    try:
+        data = pattern_bytes(size, seed=7)
+        sink.put("once.bin", HashingStream(chunked(data)), size)
+    finally:
+        mp.undo()
+    assert read_obj("once.bin") == data
+    uploads = [(op, h, body) for op, h, body in seen if op in ("PutObject", "UploadPart")]
+    assert len(uploads) == (1 if size < PART else 3)
+    pieces = [data] if size < PART else [data[i : i + PART] for i in range(0, size, PART)]
+    sent = sorted(uploads, key=lambda u: int(u[1].get("Content-Length", 0)), reverse=True)
+    for (op, headers, body), piece in zip(sent, sorted(pieces, key=len, reverse=True)):
+        lower = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in headers.items()}
+        assert lower["x-amz-checksum-sha256"] == base64.b64encode(hashlib.sha256(piece).digest()).decode(), op
+        assert lower["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD", op  # the signature does not hash the body
+        assert "x-amz-trailer" not in lower and "aws-chunked" not in lower.get("content-encoding", ""), op
+        assert "content-md5" not in lower, op
+        # the buffer itself, not a BytesIO botocore would send 16 KiB at a time after a 100-continue
+        assert isinstance(body, bytearray) and body == piece and "expect" not in lower, op
+    assert hashed == [], f"botocore hashed the body again: {hashed}"
