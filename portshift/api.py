@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from .hashing import HashingStream
 from .options import PluginOptions
+from .rate_auto import RateMemory
 
 __all__ = [
     "Artifact",
@@ -145,6 +146,16 @@ class Source(ABC):
     #: (``"calls 2026-01-01 .. 2026-01-08, page 3"``); the progress line and the logs show it
     #: while the listing runs. ``None`` outside a run.
     on_listing: Callable[[str], None] | None = None
+
+    #: Set by the core before listing when the run has a state: where the source keeps what it
+    #: found about the service for the next run, keyed by its location (the request rate found,
+    #: see :class:`portshift.AutoRate`). ``None``: nothing is kept.
+    rate_memory: RateMemory | None = None
+
+    def status(self) -> str:
+        """A few words on the source's own state for the progress line and the run summary
+        (e.g. ``"API 4.2 req/s (auto)"``); empty: nothing to say."""
+        return ""
 
     def close(self) -> None:
         """Release connections."""

@@ -386,3 +386,12 @@ class State(ABC):
             "read operations in flight", "select key, data from sink_journal where job_id = ? order by started_at", [job_id]
         )
         return [(key, json.loads(data)) for key, data in rows]
+
+    def source_rate(self, key: str) -> float | None:
+        """The request rate a source found at ``key`` (its type and location), for its next run."""
+        rows = self._rows("read the source's rate", "select rate from source_rates where source_key = ?", [key])
+        return float(rows[0][0]) if rows else None
+
+    def save_source_rate(self, key: str, rate: float) -> None:
+        query = "insert into source_rates values (?, ?, ?) on conflict (source_key) do update set rate = excluded.rate, "
+        self._write("keep the source's rate", query + "updated_at = excluded.updated_at", [key, rate, now_iso()])

@@ -53,6 +53,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "m003_source_rates",
+        f"create table source_rates (source_key {_T} primary key, rate double precision not null, updated_at {_T})",
+    ),
 ]
 
 

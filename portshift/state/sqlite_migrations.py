@@ -128,3 +128,10 @@ def m005_outcomes(db: sqlite_utils.Database) -> None:
         pk=("job_id", "recording_id", "artifact"),
         foreign_keys=[("job_id", "jobs", "id")],
     )
+
+
+@migration
+def m007_source_rates(db: sqlite_utils.Database) -> None:
+    """The request rate a source found at a location (``requests_per_second = "auto"``), for the
+    next run against it: keyed by the source's type and location, never by a credential."""
+    db["source_rates"].create({"source_key": str, "rate": float, "updated_at": str}, pk="source_key", if_not_exists=True)

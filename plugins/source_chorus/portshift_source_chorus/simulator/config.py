@@ -39,6 +39,9 @@ class Faults:
     rate_limit: float = 0.0  #: requests per second the API server enforces (0: none)
     rate_limit_burst: float = 2.0
     rate_limit_retry_after: bool = True  #: send Retry-After with rate-limit 429s
+    #: seconds after the start (or a reset) when ``rate_limit`` halves (0: never): a limit that
+    #: moves while a client runs
+    rate_limit_halve_after: float = 0.0
     #: (requests, seconds): a fixed-window limit ("10 per minute"), checked before ``rate_limit``
     rate_window: tuple[int, float] | None = None
 
@@ -109,6 +112,7 @@ class Stats:
     #: server -> Host headers received
     hosts: dict[str, Counter[str]] = field(default_factory=lambda: {"api": Counter(), "media": Counter()})
     api_times: list[float] = field(default_factory=list)  #: monotonic time of every API request
+    limited_times: list[float] = field(default_factory=list)  #: monotonic time of every rate-limit 429
     list_queries: list[dict[str, str]] = field(default_factory=list)  #: /v3/engagements query parameters
     conversation_queries: list[dict[str, str]] = field(default_factory=list)  #: /api/v1/conversations/{id} queries
     links: list[str] = field(default_factory=list)  #: media links handed out (tests grep logs for them)
