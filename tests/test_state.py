@@ -50,6 +50,7 @@ EXPECTED = {
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
+    "source_rates": {"source_key": S, "rate": float, "updated_at": S},
 }  # fmt: skip
 EXPECTED_PKS = {
     "_portshift_migrations": ["name"],
@@ -58,6 +59,7 @@ EXPECTED_PKS = {
     "files": ["job_id", "key"],
     "sink_journal": ["job_id", "key"],
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
+    "source_rates": ["source_key"],
 }
 #: words a column holding call metadata or a credential would be named after
 FORBIDDEN_WORDS = ("title", "participant", "email", "mail", "phone", "attendee", "speaker", "subject", "name",
