@@ -1,11 +1,14 @@
 """Issue 19: ``requests_per_second = "auto"`` against a limit it is not told.
 
-The Chorus simulator (HTTPS, loopback) enforces a hidden limit of L requests per second on its API
-(a token bucket, burst ``--burst`` 2: the simulator's default, answering 429 with or without ``Retry-After``; ``--halve-after S``:
-the limit halves S seconds in). The Chorus source's own client (``requests_per_second = "auto"``,
-the other options at their defaults) is driven by ``--threads`` threads that list a page again
-and again for ``--seconds``, so the limiter, not the work, is the bottleneck: exactly the request
-path of an export (limiter, 429 handling, the ``Retry-After`` pause shared by every thread).
+The Chorus simulator (HTTPS, loopback) enforces a hidden limit of L requests per second on its API:
+a token bucket (``--burst``, default 2, the simulator's default) answering 429 with ``Retry-After``
+or without it (``--no-retry-after``); with ``--halve-after S`` the limit halves S seconds in. It
+runs in a child process of its own (``--serve``: no GIL shared with the client) that writes the
+time of every request and every 429 out when stopped. The Chorus source's own client
+(``requests_per_second = "auto"``, the other options at their defaults) is driven by ``--threads``
+threads that list a page again and again for ``--seconds``, so the limiter, not the work, is the
+bottleneck: the request path of an export (limiter, 429 handling, the ``Retry-After`` pause
+shared by every thread), without the sink.
 
 Printed, from ``--warmup`` seconds on (figures from the simulator's own counters):
 
@@ -26,12 +29,17 @@ Printed, from ``--warmup`` seconds on (figures from the simulator's own counters
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins" / "source_chorus"))
@@ -55,6 +63,27 @@ def episodes(times: list[float], gap: float = 5.0) -> list[tuple[float, float, i
     return out
 
 
+def serve(spec: dict[str, Any], work: Path) -> None:
+    """The simulator's process: serve until SIGTERM, then write every request's and 429's time."""
+    faults = Faults(
+        rate_limit=spec["limit"],
+        rate_limit_burst=spec["burst"],
+        rate_limit_retry_after=spec["retry_after"],
+        rate_limit_halve_after=spec["halve"],
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ChorusSimulator(faults=faults, calls=40, seed=3) as sim:
+        sim.reset()  # the limit's clock starts now
+        info = {"base_url": sim.base_url, "token": sim.token, "ca": str(sim.ca_path), "limit_since": time.monotonic()}
+        (work / "sim-info.tmp").write_text(json.dumps(info))
+        (work / "sim-info.tmp").replace(work / "sim-info.json")
+        stop.wait()
+        with sim.stats.lock:
+            out = {"api_times": list(sim.stats.api_times), "limited_times": list(sim.stats.limited_times)}
+    (work / "sim-stats.json").write_text(json.dumps(out))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=float, required=True, help="the simulator's hidden limit L, requests/s")
@@ -65,48 +94,57 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--burst", type=float, default=2.0, help="the simulator's bucket size (1: no two requests closer than 1/L)")
     ap.add_argument("--start", type=float, default=0.0, help="a remembered rate to start from (0: none, search)")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        serve(json.loads(args.serve), Path(args.work))
+        return 0
 
-    faults = Faults(
-        rate_limit=args.limit,
-        rate_limit_burst=args.burst,
-        rate_limit_retry_after=not args.no_retry_after,
-        rate_limit_halve_after=args.halve_after,
-    )
-    with ChorusSimulator(faults=faults, calls=40, seed=3) as sim:
+    with tempfile.TemporaryDirectory(prefix="auto-rate-") as tmp:
+        work = Path(tmp)
+        spec = {"limit": args.limit, "burst": args.burst, "retry_after": not args.no_retry_after, "halve": args.halve_after}
+        child = subprocess.Popen([sys.executable, __file__, "--limit", "0", "--serve", json.dumps(spec), "--work", tmp])
+        info_path = work / "sim-info.json"
+        while not info_path.exists():
+            if child.poll() is not None:
+                raise SystemExit("the simulator did not start")
+            time.sleep(0.05)
+        info = json.loads(info_path.read_text())
         options = ChorusOptions(
-            base_url=sim.base_url, token=Secret(sim.token, "token"), ca_bundle=sim.ca_path, requests_per_second="auto"
+            base_url=info["base_url"], token=Secret(info["token"], "token"), ca_bundle=info["ca"], requests_per_second="auto"
         )
         source = ChorusSource(options)
         pacing = source.client.pacing
         if args.start:
             pacing.resume(args.start)  # type: ignore[union-attr]
         filters = query_for(datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 4, 1, tzinfo=timezone.utc), "meeting")
-        sim.reset()
         started = time.monotonic()
+        halving = info["limit_since"] + args.halve_after - started if args.halve_after else None
         stop = started + args.seconds
-        samples: list[tuple[float, float, float]] = []  # (t, client rate, limit)
+        samples: list[tuple[float, float]] = []  # (t, client rate)
 
-        def work() -> None:
+        def work_loop() -> None:
             while time.monotonic() < stop:
                 source.client.list_page(dict(filters))
 
-        threads = [threading.Thread(target=work, daemon=True) for _ in range(args.threads)]
+        threads = [threading.Thread(target=work_loop, daemon=True) for _ in range(args.threads)]
         for t in threads:
             t.start()
         while time.monotonic() < stop:
             time.sleep(0.25)
-            now = time.monotonic()
-            samples.append((now - started, pacing.rate, sim.rate_limit_now(now)))
+            samples.append((time.monotonic() - started, pacing.rate))
         for t in threads:
             t.join()
         source.close()
-        with sim.stats.lock:
-            sent = sorted(t - started for t in sim.stats.api_times)
-            refused = sorted(t - started for t in sim.stats.limited_times)
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+        stats = json.loads((work / "sim-stats.json").read_text())
+    sent = sorted(t - started for t in stats["api_times"])
+    refused = sorted(t - started for t in stats["limited_times"])
 
     def limit_at(t: float) -> float:
-        return args.limit / 2 if args.halve_after and t >= args.halve_after else args.limit
+        return args.limit / 2 if halving is not None and t >= halving else args.limit
 
     warm = args.warmup
     span = args.seconds - warm
@@ -116,22 +154,23 @@ def main() -> int:
     runs = episodes([t for t in refused if t >= warm])
     longest = max((b - a for a, b, _ in runs), default=0.0)
     mode = "no Retry-After" if args.no_retry_after else "Retry-After"
-    halving = f", halving at {args.halve_after:g} s" if args.halve_after else ""
+    halves = f", halving at {args.halve_after:g} s" if args.halve_after else ""
     print(
-        f"L = {args.limit:g} req/s (burst {args.burst:g}, {mode}{halving}), {args.threads} threads, {args.seconds:g} s, "
+        f"L = {args.limit:g} req/s (burst {args.burst:g}, {mode}{halves}), {args.threads} threads, {args.seconds:g} s, "
         f"load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
     )
     print(f"  from {warm:g} s on: achieved/L = {ratio:.3f} (target >= 0.9)")
     print(f"  429/min = {per_min:.2f} (target <= 1); 429s in the first {warm:g} s: {sum(1 for t in refused if t < warm)}")
-    if args.halve_after:
-        after = args.halve_after + 30
+    if halving is not None:
+        after = halving + 30
         n = sum(1 for t in refused if t >= after)
         print(f"  429/min from {after:g} s on = {n / ((args.seconds - after) / 60):.2f}")
-        hs = [a for a, _, _ in runs if a >= args.halve_after]
+        hs = [a for a, _, _ in runs if a >= halving]
         if hs:
             first = hs[0]
-            below = next((t for t, r, lim in samples if t > first and r <= lim), None)
-            print(f"  after the halving: first 429 at {first:.1f} s, client rate under the new limit at {below} s")
+            below = next((t for t, r in samples if t > first and r <= args.limit / 2), None)
+            under = "never" if below is None else f"{below:.1f} s"
+            print(f"  limit halved at {halving:.1f} s: first 429 at {first:.1f} s, client rate under the new limit at {under}")
     print(
         f"  longest run of 429s = {longest:.2f} s ({len(runs)} runs, {max((n for *_, n in runs), default=0)} 429s at most "
         "in one; target <= one back-off step, 1 s)"
