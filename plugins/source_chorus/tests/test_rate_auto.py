@@ -169,3 +169,33 @@ def test_portshift_run_shows_the_rate_found_and_the_next_run_starts_from_it(sim:
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"starting at {rate:.3g} requests/s, the rate the last run found" in second.stderr
     assert "source: API" in second.stdout and "req/s (auto)" in second.stdout
+
+
+def test_simulate_hides_a_limit_that_halves_mid_run(tmp_path: Path) -> None:
+    """`portshift chorus simulate --rate-limit 8 --rate-limit-halve-after 6`: 6 requests a second
+    pass before the halving and meet 429s (without Retry-After, as asked) after it."""
+    from portshift_source_chorus import ChorusOptions
+
+    from portshift import Secret
+
+    from .test_cli import start, stop
+
+    before = time.monotonic()
+    proc, info = start(tmp_path, "--rate-limit", "8", "--rate-limit-halve-after", "6", "--rate-limit-no-retry-after")
+    ready = time.monotonic()  # the limit's clock started between ``before`` and now
+    assert ready - before < 4.5, "the simulator took too long to start for this test's timing"
+    try:
+        opts = ChorusOptions(
+            base_url=info["base_url"], token=Secret(CANARY, "token"), ca_bundle=info["ca_bundle"], requests_per_second=6
+        )
+        source = ChorusSource(opts)
+        retries: list[float] = []
+        source.client.sleep = retries.append  # the client's backoffs, recorded (not slept)
+        hammer(source, 1.2, threads=2)
+        assert retries == []  # 6/s under a limit of 8
+        time.sleep(max(0.0, ready + 6.2 - time.monotonic()))
+        hammer(source, 2.0, threads=2)
+        assert retries, "no 429 at 6 requests/s under a limit halved to 4"
+        source.close()
+    finally:
+        stop(proc)
