@@ -80,7 +80,7 @@ def serve(spec: dict[str, Any], work: Path) -> None:
         (work / "sim-info.tmp").replace(work / "sim-info.json")
         stop.wait()
         with sim.stats.lock:
-            out = {"api_times": list(sim.stats.api_times), "limited_times": list(sim.stats.limited_times)}
+            out = {"api_times": list(sim.stats.api_times), "limited_times": list(sim.stats.rate_limited_times)}
     (work / "sim-stats.json").write_text(json.dumps(out))
 
 

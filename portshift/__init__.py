@@ -65,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     "RateLimiter": "retry",
     "AutoRate": "rate_auto",
     "RateMemory": "rate_auto",
+    "SharedRate": "retry",
     "call_with_retries": "retry",
     "parse_retry_after": "retry",
     "wait_or_interrupt": "retry",
@@ -155,6 +156,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .logs import pin_loggers
     from .media_types import content_type_for, media_type
     from .options import HttpsUrl, PluginOptions
+    from .rate_auto import AutoRate, RateMemory
     from .redact import redact_url, sanitize_message
     from .requests_tls import (
         PlainHTTPRefused,
@@ -165,8 +167,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         refused_request,
     )
     from .residency import AllowedRegions, ResidencyError, refuse_unverifiable, region_allowed, require_allowed
-    from .rate_auto import AutoRate, RateMemory
-    from .retry import Attempts, Backoff, RateLimiter, call_with_retries, parse_retry_after, wait_or_interrupt
+    from .retry import Attempts, Backoff, RateLimiter, SharedRate, call_with_retries, parse_retry_after, wait_or_interrupt
     from .secrets import Secret, forget_mask, register_mask, secret_field
     from .sizes import Size, format_size, parse_size
     from .tls import (

@@ -39,17 +39,23 @@ EXPECTED = {
         "sink_type": S, "sink_location": S, "window_start": S, "window_end": S, "export_root": S,
         "started_at": S, "finished_at": S, "status": S, "file_count": N, "byte_count": N, "error": S,
         "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N, "pending_count": N, "listed_count": N,
-        "incremental": N,
+        "incremental": N, "attempt": N, "listing_attempt": N,
     },
     "recordings": {
         "job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S, "started_at": S,
+        "claimed_by": S, "ref": S,
     },
     "files": {
         "job_id": S, "key": S, "size": N, "sha256": S, "recording_id": S, "artifact": S, "content_type": S,
         "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S,
     },
-    "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S},
+    "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
+    "rate_slots": {"key": S, "tat": float},
+    "workers": {
+        "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
+        "ended_at": S,
+    },
     "source_rates": {"source_key": S, "rate": float, "updated_at": S},
 }  # fmt: skip
 EXPECTED_PKS = {
@@ -59,6 +65,8 @@ EXPECTED_PKS = {
     "files": ["job_id", "key"],
     "sink_journal": ["job_id", "key"],
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
+    "workers": ["job_id", "id"],
+    "rate_slots": ["key"],
     "source_rates": ["source_key"],
 }
 #: words a column holding call metadata or a credential would be named after

@@ -25,9 +25,12 @@ import platformdirs
 from ..records import JobRecord, Problem, RecordingStatus
 from ..secrets import Secret
 from ..settings import read_settings
+from .claims import Claimed, Claims
 from .journal import StateJournal
+from .source_rates import SourceRates
 
 __all__ = [
+    "Claimed",
     "FileRecord",
     "State",
     "StateJournal",
@@ -87,7 +90,7 @@ JOB_COLUMNS = frozenset(
         "id", "job_key", "fingerprint", "config_path", "source_type", "source_location", "sink_type", "sink_location",
         "window_start", "window_end", "export_root", "started_at", "finished_at", "status", "file_count", "byte_count",
         "error", "manifest_key", "manifest_sha256", "skipped_count", "failed_count", "pending_count", "incremental",
-        "listed_count",
+        "listed_count", "attempt", "listing_attempt",
     }
 )  # fmt: skip
 
@@ -120,7 +123,7 @@ def open_state(
     return SqliteState.open(Path(target), create=create)
 
 
-class State(ABC):
+class State(Claims, SourceRates, ABC):
     """What the pipeline, the CLI, verify and the server see of the job state.
 
     Writes are committed when the call returns (a SIGKILL right after loses nothing); every
@@ -366,32 +369,27 @@ class State(ABC):
         )
         return int(rows[0][0]), int(rows[0][1])
 
-    # --- the sinks' journal of in-flight operations
-    def journal(self, job_id: str) -> StateJournal:
-        return StateJournal(self, job_id)
+    # --- the sinks' journal of in-flight operations (one per worker: see .claims)
+    def journal(self, job_id: str, worker: str | None = None) -> StateJournal:
+        return StateJournal(self, job_id, worker)
 
-    def journal_begin(self, job_id: str, key: str, data: dict[str, str]) -> None:
+    def journal_begin(self, job_id: str, key: str, data: dict[str, str], worker: str | None = None) -> None:
         self._write(
             "record an operation in flight",
-            "insert into sink_journal (job_id, key, data, started_at) values (?, ?, ?, ?) "
-            "on conflict (job_id, key) do update set data = excluded.data, started_at = excluded.started_at",
-            [job_id, key, json.dumps(data, sort_keys=True), now_iso()],
+            "insert into sink_journal (job_id, key, data, started_at, worker) values (?, ?, ?, ?, ?) "
+            "on conflict (job_id, key) do update set data = excluded.data, started_at = excluded.started_at, "
+            "worker = excluded.worker",
+            [job_id, key, json.dumps(data, sort_keys=True), now_iso(), worker],
         )
 
     def journal_end(self, job_id: str, key: str) -> None:
         self._write("end an operation in flight", "delete from sink_journal where job_id = ? and key = ?", [job_id, key])
 
-    def journal_pending(self, job_id: str) -> list[tuple[str, dict[str, str]]]:
+    def journal_pending(self, job_id: str, worker: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        """The job's operations in flight (``worker``: only that worker's)."""
         rows = self._rows(
-            "read operations in flight", "select key, data from sink_journal where job_id = ? order by started_at", [job_id]
+            "read operations in flight",
+            "select key, data from sink_journal where job_id = ? and (cast(? as text) is null or worker = ?) order by started_at",
+            [job_id, worker, worker],
         )
         return [(key, json.loads(data)) for key, data in rows]
-
-    def source_rate(self, key: str) -> float | None:
-        """The request rate a source found at ``key`` (its type and location), for its next run."""
-        rows = self._rows("read the source's rate", "select rate from source_rates where source_key = ?", [key])
-        return float(rows[0][0]) if rows else None
-
-    def save_source_rate(self, key: str, rate: float) -> None:
-        query = "insert into source_rates values (?, ?, ?) on conflict (source_key) do update set rate = excluded.rate, "
-        self._write("keep the source's rate", query + "updated_at = excluded.updated_at", [key, rate, now_iso()])

@@ -54,6 +54,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        "m002_claims",
+        f"""
+        alter table recordings add column claimed_by {_T}, add column ref {_T};
+        create index recordings_to_claim on recordings (job_id, status, claimed_by, started_at, recording_id);
+        alter table jobs add column attempt bigint not null default 0, add column listing_attempt bigint not null default 0;
+        alter table sink_journal add column worker {_T};
+        create table workers (
+            job_id {_T} not null references jobs (id), id {_T} not null, label {_T}, attempt bigint, host {_T},
+            pid bigint, started_at {_T}, lease_until double precision, ended_at {_T}, primary key (job_id, id)
+        );
+        create table rate_slots (key {_T} primary key, tat double precision);
+        """,
+    ),
+    (
         "m003_source_rates",
         f"create table source_rates (source_key {_T} primary key, rate double precision not null, updated_at {_T})",
     ),
@@ -65,7 +79,8 @@ def migrate(conn: Any) -> list[str]:
     known = [name for name, _ in MIGRATIONS]
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", [MIGRATE_LOCK])
-        conn.execute("create table if not exists _portshift_migrations (name text primary key, applied_at text)")
+        if conn.execute("select to_regclass('_portshift_migrations') is null").fetchone()[0]:  # a worker's role may not create
+            conn.execute("create table if not exists _portshift_migrations (name text primary key, applied_at text)")
         done = {r[0] for r in conn.execute("select name from _portshift_migrations")}
     newer = sorted(done - set(known))
     if newer:

@@ -7,11 +7,14 @@ through one connection guarded by a lock; each is committed when it returns (WAL
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,10 @@ import sqlite_utils
 
 from ..errors import ConfigError, LockedError, StateError
 from ..records import JobRecord, JobStatus
-from . import State, default_state_path, new_job_id, now_iso
+from . import JOB_COLUMNS, State, default_state_path, new_job_id, now_iso
 from .sqlite_migrations import migrate
+
+PAGE = 5000
 
 
 def _guard(fn):  # noqa: ANN001, ANN202
@@ -40,6 +45,13 @@ def _guard(fn):  # noqa: ANN001, ANN202
     return wrapper
 
 
+def _columns(values: dict[str, Any]) -> list[str]:
+    unknown = set(values) - JOB_COLUMNS
+    if unknown:
+        raise ValueError(f"unknown job columns: {sorted(unknown)}")
+    return sorted(values)
+
+
 class SqliteState(State):
     """The state file. Open with :meth:`open`; use as a context manager."""
 
@@ -49,6 +61,7 @@ class SqliteState(State):
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._lock_files: list[int] = []
+        self._named: dict[str, int] = {}  #: named locks held (try_lock), by name
         self.created = False  #: this process created the file
 
     @classmethod
@@ -109,9 +122,10 @@ class SqliteState(State):
         return str(self.path)
 
     def close(self) -> None:
-        for fd in self._lock_files:
+        for fd in [*self._lock_files, *self._named.values()]:
             os.close(fd)
         self._lock_files.clear()
+        self._named.clear()
         self.conn.close()
 
     def discard_if_unused(self) -> None:
@@ -136,18 +150,50 @@ class SqliteState(State):
     # --- locking: one run per job file at a time ------------------------------------------
     def lock(self, job_key: str) -> None:
         """Take the run lock of this job (released when the process ends, even on SIGKILL)."""
-        lock_dir = self.path.parent / (self.path.name + ".locks")
-        lock_dir.mkdir(exist_ok=True, mode=0o700)
-        fd = os.open(lock_dir / f"{job_key[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not self.try_lock(job_key):
             raise LockedError(
                 "another portshift run of this job is in progress",
                 hint="wait for it to finish; two runs of the same job never run at once",
-            ) from None
-        self._lock_files.append(fd)
+            )
+
+    def _lock_path(self, name: str) -> Path:
+        lock_dir = self.path.parent / (self.path.name + ".locks")
+        lock_dir.mkdir(exist_ok=True, mode=0o700)
+        stem = name[:32] if re.fullmatch(r"[0-9a-f]{64}", name) else hashlib.sha256(name.encode()).hexdigest()[:32]
+        return lock_dir / f"{stem}.lock"
+
+    def try_lock(self, name: str, *, shared: bool = False) -> bool:
+        """A named lock (``flock``: held until :meth:`unlock` or the process ends, even on
+        SIGKILL); False when another process, or another holder in this one, has it."""
+        if name in self._named:
+            return True
+        fd = os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._named[name] = fd
+        return True
+
+    def unlock(self, name: str) -> None:
+        fd = self._named.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def lock_free(self, name: str) -> bool:
+        """Nobody holds the lock (checked with a lock of our own, given back at once)."""
+        path = self._lock_path(name)
+        if not path.exists():
+            return True
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
 
     # --- jobs -------------------------------------------------------------------------------
     @_guard
@@ -155,41 +201,98 @@ class SqliteState(State):
         job_id = values.pop("id", None) or new_job_id()
         row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
         row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
-        with self._lock:
-            self.db["jobs"].insert(row)
+        cols = _columns(row)
+        self._write(
+            "record the job",
+            f"insert into jobs ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",  # noqa: S608 - known columns
+            [row[c] for c in cols],
+        )
         return job_id
 
     @_guard
     def update_job(self, job_id: str, **values: Any) -> None:
         values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
-        with self._lock:
-            self.db["jobs"].update(job_id, values)
+        cols = _columns(values)
+        if cols:
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            self._write("update the job", f"update jobs set {sets} where id = ?", [*(values[c] for c in cols), job_id])  # noqa: S608
 
     def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]:
-        return [JobRecord.from_row(r) for r in self.db.query(query, params)]
+        with self._lock:
+            return [JobRecord.from_row(r) for r in self.db.query(query, params)]
 
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(query, params))
+        # reads take the lock too: a statement of another thread must never run inside (and, by
+        # failing, end) the write transaction one thread has open on the shared connection
+        with self._lock:
+            return list(self.conn.execute(query, params))
 
     @_guard
     def _write(self, what: str, query: str, params: list[Any]) -> int:
-        with self._lock:
+        with self._lock, self._immediate():
             return self.conn.execute(query, params).rowcount
+
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """A write transaction that takes the write lock first: a statement that reads then writes
+        in its own transaction gets SQLITE_BUSY at once, without waiting, when another process
+        wrote in between (WAL snapshot); ``BEGIN IMMEDIATE`` waits its turn instead."""
+        self.conn.execute("begin immediate")
+        try:
+            yield
+            self.conn.execute("commit")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("rollback")
+            raise
+
+    @_guard
+    def _write_many(self, what: str, query: str, rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        with self._lock, self._immediate():
+            self.conn.executemany(query, rows)
+
+    @_guard
+    def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._lock, self._immediate():
+            return self.conn.execute(query, params).fetchall()
+
+    def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
+        # one statement under SQLite's single writer: no two workers can take the same row
+        return self._write_returning(
+            "claim recordings",
+            "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
+            "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
+            "returning recording_id, started_at, ref",
+            [worker_id, job_id, limit],
+        )
 
     # --- progress ---------------------------------------------------------------------------
     def listed_ids(self, job_id: str) -> Iterator[str]:
         """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
         e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
-        for (rid,) in self.conn.execute("select recording_id from recordings where job_id = ? order by recording_id", [job_id]):
-            yield rid
+        after = ""
+        while True:
+            rows = self._rows(
+                "read listed ids",
+                "select recording_id from recordings where job_id = ? and recording_id > ? order by recording_id limit ?",
+                [job_id, after, PAGE],
+            )
+            yield from (rid for (rid,) in rows)
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
 
     def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
-        """Done files of a job, sorted by key, streamed from the DB."""
-        cur = self.conn.execute(
-            "select key, size, sha256, recording_id, artifact, content_type, recorded_at, verified "
-            "from files where job_id = ? and kind = ? order by key",
-            [job_id, kind],
-        )
-        cols = [d[0] for d in cur.description]
-        for row in cur:
-            yield dict(zip(cols, row))
+        """Done files of a job, sorted by key, read in pages."""
+        cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
+        query = f"select {', '.join(cols)} from files where job_id = ? and kind = ? and key > ? order by key limit ?"  # noqa: S608 - fixed column names
+        after = ""
+        while True:
+            rows = self._rows("read files", query, [job_id, kind, after, PAGE])
+            for row in rows:
+                yield dict(zip(cols, row))
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]

@@ -1,6 +1,7 @@
 """Jobs of the service: a private work folder each, one worker each, progress from its state DB.
 
-A job's work folder (mode 0700, under ``<data dir>/jobs/``) holds its job file (no secret) and its
+A job's work folder (mode 0700, under ``<data dir>/jobs/``, named by a keyed hash of the job id
+so that no file name a worker sees is the job id, the capability to read and cancel it) holds its job file (no secret) and its
 state DB, and nothing else; no two jobs share a file. Progress is read from the worker's state
 DB, opened read-only (the file and byte counts of files the sink confirmed), and the worker's own
 output: its JSON log lines on stderr (warnings and errors, kept in memory) and its summary on
@@ -15,7 +16,6 @@ import logging
 import os
 import re
 import secrets as _random
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from portshift import PortshiftError, sanitize_message
-from portshift.state import open_state
 
 from .db import TERMINAL, ServiceDB, now_iso
 from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
+from .job_state import FileJobStates, JobStates, add_state_password
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
+from .workdirs import WorkDirs, local_export
 
 log = logging.getLogger("portshift.server.jobs")
 
@@ -68,35 +69,6 @@ class Run:
     already_done: int | None = None
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
-    """The latest job of a worker's state, read-only through the state interface; None if there
-    is none (yet): not created, not migrated, or busy — the next tick reads it again."""
-    try:
-        with open_state(path, read_only=True) as state:
-            latest = state.jobs(1)
-            if not latest:
-                return None
-            job = latest[0]
-            files, nbytes = state.totals(job.id)
-            recs = state.recording_counts(job.id)
-    except (PortshiftError, sqlite3.Error):
-        return None
-    return {
-        "portshift_job_id": job.id,
-        "state_status": job.status.value,
-        "export_root": job.export_root,
-        "manifest_sha256": job.manifest_sha256,
-        "state_error": job.error,
-        "file_count": files,
-        "byte_count": nbytes,
-        "recordings_done": int(recs.get("done", 0)),
-        "recordings_failed": int(recs.get("failed", 0)),
-        "recordings_skipped": int(recs.get("skipped", 0)),
-        # known once the worker's listing has covered the window: the page's bar and estimate
-        "recordings_total": job.listed_count or None,
-    }
-
-
 class JobManager:
     def __init__(
         self,
@@ -110,8 +82,10 @@ class JobManager:
         cancel_grace: float = 15.0,
         poll_interval: float = 0.5,
         max_runtime: float | None = None,
+        states: JobStates | None = None,
     ) -> None:
         self.db = db
+        self.states: JobStates = states or FileJobStates()  # where each worker keeps its state
         self.catalogue = catalogue
         self.launcher = launcher
         self.jobs_dir = jobs_dir
@@ -125,6 +99,7 @@ class JobManager:
         self._closing = False
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(jobs_dir, 0o700)
+        self._work_dirs = WorkDirs(jobs_dir)
         for job_id in db.unfinished_jobs():
             db.update_job(
                 job_id,
@@ -132,6 +107,7 @@ class JobManager:
                 finished_at=now_iso(),
                 error="the service stopped while this job ran; nothing exported is lost: resume the job to continue",
             )
+        self.states.sweep()
 
     # --- API --------------------------------------------------------------------------------------
     def create(self, doc: Any, client: str = "") -> str:
@@ -139,10 +115,10 @@ class JobManager:
         written (file or row) for a request that is refused."""
         self._check_capacity(client)
         job_id = _random.token_urlsafe(18)
-        built = build_job(self.catalogue, doc, job_id)
+        built = build_job(self.catalogue, doc, self._work_dirs.name(job_id))  # the local sink's default folder: not the id
         try:
             text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
-            work = self.jobs_dir / job_id
+            work = self.work_dir(job_id)
             work.mkdir(mode=0o700)
             fd = os.open(work / "job.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -152,6 +128,10 @@ class JobManager:
         finally:
             zero(built.secrets)
         return job_id
+
+    def work_dir(self, job_id: str) -> Path:
+        """The job's work folder, named by a keyed hash of its id (workdirs.py)."""
+        return self._work_dirs.of(job_id)
 
     def _check_capacity(self, client: str) -> None:
         with self._lock:
@@ -170,7 +150,7 @@ class JobManager:
         try:
             if row["status"] not in ("failed", "partial", "cancelled"):
                 raise Conflict(f"a {row['status']} job cannot be resumed")
-            if not (self.jobs_dir / job_id / "job.toml").is_file():
+            if not (self.work_dir(job_id) / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
             self._check_capacity(client)
             self._start(job_id, creds, client)
@@ -231,6 +211,10 @@ class JobManager:
         with self._lock:
             return len(self._runs)
 
+    def running_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._runs)
+
     def begin_shutdown(self) -> None:
         """Refuse new jobs and ask every worker to stop cleanly (their state is kept)."""
         self._closing = True
@@ -254,7 +238,7 @@ class JobManager:
 
     # --- internals ------------------------------------------------------------------------------
     def _start(self, job_id: str, secrets: bytearray, client: str = "") -> None:
-        work = self.jobs_dir / job_id
+        work = self.work_dir(job_id)
         with self._lock:
             if self._closing:
                 raise Busy("the service is stopping")
@@ -263,7 +247,16 @@ class JobManager:
             if len(self._runs) >= self.max_jobs:
                 self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
                 raise Busy("the service is busy; try again in a minute")
-            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"), client)
+            try:  # the job's state target (with PostgreSQL, a database role for this run)
+                target, password = self.states.start(job_id, work, (self.max_runtime or 86400.0) + 3600.0)
+            except PortshiftError as e:
+                log.error("job %s: no state for the worker: %s", job_id[:6], e)
+                self._forget_run(job_id, "the service database was not available; resume the job to try again")
+                raise Busy("the service database is not available for new jobs; try again in a minute") from None
+            if password is not None:
+                add_state_password(secrets, password)
+            spec = JobSpec(job_id, work, work / "job.toml", target, export_dir=local_export(work / "job.toml"))  # type: ignore[arg-type]
+            run = Run(job_id, spec, client)
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
@@ -273,7 +266,7 @@ class JobManager:
         except OSError as e:
             with self._lock:
                 self._runs.pop(job_id, None)
-            self.db.update_job(job_id, status="failed", error=f"the worker could not be started ({type(e).__name__})")
+            self._forget_run(job_id, f"the worker could not be started ({type(e).__name__})")
             log.error("job %s: worker could not be started: %s", job_id[:6], type(e).__name__)
             return
         self.db.update_job(job_id, status="running", started_at=now_iso(), attempts=(row.get("attempts") or 0) + 1)
@@ -281,6 +274,15 @@ class JobManager:
             "job %s: worker started (attempt %d, %d jobs running)", job_id[:6], (row.get("attempts") or 0) + 1, self.running()
         )
         threading.Thread(target=self._monitor, args=(run,), name=f"job-{job_id[:6]}", daemon=True).start()
+
+    def _forget_run(self, job_id: str, error: str) -> None:
+        """A run that did not start: what was made for it goes, the job is failed (best effort:
+        the database may be what failed)."""
+        try:
+            self.states.end(job_id)
+            self.db.update_job(job_id, status="failed", error=error)
+        except PortshiftError as e:
+            log.warning("job %s: %s", job_id[:6], e)
 
     def _on_output(self, run: Run, stream: str, line: str) -> None:
         if not line.strip():
@@ -313,7 +315,7 @@ class JobManager:
                 run.error_line = sanitize_message(line[len(prefix) :], 500)
 
     def _progress(self, run: Run) -> dict[str, Any] | None:
-        st = read_state(run.spec.state_file)
+        st = self.states.read(run.job_id, run.spec.state_file)
         if st is None:
             return None
         values = {
@@ -377,6 +379,10 @@ class JobManager:
         if status == "complete":
             values["manifest_sha256"] = manifest
         self.db.update_job(run.job_id, **values)
+        try:
+            self.states.end(run.job_id)  # the run's database role, when there is one
+        except PortshiftError as e:
+            log.warning("job %s: %s", run.job_id[:6], e)
         with self._lock:
             self._runs.pop(run.job_id, None)
         log.info("job %s: %s (exit %s)", run.job_id[:6], status, rc)

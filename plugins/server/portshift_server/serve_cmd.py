@@ -16,6 +16,10 @@ from portshift.cli import common_options
 from portshift.errors import ConfigError
 from portshift.hardening import harden_process
 
+from . import retention
+from .retention import RetentionSweeper
+from .service_store import DatabaseOptions, job_states_for, open_service_db
+
 log = logging.getLogger("portshift.server")
 
 
@@ -77,6 +81,30 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="service DB and job work folders (default: the user data folder, portshift-server)",
+)
+@click.option(
+    "--database",
+    "database_url",
+    metavar="URL",
+    envvar="PORTSHIFT_SERVE_DATABASE",
+    help="postgresql:// URL (no password) of the service database, jobs' state included; default: service.db in --data-dir",
+)
+@click.option(
+    "--database-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="the database role's password (else PORTSHIFT_SERVE_DATABASE_PASSWORD)",
+)
+@click.option(
+    "--database-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CA (PEM) of the database's certificate (else sslrootcert= in the URL, else the system store)",
+)
+@click.option(
+    "--retention-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="days a finished job (its work data and state) is kept before it is deleted",
 )
 @click.option(
     "--service-config",
@@ -142,6 +170,19 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     help="seconds a cancelled worker has to stop cleanly before it is killed",
 )
 @click.option("--max-runtime", default=24 * 3600.0, show_default=True, type=float, help="seconds a job may run")
+@click.option(
+    "--launcher",
+    "launcher_name",
+    type=click.Choice(["sandbox", "unisolated"]),
+    default="sandbox",
+    show_default=True,
+    help="sandbox: each job in bubblewrap under its own uid (needs root); unisolated: development only",
+)
+@click.option(
+    "--worker-python",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="the Python sandboxed workers run (default: this one); every user must be able to read it",
+)
 @common_options
 @click.pass_context
 def command(
@@ -151,6 +192,10 @@ def command(
     host: str,
     port: int,
     data_dir: Path | None,
+    database_url: str | None,
+    database_password_file: Path | None,
+    database_ca: Path | None,
+    retention_days: float,
     service_config: Path | None,
     local_root: Path | None,
     secret_file: Path | None,
@@ -165,13 +210,17 @@ def command(
     rate_signups: Any,
     cancel_grace: float,
     max_runtime: float,
+    launcher_name: str,
+    worker_python: Path | None,
 ) -> None:
     """Run the export service: the JSON API and the web page, over HTTPS only.
 
-    Each job runs in a fresh `portshift run` worker process that gets its credentials over a
-    pipe. See docs/serve.md. `portshift serve signups ...` manages the early-access list."""
+    Each job runs in a fresh `portshift run` worker, sandboxed under its own uid, that gets its
+    credentials once it has hardened itself. See docs/serve.md. `portshift serve signups ...`
+    manages the early-access list."""
+    database = DatabaseOptions(database_url, database_password_file, database_ca)
     if ctx.invoked_subcommand is not None:
-        ctx.obj = {"data_dir": data_dir}
+        ctx.obj = {"data_dir": data_dir, "database": database}
         return
     if cert is None or key_path is None:
         raise ConfigError("serve needs --cert and --key (PEM)", hint="see docs/serve.md for a throw-away certificate")
@@ -179,9 +228,7 @@ def command(
 
     from .app import create_app
     from .connections import ConnectionLimits, GuardedServer, protocol_class
-    from .db import ServiceDB
     from .jobs import JobManager
-    from .launcher import LocalLauncher
     from .offers import load_catalogue
 
     harden_process()
@@ -203,17 +250,26 @@ def command(
         public_key = public_key_pem(key)
         catalogue.signing_key = key  # in memory; workers get it over their credential channel
     secret = load_server_secret(secret_file)
-    db = ServiceDB(data_dir / "service.db")
+    hidden = [data_dir, cert, key_path, secret_file, signing_key_file, service_config, local_root]
+    launcher = _launcher(launcher_name, worker_python, [p.resolve() for p in hidden if p is not None])
+    db = open_service_db(data_dir, database)
     manager = JobManager(
         db,
         catalogue,
-        LocalLauncher(),
+        launcher,
         data_dir / "jobs",
         max_jobs=max_jobs,
         max_jobs_per_client=max_jobs_per_client,
         cancel_grace=cancel_grace,
         max_runtime=max_runtime,
+        states=job_states_for(db),
     )
+    sweeper = RetentionSweeper(
+        lambda: retention.sweep(db, manager.states, data_dir / "jobs", retention_days, running=manager.running_ids),
+        every=max(1.0, min(3600.0, retention_days * 86400 / 4)),  # at least four rounds per period
+    ).start()
+    if hasattr(launcher, "reachable"):
+        launcher.reachable([p for p in (data_dir, data_dir / "jobs", local_root) if p is not None])
     app = create_app(
         db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact, signing_public_key=public_key
     )
@@ -240,11 +296,30 @@ def command(
             super().handle_exit(sig, frame)
 
     server = Server(config, limits)
-    log.info("serving https://%s:%d (TLS 1.2+), data in %s, at most %d connections", host, port, data_dir, limits.max_connections)
+    log.info(
+        "serving https://%s:%d (TLS 1.2+), data in %s, service database %s, at most %d connections",
+        *(host, port, data_dir, db.location, limits.max_connections),
+    )
     try:
         server.run()
     finally:
+        sweeper.stop()
         db.close()
+
+
+def _launcher(name: str, worker_python: Path | None, hidden: list[Path]) -> Any:
+    """The sandbox launcher, refused in one line where the host cannot give it; or, asked for by
+    name, the unisolated one (development only)."""
+    if name == "unisolated":
+        from .launcher import UnisolatedLauncher
+
+        log.warning("--launcher unisolated: workers run as this user and see its files; for development only")
+        return UnisolatedLauncher()
+    from .sandbox import SandboxLauncher, check_sandbox
+
+    launcher = SandboxLauncher(check_sandbox(), hidden=hidden, python=str(worker_python) if worker_python else None)
+    launcher.probe()
+    return launcher
 
 
 @command.command("status")
@@ -266,16 +341,9 @@ def signups_group() -> None:
 
 
 def _open_db(ctx: click.Context) -> Any:
-    from .db import ServiceDB
-
     obj = ctx.find_object(dict) or {}
     data_dir = (obj.get("data_dir") or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
-    if not (data_dir / "service.db").exists():
-        raise ConfigError(
-            f"no service database in {data_dir}",
-            hint="pass the --data-dir the service runs with: portshift serve --data-dir DIR signups ...",
-        )
-    return ServiceDB(data_dir / "service.db")
+    return open_service_db(data_dir, obj.get("database") or DatabaseOptions(), must_exist=True)
 
 
 @signups_group.command("export")

@@ -60,7 +60,7 @@ def test_auto_comes_near_a_small_hidden_limit_and_stays_under_it(sim: ChorusSimu
         p = pacing(source)
         assert p.found, "no 429 was ever seen: the rate never reached the limit"
         times = sim.stats.api_times
-        refused = sim.stats.limited_times
+        refused = sim.stats.rate_limited_times
         tail = started + 13.0  # after the search (about 12 s from 1 request/s): the last 7 s
         accepted = (sum(1 for t in times if t >= tail) - sum(1 for t in refused if t >= tail)) / (time.monotonic() - tail)
         assert accepted >= 0.75 * limit, f"only {accepted:.2f} requests/s accepted at a limit of {limit}"
@@ -98,7 +98,7 @@ def test_without_retry_after_the_backoff_pauses_and_the_rate_is_cut(sim: ChorusS
         p.resume(12.0)  # four times the limit
         hammer(source, 4.0)
         assert p.auto.throttles >= 1 and p.rate < 3.0 * 1.5
-        refused = sim.stats.limited_times
+        refused = sim.stats.rate_limited_times
         assert refused and len(refused) <= 8, f"{len(refused)} 429s in 4 s: the client did not back off"
     finally:
         source.close()
@@ -172,7 +172,7 @@ def test_portshift_run_shows_the_rate_found_and_the_next_run_starts_from_it(sim:
 
 
 def test_simulate_hides_a_limit_that_halves_mid_run(tmp_path: Path) -> None:
-    """`portshift chorus simulate --rate-limit 8 --rate-limit-halve-after 6`: 6 requests a second
+    """`portshift chorus simulate --rate-limit 12 --rate-limit-halve-after 6`: 8 requests a second
     pass before the halving and meet 429s (without Retry-After, as asked) after it."""
     from portshift_source_chorus import ChorusOptions
 
@@ -181,21 +181,21 @@ def test_simulate_hides_a_limit_that_halves_mid_run(tmp_path: Path) -> None:
     from .test_cli import start, stop
 
     before = time.monotonic()
-    proc, info = start(tmp_path, "--rate-limit", "8", "--rate-limit-halve-after", "6", "--rate-limit-no-retry-after")
+    proc, info = start(tmp_path, "--rate-limit", "12", "--rate-limit-halve-after", "6", "--rate-limit-no-retry-after")
     ready = time.monotonic()  # the limit's clock started between ``before`` and now
     assert ready - before < 4.5, "the simulator took too long to start for this test's timing"
     try:
         opts = ChorusOptions(
-            base_url=info["base_url"], token=Secret(CANARY, "token"), ca_bundle=info["ca_bundle"], requests_per_second=6
+            base_url=info["base_url"], token=Secret(CANARY, "token"), ca_bundle=info["ca_bundle"], requests_per_second=8
         )
         source = ChorusSource(opts)
         retries: list[float] = []
         source.client.sleep = retries.append  # the client's backoffs, recorded (not slept)
         hammer(source, 1.2, threads=2)
-        assert retries == []  # 6/s under a limit of 8
+        assert retries == []  # 8/s under a limit of 12
         time.sleep(max(0.0, ready + 6.2 - time.monotonic()))
         hammer(source, 2.0, threads=2)
-        assert retries, "no 429 at 6 requests/s under a limit halved to 4"
+        assert retries, "no 429 at 8 requests/s under a limit halved to 6"
         source.close()
     finally:
         stop(proc)

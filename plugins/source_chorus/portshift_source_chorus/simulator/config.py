@@ -105,6 +105,7 @@ class Stats:
     statuses: Counter[str] = field(default_factory=Counter)  #: "api:429", "media:206", ...
     throttled: int = 0  #: 429s served (injected and rate limit)
     rate_limited: int = 0  #: 429s served by the enforced rate limit
+    rate_limited_times: list[float] = field(default_factory=list)  #: monotonic time of each of them
     links_issued: int = 0
     media_bytes: int = 0
     #: server ("api"/"media") -> every Authorization header value received (None when absent)
@@ -112,7 +113,6 @@ class Stats:
     #: server -> Host headers received
     hosts: dict[str, Counter[str]] = field(default_factory=lambda: {"api": Counter(), "media": Counter()})
     api_times: list[float] = field(default_factory=list)  #: monotonic time of every API request
-    limited_times: list[float] = field(default_factory=list)  #: monotonic time of every rate-limit 429
     list_queries: list[dict[str, str]] = field(default_factory=list)  #: /v3/engagements query parameters
     conversation_queries: list[dict[str, str]] = field(default_factory=list)  #: /api/v1/conversations/{id} queries
     links: list[str] = field(default_factory=list)  #: media links handed out (tests grep logs for them)
