@@ -64,6 +64,8 @@ _EXPORTS: dict[str, str] = {
     "Attempts": "retry",
     "Backoff": "retry",
     "RateLimiter": "retry",
+    "AutoRate": "rate_auto",
+    "RateMemory": "rate_auto",
     "SharedRate": "retry",
     "call_with_retries": "retry",
     "parse_retry_after": "retry",
@@ -156,6 +158,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .logs import pin_loggers
     from .media_types import content_type_for, media_type
     from .options import HttpsUrl, PluginOptions
+    from .rate_auto import AutoRate, RateMemory
     from .redact import redact_url, sanitize_message
     from .requests_tls import (
         PlainHTTPRefused,

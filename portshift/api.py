@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .hashing import HashingStream
 from .options import PluginOptions
+from .rate_auto import RateMemory
 
 if TYPE_CHECKING:
     from .retry import RateLimiter
@@ -156,6 +157,16 @@ class Source(ABC):
     #: every worker of the job (one ceiling for all, and a ``pause`` after a 429 stops them all),
     #: through the state. ``None``: the source paces nothing the core could share.
     rate_limiter: RateLimiter | None = None
+
+    #: Set by the core before listing when the run has a state: where the source keeps what it
+    #: found about the service for the next run, keyed by its location (the request rate found,
+    #: see :class:`portshift.AutoRate`). ``None``: nothing is kept.
+    rate_memory: RateMemory | None = None
+
+    def status(self) -> str:
+        """A few words on the source's own state for the progress line and the run summary
+        (e.g. ``"API 4.2 req/s (auto)"``); empty: nothing to say."""
+        return ""
 
     def close(self) -> None:
         """Release connections."""

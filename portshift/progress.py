@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 log = logging.getLogger("portshift.progress")
@@ -51,6 +52,8 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_len = 0
+        #: the source's own words on its state (``Source.status``), e.g. the request rate found
+        self.source_status: Callable[[], str] | None = None
 
     # counters (thread-safe)
     def add_bytes(self, chunk: bytes) -> None:
@@ -90,6 +93,7 @@ class Progress:
 
     # rendering
     def line(self) -> str:
+        extra = self.source_status() if self.source_status is not None else ""
         with self._lock:
             elapsed = max(1e-6, time.monotonic() - self._started)
             rate = self.bytes / elapsed
@@ -104,6 +108,8 @@ class Progress:
             if self.finished["skipped"] or self.finished["failed"] or self.finished["pending"]:
                 text += f" · skipped {self.finished['skipped']} · pending {self.finished['pending']}"
                 text += f" · failed {self.finished['failed']}"
+            if extra:
+                text += f" · {extra}"
             if self.stopped:
                 return text + " · stopped"
             eta = self._eta(elapsed, total, finished)

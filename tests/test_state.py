@@ -56,6 +56,7 @@ EXPECTED = {
         "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
         "ended_at": S,
     },
+    "source_rates": {"source_key": S, "rate": float, "updated_at": S},
 }  # fmt: skip
 EXPECTED_PKS = {
     "_portshift_migrations": ["name"],
@@ -66,6 +67,7 @@ EXPECTED_PKS = {
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
     "workers": ["job_id", "id"],
     "rate_slots": ["key"],
+    "source_rates": ["source_key"],
 }
 #: words a column holding call metadata or a credential would be named after
 FORBIDDEN_WORDS = ("title", "participant", "email", "mail", "phone", "attendee", "speaker", "subject", "name",

@@ -239,6 +239,8 @@ def _summary(r: RunResult, err: bool) -> None:
         out(f"manifest: {r.manifest_key}")
         out(f"manifest sha256: {r.manifest_sha256}")
     _problems(r, out)
+    if r.source_status:
+        out(f"source: {r.source_status}")
     if r.status != "complete" and r.message:
         out(f"portshift: {r.message}", True)
 

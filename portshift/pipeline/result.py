@@ -57,6 +57,7 @@ class RunResult:
     resumed: bool = False
     duration: float = 0.0
     listed: list[dict[str, Any]] = field(default_factory=list)  #: --dry-run: what would be exported
+    source_status: str = ""  #: the source's own words on its state, e.g. the request rate found
 
     def report(self) -> dict[str, Any]:
         """The ``--report json`` document (docs/cli.md, "The JSON report")."""
@@ -84,6 +85,7 @@ class RunResult:
             "missing_artifacts": self.missing,
             "failed": self.failed,
             "message": self.message or None,
+            "source_status": self.source_status or None,
             **({"dry_run": self.listed} if self.status == "dry-run" else {}),
         }
 

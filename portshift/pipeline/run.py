@@ -102,8 +102,10 @@ class Runner:
         source: Source = self.cfg.source_cls(self.cfg.source_options)
         sink: Sink = self.cfg.sink_cls(self.cfg.sink_options)
         source.cancel = sink.cancel = self.cancel
+        source.rate_memory, self.progress.source_status = self.state, source.status
         try:
             result = self._run(req, source, sink)
+            result.source_status = source.status()
         finally:
             for closer in (source.close, sink.close):
                 try:

@@ -27,6 +27,7 @@ from ..secrets import Secret
 from ..settings import read_settings
 from .claims import Claimed, Claims
 from .journal import StateJournal
+from .source_rates import SourceRates
 
 __all__ = [
     "Claimed",
@@ -122,7 +123,7 @@ def open_state(
     return SqliteState.open(Path(target), create=create)
 
 
-class State(Claims, ABC):
+class State(Claims, SourceRates, ABC):
     """What the pipeline, the CLI, verify and the server see of the job state.
 
     Writes are committed when the call returns (a SIGKILL right after loses nothing); every

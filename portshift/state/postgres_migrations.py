@@ -67,6 +67,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         create table rate_slots (key {_T} primary key, tat double precision, rate double precision);
         """,
     ),
+    (
+        "m003_source_rates",
+        f"create table source_rates (source_key {_T} primary key, rate double precision not null, updated_at {_T})",
+    ),
 ]
 
 

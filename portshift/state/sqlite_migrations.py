@@ -149,3 +149,10 @@ def m006_claims(db: sqlite_utils.Database) -> None:
         pk=("job_id", "id"),
         foreign_keys=[("job_id", "jobs", "id")],
     )  # fmt: skip
+
+
+@migration
+def m007_source_rates(db: sqlite_utils.Database) -> None:
+    """The request rate a source found at a location (``requests_per_second = "auto"``), for the
+    next run against it: keyed by the source's type and location, never by a credential."""
+    db["source_rates"].create({"source_key": str, "rate": float, "updated_at": str}, pk="source_key", if_not_exists=True)

@@ -147,6 +147,9 @@ def chorus() -> None:
 @click.option("--private", type=float, default=0.05, show_default=True, help="share of calls never listed (private)")
 @click.option("--rate-limit", type=float, default=0.0, help="requests per second the API enforces with 429s (0: none)")
 @click.option("--rate-limit-no-retry-after", is_flag=True, help="rate-limit 429s come without Retry-After")
+@click.option(
+    "--rate-limit-halve-after", type=float, default=0.0, metavar="SECONDS", help="the --rate-limit halves this long after start"
+)
 @click.option("--rate-window", default="", help="a fixed-window limit N/SECONDS, e.g. 10/60 (10 requests a minute)")
 @click.option("--unprocessed", type=float, default=0.05, show_default=True, help="share of calls live, scheduled or processing")
 @click.option("--no-show", type=float, default=0.05, show_default=True, help="share of calls marked no_show")
@@ -221,6 +224,7 @@ def simulate(**kw: Any) -> None:
         expired_status=int(kw["expired_status"]),
         rate_limit=kw["rate_limit"],
         rate_limit_retry_after=not kw["rate_limit_no_retry_after"],
+        rate_limit_halve_after=kw["rate_limit_halve_after"],
         rate_window=window,
     )
     token = os.environ.get("PORTSHIFT_CHORUS_TOKEN") or None

@@ -47,7 +47,7 @@ from .diagnostics import connection_failure, error_text, from_chorus, tls_failur
 from .download import JSONAPI, MediaDownloader
 from .media import MediaConnections, MediaResponse
 from .options import ChorusOptions
-from .pacing import AdaptiveRate
+from .pacing import AdaptiveRate, AutoPacing
 
 log = logging.getLogger("portshift.chorus")
 
@@ -96,7 +96,12 @@ class ChorusClient:
         self.media = MediaConnections(
             ssl_context(options.ca_bundle), connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
         )
-        self.pacing = AdaptiveRate(options.requests_per_second, options.min_requests_per_second, burst=options.burst)
+        rps = options.requests_per_second
+        self.pacing: AdaptiveRate | AutoPacing = (
+            AutoPacing(options.min_requests_per_second, burst=options.burst)
+            if rps == "auto"
+            else AdaptiveRate(rps, options.min_requests_per_second, burst=options.burst)
+        )
         self.limiter = self.pacing.limiter
         self.backoff = Backoff(
             base=options.backoff_base, cap=options.backoff_cap, attempts=options.retries + 1, budget=options.retry_budget
@@ -167,8 +172,7 @@ class ChorusClient:
         policy = self.backoff
         attempts = Attempts(policy, cancel=self.cancel, what=f"waiting to retry {operation}", sleep=self.sleep)
         while True:
-            if api:
-                self.limiter.acquire(self.cancel)
+            sent_at = self.pacing.acquire(self.cancel) if api else 0.0
             with self._lock:
                 self.sent[operation] = self.sent.get(operation, 0) + 1
             failure: str | None = None
@@ -210,11 +214,11 @@ class ChorusClient:
                         resp.close()
                     if failure is None:
                         if api:
-                            self.pacing.succeeded()
+                            self.pacing.succeeded(sent_at)
                         return resp
                 else:
                     if api:
-                        self.pacing.succeeded()
+                        self.pacing.succeeded(sent_at)
                     return resp
             # --- only failures that may be retried get here ---------------------------------
             # a 429 goes on within the time budget; anything else gets ``retries`` retries; for
@@ -232,7 +236,7 @@ class ChorusClient:
                 )
             if status == 429 and api:
                 self.limiter.pause(delay)  # everyone slows down, not just this thread
-                self.pacing.throttled()
+                self.pacing.throttled(sent_at)
             log.info(
                 "%s: %s%s; retry %d in %.2fs",
                 operation,

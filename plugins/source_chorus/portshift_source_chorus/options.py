@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -74,11 +74,10 @@ class ChorusOptions(PluginOptions):
     media_info: bool = Field(
         default=False, description="ask /media?info=true (a JSON answer carrying a download link) instead of a redirect"
     )
-    requests_per_second: float = Field(
+    requests_per_second: Annotated[float, Field(ge=0, le=1000)] | Literal["auto"] = Field(
         default=1.0,
-        ge=0,
-        le=1000,
-        description="ceiling on requests to the Chorus API (0: no limit); halved after each 429, regained slowly",
+        description="ceiling on requests to the Chorus API (0: no limit); halved after each 429, regained slowly; "
+        "'auto': find the tenant's limit (kept in the state for the next run)",
     )
     min_requests_per_second: float = Field(
         default=0.1, gt=0, le=1000, description="the rate 429s never push the client below (0.1/s = 6 a minute)"

@@ -7,6 +7,10 @@ to ``min_requests_per_second``), and after ``RECOVER_AFTER`` answers in a row wi
 grows by a quarter, up to the ceiling again (additive-increase would take hours from 0.1/s).
 The rate is cut at most once per round of requests (``1 / rate`` seconds, at least half a
 second): the 429s of requests already on their way when the first came back are one signal.
+
+``requests_per_second = "auto"`` (:class:`AutoPacing`) finds the tenant's limit instead, with the
+core's :class:`portshift.AutoRate`, and starts from the rate the last run against the same
+``base_url`` found (kept in the job state).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from portshift import RateLimiter
+from portshift import AutoRate, RateLimiter
 
 log = logging.getLogger("portshift.chorus")
 
@@ -39,7 +43,16 @@ class AdaptiveRate:
     def rate(self) -> float:
         return self.limiter.rate
 
-    def throttled(self) -> None:
+    def acquire(self, cancel: threading.Event | None) -> float:
+        """Wait for the limiter; returns when the request goes out (the clock's time)."""
+        self.limiter.acquire(cancel)
+        return self._clock()
+
+    def status(self) -> str:
+        rate = self.limiter.rate
+        return f"API {rate:.3g} req/s (slowed by 429s)" if 0 < rate < self.ceiling else ""
+
+    def throttled(self, sent_at: float = 0.0) -> None:
         """The tenant answered 429: halve the rate, not below the floor. A limiter switched off
         (``requests_per_second = 0``) stays off: the 429's pause still holds every thread."""
         if self.ceiling <= 0:
@@ -56,7 +69,7 @@ class AdaptiveRate:
                 self.limiter.set_rate(new)
                 log.info("Chorus answered 429: slowing down to %.3g requests/s", new)
 
-    def succeeded(self) -> None:
+    def succeeded(self, sent_at: float = 0.0) -> None:
         """An answer that was not a 429: after enough of them, speed up toward the ceiling."""
         if self.limiter.rate >= self.ceiling:  # the common case, without the lock
             return
@@ -66,3 +79,43 @@ class AdaptiveRate:
                 return
             self._ok = 0
             self.limiter.set_rate(min(self.ceiling, self.limiter.rate * 1.25))
+
+
+class AutoPacing:
+    """``requests_per_second = "auto"``: the core's :class:`AutoRate` decides, a
+    :class:`RateLimiter` paces (and holds everyone during a ``Retry-After`` pause)."""
+
+    def __init__(self, floor: float, burst: int = 1, start: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = RateLimiter(start, burst=burst, clock=clock)
+        self.auto = AutoRate(start, floor=floor, clock=clock)
+        self.auto.on_change = self._changed
+        self._clock = clock
+
+    def _changed(self, rate: float) -> None:
+        self.limiter.set_rate(rate)
+        log.info("request rate now %.3g requests/s (auto)", rate)
+
+    @property
+    def rate(self) -> float:
+        return self.auto.rate
+
+    @property
+    def found(self) -> bool:
+        """Has a limit been found (a 429 seen, or a rate remembered)?"""
+        return self.auto.found is not None
+
+    def resume(self, rate: float) -> None:
+        self.auto.resume(rate)
+
+    def acquire(self, cancel: threading.Event | None) -> float:
+        self.auto.acquired(self.limiter.acquire(cancel))
+        return self._clock()
+
+    def succeeded(self, sent_at: float = 0.0) -> None:
+        self.auto.succeeded(sent_at)
+
+    def throttled(self, sent_at: float = 0.0) -> None:
+        self.auto.throttled(sent_at)
+
+    def status(self) -> str:
+        return f"API {self.auto.rate:.3g} req/s (auto{'' if self.found else ', searching'})"

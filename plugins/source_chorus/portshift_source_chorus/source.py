@@ -35,6 +35,7 @@ from portshift import (
     Interrupted,
     PortshiftError,
     RateLimiter,
+    RateMemory,
     Recording,
     SkipRecording,
     Source,
@@ -47,6 +48,7 @@ from . import captions, listing
 from .client import ChorusClient
 from .extras import Extras
 from .options import ARTIFACTS, ChorusOptions
+from .pacing import AutoPacing
 
 log = logging.getLogger("portshift.chorus")
 
@@ -75,6 +77,7 @@ class ChorusSource(Source):
         self.extras = Extras(self.client)
         self._metadata: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._rate_memory: RateMemory | None = None
 
     # the core sets ``cancel`` before listing: every wait of the client ends when it is set
     @property  # type: ignore[override]
@@ -93,6 +96,28 @@ class ChorusSource(Source):
     def location(self) -> str:
         return self.client.location
 
+    # ``requests_per_second = "auto"``: the rate found is kept per base_url (never per token)
+    @property  # type: ignore[override]
+    def rate_memory(self) -> RateMemory | None:
+        return self._rate_memory
+
+    @rate_memory.setter
+    def rate_memory(self, memory: RateMemory | None) -> None:
+        self._rate_memory = memory
+        pacing = self.client.pacing
+        if memory is not None and isinstance(pacing, AutoPacing):
+            rate = memory.source_rate(self._rate_key)
+            if rate is not None:
+                pacing.resume(rate)
+                log.info("starting at %.3g requests/s, the rate the last run found", rate)
+
+    @property
+    def _rate_key(self) -> str:
+        return f"chorus {self.client.location}"
+
+    def status(self) -> str:
+        return self.client.pacing.status()
+
     def check(self) -> None:
         """List one page of the last week to prove the host, TLS trust and token: a host that
         does not answer fails at once (short connect timeout, no retry)."""
@@ -104,6 +129,9 @@ class ChorusSource(Source):
             raise check_failure(e) from None
 
     def close(self) -> None:
+        pacing, memory = self.client.pacing, self._rate_memory
+        if memory is not None and isinstance(pacing, AutoPacing) and pacing.found:
+            memory.save_source_rate(self._rate_key, pacing.rate)
         self.client.close()
 
     # --- listing -----------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class Faults:
     rate_limit: float = 0.0  #: requests per second the API server enforces (0: none)
     rate_limit_burst: float = 2.0
     rate_limit_retry_after: bool = True  #: send Retry-After with rate-limit 429s
+    #: seconds after the start (or a reset) when ``rate_limit`` halves (0: never): a limit that
+    #: moves while a client runs
+    rate_limit_halve_after: float = 0.0
     #: (requests, seconds): a fixed-window limit ("10 per minute"), checked before ``rate_limit``
     rate_window: tuple[int, float] | None = None
 

@@ -81,6 +81,7 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
         self._bucket = (0.0, time.monotonic())
         self._bucket_lock = threading.Lock()
         self._window = (0.0, 0)
+        self._limit_since = time.monotonic()
         self._issued_keys: dict[str, str] = {}
         self._active = 0
         self._idle = threading.Condition()
@@ -153,6 +154,7 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
         with self._bucket_lock:
             self._bucket = (self.faults.rate_limit_burst, time.monotonic())
             self._window = (0.0, 0)
+            self._limit_since = time.monotonic()
 
     def injected(self) -> Counter[str]:
         """How many faults were injected since the last reset, per fault name ("reset", ...)."""
@@ -207,18 +209,25 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
                     return None
                 self._window = (start, count)
                 return start + seconds - now
-        rate = self.faults.rate_limit
-        if rate <= 0:
-            return None
         with self._bucket_lock:
-            tokens, last = self._bucket
             now = time.monotonic()
+            rate = self.rate_limit_now(now)
+            if rate <= 0:
+                return None
+            tokens, last = self._bucket
             tokens = min(self.faults.rate_limit_burst, tokens + (now - last) * rate)
             if tokens >= 1.0:
                 self._bucket = (tokens - 1.0, now)
                 return None
             self._bucket = (tokens, now)
             return (1.0 - tokens) / rate
+
+    def rate_limit_now(self, now: float | None = None) -> float:
+        """The requests per second enforced at ``now`` (monotonic; 0: none)."""
+        rate, halve = self.faults.rate_limit, self.faults.rate_limit_halve_after
+        if halve > 0 and (time.monotonic() if now is None else now) - self._limit_since >= halve:
+            return rate / 2
+        return rate
 
     def _retry_after_header(self) -> str | None:
         mode = self.faults.retry_after

@@ -59,53 +59,11 @@ class Tenant(Documents):
         s = self.spec
         if s.end <= s.start:
             raise ValueError("the tenant's end must be after its start")
-        span = int((s.end - s.start).total_seconds())
-        start = int(s.start.timestamp())
         calls: list[Call] = []
         previous_second: int | None = None
         for i in range(s.calls):
-            r = _rng(s.seed, "call", i)
-            eid = hashlib.sha256(f"{s.seed}:engagement:{i}".encode()).hexdigest()[:32].upper()
-            if previous_second is not None and r.random() < s.same_second_ratio:
-                second = previous_second
-            else:
-                second = start + r.randrange(span)
-            previous_second = second
-            kind = "email" if r.random() < s.other_type_ratio else ("meeting" if r.random() < 0.6 else "dialer")
-            duration = round(r.uniform(30, 3600), 2)
-            state = "done"
-            if r.random() < s.unprocessed_ratio:
-                state = r.choice(["processing", "live", "scheduled"])
-            no_show = r.random() < s.no_show_ratio
-            if r.random() < s.zero_duration_ratio or kind == "email":
-                duration = 0.0
-            private = r.random() < s.private_ratio
-            hidden = None
-            u = _unit(s.seed, "hidden", i)
-            if u < s.not_found_ratio:
-                hidden = "not_found"
-            elif u < s.not_found_ratio + s.forbidden_ratio:
-                hidden = "forbidden"
-            if i in s.media_sizes:
-                size = s.media_sizes[i]
-            elif isinstance(s.media_size, tuple):
-                size = r.randint(s.media_size[0], s.media_size[1])
-            else:
-                size = int(s.media_size)
-            audio_only = kind == "dialer" or r.random() < 0.2
-            if kind == "dialer":
-                ctype = r.choice(["audio/mpeg", "audio/mp4", "audio/wav"])
-            elif audio_only:
-                ctype = "audio/mpeg"
-            else:
-                ctype = "video/mp4"
-            if no_show and not s.recorded_no_show:
-                duration = 0.0
-            missing = _unit(s.seed, "media-missing", i) < s.media_missing_ratio
-            summary = _unit(s.seed, "summary", i) < s.summary_ratio
-            calls.append(
-                Call(i, eid, kind, second, duration, state, no_show, private, hidden, size, ctype, audio_only, missing, summary)
-            )
+            calls.append(self._call(i, previous_second))
+            previous_second = calls[-1].date_time
         calls.sort(key=lambda c: (c.date_time, c.engagement_id), reverse=True)
         self.calls: list[Call] = calls
         self.by_id: dict[str, Call] = {c.engagement_id: c for c in calls}
@@ -114,7 +72,61 @@ class Tenant(Documents):
         #: calls whose summary a read generated (the API's default without skip_summary_generation)
         self.generated: set[str] = set()
 
+    def _call(self, i: int, previous_second: int | None) -> Call:
+        """Call number ``i``, derived from the seed (the same whatever the number of calls)."""
+        s = self.spec
+        span = int((s.end - s.start).total_seconds())
+        start = int(s.start.timestamp())
+        r = _rng(s.seed, "call", i)
+        eid = hashlib.sha256(f"{s.seed}:engagement:{i}".encode()).hexdigest()[:32].upper()
+        if previous_second is not None and r.random() < s.same_second_ratio:
+            second = previous_second
+        else:
+            second = start + r.randrange(span)
+        kind = "email" if r.random() < s.other_type_ratio else ("meeting" if r.random() < 0.6 else "dialer")
+        duration = round(r.uniform(30, 3600), 2)
+        state = "done"
+        if r.random() < s.unprocessed_ratio:
+            state = r.choice(["processing", "live", "scheduled"])
+        no_show = r.random() < s.no_show_ratio
+        if r.random() < s.zero_duration_ratio or kind == "email":
+            duration = 0.0
+        private = r.random() < s.private_ratio
+        hidden = None
+        u = _unit(s.seed, "hidden", i)
+        if u < s.not_found_ratio:
+            hidden = "not_found"
+        elif u < s.not_found_ratio + s.forbidden_ratio:
+            hidden = "forbidden"
+        if i in s.media_sizes:
+            size = s.media_sizes[i]
+        elif isinstance(s.media_size, tuple):
+            size = r.randint(s.media_size[0], s.media_size[1])
+        else:
+            size = int(s.media_size)
+        audio_only = kind == "dialer" or r.random() < 0.2
+        if kind == "dialer":
+            ctype = r.choice(["audio/mpeg", "audio/mp4", "audio/wav"])
+        elif audio_only:
+            ctype = "audio/mpeg"
+        else:
+            ctype = "video/mp4"
+        if no_show and not s.recorded_no_show:
+            duration = 0.0
+        missing = _unit(s.seed, "media-missing", i) < s.media_missing_ratio
+        summary = _unit(s.seed, "summary", i) < s.summary_ratio
+        return Call(i, eid, kind, second, duration, state, no_show, private, hidden, size, ctype, audio_only, missing, summary)
+
     # --- changes over time -------------------------------------------------------------------
+    def add_call(self, **changes: object) -> str:
+        """A new call appears (recorded after an export, or made visible): the next one the seed
+        gives, with ``changes`` (e.g. ``date_time``, ``private=False``). Returns its id."""
+        call = replace(self._call(len(self.by_id), None), **changes)  # type: ignore[arg-type]
+        self.calls.append(call)
+        self.calls.sort(key=lambda c: (c.date_time, c.engagement_id), reverse=True)
+        self.by_id[call.engagement_id] = call
+        return call.engagement_id
+
     def finish_processing(self, call_ids: list[str] | None = None) -> list[str]:
         """Calls that were live, scheduled or processing are done now (all, or ``call_ids``), as
         Chorus finishes them between two runs. Returns the ids that changed."""
