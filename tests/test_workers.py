@@ -52,7 +52,7 @@ def simulator(calls: int, faults: object = None) -> chorus.ChorusSimulator:
 
 @pytest.fixture
 def sim() -> Iterator[object]:
-    with simulator(240) as s:
+    with simulator(int(os.environ.get("PORTSHIFT_WORKER_CALLS", "240"))) as s:  # the soak run: 2000
         yield s
 
 
