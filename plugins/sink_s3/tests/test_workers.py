@@ -18,7 +18,7 @@ import pytest
 from portshift.testing import PORTSHIFT
 
 from .conftest import Canaries, run_env
-from .test_end_to_end import export, manifest_entries
+from .test_end_to_end import manifest_entries
 
 chorus = pytest.importorskip("portshift_source_chorus.simulator", reason="the Chorus plugin is part of make setup")
 
@@ -56,7 +56,13 @@ def test_four_workers_export_into_s3_once_each(
     report = json.loads(r.stdout)
     assert report["status"] == "complete" and report["recordings"]["exported"] == exportable
     assert max(fetched.values()) == 1, fetched.most_common(3)  # no call's media fetched by two workers
-    root, objects = export(admin, bucket)
+    objects = {  # every object, past the 1,000 keys of one listing page
+        o["Key"]: o["Size"]
+        for page in admin.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    }
+    (manifest,) = [k for k in objects if k.endswith("/portshift-manifest.txt")]
+    root = manifest.rsplit("/", 1)[0]
     entries = manifest_entries(admin, bucket, root)
     assert len([k for k in entries if k.endswith("/media.bin") or "/media." in k]) == exportable
     for path, digest in entries.items():  # every object the manifest lists, re-hashed independently
