@@ -89,6 +89,9 @@ class LocalKeyFile(KeyProvider):
     name = "file"
     _AAD = b"portshift data key\x00"
 
+    def __init__(self, ref: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None) -> None:
+        super().__init__(str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle)
+
     def _kek(self) -> AESGCM:
         path = Path(self.ref).expanduser()
         try:

@@ -68,6 +68,7 @@ class JobRecord:
     pending_count: int = 0
     listed_count: int = 0  #: recordings the last complete listing of the window found (progress totals)
     incremental: bool = False  #: a ``--since last`` job: recordings earlier jobs exported are not exported again
+    sealed: str | None = None  #: why the sealed fields are empty: the customer's key is not available (docs/byok.md)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:

@@ -70,18 +70,19 @@ class Sealer:
     def __repr__(self) -> str:
         return f"Sealer(job_id={self.job_id!r})"  # never the key
 
-    def _aad(self, table: str, column: str) -> bytes:
-        return b"\x00".join(p.encode() for p in (self.job_id, table, column))
+    def _aad(self, table: str, column: str, row: str) -> bytes:
+        return b"\x00".join(p.encode() for p in (self.job_id, table, column, row))
 
-    def seal(self, table: str, column: str, value: str | None) -> str | None:
-        """``value`` sealed for this job's ``table.column`` (None stays None)."""
+    def seal(self, table: str, column: str, value: str | None, row: str = "") -> str | None:
+        """``value`` sealed for this job's ``table.column`` (None stays None); ``row`` (e.g. the
+        row's keyed hash) binds it to its row as well."""
         if value is None:
             return None
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, value.encode("utf-8"), self._aad(table, column))
+        sealed = self._aead.encrypt(nonce, value.encode("utf-8"), self._aad(table, column, row))
         return PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
 
-    def open(self, table: str, column: str, value: str | None) -> str | None:
+    def open(self, table: str, column: str, value: str | None, row: str = "") -> str | None:
         """The clear value of a sealed one; :class:`SealedValueError` naming the job and the
         field when it was altered or does not belong to this job's ``table.column``."""
         if value is None:
@@ -91,7 +92,7 @@ class Sealer:
             raise SealedValueError(f"the state holds a clear value in {where}, which must be sealed")
         try:
             raw = base64.b64decode(value[len(PREFIX) :], validate=True)
-            clear = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], self._aad(table, column))
+            clear = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], self._aad(table, column, row))
         except (InvalidTag, ValueError):
             raise SealedValueError(
                 f"the sealed value in {where} fails authentication: it was altered or copied from another row or column",

@@ -43,13 +43,16 @@ EXPECTED = {
     },
     "recordings": {
         "job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S, "started_at": S,
+        "sealed_id": S,
     },
     "files": {
         "job_id": S, "key": S, "size": N, "sha256": S, "recording_id": S, "artifact": S, "content_type": S,
-        "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S,
+        "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S, "sealed_key": S,
+        "sealed_recording_id": S,
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S},
-    "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
+    "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S, "sealed_id": S},
+    "job_keys": {"job_id": S, "key_label": S, "wrapped": S, "created_at": S, "rewrapped_at": S},
 }  # fmt: skip
 EXPECTED_PKS = {
     "_portshift_migrations": ["name"],
@@ -58,6 +61,7 @@ EXPECTED_PKS = {
     "files": ["job_id", "key"],
     "sink_journal": ["job_id", "key"],
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
+    "job_keys": ["job_id"],
 }
 #: words a column holding call metadata or a credential would be named after
 FORBIDDEN_WORDS = ("title", "participant", "email", "mail", "phone", "attendee", "speaker", "subject", "name",

@@ -18,8 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import ConfigError, LockedError, StateError
-from ..records import JobRecord, JobStatus
-from . import State, default_state_path, new_job_id, now_iso
+from . import State, default_state_path
 from .sqlite_migrations import migrate
 
 
@@ -109,6 +108,7 @@ class SqliteState(State):
         return str(self.path)
 
     def close(self) -> None:
+        self.seals.forget()
         for fd in self._lock_files:
             os.close(fd)
         self._lock_files.clear()
@@ -151,22 +151,17 @@ class SqliteState(State):
 
     # --- jobs -------------------------------------------------------------------------------
     @_guard
-    def create_job(self, **values: Any) -> str:
-        job_id = values.pop("id", None) or new_job_id()
-        row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
-        row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
+    def _insert_job(self, row: dict[str, Any]) -> None:
         with self._lock:
             self.db["jobs"].insert(row)
-        return job_id
 
     @_guard
-    def update_job(self, job_id: str, **values: Any) -> None:
-        values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
+    def _update_job(self, job_id: str, values: dict[str, Any]) -> None:
         with self._lock:
             self.db["jobs"].update(job_id, values)
 
-    def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]:
-        return [JobRecord.from_row(r) for r in self.db.query(query, params)]
+    def _job_rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        return list(self.db.query(query, params))
 
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return list(self.conn.execute(query, params))
@@ -177,13 +172,13 @@ class SqliteState(State):
             return self.conn.execute(query, params).rowcount
 
     # --- progress ---------------------------------------------------------------------------
-    def listed_ids(self, job_id: str) -> Iterator[str]:
+    def _listed_clear(self, job_id: str) -> Iterator[str]:
         """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
         e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
         for (rid,) in self.conn.execute("select recording_id from recordings where job_id = ? order by recording_id", [job_id]):
             yield rid
 
-    def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
+    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
         """Done files of a job, sorted by key, streamed from the DB."""
         cur = self.conn.execute(
             "select key, size, sha256, recording_id, artifact, content_type, recorded_at, verified "

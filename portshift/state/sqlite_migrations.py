@@ -128,3 +128,18 @@ def m005_outcomes(db: sqlite_utils.Database) -> None:
         pk=("job_id", "recording_id", "artifact"),
         foreign_keys=[("job_id", "jobs", "id")],
     )
+
+
+@migration
+def m008_sealing(db: sqlite_utils.Database) -> None:
+    """Bring your own key (docs/byok.md): each sealed job's data key, wrapped by the customer's
+    key, and the columns that hold a sealed job's values sealed (the keyed hash stays in the
+    column looked up: ``recordings.recording_id``, ``files.key``, ...)."""
+    db["job_keys"].create(
+        {"job_id": str, "key_label": str, "wrapped": str, "created_at": str, "rewrapped_at": str},
+        pk="job_id",
+    )
+    db["recordings"].add_column("sealed_id", str)
+    db["missing_artifacts"].add_column("sealed_id", str)
+    db["files"].add_column("sealed_key", str)
+    db["files"].add_column("sealed_recording_id", str)
