@@ -33,6 +33,8 @@ class RecordingStatus(str, Enum):
     SKIPPED = "skipped"  #: not exported, with a reason (private, filtered, nothing to export)
     PENDING = "pending"  #: not ready yet (live, processing): a later run exports it
     FAILED = "failed"  #: an error; re-run to retry
+    #: listed, waiting for a worker to claim and export it (only while a job is in progress)
+    TODO = "todo"
     #: listed again by a ``--since last`` job, exported into an earlier job's root
     EXPORTED_EARLIER = "exported_earlier"
 
@@ -68,6 +70,8 @@ class JobRecord:
     pending_count: int = 0
     listed_count: int = 0  #: recordings the last complete listing of the window found (progress totals)
     incremental: bool = False  #: a ``--since last`` job: recordings earlier jobs exported are not exported again
+    attempt: int = 0  #: how many times workers started on this job (a run after a crash starts the next)
+    listing_attempt: int = 0  #: the attempt whose listing of the window completed (0: none yet)
     sealed: str | None = None  #: why the sealed fields are empty: the customer's key is not available (docs/byok.md)
 
     @classmethod
@@ -75,7 +79,7 @@ class JobRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in row.items() if k in names}
         values["status"] = JobStatus(values.get("status") or "running")
-        for k in ("file_count", "byte_count", "skipped_count", "failed_count", "pending_count", "listed_count"):
+        for k in ("file_count", "byte_count", "skipped_count", "failed_count", "pending_count", "listed_count", "attempt", "listing_attempt"):
             values[k] = int(values.get(k) or 0)
         values["incremental"] = bool(values.get("incremental"))
         return cls(**values)

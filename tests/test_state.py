@@ -39,19 +39,23 @@ EXPECTED = {
         "sink_type": S, "sink_location": S, "window_start": S, "window_end": S, "export_root": S,
         "started_at": S, "finished_at": S, "status": S, "file_count": N, "byte_count": N, "error": S,
         "manifest_key": S, "manifest_sha256": S, "skipped_count": N, "failed_count": N, "pending_count": N, "listed_count": N,
-        "incremental": N,
+        "incremental": N, "attempt": N, "listing_attempt": N,
     },
     "recordings": {
         "job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S, "started_at": S,
-        "sealed_id": S,
+        "claimed_by": S, "ref": S, "sealed_id": S,
     },
     "files": {
         "job_id": S, "key": S, "size": N, "sha256": S, "recording_id": S, "artifact": S, "content_type": S,
         "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S, "sealed_key": S,
         "sealed_recording_id": S,
     },
-    "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S},
+    "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S, "sealed_id": S},
+    "workers": {
+        "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
+        "ended_at": S,
+    },
     "job_keys": {"job_id": S, "key_label": S, "wrapped": S, "created_at": S, "rewrapped_at": S},
 }  # fmt: skip
 EXPECTED_PKS = {
@@ -61,6 +65,7 @@ EXPECTED_PKS = {
     "files": ["job_id", "key"],
     "sink_journal": ["job_id", "key"],
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
+    "workers": ["job_id", "id"],
     "job_keys": ["job_id"],
 }
 #: words a column holding call metadata or a credential would be named after

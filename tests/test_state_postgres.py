@@ -49,7 +49,7 @@ def test_a_blank_database_gets_exactly_the_schema_of_the_sqlite_file(pg_server: 
             "and kcu.table_name = tc.table_name where tc.constraint_type = 'PRIMARY KEY' and tc.table_schema = 'public' "
             "order by tc.table_name, kcu.ordinal_position"
         ).fetchall()
-    types = {"text": str, "bigint": int}
+    types = {"text": str, "bigint": int, "double precision": float}
     schema: dict[str, dict[str, type]] = {}
     for table, column, kind in rows:
         schema.setdefault(table, {})[column] = types[kind]

@@ -22,11 +22,13 @@ import platformdirs
 from ..records import JobRecord, JobStatus
 from ..secrets import Secret
 from ..settings import read_settings
+from .claims import Claimed, Claims
 from .journal import StateJournal
 from .rows import FileRecord, SharedRows
 from .sealed import JOB_SEALED, Seals
 
 __all__ = [
+    "Claimed",
     "FileRecord",
     "State",
     "StateJournal",
@@ -72,7 +74,7 @@ JOB_COLUMNS = frozenset(
         "id", "job_key", "fingerprint", "config_path", "source_type", "source_location", "sink_type", "sink_location",
         "window_start", "window_end", "export_root", "started_at", "finished_at", "status", "file_count", "byte_count",
         "error", "manifest_key", "manifest_sha256", "skipped_count", "failed_count", "pending_count", "incremental",
-        "listed_count",
+        "listed_count", "attempt", "listing_attempt",
     }
 )  # fmt: skip
 
@@ -105,7 +107,7 @@ def open_state(
     return SqliteState.open(Path(target), create=create)
 
 
-class State(SharedRows, ABC):
+class State(SharedRows, Claims, ABC):
     """What the pipeline, the CLI, verify and the server see of the job state.
 
     Writes are committed when the call returns (a SIGKILL right after loses nothing); every

@@ -76,6 +76,7 @@ class Connections:
         self.main = open_connection(target, password)
         self.main_lock = threading.RLock()
         self.held: list[int] = []
+        self.held_shared: list[int] = []
         self.reconnect = RECONNECT
         self.lock_check_every = 2.0
         self.cancel: threading.Event | None = None
@@ -89,10 +90,11 @@ class Connections:
     def _reopen_main(self) -> None:
         self.main.close()
         self.main = open_connection(self.target, self._password)
-        for key in list(self.held):
-            if not self.main.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
-                self.held.remove(key)
-                raise LockedError("the run lock was lost while the state database was away, and another run took it")
+        for held, fn in ((self.held, "pg_try_advisory_lock"), (self.held_shared, "pg_try_advisory_lock_shared")):
+            for key in list(held):
+                if not self.main.execute(f"select {fn}(%s)", [key]).fetchone()[0]:
+                    held.remove(key)
+                    raise LockedError("the run lock was lost while the state database was away, and another run took it")
 
     def on_main(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self.main_lock:
@@ -106,7 +108,7 @@ class Connections:
                 raise
 
     def _check_locks(self) -> None:
-        if not self.held or time.monotonic() - self._checked < self.lock_check_every:
+        if not (self.held or self.held_shared) or time.monotonic() - self._checked < self.lock_check_every:
             return
         self.on_main(lambda c: c.execute("select 1"))
         self._checked = time.monotonic()
@@ -155,12 +157,13 @@ class Connections:
 
     def close(self) -> None:
         with self.main_lock:
-            if self.held and not (self.main.closed or self.main.broken):
+            if (self.held or self.held_shared) and not (self.main.closed or self.main.broken):
                 try:  # released now, not when the server notices the connection is gone
                     self.main.execute("select pg_advisory_unlock_all()")
                 except psycopg.Error:
                     pass
             self.held.clear()
+            self.held_shared.clear()
             self.main.close()
         for conn in list(self._all):
             conn.close()

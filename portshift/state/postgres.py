@@ -81,17 +81,64 @@ class PostgresState(State):
 
     # --- locking ----------------------------------------------------------------------------
     def lock(self, job_key: str) -> None:
-        key = lock_id(job_key)
-        held = self.connections.held
-        if key in held:
-            return
-        take = lambda c: c.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]  # noqa: E731
-        if not self.connections.run("take the run lock", take, on_main=True):
+        if not self.try_lock(job_key):
             raise LockedError(
                 "another portshift run of this job is in progress",
                 hint="wait for it to finish; two runs of the same job never run at once",
             )
+
+    def try_lock(self, name: str, *, shared: bool = False) -> bool:
+        """A named session advisory lock on the locks' connection (gone with the session, so with
+        the process); False when another session holds it."""
+        key = lock_id(name)
+        held = self.connections.held_shared if shared else self.connections.held
+        if key in held:
+            return True
+        fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        take = lambda c: c.execute(f"select {fn}(%s)", [key]).fetchone()[0]  # noqa: E731
+        if not self.connections.run("take a lock", take, on_main=True):
+            return False
         held.append(key)
+        return True
+
+    def unlock(self, name: str) -> None:
+        key = lock_id(name)
+        pairs = ((self.connections.held, "pg_advisory_unlock"), (self.connections.held_shared, "pg_advisory_unlock_shared"))
+        for held, fn in pairs:
+            if key in held:
+                held.remove(key)
+                self.connections.run("give a lock back", lambda c, fn=fn: c.execute(f"select {fn}(%s)", [key]), on_main=True)
+
+    def lock_free(self, name: str) -> bool:
+        """Nobody holds the lock: taken and given back at once on a pool connection."""
+        key = lock_id(name)
+
+        def probe(c: psycopg.Connection[Any]) -> bool:
+            if not c.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
+                return False
+            c.execute("select pg_advisory_unlock(%s)", [key])
+            return True
+
+        return self._run("check a lock", probe)
+
+    def _write_many(self, what: str, query: str, rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+
+        def write(c: psycopg.Connection[Any]) -> None:
+            with c.transaction(), c.cursor() as cur:
+                cur.executemany(self._pg(query), rows)
+
+        self._run(what, write)
+
+    def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
+        query = (
+            "update recordings r set claimed_by = %s from (select job_id, recording_id from recordings "
+            "where job_id = %s and status = 'todo' and claimed_by is null order by started_at, recording_id limit %s "
+            "for update skip locked) c where r.job_id = c.job_id and r.recording_id = c.recording_id "
+            "returning r.recording_id, r.started_at, r.ref, r.sealed_id"
+        )
+        return self._run("claim recordings", lambda c: c.execute(query, [worker_id, job_id, limit]).fetchall())
 
     # --- jobs -------------------------------------------------------------------------------
     def _insert_job(self, row: dict[str, Any]) -> None:

@@ -54,6 +54,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        "m002_claims",
+        f"""
+        alter table recordings add column claimed_by {_T}, add column ref {_T};
+        create index recordings_to_claim on recordings (job_id, status, claimed_by, started_at, recording_id);
+        alter table jobs add column attempt bigint not null default 0, add column listing_attempt bigint not null default 0;
+        alter table sink_journal add column worker {_T};
+        create table workers (
+            job_id {_T} not null references jobs (id), id {_T} not null, label {_T}, attempt bigint, host {_T},
+            pid bigint, started_at {_T}, lease_until double precision, ended_at {_T}, primary key (job_id, id)
+        );
+        """,
+    ),
+    (
         "m004_sealing",  # bring your own key (docs/byok.md), the same as SQLite's m008_sealing
         f"""
         create table job_keys (

@@ -307,12 +307,13 @@ class SharedRows:
         return int(rows[0][0]), int(rows[0][1])
 
     # --- the sinks' journal of in-flight operations
-    def journal(self, job_id: str) -> StateJournal:
+    # (one per worker: see .claims)
+    def journal(self, job_id: str, worker: str | None = None) -> StateJournal:
         from .journal import StateJournal
 
-        return StateJournal(self, job_id)  # type: ignore[arg-type]
+        return StateJournal(self, job_id, worker)  # type: ignore[arg-type]
 
-    def journal_begin(self, job_id: str, key: str, data: dict[str, str]) -> None:
+    def journal_begin(self, job_id: str, key: str, data: dict[str, str], worker: str | None = None) -> None:
         s = self._sealer(job_id)
         stored = json.dumps(data, sort_keys=True)
         if s is not None:
@@ -320,9 +321,10 @@ class SharedRows:
             key, stored = tag, s.seal("sink_journal", "data", json.dumps({"key": key, "data": data}), tag)  # type: ignore[assignment]
         self._write(
             "record an operation in flight",
-            "insert into sink_journal (job_id, key, data, started_at) values (?, ?, ?, ?) "
-            "on conflict (job_id, key) do update set data = excluded.data, started_at = excluded.started_at",
-            [job_id, key, stored, _now()],
+            "insert into sink_journal (job_id, key, data, started_at, worker) values (?, ?, ?, ?, ?) "
+            "on conflict (job_id, key) do update set data = excluded.data, started_at = excluded.started_at, "
+            "worker = excluded.worker",
+            [job_id, key, stored, _now(), worker],
         )
 
     def journal_end(self, job_id: str, key: str) -> None:
@@ -330,11 +332,17 @@ class SharedRows:
         key = s.lookup("journal_key", key) if s is not None else key
         self._write("end an operation in flight", "delete from sink_journal where job_id = ? and key = ?", [job_id, key])
 
-    def journal_pending(self, job_id: str) -> list[tuple[str, dict[str, str]]]:
-        s = self._sealer(job_id)
+    def journal_pending(self, job_id: str, worker: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        """The job's operations in flight (``worker``: only that worker's)."""
         rows = self._rows(
-            "read operations in flight", "select key, data from sink_journal where job_id = ? order by started_at", [job_id]
+            "read operations in flight",
+            "select key, data from sink_journal where job_id = ? and (cast(? as text) is null or worker = ?) order by started_at",
+            [job_id, worker, worker],
         )
+        return self._journal_opened(job_id, rows)
+
+    def _journal_opened(self, job_id: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, dict[str, str]]]:
+        s = self._sealer(job_id)
         if s is None:
             return [(key, json.loads(data)) for key, data in rows]
         opened = [json.loads(s.open("sink_journal", "data", data, tag) or "{}") for tag, data in rows]

@@ -7,7 +7,9 @@ through one connection guarded by a lock; each is committed when it returns (WAL
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import sqlite3
 import threading
 import urllib.parse
@@ -48,6 +50,7 @@ class SqliteState(State):
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._lock_files: list[int] = []
+        self._named: dict[str, int] = {}  #: named locks held (try_lock), by name
         self.created = False  #: this process created the file
 
     @classmethod
@@ -109,9 +112,10 @@ class SqliteState(State):
 
     def close(self) -> None:
         self.seals.forget()
-        for fd in self._lock_files:
+        for fd in [*self._lock_files, *self._named.values()]:
             os.close(fd)
         self._lock_files.clear()
+        self._named.clear()
         self.conn.close()
 
     def discard_if_unused(self) -> None:
@@ -136,18 +140,50 @@ class SqliteState(State):
     # --- locking: one run per job file at a time ------------------------------------------
     def lock(self, job_key: str) -> None:
         """Take the run lock of this job (released when the process ends, even on SIGKILL)."""
-        lock_dir = self.path.parent / (self.path.name + ".locks")
-        lock_dir.mkdir(exist_ok=True, mode=0o700)
-        fd = os.open(lock_dir / f"{job_key[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not self.try_lock(job_key):
             raise LockedError(
                 "another portshift run of this job is in progress",
                 hint="wait for it to finish; two runs of the same job never run at once",
-            ) from None
-        self._lock_files.append(fd)
+            )
+
+    def _lock_path(self, name: str) -> Path:
+        lock_dir = self.path.parent / (self.path.name + ".locks")
+        lock_dir.mkdir(exist_ok=True, mode=0o700)
+        stem = name[:32] if re.fullmatch(r"[0-9a-f]{64}", name) else hashlib.sha256(name.encode()).hexdigest()[:32]
+        return lock_dir / f"{stem}.lock"
+
+    def try_lock(self, name: str, *, shared: bool = False) -> bool:
+        """A named lock (``flock``: held until :meth:`unlock` or the process ends, even on
+        SIGKILL); False when another process, or another holder in this one, has it."""
+        if name in self._named:
+            return True
+        fd = os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._named[name] = fd
+        return True
+
+    def unlock(self, name: str) -> None:
+        fd = self._named.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def lock_free(self, name: str) -> bool:
+        """Nobody holds the lock (checked with a lock of our own, given back at once)."""
+        path = self._lock_path(name)
+        if not path.exists():
+            return True
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
 
     # --- jobs -------------------------------------------------------------------------------
     @_guard
@@ -170,6 +206,30 @@ class SqliteState(State):
     def _write(self, what: str, query: str, params: list[Any]) -> int:
         with self._lock:
             return self.conn.execute(query, params).rowcount
+
+    @_guard
+    def _write_many(self, what: str, query: str, rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self.conn.execute("begin immediate")
+            try:
+                self.conn.executemany(query, rows)
+            except BaseException:
+                self.conn.execute("rollback")
+                raise
+            self.conn.execute("commit")
+
+    @_guard
+    def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
+        # one statement under SQLite's single writer: no two workers can take the same row
+        with self._lock:
+            return self.conn.execute(
+                "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
+                "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
+                "returning recording_id, started_at, ref, sealed_id",
+                [worker_id, job_id, limit],
+            ).fetchall()
 
     # --- progress ---------------------------------------------------------------------------
     def _listed_clear(self, job_id: str) -> Iterator[str]:

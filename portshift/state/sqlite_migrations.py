@@ -131,6 +131,26 @@ def m005_outcomes(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m006_claims(db: sqlite_utils.Database) -> None:
+    """Many workers on one job: the listing recorded as ``todo`` recordings that workers claim
+    (``claimed_by``; ``ref`` is what rebuilds the recording for a worker that did not list it:
+    its key-template fields and size, never call metadata), the workers and their leases, the
+    attempts of a job, and whose in-flight operations a journal entry is."""
+    db["recordings"].add_column("claimed_by", str)
+    db["recordings"].add_column("ref", str)
+    db["recordings"].create_index(["job_id", "status", "claimed_by", "started_at", "recording_id"], if_not_exists=True)
+    db["jobs"].add_column("attempt", int, not_null_default=0)
+    db["jobs"].add_column("listing_attempt", int, not_null_default=0)
+    db["sink_journal"].add_column("worker", str)
+    db["workers"].create(
+        {"job_id": str, "id": str, "label": str, "attempt": int, "host": str, "pid": int, "started_at": str,
+         "lease_until": float, "ended_at": str},
+        pk=("job_id", "id"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )  # fmt: skip
+
+
+@migration
 def m008_sealing(db: sqlite_utils.Database) -> None:
     """Bring your own key (docs/byok.md): each sealed job's data key, wrapped by the customer's
     key, and the columns that hold a sealed job's values sealed (the keyed hash stays in the
