@@ -225,3 +225,28 @@ def test_rewrap_changes_only_the_wrapped_keys(state_backend: StateBackend, tmp_p
     with state_backend.open() as state:
         job = state.job(job_id)
         assert job is not None and job.sealed is None and job.sink_location == str(out)
+
+
+def test_claims_of_a_sealed_job_store_hashes_and_give_back_the_ids(state_backend: StateBackend, tmp_path: Path) -> None:
+    """Many workers on a sealed job: the listing's ids and refs are sealed, a claim opens them."""
+    from portshift.records import RecordingStatus
+    from portshift.state.claims import Claimed
+
+    with state_backend.open() as state:
+        state.seals.use(key_provider(f"file:{key_file(tmp_path)}"))
+        job_id = state.create_job(job_key="k", window_start="a", window_end="b", sink_location=f"{MARK}-bucket")
+        refs = [(f"{MARK}-r{i}", f"2024-01-0{i + 1}", Claimed.ref({"owner": f"{MARK}-owner"}, 10 * i)) for i in range(3)]
+        state.add_todo(job_id, refs)
+        state.journal(job_id, "w1").begin(f"{MARK}-key", {"upload_id": f"{MARK}-upload"})
+        claimed = state.claim(job_id, "w1", 2)
+        assert [c.id for c in claimed] == [f"{MARK}-r0", f"{MARK}-r1"]
+        assert claimed[1].fields == {"owner": f"{MARK}-owner"} and claimed[1].size == 10
+        assert state.finish_claim(job_id, f"{MARK}-r0", "w1", RecordingStatus.FAILED, "x", f"{MARK} failed")
+        assert not state.finish_claim(job_id, f"{MARK}-r2", "w1", RecordingStatus.DONE)  # not claimed by w1
+        assert [p.message for p in state.problems(job_id)] == [f"{MARK} failed"]
+        state.register_worker(job_id, "w1", "one", 1, 60)
+        state.end_worker(job_id, "w1")
+        assert state.journal_orphans(job_id) == [(f"{MARK}-key", {"upload_id": f"{MARK}-upload"})]
+        stored = state._rows("read", "select recording_id, ref, sealed_id from recordings where job_id = ?", [job_id])
+        assert all(rid.startswith("h1:") and ref.startswith("s1:") and sid.startswith("s1:") for rid, ref, sid in stored)
+    assert_absent(dump_of(state_backend), [MARK])
