@@ -19,7 +19,7 @@ import pytest
 from portshift.api import Artifact, Recording
 from portshift.config import load_job
 from portshift.default_plugins.example_source import ExampleSource
-from portshift.errors import ArtifactMissing, SkipRecording
+from portshift.errors import ArtifactMissing, SkipRecording, SourceError
 from portshift.key_providers import LocalKeyFile, key_provider
 from portshift.pipeline import Runner, RunRequest
 from portshift.sealing import KeyUnavailableError, SealedValueError
@@ -151,14 +151,39 @@ def test_without_a_key_the_same_export_is_in_clear(state_backend: StateBackend, 
         assert_absent(dump_of(state_backend), needles)
 
 
-def test_resume_goes_through_the_keyed_hashes(state_backend: StateBackend, tmp_path: Path) -> None:
+class FlakySource(AcmeSource):
+    """Recording 2 fails while ``failing`` is set (the first run), then works (the resume)."""
+
+    failing = True
+
+    def artifacts(self, recording: Recording) -> Iterator[Artifact]:
+        if FlakySource.failing and recording.id.split("-")[2] == "0002":
+            raise SourceError(f"{MARK} the source failed on {recording.id}", operation="get media")
+        yield from super().artifacts(recording)
+
+
+def test_resume_of_a_sealed_job_goes_through_the_keyed_hashes(state_backend: StateBackend, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     key = f"file:{key_file(tmp_path)}"
-    first = run_sealed(state_backend, job_doc(out, count=4), key, RunRequest(until=None))
-    assert first.status == "complete"
-    again = run_sealed(state_backend, {**job_doc(out, count=4)}, key, RunRequest(new=False))
-    assert again.status in ("up-to-date", "complete", "nothing-new"), again.message
+    doc = {**job_doc(out, count=6), "source": {"type": "flaky", "count": 6, "media_size": 1000}, "job": {"retries": 0}}
+    cfg_plugin = plugin("flaky-source", sources={"flaky": FlakySource})
+    with cfg_plugin, state_backend.open() as state:
+        state.seals.use(key_provider(key))
+        FlakySource.failing = True
+        first = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
+        assert first.status == "partial" and state.recording_counts(first.job_id)["failed"] == 1
+        assert [p.message for p in state.problems(first.job_id) if p.status == "failed"] == [
+            f"get media: {MARK} the source failed on {MARK}-rec-0002-e440e2"
+        ]
+        done = state.done_recordings(first.job_id)
+        assert len(done) == 4 and type(done).__name__ == "KeyedIds"
+        assert f"{MARK}-rec-0000-{hashlib.sha256(b'ex0000000000').hexdigest()[:6]}" in done
+        FlakySource.failing = False
+        again = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
+    assert again.job_id == first.job_id and again.resumed and again.status == "complete"
+    assert (again.already_done, again.exported_now) == (4, 1)
+    assert sha256sum_check(out / again.job_id).returncode == 0
 
 
 def test_a_value_moved_to_another_row_column_or_job_fails_authentication(state_backend: StateBackend, tmp_path: Path) -> None:
