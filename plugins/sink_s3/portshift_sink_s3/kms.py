@@ -2,7 +2,7 @@
 
 ``[state] key = "kms:arn:aws:kms:eu-west-1:111122223333:key/<id>"``. A data key comes from
 ``GenerateDataKey`` (AES_256) and is unwrapped with ``Decrypt``, both with the encryption context
-``{"portshift:job": <job id>}``, so a wrapped key only opens for its own job and CloudTrail names
+``{"portshift_job": <job id>}``, so a wrapped key only opens for its own job and CloudTrail names
 the job of every use. The customer's key policy grants portshift's role those two actions only
 (``ReEncrypt*`` and ``Encrypt`` only for ``portshift state rewrap``).
 
@@ -33,7 +33,7 @@ from .client import _install_https_session, pin_sdk_loggers, system_ca_file
 from .options import ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY, ENV_SESSION_TOKEN
 
 _ARN = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
-CONTEXT_KEY = "portshift:job"
+CONTEXT_KEY = "portshift_job"
 
 #: KMS answers that mean "the customer's key is not available to portshift"
 _UNAVAILABLE = {
