@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from portshift.api import Artifact, Recording
 from portshift.config import load_job
 from portshift.default_plugins.example_source import ExampleSource
-from portshift.errors import ArtifactMissing, SkipRecording, SourceError
+from portshift.errors import ArtifactMissing, RecordingPending, SkipRecording, SourceError
 from portshift.key_providers import LocalKeyFile, key_provider
 from portshift.pipeline import Runner, RunRequest
 from portshift.sealing import KeyUnavailableError, SealedValueError
@@ -275,3 +276,42 @@ def test_claims_of_a_sealed_job_store_hashes_and_give_back_the_ids(state_backend
         stored = state._rows("read", "select recording_id, ref, sealed_id from recordings where job_id = ?", [job_id])
         assert all(rid.startswith("h1:") and ref.startswith("s1:") and sid.startswith("s1:") for rid, ref, sid in stored)
     assert_absent(dump_of(state_backend), [MARK])
+
+
+class LateSource(AcmeSource):
+    """Recording 1 is still processing while ``processing`` is set."""
+
+    processing = True
+
+    def artifacts(self, recording: Recording) -> Iterator[Artifact]:
+        if LateSource.processing and recording.id.split("-")[2] == "0001":
+            raise RecordingPending("processing", f"{MARK} {recording.id} is still processing")
+        yield from super().artifacts(recording)
+
+
+def test_since_last_across_sealed_jobs_finds_pending_and_earlier_exports(state_backend: StateBackend, tmp_path: Path) -> None:
+    """Each sealed job has its own keys, so their keyed hashes differ: the ids are compared opened."""
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = {**job_doc(out, count=8), "source": {"type": "late", "count": 8, "media_size": 1000}}
+    with plugin("late-source", sources={"late": LateSource}), state_backend.open() as state:
+        state.seals.use(key_provider(f"file:{key_file(tmp_path)}"))
+        LateSource.processing = True
+        first = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(
+            RunRequest(since_last=True, until=datetime(2024, 1, 7, tzinfo=timezone.utc))
+        )
+        assert state.recording_counts(first.job_id).get("pending") == 1, first.message
+        job = state.job(first.job_id)
+        assert job is not None
+        assert state.oldest_pending(job.job_key) == "2024-01-02T09:00:00Z"
+        LateSource.processing = False
+        second = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(
+            RunRequest(since_last=True, until=datetime(2024, 1, 9, tzinfo=timezone.utc))
+        )
+        assert second.job_id != first.job_id
+        earlier = state.exported_earlier(second.job_id)
+        assert state.oldest_pending(job.job_key) is None
+    # recordings 2, 4, 5 were exported by the first job; 1 (was pending), 6 and 7 by the second
+    assert [rid.split("-")[2] for rid, _ in earlier] == ["0002", "0004", "0005"]
+    assert all(message.endswith(first.job_id) for _, message in earlier)
+    assert second.exported_now == 3 and second.status == "complete"
