@@ -145,3 +145,53 @@ def test_a_disabled_key_seals_the_job_until_it_is_enabled_again(
     admin.disable_key(KeyId=_key_id(arn))
     shown = cli("jobs", "show", job_id)
     assert shown.returncode == 0 and str(out) in shown.stdout and "sealed:" not in shown.stdout
+
+
+def test_a_key_disabled_mid_job_lets_that_job_finish_and_seals_it_after(
+    state_backend: StateBackend, kms: KmsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running process holds the job's data key (as S3 caches data keys); the next command
+    that needs the key sees it disabled."""
+    from portshift.config import load_job
+    from portshift.key_providers import key_provider
+    from portshift.pipeline import Runner, RunRequest
+    from portshift.sealing import KeyUnavailableError
+
+    from .support import plugin
+
+    monkeypatch.setenv("PORTSHIFT_AWS_ACCESS_KEY_ID", "AKIAKMSTEST0000001")
+    monkeypatch.setenv("PORTSHIFT_AWS_SECRET_ACCESS_KEY", "kms-test-secret")
+    admin = kms.client()
+    arn = admin.create_key()["KeyMetadata"]["Arn"]
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = {
+        "job": {"transfers": 1},
+        "source": {"type": "example", "count": 6, "media_size": 500},
+        "sink": {"type": "local", "path": str(out), "fsync": False},
+    }
+    seen: list[str] = []
+
+    def file_exported(job: Any, file: Any) -> None:
+        seen.append(file.key)
+        if len(seen) == 2:
+            admin.disable_key(KeyId=_key_id(arn))
+
+    provider = key_provider(f"kms:{arn}", endpoint_url=kms.url, ca_bundle=kms.ca_pem)
+    with plugin("disable-mid-job", file_exported=file_exported), state_backend.open() as state:
+        state.seals.use(provider)
+        result = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
+    assert result.status == "complete" and len(seen) == 12  # 6 recordings x 2 files, exported after the key was disabled
+    assert sha256sum_check(out / result.job_id).returncode == 0
+    monkeypatch.setenv("PORTSHIFT_STATE_KEY_ENDPOINT_URL", kms.url)
+    monkeypatch.setenv("PORTSHIFT_STATE_KEY_CA_BUNDLE", str(kms.ca_pem))
+    with state_backend.open() as state:
+        job = state.job(result.job_id)
+        assert job is not None and job.status.value == "complete" and job.file_count == 12
+        assert job.sealed and "the key is disabled" in job.sealed and job.manifest_sha256 is None
+        with pytest.raises(KeyUnavailableError, match=f"kms:{arn}"):
+            list(state.files(result.job_id))
+    admin.enable_key(KeyId=_key_id(arn))
+    with state_backend.open() as state:
+        job = state.job(result.job_id)
+        assert job is not None and job.sealed is None and job.manifest_sha256 == result.manifest_sha256
