@@ -315,3 +315,21 @@ def test_since_last_across_sealed_jobs_finds_pending_and_earlier_exports(state_b
     assert [rid.split("-")[2] for rid, _ in earlier] == ["0002", "0004", "0005"]
     assert all(message.endswith(first.job_id) for _, message in earlier)
     assert second.exported_now == 3 and second.status == "complete"
+
+
+def test_the_state_key_option_of_the_job_file(tmp_path: Path) -> None:
+    from portshift.errors import ConfigError
+    from portshift.state.choose import open_chosen_state
+
+    out = tmp_path / "out"
+    doc = job_doc(out)
+    doc["source"] = {"type": "example"}
+    for bad, says in (("nope", "does not name a key"), ("vault:x", "unknown key provider type 'vault'")):
+        with pytest.raises(ConfigError, match=says):
+            load_job(None, doc={**doc, "state": {"key": bad}})
+    path = key_file(tmp_path)
+    cfg = load_job(None, doc={**doc, "state": {"key": f"file:{path}"}})
+    with open_chosen_state(str(tmp_path / "state.db"), cfg.state) as state:
+        assert state.seals.provider is not None and state.seals.provider.label == f"file:{path}"
+    with open_chosen_state(str(tmp_path / "state.db"), load_job(None, doc=doc).state) as state:
+        assert state.seals.provider is None  # no key: new jobs stay clear
