@@ -333,3 +333,15 @@ def test_the_state_key_option_of_the_job_file(tmp_path: Path) -> None:
         assert state.seals.provider is not None and state.seals.provider.label == f"file:{path}"
     with open_chosen_state(str(tmp_path / "state.db"), load_job(None, doc=doc).state) as state:
         assert state.seals.provider is None  # no key: new jobs stay clear
+
+
+def test_a_job_sealed_by_a_provider_not_installed_lists_as_sealed(state_backend: StateBackend, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    job_id = run_sealed(state_backend, job_doc(out, count=2), f"file:{key_file(tmp_path)}").job_id
+    with state_backend.open() as state:
+        state._write("as if", "update job_keys set key_label = ? where job_id = ?", ["vault:transit/portshift", job_id])
+    with state_backend.open() as state:
+        job = state.job(job_id)
+        assert job is not None and job.status.value == "complete" and job.file_count == 4
+        assert job.sealed is not None and "unknown key provider type 'vault'" in job.sealed

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from ..key_providers import KeyProvider, key_provider
 from ..sealing import KeyUnavailableError, Sealer
 from ..settings import read_settings
@@ -123,7 +124,7 @@ class Seals:
         them empty and ``sealed`` saying so."""
         try:
             sealer = self.of(row["id"])
-        except KeyUnavailableError as e:
+        except (KeyUnavailableError, ConfigError) as e:  # ConfigError: e.g. the key's provider is not installed
             return {**{k: v for k, v in row.items() if k not in JOB_SEALED}, "sealed": f"{UNAVAILABLE} ({e.message})"}
         if sealer is None:
             return row
