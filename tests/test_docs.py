@@ -695,7 +695,9 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-@pytest.mark.parametrize("page", ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md", "releasing.md"])
+@pytest.mark.parametrize(
+    "page", ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md", "releasing.md", "byok.md"]
+)
 def test_links_resolve(page: str) -> None:
     prose = without_code(read(page))
     for target in re.findall(r"\]\(([^)\s]+)\)", prose):
