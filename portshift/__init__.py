@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "Attempts": "retry",
     "Backoff": "retry",
     "RateLimiter": "retry",
+    "SharedRate": "retry",
     "call_with_retries": "retry",
     "parse_retry_after": "retry",
     "wait_or_interrupt": "retry",
@@ -163,7 +164,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         refused_request,
     )
     from .residency import AllowedRegions, ResidencyError, refuse_unverifiable, region_allowed, require_allowed
-    from .retry import Attempts, Backoff, RateLimiter, call_with_retries, parse_retry_after, wait_or_interrupt
+    from .retry import Attempts, Backoff, RateLimiter, SharedRate, call_with_retries, parse_retry_after, wait_or_interrupt
     from .secrets import Secret, forget_mask, register_mask, secret_field
     from .sizes import Size, format_size, parse_size
     from .tls import (

@@ -12,10 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from .hashing import HashingStream
 from .options import PluginOptions
+
+if TYPE_CHECKING:
+    from .retry import RateLimiter
 
 __all__ = [
     "Artifact",
@@ -145,6 +148,11 @@ class Source(ABC):
     #: (``"calls 2026-01-01 .. 2026-01-08, page 3"``); the progress line and the logs show it
     #: while the listing runs. ``None`` outside a run.
     on_listing: Callable[[str], None] | None = None
+
+    #: The limiter that paces this source's requests, when it has one: the core shares it with
+    #: every worker of the job (one ceiling for all, and a ``pause`` after a 429 stops them all),
+    #: through the state. ``None``: the source paces nothing the core could share.
+    rate_limiter: RateLimiter | None = None
 
     def close(self) -> None:
         """Release connections."""

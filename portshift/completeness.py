@@ -18,7 +18,7 @@ from .api import Window
 from .config import JobConfig
 from .errors import ConfigError
 from .manifest import INDEX_NAME, listed_ids_sha256
-from .pipeline.transfer import storable
+from .pipeline.listing import storable
 
 
 @dataclass

@@ -43,6 +43,8 @@ class Progress:
         self.listed_bytes = 0  #: sizes the listing told (0 when the source does not tell them)
         self.finished = {"done": 0, "already": 0, "skipped": 0, "pending": 0, "failed": 0}
         self.listing_complete = False
+        self.job_finished = 0  #: recordings of the job finished by every worker together (from the state)
+        self.job_listed = 0  #: and listed by whichever worker lists
         self.listing_now = ""  #: what the source says it is listing now
         self.stopped = False  #: interrupted: no ETA any more
         self._started = time.monotonic()
@@ -74,6 +76,14 @@ class Progress:
         with self._lock:
             self.finished[how] = self.finished.get(how, 0) + 1
 
+    def job_counts(self, listed: int, finished: int, listing_complete: bool) -> None:
+        """What every worker of the job together did (a worker that does not list learns the
+        totals from the state)."""
+        with self._lock:
+            self.job_listed, self.job_finished = listed, finished
+            if listing_complete:
+                self.listing_complete = True
+
     def listing_done(self) -> None:
         self.listing_complete = True
         self.listing_now = ""
@@ -83,8 +93,8 @@ class Progress:
         with self._lock:
             elapsed = max(1e-6, time.monotonic() - self._started)
             rate = self.bytes / elapsed
-            total = self.listed_count
-            finished = sum(self.finished.values())
+            total = max(self.listed_count, self.job_listed)
+            finished = max(sum(self.finished.values()), self.job_finished)
             text = (
                 f"recordings {finished}/{total}{'' if self.listing_complete else '+'} · files {self.files} · "
                 f"{human_bytes(self.bytes)} · {human_bytes(rate)}/s"

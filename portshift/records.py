@@ -79,7 +79,16 @@ class JobRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in row.items() if k in names}
         values["status"] = JobStatus(values.get("status") or "running")
-        for k in ("file_count", "byte_count", "skipped_count", "failed_count", "pending_count", "listed_count", "attempt", "listing_attempt"):
+        for k in (
+            "file_count",
+            "byte_count",
+            "skipped_count",
+            "failed_count",
+            "pending_count",
+            "listed_count",
+            "attempt",
+            "listing_attempt",
+        ):
             values[k] = int(values.get(k) or 0)
         values["incremental"] = bool(values.get("incremental"))
         return cls(**values)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .errors import Interrupted
 
@@ -201,12 +201,20 @@ class RateLimiter:
         self._last = clock()
         self._lock = threading.Lock()
         self._paused_until = 0.0
+        self._shared: SharedRate | None = None
+
+    def share(self, shared: SharedRate | None) -> None:
+        """Pace through ``shared`` as well (the core does, for every worker of a job): each
+        request reserves its slot there, and a pause stops every process sharing it."""
+        self._shared = shared
 
     def pause(self, seconds: float) -> None:
         """Stop everyone for ``seconds`` (e.g. after a 429 with ``Retry-After``)."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
             self._tokens = 0.0
+        if self._shared is not None:
+            self._shared.pause(seconds)
 
     def set_rate(self, rate: float) -> None:
         """Change the ceiling (an adaptive limiter lowers it after a 429)."""
@@ -233,11 +241,30 @@ class RateLimiter:
         waited = 0.0
         while True:
             with self._lock:
-                wait = self._wait_needed()
+                wait = self._wait_needed() if self._shared is None else max(0.0, self._paused_until - self._clock())
             if wait <= 0:
-                return waited
+                break
             wait_or_interrupt(cancel, wait, "waiting for the request rate limit")
             waited += wait
+        if self._shared is not None:  # one slot among every process of the job: reserved, then waited for
+            wait = self._shared.reserve(self.rate, self.burst)
+            if wait > 0:
+                wait_or_interrupt(cancel, wait, "waiting for the request rate limit")
+                waited += wait
+        return waited
+
+
+class SharedRate(Protocol):
+    """A request budget several processes share (the core's lives in the job state)."""
+
+    def reserve(self, rate: float, burst: float) -> float:
+        """Take the next slot at ``rate`` per second (``burst`` may go at once); the seconds to
+        wait before using it (0: now). ``rate <= 0``: no ceiling, only a pause is waited for."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Nobody sharing the budget sends a request for ``seconds``."""
+        ...
 
 
 def utcnow() -> datetime:

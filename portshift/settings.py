@@ -48,8 +48,13 @@ class Settings(BaseSettings):
     )
     debug: bool = Field(False, description="print the traceback of an error (expected errors are otherwise one line)")
     retry_base: float = Field(1.0, description="the base, in seconds, of the wait before a failed artifact is retried")
+    lease: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a worker's lease on its recordings lasts without renewal (renewed every quarter of it)",
+    )
 
-    @field_validator("state", "retry_base", "state_key_endpoint_url", "state_key_ca_bundle", mode="before")
+    @field_validator("state", "retry_base", "lease", "state_key_endpoint_url", "state_key_ca_bundle", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and not value.strip():

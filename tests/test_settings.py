@@ -32,7 +32,7 @@ def test_defaults_when_nothing_is_set(clean: pytest.MonkeyPatch) -> None:
     assert (s.state_key_endpoint_url, s.state_key_ca_bundle) == (None, None)
     assert SETTINGS == [
         "PORTSHIFT_STATE", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE_KEY_ENDPOINT_URL", "PORTSHIFT_STATE_KEY_CA_BUNDLE",
-        "PORTSHIFT_DEBUG", "PORTSHIFT_RETRY_BASE",
+        "PORTSHIFT_DEBUG", "PORTSHIFT_RETRY_BASE", "PORTSHIFT_LEASE",
     ]  # fmt: skip
 
 

@@ -52,6 +52,7 @@ EXPECTED = {
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S, "sealed_id": S},
+    "rate_slots": {"key": S, "tat": float},
     "workers": {
         "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
         "ended_at": S,
@@ -66,6 +67,7 @@ EXPECTED_PKS = {
     "sink_journal": ["job_id", "key"],
     "missing_artifacts": ["job_id", "recording_id", "artifact"],
     "workers": ["job_id", "id"],
+    "rate_slots": ["key"],
     "job_keys": ["job_id"],
 }
 #: words a column holding call metadata or a credential would be named after

@@ -318,16 +318,16 @@ def test_the_server_restarted_or_the_connections_killed_mid_export_end_in_a_comp
     with _open(pg_server, db) as state:
         state.connections.lock_check_every = 0
         first_pid = state.conn.info.backend_pid
-        original = state.set_recording
+        original = state.finish_claim
         calls = {"n": 0}
 
-        def set_recording(*a: object, **kw: object) -> None:
+        def finish_claim(*a: object, **kw: object) -> bool:
             calls["n"] += 1
             if calls["n"] == 10:
                 restart()  # the server goes away and comes back between two writes
-            original(*a, **kw)  # type: ignore[arg-type]
+            return original(*a, **kw)  # type: ignore[arg-type]
 
-        state.set_recording = set_recording  # type: ignore[method-assign]
+        state.finish_claim = finish_claim  # type: ignore[method-assign]
         result = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
         assert state.conn.info.backend_pid != first_pid  # the connection was really lost and reopened
     assert restarted.is_set()
@@ -350,16 +350,16 @@ def test_a_database_gone_for_good_stops_the_job_cleanly_and_a_rerun_completes(pg
     doc = example_doc(tmp_path / "out", count=40)
     with _open(pg_server, db) as state, pg_server.admin() as admin:
         state.connections.reconnect = Backoff(base=0.05, cap=0.1, attempts=2, budget=0.3)
-        original, calls = state.set_recording, {"n": 0}
+        original, calls = state.finish_claim, {"n": 0}
 
-        def set_recording(*a: object, **kw: object) -> None:
+        def finish_claim(*a: object, **kw: object) -> bool:
             calls["n"] += 1
             if calls["n"] == 10:  # the database refuses every connection from here on
                 admin.execute(f"alter database {db} allow_connections false")
                 admin.execute(TERMINATE, [db])
-            original(*a, **kw)  # type: ignore[arg-type]
+            return original(*a, **kw)  # type: ignore[arg-type]
 
-        state.set_recording = set_recording  # type: ignore[method-assign]
+        state.finish_claim = finish_claim  # type: ignore[method-assign]
         try:  # the job stops: a failed result, or the StateError itself when the last step meets it (the CLI: exit 5)
             first = Runner(load_job(None, doc=doc), state, retry_base=0.0).run(RunRequest())
             status, code, message = first.status, first.exit_code, first.message

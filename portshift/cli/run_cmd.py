@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..config import JobConfig, parse_when
+from ..config import JobConfig, load_job, parse_when
 from ..errors import ConfigError, ExitCode, PortshiftError
 from ..hardening import harden_process
 from ..logs import json_logging
@@ -23,7 +23,8 @@ from ..redact import sanitize_message
 from ..state import State, default_state_path, is_postgres_url
 from ..state.choose import chosen_target, open_chosen_state
 from . import common_options
-from .options import config_option, load, secrets_stdin_option
+from .local_workers import LocalWorkers
+from .options import config_option, read_stdin_secrets, secrets_stdin_option
 
 log = logging.getLogger("portshift.run")
 
@@ -51,6 +52,9 @@ def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) ->
 @click.option("--allow-empty", is_flag=True, help="write an export root and manifest even when there is nothing new")
 @click.option("--report", type=click.Choice(["json"]), default=None, help="print a machine-readable summary on stdout")
 @click.option("--progress/--no-progress", default=None, help="live progress (default: on a terminal)")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, help="worker processes on this machine sharing the job (default 1)"
+)
 @secrets_stdin_option
 @common_options
 def command(
@@ -64,6 +68,7 @@ def command(
     allow_empty: bool,
     report: str | None,
     progress: bool | None,
+    workers: int,
     secrets_from_stdin: bool,
 ) -> int:
     """Export recordings from the source into the sink, then write the manifest.
@@ -72,7 +77,8 @@ def command(
     harden_process()
     try:
         req = _request(since, until, transfers, dry_run, new, allow_empty)
-        result = _run(config_path, req, state_path, progress, secrets_from_stdin)
+        req.worker = workers > 1 and not dry_run
+        result = _run(config_path, req, state_path, progress, secrets_from_stdin, workers=workers)
     except PortshiftError as e:
         if report:
             click.echo(json.dumps(error_report(e.exit_code, sanitize_message(str(e), 1000)), indent=2))
@@ -99,10 +105,16 @@ def _request(
 
 
 def _run(
-    config_path: Path, req: RunRequest, state_path: str | None, progress: bool | None, secrets_from_stdin: bool
+    config_path: Path,
+    req: RunRequest,
+    state_path: str | None,
+    progress: bool | None,
+    secrets_from_stdin: bool,
+    workers: int = 1,
 ) -> RunResult:
     dry_run = req.dry_run
-    cfg = load(config_path, secrets_from_stdin)
+    secrets = read_stdin_secrets() if secrets_from_stdin else None
+    cfg = load_job(config_path, secrets=secrets)
     cancel = threading.Event()
     bar = Progress(enabled=progress if progress is not None else not dry_run)
     with _signals(cancel):
@@ -110,18 +122,41 @@ def _run(
         if dry_run and not is_postgres_url(target) and not Path(target or default_state_path()).exists():
             return Runner(cfg, None, progress=bar, cancel=cancel).run(req)  # a dry run writes nothing
         state = open_chosen_state(state_path, cfg.state, create=not dry_run)
+        others = None
+        if req.worker and workers > 1:
+            where = str(target) if target else str(state.path or state.location)
+            others = LocalWorkers(workers, config_path, where, req, secrets, _log_args())
         try:
-            return _with_state(cfg, state, bar, cancel, req)
+            return _with_state(cfg, state, bar, cancel, req, others)
         finally:
             state.close()
 
 
-def _with_state(cfg: JobConfig, state: State, bar: Progress, cancel: threading.Event, req: RunRequest) -> RunResult:
+def _log_args() -> list[str]:
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    out = []
+    if meta.get("portshift.log_level"):
+        out += ["--log-level", meta["portshift.log_level"]]
+    if meta.get("portshift.log_format"):
+        out += ["--log-format", meta["portshift.log_format"]]
+    return out
+
+
+def _with_state(
+    cfg: JobConfig, state: State, bar: Progress, cancel: threading.Event, req: RunRequest, others: LocalWorkers | None = None
+) -> RunResult:
+    runner = Runner(cfg, state, progress=bar, cancel=cancel, retry_base=_retry_base(), on_started=others and others.start)
     try:
-        result = Runner(cfg, state, progress=bar, cancel=cancel, retry_base=_retry_base()).run(req)
+        result = runner.run(req)
     except PortshiftError:
         state.discard_if_unused()
         raise
+    finally:
+        if others is not None:
+            if cancel.is_set():
+                others.stop()
+            others.wait()
     if not json_logging():  # the summary says it in words; a log shipper gets one record
         return result
     log.info(

@@ -1,8 +1,12 @@
-"""The export pipeline: which job and window (``planning``), the data path (``transfer``, with
-``readahead``), the manifests (``manifests``), and ``run``, which reads top to bottom.
+"""The export pipeline: which job and window (``planning``), this worker's seat in the job
+(``seat``), the listing into the state (``listing``), claims and transfers (``transfer``, with
+``artifacts`` and ``readahead``), the manifests (``manifests``), and ``run``, which reads top
+to bottom.
 
-    source.recordings(window) -> skip if done -> source.artifacts(rec) -> HashingStream
-    -> sink.put(key, stream) -> check size/hash -> state: file done -> ... -> manifest writers
+    one worker lists:  source.recordings(window) -> state: todo rows (or the listing's outcome)
+    every worker:      claim a few todo rows -> source.artifacts(rec) -> HashingStream
+                       -> sink.put(key, stream) -> check size/hash -> state: file done
+                       -> recording done -> ... the one that sees the job complete: manifests
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ class RunRequest:
     dry_run: bool = False
     new: bool = False
     allow_empty: bool = False  #: store a manifest even when the window had nothing to export
+    #: one of several workers of the job (``portshift worker``): share it instead of holding it alone
+    worker: bool = False
 
 
 @dataclass

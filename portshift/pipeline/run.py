@@ -9,13 +9,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from .. import __version__
 from ..api import JobInfo, Sink, Source
 from ..config import JobConfig
-from ..errors import ConfigError, Interrupted, PortshiftError, RecordingPending
+from ..errors import ConfigError, Interrupted, LockedError, PortshiftError, RecordingPending
 from ..logs import set_log_context
 from ..manifest import build_inventory
 from ..plugins import call_event
@@ -23,9 +24,12 @@ from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
 from ..state import State, new_job_id, now_iso
+from ..state.claims import finishing_lock, planning_lock
 from .manifests import ManifestRun
 from .planning import Plan, iso, plan_job, run_command
 from .result import EXIT_CODES, RunRequest, RunResult
+from .seat import WorkerSeat
+from .shared_rate import share_source_rate
 from .transfer import Transfer
 
 log = logging.getLogger("portshift.run")
@@ -80,7 +84,9 @@ class Runner:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
         retry_base: float = 1.0,
+        on_started: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_started = on_started  #: called with the job id once this worker has its seat
         self.cfg = cfg
         self.state = state
         self.progress = progress or Progress(enabled=False)
@@ -114,21 +120,38 @@ class Runner:
         state = self.state
         if state is None:
             raise ConfigError("a run needs a state file")
-        state.lock(key)
-        plan = plan_job(self.cfg, state, req, key)
+        if req.worker:
+            if not state.try_lock(key, shared=True):
+                raise LockedError(
+                    "a `portshift run` of this job is in progress on its own",
+                    hint="wait for it to finish, or run every process as `portshift worker`",
+                )
+        else:
+            state.lock(key)
+        plan = plan_job(self.cfg, state, req, key)  # a window refused or nothing to do: said before any request
         if plan.up_to_date is not None:
             return self._up_to_date(plan.up_to_date)
         self._check_reachable(source, sink)
-        if plan.abandon is not None:
-            self._recover(plan.abandon.id, sink)  # its in-flight uploads too
-            state.abandon_unfinished(key)
-            log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
-        job = self._start(plan, source, sink)
-        set_log_context(job=job.id, phase="transfer")
-        result = RunResult(job_id=job.id, status="", exit_code=0, export_root=job.export_root)
-        result.resumed = plan.resume is not None
-        status, error, exit_code = self._export(job, plan, source, sink, req, result)
-        self._finish(job, status, error, exit_code, result)
+        with self._planning(key):
+            plan = plan_job(self.cfg, state, req, key)  # again: another worker may have started the job meanwhile
+            if plan.up_to_date is not None:
+                return self._up_to_date(plan.up_to_date)
+            if plan.abandon is not None:
+                self._recover(plan.abandon.id, sink)  # its in-flight uploads too
+                state.abandon_unfinished(key)
+                log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
+            job, seat = self._start(plan, source, sink)
+        try:
+            share_source_rate(source, state, job.id)
+            if self.on_started is not None:
+                self.on_started(job.id)
+            set_log_context(job=job.id, phase="transfer")
+            result = RunResult(job_id=job.id, status="", exit_code=0, export_root=job.export_root)
+            result.resumed = plan.resume is not None
+            status, error, exit_code = self._export(job, plan, source, sink, req, result, seat)
+            self._finish(job, status, error, exit_code, result, seat)
+        finally:
+            seat.leave()
         files = result.files
         if status is JobStatus.COMPLETE and not files and not req.allow_empty:
             result.status, result.export_root = "nothing-new", ""
@@ -140,7 +163,7 @@ class Runner:
         return result
 
     def _export(
-        self, job: JobRecord, plan: Plan, source: Source, sink: Sink, req: RunRequest, result: RunResult
+        self, job: JobRecord, plan: Plan, source: Source, sink: Sink, req: RunRequest, result: RunResult, seat: WorkerSeat
     ) -> tuple[JobStatus, str | None, int]:
         """Clean up, transfer, write the manifests: how the job ended, a one-line error, and the
         exit code (a fatal error's own, e.g. 2 for a residency refusal, else the status's)."""
@@ -148,7 +171,7 @@ class Runner:
         phase = ""
         try:
             info = self._job_info(job.id)
-            self._recover(job.id, sink)
+            self._recover(job.id, sink, seat)
             call_event("job_started", job=info, resumed=plan.resume is not None)
             transfer = Transfer(
                 self.cfg,
@@ -163,13 +186,22 @@ class Runner:
                 transfers=req.transfers or self.cfg.job.transfers,
                 retry_base=self.retry_base,
                 payload_prefix=self._payload_prefix,
+                seat=seat,
             )
             status, error = transfer.run()
             result.already_done, result.exported_now = transfer.already, transfer.exported
+            if req.worker:  # what the job's workers together exported in this run, not only this one
+                done = self.state.recording_counts(job.id).get(RecordingStatus.DONE.value, 0)
+                result.exported_now = max(transfer.exported, done - len(plan.done))
             if status is JobStatus.COMPLETE and (self.state.totals(job.id)[0] or req.allow_empty):
                 set_log_context(phase="manifest")
                 phase = "writing the manifest: "
-                result.manifest_key, result.manifest_sha256 = self._write_manifests(job, sink)
+                with self._locked(finishing_lock(job.id)):  # one worker writes it, the others find it
+                    done = self.state.job(job.id)
+                    if done is not None and done.status is JobStatus.COMPLETE and done.manifest_sha256:
+                        result.manifest_key, result.manifest_sha256 = done.manifest_key or "", done.manifest_sha256
+                    else:
+                        result.manifest_key, result.manifest_sha256 = self._write_manifests(job, sink)
         except Interrupted:
             return JobStatus.INTERRUPTED, "interrupted", EXIT_CODES[JobStatus.INTERRUPTED]
         except Exception as e:  # noqa: BLE001 - the job is recorded failed, nothing lost
@@ -185,14 +217,20 @@ class Runner:
         cancellable(sink.check, self.cancel, "checking the sink")
         cancellable(source.check, self.cancel, "checking the source")
 
-    def _start(self, plan: Plan, source: Source, sink: Sink) -> JobRecord:
+    def _start(self, plan: Plan, source: Source, sink: Sink) -> tuple[JobRecord, WorkerSeat]:
+        """Create the job, or join it: a job no live worker works on starts its next attempt (its
+        window listed again, what failed tried again); else this worker joins the attempt."""
         state = self.state
         assert state is not None
         if plan.resume is not None:
             job = plan.resume
-            state.update_job(job.id, status=JobStatus.RUNNING, finished_at=None, error=None)
+            state.reap(job.id)
+            if state.live_workers(job.id):
+                log.info("joining job %s (attempt %d) with the workers already on it", job.id, job.attempt)
+                return job, WorkerSeat(state, job.id, job.attempt).take()
+            state.update_job(job.id, status=JobStatus.RUNNING, finished_at=None, error=None, attempt=job.attempt + 1)
             log.info("resuming job %s: %d recordings already exported; --new to start over", job.id, len(plan.done))
-            return job
+            return job, WorkerSeat(state, job.id, job.attempt + 1).take()
         job_id = new_job_id()
         window = plan.window
         state.create_job(
@@ -208,18 +246,36 @@ class Runner:
             window_end=iso(window.end),
             export_root=job_id,
             incremental=int(plan.incremental),
+            attempt=1,
         )
         log.info("job %s: exporting %s .. %s into %s/%s", job_id, iso(window.start), iso(window.end), sink.location(), job_id)
         job = state.job(job_id)
         assert job is not None
-        return job
+        return job, WorkerSeat(state, job_id, 1).take()
 
-    def _recover(self, job_id: str, sink: Sink) -> None:
-        """Let the sink clean up what earlier runs of the job left in flight (multipart uploads)."""
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold a named lock of the state, waiting for it (a cancel ends the wait)."""
         assert self.state is not None
-        journal = self.state.journal(job_id)
-        sink.journal = journal
-        pending = journal.pending()
+        while not self.state.try_lock(name):
+            if self.cancel.wait(0.1):
+                raise Interrupted("interrupted while waiting for another worker")
+        try:
+            yield
+        finally:
+            self.state.unlock(name)
+
+    def _planning(self, key: str) -> AbstractContextManager[None]:
+        """Workers starting at once plan one job: one at a time decides, the others join it."""
+        return self._locked(planning_lock(key))
+
+    def _recover(self, job_id: str, sink: Sink, seat: WorkerSeat | None = None) -> None:
+        """Let the sink clean up what workers that are gone left in flight (multipart uploads);
+        this worker's own journal entries are kept apart from then on."""
+        assert self.state is not None
+        self.state.reap(job_id, seat.id if seat else "")
+        sink.journal = self.state.journal(job_id, seat.id if seat else None)
+        pending = self.state.journal_orphans(job_id)
         if not pending:
             return
         log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
@@ -230,10 +286,10 @@ class Runner:
         except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
             log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
             return
-        remaining = {k for k, _ in journal.pending()}
+        remaining = {k for k, _ in self.state.journal_orphans(job_id)}
         for key, _ in pending:
             if key in remaining:
-                journal.end(key)
+                self.state.journal_end(job_id, key)
 
     # --- after the transfer ----------------------------------------------------------------
     def _write_manifests(self, job: JobRecord, sink: Sink) -> tuple[str, str]:
@@ -251,22 +307,26 @@ class Runner:
         state.update_job(job.id, manifest_key=key, manifest_sha256=digest)
         return key, digest
 
-    def _finish(self, job: JobRecord, status: JobStatus, error: str | None, exit_code: int, result: RunResult) -> None:
+    def _finish(
+        self, job: JobRecord, status: JobStatus, error: str | None, exit_code: int, result: RunResult, seat: WorkerSeat
+    ) -> None:
         state = self.state
         assert state is not None
         files, nbytes = state.totals(job.id)
         counts = state.recording_counts(job.id)
-        state.update_job(
-            job.id,
-            status=status,
-            finished_at=now_iso(),
-            file_count=files,
-            byte_count=nbytes,
-            error=error,
-            skipped_count=counts.get(RecordingStatus.SKIPPED.value, 0),
-            failed_count=counts.get(RecordingStatus.FAILED.value, 0),
-            pending_count=counts.get(RecordingStatus.PENDING.value, 0),
-        )
+        ended = status in (JobStatus.COMPLETE, JobStatus.PARTIAL)
+        if ended or not state.live_workers(job.id, exclude=seat.id):  # else the job goes on without this worker
+            state.update_job(
+                job.id,
+                status=status,
+                finished_at=now_iso(),
+                file_count=files,
+                byte_count=nbytes,
+                error=error,
+                skipped_count=counts.get(RecordingStatus.SKIPPED.value, 0),
+                failed_count=counts.get(RecordingStatus.FAILED.value, 0),
+                pending_count=counts.get(RecordingStatus.PENDING.value, 0),
+            )
         problems = [p.as_dict() for p in state.problems(job.id)]
         result.status, result.exit_code = status.value, exit_code
         result.files, result.bytes, result.counts = files, nbytes, counts

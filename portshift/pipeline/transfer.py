@@ -1,10 +1,13 @@
-"""The data path of one job: list, dispatch, and for each recording stream every artifact through
-a :class:`HashingStream` into the sink, check it and record it.
+"""One worker's share of a job's data path: claim recordings, and for each stream every artifact
+through a :class:`HashingStream` into the sink, check it and record it.
 
-    lister thread: source.recordings(window) -> outcome known from the listing? record it
-                   -> else queue (bounded: listing never runs far ahead of the transfers)
-    N workers:     source.artifacts(rec) -> for each: open -> [read-ahead] -> HashingStream
-                   -> sink.put -> size/SHA-256 checks -> state: file done -> ... -> recording done
+    lister thread:  only in the worker holding the listing lock (:mod:`.listing`)
+    claims thread:  claim a few todo rows while the local queue has room; when none is left to
+                    claim, wait for what the listing or other live workers may still bring
+                    (a dead worker's rows come back), and end when the job has nothing left
+    N transfers:    source.artifacts(rec) -> for each: open -> [read-ahead] -> HashingStream
+                    -> sink.put -> size/SHA-256 checks -> state: file done -> recording done
+                    (only while this worker still holds the claim: nothing recorded twice)
 
 Threads are daemons and every wait polls the cancel event, so SIGINT/SIGTERM end a run within
 about a second in any phase: a worker still blocked after the grace period (a socket read) is
@@ -17,57 +20,48 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from ..api import Artifact, JobInfo, Recording, Sink, Source
+from ..api import JobInfo, Recording, Sink, Source
 from ..config import JobConfig
 from ..errors import (
     ArtifactMissing,
     ConfigError,
     FatalError,
-    IntegrityError,
     Interrupted,
     PortshiftError,
     RecordingPending,
     SkipRecording,
 )
-from ..events import FileExported
-from ..hashing import HashingStream
-from ..keys import build_key
 from ..logs import recording_context
-from ..plugins import call_event
 from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
 from ..retry import Attempts, Backoff
-from ..state import FileRecord, State
+from ..state import Claimed, State
+from ..state.claims import listing_lock
+from .artifacts import ArtifactSteps
+from .listing import Lister
 from .planning import Plan, iso
-from .readahead import READ_AHEAD_FROM, ReadAhead
+from .seat import WorkerSeat
 
 log = logging.getLogger("portshift.run")
 T = TypeVar("T")
 
 GRACE = 0.8  #: seconds the workers get to stop after a cancel before the run ends without them
 _TICK = 0.1
-
-
-def storable(recording_id: str) -> str:
-    """The id as the state DB can store it: a lone surrogate (possible in JSON) is written as its
-    escape sequence, deterministically, so that resume still recognises the recording."""
-    try:
-        recording_id.encode("utf-8")
-        return recording_id
-    except UnicodeEncodeError:
-        return recording_id.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+_WAIT = 0.2  #: between looks for work when there is nothing to claim
+REAP_EVERY = 1.0  #: seconds between looks for dead workers while others hold recordings
 
 
 def _message(e: BaseException) -> str:
     return sanitize_message(str(e) if isinstance(e, PortshiftError) else f"{type(e).__name__}: {e}")
 
 
-class Transfer:
-    """Moves every recording of one job's window from the source into the sink."""
+class Transfer(ArtifactSteps):
+    """One worker's share of a job: claim recordings from the state and move them from the
+    source into the sink (and list the window, when this worker holds the listing lock)."""
 
     def __init__(
         self,
@@ -84,6 +78,7 @@ class Transfer:
         transfers: int,
         retry_base: float,
         payload_prefix: str,
+        seat: WorkerSeat,
     ) -> None:
         self.cfg, self.state, self.job, self.plan = cfg, state, job, plan
         self.source, self.sink, self.info = source, sink, info
@@ -91,31 +86,42 @@ class Transfer:
         self.transfers = transfers
         self.retry_base = retry_base
         self.payload_prefix = payload_prefix
-        self.resuming = plan.resume is not None
-        self.already = 0  #: recordings exported before (this job's earlier attempt, or an earlier job)
-        self.exported = 0  #: recordings exported by this run
-        self._work: queue.Queue[Recording | None] = queue.Queue(maxsize=transfers * 2)
+        self.seat = seat
+        self.exported = 0  #: recordings exported by this worker
+        self._work: queue.Queue[Recording | None] = queue.Queue()
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
         self._listing_error: str | None = None
         self._left_behind = False  #: the run ended while a worker was still busy
+        self._mine: set[str] = set()  #: claimed by this worker and not finished
+        self._reaped_at = 0.0
+        self._counted_at = 0.0
+        self.lister: Lister | None = None
+        self._lister_thread: threading.Thread | None = None
+
+    @property
+    def already(self) -> int:
+        """Recordings the listing found exported before (an earlier attempt, or an earlier job)."""
+        return self.lister.already if self.lister is not None else 0
 
     # --- the whole job --------------------------------------------------------------------
     def run(self) -> tuple[JobStatus, str | None]:
-        """Transfer everything; return the job's status and a one-line error (or None)."""
+        """Transfer until nothing is left to do; return the status and a one-line error (or None)."""
         self.source.on_listing = self.progress.listing
         workers = [threading.Thread(target=self._worker, name=f"transfer-{n}", daemon=True) for n in range(self.transfers)]
-        lister = threading.Thread(target=self._list, name="listing", daemon=True)
+        dispatcher = threading.Thread(target=self._dispatch, name="claims", daemon=True)
         self.progress.start()
-        for t in (lister, *workers):
+        self._start_listing()
+        for t in (dispatcher, *workers):
             t.start()
         try:
             while any(t.is_alive() for t in workers) and not self.cancel.is_set():
                 self.cancel.wait(_TICK)
             if self.cancel.is_set():
                 deadline = time.monotonic() + GRACE
-                for t in (lister, *workers):
-                    t.join(max(0.0, deadline - time.monotonic()))
+                for t in (self._lister_thread, dispatcher, *workers):
+                    if t is not None:
+                        t.join(max(0.0, deadline - time.monotonic()))
                 self._left_behind = any(t.is_alive() for t in workers)
         finally:
             self.progress.stop(interrupted=self.cancel.is_set() and self._fatal is None)
@@ -138,6 +144,8 @@ class Transfer:
             return JobStatus.INTERRUPTED, "interrupted"
         if self._listing_error:
             return JobStatus.FAILED, self._listing_error
+        if not self.seat.alive:
+            return JobStatus.FAILED, "this worker stalled past its lease; the others redo what it held"
         failed = self.state.recording_counts(self.job.id).get(RecordingStatus.FAILED.value, 0)
         if failed:
             return JobStatus.PARTIAL, f"{failed} recordings failed; re-run to retry them"
@@ -149,35 +157,33 @@ class Transfer:
                 self._fatal = e
         self.cancel.set()
 
-    # --- listing (one thread) ---------------------------------------------------------------
+    # --- listing (one thread, in the worker that holds the listing lock) -----------------------
+    def _start_listing(self) -> bool:
+        """List the window here unless this attempt's listing is complete or another worker lists."""
+        job = self.state.job(self.job.id)
+        if job is None or job.listing_attempt == self.seat.attempt:
+            return False
+        if not self.state.try_lock(listing_lock(self.job.id)):
+            return False
+        self.lister = Lister(
+            self.state,
+            self.job,
+            self.plan,
+            self.source,
+            attempt=self.seat.attempt,
+            cancel=self.cancel,
+            outcome=lambda rec, e: self._record_outcome(rec, e, claimed=False),
+            on_listed=self.progress.listed,
+            on_already=lambda: self.progress.recording_finished("already"),
+        )
+        self._lister_thread = threading.Thread(target=self._list, name="listing", daemon=True)
+        self._lister_thread.start()
+        return True
+
     def _list(self) -> None:
-        listed = 0
+        assert self.lister is not None
         try:
-            for rec in self.source.recordings(self.plan.window):
-                if self.cancel.is_set():
-                    break
-                listed += 1
-                self.progress.listed(rec.size)
-                rec.id = storable(rec.id)
-                if rec.id in self.plan.done or rec.id in self.plan.earlier:
-                    self.already += 1
-                    self.progress.recording_finished("already")
-                    if rec.id in self.plan.earlier:  # in this window's inventory, exported elsewhere
-                        self.state.set_recording(
-                            self.job.id,
-                            rec.id,
-                            RecordingStatus.EXPORTED_EARLIER,
-                            "",
-                            f"exported by job {self.plan.earlier[rec.id]}",
-                            iso(rec.started_at) if rec.started_at else None,
-                        )
-                elif rec.skipped is not None:
-                    self._record_outcome(rec, rec.skipped)
-                elif not self._put(rec):
-                    break
-            else:
-                if not self.cancel.is_set():  # the whole window: a total for progress bars (the service's page)
-                    self.state.update_job(self.job.id, listed_count=listed)
+            self.lister.run()
         except FatalError as e:
             self._set_fatal(e)
         except Interrupted:
@@ -190,17 +196,80 @@ class Transfer:
             self._set_fatal(e)
         finally:
             self.progress.listing_done()
-            for _ in range(self.transfers):
-                if not self._put(None):
-                    break
 
-    def _put(self, item: Recording | None) -> bool:
-        while not self.cancel.is_set():
-            try:
-                self._work.put(item, timeout=_TICK)
-                return True
-            except queue.Full:
-                continue
+    def _listing(self) -> bool:
+        return self._lister_thread is not None and self._lister_thread.is_alive()
+
+    # --- claims (one thread) ------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Claim recordings in small batches while the local queue has room; end when nothing is
+        left to do in the whole job (what other live workers hold is waited for: if one dies,
+        its recordings come back and are claimed here)."""
+        try:
+            while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
+                room = self.transfers - self._work.qsize()
+                if room <= 0:  # every transfer has work waiting: nothing to ask the state
+                    self._job_progress()
+                    self.cancel.wait(_WAIT)
+                    continue
+                claimed = self.state.claim(self.job.id, self.seat.id, room)
+                if claimed:
+                    for c in claimed:
+                        with self._lock:
+                            self._mine.add(c.id)
+                        self._work.put(self._recording_of(c))
+                    continue
+                if not self._more_to_come():
+                    return
+                self._job_progress()
+                self.cancel.wait(_WAIT)
+        except BaseException as e:  # noqa: BLE001 - a lost state database stops this worker
+            if not self.cancel.is_set():
+                self._set_fatal(e)
+        finally:
+            for _ in range(self.transfers):
+                self._work.put(None)
+
+    def _job_progress(self) -> None:
+        """Every second: the job's totals, so the progress line counts what all workers did."""
+        if time.monotonic() - self._counted_at < 1.0:
+            return
+        self._counted_at = time.monotonic()
+        counts = self.state.recording_counts(self.job.id)
+        job = self.state.job(self.job.id)
+        listed = sum(counts.values())
+        complete = job is not None and job.listing_attempt == self.seat.attempt
+        self.progress.job_counts(listed, listed - counts.get(RecordingStatus.TODO.value, 0), complete)
+
+    def _recording_of(self, claimed: Claimed) -> Recording:
+        if self.lister is not None:
+            return self.lister.recording(claimed)
+        return Lister.rebuild(claimed)
+
+    def _more_to_come(self) -> bool:
+        """Nothing to claim now: will there be (a listing under way, recordings other live
+        workers hold, or this worker's own still in flight)?"""
+        if self._listing():
+            assert self.lister is not None
+            self.lister.flush(stale_only=True)
+            return True
+        job = self.state.job(self.job.id)
+        if job is not None and job.listing_attempt != self.seat.attempt:
+            if self._lister_thread is not None and self._listing_error is None and not self.cancel.is_set():
+                return False  # our own listing ended without completing: stop (the outcome says why)
+            self._start_listing()  # the lister died: take over
+            return True
+        unclaimed, claimed = self.state.todo_counts(self.job.id)
+        with self._lock:
+            mine = len(self._mine)
+        if unclaimed or mine:
+            return True
+        if claimed:
+            if time.monotonic() - self._reaped_at >= REAP_EVERY:
+                self._reaped_at = time.monotonic()
+                if self.state.reap(self.job.id, self.seat.id):
+                    log.info("a worker of this job stopped; its recordings are claimed again")
+            return True
         return False
 
     # --- one recording (N worker threads) ----------------------------------------------------
@@ -219,27 +288,37 @@ class Transfer:
                 if not self._left_behind:
                     self._set_fatal(e)
                 return
+            finally:
+                with self._lock:
+                    self._mine.discard(rec.id)
 
-    def _record_outcome(self, rec: Recording, e: BaseException) -> None:
+    def _record_outcome(self, rec: Recording, e: BaseException, *, claimed: bool = True) -> None:
         started = iso(rec.started_at) if rec.started_at else None
         if isinstance(e, RecordingPending):
-            self.state.set_recording(self.job.id, rec.id, RecordingStatus.PENDING, e.reason, _message(e), started)
-            self.progress.recording_finished("pending")
+            status, reason, how = RecordingStatus.PENDING, e.reason, "pending"
             log.info("recording %s is not ready yet (%s): a later run exports it", rec.id, e.reason)
         elif isinstance(e, SkipRecording):
-            self.state.set_recording(self.job.id, rec.id, RecordingStatus.SKIPPED, e.reason, _message(e), started)
-            self.progress.recording_finished("skipped")
+            status, reason, how = RecordingStatus.SKIPPED, e.reason, "skipped"
             log.warning("skipped recording %s: %s", rec.id, _message(e))
         else:
-            msg = _message(e)
-            self.state.set_recording(self.job.id, rec.id, RecordingStatus.FAILED, type(e).__name__, msg, started)
-            self.progress.recording_finished("failed")
-            log.error("recording %s failed: %s", rec.id, msg)
+            status, reason, how = RecordingStatus.FAILED, type(e).__name__, "failed"
+            log.error("recording %s failed: %s", rec.id, _message(e))
+        if claimed:
+            self._finish(rec, status, reason, _message(e))
+        else:
+            self.state.set_recording(self.job.id, rec.id, status, reason, _message(e), started)
+        self.progress.recording_finished(how)
+
+    def _finish(self, rec: Recording, status: RecordingStatus, reason: str = "", message: str = "") -> bool:
+        if self.state.finish_claim(self.job.id, rec.id, self.seat.id, status, reason, message):
+            return True
+        log.warning("recording %s was given to another worker while this one worked on it (lease lost)", rec.id)
+        return False
 
     def _recording(self, rec: Recording) -> None:
         try:
             artifacts = self._with_retries(lambda: list(self.source.artifacts(rec)), f"recording {rec.id}")
-            done = self.state.done_artifacts(self.job.id, rec.id) if self.resuming else set()
+            done = self.state.done_artifacts(self.job.id, rec.id)
             for artifact in artifacts:
                 if self.cancel.is_set():
                     return
@@ -262,10 +341,9 @@ class Transfer:
             if not (self.cancel.is_set() and not isinstance(e, PortshiftError)):
                 self._record_outcome(rec, e)
             return
-        started = iso(rec.started_at) if rec.started_at else None
-        self.state.set_recording(self.job.id, rec.id, RecordingStatus.DONE, started_at=started)
-        with self._lock:
-            self.exported += 1
+        if self._finish(rec, RecordingStatus.DONE):
+            with self._lock:
+                self.exported += 1
         self.progress.recording_finished("done")
 
     def _with_retries(self, fn: Callable[[], T], what: str) -> T:
@@ -291,85 +369,3 @@ class Transfer:
                     delay,
                 )
                 attempts.wait(delay)
-
-    # --- one artifact ------------------------------------------------------------------------
-    def _artifact(self, rec: Recording, artifact: Artifact) -> None:
-        opened = artifact.open()
-        ahead: ReadAhead | None = None
-        try:
-            rel = self.payload_prefix + build_key(
-                self.cfg.job.key_template,
-                recording_id=rec.id,
-                artifact=artifact.name,
-                ext=opened.extension or artifact.extension,
-                started_at=rec.started_at,
-                fields=rec.fields,
-                source=self.cfg.source_type,
-            )
-            declared = opened.size if opened.size is not None else artifact.size
-            chunks: Iterable[bytes] = opened.chunks
-            if declared is None or declared >= READ_AHEAD_FROM:
-                ahead = ReadAhead(opened.chunks, self.cancel, start_after=0 if declared is not None else READ_AHEAD_FROM)
-                chunks = ahead
-            content_type = opened.content_type or artifact.content_type
-            stream = HashingStream(
-                chunks, cancel=self.cancel, expect_size=declared, expect_sha256=artifact.sha256, content_type=content_type
-            )
-            stream.observe(self.progress.add_bytes)
-            result = self.sink.put(f"{self.job.export_root}/{rel}", stream, declared)
-            got, digest = self._checked(rel, stream, declared, artifact.sha256, result)
-        finally:
-            _close(opened.close, ahead, self.cancel.is_set())
-        self.state.add_file(
-            self.job.id,
-            FileRecord(
-                key=rel,
-                size=got,
-                sha256=digest,
-                recording_id=rec.id,
-                artifact=artifact.name,
-                content_type=content_type,
-                recorded_at=iso(rec.started_at) if rec.started_at else None,
-                verified=result.verified,
-                provider_checksums=result.checksums,
-            ),
-        )
-        self.progress.file_done(got)
-        exported = FileExported(key=rel, size=got, sha256=digest, recording_id=rec.id, artifact=artifact.name)
-        call_event("file_exported", job=self.info, file=exported)
-
-    @staticmethod
-    def _checked(rel: str, stream: HashingStream, declared: int | None, sha256: str | None, result: Any) -> tuple[int, str]:
-        """The size and SHA-256 of what was stored, after every check a done file must pass."""
-        if not stream.finished:
-            raise IntegrityError(f"{rel}: the sink stopped reading before the end of the stream")
-        got = stream.bytes_read
-        if declared is not None and got != declared:
-            raise IntegrityError(f"{rel}: {got} bytes received, {declared} declared by the source")
-        digest = stream.sha256_hex()
-        if sha256 and sha256.lower() != digest:
-            raise IntegrityError(f"{rel}: SHA-256 differs from the one the source declared")
-        if result.size != got:
-            raise IntegrityError(f"{rel}: the sink stored {result.size} bytes, {got} were sent")
-        confirmed = result.checksums.get("sha256")
-        if confirmed and confirmed.lower() != digest:
-            raise IntegrityError(f"{rel}: the sink confirmed a different SHA-256")
-        return got, digest
-
-
-def _close(close: Callable[[], None] | None, ahead: ReadAhead | None, cancelled: bool) -> None:
-    """Stop the read-ahead thread and close the artifact (a silent source is woken by the close;
-    after a cancel it is closed at once instead of waiting for the thread's chunk)."""
-    stopped = True
-    if ahead is not None:
-        ahead.stop()
-        stopped = ahead.join(0.05 if cancelled else 0.5)
-        if stopped:
-            ahead.close_inline()
-    if close:
-        try:
-            close()
-        except Exception:  # noqa: BLE001
-            log.debug("closing an artifact failed", exc_info=True)
-    if ahead is not None and not stopped and not ahead.join(10.0):
-        log.debug("a read-ahead thread is still waiting for its source; it ends at the source's read timeout")

@@ -81,6 +81,10 @@ class Claims:
     def _journal_opened(self, job_id: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, dict[str, str]]]:
         raise NotImplementedError
 
+    def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        """One write that returns rows (``RETURNING``), committed when it returns."""
+        raise NotImplementedError
+
     def try_lock(self, name: str, *, shared: bool = False) -> bool:
         """Take a named lock without waiting (held until :meth:`unlock` or the process ends)."""
         raise NotImplementedError
@@ -239,6 +243,42 @@ class Claims:
             [job_id],
         )
         return (int(rows[0][0] or 0), int(rows[0][1] or 0)) if rows else (0, 0)
+
+    # --- a request budget every worker of a job shares (GCRA: one atomic update per request) ----
+    #: the SQL function of the larger of two numbers (``greatest`` on PostgreSQL)
+    _GREATEST = "max"
+
+    def reserve_request(self, key: str, rate: float, burst: float) -> float:
+        """Take the next request slot of budget ``key`` at ``rate`` per second; seconds to wait."""
+        now = time.time()
+        if rate <= 0:  # no ceiling: only a pause holds
+            rows = self._rows("read the request budget", "select tat from rate_slots where key = ?", [key])
+            return max(0.0, float(rows[0][0]) - now) if rows and rows[0][0] is not None else 0.0
+        interval = 1.0 / rate
+        tolerance = (max(1.0, burst) - 1.0) * interval
+        tat = self._reserve(key, now, interval)
+        return max(0.0, tat - interval - tolerance - now)
+
+    def _reserve(self, key: str, now: float, interval: float) -> float:
+        g = self._GREATEST
+        rows = self._write_returning(
+            "reserve a request",
+            f"insert into rate_slots (key, tat) values (?, ? + ?) on conflict (key) do update "  # noqa: S608 - fixed names
+            f"set tat = {g}(rate_slots.tat, ?) + ? returning tat",
+            [key, now, interval, now, interval],
+        )
+        return float(rows[0][0])
+
+    def pause_requests(self, key: str, seconds: float) -> None:
+        """Nobody on budget ``key`` sends a request for ``seconds`` (a 429's Retry-After)."""
+        until = time.time() + seconds
+        g = self._GREATEST
+        self._write(
+            "pause requests",
+            f"insert into rate_slots (key, tat) values (?, ?) on conflict (key) do update "  # noqa: S608 - fixed names
+            f"set tat = {g}(rate_slots.tat, ?)",
+            [key, until, until],
+        )
 
     # --- the journal of in-flight sink operations, per worker -----------------------------------
     def journal_orphans(self, job_id: str) -> list[tuple[str, dict[str, str]]]:

@@ -131,6 +131,11 @@ class PostgresState(State):
 
         self._run(what, write)
 
+    _GREATEST = "greatest"
+
+    def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        return self._rows(what, query, params)  # autocommit: committed when it returns
+
     def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
         query = (
             "update recordings r set claimed_by = %s from (select job_id, recording_id from recordings "

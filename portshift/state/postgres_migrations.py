@@ -64,6 +64,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             job_id {_T} not null references jobs (id), id {_T} not null, label {_T}, attempt bigint, host {_T},
             pid bigint, started_at {_T}, lease_until double precision, ended_at {_T}, primary key (job_id, id)
         );
+        create table rate_slots (key {_T} primary key, tat double precision);
         """,
     ),
     (
@@ -86,7 +87,8 @@ def migrate(conn: Any) -> list[str]:
     known = [name for name, _ in MIGRATIONS]
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", [MIGRATE_LOCK])
-        conn.execute("create table if not exists _portshift_migrations (name text primary key, applied_at text)")
+        if conn.execute("select to_regclass('_portshift_migrations') is null").fetchone()[0]:  # a worker's role may not create
+            conn.execute("create table if not exists _portshift_migrations (name text primary key, applied_at text)")
         done = {r[0] for r in conn.execute("select name from _portshift_migrations")}
     newer = sorted(done - set(known))
     if newer:

@@ -14,14 +14,17 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from ..errors import ConfigError, LockedError, StateError
-from . import State, default_state_path
+from . import JOB_COLUMNS, State, default_state_path
 from .sqlite_migrations import migrate
+
+PAGE = 5000
 
 
 def _guard(fn):  # noqa: ANN001, ANN202
@@ -39,6 +42,13 @@ def _guard(fn):  # noqa: ANN001, ANN202
             ) from None
 
     return wrapper
+
+
+def _columns(values: dict[str, Any]) -> list[str]:
+    unknown = set(values) - JOB_COLUMNS
+    if unknown:
+        raise ValueError(f"unknown job columns: {sorted(unknown)}")
+    return sorted(values)
 
 
 class SqliteState(State):
@@ -188,63 +198,96 @@ class SqliteState(State):
     # --- jobs -------------------------------------------------------------------------------
     @_guard
     def _insert_job(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            self.db["jobs"].insert(row)
+        cols = _columns(row)
+        self._write(
+            "record the job",
+            f"insert into jobs ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",  # noqa: S608 - known columns
+            [row[c] for c in cols],
+        )
 
     @_guard
     def _update_job(self, job_id: str, values: dict[str, Any]) -> None:
-        with self._lock:
-            self.db["jobs"].update(job_id, values)
+        cols = _columns(values)
+        if cols:
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            self._write("update the job", f"update jobs set {sets} where id = ?", [*(values[c] for c in cols), job_id])  # noqa: S608
 
     def _job_rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
-        return list(self.db.query(query, params))
+        with self._lock:
+            return list(self.db.query(query, params))
 
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(query, params))
+        # reads take the lock too: a statement of another thread must never run inside (and, by
+        # failing, end) the write transaction one thread has open on the shared connection
+        with self._lock:
+            return list(self.conn.execute(query, params))
 
     @_guard
     def _write(self, what: str, query: str, params: list[Any]) -> int:
-        with self._lock:
+        with self._lock, self._immediate():
             return self.conn.execute(query, params).rowcount
+
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """A write transaction that takes the write lock first: a statement that reads then writes
+        in its own transaction gets SQLITE_BUSY at once, without waiting, when another process
+        wrote in between (WAL snapshot); ``BEGIN IMMEDIATE`` waits its turn instead."""
+        self.conn.execute("begin immediate")
+        try:
+            yield
+            self.conn.execute("commit")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("rollback")
+            raise
 
     @_guard
     def _write_many(self, what: str, query: str, rows: list[list[Any]]) -> None:
         if not rows:
             return
-        with self._lock:
-            self.conn.execute("begin immediate")
-            try:
-                self.conn.executemany(query, rows)
-            except BaseException:
-                self.conn.execute("rollback")
-                raise
-            self.conn.execute("commit")
+        with self._lock, self._immediate():
+            self.conn.executemany(query, rows)
 
     @_guard
+    def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._lock, self._immediate():
+            return self.conn.execute(query, params).fetchall()
+
     def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
         # one statement under SQLite's single writer: no two workers can take the same row
-        with self._lock:
-            return self.conn.execute(
-                "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
-                "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
-                "returning recording_id, started_at, ref, sealed_id",
-                [worker_id, job_id, limit],
-            ).fetchall()
+        return self._write_returning(
+            "claim recordings",
+            "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
+            "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
+            "returning recording_id, started_at, ref, sealed_id",
+            [worker_id, job_id, limit],
+        )
 
     # --- progress ---------------------------------------------------------------------------
     def _listed_clear(self, job_id: str) -> Iterator[str]:
         """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
         e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
-        for (rid,) in self.conn.execute("select recording_id from recordings where job_id = ? order by recording_id", [job_id]):
-            yield rid
+        after = ""
+        while True:
+            rows = self._rows(
+                "read listed ids",
+                "select recording_id from recordings where job_id = ? and recording_id > ? order by recording_id limit ?",
+                [job_id, after, PAGE],
+            )
+            yield from (rid for (rid,) in rows)
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
 
     def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
-        """Done files of a job, sorted by key, streamed from the DB."""
-        cur = self.conn.execute(
-            "select key, size, sha256, recording_id, artifact, content_type, recorded_at, verified "
-            "from files where job_id = ? and kind = ? order by key",
-            [job_id, kind],
-        )
-        cols = [d[0] for d in cur.description]
-        for row in cur:
-            yield dict(zip(cols, row))
+        """Done files of a job, sorted by key, read in pages."""
+        cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
+        query = f"select {', '.join(cols)} from files where job_id = ? and kind = ? and key > ? order by key limit ?"  # noqa: S608 - fixed column names
+        after = ""
+        while True:
+            rows = self._rows("read files", query, [job_id, kind, after, PAGE])
+            for row in rows:
+                yield dict(zip(cols, row))
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]

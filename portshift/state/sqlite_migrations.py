@@ -142,6 +142,7 @@ def m006_claims(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("attempt", int, not_null_default=0)
     db["jobs"].add_column("listing_attempt", int, not_null_default=0)
     db["sink_journal"].add_column("worker", str)
+    db["rate_slots"].create({"key": str, "tat": float}, pk="key")  # a request budget the workers share (GCRA)
     db["workers"].create(
         {"job_id": str, "id": str, "label": str, "attempt": int, "host": str, "pid": int, "started_at": str,
          "lease_until": float, "ended_at": str},

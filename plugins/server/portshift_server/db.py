@@ -1,4 +1,5 @@
-"""The service database (SQLite through sqlite-utils).
+"""The service database: SQLite through sqlite-utils (a one-machine trial), or PostgreSQL
+(:mod:`.service_pg`, the same rows and methods).
 
 It holds only what the service promises: job metadata (id, times, status, types, counts, the
 manifest digest and a sanitised error), early-access sign-ups (name, e-mail, company: the only
@@ -50,6 +51,7 @@ def now_iso() -> str:
 class ServiceDB:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.location = str(path)
         self._lock = threading.RLock()
         self.conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
         self.conn.execute("PRAGMA secure_delete=ON")
@@ -128,6 +130,20 @@ class ServiceDB:
                 r["id"]
                 for r in self.db.query("select id from jobs where status not in ('complete', 'partial', 'failed', 'cancelled')")
             ]
+
+    def finished_before(self, cutoff: str) -> list[str]:
+        """Ids of jobs that ended before ``cutoff`` (an ISO time, UTC): retention.py."""
+        marks = ", ".join("?" * len(TERMINAL))
+        with self._lock:
+            rows = self.conn.execute(
+                f"select id from jobs where status in ({marks}) and finished_at < ?",  # noqa: S608 - placeholders only
+                [*TERMINAL, cutoff],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            self.conn.execute("delete from jobs where id = ?", [job_id])
 
     # --- sign-ups -----------------------------------------------------------------------------
     def add_signup(self, name: str, email: str, company: str) -> None:

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import secrets as _random
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from portshift import PortshiftError, sanitize_message
-from portshift.state import open_state
 
 from .db import TERMINAL, ServiceDB, now_iso
 from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
+from .job_state import FileJobStates, JobStates, add_state_password
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
 
@@ -68,35 +67,6 @@ class Run:
     already_done: int | None = None
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
-    """The latest job of a worker's state, read-only through the state interface; None if there
-    is none (yet): not created, not migrated, or busy — the next tick reads it again."""
-    try:
-        with open_state(path, read_only=True) as state:
-            latest = state.jobs(1)
-            if not latest:
-                return None
-            job = latest[0]
-            files, nbytes = state.totals(job.id)
-            recs = state.recording_counts(job.id)
-    except (PortshiftError, sqlite3.Error):
-        return None
-    return {
-        "portshift_job_id": job.id,
-        "state_status": job.status.value,
-        "export_root": job.export_root,
-        "manifest_sha256": job.manifest_sha256,
-        "state_error": job.error,
-        "file_count": files,
-        "byte_count": nbytes,
-        "recordings_done": int(recs.get("done", 0)),
-        "recordings_failed": int(recs.get("failed", 0)),
-        "recordings_skipped": int(recs.get("skipped", 0)),
-        # known once the worker's listing has covered the window: the page's bar and estimate
-        "recordings_total": job.listed_count or None,
-    }
-
-
 class JobManager:
     def __init__(
         self,
@@ -110,8 +80,10 @@ class JobManager:
         cancel_grace: float = 15.0,
         poll_interval: float = 0.5,
         max_runtime: float | None = None,
+        states: JobStates | None = None,
     ) -> None:
         self.db = db
+        self.states: JobStates = states or FileJobStates()  # where each worker keeps its state
         self.catalogue = catalogue
         self.launcher = launcher
         self.jobs_dir = jobs_dir
@@ -132,6 +104,7 @@ class JobManager:
                 finished_at=now_iso(),
                 error="the service stopped while this job ran; nothing exported is lost: resume the job to continue",
             )
+        self.states.sweep()
 
     # --- API --------------------------------------------------------------------------------------
     def create(self, doc: Any, client: str = "") -> str:
@@ -231,6 +204,10 @@ class JobManager:
         with self._lock:
             return len(self._runs)
 
+    def running_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._runs)
+
     def begin_shutdown(self) -> None:
         """Refuse new jobs and ask every worker to stop cleanly (their state is kept)."""
         self._closing = True
@@ -263,7 +240,15 @@ class JobManager:
             if len(self._runs) >= self.max_jobs:
                 self.db.update_job(job_id, status="failed", error="the service was busy; resume the job to try again")
                 raise Busy("the service is busy; try again in a minute")
-            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", work / "state.db"), client)
+            try:  # the job's state target (with PostgreSQL, a database role for this run)
+                target, password = self.states.start(job_id, work, (self.max_runtime or 86400.0) + 3600.0)
+            except PortshiftError as e:
+                log.error("job %s: no state for the worker: %s", job_id[:6], e)
+                self._forget_run(job_id, "the service database was not available; resume the job to try again")
+                raise Busy("the service database is not available for new jobs; try again in a minute") from None
+            if password is not None:
+                add_state_password(secrets, password)
+            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", target), client)  # type: ignore[arg-type]
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
@@ -273,7 +258,7 @@ class JobManager:
         except OSError as e:
             with self._lock:
                 self._runs.pop(job_id, None)
-            self.db.update_job(job_id, status="failed", error=f"the worker could not be started ({type(e).__name__})")
+            self._forget_run(job_id, f"the worker could not be started ({type(e).__name__})")
             log.error("job %s: worker could not be started: %s", job_id[:6], type(e).__name__)
             return
         self.db.update_job(job_id, status="running", started_at=now_iso(), attempts=(row.get("attempts") or 0) + 1)
@@ -281,6 +266,15 @@ class JobManager:
             "job %s: worker started (attempt %d, %d jobs running)", job_id[:6], (row.get("attempts") or 0) + 1, self.running()
         )
         threading.Thread(target=self._monitor, args=(run,), name=f"job-{job_id[:6]}", daemon=True).start()
+
+    def _forget_run(self, job_id: str, error: str) -> None:
+        """A run that did not start: what was made for it goes, the job is failed (best effort:
+        the database may be what failed)."""
+        try:
+            self.states.end(job_id)
+            self.db.update_job(job_id, status="failed", error=error)
+        except PortshiftError as e:
+            log.warning("job %s: %s", job_id[:6], e)
 
     def _on_output(self, run: Run, stream: str, line: str) -> None:
         if not line.strip():
@@ -313,7 +307,7 @@ class JobManager:
                 run.error_line = sanitize_message(line[len(prefix) :], 500)
 
     def _progress(self, run: Run) -> dict[str, Any] | None:
-        st = read_state(run.spec.state_file)
+        st = self.states.read(run.job_id, run.spec.state_file)
         if st is None:
             return None
         values = {
@@ -377,6 +371,10 @@ class JobManager:
         if status == "complete":
             values["manifest_sha256"] = manifest
         self.db.update_job(run.job_id, **values)
+        try:
+            self.states.end(run.job_id)  # the run's database role, when there is one
+        except PortshiftError as e:
+            log.warning("job %s: %s", run.job_id[:6], e)
         with self._lock:
             self._runs.pop(run.job_id, None)
         log.info("job %s: %s (exit %s)", run.job_id[:6], status, rc)

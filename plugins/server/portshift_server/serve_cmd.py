@@ -16,6 +16,10 @@ from portshift.cli import common_options
 from portshift.errors import ConfigError
 from portshift.hardening import harden_process
 
+from . import retention
+from .retention import RetentionSweeper
+from .service_store import DatabaseOptions, job_states_for, open_service_db
+
 log = logging.getLogger("portshift.server")
 
 
@@ -77,6 +81,30 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="service DB and job work folders (default: the user data folder, portshift-server)",
+)
+@click.option(
+    "--database",
+    "database_url",
+    metavar="URL",
+    envvar="PORTSHIFT_SERVE_DATABASE",
+    help="postgresql:// URL (no password) of the service database, jobs' state included; default: service.db in --data-dir",
+)
+@click.option(
+    "--database-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="the database role's password (else PORTSHIFT_SERVE_DATABASE_PASSWORD)",
+)
+@click.option(
+    "--database-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CA (PEM) of the database's certificate (else sslrootcert= in the URL, else the system store)",
+)
+@click.option(
+    "--retention-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="days a finished job (its work data and state) is kept before it is deleted",
 )
 @click.option(
     "--service-config",
@@ -151,6 +179,10 @@ def command(
     host: str,
     port: int,
     data_dir: Path | None,
+    database_url: str | None,
+    database_password_file: Path | None,
+    database_ca: Path | None,
+    retention_days: float,
     service_config: Path | None,
     local_root: Path | None,
     secret_file: Path | None,
@@ -170,8 +202,9 @@ def command(
 
     Each job runs in a fresh `portshift run` worker process that gets its credentials over a
     pipe. See docs/serve.md. `portshift serve signups ...` manages the early-access list."""
+    database = DatabaseOptions(database_url, database_password_file, database_ca)
     if ctx.invoked_subcommand is not None:
-        ctx.obj = {"data_dir": data_dir}
+        ctx.obj = {"data_dir": data_dir, "database": database}
         return
     if cert is None or key_path is None:
         raise ConfigError("serve needs --cert and --key (PEM)", hint="see docs/serve.md for a throw-away certificate")
@@ -179,7 +212,6 @@ def command(
 
     from .app import create_app
     from .connections import ConnectionLimits, GuardedServer, protocol_class
-    from .db import ServiceDB
     from .jobs import JobManager
     from .launcher import LocalLauncher
     from .offers import load_catalogue
@@ -203,7 +235,7 @@ def command(
         public_key = public_key_pem(key)
         catalogue.signing_key = key  # in memory; workers get it over their credential channel
     secret = load_server_secret(secret_file)
-    db = ServiceDB(data_dir / "service.db")
+    db = open_service_db(data_dir, database)
     manager = JobManager(
         db,
         catalogue,
@@ -213,7 +245,12 @@ def command(
         max_jobs_per_client=max_jobs_per_client,
         cancel_grace=cancel_grace,
         max_runtime=max_runtime,
+        states=job_states_for(db),
     )
+    sweeper = RetentionSweeper(
+        lambda: retention.sweep(db, manager.states, data_dir / "jobs", retention_days, running=manager.running_ids),
+        every=max(1.0, min(3600.0, retention_days * 86400 / 4)),  # at least four rounds per period
+    ).start()
     app = create_app(
         db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact, signing_public_key=public_key
     )
@@ -240,10 +277,14 @@ def command(
             super().handle_exit(sig, frame)
 
     server = Server(config, limits)
-    log.info("serving https://%s:%d (TLS 1.2+), data in %s, at most %d connections", host, port, data_dir, limits.max_connections)
+    log.info(
+        "serving https://%s:%d (TLS 1.2+), data in %s, service database %s, at most %d connections",
+        *(host, port, data_dir, db.location, limits.max_connections),
+    )
     try:
         server.run()
     finally:
+        sweeper.stop()
         db.close()
 
 
@@ -266,16 +307,9 @@ def signups_group() -> None:
 
 
 def _open_db(ctx: click.Context) -> Any:
-    from .db import ServiceDB
-
     obj = ctx.find_object(dict) or {}
     data_dir = (obj.get("data_dir") or Path(platformdirs.user_data_dir("portshift-server"))).resolve()
-    if not (data_dir / "service.db").exists():
-        raise ConfigError(
-            f"no service database in {data_dir}",
-            hint="pass the --data-dir the service runs with: portshift serve --data-dir DIR signups ...",
-        )
-    return ServiceDB(data_dir / "service.db")
+    return open_service_db(data_dir, obj.get("database") or DatabaseOptions(), must_exist=True)
 
 
 @signups_group.command("export")

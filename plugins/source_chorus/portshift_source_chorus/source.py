@@ -34,6 +34,7 @@ from portshift import (
     Artifact,
     Interrupted,
     PortshiftError,
+    RateLimiter,
     Recording,
     SkipRecording,
     Source,
@@ -83,6 +84,11 @@ class ChorusSource(Source):
     @cancel.setter
     def cancel(self, event: threading.Event | None) -> None:
         self.client.cancel = event
+
+    @property  # type: ignore[override]
+    def rate_limiter(self) -> RateLimiter:
+        """The client's limiter: the core shares it with every worker of the job."""
+        return self.client.limiter
 
     def location(self) -> str:
         return self.client.location

@@ -102,6 +102,7 @@ class Stats:
     statuses: Counter[str] = field(default_factory=Counter)  #: "api:429", "media:206", ...
     throttled: int = 0  #: 429s served (injected and rate limit)
     rate_limited: int = 0  #: 429s served by the enforced rate limit
+    rate_limited_times: list[float] = field(default_factory=list)  #: monotonic time of each of them
     links_issued: int = 0
     media_bytes: int = 0
     #: server ("api"/"media") -> every Authorization header value received (None when absent)

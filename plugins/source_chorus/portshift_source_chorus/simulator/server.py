@@ -298,6 +298,7 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
         if wait is not None:
             with self.stats.lock:
                 self.stats.rate_limited += 1
+                self.stats.rate_limited_times.append(time.monotonic())
             headers = {"Retry-After": str(max(1, math.ceil(wait)))} if self.faults.rate_limit_retry_after else {}
             self._send_json(h, 429, error(429, "Too Many Requests", "rate limit exceeded"), headers=headers, jsonapi=True)
             return
