@@ -15,13 +15,13 @@ import os
 import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, ClassVar
 
 from .errors import ConfigError
 from .sealing import DATA_KEY_BYTES, NONCE_BYTES, KeyUnavailableError, new_data_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["KeyProvider", "LocalKeyFile", "key_provider"]
 
@@ -93,6 +93,8 @@ class LocalKeyFile(KeyProvider):
         super().__init__(str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle)
 
     def _kek(self) -> AESGCM:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         path = Path(self.ref).expanduser()
         try:
             st = path.stat()
@@ -126,6 +128,8 @@ class LocalKeyFile(KeyProvider):
         return nonce + self._kek().encrypt(nonce, data_key, self._AAD + job_id.encode())
 
     def unwrap(self, wrapped: bytes, job_id: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         kek = self._kek()
         try:
             return kek.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], self._AAD + job_id.encode())

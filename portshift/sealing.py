@@ -18,12 +18,10 @@ import hashlib
 import hmac
 import os
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from .errors import PortshiftError
+
+# ``cryptography`` is imported only when a job is sealed: importing it in every process that opens
+# a state measurably slowed the many-workers path (tests/test_workers.py's shared request ceiling).
 
 __all__ = ["DATA_KEY_BYTES", "KeyUnavailableError", "SealedValueError", "Sealer", "is_sealed", "new_data_key"]
 
@@ -51,6 +49,9 @@ def is_sealed(value: object) -> bool:
 
 
 def _derive(data_key: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(data_key)
 
 
@@ -62,6 +63,8 @@ class Sealer:
     def __init__(self, job_id: str, data_key: bytes) -> None:
         if len(data_key) != DATA_KEY_BYTES:
             raise ValueError("a data key is 32 bytes")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.job_id = job_id
         # two independent keys from the one data key: one encrypts, one hashes for lookups
         self._aead = AESGCM(_derive(data_key, _SEAL_INFO))
@@ -90,6 +93,8 @@ class Sealer:
         where = f"{table}.{column} of job {self.job_id}"
         if not is_sealed(value):
             raise SealedValueError(f"the state holds a clear value in {where}, which must be sealed")
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.b64decode(value[len(PREFIX) :], validate=True)
             clear = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], self._aad(table, column, row))
