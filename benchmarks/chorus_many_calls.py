@@ -121,7 +121,7 @@ def plain_client(sim: Simulator, threads: int, expect: int, limit: int | None = 
                     f"{sim.base_url}/v3/engagements", params=params, headers={**auth, "Accept": "application/json"}
                 ).json()
                 for e in doc.get("engagements") or []:
-                    if e["processing_state"] == "done" and not e["no_show"] and e["duration"] > 0:
+                    if e["processing_state"] == "done" and e["duration"] > 0:  # recorded no-shows are exported too
                         ids.append(e["engagement_id"])
                 key = doc.get("continuation_key")
                 if not doc.get("engagements") or not isinstance(key, str) or not key.strip():
@@ -152,8 +152,19 @@ def main() -> None:
     ap.add_argument("--fsync", action="store_true", help="the local sink fsyncs every file (its default)")
     ap.add_argument("--no-progress", action="store_true", help="run portshift with --no-progress (no log lines)")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy record each portshift run into DIR")
+    ap.add_argument(
+        "--workers",
+        default="",
+        help="comma list of worker processes (portshift run --workers W, each with the first --transfers value); "
+        "the plain client then uses W x transfers threads",
+    )
     args = ap.parse_args()
     settings = [int(t) for t in args.transfers.split(",")]
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    per_worker = settings[0]
+    if workers:  # one row per worker count: W processes x per_worker transfers, against as many client threads
+        settings = [w * per_worker for w in workers]
+    of = dict(zip(settings, workers)) if workers else {}
     size = args.media_kib * KIB
 
     engagements, calls = tenant_with(args.calls)
@@ -208,7 +219,14 @@ def main() -> None:
                     )
                     continue
                 prof = args.profile / f"portshift-t{t}.speedscope.json" if args.profile else None
-                res = portshift_run(job, work / f"state-{t}.db", transfers=t, profile=prof, progress=not args.no_progress)
+                res = portshift_run(
+                    job,
+                    work / f"state-{t}.db",
+                    transfers=per_worker if of else t,
+                    profile=prof,
+                    progress=not args.no_progress,
+                    workers=of.get(t),
+                )
                 cpu["sim-portshift"][t] = sim.cpu() - s0
                 cpu["portshift"][t] = res.cpu
                 digests = manifest_digests(out_dir)
@@ -241,9 +259,15 @@ def main() -> None:
         f"{'--no-progress' if args.no_progress else 'progress log lines every 10 s'} (load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} cores)"
     )
-    print("  transfers   portshift calls/s (job phase)   plain client calls/s   portshift / plain")
+    head = "  workers x transfers" if of else "  transfers"
+    print(f"{head}   portshift calls/s (job phase)   MB/s   CPU ms/call   plain client calls/s   portshift / plain")
     for t in settings:
-        print(f"  {t:9d}   {n / ps_wall[t]:17.1f} ({n / ps_job[t]:7.1f})   {n / plain[t]:20.1f}   {plain[t] / ps_wall[t]:5.2f}")
+        label = f"{of[t]:>7d} x {per_worker:<9d}" if of else f"{t:9d}"
+        mbs = n * (size + 4 * KIB) / ps_wall[t] / 1e6  # media plus about 4 KiB of JSON a call
+        print(
+            f"  {label}   {n / ps_wall[t]:17.1f} ({n / ps_job[t]:7.1f})   {mbs:5.1f}   {1000 * cpu['portshift'][t] / n:11.1f}"
+            f"   {n / plain[t]:20.1f}   {plain[t] / ps_wall[t]:5.2f}"
+        )
     ratio = (n / ps_wall[best]) / capacity
     print(
         f"  simulator capacity (best plain client): {capacity:.1f} calls/s; portshift best: {n / ps_wall[best]:.1f} calls/s "

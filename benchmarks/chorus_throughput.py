@@ -147,6 +147,7 @@ def portshift_run(
     log_level: str = "info",
     env: dict[str, str] | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> RunResult:
     """One ``portshift run`` subprocess, timed; exits the benchmark if the job is not complete.
 
@@ -156,6 +157,8 @@ def portshift_run(
     argv += [] if progress else ["--no-progress"]
     if transfers is not None:
         argv += ["--transfers", str(transfers)]
+    if workers is not None:
+        argv += ["--workers", str(workers)]  # CPU: wait4 counts the worker processes it waited for
     if profile is not None:
         profile.parent.mkdir(parents=True, exist_ok=True)
         spy = shutil.which("py-spy") or "py-spy"

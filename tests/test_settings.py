@@ -28,7 +28,7 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_defaults_when_nothing_is_set(clean: pytest.MonkeyPatch) -> None:
     s = read_settings()
-    assert (s.state, s.load_plugins, s.debug, s.retry_base) == (None, None, False, 1.0)
+    assert (s.state, s.load_plugins, s.debug, s.retry_base, s.lease) == (None, None, False, 1.0, 30.0)
     assert (s.state_key_endpoint_url, s.state_key_ca_bundle) == (None, None)
     assert SETTINGS == [
         "PORTSHIFT_STATE", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE_KEY_ENDPOINT_URL", "PORTSHIFT_STATE_KEY_CA_BUNDLE",
@@ -47,6 +47,10 @@ def test_values_are_read_fresh_on_each_call(clean: pytest.MonkeyPatch, tmp_path:
     assert read_settings().retry_base == 0.25
     clean.setenv("PORTSHIFT_RETRY_BASE", "")
     assert read_settings().retry_base == 1.0
+    clean.setenv("PORTSHIFT_LEASE", "2.5")
+    assert read_settings().lease == 2.5
+    clean.setenv("PORTSHIFT_LEASE", "")
+    assert read_settings().lease == 30.0
 
 
 def test_an_empty_plugin_allow_list_is_kept_apart_from_unset(clean: pytest.MonkeyPatch) -> None:

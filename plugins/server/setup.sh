@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# For the browser test of portshift-server: Debian's Chromium (apt) and playwright-core (npm) to
-# drive it. playwright-core downloads no browser; the test launches /usr/bin/chromium.
+# For portshift-server: Debian's bubblewrap (the sandbox launcher, the service's default) and, for
+# the browser test, Debian's Chromium (apt) and playwright-core (npm) to drive it.
+# playwright-core downloads no browser; the test launches /usr/bin/chromium.
 # Idempotent. Installs playwright-core into <repo>/.tools/server-browser (gitignored).
 set -euo pipefail
 VERSION="1.64.1"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 DEST="${PORTSHIFT_TOOLS_DIR:-$REPO/.tools}/server-browser"
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >&2
+    else
+        echo "server/setup.sh: install Debian's bubblewrap (sudo apt-get install bubblewrap)" >&2
+        exit 1
+    fi
+fi
 if ! [ -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq >&2

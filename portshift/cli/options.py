@@ -33,7 +33,14 @@ def secrets_stdin_option(fn: Any) -> Any:
 
 
 def read_stdin_secrets() -> dict[str, Any]:
-    raw = sys.stdin.read()
+    """The document on stdin; in a service worker, the one its handover collected (portshift.handover)."""
+    from ..handover import HandoverError, take
+
+    try:
+        handed = take()
+    except HandoverError as e:
+        raise ConfigError(f"--secrets-from-stdin: {e}") from None
+    raw = sys.stdin.read() if handed is None else handed
     if not raw.strip():
         raise ConfigError("--secrets-from-stdin: nothing on standard input")
     try:

@@ -96,6 +96,7 @@ class Transfer(ArtifactSteps):
         self._mine: set[str] = set()  #: claimed by this worker and not finished
         self._reaped_at = 0.0
         self._counted_at = 0.0
+        self._taken = threading.Event()  #: a transfer took work from the queue
         self.lister: Lister | None = None
         self._lister_thread: threading.Thread | None = None
 
@@ -208,9 +209,10 @@ class Transfer(ArtifactSteps):
         try:
             while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
                 room = self.transfers - self._work.qsize()
-                if room <= 0:  # every transfer has work waiting: nothing to ask the state
+                if room <= 0:  # every transfer has work waiting: wait until one takes it
                     self._job_progress()
-                    self.cancel.wait(_WAIT)
+                    self._taken.wait(_WAIT)
+                    self._taken.clear()
                     continue
                 claimed = self.state.claim(self.job.id, self.seat.id, room)
                 if claimed:
@@ -279,6 +281,7 @@ class Transfer(ArtifactSteps):
                 rec = self._work.get(timeout=_TICK)
             except queue.Empty:
                 continue
+            self._taken.set()  # the claims thread may fill the queue again
             if rec is None:
                 return
             try:

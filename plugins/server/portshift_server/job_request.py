@@ -127,8 +127,10 @@ def _credentials(catalogue: Catalogue, source: dict[str, str], sink: dict[str, s
     return bytearray(json.dumps(doc).encode())
 
 
-def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
-    """Validate a POST /api/jobs body; return the job file text and the credential document."""
+def build_job(catalogue: Catalogue, doc: Any, default_folder: str) -> BuiltJob:
+    """Validate a POST /api/jobs body; return the job file text and the credential document.
+    ``default_folder``: the local sink's folder when the request names none (the job's internal
+    name, never its id)."""
     if not isinstance(doc, dict):
         raise RequestError("the body must be a JSON object with source and sink")
     unknown = set(doc) - {"source", "sink", "since", "until"}
@@ -142,7 +144,7 @@ def build_job(catalogue: Catalogue, doc: Any, job_id: str) -> BuiltJob:
     _check_destination(catalogue, snk_offer.type, snk_opts, snk_creds)
     if snk_offer.type == "local":
         assert catalogue.local_root is not None
-        folder = snk_opts.pop("folder", None) or job_id  # checked against its pattern; a job id is URL-safe base64
+        folder = snk_opts.pop("folder", None) or default_folder  # checked against its pattern
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
     text = to_toml(

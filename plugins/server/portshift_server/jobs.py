@@ -1,6 +1,7 @@
 """Jobs of the service: a private work folder each, one worker each, progress from its state DB.
 
-A job's work folder (mode 0700, under ``<data dir>/jobs/``) holds its job file (no secret) and its
+A job's work folder (mode 0700, under ``<data dir>/jobs/``, named by a keyed hash of the job id
+so that no file name a worker sees is the job id, the capability to read and cancel it) holds its job file (no secret) and its
 state DB, and nothing else; no two jobs share a file. Progress is read from the worker's state
 DB, opened read-only (the file and byte counts of files the sink confirmed), and the worker's own
 output: its JSON log lines on stderr (warnings and errors, kept in memory) and its summary on
@@ -29,6 +30,7 @@ from .job_request import build_credentials, build_job
 from .job_state import FileJobStates, JobStates, add_state_password
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
+from .workdirs import WorkDirs, local_export
 
 log = logging.getLogger("portshift.server.jobs")
 
@@ -97,6 +99,7 @@ class JobManager:
         self._closing = False
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(jobs_dir, 0o700)
+        self._work_dirs = WorkDirs(jobs_dir)
         for job_id in db.unfinished_jobs():
             db.update_job(
                 job_id,
@@ -112,10 +115,10 @@ class JobManager:
         written (file or row) for a request that is refused."""
         self._check_capacity(client)
         job_id = _random.token_urlsafe(18)
-        built = build_job(self.catalogue, doc, job_id)
+        built = build_job(self.catalogue, doc, self._work_dirs.name(job_id))  # the local sink's default folder: not the id
         try:
             text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
-            work = self.jobs_dir / job_id
+            work = self.work_dir(job_id)
             work.mkdir(mode=0o700)
             fd = os.open(work / "job.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -125,6 +128,10 @@ class JobManager:
         finally:
             zero(built.secrets)
         return job_id
+
+    def work_dir(self, job_id: str) -> Path:
+        """The job's work folder, named by a keyed hash of its id (workdirs.py)."""
+        return self._work_dirs.of(job_id)
 
     def _check_capacity(self, client: str) -> None:
         with self._lock:
@@ -143,7 +150,7 @@ class JobManager:
         try:
             if row["status"] not in ("failed", "partial", "cancelled"):
                 raise Conflict(f"a {row['status']} job cannot be resumed")
-            if not (self.jobs_dir / job_id / "job.toml").is_file():
+            if not (self.work_dir(job_id) / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
             self._check_capacity(client)
             self._start(job_id, creds, client)
@@ -231,7 +238,7 @@ class JobManager:
 
     # --- internals ------------------------------------------------------------------------------
     def _start(self, job_id: str, secrets: bytearray, client: str = "") -> None:
-        work = self.jobs_dir / job_id
+        work = self.work_dir(job_id)
         with self._lock:
             if self._closing:
                 raise Busy("the service is stopping")
@@ -248,7 +255,8 @@ class JobManager:
                 raise Busy("the service database is not available for new jobs; try again in a minute") from None
             if password is not None:
                 add_state_password(secrets, password)
-            run = Run(job_id, JobSpec(job_id, work, work / "job.toml", target), client)  # type: ignore[arg-type]
+            spec = JobSpec(job_id, work, work / "job.toml", target, export_dir=local_export(work / "job.toml"))  # type: ignore[arg-type]
+            run = Run(job_id, spec, client)
             run.spec.on_output = lambda stream, line: self._on_output(run, stream, line)
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)

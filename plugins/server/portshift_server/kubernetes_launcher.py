@@ -102,9 +102,19 @@ def object_name(settings: KubernetesSettings, job_id: str) -> str:
     return "portshift-" + hmac.new(settings.name_key, job_id.encode(), hashlib.sha256).hexdigest()[:20]
 
 
-def worker_argv(settings: KubernetesSettings) -> list[str]:
-    run = ["run", "--config", f"{JOB_FILE_DIR}/job.toml", "--state", settings.state_url, "--secrets-from-stdin"]
-    return ["portshift", "--log-format", "json", *run, "--no-progress", "--transfers", str(settings.transfers)]
+def worker_argv(settings: KubernetesSettings, state_url: str | None = None) -> list[str]:
+    """``python -m portshift.handover --stream``: the worker hardens itself, prints the ready line
+    and only then reads its credentials (the same handover as the sandbox, over the attach stream).
+    ``state_url``: the run's own URL (its per-run database role) when the service gives one."""
+    run = ["run", "--config", f"{JOB_FILE_DIR}/job.toml", "--state", state_url or settings.state_url, "--secrets-from-stdin"]
+    handover = ["python", "-m", "portshift.handover", "--stream", "--log-format", "json"]
+    return [*handover, *run, "--no-progress", "--transfers", str(settings.transfers)]
+
+
+def _run_url(spec: JobSpec) -> str | None:
+    """The per-run state URL the service's PostgreSQL store gives a run (its own role), if any."""
+    target = str(spec.state_file)
+    return target if target.startswith(("postgresql://", "postgres://")) else None
 
 
 def job_objects(spec: JobSpec, settings: KubernetesSettings) -> list[dict[str, Any]]:
@@ -128,8 +138,8 @@ def job_objects(spec: JobSpec, settings: KubernetesSettings) -> list[dict[str, A
         "name": "worker",
         "image": settings.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": worker_argv(settings)[:1],
-        "args": worker_argv(settings)[1:],
+        "command": worker_argv(settings, _run_url(spec))[:1],
+        "args": worker_argv(settings, _run_url(spec))[1:],
         "stdin": True,
         "stdinOnce": True,
         "tty": False,

@@ -1,10 +1,11 @@
-"""How a job's worker is started: a small interface, and the default local-subprocess launcher.
+"""How a job's worker is started: a small interface, the handover thread every local launcher
+shares, and the unisolated launcher (development only; ``sandbox.py`` is the default).
 
-A worker is a fresh ``python -m portshift run`` process for one job. It gets its job file (no
-secret) and its own state file by path, and its credentials as one JSON document written to its
-standard input, which is then closed. A launcher must keep to that: credentials travel over a
-live channel only (a pipe here; for a Kubernetes Job, say, an attach stream or a one-shot
-socket), never through argv, the environment, a file or a stored object.
+A worker is a fresh ``python -m portshift.handover run ...`` process for one job. It gets its job
+file (no secret) and its own state by path, under a work folder named by an internal name (never
+the job id), and its credentials through the handover (``handover.py``): once, after it made
+itself non-dumpable, over a socket it created itself. A launcher must keep to that: credentials
+travel over a live channel only, never through argv, the environment, a file or a stored object.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
+
+from . import handover
 
 log = logging.getLogger("portshift.server.launcher")
 
@@ -42,7 +46,8 @@ WORKER_ENV_ALLOW = (
 
 @dataclass
 class JobSpec:
-    """What a launcher needs to start one worker. Holds no credential."""
+    """What a launcher needs to start one worker. Holds no credential. ``job_id`` stays in the
+    service (its logs show ``label``, a short prefix); the worker sees ``name`` at most."""
 
     job_id: str
     work_dir: Path
@@ -51,28 +56,38 @@ class JobSpec:
     #: called with ("stdout" | "stderr", line) for every line the worker prints
     on_output: Callable[[str, str], None] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: the local sink's export folder, when the job writes to one (the sandbox binds it writable)
+    export_dir: Path | None = None
 
-    def argv(self) -> list[str]:
+    @property
+    def label(self) -> str:
+        return self.job_id[:6]
+
+    def argv(self, job_file: Path | None = None, state_file: Path | None = None, python: str | None = None) -> list[str]:
         return [
-            sys.executable,
+            python or sys.executable,
             "-m",
-            "portshift",
+            "portshift.handover",  # hardens itself, then collects its credentials (portshift/handover.py)
             "--log-format",
             "json",
             "run",
             "--config",
-            str(self.job_file),
+            str(job_file or self.job_file),
             "--state",
-            str(self.state_file),
+            str(state_file or self.state_file),
             "--secrets-from-stdin",
             "--no-progress",
         ]
 
-    def env(self) -> dict[str, str]:
+    def env(self, home: Path | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_ALLOW}
-        tmp = self.work_dir / "tmp"
-        tmp.mkdir(mode=0o700, exist_ok=True)
-        env.update({"HOME": str(self.work_dir), "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
+        if home is None:
+            home = self.work_dir
+            (home / "tmp").mkdir(mode=0o700, exist_ok=True)
+            tmp = home / "tmp"
+        else:
+            tmp = home
+        env.update({"HOME": str(home), "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
         env.update(self.extra_env)
         return env
 
@@ -107,21 +122,18 @@ def zero(buf: bytearray) -> None:
     buf[:] = bytes(len(buf))
 
 
-def _write_all(fd: int, data: bytearray) -> None:
-    """os.write straight from the buffer: no buffered copy of the credentials in this process."""
-    sent = 0
-    with memoryview(data) as view:
-        while sent < len(data):
-            sent += os.write(fd, view[sent:])
-
-
 class LocalHandle:
-    def __init__(self, proc: subprocess.Popen[bytes], spec: JobSpec) -> None:
+    """A worker process on this host. ``worker_pid`` is the process that collected the
+    credentials (inside a sandbox, not the launcher's direct child)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], spec: JobSpec, on_end: Callable[[], None] | None = None) -> None:
         self.proc = proc
         self.spec = spec
+        self.worker_pid: int | None = None
+        self._on_end = on_end
         self._readers = [
-            threading.Thread(target=self._read, args=(proc.stdout, "stdout"), daemon=True, name=f"out-{spec.job_id[:6]}"),
-            threading.Thread(target=self._read, args=(proc.stderr, "stderr"), daemon=True, name=f"err-{spec.job_id[:6]}"),
+            threading.Thread(target=self._read, args=(proc.stdout, "stdout"), daemon=True, name=f"out-{spec.label}"),
+            threading.Thread(target=self._read, args=(proc.stderr, "stderr"), daemon=True, name=f"err-{spec.label}"),
         ]
         for t in self._readers:
             t.start()
@@ -148,7 +160,11 @@ class LocalHandle:
 
     def cancel(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            target = self.worker_pid or self.proc.pid
+            try:
+                os.kill(target, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -161,37 +177,110 @@ class LocalHandle:
             return None
         for t in self._readers:
             t.join(timeout=5)
+        if self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
         return rc
 
 
-class LocalLauncher:
-    """One fresh ``python -m portshift run`` process per job, on this machine.
+class ProcessLauncher:
+    """Starts ``command(spec)`` as a local process whose fd 0 is the handover channel, and hands
+    the credentials over from a thread once the hardened worker asks (``handover.py``).
 
-    ``subprocess`` starts it with fork+exec (vfork where CPython can), so the worker is a new
-    interpreter: it shares no memory with the server. Its descriptors are closed except the three
-    pipes, and it runs in its own session so that a Ctrl-C meant for the server does not reach it
-    (the server stops its workers itself)."""
+    ``subprocess`` starts it with fork+exec, so the worker is a new interpreter: it shares no
+    memory with the server. Its descriptors are closed except the channel and two output pipes,
+    and it runs in its own session so that a Ctrl-C meant for the server does not reach it."""
+
+    handover_timeout = handover.READY_TIMEOUT
+
+    def command(self, spec: JobSpec) -> tuple[list[str], dict[str, str], Path, list[int]]:
+        """argv, environment, working folder and descriptors to pass of the process to start;
+        ``start`` closes those descriptors here once the process started."""
+        raise NotImplementedError
+
+    def accept(self, proc: subprocess.Popen[bytes], spec: JobSpec, pid: int, uid: int) -> bool:
+        """Whether the socket made by ``pid``/``uid`` is this worker's own."""
+        raise NotImplementedError
+
+    def released(self, spec: JobSpec) -> None:
+        """Called once the worker ended."""
 
     def start(self, spec: JobSpec, secrets: bytearray) -> LocalHandle:
+        owned = bytearray(secrets)  # the caller zeroes its copy when this returns; the thread zeroes this one
+        zero(secrets)
         try:
-            proc = subprocess.Popen(
-                spec.argv(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=spec.work_dir,
-                env=spec.env(),
-                close_fds=True,
-                start_new_session=True,
-                bufsize=0,
-            )
-            assert proc.stdin is not None
+            argv, env, cwd, fds = self.command(spec)
+            control, child_end = handover.channel()
             try:
-                _write_all(proc.stdin.fileno(), secrets)
-            except BrokenPipeError:
-                log.warning("worker of job %s exited before reading its credentials", spec.job_id[:6])
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=child_end,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=cwd,
+                    env=env,
+                    close_fds=True,
+                    start_new_session=True,
+                    bufsize=0,
+                    pass_fds=fds,
+                )
+            except BaseException:
+                control.close()
+                raise
             finally:
-                proc.stdin.close()
-        finally:
-            zero(secrets)
-        return LocalHandle(proc, spec)
+                child_end.close()
+                for fd in fds:
+                    os.close(fd)
+        except BaseException:
+            zero(owned)
+            self.released(spec)
+            raise
+        handle = LocalHandle(proc, spec, on_end=lambda: self.released(spec))
+        threading.Thread(
+            target=self._hand_over, args=(handle, control, owned), name=f"handover-{spec.label}", daemon=True
+        ).start()
+        return handle
+
+    def _hand_over(self, handle: LocalHandle, control: socket.socket, secrets: bytearray) -> None:
+        spec, proc = handle.spec, handle.proc
+        try:
+            handle.worker_pid = handover.deliver(
+                control,
+                secrets,
+                lambda pid, uid: self.accept(proc, spec, pid, uid),
+                spec.label,
+                timeout=self.handover_timeout,
+                alive=lambda: proc.poll() is None,
+            )
+        except handover.HandoverFailed as e:
+            log.warning("job %s: %s", spec.label, e)
+            control.close()
+            handle.kill()
+            return
+        except OSError as e:
+            log.warning("job %s: the credential handover failed (%s)", spec.label, type(e).__name__)
+            control.close()
+            handle.kill()
+            return
+        handover.watch(control, spec.label)
+
+
+class UnisolatedLauncher(ProcessLauncher):
+    """DEVELOPMENT ONLY: one ``portshift.handover run`` process per job, as the server's own user,
+    with the server's view of the file system. It keeps the credential handover (a hardened
+    worker, a socket only it made) but no isolation between jobs or from the service's files:
+    code running in one job's worker can read other jobs' work folders, the service database and
+    its keys. Use the sandbox launcher (``sandbox.py``) for anything else."""
+
+    name = "unisolated"
+
+    def command(self, spec: JobSpec) -> tuple[list[str], dict[str, str], Path, list[int]]:
+        return spec.argv(), spec.env(), spec.work_dir, []
+
+    def accept(self, proc: subprocess.Popen[bytes], spec: JobSpec, pid: int, uid: int) -> bool:
+        # the worker's fresh child (portshift/handover.py) makes the socket
+        return uid == os.getuid() and pid != proc.pid and handover.descends_from(pid, proc.pid, depth=1)
+
+
+#: the former name
+LocalLauncher = UnisolatedLauncher

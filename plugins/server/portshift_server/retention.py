@@ -23,6 +23,7 @@ from typing import Any
 from portshift import PortshiftError
 
 from .job_state import JobStates
+from .workdirs import WorkDirs
 
 log = logging.getLogger("portshift.server.retention")
 
@@ -55,7 +56,7 @@ def sweep(
         try:
             states.remove(job_id)
             if _JOB_ID.match(job_id):
-                shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+                shutil.rmtree(WorkDirs(jobs_dir).of(job_id), ignore_errors=True)  # named by a keyed hash of the id
             db.delete_job(job_id)  # last: a sweep stopped half-way is finished by the next one
         except PortshiftError as e:
             log.warning("retention: job %s not removed yet: %s", job_id[:6], e)

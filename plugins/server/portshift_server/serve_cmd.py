@@ -170,6 +170,19 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     help="seconds a cancelled worker has to stop cleanly before it is killed",
 )
 @click.option("--max-runtime", default=24 * 3600.0, show_default=True, type=float, help="seconds a job may run")
+@click.option(
+    "--launcher",
+    "launcher_name",
+    type=click.Choice(["sandbox", "unisolated"]),
+    default="sandbox",
+    show_default=True,
+    help="sandbox: each job in bubblewrap under its own uid (needs root); unisolated: development only",
+)
+@click.option(
+    "--worker-python",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="the Python sandboxed workers run (default: this one); every user must be able to read it",
+)
 @common_options
 @click.pass_context
 def command(
@@ -197,11 +210,14 @@ def command(
     rate_signups: Any,
     cancel_grace: float,
     max_runtime: float,
+    launcher_name: str,
+    worker_python: Path | None,
 ) -> None:
     """Run the export service: the JSON API and the web page, over HTTPS only.
 
-    Each job runs in a fresh `portshift run` worker process that gets its credentials over a
-    pipe. See docs/serve.md. `portshift serve signups ...` manages the early-access list."""
+    Each job runs in a fresh `portshift run` worker, sandboxed under its own uid, that gets its
+    credentials once it has hardened itself. See docs/serve.md. `portshift serve signups ...`
+    manages the early-access list."""
     database = DatabaseOptions(database_url, database_password_file, database_ca)
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"data_dir": data_dir, "database": database}
@@ -213,7 +229,6 @@ def command(
     from .app import create_app
     from .connections import ConnectionLimits, GuardedServer, protocol_class
     from .jobs import JobManager
-    from .launcher import LocalLauncher
     from .offers import load_catalogue
 
     harden_process()
@@ -235,11 +250,13 @@ def command(
         public_key = public_key_pem(key)
         catalogue.signing_key = key  # in memory; workers get it over their credential channel
     secret = load_server_secret(secret_file)
+    hidden = [data_dir, cert, key_path, secret_file, signing_key_file, service_config, local_root]
+    launcher = _launcher(launcher_name, worker_python, [p.resolve() for p in hidden if p is not None])
     db = open_service_db(data_dir, database)
     manager = JobManager(
         db,
         catalogue,
-        LocalLauncher(),
+        launcher,
         data_dir / "jobs",
         max_jobs=max_jobs,
         max_jobs_per_client=max_jobs_per_client,
@@ -251,6 +268,8 @@ def command(
         lambda: retention.sweep(db, manager.states, data_dir / "jobs", retention_days, running=manager.running_ids),
         every=max(1.0, min(3600.0, retention_days * 86400 / 4)),  # at least four rounds per period
     ).start()
+    if hasattr(launcher, "reachable"):
+        launcher.reachable([p for p in (data_dir, data_dir / "jobs", local_root) if p is not None])
     app = create_app(
         db, manager, catalogue, secret, rate_jobs, rate_signups, security_contact=security_contact, signing_public_key=public_key
     )
@@ -286,6 +305,21 @@ def command(
     finally:
         sweeper.stop()
         db.close()
+
+
+def _launcher(name: str, worker_python: Path | None, hidden: list[Path]) -> Any:
+    """The sandbox launcher, refused in one line where the host cannot give it; or, asked for by
+    name, the unisolated one (development only)."""
+    if name == "unisolated":
+        from .launcher import UnisolatedLauncher
+
+        log.warning("--launcher unisolated: workers run as this user and see its files; for development only")
+        return UnisolatedLauncher()
+    from .sandbox import SandboxLauncher, check_sandbox
+
+    launcher = SandboxLauncher(check_sandbox(), hidden=hidden, python=str(worker_python) if worker_python else None)
+    launcher.probe()
+    return launcher
 
 
 @command.command("status")

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.parse
@@ -50,6 +54,29 @@ class Certs:
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     local = LocalCA.create(tmp_path_factory.mktemp("certs"))
     return Certs(local.ca, local.ca_pem, local.cert_pem, local.key_pem)
+
+
+@pytest.fixture(scope="session")
+def worker_python() -> Iterator[Path]:
+    """A Python every user may run, with this venv's packages: the venv's own base interpreter
+    may sit in a folder other users cannot enter (/root), where a job's uid could not start it.
+    The system interpreter of the same version, in a venv of its own that adds this venv's
+    site-packages (editable installs included)."""
+    base = Path(tempfile.mkdtemp(prefix="portshift-worker-python-"))
+    os.chmod(base, 0o755)
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.exists():
+        pytest.fail(f"{system} is needed to run workers under other uids")
+    site = base / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    site.mkdir(parents=True)
+    (base / "bin").mkdir()
+    (base / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = false\n")
+    (base / "bin" / "python").symlink_to(system)
+    real = next(p for p in map(Path, sys.path) if p.name == "site-packages" and str(p).startswith(sys.prefix))
+    (site / "real.pth").write_text(f"import site; site.addsitedir({str(real)!r})\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    yield base / "bin" / "python"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -133,12 +160,17 @@ class Server:
                 continue
         return out
 
+    def work_dir(self, job_id: str) -> Path:
+        """The job's work folder: named by a keyed hash of its id (the key beside the folders)."""
+        key = (self.data_dir / "jobs" / ".names.key").read_bytes()
+        return self.data_dir / "jobs" / hmac.new(key, job_id.encode(), hashlib.sha256).hexdigest()[:32]
+
     def worker_of(self, job_id: str, timeout: float = 10) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for pid in self.workers():
                 try:
-                    if f"/jobs/{job_id}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    if str(self.work_dir(job_id)).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                         return pid
                 except OSError:
                     continue
@@ -180,8 +212,10 @@ def start_server(
     config_text: str = SERVICE_CONFIG,
     nofile: int | None = None,
     env_extra: dict[str, str] | None = None,
+    launcher: tuple[str, ...] = ("--launcher", "unisolated"),
 ) -> Server:
-    """``nofile``: the server's file limit (soft and hard), to show what a low limit does."""
+    """``nofile``: the server's file limit (soft and hard), to show what a low limit does.
+    ``launcher``: the options choosing it (the sandbox's tests pass ``--launcher sandbox``)."""
     data_dir, local_root, canary_out = root / "data", root / "exports", root / "canary-exports"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "service.toml"
@@ -224,6 +258,7 @@ def start_server(
                     str(config),
                     "--secret-file",
                     str(secret_file),
+                    *launcher,
                     *extra,
                 ],
                 stdin=subprocess.DEVNULL,

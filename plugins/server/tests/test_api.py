@@ -47,7 +47,7 @@ def test_a_job_runs_to_completion_and_its_manifest_digest_is_reported(server: Se
     done = wait_status(c, job["id"], ("complete", "failed"))
     assert done["status"] == "complete", done
     assert done["files"] == 6 and done["recordings"]["done"] == 3 and done["bytes"] > 3 * 40_000
-    root = server.local_root / job["id"] / done["export_root"]
+    root = server.local_root / server.work_dir(job["id"]).name / done["export_root"]
     manifest = root / "portshift-manifest.txt"
     assert done["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert verify_export(root) == 7  # 6 files and the JSON manifest

@@ -24,7 +24,7 @@ def test_a_chorus_export_through_the_api_and_a_sweep_for_its_token(server: Serve
     assert snap["status"] == "complete", snap
     assert chorus.stats.total("api") > before, "the worker talked to the simulator with the token it was handed"
     assert snap["recordings"]["done"] >= 5 and snap["files"] >= 10
-    root = server.local_root / job["id"] / snap["export_root"]
+    root = server.local_root / server.work_dir(job["id"]).name / snap["export_root"]
     assert verify_export(root) == snap["files"] + 1
     assert any(k.endswith("/environ") and not k.startswith(f"{server.pid}/") for k in proc), "a worker was seen"
     assert not {k: h for k, data in proc.items() if (h := find_canary(data, [CHORUS_TOKEN]))}

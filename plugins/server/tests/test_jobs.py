@@ -22,12 +22,24 @@ def exported(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def open_files(pid: int) -> set[str]:
+    """What the worker ``pid`` and its children (the hardened child that runs the job) have open."""
     paths = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        children = [
+            int(c) for t in os.listdir(f"/proc/{pid}/task") for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()
+        ]
+    except OSError:
+        children = []
+    for p in (pid, *children):
         try:
-            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            fds = os.listdir(f"/proc/{p}/fd")
         except OSError:
-            pass
+            continue
+        for fd in fds:
+            try:
+                paths.add(os.readlink(f"/proc/{p}/fd/{fd}"))
+            except OSError:
+                pass
     return paths
 
 
@@ -53,7 +65,7 @@ def test_two_jobs_at_once_run_in_separate_workers_and_share_no_files(server: Ser
         time.sleep(0.05)
     assert both_running, "the two jobs were never running at the same time"
     assert sa["status"] == sb["status"] == "complete", (sa, sb)
-    dir_a, dir_b = server.data_dir / "jobs" / a["id"], server.data_dir / "jobs" / b["id"]
+    dir_a, dir_b = server.work_dir(a["id"]), server.work_dir(b["id"])
     for d in (dir_a, dir_b):
         assert d.stat().st_mode & 0o777 == 0o700
         assert (d / "job.toml").stat().st_mode & 0o777 == 0o600
@@ -63,7 +75,7 @@ def test_two_jobs_at_once_run_in_separate_workers_and_share_no_files(server: Ser
     assert not any(str(dir_b) in p or b["id"] in p for p in seen[pa])
     assert not any(str(dir_a) in p or a["id"] in p for p in seen[pb])
     for job in (sa, sb):
-        root = server.local_root / job["id"] / job["export_root"]
+        root = server.local_root / server.work_dir(job["id"]).name / job["export_root"]
         assert verify_export(root) == 17
     assert sa["export_root"] != sb["export_root"]
 
@@ -73,7 +85,8 @@ def test_a_worker_killed_mid_job_is_reported_failed_and_the_job_resumes_losing_n
     token = canary_value("kill")
     job = start_job(c, canary_job(token, count=12, delay=0.25))
     pid = server.worker_of(job["id"])
-    assert os.readlink(f"/proc/{pid}/fd/0").startswith("pipe:"), "credentials come over a pipe"
+    fd0 = os.readlink(f"/proc/{pid}/fd/0")
+    assert fd0.startswith("socket:") or fd0 == "/dev/null", "credentials come over the handover socket, never a pipe"
     deadline = time.monotonic() + 30
     while (snap := c.get(f"/api/jobs/{job['id']}").json())["files"] < 6:
         assert snap["status"] == "running" and time.monotonic() < deadline, snap
@@ -82,7 +95,7 @@ def test_a_worker_killed_mid_job_is_reported_failed_and_the_job_resumes_losing_n
     failed = wait_status(c, job["id"], ("failed", "complete", "cancelled"))
     assert failed["status"] == "failed", failed
     assert "signal 9" in failed["error"] and "resume" in failed["error"]
-    root = server.local_root / job["id"] / failed["export_root"]
+    root = server.local_root / server.work_dir(job["id"]).name / failed["export_root"]
     before = exported(root)
     assert 6 <= len(before) < 24 and "portshift-manifest.txt" not in before
 
@@ -118,4 +131,4 @@ def test_cancel_stops_the_worker_cleanly_and_the_job_can_be_resumed(server: Serv
     assert c.post(f"/api/jobs/{job['id']}/resume", json={"source": {"token": token}}).status_code == 202
     done = wait_status(c, job["id"], ("complete", "failed"))
     assert done["status"] == "complete" and done["files"] == 24
-    verify_export(server.local_root / job["id"] / done["export_root"])
+    verify_export(server.local_root / server.work_dir(job["id"]).name / done["export_root"])

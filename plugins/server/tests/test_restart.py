@@ -65,6 +65,6 @@ def test_jobs_of_a_stopped_or_crashed_service_resume_after_a_restart(
         assert c.post(f"/api/jobs/{job['id']}/resume", json={"source": {"token": token}}).status_code == 202
         done = wait_status(c, job["id"], ("complete", "failed"))
         assert done["status"] == "complete" and done["files"] == 20 and done["attempts"] == 2, done
-        assert verify_export(second.local_root / job["id"] / done["export_root"]) == 21
+        assert verify_export(second.local_root / second.work_dir(job["id"]).name / done["export_root"]) == 21
     finally:
         second.stop()

@@ -17,6 +17,7 @@ from portshift_server.job_roles import PgJobStates
 from portshift_server.job_state import FileJobStates
 from portshift_server.retention import sweep
 from portshift_server.service_store import open_service_db
+from portshift_server.workdirs import WorkDirs
 from portshift_source_chorus.simulator import ChorusSimulator
 
 from . import pg_fixtures
@@ -112,7 +113,7 @@ def test_a_forgotten_job_answers_404(certs: Certs, plugin_path: Path, chorus: Ch
         c = server.client()
         job = c.post("/api/jobs", json=canary_job(canary_value("retention"), count=2)).json()
         assert wait_status(c, job["id"], ("complete", "failed"))["status"] == "complete"
-        work = server.data_dir / "jobs" / job["id"]
+        work = WorkDirs(server.data_dir / "jobs").of(job["id"])  # named by a keyed hash of the id
         assert (work / "job.toml").is_file()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and c.get(f"/api/jobs/{job['id']}").status_code == 200:

@@ -215,7 +215,7 @@ def test_a_killed_job_resumes_from_its_state_in_postgres(
         os.kill(pid, signal.SIGKILL)
         failed = wait_status(c, job["id"], ("failed", "complete", "cancelled"))
         assert failed["status"] == "failed", failed
-        root = server.local_root / job["id"] / failed["export_root"]
+        root = server.local_root / server.work_dir(job["id"]).name / failed["export_root"]
         # the files the killed run recorded as done (a file renamed into place just before the
         # kill but not yet recorded is exported again, on either backend)
         with db.admin() as a:
@@ -278,3 +278,48 @@ def test_a_bad_database_option_is_one_clear_line(tmp_path: Path) -> None:
         )
         assert r.returncode == 2 and message in r.stderr, (url, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr and "CANARY-pw" not in r.stderr
+
+
+def test_a_sandboxed_job_keeps_its_state_in_postgres(
+    service_database: ServiceDatabase, certs: Certs, plugin_path: Path, chorus: ChorusSimulator, worker_python: Path
+) -> None:
+    """The default launcher and the service database together: the worker, inside bubblewrap under
+    a uid of its own, reaches the database over verified TLS with its run's role (the database's
+    CA shown to it read-only, nothing else of the host), and its progress is read from there."""
+    import shutil
+    import tempfile
+
+    db = service_database
+    root = Path(tempfile.mkdtemp(prefix="portshift-sandbox-pg-"))
+    try:
+        os.chmod(root, 0o755)
+        plugins = root / "plugins"
+        shutil.copytree(plugin_path, plugins)
+        ca = root / "db-ca.pem"  # public: the job's uid reads it to trust the database
+        shutil.copyfile(db.server.ca_pem, ca)
+        subprocess.run(["chmod", "-R", "a+rX", str(plugins), str(ca)], check=True)
+        server = start_server(
+            certs,
+            plugins,
+            chorus,
+            root / "service",
+            "--database",
+            db.url,
+            "--database-ca",
+            str(ca),
+            env_extra={"PORTSHIFT_SERVE_DATABASE_PASSWORD": db.password},
+            launcher=("--launcher", "sandbox", "--worker-python", str(worker_python)),
+        )
+        try:
+            c = server.client()
+            token = canary_value("pgsandbox")
+            job = start_job(c, canary_job(token, count=4))
+            done = wait_status(c, job["id"], ("complete", "failed"))
+            assert done["status"] == "complete" and done["files"] == 8, done
+            with db.admin() as a:  # the worker's state is in the database, under the run's role
+                assert a.execute("select count(*) from public.files where kind = 'content'").fetchone()[0] == 8
+            assert not list((root / "service").rglob("state.db"))  # no state file anywhere
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
