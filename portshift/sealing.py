@@ -20,8 +20,8 @@ import os
 
 from .errors import PortshiftError
 
-# ``cryptography`` is imported only when a job is sealed: importing it in every process that opens
-# a state measurably slowed the many-workers path (tests/test_workers.py's shared request ceiling).
+# ``cryptography`` is imported only when a job is sealed: a process that opens a clear state (every
+# worker of a job without a key) does not pay for importing it.
 
 __all__ = ["DATA_KEY_BYTES", "KeyUnavailableError", "SealedValueError", "Sealer", "is_sealed", "new_data_key"]
 
