@@ -62,3 +62,30 @@ def test_a_killed_sealed_job_resumes_to_a_verified_export(
         assert state.journal_pending(done.id) == []
     digests = [ln.split("  ", 1)[0] for ln in (root / "portshift-manifest.txt").read_text().splitlines() if ln and ln[0] != "#"]
     assert_absent(dump_of(state_backend), [*(f"ex0777{i:06d}" for i in range(CALLS)), *digests, out.name])
+
+
+def test_several_workers_share_a_sealed_job(tmp_path: Path, state_backend: StateBackend) -> None:
+    """`run --workers 3`: the planner makes the job's data key, every worker unwraps it from the
+    state with the same key file; the export verifies and the state holds no customer name."""
+    out = tmp_path / "ZQXACMECORPORATION-out"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[job]\ntransfers = 2\n\n[source]\ntype = "example"\ncount = 30\nmedia_size = 2000\nseed = 31\n\n'
+        f'[sink]\ntype = "local"\npath = "{out}"\nfsync = false\n\n[state]\nkey = "file:{key_file(tmp_path)}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTSHIFT_", "PG"))}
+    env.update(PORTSHIFT_LOAD_PLUGINS="", **state_backend.env())
+    r = subprocess.run(
+        [*PORTSHIFT, "run", "--config", str(job), "--state", state_backend.target, "--workers", "3", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    [root] = [p for p in out.iterdir() if p.is_dir()]
+    assert len(manifest_paths(root)) == 2 * 30 + 1 and sha256sum_check(root).returncode == 0
+    with state_backend.open(create=False) as state:
+        [done] = state.jobs()
+        assert done.status.value == "complete" and done.sealed is None and done.sink_location == str(out)
+        assert state.recording_counts(done.id) == {"done": 30}
+        assert state._rows("read", "select count(*) from job_keys", []) == [(1,)]
+    digests = [ln.split("  ", 1)[0] for ln in (root / "portshift-manifest.txt").read_text().splitlines() if ln and ln[0] != "#"]
+    assert_absent(dump_of(state_backend), [*(f"ex0031{i:06d}" for i in range(30)), *digests, out.name])
