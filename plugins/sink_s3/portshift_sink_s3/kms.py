@@ -15,6 +15,7 @@ one attempt per call. Credentials: ``PORTSHIFT_AWS_ACCESS_KEY_ID``/``..._SECRET_
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -24,13 +25,16 @@ import boto3.session
 import botocore.session
 from botocore.config import Config
 
-from portshift import ConfigError, register_mask, ssl_context
-from portshift.key_providers import KeyProvider
-from portshift.sealing import KeyUnavailableError
-from portshift.secrets import secret_from_env
+from portshift import ConfigError, KeyProvider, KeyUnavailableError, Secret, register_mask, ssl_context
 
 from .client import _install_https_session, pin_sdk_loggers, system_ca_file
 from .options import ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY, ENV_SESSION_TOKEN
+
+
+def secret_from_env(env: str, name: str) -> Secret | None:
+    value = os.environ.get(env)
+    return Secret(value, name) if value else None
+
 
 _ARN = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
 CONTEXT_KEY = "portshift_job"
