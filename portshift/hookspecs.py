@@ -62,7 +62,7 @@ def register_key_providers(register: Any) -> None:
     """Contribute key providers for sealing job metadata with the customer's key (docs/byok.md):
     call ``register(name, ProviderClass)``; a job file names a key as ``"<name>:<reference>"``.
 
-    :param register: ``register(name: str, cls: type[portshift.key_providers.KeyProvider] | str)``
+    :param register: ``register(name: str, cls: type[portshift.KeyProvider] | str)``
     """
 
 
