@@ -82,6 +82,11 @@ def key_provider(spec: str, *, endpoint_url: str | None = None, ca_bundle: Path 
     return cls(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle)  # type: ignore[no-any-return]
 
 
+def _whole(e: KeyUnavailableError) -> KeyUnavailableError:
+    e.whole_key = True
+    return e
+
+
 class LocalKeyFile(KeyProvider):
     """A 256-bit key in a local file (base64, one line; mode 0600): for operators of
     ``portshift run`` and for tests. Create one with ``openssl rand -base64 32 > state.key``."""
@@ -100,11 +105,11 @@ class LocalKeyFile(KeyProvider):
             st = path.stat()
             text = path.read_bytes()
         except FileNotFoundError:
-            raise KeyUnavailableError(
-                f"the key file {path} does not exist", hint="restore it, or point [state] key at it"
+            raise _whole(
+                KeyUnavailableError(f"the key file {path} does not exist", hint="restore it, or point [state] key at it")
             ) from None
         except OSError as e:
-            raise KeyUnavailableError(f"the key file {path} cannot be read ({e.strerror})") from None
+            raise _whole(KeyUnavailableError(f"the key file {path} cannot be read ({e.strerror})")) from None
         if not stat.S_ISREG(st.st_mode):
             raise KeyUnavailableError(f"the key file {path} is not a file")
         if st.st_mode & 0o077:

@@ -37,7 +37,11 @@ class SealedValueError(PortshiftError):
 
 
 class KeyUnavailableError(PortshiftError):
-    """The customer's key cannot unwrap a job's data key (disabled, revoked, deleted, no access)."""
+    """The customer's key cannot unwrap a job's data key (disabled, revoked, deleted, no access).
+    ``whole_key``: the key itself cannot be used now (not only this job's wrapped data key), so a
+    command reading many jobs need not ask again for each."""
+
+    whole_key = False
 
 
 def new_data_key() -> bytes:

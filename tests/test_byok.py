@@ -345,3 +345,26 @@ def test_a_job_sealed_by_a_provider_not_installed_lists_as_sealed(state_backend:
         job = state.job(job_id)
         assert job is not None and job.status.value == "complete" and job.file_count == 4
         assert job.sealed is not None and "unknown key provider type 'vault'" in job.sealed
+
+
+def test_a_key_that_cannot_be_used_is_asked_once_per_listing(tmp_path: Path) -> None:
+    """`portshift jobs` reads 50 jobs: a key that is gone is one wait, not 50."""
+    backend = StateBackend("sqlite", str(tmp_path / "state.db"))
+    out = tmp_path / "out"
+    out.mkdir()
+    path = key_file(tmp_path)
+    for new in (False, True, True):
+        run_sealed(backend, job_doc(out, count=1), f"file:{path}", RunRequest(new=new))
+    path.unlink()
+    asked: list[str] = []
+
+    class Counting(LocalKeyFile):
+        def unwrap(self, wrapped: bytes, job_id: str) -> bytes:
+            asked.append(job_id)
+            return super().unwrap(wrapped, job_id)
+
+    with backend.open() as state:
+        state.seals._providers[f"file:{path}"] = Counting(str(path))
+        jobs = state.jobs()
+        assert len(jobs) == 3 and all(j.sealed and "does not exist" in j.sealed for j in jobs)
+    assert len(asked) == 1

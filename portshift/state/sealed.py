@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 #: the columns of ``jobs`` that name the customer's data (sealed); the others stay clear
 JOB_SEALED = ("config_path", "source_location", "sink_location", "export_root", "error", "manifest_key", "manifest_sha256")
+#: seconds a key that could not be used at all is not asked again (see Seals.of)
+FAILURE_MEMORY = 30.0
 #: what ``portshift jobs`` shows for a job whose key cannot be used
 UNAVAILABLE = "sealed: the customer's key is not available"
 
@@ -58,6 +61,7 @@ class Seals:
         self.ca_bundle: Path | None = Path(settings.state_key_ca_bundle) if settings.state_key_ca_bundle else None
         self._sealers: dict[str, Sealer | None] = {}
         self._providers: dict[str, KeyProvider] = {}
+        self._failed: dict[str, tuple[float, KeyUnavailableError]] = {}  #: key name -> (when, why)
         self._lock = threading.Lock()
 
     def use(self, provider: KeyProvider) -> None:
@@ -100,7 +104,9 @@ class Seals:
 
     def of(self, job_id: str) -> Sealer | None:
         """The job's sealer (None: the job is not sealed); :class:`KeyUnavailableError` naming the
-        key when it cannot be unwrapped. A failure is not remembered: an enabled key works again."""
+        key when it cannot be unwrapped. A key that could not be used at all (disabled, unreachable)
+        is not asked again for FAILURE_MEMORY seconds (``portshift jobs`` lists 50 jobs: one wait, not
+        50); after that an enabled key works again, in the same process."""
         with self._lock:
             if job_id in self._sealers:
                 return self._sealers[job_id]
@@ -108,16 +114,20 @@ class Seals:
         sealer = None
         if rows:
             name, wrapped = rows[0]
-            sealer = Sealer(job_id, self.provider_named(name).unwrap(base64.b64decode(wrapped), job_id))
+            with self._lock:
+                failed = self._failed.get(name)
+            if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
+                raise KeyUnavailableError(failed[1].message, hint=failed[1].hint)
+            try:
+                sealer = Sealer(job_id, self.provider_named(name).unwrap(base64.b64decode(wrapped), job_id))
+            except KeyUnavailableError as e:
+                if e.whole_key:
+                    with self._lock:
+                        self._failed[name] = (time.monotonic(), e)
+                raise
         with self._lock:
             self._sealers[job_id] = sealer
         return sealer
-
-    def sealed_jobs_of(self, job_key: str) -> bool:
-        rows = self.state._rows(
-            "read sealed jobs", "select count(*) from job_keys k join jobs j on j.id = k.job_id where j.job_key = ?", [job_key]
-        )
-        return bool(rows and rows[0][0])
 
     def job_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """A ``jobs`` row with its sealed columns opened, or, when the key is not available, with

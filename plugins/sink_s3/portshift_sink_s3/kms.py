@@ -131,10 +131,12 @@ class AwsKmsKey(KeyProvider):
         except Exception as e:  # noqa: BLE001 - one line naming the key, never the SDK's request
             code = getattr(e, "response", {}).get("Error", {}).get("Code", "") if hasattr(e, "response") else ""
             why = _UNAVAILABLE.get(code) or (f"KMS answered {code}" if code else f"KMS could not be reached ({type(e).__name__})")
-            raise KeyUnavailableError(
+            error = KeyUnavailableError(
                 f"the customer's key {self.label} is not available for job {job_id}: {why}",
                 hint="the key's owner can enable it again or grant access; nothing recorded is lost",
-            ) from None
+            )
+            error.whole_key = code not in ("InvalidCiphertextException", "IncorrectKeyException")
+            raise error from None
 
     def _context(self, job_id: str) -> dict[str, str]:
         return {CONTEXT_KEY: job_id}
