@@ -99,6 +99,9 @@ _EXPORTS: dict[str, str] = {
     "lazy_attributes": "lazy",
     "redact_url": "redact",
     "sanitize_message": "redact",
+    # sealing the job metadata with the customer's key (docs/byok.md)
+    "KeyProvider": "key_providers",
+    "KeyUnavailableError": "sealing",
 }
 
 __all__ = ["__version__", "hookimpl", *sorted(_EXPORTS)]
@@ -154,6 +157,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     )
     from .hashing import HashingStream
     from .inflight import InFlight
+    from .key_providers import KeyProvider
     from .lazy import lazy_attributes
     from .logs import pin_loggers
     from .media_types import content_type_for, media_type
@@ -170,6 +174,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     )
     from .residency import AllowedRegions, ResidencyError, refuse_unverifiable, region_allowed, require_allowed
     from .retry import Attempts, Backoff, RateLimiter, SharedRate, call_with_retries, parse_retry_after, wait_or_interrupt
+    from .sealing import KeyUnavailableError
     from .secrets import Secret, forget_mask, register_mask, secret_field
     from .sizes import Size, format_size, parse_size
     from .tls import (

@@ -58,6 +58,15 @@ def register_readers(register: Any) -> None:
 
 
 @hookspec
+def register_key_providers(register: Any) -> None:
+    """Contribute key providers for sealing job metadata with the customer's key (docs/byok.md):
+    call ``register(name, ProviderClass)``; a job file names a key as ``"<name>:<reference>"``.
+
+    :param register: ``register(name: str, cls: type[portshift.KeyProvider] | str)``
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands or groups to the ``portshift`` command line.
 

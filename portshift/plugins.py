@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "portshift.default_plugins.example_source",
     "portshift.default_plugins.sha256sum_manifest",
     "portshift.default_plugins.bagit_manifest",
+    "portshift.default_plugins.key_file",
 )
 
 _loaded = False
@@ -218,3 +219,7 @@ def readers() -> Registry:
 
 def manifest_writers() -> Registry:
     return _collect("register_manifest_writers", "manifest writer")
+
+
+def key_providers() -> Registry:
+    return _collect("register_key_providers", "key provider")

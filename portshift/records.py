@@ -72,6 +72,7 @@ class JobRecord:
     incremental: bool = False  #: a ``--since last`` job: recordings earlier jobs exported are not exported again
     attempt: int = 0  #: how many times workers started on this job (a run after a crash starts the next)
     listing_attempt: int = 0  #: the attempt whose listing of the window completed (0: none yet)
+    sealed: str | None = None  #: why the sealed fields are empty: the customer's key is not available (docs/byok.md)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:

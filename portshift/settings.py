@@ -38,6 +38,14 @@ class Settings(BaseSettings):
         description="a comma-separated allow-list of plugin distributions or entry-point names to load; "
         "set but empty loads none; unset loads every installed plugin",
     )
+    state_key_endpoint_url: str | None = Field(
+        None,
+        description="the https:// endpoint of a KMS-compatible service that holds the key of sealed jobs, when no job "
+        "file says it ([state] key_endpoint_url; see docs/byok.md)",
+    )
+    state_key_ca_bundle: str | None = Field(
+        None, description="the CA (PEM) of that endpoint, when no job file says it ([state] key_ca_bundle)"
+    )
     debug: bool = Field(False, description="print the traceback of an error (expected errors are otherwise one line)")
     retry_base: float = Field(1.0, description="the base, in seconds, of the wait before a failed artifact is retried")
     lease: float = Field(
@@ -46,7 +54,7 @@ class Settings(BaseSettings):
         description="seconds a worker's lease on its recordings lasts without renewal (renewed every quarter of it)",
     )
 
-    @field_validator("state", "retry_base", "lease", mode="before")
+    @field_validator("state", "retry_base", "lease", "state_key_endpoint_url", "state_key_ca_bundle", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and not value.strip():

@@ -164,6 +164,7 @@ def test_plugin_loading_broken_duplicate_and_allow_list(tmp_path: Path) -> None:
         "portshift.default_plugins.example_source",
         "portshift.default_plugins.sha256sum_manifest",
         "portshift.default_plugins.bagit_manifest",
+        "portshift.default_plugins.key_file",
     }
 
 

@@ -696,7 +696,8 @@ def slug(heading: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "page", ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md", "releasing.md", "scaling.md"]
+    "page",
+    ["plugins.md", "writing-plugins.md", "manifest.md", "job-file.md", "cli.md", "releasing.md", "scaling.md", "byok.md"],
 )
 def test_links_resolve(page: str) -> None:
     prose = without_code(read(page))

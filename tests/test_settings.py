@@ -29,7 +29,11 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_defaults_when_nothing_is_set(clean: pytest.MonkeyPatch) -> None:
     s = read_settings()
     assert (s.state, s.load_plugins, s.debug, s.retry_base, s.lease) == (None, None, False, 1.0, 30.0)
-    assert SETTINGS == ["PORTSHIFT_STATE", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_DEBUG", "PORTSHIFT_RETRY_BASE", "PORTSHIFT_LEASE"]
+    assert (s.state_key_endpoint_url, s.state_key_ca_bundle) == (None, None)
+    assert SETTINGS == [
+        "PORTSHIFT_STATE", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE_KEY_ENDPOINT_URL", "PORTSHIFT_STATE_KEY_CA_BUNDLE",
+        "PORTSHIFT_DEBUG", "PORTSHIFT_RETRY_BASE", "PORTSHIFT_LEASE",
+    ]  # fmt: skip
 
 
 def test_values_are_read_fresh_on_each_call(clean: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -43,20 +43,22 @@ EXPECTED = {
     },
     "recordings": {
         "job_id": S, "recording_id": S, "status": S, "reason": S, "message": S, "updated_at": S, "started_at": S,
-        "claimed_by": S, "ref": S,
+        "claimed_by": S, "ref": S, "sealed_id": S,
     },
     "files": {
         "job_id": S, "key": S, "size": N, "sha256": S, "recording_id": S, "artifact": S, "content_type": S,
-        "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S,
+        "recorded_at": S, "done_at": S, "verified": S, "provider_checksums": S, "kind": S, "sealed_key": S,
+        "sealed_recording_id": S,
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
-    "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S},
+    "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S, "sealed_id": S},
     "rate_slots": {"key": S, "tat": float, "rate": float},
     "workers": {
         "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
         "ended_at": S,
     },
     "source_rates": {"source_key": S, "rate": float, "updated_at": S},
+    "job_keys": {"job_id": S, "key_label": S, "wrapped": S, "created_at": S, "rewrapped_at": S},
 }  # fmt: skip
 EXPECTED_PKS = {
     "_portshift_migrations": ["name"],
@@ -68,6 +70,7 @@ EXPECTED_PKS = {
     "workers": ["job_id", "id"],
     "rate_slots": ["key"],
     "source_rates": ["source_key"],
+    "job_keys": ["job_id"],
 }
 #: words a column holding call metadata or a credential would be named after
 FORBIDDEN_WORDS = ("title", "participant", "email", "mail", "phone", "attendee", "speaker", "subject", "name",

@@ -71,9 +71,9 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register_commands() -> None:
-    from . import check_cmd, jobs_cmd, plugins_cmd, run_cmd, verify_cmd, worker_cmd
+    from . import check_cmd, jobs_cmd, plugins_cmd, run_cmd, state_cmd, verify_cmd, worker_cmd
 
-    for mod in (run_cmd, worker_cmd, check_cmd, jobs_cmd, plugins_cmd, verify_cmd):
+    for mod in (run_cmd, worker_cmd, check_cmd, jobs_cmd, plugins_cmd, verify_cmd, state_cmd):
         cli.add_command(mod.command)
     load_plugins()
     pm.hook.register_commands(cli=cli)

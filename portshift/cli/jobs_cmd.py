@@ -57,6 +57,8 @@ def command(ctx: click.Context, state_path: str | None, as_json: bool, limit: in
             f"{r.id:<24} {r.status.value:<11} {r.file_count:>7} {human_bytes(r.byte_count):>10}  "
             f"{r.window_start} .. {r.window_end}"
         )
+        if r.sealed:
+            click.echo(f"  {r.sealed}")
 
 
 @command.command("show")
@@ -79,8 +81,8 @@ def show(ctx: click.Context, job_id: str, state_path: str | None, as_json: bool,
                 f"{job_id!r} matches {len(matches)} jobs: {listed}", hint="give more of the id (a prefix or a suffix)"
             )
         job = matches[0]
-        problems = state.problems(job.id)
         counts = state.recording_counts(job.id)
+        problems = state.problems(job.id) if not job.sealed else []
     row = job.as_dict()
     row["recordings"] = counts
     row["problems"] = [p.as_dict() for p in problems]
@@ -107,6 +109,8 @@ def show(ctx: click.Context, job_id: str, state_path: str | None, as_json: bool,
     ):
         if row.get(k) not in (None, ""):
             click.echo(f"{k.replace('_', ' '):<16} {row[k]}")
+    if job.sealed:
+        click.echo(job.sealed)
     click.echo(f"{'recordings':<16} " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     for p in problems:
         what = f"{p.recording_id}/{p.artifact}" if p.artifact else p.recording_id

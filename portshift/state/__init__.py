@@ -11,22 +11,21 @@ never content, never call metadata. Open one with :func:`open_state` (a path mea
 
 from __future__ import annotations
 
-import json
 import secrets as _random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from ..records import JobRecord, Problem, RecordingStatus
+from ..records import JobRecord, JobStatus
 from ..secrets import Secret
 from ..settings import read_settings
 from .claims import Claimed, Claims
 from .journal import StateJournal
+from .rows import FileRecord, SharedRows
+from .sealed import JOB_SEALED, Seals
 from .source_rates import SourceRates
 
 __all__ = [
@@ -70,20 +69,6 @@ def new_job_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + _random.token_hex(3)
 
 
-@dataclass
-class FileRecord:
-    key: str
-    size: int
-    sha256: str
-    recording_id: str
-    artifact: str
-    content_type: str | None = None
-    recorded_at: str | None = None
-    verified: str = ""
-    provider_checksums: dict[str, str] | None = None
-    kind: str = "content"
-
-
 #: the columns of ``jobs`` a caller may set (create_job / update_job)
 JOB_COLUMNS = frozenset(
     {
@@ -123,7 +108,7 @@ def open_state(
     return SqliteState.open(Path(target), create=create)
 
 
-class State(Claims, SourceRates, ABC):
+class State(SharedRows, Claims, SourceRates, ABC):
     """What the pipeline, the CLI, verify and the server see of the job state.
 
     Writes are committed when the call returns (a SIGKILL right after loses nothing); every
@@ -132,6 +117,20 @@ class State(Claims, SourceRates, ABC):
 
     created: bool = False  #: this process created the state (a new file)
     path: Path | None = None  #: the SQLite file; None for a database
+
+    @property
+    def seals(self) -> Seals:
+        """The key that seals new jobs (``[state] key``) and the data keys unwrapped so far."""
+        seals = self.__dict__.get("_seals")
+        if seals is None:
+            seals = self.__dict__["_seals"] = Seals(self)
+        return seals
+
+    def _sealer(self, job_id: str) -> Any:
+        """The job's :class:`~portshift.sealing.Sealer`, None for a clear job; raises
+        :class:`~portshift.sealing.KeyUnavailableError` naming the key when it is not available
+        (one read of ``job_keys`` per job, then remembered)."""
+        return self.seals.of(job_id)
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, create: bool = True, **kwargs: Any) -> State:
@@ -161,17 +160,45 @@ class State(Claims, SourceRates, ABC):
         :class:`~portshift.errors.LockedError` when another run holds it."""
 
     # --- jobs
-    @abstractmethod
-    def create_job(self, **values: Any) -> str: ...
+    def create_job(self, **values: Any) -> str:
+        """Record a new job; with a key (``[state] key``) its data key is made, checked and stored
+        wrapped first, and the job's sealed columns are sealed with it."""
+        job_id = values.pop("id", None) or new_job_id()
+        row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
+        row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
+        sealer = self.seals.for_new_job(job_id)
+        if sealer is not None:
+            row.update({c: sealer.seal("jobs", c, row[c]) for c in JOB_SEALED if row.get(c) is not None})
+        self._insert_job(row)
+        return job_id
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
+        sealer = self._sealer(job_id) if any(values.get(c) is not None for c in JOB_SEALED) else None
+        if sealer is not None:
+            values.update({c: sealer.seal("jobs", c, values[c]) for c in JOB_SEALED if values.get(c) is not None})
+        self._update_job(job_id, values)
 
     @abstractmethod
-    def update_job(self, job_id: str, **values: Any) -> None: ...
+    def _insert_job(self, row: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _update_job(self, job_id: str, values: dict[str, Any]) -> None: ...
 
     # --- what the statements below, the same on both backends (``?`` marks a parameter), go through:
     # the jobs a ``select * from jobs`` returns, the rows of a read, one write committed when it
     # returns (the rows it changed); ``what`` names the read or write in an error
     @abstractmethod
-    def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]: ...
+    def _job_rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]: ...
+
+    def _jobs(self, query: str, params: list[Any], strict: bool = False) -> list[JobRecord]:
+        """The jobs a query returns, sealed columns opened; a job whose key is not available has
+        them empty and says so in ``sealed`` (``strict``: raises instead, e.g. to resume it)."""
+        rows = self._job_rows(query, params)
+        if strict:
+            for r in rows:
+                self._sealer(r["id"])
+        return [JobRecord.from_row(self.seals.job_row(r)) for r in rows]
 
     @abstractmethod
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]: ...
@@ -202,6 +229,7 @@ class State(Claims, SourceRates, ABC):
         rows = self._jobs(
             "select * from jobs where job_key = ? and status != 'complete' order by started_at desc, id desc limit 1",
             [job_key],
+            strict=True,
         )
         return rows[0] if rows else None
 
@@ -220,176 +248,3 @@ class State(Claims, SourceRates, ABC):
             "where job_key = ? and status != 'complete' and status != 'abandoned'",
             [now_iso(), job_key],
         )
-
-    def exported_by_earlier_jobs(self, job_key: str, since: str, exclude_job: str) -> dict[str, str]:
-        """Recording id -> the id of the job that exported it, for recordings done by other jobs
-        of this job file whose window ends after ``since`` (a window re-listed by ``--since last``)."""
-        rows = self._rows(
-            "read earlier jobs",
-            "select r.recording_id, r.job_id from recordings r join jobs j on j.id = r.job_id "
-            "where j.job_key = ? and j.id != ? and j.window_end > ? and r.status = 'done'",
-            [job_key, exclude_job, since],
-        )
-        return {rec: job for rec, job in rows}
-
-    def oldest_pending(self, job_key: str) -> str | None:
-        """The start time of the oldest recording left pending by a job of this job file and not
-        exported since (``--since last`` lists from there, so it is picked up once ready)."""
-        rows = self._rows(
-            "read pending recordings",
-            "select min(p.started_at) from recordings p join jobs j on j.id = p.job_id "
-            "where j.job_key = ? and p.status = 'pending' and p.started_at is not null and not exists ("
-            "select 1 from recordings d join jobs k on k.id = d.job_id "
-            "where k.job_key = j.job_key and d.recording_id = p.recording_id and d.status = 'done')",
-            [job_key],
-        )
-        return rows[0][0] if rows else None
-
-    # --- progress
-    def done_recordings(self, job_id: str) -> set[str]:
-        rows = self._rows(
-            "read done recordings", "select recording_id from recordings where job_id = ? and status = 'done'", [job_id]
-        )
-        return {r[0] for r in rows}
-
-    def set_recording(
-        self,
-        job_id: str,
-        recording_id: str,
-        status: RecordingStatus | str,
-        reason: str = "",
-        message: str = "",
-        started_at: str | None = None,
-    ) -> None:
-        self._write(
-            "record a recording",
-            "insert into recordings (job_id, recording_id, status, reason, message, updated_at, started_at) "
-            "values (?, ?, ?, ?, ?, ?, ?) on conflict (job_id, recording_id) do update set "
-            "status = excluded.status, reason = excluded.reason, message = excluded.message, "
-            "updated_at = excluded.updated_at, started_at = coalesce(excluded.started_at, recordings.started_at)",
-            [job_id, recording_id, RecordingStatus(status).value, reason, message[:500], now_iso(), started_at],
-        )
-
-    def add_missing(self, job_id: str, recording_id: str, artifact: str, reason: str, message: str) -> None:
-        """One artifact the source said does not exist (the recording is still exported)."""
-        self._write(
-            "record a missing artifact",
-            "insert into missing_artifacts (job_id, recording_id, artifact, reason, message) values (?, ?, ?, ?, ?) "
-            "on conflict (job_id, recording_id, artifact) do update set reason = excluded.reason, message = excluded.message",
-            [job_id, recording_id, artifact, reason, message[:500]],
-        )
-
-    def recording_counts(self, job_id: str) -> dict[str, int]:
-        rows = self._rows(
-            "count recordings", "select status, count(*) from recordings where job_id = ? group by status", [job_id]
-        )
-        return {r[0]: int(r[1]) for r in rows}
-
-    def problems(self, job_id: str) -> list[Problem]:
-        """Recordings not exported (failed, skipped, pending) and artifacts missing at the source."""
-        rows = self._rows(
-            "read problems",
-            "select recording_id, status, reason, message, '' as artifact from recordings "
-            "where job_id = ? and status in ('failed', 'skipped', 'pending') "
-            "union all select recording_id, 'missing', reason, message, artifact from missing_artifacts where job_id = ? "
-            "order by 2, 1, 5",
-            [job_id, job_id],
-        )
-        return [Problem(rec, status, reason or "", message or "", art or "") for rec, status, reason, message, art in rows]
-
-    def outcome_counts(self, job_id: str) -> dict[str, dict[str, int]]:
-        """Recordings per outcome and reason, and files missing at the source per reason:
-        ``{"done": {"": 12}, "skipped": {"private": 1}, "missing": {"media_not_found": 2}}``."""
-        rows = self._rows(
-            "count outcomes",
-            "select status, coalesce(reason, ''), count(*) from recordings where job_id = ? group by 1, 2 "
-            "union all select 'missing', coalesce(reason, ''), count(*) from missing_artifacts where job_id = ? group by 2",
-            [job_id, job_id],
-        )
-        out: dict[str, dict[str, int]] = {}
-        for status, why, n in rows:
-            out.setdefault(status, {})[why] = int(n)
-        return out
-
-    @abstractmethod
-    def listed_ids(self, job_id: str) -> Iterator[str]:
-        """Every recording id the job listed, in code-point (bytewise) order."""
-
-    def exported_earlier(self, job_id: str) -> list[tuple[str, str]]:
-        """(recording id, message) of the recordings a --since last job found exported by an earlier job."""
-        rows = self._rows(
-            "read earlier exports",
-            "select recording_id, message from recordings where job_id = ? and status = 'exported_earlier' order by recording_id",
-            [job_id],
-        )
-        return [(rid, message) for rid, message in rows]
-
-    # --- files
-    def add_file(self, job_id: str, f: FileRecord) -> None:
-        self._write(
-            "record a file",
-            "insert into files (job_id, key, size, sha256, recording_id, artifact, content_type, "
-            "recorded_at, done_at, verified, provider_checksums, kind) values (?,?,?,?,?,?,?,?,?,?,?,?) "
-            "on conflict (job_id, key) do update set size = excluded.size, sha256 = excluded.sha256, "
-            "recording_id = excluded.recording_id, artifact = excluded.artifact, "
-            "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
-            "done_at = excluded.done_at, verified = excluded.verified, "
-            "provider_checksums = excluded.provider_checksums, kind = excluded.kind",
-            [job_id, f.key, f.size, f.sha256, f.recording_id, f.artifact, f.content_type, f.recorded_at, now_iso(),
-             f.verified, json.dumps(f.provider_checksums or {}, sort_keys=True), f.kind],
-        )  # fmt: skip
-
-    def remove_files_of(self, job_id: str, recording_id: str) -> None:
-        self._write("remove files", "delete from files where job_id = ? and recording_id = ?", [job_id, recording_id])
-
-    def done_artifacts(self, job_id: str, recording_id: str) -> set[str]:
-        rows = self._rows(
-            "read done artifacts",
-            "select artifact from files where job_id = ? and recording_id = ? and kind = 'content'",
-            [job_id, recording_id],
-        )
-        return {r[0] for r in rows}
-
-    def remove_manifest_files(self, job_id: str) -> None:
-        self._write("remove manifest files", "delete from files where job_id = ? and kind = 'manifest'", [job_id])
-
-    @abstractmethod
-    def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
-        """Done files of a job, sorted by key, streamed."""
-
-    def last_file_done_at(self, job_id: str) -> str | None:
-        """When the job's last content file was stored (None when it has none): the manifest's
-        ``# finished``, the same on every rewrite of the manifest."""
-        rows = self._rows("read files", "select max(done_at) from files where job_id = ? and kind = 'content'", [job_id])
-        return rows[0][0] if rows else None
-
-    def totals(self, job_id: str) -> tuple[int, int]:
-        rows = self._rows(
-            "count files", "select count(*), coalesce(sum(size), 0) from files where job_id = ? and kind = 'content'", [job_id]
-        )
-        return int(rows[0][0]), int(rows[0][1])
-
-    # --- the sinks' journal of in-flight operations (one per worker: see .claims)
-    def journal(self, job_id: str, worker: str | None = None) -> StateJournal:
-        return StateJournal(self, job_id, worker)
-
-    def journal_begin(self, job_id: str, key: str, data: dict[str, str], worker: str | None = None) -> None:
-        self._write(
-            "record an operation in flight",
-            "insert into sink_journal (job_id, key, data, started_at, worker) values (?, ?, ?, ?, ?) "
-            "on conflict (job_id, key) do update set data = excluded.data, started_at = excluded.started_at, "
-            "worker = excluded.worker",
-            [job_id, key, json.dumps(data, sort_keys=True), now_iso(), worker],
-        )
-
-    def journal_end(self, job_id: str, key: str) -> None:
-        self._write("end an operation in flight", "delete from sink_journal where job_id = ? and key = ?", [job_id, key])
-
-    def journal_pending(self, job_id: str, worker: str | None = None) -> list[tuple[str, dict[str, str]]]:
-        """The job's operations in flight (``worker``: only that worker's)."""
-        rows = self._rows(
-            "read operations in flight",
-            "select key, data from sink_journal where job_id = ? and (cast(? as text) is null or worker = ?) order by started_at",
-            [job_id, worker, worker],
-        )
-        return [(key, json.loads(data)) for key, data in rows]

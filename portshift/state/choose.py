@@ -36,11 +36,21 @@ class StateOptions(PluginOptions):
     )
     password_file: Path | None = Field(default=None, description="a file holding the database password")
     ca_bundle: Path | None = Field(default=None, description="the CA (PEM) that signed the database's certificate")
+    key: str | None = Field(
+        default=None,
+        description='seal the job metadata with this key (docs/byok.md): "file:/path/state.key" or "kms:arn:aws:kms:..."',
+    )
+    key_endpoint_url: str | None = Field(default=None, description="the https:// endpoint of a KMS-compatible service")
+    key_ca_bundle: Path | None = Field(default=None, description="the CA (PEM) of key_endpoint_url")
 
     @model_validator(mode="after")
     def _one_target(self) -> StateOptions:
         if self.path is not None and self.url is not None:
             raise ValueError("give either path (SQLite) or url (PostgreSQL), not both")
+        if self.key is not None:
+            from ..key_providers import key_provider
+
+            key_provider(self.key, endpoint_url=self.key_endpoint_url, ca_bundle=self.key_ca_bundle)  # a wrong name: one line now
         if self.url is not None:
             if not is_postgres_url(self.url):
                 raise ValueError("url must be a postgresql:// URL (for a file, use path)")
@@ -82,5 +92,11 @@ def open_chosen_state(cli_value: str | Path | None, options: StateOptions | None
     options = options if options is not None else state_options(None)
     target = chosen_target(cli_value, options)
     if is_postgres_url(target):
-        return open_state(target, create=create, password=options.password, ca_bundle=options.ca_bundle)
-    return open_state(target, create=create)
+        state = open_state(target, create=create, password=options.password, ca_bundle=options.ca_bundle)
+    else:
+        state = open_state(target, create=create)
+    if options.key is not None:
+        from ..key_providers import key_provider
+
+        state.seals.use(key_provider(options.key, endpoint_url=options.key_endpoint_url, ca_bundle=options.key_ca_bundle))
+    return state

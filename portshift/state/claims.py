@@ -72,6 +72,13 @@ class Claims:
         raise NotImplementedError
 
     def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
+        """Claim up to ``limit`` rows: ``(recording_id, started_at, ref, sealed_id)`` of each."""
+        raise NotImplementedError
+
+    def _sealer(self, job_id: str) -> Any:
+        raise NotImplementedError
+
+    def _journal_opened(self, job_id: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, dict[str, str]]]:
         raise NotImplementedError
 
     def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -168,26 +175,39 @@ class Claims:
     def add_todo(self, job_id: str, rows: list[tuple[str, str | None, str]]) -> None:
         """Listed recordings, ``(id, started_at, ref)``, to be claimed; one transaction. A
         recording already done (or exported by an earlier job) is left as it is; one that failed
-        or was pending in an earlier attempt is to do again."""
+        or was pending in an earlier attempt is to do again. A sealed job's id and ref are sealed."""
         from . import now_iso
 
         now = now_iso()
+        s = self._sealer(job_id)
+        values = [[job_id, rid, now, started, ref, None] for rid, started, ref in rows]
+        if s is not None:
+            for v, (rid, _, ref) in zip(values, rows):
+                v[1] = tag = s.lookup("recording_id", rid)
+                v[4], v[5] = s.seal("recordings", "ref", ref, tag), s.seal("recordings", "sealed_id", rid, tag)
         self._write_many(
             "record listed recordings",
-            "insert into recordings (job_id, recording_id, status, reason, message, updated_at, started_at, ref) "
-            "values (?, ?, 'todo', '', '', ?, ?, ?) on conflict (job_id, recording_id) do update set "
+            "insert into recordings (job_id, recording_id, status, reason, message, updated_at, started_at, ref, sealed_id) "
+            "values (?, ?, 'todo', '', '', ?, ?, ?, ?) on conflict (job_id, recording_id) do update set "
             "status = 'todo', reason = '', message = '', updated_at = excluded.updated_at, "
             "started_at = coalesce(excluded.started_at, recordings.started_at), ref = excluded.ref, "
             "claimed_by = case when recordings.status = 'todo' then recordings.claimed_by else null end "
             "where recordings.status not in ('done', 'exported_earlier')",
-            [[job_id, rid, now, started, ref] for rid, started, ref in rows],
+            values,
         )
 
     def claim(self, job_id: str, worker_id: str, limit: int) -> list[Claimed]:
         """Up to ``limit`` unclaimed ``todo`` recordings, now this worker's."""
         if limit <= 0:
             return []
-        return [Claimed.from_row(*row) for row in self._claim(job_id, worker_id, limit)]
+        s = self._sealer(job_id)
+        rows = self._claim(job_id, worker_id, limit)  # (recording_id, started_at, ref, sealed_id)
+        if s is None:
+            return [Claimed.from_row(rid, started, ref) for rid, started, ref, _ in rows]
+        return [
+            Claimed.from_row(s.open("recordings", "sealed_id", sid, tag) or "", started, s.open("recordings", "ref", ref, tag))
+            for tag, started, ref, sid in rows
+        ]
 
     def finish_claim(
         self,
@@ -202,12 +222,16 @@ class Claims:
         it was given to another worker meanwhile (nothing recorded twice)."""
         from . import now_iso
 
+        s, message = self._sealer(job_id), message[:500]
+        if s is not None:
+            recording_id = s.lookup("recording_id", recording_id)
+            message = s.seal("recordings", "message", message, recording_id) or ""
         return bool(
             self._write(
                 "record a recording",
                 "update recordings set status = ?, reason = ?, message = ?, updated_at = ?, claimed_by = null "
                 "where job_id = ? and recording_id = ? and claimed_by = ? and status = 'todo'",
-                [RecordingStatus(status).value, reason, message[:500], now_iso(), job_id, recording_id, worker_id],
+                [RecordingStatus(status).value, reason, message, now_iso(), job_id, recording_id, worker_id],
             )
         )
 
@@ -273,4 +297,4 @@ class Claims:
             "(select id from workers where job_id = ? and ended_at is not null)) order by started_at",
             [job_id, job_id],
         )
-        return [(key, json.loads(data)) for key, data in rows]
+        return self._journal_opened(job_id, rows)

@@ -17,9 +17,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from ..errors import ConfigError, LockedError
-from ..records import JobRecord, JobStatus
 from ..secrets import Secret
-from . import JOB_COLUMNS, State, new_job_id, now_iso
+from . import JOB_COLUMNS, State
 from .pg_connections import Connections, lock_id, reason
 from .pg_url import PgTarget, parse_url
 from .postgres_migrations import migrate
@@ -62,6 +61,7 @@ class PostgresState(State):
         return self.target.redacted
 
     def close(self) -> None:
+        self.seals.forget()
         self.connections.close()
 
     def _run(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
@@ -141,24 +141,19 @@ class PostgresState(State):
             "update recordings r set claimed_by = %s from (select job_id, recording_id from recordings "
             "where job_id = %s and status = 'todo' and claimed_by is null order by started_at, recording_id limit %s "
             "for update skip locked) c where r.job_id = c.job_id and r.recording_id = c.recording_id "
-            "returning r.recording_id, r.started_at, r.ref"
+            "returning r.recording_id, r.started_at, r.ref, r.sealed_id"
         )
         return self._run("claim recordings", lambda c: c.execute(query, [worker_id, job_id, limit]).fetchall())
 
     # --- jobs -------------------------------------------------------------------------------
-    def create_job(self, **values: Any) -> str:
-        job_id = values.pop("id", None) or new_job_id()
-        row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
-        row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
+    def _insert_job(self, row: dict[str, Any]) -> None:
         cols = self._columns(row)
         query = sql.SQL("insert into jobs ({}) values ({}) on conflict (id) do nothing").format(
             sql.SQL(", ").join(map(sql.Identifier, cols)), sql.SQL(", ").join(sql.Placeholder() * len(cols))
         )
         self._write("record the job", query, [row[c] for c in cols])
-        return job_id
 
-    def update_job(self, job_id: str, **values: Any) -> None:
-        values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
+    def _update_job(self, job_id: str, values: dict[str, Any]) -> None:
         cols = self._columns(values)
         if not cols:
             return
@@ -174,15 +169,15 @@ class PostgresState(State):
             raise ValueError(f"unknown job columns: {sorted(unknown)}")
         return sorted(values)
 
-    def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]:
+    def _job_rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
         def fetch(c: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             with c.cursor(row_factory=dict_row) as cur:
                 return cur.execute(self._pg(query), params).fetchall()
 
-        return [JobRecord.from_row(r) for r in self._run("read jobs", fetch)]
+        return self._run("read jobs", fetch)
 
     # --- progress ---------------------------------------------------------------------------
-    def listed_ids(self, job_id: str) -> Iterator[str]:
+    def _listed_clear(self, job_id: str) -> Iterator[str]:
         """In pages by id (the column is COLLATE "C": bytewise, like SQLite)."""
         after = None
         while True:
@@ -199,7 +194,7 @@ class PostgresState(State):
             after = rows[-1][0]
 
     # --- files ------------------------------------------------------------------------------
-    def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
+    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
         """Done files of a job, sorted by key, read in pages (each page one retried statement)."""
         cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
         query = f"select {', '.join(cols)} from files where job_id = %s and kind = %s and key > %s order by key limit %s"  # noqa: S608 - fixed column names

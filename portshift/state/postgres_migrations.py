@@ -71,6 +71,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         "m003_source_rates",
         f"create table source_rates (source_key {_T} primary key, rate double precision not null, updated_at {_T})",
     ),
+    (
+        "m004_sealing",  # bring your own key (docs/byok.md), the same as SQLite's m008_sealing
+        f"""
+        create table job_keys (
+            job_id {_T} primary key, key_label {_T} not null, wrapped {_T} not null, created_at {_T}, rewrapped_at {_T}
+        );
+        alter table recordings add column sealed_id {_T};
+        alter table missing_artifacts add column sealed_id {_T};
+        alter table files add column sealed_key {_T};
+        alter table files add column sealed_recording_id {_T};
+        """,
+    ),
 ]
 
 

@@ -21,8 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import ConfigError, LockedError, StateError
-from ..records import JobRecord, JobStatus
-from . import JOB_COLUMNS, State, default_state_path, new_job_id, now_iso
+from . import JOB_COLUMNS, State, default_state_path
 from .sqlite_migrations import migrate
 
 PAGE = 5000
@@ -122,6 +121,7 @@ class SqliteState(State):
         return str(self.path)
 
     def close(self) -> None:
+        self.seals.forget()
         for fd in [*self._lock_files, *self._named.values()]:
             os.close(fd)
         self._lock_files.clear()
@@ -197,29 +197,24 @@ class SqliteState(State):
 
     # --- jobs -------------------------------------------------------------------------------
     @_guard
-    def create_job(self, **values: Any) -> str:
-        job_id = values.pop("id", None) or new_job_id()
-        row = {"id": job_id, "started_at": now_iso(), "status": JobStatus.RUNNING.value, "file_count": 0, "byte_count": 0}
-        row.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()})
+    def _insert_job(self, row: dict[str, Any]) -> None:
         cols = _columns(row)
         self._write(
             "record the job",
             f"insert into jobs ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",  # noqa: S608 - known columns
             [row[c] for c in cols],
         )
-        return job_id
 
     @_guard
-    def update_job(self, job_id: str, **values: Any) -> None:
-        values = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in values.items()}
+    def _update_job(self, job_id: str, values: dict[str, Any]) -> None:
         cols = _columns(values)
         if cols:
             sets = ", ".join(f"{c} = ?" for c in cols)
             self._write("update the job", f"update jobs set {sets} where id = ?", [*(values[c] for c in cols), job_id])  # noqa: S608
 
-    def _jobs(self, query: str, params: list[Any]) -> list[JobRecord]:
+    def _job_rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
         with self._lock:
-            return [JobRecord.from_row(r) for r in self.db.query(query, params)]
+            return list(self.db.query(query, params))
 
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         # reads take the lock too: a statement of another thread must never run inside (and, by
@@ -264,12 +259,12 @@ class SqliteState(State):
             "claim recordings",
             "update recordings set claimed_by = ? where rowid in (select rowid from recordings "
             "where job_id = ? and status = 'todo' and claimed_by is null order by started_at, recording_id limit ?) "
-            "returning recording_id, started_at, ref",
+            "returning recording_id, started_at, ref, sealed_id",
             [worker_id, job_id, limit],
         )
 
     # --- progress ---------------------------------------------------------------------------
-    def listed_ids(self, job_id: str) -> Iterator[str]:
+    def _listed_clear(self, job_id: str) -> Iterator[str]:
         """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
         e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
         after = ""
@@ -284,7 +279,7 @@ class SqliteState(State):
                 return
             after = rows[-1][0]
 
-    def files(self, job_id: str, kind: str = "content") -> Iterator[dict[str, Any]]:
+    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
         """Done files of a job, sorted by key, read in pages."""
         cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
         query = f"select {', '.join(cols)} from files where job_id = ? and kind = ? and key > ? order by key limit ?"  # noqa: S608 - fixed column names

@@ -156,3 +156,18 @@ def m007_source_rates(db: sqlite_utils.Database) -> None:
     """The request rate a source found at a location (``requests_per_second = "auto"``), for the
     next run against it: keyed by the source's type and location, never by a credential."""
     db["source_rates"].create({"source_key": str, "rate": float, "updated_at": str}, pk="source_key", if_not_exists=True)
+
+
+@migration
+def m008_sealing(db: sqlite_utils.Database) -> None:
+    """Bring your own key (docs/byok.md): each sealed job's data key, wrapped by the customer's
+    key, and the columns that hold a sealed job's values sealed (the keyed hash stays in the
+    column looked up: ``recordings.recording_id``, ``files.key``, ...)."""
+    db["job_keys"].create(
+        {"job_id": str, "key_label": str, "wrapped": str, "created_at": str, "rewrapped_at": str},
+        pk="job_id",
+    )
+    db["recordings"].add_column("sealed_id", str)
+    db["missing_artifacts"].add_column("sealed_id", str)
+    db["files"].add_column("sealed_key", str)
+    db["files"].add_column("sealed_recording_id", str)

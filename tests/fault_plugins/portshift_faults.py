@@ -89,7 +89,7 @@ class FaultySink(LocalSink):
     def put(self, key: str, stream: HashingStream, size: int | None = None):  # noqa: ANN201
         manifest = key.endswith("portshift-manifest.txt")
         if (manifest and _tick("manifest")) or (not manifest and _tick("upload")):
-            pieces = stream.chunks
+            pieces, views = stream.chunks, stream.views
 
             def chunks(size: int) -> Iterator[bytes]:
                 # die after the sink wrote the first piece into its temporary file
@@ -97,7 +97,13 @@ class FaultySink(LocalSink):
                     yield piece
                     die()
 
+            def views_then_die() -> Iterator[memoryview]:  # the same for a sink reading buffers
+                for piece in views():
+                    yield piece
+                    die()
+
             stream.chunks = chunks  # type: ignore[method-assign]
+            stream.views = views_then_die  # type: ignore[method-assign]
         result = super().put(key, stream, size)
         if not manifest and _tick("committed"):
             die()

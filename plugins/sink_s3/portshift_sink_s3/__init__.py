@@ -30,3 +30,9 @@ def register_sinks(register: Any) -> None:
 @hookimpl
 def register_readers(register: Any) -> None:
     register("s3", "portshift_sink_s3.reader:S3Reader")
+
+
+@hookimpl
+def register_key_providers(register: Any) -> None:
+    """AWS KMS wraps the data keys of sealed job metadata (``[state] key = "kms:arn:..."``)."""
+    register("kms", "portshift_sink_s3.kms:AwsKmsKey")
