@@ -150,7 +150,21 @@ def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: st
             else:
                 own = sql.SQL("create policy portshift_own on {} to {} using ({e} {m}) with check ({e} {m})")
                 conn.execute(own.format(t, g, e=tables[table], m=mine))
+        for table in shared_tables(conn, state_schema, tables):
+            # no job's rows (e.g. source_rates: what a source found at a tenant's address): a job's
+            # role sees none of them and can add none (the worker goes on without that memory)
+            t = sql.SQL("{}.{}").format(st, sql.Identifier(table))
+            conn.execute(sql.SQL("grant select, insert, update on {} to {}").format(t, g))
+            conn.execute(sql.SQL("alter table {} enable row level security").format(t))
+            conn.execute(sql.SQL("drop policy if exists portshift_none on {}").format(t))
+            conn.execute(sql.SQL("create policy portshift_none on {} to {} using (false) with check (false)").format(t, g))
     return group
+
+
+def shared_tables(conn: psycopg.Connection[Any], state_schema: str, scoped: dict[str, sql.Composable]) -> list[str]:
+    """State tables that belong to no job: closed to every job's role."""
+    rows = conn.execute("select tablename from pg_tables where schemaname = %s order by 1", [state_schema]).fetchall()
+    return [t for (t,) in rows if t not in scoped and t not in ("jobs", "_portshift_migrations")]
 
 
 def create_role(
