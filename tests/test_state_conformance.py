@@ -116,7 +116,7 @@ def test_files_sorted_bytewise_totals_and_removal(state: State) -> None:
 def test_many_files_stream_in_order(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
     import portshift.state.postgres
 
-    monkeypatch.setattr(portshift.state.postgres, "PAGE", 7)  # the PostgreSQL reader reads in pages
+    monkeypatch.setattr(portshift.state.rows, "PAGE", 7)  # both backends read in pages
     state.create_job(id="J", job_key="k")
     n = 50
     for i in range(n):
@@ -140,7 +140,7 @@ def test_the_sink_journal(state: State) -> None:
 def test_outcome_counts_listed_ids_and_earlier_exports(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
     import portshift.state.postgres
 
-    monkeypatch.setattr(portshift.state.postgres, "PAGE", 3)  # listed ids are read in pages too
+    monkeypatch.setattr(portshift.state.rows, "PAGE", 3)  # listed ids are read in pages too
     state.create_job(id="J", job_key="k")
     ids = ["b", "B", "a-1", "a_1", "é", "Z", "c", "a"]
     for rid in ids:

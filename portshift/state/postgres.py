@@ -8,7 +8,7 @@ are in :mod:`.pg_connections`; the URL and TLS rules in :mod:`.pg_url`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,6 @@ from .pg_url import PgTarget, parse_url
 from .postgres_migrations import migrate
 
 T = TypeVar("T")
-PAGE = 5000
 
 
 class PostgresState(State):
@@ -175,34 +174,3 @@ class PostgresState(State):
                 return cur.execute(self._pg(query), params).fetchall()
 
         return self._run("read jobs", fetch)
-
-    # --- progress ---------------------------------------------------------------------------
-    def _listed_clear(self, job_id: str) -> Iterator[str]:
-        """In pages by id (the column is COLLATE "C": bytewise, like SQLite)."""
-        after = None
-        while True:
-            rows = self._rows(
-                "read listed ids",
-                "select recording_id from recordings where job_id = %s and (%s::text is null or recording_id > %s) "
-                "order by recording_id limit %s",
-                [job_id, after, after, PAGE],
-            )
-            for (rid,) in rows:
-                yield rid
-            if len(rows) < PAGE:
-                return
-            after = rows[-1][0]
-
-    # --- files ------------------------------------------------------------------------------
-    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
-        """Done files of a job, sorted by key, read in pages (each page one retried statement)."""
-        cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
-        query = f"select {', '.join(cols)} from files where job_id = %s and kind = %s and key > %s order by key limit %s"  # noqa: S608 - fixed column names
-        after = ""
-        while True:
-            rows = self._rows("read files", query, [job_id, kind, after, PAGE])
-            for row in rows:
-                yield dict(zip(cols, row))
-            if len(rows) < PAGE:
-                return
-            after = rows[-1][0]

@@ -52,6 +52,9 @@ class FileRecord:
 FILE_COLUMNS = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
 
 
+PAGE = 5000  #: rows per statement when a read is streamed
+
+
 class SharedRows:
     """Mixed into :class:`~portshift.state.State`: progress, files and the sinks' journal."""
 
@@ -64,11 +67,33 @@ class SharedRows:
     @abstractmethod
     def _sealer(self, job_id: str) -> Sealer | None: ...
 
-    @abstractmethod
-    def _listed_clear(self, job_id: str) -> Iterator[str]: ...
+    def _listed_clear(self, job_id: str) -> Iterator[str]:
+        """Every recording id the job listed, in code-point order (bytewise: COLLATE "C" on
+        PostgreSQL), in pages: the manifest's ``listed ids sha256`` is computed over it."""
+        after = ""
+        while True:
+            rows = self._rows(
+                "read listed ids",
+                "select recording_id from recordings where job_id = ? and recording_id > ? order by recording_id limit ?",
+                [job_id, after, PAGE],
+            )
+            yield from (rid for (rid,) in rows)
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
 
-    @abstractmethod
-    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]: ...
+    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
+        """Done files of a job, sorted by key, read in pages (each page one statement)."""
+        cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
+        query = f"select {', '.join(cols)} from files where job_id = ? and kind = ? and key > ? order by key limit ?"  # noqa: S608 - fixed column names
+        after = ""
+        while True:
+            rows = self._rows("read files", query, [job_id, kind, after, PAGE])
+            for row in rows:
+                yield dict(zip(cols, row))
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
 
     def _rid(self, s: Sealer | None, recording_id: str) -> str:
         return s.lookup("recording_id", recording_id) if s is not None else recording_id

@@ -24,8 +24,6 @@ from ..errors import ConfigError, LockedError, StateError
 from . import JOB_COLUMNS, State, default_state_path
 from .sqlite_migrations import migrate
 
-PAGE = 5000
-
 
 def _guard(fn):  # noqa: ANN001, ANN202
     """Turn SQLite write failures (disk full, read-only file system) into one clear StateError."""
@@ -262,32 +260,3 @@ class SqliteState(State):
             "returning recording_id, started_at, ref, sealed_id",
             [worker_id, job_id, limit],
         )
-
-    # --- progress ---------------------------------------------------------------------------
-    def _listed_clear(self, job_id: str) -> Iterator[str]:
-        """Every recording id the job listed, in code-point order (a backend must sort bytes-wise,
-        e.g. COLLATE "C" on PostgreSQL): the manifest's ``listed ids sha256`` is computed over it."""
-        after = ""
-        while True:
-            rows = self._rows(
-                "read listed ids",
-                "select recording_id from recordings where job_id = ? and recording_id > ? order by recording_id limit ?",
-                [job_id, after, PAGE],
-            )
-            yield from (rid for (rid,) in rows)
-            if len(rows) < PAGE:
-                return
-            after = rows[-1][0]
-
-    def _files_clear(self, job_id: str, kind: str) -> Iterator[dict[str, Any]]:
-        """Done files of a job, sorted by key, read in pages."""
-        cols = ("key", "size", "sha256", "recording_id", "artifact", "content_type", "recorded_at", "verified")
-        query = f"select {', '.join(cols)} from files where job_id = ? and kind = ? and key > ? order by key limit ?"  # noqa: S608 - fixed column names
-        after = ""
-        while True:
-            rows = self._rows("read files", query, [job_id, kind, after, PAGE])
-            for row in rows:
-                yield dict(zip(cols, row))
-            if len(rows) < PAGE:
-                return
-            after = rows[-1][0]
