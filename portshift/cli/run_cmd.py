@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,31 @@ def command(
     """Export recordings from the source into the sink, then write the manifest.
 
     Re-running the same job file resumes an unfinished job."""
+    return execute(
+        config_path,
+        lambda: _request(since, until, transfers, dry_run, new, allow_empty, worker=workers > 1 and not dry_run),
+        state_path,
+        progress,
+        secrets_from_stdin,
+        report,
+        workers=workers,
+    )
+
+
+def execute(
+    config_path: Path,
+    request: Callable[[], RunRequest],
+    state_path: str | None,
+    progress: bool | None,
+    secrets_from_stdin: bool,
+    report: str | None,
+    workers: int = 1,
+) -> int:
+    """Run (``portshift run``, ``portshift worker``): the summary, and the JSON report if asked
+    (an error too: ``{"status": "error", ...}``); the exit code."""
     harden_process()
     try:
-        req = _request(since, until, transfers, dry_run, new, allow_empty)
-        req.worker = workers > 1 and not dry_run
-        result = _run(config_path, req, state_path, progress, secrets_from_stdin, workers=workers)
+        result = _run(config_path, request(), state_path, progress, secrets_from_stdin, workers=workers)
     except PortshiftError as e:
         if report:
             click.echo(json.dumps(error_report(e.exit_code, sanitize_message(str(e), 1000)), indent=2))
@@ -90,9 +111,15 @@ def command(
 
 
 def _request(
-    since: str | None, until: str | None, transfers: int | None, dry_run: bool, new: bool, allow_empty: bool
+    since: str | None,
+    until: str | None,
+    transfers: int | None,
+    dry_run: bool,
+    new: bool,
+    allow_empty: bool,
+    worker: bool = False,
 ) -> RunRequest:
-    req = RunRequest(transfers=transfers, dry_run=dry_run, new=new, allow_empty=allow_empty)
+    req = RunRequest(transfers=transfers, dry_run=dry_run, new=new, allow_empty=allow_empty, worker=worker)
     if since == "last":
         req.since_last = True
     elif since:

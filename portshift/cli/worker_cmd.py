@@ -3,18 +3,13 @@ through the state database (docs/scaling.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ..errors import PortshiftError
-from ..hardening import harden_process
-from ..pipeline.result import error_report
-from ..redact import sanitize_message
 from . import common_options
 from .options import config_option, secrets_stdin_option
-from .run_cmd import _request, _run, _summary
+from .run_cmd import _request, execute
 
 
 @click.command("worker")
@@ -40,16 +35,11 @@ def command(
     """Work on a job with the other workers of it: the first plans and lists it, every worker
     claims recordings, the one that sees it complete writes the manifest. Exits when no
     recording of the job is left to do."""
-    harden_process()
-    try:
-        req = _request(since, until, transfers, False, False, False)
-        req.worker = True
-        result = _run(config_path, req, state_path, progress, secrets_from_stdin)
-    except PortshiftError as e:
-        if report:
-            click.echo(json.dumps(error_report(e.exit_code, sanitize_message(str(e), 1000)), indent=2))
-        raise
-    _summary(result, err=report is not None)
-    if report:
-        click.echo(json.dumps(result.report(), indent=2))
-    return result.exit_code
+    return execute(
+        config_path,
+        lambda: _request(since, until, transfers, False, False, False, worker=True),
+        state_path,
+        progress,
+        secrets_from_stdin,
+        report,
+    )
