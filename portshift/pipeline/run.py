@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .. import __version__
 from ..api import JobInfo, Sink, Source
@@ -27,6 +27,7 @@ from ..state import State, new_job_id, now_iso
 from ..state.claims import finishing_lock, planning_lock
 from .manifests import ManifestRun
 from .planning import Plan, iso, plan_job, run_command
+from .recovery import cancellable, recover_orphans
 from .result import EXIT_CODES, RunRequest, RunResult
 from .seat import WorkerSeat
 from .shared_rate import share_source_rate
@@ -34,31 +35,6 @@ from .transfer import Transfer
 
 log = logging.getLogger("portshift.run")
 T = TypeVar("T")
-
-
-def cancellable(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
-    """Run ``fn`` (a plugin call: a check, a clean-up, a manifest upload) in a thread of its own and
-    wait for it, so that a cancel ends the wait at once even when the plugin is blocked (a long
-    backoff, a socket read): :class:`Interrupted` is raised and the daemon thread is left behind."""
-    box: list[Any] = []
-
-    def call() -> None:
-        try:
-            box.append((True, fn()))
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-            box.append((False, e))
-
-    thread = threading.Thread(target=call, name=what, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        if cancel.wait(0.05) and thread.is_alive():
-            thread.join(0.5)  # a plugin that noticed the cancel ends by itself
-            if thread.is_alive():
-                raise Interrupted(f"interrupted while {what}")
-    ok, value = box[0]
-    if ok:
-        return value
-    raise value
 
 
 def job_key(cfg: JobConfig, source: Source, sink: Sink) -> str:
@@ -282,21 +258,7 @@ class Runner:
         assert self.state is not None
         self.state.reap(job_id, seat.id if seat else "")
         sink.journal = self.state.journal(job_id, seat.id if seat else None)
-        pending = self.state.journal_orphans(job_id)
-        if not pending:
-            return
-        log.info("cleaning up %d operations a previous run of this job left unfinished", len(pending))
-        try:
-            cancellable(lambda: sink.recover(pending), self.cancel, "cleaning up after a previous run")
-        except Interrupted:
-            raise
-        except Exception as e:  # noqa: BLE001 - kept for the next run; the export goes on
-            log.warning("cleaning up after a previous run failed (%s); will retry next run", sanitize_message(str(e)))
-            return
-        remaining = {k for k, _ in self.state.journal_orphans(job_id)}
-        for key, _ in pending:
-            if key in remaining:
-                self.state.journal_end(job_id, key)
+        recover_orphans(self.state, job_id, sink, self.cancel)
 
     # --- after the transfer ----------------------------------------------------------------
     def _write_manifests(self, job: JobRecord, sink: Sink) -> tuple[str, str]:

@@ -44,6 +44,7 @@ from ..state.claims import listing_lock
 from .artifacts import ArtifactSteps
 from .listing import Lister
 from .planning import Plan, iso
+from .recovery import recover_orphans
 from .seat import WorkerSeat
 
 log = logging.getLogger("portshift.run")
@@ -271,6 +272,7 @@ class Transfer(ArtifactSteps):
                 self._reaped_at = time.monotonic()
                 if self.state.reap(self.job.id, self.seat.id):
                     log.info("a worker of this job stopped; its recordings are claimed again")
+                    recover_orphans(self.state, self.job.id, self.sink, self.cancel)  # its open uploads too
             return True
         return False
 

@@ -70,3 +70,67 @@ def test_four_workers_export_into_s3_once_each(
         assert hashlib.sha256(body).hexdigest() == digest, path
     stored = {k[len(root) + 1 :] for k in objects if k.startswith(f"{root}/") and k != f"{root}/portshift-manifest.txt"}
     assert stored == set(entries)  # nothing stored twice under another name, nothing left out
+
+
+def test_a_worker_killed_mid_upload_has_its_open_upload_aborted_by_the_worker_still_running(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """Worker A holds both recordings; worker B, started next to it, has nothing to claim. A is
+    SIGKILLed while part 2 of a multipart upload is in flight: B finds A dead (its lock is free),
+    takes its recordings, aborts the upload A left open — while the job goes on, not at the next
+    run — and completes the export."""
+    import signal
+    import sqlite3
+    import threading
+    import time
+
+    from .test_end_to_end import write_job
+
+    state = tmp_path / "state.db"
+    procs: list[subprocess.Popen[bytes]] = []
+    killed = threading.Event()
+
+    def workers_registered() -> int:
+        try:
+            with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
+                return db.execute("select count(*) from workers where ended_at is null").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    def rule(req: Any) -> Any:
+        if killed.is_set() or "media.mp3" not in req.target or "partNumber=2" not in req.target:
+            return None
+        deadline = time.monotonic() + 30
+        while workers_registered() < 2 and time.monotonic() < deadline:  # B is there, waiting
+            time.sleep(0.05)
+        os.kill(procs[0].pid, signal.SIGKILL)  # A: no clean-up at all
+        killed.set()
+        return tls_proxy.Action(close=True)
+
+    tls_proxy.rule = rule
+    job = write_job(tmp_path, bucket, tls_proxy.url, certs.ca_pem, count=2)
+    job.write_text(job.read_text().replace("transfers = 2", "transfers = 1"))
+    env = run_env(canaries)
+    env["PORTSHIFT_LEASE"] = "30"  # B must find A dead by its lock, not by a lease running out
+    argv = [*PORTSHIFT, "worker", "--config", str(job), "--state", str(state), "--no-progress", "--log-level", "debug"]
+    procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    deadline = time.monotonic() + 30
+    while workers_registered() < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    _, err_a = procs[0].communicate(timeout=120)
+    _, err_b = procs[1].communicate(timeout=120)
+    assert procs[0].returncode == -signal.SIGKILL, err_a.decode()[-2000:]
+    assert procs[1].returncode == 0, err_b.decode()[-3000:]
+    text = err_b.decode()
+    assert "a worker of this job stopped" in text and "cleaning up 1 operations a stopped worker" in text, text[-3000:]
+    assert pending() == []  # the upload A left open was aborted, none other left
+    with sqlite3.connect(state) as db:
+        assert db.execute("select count(*) from sink_journal").fetchone() == (0,)
+        assert db.execute("select status, count(*) from recordings group by 1").fetchall() == [("done", 2)]
+    objects = {o["Key"] for o in admin.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    (manifest,) = [k for k in objects if k.endswith("/portshift-manifest.txt")]
+    root = manifest.rsplit("/", 1)[0]
+    for path, digest in manifest_entries(admin, bucket, root).items():
+        body = admin.get_object(Bucket=bucket, Key=f"{root}/{path}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == digest, path

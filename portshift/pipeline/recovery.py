@@ -1,0 +1,66 @@
+"""What runs after a worker is gone, and the plugin calls that must not hold up a cancel.
+
+:func:`recover_orphans` lets the sink clean up the operations a gone worker left in flight (open
+multipart uploads, uncommitted blocks, resumable sessions): a starting worker does it for the
+workers before it, and a running worker does it as soon as it finds another dead, so an upload a
+killed worker left open is aborted while the job goes on, not only at the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..api import Sink
+from ..errors import Interrupted
+from ..redact import sanitize_message
+from ..state import State
+
+log = logging.getLogger("portshift.run")
+T = TypeVar("T")
+
+
+def cancellable(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
+    """Run ``fn`` (a plugin call: a check, a clean-up, a manifest upload) in a thread of its own and
+    wait for it, so that a cancel ends the wait at once even when the plugin is blocked (a long
+    backoff, a socket read): :class:`Interrupted` is raised and the daemon thread is left behind."""
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box.append((False, e))
+
+    thread = threading.Thread(target=call, name=what, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if cancel.wait(0.05) and thread.is_alive():
+            thread.join(0.5)  # a plugin that noticed the cancel ends by itself
+            if thread.is_alive():
+                raise Interrupted(f"interrupted while {what}")
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+def recover_orphans(state: State, job_id: str, sink: Sink, cancel: threading.Event) -> None:
+    """Hand the sink the journal entries of workers that are gone; end those it cleaned up."""
+    pending = state.journal_orphans(job_id)
+    if not pending:
+        return
+    log.info("cleaning up %d operations a stopped worker of this job left unfinished", len(pending))
+    try:
+        cancellable(lambda: sink.recover(pending), cancel, "cleaning up after a stopped worker")
+    except Interrupted:
+        raise
+    except Exception as e:  # noqa: BLE001 - kept for the next try; the export goes on
+        log.warning("cleaning up after a stopped worker failed (%s); will retry", sanitize_message(str(e)))
+        return
+    remaining = {k for k, _ in state.journal_orphans(job_id)}
+    for key, _ in pending:
+        if key in remaining:
+            state.journal_end(job_id, key)
