@@ -56,6 +56,24 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return Certs(local.ca, local.ca_pem, local.cert_pem, local.key_pem)
 
 
+def _traversable_for_everyone(paths: list[Path]) -> list[tuple[Path, int]]:
+    """Give "others" the right to pass through (x, never r) every folder above ``paths`` that
+    lacks it, so the job uids of the sandbox can reach this checkout and its venv wherever it was
+    cloned (``mktemp -d`` makes 0700 folders); returns what to restore."""
+    changed: list[tuple[Path, int]] = []
+    seen: set[Path] = set()
+    for path in paths:
+        for folder in [path, *path.parents]:
+            if folder in seen or not folder.is_dir():
+                continue
+            seen.add(folder)
+            mode = folder.stat().st_mode & 0o7777
+            if not mode & 0o001:
+                os.chmod(folder, mode | 0o001)
+                changed.append((folder, mode))
+    return changed
+
+
 @pytest.fixture(scope="session")
 def worker_python() -> Iterator[Path]:
     """A Python every user may run, with this venv's packages: the venv's own base interpreter
@@ -75,8 +93,14 @@ def worker_python() -> Iterator[Path]:
     real = next(p for p in map(Path, sys.path) if p.name == "site-packages" and str(p).startswith(sys.prefix))
     (site / "real.pth").write_text(f"import site; site.addsitedir({str(real)!r})\n")
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
-    yield base / "bin" / "python"
-    shutil.rmtree(base, ignore_errors=True)
+    here = Path(__file__).resolve()
+    changed = _traversable_for_everyone([Path(sys.prefix).resolve(), real.resolve(), here.parents[3], here.parent])
+    try:
+        yield base / "bin" / "python"
+    finally:
+        for folder, mode in reversed(changed):
+            os.chmod(folder, mode)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
