@@ -52,7 +52,7 @@ def simulator(calls: int, faults: object = None) -> chorus.ChorusSimulator:
 
 @pytest.fixture
 def sim() -> Iterator[object]:
-    with simulator(int(os.environ.get("PORTSHIFT_WORKER_CALLS", "240"))) as s:  # the soak run: 2000
+    with simulator(int(os.environ.get("PORTSHIFT_WORKER_CALLS", "160"))) as s:  # the soak run: 2000
         yield s
 
 
@@ -141,9 +141,9 @@ def _start_worker(job: Path, backend: StateBackend, lease: float, log: Path) -> 
 def test_workers_killed_at_random_finish_the_job_with_nothing_lost_or_doubled(
     tmp_path: Path, state_backend: StateBackend
 ) -> None:
-    kills = int(os.environ.get("PORTSHIFT_WORKER_KILLS", "8"))
+    kills = int(os.environ.get("PORTSHIFT_WORKER_KILLS", "6"))
     slow = chorus.Faults(slow=chorus.Fault(ratio=1.0, times=-1), slow_seconds=0.02)  # kills land mid-transfer
-    with simulator(int(os.environ.get("PORTSHIFT_WORKER_CALLS", "240")), slow) as sim:
+    with simulator(int(os.environ.get("PORTSHIFT_WORKER_CALLS", "160")), slow) as sim:
         job = write_job(tmp_path, sim)
         rng = random.Random(1604)
         log = tmp_path / "workers.log"
@@ -195,7 +195,7 @@ def test_four_workers_share_the_request_ceiling_and_a_pause(tmp_path: Path) -> N
     rate = 20.0
     limit = chorus.Faults(rate_limit=rate, rate_limit_burst=2.0)
     backend = StateBackend("sqlite", str(tmp_path / "state.db"))
-    with simulator(160, limit) as sim:
+    with simulator(100, limit) as sim:
         job = write_job(tmp_path, sim)
         job.write_text(job.read_text().replace("requests_per_second = 0", f"requests_per_second = {rate}"))
         t0 = time.monotonic()

@@ -42,13 +42,17 @@ def shared_dir(plugin_path: Path, worker_python: Path) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+#: workers raced: 200 in `make soak` (the issue's figure, about 2 minutes here), 50 in `make test`
+RACED = 200 if os.environ.get("PORTSHIFT_SOAK") else 50
+
+
 def test_a_same_user_process_racing_200_workers_from_their_spawn_never_gets_a_credential(
     shared_dir: Path, worker_python: Path
 ) -> None:
     token = canary_value("race")
     cfg = {
         "token": token,
-        "count": 200,
+        "count": RACED,
         "concurrency": 4,
         "base": str(shared_dir / "work"),
         "plugin_path": str(shared_dir / "plugin"),
@@ -74,8 +78,8 @@ def test_a_same_user_process_racing_200_workers_from_their_spawn_never_gets_a_cr
     print(f"\nhandover race: {len(out['codes'])} workers in {out['seconds']:.0f} s; attacker: {att}")
     # the jobs work: every worker collected its credentials (the canary source checks the token) and exported
     launcher_lines = [line for line in r.stderr.splitlines() if "security:" not in line]
-    assert out["codes"] == [0] * 200, (out["failures"], launcher_lines[-20:])
-    assert len(out["manifests"]) == 200
+    assert out["codes"] == [0] * RACED, (out["failures"], launcher_lines[-20:])
+    assert len(out["manifests"]) == RACED
     for m in out["manifests"][:5]:
         subprocess.run(["sha256sum", "-c", "--quiet", "portshift-manifest.txt"], cwd=Path(m).parent, check=True)
     # the attacker really was there, with everything its user may do, and found nothing
