@@ -125,7 +125,8 @@ class Runner:
                 log.info("starting over: job %s abandoned (--new)", plan.abandon.id)
             job, seat = self._start(plan, source, sink)
         try:
-            share_source_rate(source, state, budget or f"source:{job.id}")
+            if not budget:  # a lone run: its job's budget, now that the job is known
+                share_source_rate(source, state, f"source:{job.id}")
             if self.on_started is not None:
                 self.on_started(job.id)
             set_log_context(job=job.id, phase="transfer")

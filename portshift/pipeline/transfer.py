@@ -258,9 +258,7 @@ class Transfer(ArtifactSteps):
             return True
         job = self.state.job(self.job.id)
         if job is not None and job.listing_attempt != self.seat.attempt:
-            if self._lister_thread is not None and self._listing_error is None and not self.cancel.is_set():
-                return False  # our own listing ended without completing: stop (the outcome says why)
-            self._start_listing()  # the lister died: take over
+            self._start_listing()  # the lister is gone before the end of the window: list again here
             return True
         unclaimed, claimed = self.state.todo_counts(self.job.id)
         with self._lock:
