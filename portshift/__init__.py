@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "StoredFile": "api",
     "HashingStream": "hashing",
     "InFlight": "inflight",
+    "Continuation": "resume",
+    "ResumeRefused": "resume",
+    "ResumableUpload": "resume",
     # options and secrets
     "PluginOptions": "options",
     "HttpsUrl": "options",
@@ -173,6 +176,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         refused_request,
     )
     from .residency import AllowedRegions, ResidencyError, refuse_unverifiable, region_allowed, require_allowed
+    from .resume import Continuation, ResumableUpload, ResumeRefused
     from .retry import Attempts, Backoff, RateLimiter, SharedRate, call_with_retries, parse_retry_after, wait_or_interrupt
     from .sealing import KeyUnavailableError
     from .secrets import Secret, forget_mask, register_mask, secret_field

@@ -19,6 +19,7 @@ from .options import PluginOptions
 from .rate_auto import RateMemory
 
 if TYPE_CHECKING:
+    from .resume import Continuation
     from .retry import RateLimiter
 
 __all__ = [
@@ -79,6 +80,9 @@ class Opened:
     #: optional: fill the buffer with the next bytes, return how many (0 at the end); when given,
     #: the core may read a large artifact through it, into buffers it reuses, instead of ``chunks``
     readinto: Callable[[memoryview], int] | None = None
+    #: optional: what changes when the bytes change (an HTTP ``ETag``); kept with a resumable
+    #: upload and given back to :attr:`Artifact.open_from`, so a changed artifact is sent again
+    validator: str | None = None
 
 
 @dataclass
@@ -96,6 +100,13 @@ class Artifact:
     size: int | None = None
     sha256: str | None = None
     content_type: str | None = None
+    #: optional: open the artifact from byte ``offset`` on, for an upload a stopped worker left
+    #: mid-file (``open_from(offset, validator)``). ``validator`` is the :attr:`Opened.validator`
+    #: of the first download (or ``None``). The :class:`Opened` it returns has the bytes from
+    #: ``offset`` in ``chunks`` and the *whole* artifact's size in ``size``. Raise
+    #: :class:`portshift.ResumeRefused` when the source cannot (no range requests, or the bytes
+    #: changed since: the validator differs): the core then sends the artifact again from byte 0.
+    open_from: Callable[[int, str | None], Opened] | None = None
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes, extension: str, content_type: str | None = None) -> Artifact:
@@ -209,6 +220,23 @@ class Sink(ABC):
         leave nothing visible under ``key`` (abort multipart uploads, remove temporary files)
         and raise. Return only after the store confirmed a durable write.
         """
+
+    def resume(self, key: str, continuation: Continuation, size: int | None = None) -> PutResult:
+        """Optional: finish an upload of ``key`` that a stopped worker left mid-file.
+
+        ``continuation.data`` is the journal entry this sink wrote for it, with the core's
+        ``"resume"`` field (see :meth:`HashingStream.resume_point`). Check what the store holds
+        against the entry (the parts, their checksums); then ``continuation.open()`` gives the rest
+        of the artifact, from ``continuation.offset`` on, with the whole-file SHA-256 taken up
+        where it stopped. Read it to the end and complete the upload, as :meth:`put` does: the
+        result is what a fresh upload would give. Raise :class:`portshift.ResumeRefused` (before
+        opening, or when something does not match) to have the core abort the old upload (through
+        :meth:`recover`) and send the artifact again from byte 0; any other error fails the
+        artifact as a failed :meth:`put` does. Only called on sinks that override it.
+        """
+        from .resume import ResumeRefused
+
+        raise ResumeRefused("this destination cannot continue an upload")
 
     def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
         """Clean up what a killed process left behind (called once per run, before transfers).

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import Interrupted
 
@@ -39,8 +39,13 @@ class _Hasher:
     """SHA-256 and the observers of a buffered stream, in a thread of its own, piece by piece in
     order. A piece goes back to its source once both this thread and the sink are done with it."""
 
-    def __init__(self, sha: hashlib._Hash, observers: list[Callable[[bytes], object]], release: Callable[[memoryview], None]):
-        self._sha = sha
+    def __init__(
+        self,
+        update: Callable[[memoryview], object],
+        observers: list[Callable[[bytes], object]],
+        release: Callable[[memoryview], None],
+    ):
+        self._update = update
         self._observers = observers
         self._release = release
         self._cond = threading.Condition()
@@ -80,7 +85,7 @@ class _Hasher:
             view: memoryview = piece[0]  # type: ignore[assignment]
             if self.error is None:
                 try:
-                    self._sha.update(view)
+                    self._update(view)
                     for fn in self._observers:
                         fn(view)  # type: ignore[arg-type]
                 except BaseException as e:  # noqa: BLE001 - raised in the sink's thread
@@ -115,6 +120,7 @@ class HashingStream:
         expect_size: int | None = None,
         expect_sha256: str | None = None,
         content_type: str | None = None,
+        resume: tuple[int, str] | None = None,
     ) -> None:
         self._source: Iterator[bytes] = iter(chunks)
         src = self._source
@@ -123,7 +129,22 @@ class HashingStream:
             src if getattr(src, "buffered", False) is True and hasattr(src, "next_buffer") else None  # type: ignore[assignment]
         )
         self._buf = bytearray()
-        self._sha = hashlib.sha256()
+        self._sha: Any = hashlib.sha256()
+        self._every = 0  #: keep the hash's state at every multiple of this offset (keep_states)
+        self._states: dict[int, str] = {}
+        self.resumed_at = 0  #: the offset this stream starts at (a resumed upload), else 0
+        #: set by the core when this upload may be continued after a crash: the recording id,
+        #: artifact name, extension and the source's validator (see :meth:`keep_states`)
+        self.resume_info: dict[str, str | None] | None = None
+        if resume is not None:
+            from . import sha256_state
+
+            offset, state = resume
+            self._sha = sha256_state.restore(state)
+            if self._sha.length != offset:
+                raise ValueError("the saved SHA-256 state is not at the offset resumed from")
+            self.resumed_at = offset
+        self._hash: Callable[[Any], object] = self._sha.update
         self._observers: list[Callable[[bytes], object]] = []
         self._cancel = cancel
         self._max = max_bytes if max_bytes is not None else expect_size
@@ -131,7 +152,7 @@ class HashingStream:
         self._expect_sha256 = expect_sha256.lower() if expect_sha256 else None
         #: the artifact's media type when the source knows it (sinks may store it with the object)
         self.content_type = content_type
-        self.bytes_read = 0  #: bytes taken from the source (and hashed)
+        self.bytes_read = self.resumed_at  #: bytes taken from the source (and hashed), from offset 0
         self.finished = False  #: the source is exhausted
 
     # --- what the core reads afterwards -------------------------------------------------
@@ -141,9 +162,66 @@ class HashingStream:
     def sha256_digest(self) -> bytes:
         return self._sha.digest()
 
+    def keep_states(self, every: int) -> bool:
+        """Make this upload resumable after a crash, at every multiple of ``every`` bytes (the
+        sink's part size): the SHA-256's state is kept at each, and :meth:`resume_point` gives what
+        to journal once the parts up to there are stored. Call it before the first read. ``False``
+        (nothing kept) when the core does not offer it for this artifact (no state, smaller than
+        ``PORTSHIFT_RESUME_ABOVE``), this process has no saveable SHA-256, or ``every`` is not a
+        multiple of 64."""
+        from . import sha256_state
+
+        if self.bytes_read > self.resumed_at:
+            raise RuntimeError("keep_states() must be called before the first read")
+        if self.resume_info is None or every <= 0 or every % 64:
+            return False
+        if not self.resumed_at:
+            fresh = sha256_state.new()
+            if fresh is None:
+                return False
+            self._sha = fresh
+        self._every = every
+        self._hash = self._hash_keeping
+        return True
+
+    def resume_point(self, offset: int) -> str | None:
+        """What the sink journals, in its entry's ``"resume"`` field, once the first ``offset``
+        bytes (a multiple of the ``every`` given to :meth:`keep_states`) are stored and confirmed:
+        text that :class:`portshift.Continuation` gives back to the sink's ``resume``. ``None``
+        when nothing was kept. A point is given once (and the ones before it are forgotten)."""
+        state = self._states.pop(offset, None)
+        for older in [o for o in list(self._states) if o < offset]:
+            self._states.pop(older, None)
+        info = self.resume_info
+        if state is None or info is None:
+            return None
+        from .resume import ResumePoint
+
+        return ResumePoint(
+            offset=offset,
+            sha256_state=state,
+            size=self._expect_size,
+            validator=info.get("validator"),
+            recording_id=info["recording"],
+            artifact=info["artifact"],
+            extension=info["ext"],
+        ).encode()
+
+    def _hash_keeping(self, data: Any) -> None:
+        sha, every = self._sha, self._every
+        view = memoryview(data)
+        while view:
+            to_mark = every - sha.length % every
+            if len(view) < to_mark:
+                sha.update(view)
+                return
+            sha.update(view[:to_mark])
+            self._states[sha.length] = sha.export()
+            view = view[to_mark:]
+
     def observe(self, fn: Callable[[bytes], object]) -> None:
         """Call ``fn(chunk)`` for every chunk from now on (same pass, e.g. ``md5.update``)."""
-        if self.bytes_read:
+        if self.bytes_read > self.resumed_at:
             raise RuntimeError("observe() must be called before the first read")
         self._observers.append(fn)
 
@@ -159,7 +237,7 @@ class HashingStream:
                 continue
             if type(chunk) is not bytes:
                 chunk = bytes(chunk)  # a bytearray/memoryview the source may reuse: take a copy
-            self._sha.update(chunk)
+            self._hash(chunk)
             for fn in self._observers:
                 fn(chunk)
             self.bytes_read += len(chunk)
@@ -188,7 +266,7 @@ class HashingStream:
                 self._check_end()
                 self.finished = True
                 return False
-            self._sha.update(view)
+            self._hash(view)
             for fn in self._observers:
                 fn(view)  # type: ignore[arg-type]
             self.bytes_read += len(view)
@@ -276,7 +354,7 @@ class HashingStream:
             return
         if self.finished:
             return
-        hasher = _Hasher(self._sha, self._observers, src.release)
+        hasher = _Hasher(self._hash, self._observers, src.release)
         try:
             while True:
                 if self._cancel is not None and self._cancel.is_set():

@@ -11,16 +11,21 @@ from typing import Any
 
 from ..api import Artifact, JobInfo, Recording, Sink
 from ..config import JobConfig
-from ..errors import IntegrityError
+from ..errors import IntegrityError, Interrupted
 from ..events import FileExported
 from ..hashing import HashingStream
 from ..keys import build_key
 from ..plugins import call_event
 from ..progress import Progress
 from ..records import JobRecord
+from ..redact import sanitize_message
+from ..resume import Continuation, ResumePoint, ResumeRefused, resume_above
 from ..state import FileRecord, State
 from .planning import iso
 from .readahead import READ_AHEAD_FROM, ReadAhead
+from .recovery import cancellable
+from .resuming import Resumables, can_resume
+from .seat import WorkerSeat
 
 log = logging.getLogger("portshift.run")
 
@@ -36,21 +41,20 @@ class ArtifactSteps:
     progress: Progress
     cancel: threading.Event
     payload_prefix: str
+    seat: WorkerSeat
+    resumables: Resumables
 
     # --- one artifact ------------------------------------------------------------------------
     def _artifact(self, rec: Recording, artifact: Artifact) -> None:
+        if len(self.resumables):
+            left = self.resumables.take(self.state, self.job.id, self.seat.id, rec.id, artifact.name)
+            if left is not None and self._continue(rec, artifact, *left):
+                return
         opened = artifact.open()
         ahead: ReadAhead | None = None
         try:
-            rel = self.payload_prefix + build_key(
-                self.cfg.job.key_template,
-                recording_id=rec.id,
-                artifact=artifact.name,
-                ext=opened.extension or artifact.extension,
-                started_at=rec.started_at,
-                fields=rec.fields,
-                source=self.cfg.source_type,
-            )
+            ext = opened.extension or artifact.extension
+            rel = self._rel(rec, artifact, ext)
             declared = opened.size if opened.size is not None else artifact.size
             chunks: Iterable[bytes] = opened.chunks
             if declared is None or declared >= READ_AHEAD_FROM:
@@ -65,11 +69,105 @@ class ArtifactSteps:
             stream = HashingStream(
                 chunks, cancel=self.cancel, expect_size=declared, expect_sha256=artifact.sha256, content_type=content_type
             )
+            if self._may_resume(declared):
+                stream.resume_info = {"recording": rec.id, "artifact": artifact.name, "ext": ext, "validator": opened.validator}
             stream.observe(self.progress.add_bytes)
             result = self.sink.put(f"{self.job.export_root}/{rel}", stream, declared)
             got, digest = self._checked(rel, stream, declared, artifact.sha256, result)
         finally:
             _close(opened.close, ahead, self.cancel.is_set())
+        self._record(rec, artifact, rel, got, digest, content_type, result)
+
+    def _continue(self, rec: Recording, artifact: Artifact, key: str, data: dict[str, str], point: ResumePoint) -> bool:
+        """Finish the upload a gone worker left mid-file (see :mod:`.resuming`); ``False`` when it
+        cannot be continued (said once; the old upload is aborted): the caller sends it again."""
+        rel = self._rel(rec, artifact, point.extension)
+        held: dict[str, Any] = {}
+        size = f"{point.size} bytes" if point.size is not None else "its bytes"
+
+        def open_rest() -> HashingStream:
+            if f"{self.job.export_root}/{rel}" != key:
+                raise ResumeRefused("its key is not the one this job builds now")
+            if artifact.open_from is None:
+                raise ResumeRefused("the source cannot send part of a file")
+            held["opened"] = opened = artifact.open_from(point.offset, point.validator)
+            if point.size is not None and opened.size is not None and opened.size != point.size:
+                raise ResumeRefused(f"its size at the source is now {opened.size} bytes")
+            if point.validator and opened.validator and opened.validator != point.validator:
+                raise ResumeRefused("it changed at the source")
+            held["ahead"] = ahead = ReadAhead(opened.chunks, self.cancel, start_after=0, readinto=opened.readinto)
+            held["type"] = opened.content_type or artifact.content_type
+            stream = HashingStream(
+                ahead,
+                cancel=self.cancel,
+                expect_size=point.size if point.size is not None else opened.size,
+                expect_sha256=artifact.sha256,
+                content_type=held["type"],
+                resume=(point.offset, point.sha256_state),
+            )
+            stream.resume_info = {
+                "recording": rec.id,
+                "artifact": artifact.name,
+                "ext": point.extension,
+                "validator": point.validator or opened.validator,
+            }
+            stream.observe(self.progress.add_bytes)
+            held["stream"] = stream
+            return stream
+
+        cont = Continuation(key=key, data=data, offset=point.offset, size=point.size, _open=open_rest)
+        try:
+            result = self.sink.resume(key, cont, point.size)
+            stream = held.get("stream")
+            if stream is None:
+                raise IntegrityError(f"{rel}: the destination continued an upload without reading the rest of it")
+            got, digest = self._checked(rel, stream, point.size, artifact.sha256, result)
+        except ResumeRefused as e:
+            log.warning(
+                "%s: the upload a stopped worker left at byte %d of %s cannot be continued (%s); sending it again from byte 0",
+                rel,
+                point.offset,
+                size,
+                e.message,
+            )
+            self._abandon(key, data)
+            return False
+        finally:
+            opened = held.get("opened")
+            _close(opened.close if opened is not None else None, held.get("ahead"), self.cancel.is_set())
+        log.info("%s: continued the upload a stopped worker left at byte %d of %s", rel, point.offset, size)
+        self._record(rec, artifact, rel, got, digest, held["type"], result)
+        return True
+
+    def _abandon(self, key: str, data: dict[str, str]) -> None:
+        """Abort an upload that cannot be continued (the sink's crash clean-up), then forget it."""
+        try:
+            cancellable(lambda: self.sink.recover([(key, data)]), self.cancel, "aborting an upload left mid-file")
+        except Interrupted:
+            raise
+        except Exception as e:  # noqa: BLE001 - left to the store's lifecycle rule, as any failed abort
+            log.warning("could not abort the upload a stopped worker left (%s)", sanitize_message(str(e)))
+        self.state.journal_end(self.job.id, key)
+
+    def _rel(self, rec: Recording, artifact: Artifact, ext: str) -> str:
+        return self.payload_prefix + build_key(
+            self.cfg.job.key_template,
+            recording_id=rec.id,
+            artifact=artifact.name,
+            ext=ext,
+            started_at=rec.started_at,
+            fields=rec.fields,
+            source=self.cfg.source_type,
+        )
+
+    def _may_resume(self, declared: int | None) -> bool:
+        """Whether this upload is offered a resume point (see :meth:`HashingStream.keep_states`)."""
+        above = resume_above()
+        return above >= 0 and (declared is None or declared >= above) and can_resume(self.sink)
+
+    def _record(
+        self, rec: Recording, artifact: Artifact, rel: str, got: int, digest: str, content_type: str | None, result: Any
+    ) -> None:
         self.state.add_file(
             self.job.id,
             FileRecord(

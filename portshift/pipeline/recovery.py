@@ -47,11 +47,25 @@ def cancellable(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
     raise value
 
 
-def recover_orphans(state: State, job_id: str, sink: Sink, cancel: threading.Event) -> None:
-    """Hand the sink the journal entries of workers that are gone; end those it cleaned up."""
+def recover_orphans(
+    state: State, job_id: str, sink: Sink, cancel: threading.Event, *, keep_resumable: bool = True
+) -> list[tuple[str, dict[str, str]]]:
+    """Hand the sink the journal entries of workers that are gone; end those it cleaned up.
+
+    Uploads left mid-file with a resume point (when the sink can continue them) are not handed
+    over but returned, for the worker that exports their artifact next (``keep_resumable=False``:
+    those too are cleaned up, at the end of the job's transfers)."""
+    from .resuming import can_resume, resume_point_of
+
     pending = state.journal_orphans(job_id)
+    kept: list[tuple[str, dict[str, str]]] = []
+    if keep_resumable and pending and can_resume(sink):
+        kept = [(k, d) for k, d in pending if resume_point_of(d) is not None]
+        pending = [(k, d) for k, d in pending if resume_point_of(d) is None]
+    if kept:
+        log.info("%d uploads a stopped worker left mid-file are kept, to be continued", len(kept))
     if not pending:
-        return
+        return kept
     log.info("cleaning up %d operations a stopped worker of this job left unfinished", len(pending))
     try:
         cancellable(lambda: sink.recover(pending), cancel, "cleaning up after a stopped worker")
@@ -59,8 +73,9 @@ def recover_orphans(state: State, job_id: str, sink: Sink, cancel: threading.Eve
         raise
     except Exception as e:  # noqa: BLE001 - kept for the next try; the export goes on
         log.warning("cleaning up after a stopped worker failed (%s); will retry", sanitize_message(str(e)))
-        return
+        return kept
     remaining = {k for k, _ in state.journal_orphans(job_id)}
     for key, _ in pending:
         if key in remaining:
             state.journal_end(job_id, key)
+    return kept

@@ -155,7 +155,7 @@ class Runner:
         phase = ""
         try:
             info = self._job_info(job.id)
-            self._recover(job.id, sink, seat)
+            resumable = self._recover(job.id, sink, seat, resumable=True)
             call_event("job_started", job=info, resumed=plan.resume is not None)
             transfer = Transfer(
                 self.cfg,
@@ -172,7 +172,10 @@ class Runner:
                 payload_prefix=self._payload_prefix,
                 seat=seat,
             )
+            transfer.resumables.add(resumable)
             status, error = transfer.run()
+            if status is not JobStatus.INTERRUPTED:  # uploads left mid-file that nobody continued
+                self._abort_left(job.id, sink)
             result.already_done, result.exported_now = transfer.already, transfer.exported
             if req.worker:  # what the job's workers together exported in this run, not only this one
                 done = self.state.recording_counts(job.id).get(RecordingStatus.DONE.value, 0)
@@ -253,15 +256,28 @@ class Runner:
         """Workers starting at once plan one job: one at a time decides, the others join it."""
         return self._locked(planning_lock(key))
 
-    def _recover(self, job_id: str, sink: Sink, seat: WorkerSeat | None = None) -> None:
+    def _recover(
+        self, job_id: str, sink: Sink, seat: WorkerSeat | None = None, *, resumable: bool = False
+    ) -> list[tuple[str, dict[str, str]]]:
         """Let the sink clean up what workers that are gone left in flight (multipart uploads);
-        this worker's own journal entries are kept apart from then on."""
+        this worker's own journal entries are kept apart from then on. With ``resumable``, the
+        uploads left mid-file that can be continued are kept and returned instead."""
         assert self.state is not None
         self.state.reap(job_id, seat.id if seat else "")
         sink.journal = self.state.journal(job_id, seat.id if seat else None)
-        recover_orphans(self.state, job_id, sink, self.cancel)
+        return recover_orphans(self.state, job_id, sink, self.cancel, keep_resumable=resumable)
 
     # --- after the transfer ----------------------------------------------------------------
+    def _abort_left(self, job_id: str, sink: Sink) -> None:
+        """Abort the uploads gone workers left mid-file that no worker continued."""
+        assert self.state is not None
+        try:
+            recover_orphans(self.state, job_id, sink, self.cancel, keep_resumable=False)
+        except Interrupted:
+            raise
+        except Exception as e:  # noqa: BLE001 - the next run of the job tries again
+            log.warning("cleaning up uploads left by a stopped worker failed (%s)", sanitize_message(str(e)))
+
     def _write_manifests(self, job: JobRecord, sink: Sink) -> tuple[str, str]:
         state = self.state
         assert state is not None

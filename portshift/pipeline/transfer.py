@@ -45,6 +45,7 @@ from .artifacts import ArtifactSteps
 from .listing import Lister
 from .planning import Plan, iso
 from .recovery import recover_orphans
+from .resuming import Resumables
 from .seat import WorkerSeat
 
 log = logging.getLogger("portshift.run")
@@ -99,6 +100,7 @@ class Transfer(ArtifactSteps):
         self._counted_at = 0.0
         self._taken = threading.Event()  #: a transfer took work from the queue
         self.lister: Lister | None = None
+        self.resumables = Resumables()  #: uploads gone workers left mid-file (see .resuming)
         self._lister_thread: threading.Thread | None = None
 
     @property
@@ -270,7 +272,8 @@ class Transfer(ArtifactSteps):
                 self._reaped_at = time.monotonic()
                 if self.state.reap(self.job.id, self.seat.id):
                     log.info("a worker of this job stopped; its recordings are claimed again")
-                    recover_orphans(self.state, self.job.id, self.sink, self.cancel)  # its open uploads too
+                    # its open uploads too (those it left mid-file are kept, to be continued)
+                    self.resumables.add(recover_orphans(self.state, self.job.id, self.sink, self.cancel))
             return True
         return False
 

@@ -25,7 +25,9 @@ from portshift import (
     HashingStream,
     InFlight,
     IntegrityError,
+    Interrupted,
     PutResult,
+    ResumableUpload,
     Sink,
     SinkError,
     call_with_retries,
@@ -37,6 +39,7 @@ from .options import MAX_PARTS, S3Options, check_region_allowed
 from .parts import READ_SIZE, Part, StoreError, b64, content_type_args, etag_of, read_part, send_buffer, version_of
 from .probe import BucketProbe
 from .recovery import UploadRecovery
+from .resuming import UploadResume
 
 _Part = Part  # the name the plugin's tests use
 _StoreError = StoreError
@@ -44,7 +47,7 @@ _StoreError = StoreError
 log = logging.getLogger("portshift.s3")
 
 
-class S3Sink(BucketProbe, UploadRecovery, Sink):
+class S3Sink(BucketProbe, UploadRecovery, UploadResume, Sink):
     """Amazon S3 or an S3-compatible store; streaming, checksum-verified, write-only."""
 
     Options = S3Options
@@ -92,6 +95,13 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                 hint="raise part_size in [sink]",
             )
         refresh_masks(self._chain_creds)
+        resumable = ResumableUpload(
+            self.journal if size is None or size > self.options.part_size else None,
+            key,
+            {"bucket": self.options.bucket, "key": full_key},
+            stream,
+            self.options.part_size,
+        )
         # Fill one part; if the stream ends within it (the next read gives nothing), it is one
         # PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.
         first = read_part(stream, self.options.part_size)
@@ -106,7 +116,7 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
         # rest of the artifact is uploaded (memory stays at one part per part in flight).
         seed = [first, lookahead]
         del first, lookahead
-        return self._put_multipart(full_key, key, stream, seed)
+        return self._put_multipart(full_key, key, stream, seed, resumable)
 
     # --- helpers ----------------------------------------------------------------------------
     def _full_key(self, key: str) -> str:
@@ -178,7 +188,9 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
             verified="S3 checked SHA-256 of 1 part (the whole object: the manifest SHA-256)",
         )
 
-    def _put_multipart(self, full_key: str, key: str, stream: HashingStream, seed: list[bytes | bytearray]) -> PutResult:
+    def _put_multipart(
+        self, full_key: str, key: str, stream: HashingStream, seed: list[bytes | bytearray], resumable: ResumableUpload
+    ) -> PutResult:
         loc = self._loc(full_key)
         # From before CreateMultipartUpload until the upload is completed or aborted, it is in the
         # job's journal: if this process dies (SIGKILL, power loss), the next run of the job aborts
@@ -213,12 +225,32 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                 if self._abort(full_key, upload_id):  # not journaled: do not leave it behind
                     self._journal_end(key)  # else the intent stays, and the next run finds it
                 raise
+        resumable.entry["upload_id"] = str(upload_id)
+        piece, carry = seed
+        seed.clear()
+        return self._send_parts(full_key, key, stream, upload_id, [piece, carry], [], resumable)
+
+    def _send_parts(
+        self,
+        full_key: str,
+        key: str,
+        stream: HashingStream,
+        upload_id: str,
+        seed: list[bytes | bytearray],
+        stored: list[_Part],
+        resumable: ResumableUpload,
+    ) -> PutResult:
+        """Upload the rest of the stream as parts after ``stored`` (the parts already in S3), then
+        complete the upload; abort it on any failure (unless it is kept to be continued)."""
+        loc = self._loc(full_key)
         # At most max_concurrency parts in flight (worker threads), plus the one being read.
         inflight: InFlight[_Part] = InFlight(self.options.max_concurrency, "portshift-s3-part")
         try:
-            number = 0
+            number = len(stored)
             piece, carry = seed
             seed.clear()
+            if not piece:
+                piece = read_part(stream, self.options.part_size)
             while piece:
                 number += 1
                 if number > MAX_PARTS:
@@ -230,11 +262,11 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                             retryable=False,
                         )
                     )
-                inflight.submit(self._upload_part, full_key, upload_id, number, piece)
+                inflight.submit(self._upload_part, full_key, upload_id, number, piece, resumable)
                 piece = b""  # drop the reference before filling the next part
                 piece = read_part(stream, self.options.part_size, carry)
                 carry = b""
-            parts = sorted(inflight.finish(), key=lambda p: p.number)
+            parts = stored + sorted(inflight.finish(), key=lambda p: p.number)
             total = sum(p.size for p in parts)
             if not stream.finished or total != stream.bytes_read:
                 raise _StoreError(
@@ -256,6 +288,10 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
             )
         except BaseException as exc:
             inflight.close()  # in-flight parts end before the abort, or they could outlive it
+            if isinstance(exc, Interrupted) and resumable.journaled:
+                # stopped (SIGTERM, Ctrl-C) with parts stored: the next run continues the upload
+                log.info("%s: upload kept at %d bytes, to be continued by the next run", loc, resumable.stored)
+                raise
             if self._abort(full_key, upload_id):
                 self._journal_end(key)  # else it stays journaled, and the next run aborts it
             if isinstance(exc, _StoreError):
@@ -274,7 +310,9 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
         except Exception as e:  # noqa: BLE001 - a stale entry only costs one harmless abort next run
             log.warning("could not record the end of an upload in the job state (%s)", type(e).__name__)
 
-    def _upload_part(self, full_key: str, upload_id: str, number: int, body: bytes | bytearray) -> _Part:
+    def _upload_part(
+        self, full_key: str, upload_id: str, number: int, body: bytes | bytearray, resumable: ResumableUpload | None = None
+    ) -> _Part:
         digest = hashlib.sha256(body).digest()
         ours = b64(digest)
         resp = self._call(
@@ -295,7 +333,10 @@ class S3Sink(BucketProbe, UploadRecovery, Sink):
                     f"for {self._loc(full_key)}; the upload was aborted"
                 )
             )
-        return _Part(number=number, etag=etag_of(resp) or "", checksum=theirs, digest=digest, size=len(body))
+        part = _Part(number=number, etag=etag_of(resp) or "", checksum=theirs, digest=digest, size=len(body))
+        if resumable is not None:
+            resumable.confirmed(number - 1, f"{theirs} {part.etag}")
+        return part
 
     def _completed(self, full_key: str, key: str, parts: list[_Part], total: int, resp: dict[str, Any]) -> PutResult:
         composite = f"{b64(hashlib.sha256(b''.join(p.digest for p in parts)).digest())}-{len(parts)}"

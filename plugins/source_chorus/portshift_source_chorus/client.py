@@ -367,3 +367,7 @@ class ChorusClient:
     def open_media(self, cid: str) -> Opened:
         """Open a call's media for reading (called again for a retry)."""
         return self.downloader.open(cid)
+
+    def open_media_from(self, cid: str, offset: int, validator: str | None) -> Opened:
+        """A call's media from byte ``offset`` on, if it is still the same bytes (see download.py)."""
+        return self.downloader.open_from(cid, offset, validator)

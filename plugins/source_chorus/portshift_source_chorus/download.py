@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from portshift import ArtifactMissing, Attempts, Backoff, Opened, SourceError, forget_mask, redact_url
+from portshift import ArtifactMissing, Attempts, Backoff, Opened, ResumeRefused, SourceError, forget_mask, redact_url
 
 from .diagnostics import MAX_ERROR_BODY, error_text
 from .media import MediaResponse
@@ -169,11 +169,53 @@ class MediaDownloader:
         length = resp.headers.get("content-length")
         if length is not None and length.isdigit() and not decoded:
             size = int(length)
-        body = MediaBody(self, cid, resp, size, resp.headers.get("etag"), decoded)
+        etag = resp.headers.get("etag")
+        body = MediaBody(self, cid, resp, size, etag, decoded)
         # a body sent as it is can be received straight into the core's buffers (no copy)
         readinto = body.readinto if not decoded and isinstance(resp, MediaResponse) else None
         return Opened(
-            chunks=body, size=size, extension=extension_for(ctype), content_type=ctype, close=body.close, readinto=readinto
+            chunks=body,
+            size=size,
+            extension=extension_for(ctype),
+            content_type=ctype,
+            close=body.close,
+            readinto=readinto,
+            validator=etag if not decoded else None,
+        )
+
+    def open_from(self, cid: str, offset: int, validator: str | None) -> Opened:
+        """A call's media from byte ``offset`` on (an upload a stopped worker left mid-file): a
+        ``Range`` request with ``If-Range: <ETag>``; anything but the exact range of the same bytes
+        is :class:`ResumeRefused` (the core then sends the whole recording again)."""
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={offset}-"}
+        if validator:
+            headers["If-Range"] = validator
+        resp = self._fetch(cid, headers)
+        status, etag = resp.status_code, resp.headers.get("etag")
+        span = content_range(resp.headers.get("content-range", ""))
+        encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+        why = None
+        if status != 206:
+            why = f"the media host answered HTTP {status} to a range request" + (" (it changed)" if status == 200 else "")
+        elif span is None or span[0] != offset or span[1] != span[2] - 1 or encoded:
+            why = "the media host sent another range than the one asked for"
+        elif validator and etag and etag != validator:
+            why = "the media changed since the upload began (another ETag)"
+        if why is not None:
+            resp.close()
+            raise ResumeRefused(f"call {cid}: {why}")
+        assert span is not None
+        ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower() or None
+        body = MediaBody(self, cid, resp, span[2], etag or validator, False, offset=offset)
+        readinto = body.readinto if isinstance(resp, MediaResponse) else None
+        return Opened(
+            chunks=body,
+            size=span[2],
+            extension=extension_for(ctype),
+            content_type=ctype,
+            close=body.close,
+            readinto=readinto,
+            validator=etag or validator,
         )
 
     def _resume(self, cid: str, offset: int, size: int, etag: str | None) -> Response:
@@ -183,14 +225,7 @@ class MediaDownloader:
         resp = self._fetch(cid, headers)
         ok = resp.status_code == 206
         if ok:
-            crange = resp.headers.get("content-range", "")
-            try:
-                unit, _, rest = crange.partition(" ")
-                span, _, total = rest.partition("/")
-                first, _, last = span.partition("-")
-                ok = unit == "bytes" and int(first) == offset and int(last) == size - 1 and int(total) == size
-            except ValueError:
-                ok = False
+            ok = content_range(resp.headers.get("content-range", "")) == (offset, size - 1, size)
             if ok and etag and resp.headers.get("etag") and resp.headers.get("etag") != etag:
                 ok = False
         if not ok:
@@ -205,20 +240,42 @@ class MediaDownloader:
         return resp
 
 
+def content_range(value: str) -> tuple[int, int, int] | None:
+    """``(first, last, total)`` of a ``Content-Range: bytes first-last/total`` header, else None."""
+    unit, _, rest = value.strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    try:
+        out = (int(first), int(last), int(total))
+    except ValueError:
+        return None
+    return out if unit == "bytes" and 0 <= out[0] <= out[1] < out[2] else None
+
+
 class MediaBody:
     """One call's media body, read either as chunks (iterate) or into the caller's buffers
     (:meth:`readinto`), resumed with a ``Range`` request where it broke off (up to ``retries``
     times, each wait cancellable). :meth:`close` (from any thread) ends it: a closed download is
     not resumed."""
 
-    def __init__(self, downloader: MediaDownloader, cid: str, resp: Response, size: int | None, etag: str | None, decoded: bool):
+    def __init__(
+        self,
+        downloader: MediaDownloader,
+        cid: str,
+        resp: Response,
+        size: int | None,
+        etag: str | None,
+        decoded: bool,
+        *,
+        offset: int = 0,
+    ):
         self._dl = downloader
         self._cid = cid
         self._resp = resp
         self._size = size
         self._etag = etag
         self._decoded = decoded
-        self._offset = 0
+        self._offset = offset  #: where the next byte received is in the whole media
         self._closed = False
         self._done = False
         self._chunks: Iterator[bytes] | None = None

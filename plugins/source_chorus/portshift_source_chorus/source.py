@@ -246,7 +246,14 @@ class ChorusSource(Source):
         cid = recording.id
         for name in wanted:
             if name == "media":
-                out.append(Artifact(name="media", open=lambda cid=cid: self.client.open_media(cid), extension="bin"))
+                out.append(
+                    Artifact(
+                        name="media",
+                        open=lambda cid=cid: self.client.open_media(cid),
+                        extension="bin",
+                        open_from=lambda offset, validator, cid=cid: self.client.open_media_from(cid, offset, validator),
+                    )
+                )
             elif name == "transcript":
                 out.append(Artifact.from_bytes("transcript", doc_bytes, "json", "application/json"))
             elif name == "captions":

@@ -1,0 +1,197 @@
+"""A big recording's upload killed at 90 % is continued by the next run, not sent again
+(issue 21): the Chorus simulator over HTTPS, moto over TLS behind a proxy that counts what reaches
+the store, real `portshift run` processes, SIGKILL, GNU `sha256sum -c`.
+
+``PORTSHIFT_RESUME_MIB`` sets the recording's size (48 MiB in `make test`; 1024 in
+`make soak`, the issue's figure; benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portshift.testing import PORTSHIFT
+
+from .conftest import Canaries, run_env
+from .test_end_to_end import manifest_entries
+
+chorus = pytest.importorskip("portshift_source_chorus.simulator", reason="the Chorus plugin is part of make setup")
+
+MiB = 1024 * 1024
+PART = 5 * MiB
+TOKEN = "s3-resume-" + "t" * 24
+PLUGINS = "portshift-sink-s3,portshift-source-chorus"
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+SIZE = int(os.environ.get("PORTSHIFT_RESUME_MIB", "64")) * MiB
+
+
+def _spec(size: int) -> Any:
+    return chorus.TenantSpec(
+        calls=1, seed=21, start=NOW - timedelta(days=3), end=NOW - timedelta(days=1), media_size=size,
+        unprocessed_ratio=0.0, no_show_ratio=0.0, zero_duration_ratio=0.0, private_ratio=0.0, other_type_ratio=0.0,
+    )  # fmt: skip
+
+
+def _job(tmp_path: Path, sim: Any, bucket: str, endpoint: str, ca: Path) -> Path:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[job]\ntransfers = 1\nsince = "{(NOW - timedelta(days=4)).date()}"\nuntil = "{NOW.date()}"\n\n'
+        f'[source]\ntype = "chorus"\nbase_url = "{sim.base_url}"\nca_bundle = "{sim.ca_path}"\nrequests_per_second = 0\n\n'
+        f'[sink]\ntype = "s3"\nbucket = "{bucket}"\nprefix = "exports/acme"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{endpoint}"\nca_bundle = "{ca}"\naddressing_style = "path"\npart_size = "5MiB"\n'
+    )
+    return job
+
+
+def _journaled_offset(state: Path) -> int:
+    """The offset of the resume point journaled for the media upload (0: none yet)."""
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute("select data from sink_journal").fetchall()
+    except sqlite3.OperationalError:
+        return 0
+    best = 0
+    for (data,) in rows:
+        point = json.loads(data).get("resume")
+        if point:
+            best = max(best, int(json.loads(point)["offset"]))
+    return best
+
+
+def _upload_bytes(proxy: Any, since: int) -> int:
+    """Bytes of part and object bodies the store received after the ``since``-th request."""
+    return sum(r.body_len for r in proxy.seen[since:] if r.method == "PUT")
+
+
+def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float) -> int:
+    """Start `portshift run` and SIGKILL it once the journal says ``fraction`` of the media is
+    stored: the parts after that point are held at the proxy until then, so the kill lands there."""
+    import threading
+
+    held = -(-int(fraction * SIZE) // PART) + 1  # the first part number past the fraction
+    killed = threading.Event()
+
+    def rule(req: Any) -> Any:
+        number = req.target.partition("partNumber=")[2].partition("&")[0]
+        if req.method == "PUT" and number.isdigit() and int(number) >= held:
+            killed.wait(120)
+            return proxy.Action(close=True)
+        return None
+
+    proxy.rule = rule
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    try:
+        while (stored := _journaled_offset(state)) < fraction * SIZE:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the upload never reached the kill point"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        killed.set()
+        proxy.rule = lambda req: None
+    return stored
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([*argv, "--report", "json"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _verify_export(admin: Any, bucket: str, tmp_path: Path, media_sha256: str) -> None:
+    """Every file with GNU `sha256sum -c`, and the media object's SHA-256 as S3 itself reports it."""
+    objects = {o["Key"] for o in admin.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    (manifest,) = [k for k in objects if k.endswith("/portshift-manifest.txt")]
+    root = manifest.rsplit("/", 1)[0]
+    entries = manifest_entries(admin, bucket, root)
+    local = tmp_path / "downloaded"
+    for path in [*entries, "portshift-manifest.txt"]:
+        target = local / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        admin.download_file(bucket, f"{root}/{path}", str(target))
+    check = subprocess.run(["sha256sum", "-c", "--strict", "portshift-manifest.txt"], cwd=local, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    (media,) = [p for p in entries if "/media." in p]
+    assert entries[media] == media_sha256
+    # S3's own checksums: the composite of the part SHA-256s it verified equals the composite of
+    # the downloaded bytes cut into the same parts
+    head = admin.head_object(Bucket=bucket, Key=f"{root}/{media}", ChecksumMode="ENABLED")
+    body = (local / media).read_bytes()
+    digests = b"".join(hashlib.sha256(body[i : i + PART]).digest() for i in range(0, len(body), PART))
+    parts = -(-len(body) // PART)
+    assert head["ChecksumSHA256"].split("-")[0] == base64.b64encode(hashlib.sha256(digests).digest()).decode()
+    assert head.get("PartsCount", parts) == parts
+
+
+def test_a_big_upload_killed_at_90_percent_is_continued_by_the_next_run(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    state = tmp_path / "s.db"
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
+        env = run_env(canaries)
+        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+        argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress", "--log-level", "info"]
+        stored = _kill_at(argv, env, state, tls_proxy, 0.9)
+        assert len(pending()) == 1  # the upload is left open, as a crash leaves it
+        served_before, seen_before = sim.stats.media_bytes, len(tls_proxy.seen)
+        r = _run(argv, env)
+        media_again = sim.stats.media_bytes - served_before
+        store_again = _upload_bytes(tls_proxy, seen_before)
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in r.stderr, r.stderr[-3000:]
+    assert "sending it again from byte 0" not in r.stderr
+    # what the issue asks: at most 15 % of the bytes again, at the source and at the store
+    print(f"\nkilled at {stored / SIZE:.1%} of {SIZE // MiB} MiB; re-sent: source {media_again} B "
+          f"({media_again / SIZE:.1%}), store {store_again} B ({store_again / SIZE:.1%})")  # fmt: skip
+    assert media_again == SIZE - stored
+    assert store_again <= 0.15 * SIZE, store_again
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
+    with sqlite3.connect(state) as db:
+        assert db.execute("select count(*) from sink_journal").fetchone() == (0,)
+
+
+def test_an_upload_that_cannot_be_continued_is_sent_again_and_said_once(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """The store lost the upload between the runs (a lifecycle rule aborted it): one line says
+    so, the recording is sent again from byte 0, the export is whole."""
+    size = 40 * MiB
+    state = tmp_path / "s.db"
+    global SIZE
+    keep, SIZE = SIZE, size
+    try:
+        with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
+            job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
+            env = run_env(canaries)
+            env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+            argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
+            _kill_at(argv, env, state, tls_proxy, 0.5)
+            (upload,) = pending()
+            admin.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            served_before = sim.stats.media_bytes
+            r = _run(argv, env)
+            media_again = sim.stats.media_bytes - served_before
+            (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+            media_sha256 = sim.tenant.media_sha256(cid)
+    finally:
+        SIZE = keep
+    assert r.stderr.count("cannot be continued") == 1, r.stderr[-3000:]
+    assert "S3 no longer has the upload" in r.stderr and "sending it again from byte 0" in r.stderr
+    assert media_again == size
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
