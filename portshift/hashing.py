@@ -137,10 +137,12 @@ class HashingStream:
         #: artifact name, extension and the source's validator (see :meth:`keep_states`)
         self.resume_info: dict[str, str | None] | None = None
         if resume is not None:
-            from . import sha256_state
+            from . import hash_state
 
             offset, state = resume
-            self._sha = sha256_state.restore(state)
+            self._sha = hash_state.restore(state)
+            if self._sha.name != "sha256":
+                raise ValueError("not a saved SHA-256 state")
             if self._sha.length != offset:
                 raise ValueError("the saved SHA-256 state is not at the offset resumed from")
             self.resumed_at = offset
@@ -169,14 +171,14 @@ class HashingStream:
         (nothing kept) when the core does not offer it for this artifact (no state, smaller than
         ``PORTSHIFT_RESUME_ABOVE``), this process has no saveable SHA-256, or ``every`` is not a
         multiple of 64."""
-        from . import sha256_state
+        from . import hash_state
 
         if self.bytes_read > self.resumed_at:
             raise RuntimeError("keep_states() must be called before the first read")
         if self.resume_info is None or every <= 0 or every % 64:
             return False
         if not self.resumed_at:
-            fresh = sha256_state.new()
+            fresh = hash_state.new("sha256")
             if fresh is None:
                 return False
             self._sha = fresh
