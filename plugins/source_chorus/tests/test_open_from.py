@@ -35,7 +35,7 @@ def _read(opened: object) -> bytes:
     return b"".join(opened.chunks)  # type: ignore[attr-defined]
 
 
-def test_the_rest_of_the_media_is_sent_from_the_offset_with_the_same_validator(source: ChorusSource, sim: ChorusSimulator) -> None:
+def test_the_rest_of_the_media_is_sent_from_the_offset_if_unchanged(source: ChorusSource, sim: ChorusSimulator) -> None:
     media = _media(source, 1_500_000)
     assert media.open_from is not None
     whole = media.open()
