@@ -38,6 +38,7 @@ from ..logs import recording_context
 from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
+from ..resume import resume_above
 from ..retry import Attempts, Backoff
 from ..state import Claimed, State
 from ..state.claims import listing_lock
@@ -101,6 +102,7 @@ class Transfer(ArtifactSteps):
         self._taken = threading.Event()  #: a transfer took work from the queue
         self.lister: Lister | None = None
         self.resumables = Resumables()  #: uploads gone workers left mid-file (see .resuming)
+        self.resume_from = resume_above()
         self._lister_thread: threading.Thread | None = None
 
     @property

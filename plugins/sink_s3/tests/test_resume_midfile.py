@@ -68,6 +68,25 @@ def _journaled_offset(state: Path) -> int:
     return best
 
 
+def _journal_holds_no_content_and_no_secret(state: Path, sim: Any, canaries: Canaries) -> None:
+    """What a killed run left in the state: ids, checksums, a SHA-256 state; nothing else."""
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        ((data,),) = db.execute("select data from sink_journal").fetchall()
+    entry = json.loads(data)
+    assert set(entry) == {"bucket", "key", "upload_id", "piece_size", "pieces", "resume"}
+    point = json.loads(entry["resume"])
+    assert set(point) == {"v", "offset", "sha256_state", "size", "validator", "recording", "artifact", "ext"}
+    assert point["sha256_state"].startswith("sha256-v1:") and len(point["sha256_state"]) == len("sha256-v1:") + 80
+    (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+    head = b"".join(sim.tenant.media_chunks(cid, 0, 4096))
+    raw = b"".join(p.read_bytes() for p in state.parent.glob(state.name + "*") if p.is_file())  # the file, its WAL and shm
+    for i in range(0, 4096, 64):  # no 64-byte block of the media, as bytes, hex or base64
+        block = head[i : i + 64]
+        assert block not in raw and block.hex().encode() not in raw and base64.b64encode(block) not in raw
+    for canary in (*canaries, TOKEN):  # the S3 credentials, the Chorus token
+        assert canary.encode() not in raw
+
+
 def _upload_bytes(proxy: Any, since: int) -> int:
     """Bytes of part and object bodies the store received after the ``since``-th request."""
     return sum(r.body_len for r in proxy.seen[since:] if r.method == "PUT")
@@ -146,6 +165,7 @@ def test_a_big_upload_killed_at_90_percent_is_continued_by_the_next_run(
         argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress", "--log-level", "info"]
         stored = _kill_at(argv, env, state, tls_proxy, 0.9)
         assert len(pending()) == 1  # the upload is left open, as a crash leaves it
+        _journal_holds_no_content_and_no_secret(state, sim, canaries)
         served_before, seen_before = sim.stats.media_bytes, len(tls_proxy.seen)
         r = _run(argv, env)
         media_again = sim.stats.media_bytes - served_before
