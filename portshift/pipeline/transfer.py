@@ -275,7 +275,8 @@ class Transfer(ArtifactSteps):
                 if self.state.reap(self.job.id, self.seat.id):
                     log.info("a worker of this job stopped; its recordings are claimed again")
                     # its open uploads too (those it left mid-file are kept, to be continued)
-                    self.resumables.add(recover_orphans(self.state, self.job.id, self.sink, self.cancel))
+                    left = recover_orphans(self.state, self.job.id, self.sink, self.cancel, keep_resumable=self.resume_from >= 0)
+                    self.resumables.add(left)
             return True
         return False
 
