@@ -92,7 +92,7 @@ def _upload_bytes(proxy: Any, since: int) -> int:
     return sum(r.body_len for r in proxy.seen[since:] if r.method == "PUT")
 
 
-def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float) -> int:
+def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float, sig: int = 9) -> int:
     """Start `portshift run` and SIGKILL it once the journal says ``fraction`` of the media is
     stored: the parts after that point are held at the proxy until then, so the kill lands there."""
     import threading
@@ -116,11 +116,12 @@ def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, frac
             assert time.monotonic() < deadline, "the upload never reached the kill point"
             time.sleep(0.02)
     finally:
-        proc.kill()
-        proc.wait(30)
-        killed.set()
+        proc.send_signal(sig)
+        killed.set()  # the parts held at the proxy are dropped now
+        proc.wait(60)
         proxy.rule = lambda req: None
-    return stored
+    assert proc.returncode == (-9 if sig == 9 else 130), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    return max(stored, _journaled_offset(state))  # parts in flight may have ended after a SIGTERM
 
 
 def _run(argv: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -190,6 +191,32 @@ def test_a_big_upload_killed_at_90_percent_is_continued_by_the_next_run(
     _verify_export(admin, bucket, tmp_path, media_sha256)
     with sqlite3.connect(state) as db:
         assert db.execute("select count(*) from sink_journal").fetchone() == (0,)
+
+
+def test_an_upload_stopped_by_sigterm_is_kept_and_continued(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """A stop request (SIGTERM: a node drained, a Job's deadline) with parts stored keeps the
+    upload open instead of aborting it: the next run sends only the rest."""
+    import signal
+
+    state = tmp_path / "s.db"
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
+        env = run_env(canaries)
+        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+        argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
+        stored = _kill_at(argv, env, state, tls_proxy, 0.5, sig=signal.SIGTERM)
+        assert len(pending()) == 1
+        served_before = sim.stats.media_bytes
+        r = _run(argv, env)
+        media_again = sim.stats.media_bytes - served_before
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in r.stderr, r.stderr[-3000:]
+    assert media_again == SIZE - stored
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
 
 
 def test_an_upload_that_cannot_be_continued_is_sent_again_and_said_once(
