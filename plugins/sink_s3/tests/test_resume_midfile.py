@@ -301,3 +301,50 @@ def test_an_upload_left_for_a_recording_that_changed_or_went_away_is_not_continu
         assert json.loads(r.stdout)["status"] == "partial" and "no longer listed" in r.stderr
         assert "cannot be continued" not in r.stderr
         assert "cleaning up 1 operations a stopped worker of this job left unfinished" in r.stderr, r.stderr[-3000:]
+
+
+def test_another_worker_of_the_job_continues_the_upload_a_killed_worker_left(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """Two `portshift worker` processes share the job: A takes the recording and is SIGKILLed at
+    90 %; B, still running, finds A dead, takes the recording and its upload over, and sends only
+    the rest — in the same run, not the next."""
+    state = tmp_path / "s.db"
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
+        env = run_env(canaries)
+        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+        argv = [*PORTSHIFT, "worker", "--config", str(job), "--state", str(state), "--no-progress"]
+        served_at_kill: list[int] = []
+        b: list[subprocess.Popen[str]] = []
+
+        def start_b() -> None:  # once A holds the recording: B has nothing to claim and waits
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
+                        if db.execute("select count(*) from recordings where claimed_by is not null").fetchone()[0]:
+                            break
+                except sqlite3.OperationalError:
+                    pass
+                time.sleep(0.02)
+            b.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+
+        import threading
+
+        starter = threading.Thread(target=start_b)
+        starter.start()
+        try:
+            stored = _kill_at(argv, env, state, tls_proxy, 0.9)
+            served_at_kill.append(sim.stats.media_bytes)
+        finally:
+            starter.join()
+        _, err = b[0].communicate(timeout=600)
+        assert b[0].returncode == 0, err[-3000:]
+        media_again = sim.stats.media_bytes - served_at_kill[0]
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in err, err[-3000:]
+    assert media_again == SIZE - stored
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
