@@ -32,7 +32,7 @@ PART = 5 * MiB
 TOKEN = "s3-resume-" + "t" * 24
 PLUGINS = "portshift-sink-s3,portshift-source-chorus"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
-SIZE = int(os.environ.get("PORTSHIFT_RESUME_MIB", "64")) * MiB
+SIZE = int(os.environ.get("PORTSHIFT_RESUME_MIB", "48")) * MiB
 
 
 def _spec(size: int) -> Any:
@@ -51,6 +51,17 @@ def _job(tmp_path: Path, sim: Any, bucket: str, endpoint: str, ca: Path) -> Path
         f'endpoint_url = "{endpoint}"\nca_bundle = "{ca}"\naddressing_style = "path"\npart_size = "5MiB"\n'
     )
     return job
+
+
+def _commands(
+    tmp_path: Path, sim: Any, bucket: str, proxy: Any, ca: Path, canaries: Canaries, verb: str = "run"
+) -> tuple[list[str], dict[str, str], Path]:
+    """The `portshift run` (or `worker`) command of the test's job, its environment and state."""
+    job = _job(tmp_path, sim, bucket, proxy.url, ca)
+    env = run_env(canaries)
+    env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+    state = tmp_path / "s.db"
+    return [*PORTSHIFT, verb, "--config", str(job), "--state", str(state), "--no-progress", "--log-level", "info"], env, state
 
 
 def _journaled_offset(state: Path) -> int:
@@ -92,12 +103,14 @@ def _upload_bytes(proxy: Any, since: int) -> int:
     return sum(r.body_len for r in proxy.seen[since:] if r.method == "PUT")
 
 
-def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float, sig: int = 9) -> int:
+def _kill_at(
+    argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float, sig: int = 9, size: int = SIZE
+) -> int:
     """Start `portshift run` and SIGKILL it once the journal says ``fraction`` of the media is
     stored: the parts after that point are held at the proxy until then, so the kill lands there."""
     import threading
 
-    held = -(-int(fraction * SIZE) // PART) + 1  # the first part number past the fraction
+    held = -(-int(fraction * size) // PART) + 1  # the first part number past the fraction
     killed = threading.Event()
 
     def rule(req: Any) -> Any:
@@ -111,7 +124,7 @@ def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, frac
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     try:
-        while (stored := _journaled_offset(state)) < fraction * SIZE:
+        while (stored := _journaled_offset(state)) < fraction * size:
             assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "the upload never reached the kill point"
             time.sleep(0.02)
@@ -161,12 +174,8 @@ def test_a_big_upload_killed_at_90_percent_is_continued_by_the_next_run(
 ) -> None:
     """``off``: the same second run with ``PORTSHIFT_RESUME_ABOVE=off``, what every run did before
     (the upload aborted, the whole recording sent again): the baseline of the figures."""
-    state = tmp_path / "s.db"
     with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
-        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
-        env = run_env(canaries)
-        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
-        argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress", "--log-level", "info"]
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries)
         stored = _kill_at(argv, env, state, tls_proxy, 0.9)
         assert len(pending()) == 1  # the upload is left open, as a crash leaves it
         _journal_holds_no_content_and_no_secret(state, sim, canaries)
@@ -200,12 +209,8 @@ def test_an_upload_stopped_by_sigterm_is_kept_and_continued(
     upload open instead of aborting it: the next run sends only the rest."""
     import signal
 
-    state = tmp_path / "s.db"
     with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
-        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
-        env = run_env(canaries)
-        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
-        argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries)
         stored = _kill_at(argv, env, state, tls_proxy, 0.5, sig=signal.SIGTERM)
         assert len(pending()) == 1
         served_before = sim.stats.media_bytes
@@ -224,26 +229,17 @@ def test_an_upload_that_cannot_be_continued_is_sent_again_and_said_once(
 ) -> None:
     """The store lost the upload between the runs (a lifecycle rule aborted it): one line says
     so, the recording is sent again from byte 0, the export is whole."""
-    size = 40 * MiB
-    state = tmp_path / "s.db"
-    global SIZE
-    keep, SIZE = SIZE, size
-    try:
-        with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
-            job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
-            env = run_env(canaries)
-            env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
-            argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
-            _kill_at(argv, env, state, tls_proxy, 0.5)
-            (upload,) = pending()
-            admin.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-            served_before = sim.stats.media_bytes
-            r = _run(argv, env)
-            media_again = sim.stats.media_bytes - served_before
-            (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
-            media_sha256 = sim.tenant.media_sha256(cid)
-    finally:
-        SIZE = keep
+    size = 24 * MiB
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries)
+        _kill_at(argv, env, state, tls_proxy, 0.5, size=size)
+        (upload,) = pending()
+        admin.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        served_before = sim.stats.media_bytes
+        r = _run(argv, env)
+        media_again = sim.stats.media_bytes - served_before
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
     assert r.stderr.count("cannot be continued") == 1, r.stderr[-3000:]
     assert "S3 no longer has the upload" in r.stderr and "sending it again from byte 0" in r.stderr
     assert media_again == size
@@ -267,27 +263,18 @@ def test_an_upload_left_for_a_recording_that_changed_or_went_away_is_not_continu
     """Changed at the source (another size and ETag): refused at the Range request, said once,
     sent again whole. Gone from the listing: nobody continues it, so the upload is aborted when the
     job's transfers end. Either way no upload is left open."""
-    size = 40 * MiB
-    state = tmp_path / "s.db"
-    global SIZE
-    keep, SIZE = SIZE, size
-    try:
-        with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
-            job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
-            env = run_env(canaries)
-            env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
-            argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
-            _kill_at(argv, env, state, tls_proxy, 0.5)
-            assert len(pending()) == 1
-            (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
-            if change == "media changed":
-                _change_call(sim.tenant, cid, media_size=size + MiB)
-            else:
-                _change_call(sim.tenant, cid, private=True)
-            r = _run(argv, env, check=change == "media changed")
-            media_sha256 = sim.tenant.media_sha256(cid)
-    finally:
-        SIZE = keep
+    size = 24 * MiB
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries)
+        _kill_at(argv, env, state, tls_proxy, 0.5, size=size)
+        assert len(pending()) == 1
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        if change == "media changed":
+            _change_call(sim.tenant, cid, media_size=size + MiB)
+        else:
+            _change_call(sim.tenant, cid, private=True)
+        r = _run(argv, env, check=change == "media changed")
+        media_sha256 = sim.tenant.media_sha256(cid)
     assert pending() == []
     with sqlite3.connect(state) as db:
         assert db.execute("select count(*) from sink_journal").fetchone() == (0,)
@@ -309,12 +296,8 @@ def test_another_worker_of_the_job_continues_the_upload_a_killed_worker_left(
     """Two `portshift worker` processes share the job: A takes the recording and is SIGKILLed at
     90 %; B, still running, finds A dead, takes the recording and its upload over, and sends only
     the rest — in the same run, not the next."""
-    state = tmp_path / "s.db"
     with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
-        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
-        env = run_env(canaries)
-        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
-        argv = [*PORTSHIFT, "worker", "--config", str(job), "--state", str(state), "--no-progress"]
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries, "worker")
         served_at_kill: list[int] = []
         b: list[subprocess.Popen[str]] = []
 
