@@ -17,6 +17,8 @@ How one file is stored:
 - Blocks are uploaded while the next one is read: up to ``max_concurrency`` Put Block requests in
   flight at once (:class:`portshift.InFlight`). Memory: about ``max_concurrency + 1`` blocks
   (plus one chunk of the source) per transfer.
+- A big upload (one the core offers a resume point to) is journaled block by block (ids, MD5s,
+  the whole-file MD5 state): after a crash the next run continues it (:mod:`.resuming`).
 """
 
 from __future__ import annotations
