@@ -92,7 +92,7 @@ def _upload_bytes(proxy: Any, since: int) -> int:
     return sum(r.body_len for r in proxy.seen[since:] if r.method == "PUT")
 
 
-def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float) -> int:
+def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float, sig: int = 9) -> int:
     """Start `portshift run` and SIGKILL it once the journal says ``fraction`` of the media is
     stored: the parts after that point are held at the proxy until then, so the kill lands there."""
     import threading
@@ -116,11 +116,12 @@ def _kill_at(argv: list[str], env: dict[str, str], state: Path, proxy: Any, frac
             assert time.monotonic() < deadline, "the upload never reached the kill point"
             time.sleep(0.02)
     finally:
-        proc.kill()
-        proc.wait(30)
-        killed.set()
+        proc.send_signal(sig)
+        killed.set()  # the parts held at the proxy are dropped now
+        proc.wait(60)
         proxy.rule = lambda req: None
-    return stored
+    assert proc.returncode == (-9 if sig == 9 else 130), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    return max(stored, _journaled_offset(state))  # parts in flight may have ended after a SIGTERM
 
 
 def _run(argv: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -190,6 +191,32 @@ def test_a_big_upload_killed_at_90_percent_is_continued_by_the_next_run(
     _verify_export(admin, bucket, tmp_path, media_sha256)
     with sqlite3.connect(state) as db:
         assert db.execute("select count(*) from sink_journal").fetchone() == (0,)
+
+
+def test_an_upload_stopped_by_sigterm_is_kept_and_continued(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """A stop request (SIGTERM: a node drained, a Job's deadline) with parts stored keeps the
+    upload open instead of aborting it: the next run sends only the rest."""
+    import signal
+
+    state = tmp_path / "s.db"
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
+        env = run_env(canaries)
+        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+        argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
+        stored = _kill_at(argv, env, state, tls_proxy, 0.5, sig=signal.SIGTERM)
+        assert len(pending()) == 1
+        served_before = sim.stats.media_bytes
+        r = _run(argv, env)
+        media_again = sim.stats.media_bytes - served_before
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in r.stderr, r.stderr[-3000:]
+    assert media_again == SIZE - stored
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
 
 
 def test_an_upload_that_cannot_be_continued_is_sent_again_and_said_once(
@@ -274,3 +301,50 @@ def test_an_upload_left_for_a_recording_that_changed_or_went_away_is_not_continu
         assert json.loads(r.stdout)["status"] == "partial" and "no longer listed" in r.stderr
         assert "cannot be continued" not in r.stderr
         assert "cleaning up 1 operations a stopped worker of this job left unfinished" in r.stderr, r.stderr[-3000:]
+
+
+def test_another_worker_of_the_job_continues_the_upload_a_killed_worker_left(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """Two `portshift worker` processes share the job: A takes the recording and is SIGKILLed at
+    90 %; B, still running, finds A dead, takes the recording and its upload over, and sends only
+    the rest — in the same run, not the next."""
+    state = tmp_path / "s.db"
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        job = _job(tmp_path, sim, bucket, tls_proxy.url, certs.ca_pem)
+        env = run_env(canaries)
+        env.update({"PORTSHIFT_CHORUS_TOKEN": TOKEN, "PORTSHIFT_RESUME_ABOVE": "16MiB", "PORTSHIFT_LOAD_PLUGINS": PLUGINS})
+        argv = [*PORTSHIFT, "worker", "--config", str(job), "--state", str(state), "--no-progress"]
+        served_at_kill: list[int] = []
+        b: list[subprocess.Popen[str]] = []
+
+        def start_b() -> None:  # once A holds the recording: B has nothing to claim and waits
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
+                        if db.execute("select count(*) from recordings where claimed_by is not null").fetchone()[0]:
+                            break
+                except sqlite3.OperationalError:
+                    pass
+                time.sleep(0.02)
+            b.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+
+        import threading
+
+        starter = threading.Thread(target=start_b)
+        starter.start()
+        try:
+            stored = _kill_at(argv, env, state, tls_proxy, 0.9)
+            served_at_kill.append(sim.stats.media_bytes)
+        finally:
+            starter.join()
+        _, err = b[0].communicate(timeout=600)
+        assert b[0].returncode == 0, err[-3000:]
+        media_again = sim.stats.media_bytes - served_at_kill[0]
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in err, err[-3000:]
+    assert media_again == SIZE - stored
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
