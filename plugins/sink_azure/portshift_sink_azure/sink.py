@@ -17,6 +17,8 @@ How one file is stored:
 - Blocks are uploaded while the next one is read: up to ``max_concurrency`` Put Block requests in
   flight at once (:class:`portshift.InFlight`). Memory: about ``max_concurrency + 1`` blocks
   (plus one chunk of the source) per transfer.
+- A big upload (one the core offers a resume point to) is journaled block by block (ids, MD5s,
+  the whole-file MD5 state): after a crash the next run continues it (:mod:`.resuming`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobType, ContentSettings, StandardBlobTier
 
 from portshift import (
@@ -37,8 +39,11 @@ from portshift import (
     HashingStream,
     InFlight,
     IntegrityError,
+    Interrupted,
     PortshiftError,
     PutResult,
+    ResumableUpload,
+    ResumeRefused,
     Sink,
     SinkError,
     check_failure,
@@ -47,9 +52,13 @@ from portshift import (
     content_type_for as _content_type_for,
 )
 
+from .blocks import Upload, block_record, read_blocks
+from .blocks import block_id as _block_id
+from .blocks import whole_md5 as _whole_md5
 from .client import connect, location_of
-from .errors import translate
+from .errors import error_code, translate
 from .options import MAX_BLOCKS, AzureOptions
+from .resuming import BlockResume
 from .sas import WRITE, inspect_sas
 
 log = logging.getLogger("portshift.sink.azure")
@@ -82,21 +91,7 @@ def _b64(digest: bytes | bytearray) -> str:
     return base64.b64encode(bytes(digest)).decode("ascii")
 
 
-def read_blocks(stream: HashingStream, block_size: int) -> Iterator[tuple[bytes, bool]]:
-    """``(block, is_last)`` pairs of up to ``block_size`` bytes; at least one (empty) block.
-
-    One byte of look-ahead tells whether a block is the last, so memory stays at one block.
-    """
-    carry = b""
-    while True:
-        block = carry + stream.read(block_size - len(carry))
-        carry = stream.read(1)
-        yield block, not carry
-        if not carry:
-            return
-
-
-class AzureSink(Sink):
+class AzureSink(BlockResume, Sink):
     Options = AzureOptions
     description = "Azure Blob Storage: block blobs, MD5 checked by Azure per block, SAS credential"
 
@@ -175,58 +170,125 @@ class AzureSink(Sink):
                 hint="raise block_size",
             )
         blob = self._container.get_blob_client(name)
-        content_type = content_type_for(stream, name)
-        whole = hashlib.md5(usedforsecurity=False)
-        blocks = read_blocks(stream, block_size)
-
-        data, last = next(blocks)
-        whole.update(data)
-        total = len(data)
-        if last:
-            return self._put_single(blob, name, location, data, stream, size, content_type)
-
-        attempt = uuid.uuid4().hex[:16]
-        ids: list[str] = []
-        # Up to max_concurrency blocks in flight (worker threads) while the next one is read.
-        with InFlight[str](self.options.max_concurrency, "portshift-azure-block") as inflight:
-            while True:
-                if len(ids) >= MAX_BLOCKS:
-                    raise SinkError(
-                        f"more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
-                        operation="put block",
-                        location=location,
-                        retryable=False,
-                        hint="raise block_size",
-                    )
-                block_id = _block_id(attempt, len(ids) + 1)
-                inflight.submit(self._stage_block, blob, location, block_id, data)
-                ids.append(block_id)
-                if last:
-                    break
-                data = b""  # drop the reference before reading the next block
-                data, last = next(blocks)
-                whole.update(data)
-                total += len(data)
-            del data
-            inflight.finish()
-        self._check_size(total, size, location)
-        digest = whole.digest()
-        response = self._call(
-            "put block list",
-            location,
-            blob.commit_block_list,
-            ids,
-            content_settings=ContentSettings(content_type=content_type, content_md5=bytearray(digest)),
-            metadata={"sha256": stream.sha256_hex()},
-            standard_blob_tier=self._tier,
-            **self._common(),
+        # Before the first read: a big upload is journaled block by block, to be continued after a crash.
+        resumable = ResumableUpload(
+            self.journal if size is None or size > block_size else None, key, self._entry(name), stream, block_size
         )
-        self._check_scope(response, location)
-        log.debug("stored %s: %d bytes in %d blocks", location, total, len(ids))
-        verified = f"Azure checked MD5 of each of {len(ids)} blocks; Content-MD5 set"
-        return PutResult(key=name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified)
+        blocks = read_blocks(stream, block_size)
+        data, last = next(blocks)
+        if last:
+            return self._put_single(blob, name, location, data, stream, size, content_type_for(stream, name))
+        attempt = uuid.uuid4().hex[:16]
+        resumable.entry["attempt"] = attempt
+        upload = Upload(blob, key, name, location, attempt, size, _whole_md5(resumable.enabled), resumable)
+        return self._send_blocks(upload, stream, blocks, [data])
 
-    def _stage_block(self, blob: Any, location: str, block_id: str, data: bytes) -> str:
+    def _entry(self, name: str) -> dict[str, str]:
+        """What the journal keeps of an upload besides its blocks: names, never a URL or a SAS."""
+        return {"container": self.options.container, "blob": name}
+
+    def _send_blocks(
+        self, up: Upload, stream: HashingStream, blocks: Iterator[tuple[bytes, bool]], seed: list[bytes]
+    ) -> PutResult:
+        """Stage the rest of the stream as blocks after ``up.ids`` (those staged already), then
+        commit them all. On a failure the journal entry ends (uncommitted blocks are invisible and
+        Azure discards them), unless the run was stopped with blocks journaled: then it is kept,
+        and the next run continues the upload."""
+        block_size = self.options.block_size
+        total = len(up.ids) * block_size
+        try:
+            # Up to max_concurrency blocks in flight (worker threads) while the next one is read.
+            with InFlight[str](self.options.max_concurrency, "portshift-azure-block") as inflight:
+                data, last = (seed.pop(), False) if seed else next(blocks)
+                while data or not up.ids:  # a resumed upload may have nothing left to stage
+                    if len(up.ids) >= MAX_BLOCKS:
+                        raise SinkError(
+                            f"more than Azure's {MAX_BLOCKS} blocks at block_size {block_size}",
+                            operation="put block",
+                            location=up.location,
+                            retryable=False,
+                            hint="raise block_size",
+                        )
+                    up.whole.update(data)
+                    total += len(data)
+                    block_id = _block_id(up.attempt, len(up.ids) + 1)
+                    # the whole-file MD5 as it is after this block: what a continued upload starts from
+                    state = up.whole.export() if up.resumable.enabled and not up.whole.length % 64 else "-"
+                    inflight.submit(self._stage_block, up.blob, up.location, block_id, data, up.resumable, len(up.ids), state)
+                    up.ids.append(block_id)
+                    if last:
+                        break
+                    data = b""  # drop the reference before reading the next block
+                    data, last = next(blocks)
+                del data
+                inflight.finish()
+            self._check_size(total, up.size, up.location)
+            digest = up.whole.digest()
+            response = self._commit(up, stream, digest)
+        except BaseException as exc:
+            if isinstance(exc, Interrupted) and up.resumable.journaled:
+                log.info("%s: upload kept at %d bytes, to be continued by the next run", up.location, up.resumable.stored)
+                raise
+            self._journal_end(up)
+            raise
+        self._journal_end(up)
+        self._check_scope(response, up.location)
+        log.debug("stored %s: %d bytes in %d blocks", up.location, total, len(up.ids))
+        verified = f"Azure checked MD5 of each of {len(up.ids)} blocks; Content-MD5 set"
+        return PutResult(key=up.name, size=total, checksums={"md5": _b64(digest)}, version=_etag(response), verified=verified)
+
+    def _commit(self, up: Upload, stream: HashingStream, digest: bytes) -> Any:
+        """Put Block List: every block, the whole file's MD5 as Content-MD5, its SHA-256 as metadata."""
+        try:
+            return up.blob.commit_block_list(
+                up.ids,
+                content_settings=ContentSettings(content_type=content_type_for(stream, up.name), content_md5=bytearray(digest)),
+                metadata={"sha256": stream.sha256_hex()},
+                standard_blob_tier=self._tier,
+                **self._common(),
+            )
+        except AzureError as e:
+            if up.unlisted and isinstance(e, HttpResponseError) and error_code(e) == "InvalidBlockList":
+                # a continued upload whose blocks could not be listed (no read permission): Azure
+                # itself says that a journaled block is gone
+                raise ResumeRefused("Azure no longer holds the blocks staged before (Put Block List: InvalidBlockList)") from None
+            error = translate(e, "put block list", up.location)
+        raise error from None
+
+    def _journal_end(self, up: Upload) -> None:
+        if self.journal is None or not up.resumable.journaled:
+            return
+        try:
+            self.journal.end(up.key)
+        except Exception as e:  # noqa: BLE001 - a stale entry is only cleaned up (a no-op) by a later run
+            log.warning("could not record the end of an upload in the job state (%s)", type(e).__name__)
+
+    def recover(self, pending: list[tuple[str, dict[str, str]]]) -> None:
+        """Uploads a stopped worker left mid-file that will not be continued: nothing to undo.
+
+        Their blocks were staged, never committed: no reader sees them, an existing blob of that
+        name is unchanged, and Azure discards uncommitted blocks a week after the last block was
+        staged (or at once, when the blob is committed again: Put Block List drops every
+        uncommitted block it does not list). The sink has no call that deletes only uncommitted
+        blocks (Delete Blob needs delete permission and would remove a committed blob), so it
+        removes nothing; the core then forgets the entries."""
+        if pending:
+            log.info(
+                "%d uploads left mid-file are not continued: their uncommitted blocks are invisible, and Azure "
+                "discards them within 7 days",
+                len(pending),
+            )
+
+    def _stage_block(
+        self,
+        blob: Any,
+        location: str,
+        block_id: str,
+        data: bytes,
+        resumable: ResumableUpload | None = None,
+        index: int = 0,
+        state: str = "-",
+    ) -> str:
         sent_md5 = _transactional_md5(data)
         response = self._call(
             "put block",
@@ -239,6 +301,9 @@ class AzureSink(Sink):
             **self._common(),
         )
         _check_echo(response, sent_md5, location, "put block")
+        if resumable is not None:
+            # Azure checked this block's MD5: journal it (with the whole-file MD5 state after it)
+            resumable.confirmed(index, block_record(block_id, sent_md5, state))
         return block_id
 
     def _put_single(
@@ -310,12 +375,6 @@ def _check_error(error: PortshiftError, location: str) -> PortshiftError:
             hint="check account_url and container; the sink never creates containers",
         )
     return check_failure(error)
-
-
-def _block_id(attempt: str, n: int) -> str:
-    # Block ids must all have the same length within a blob; a fresh attempt prefix keeps a
-    # retried upload's blocks apart from a failed attempt's leftovers.
-    return f"{attempt}-{n:06d}"
 
 
 def _etag(response: Any) -> str | None:
