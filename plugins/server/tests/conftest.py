@@ -50,6 +50,16 @@ class Certs:
         return ctx
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers), every test of the service runs in one
+    worker: the sandbox tests open the folders above the checkout to the job uids for the session
+    and restore them after, which another worker's session must not undo under them."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.xdist_group("portshift-server"))
+
+
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     local = LocalCA.create(tmp_path_factory.mktemp("certs"))
