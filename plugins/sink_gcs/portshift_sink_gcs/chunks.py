@@ -64,7 +64,11 @@ class Digests:
             raise ValueError("not a CRC32C and MD5 state at this offset")
         return cls(crc=crc, md5=md5, offset=offset, every=every)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
+        if type(data) is not bytes:
+            # a view of the source's reused buffer (a large download read ahead); google_crc32c
+            # takes bytes only, not even a read-only view
+            data = bytes(data)
         if not self.every:
             self.crc = google_crc32c.extend(self.crc, data)
             self.md5.update(data)
@@ -73,7 +77,6 @@ class Digests:
         start = 0
         while start < len(data):
             room = self.every - self.offset % self.every
-            # a copy only where a chunk boundary splits the data (google_crc32c takes no views)
             piece = data if start == 0 and room >= len(data) else data[start : start + room]
             start += len(piece)
             self.crc = google_crc32c.extend(self.crc, piece)
