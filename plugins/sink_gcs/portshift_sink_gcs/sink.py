@@ -14,7 +14,8 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
   which GCS checks before it creates the object (the header google-cloud-storage itself sends
   on the final chunk). Until that final request succeeds nothing is visible under the name.
 - Any failure after initiation cancels the session (``DELETE`` on the session URI, GCS answers
-  499), so no upload is left behind, and the error is raised.
+  499), so no upload is left behind, and the error is raised; except a stop (SIGTERM, Ctrl-C) of
+  a journaled upload, whose session is kept for the next run.
 - The object resource GCS returns is compared with what was sent: size, ``crc32c`` and
   ``md5Hash`` must match, or the put fails (:class:`~portshift.errors.IntegrityError`).
 - Every upload (the single request, the resumable session) carries ``ifGenerationMatch=0``:
@@ -25,8 +26,10 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
   :class:`~portshift.api.PutResult`); different is a non-retryable error. Reading the stored
   object's metadata needs ``storage.objects.get`` (see docs/permissions/gcs.md).
 - The session URI is a capability (whoever holds it can write the object): it is registered
-  as a mask, never logged, stored or put in an error, and must point at the configured
-  endpoint's host over https.
+  as a mask, never logged or put in an error, and must point at the configured endpoint's host
+  over https. It is stored nowhere in clear: a big upload's session is journaled only sealed
+  under a key derived from the service-account private key (:mod:`.session_seal`), so that the
+  next run can continue it after a crash (:mod:`.resuming`); without a key it is not journaled.
 - Memory: about one chunk (plus one chunk of the source) per transfer.
 """
 
