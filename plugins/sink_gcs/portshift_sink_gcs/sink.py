@@ -287,7 +287,7 @@ class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
         self, session_uri: str, where: str, chunk: bytes, offset: int, skip: int, digests: Digests, resumable: ResumableUpload
     ) -> None:
         self._chunk(session_uri, where, chunk, offset, skip)
-        if resumable.enabled:  # journal the resume point: the CRC32C and MD5 at the chunk's end with it
+        if resumable.enabled and digests.every:  # journal the resume point, with the CRC32C and MD5 there
             end = offset + len(chunk)
             resumable.confirmed(offset // resumable.piece_size, digests.kept(end))
 
