@@ -248,6 +248,7 @@ class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
         # A chunk goes up on a worker thread while the next one is read; a resumable session
         # takes its chunks in order, so one at a time (the final one once all are persisted).
         inflight: InFlight[None] = InFlight(1, "portshift-gcs-chunk")
+        how = f"resumable upload continued at byte {offset} after a stop" if offset else "resumable upload"
         try:
             count = 0
             chunk, last = first
@@ -265,7 +266,7 @@ class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
                         response,
                         offset + len(chunk),
                         values,
-                        f"GCS checked CRC32C and MD5 of the whole object at finalize (resumable upload, {count} chunks)",
+                        f"GCS checked CRC32C and MD5 of the whole object at finalize ({how}, {count} chunks)",
                     )
                 inflight.submit(self._confirmed_chunk, session_uri, where, chunk, offset, skip, digests, resumable)
                 offset += len(chunk)

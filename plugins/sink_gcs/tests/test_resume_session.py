@@ -106,6 +106,7 @@ def test_a_stopped_upload_is_continued_in_its_session(emulator: Server, keyed: C
     result = sink.resume(key, _continuation(key, entry, data), len(data))
     sent = emulator.admin.resumable()["received"] - before["received"]
     assert result.size == len(data)
+    assert f"resumable upload continued at byte {(7 - lag) * CHUNK} after a stop" in result.verified
     assert sent == len(data) - 7 * CHUNK, "only the bytes GCS did not hold were sent"
     _check_object(emulator, sink.object_name(key), data)
     assert journal.pending() == [] and key in journal.ended
