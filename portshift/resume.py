@@ -18,7 +18,6 @@ from which no byte of it can be computed; docs/security.md).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +38,11 @@ DEFAULT_RESUME_ABOVE = 64 * 1024 * 1024
 
 def resume_above() -> int:
     """The size from which an upload is kept resumable (``PORTSHIFT_RESUME_ABOVE``, e.g. ``64MiB``;
-    ``off`` keeps none)."""
-    raw = os.environ.get("PORTSHIFT_RESUME_ABOVE", "").strip()
-    if not raw:
-        return DEFAULT_RESUME_ABOVE
-    if raw.lower() in ("off", "never", "none"):
+    ``off``: none, -1)."""
+    from .settings import read_settings
+
+    raw = read_settings().resume_above
+    if raw.lower() in ("off", "none", "never"):
         return -1
     return parse_size(raw, "PORTSHIFT_RESUME_ABOVE")
 

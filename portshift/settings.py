@@ -54,7 +54,23 @@ class Settings(BaseSettings):
         description="seconds a worker's lease on its recordings lasts without renewal (renewed every quarter of it)",
     )
 
-    @field_validator("state", "retry_base", "lease", "state_key_endpoint_url", "state_key_ca_bundle", mode="before")
+    resume_above: str = Field(
+        "64MiB",
+        description="the size from which a big upload is kept resumable after a crash (e.g. 16MiB; off: none)",
+    )
+
+    @field_validator("resume_above")
+    @classmethod
+    def _size_or_off(cls, value: str) -> str:
+        if value.strip().lower() not in ("off", "none", "never"):
+            from .sizes import parse_size
+
+            parse_size(value.strip(), "PORTSHIFT_RESUME_ABOVE")  # a ConfigError is one line naming the variable
+        return value.strip()
+
+    @field_validator(
+        "state", "retry_base", "lease", "state_key_endpoint_url", "state_key_ca_bundle", "resume_above", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and not value.strip():

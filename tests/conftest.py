@@ -7,7 +7,9 @@ Nothing here is autouse: a test asks for what it needs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -25,9 +27,18 @@ if TYPE_CHECKING:
     from portshift.state import State
 
 
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")  #: the same in every xdist worker of one run
+_made: dict[str, int] = {}
+
+
 def make_canary(tag: str = "") -> str:
-    """A unique, greppable secret stand-in (long enough for every mask variant)."""
-    return f"CANARY{tag}-{secrets.token_hex(8)}"
+    """A unique, greppable secret stand-in (long enough for every mask variant). Under
+    pytest-xdist the n-th canary of a tag is the same in every worker of one run (they collect the
+    same test ids), and different in every run."""
+    if _RUN is None:
+        return f"CANARY{tag}-{secrets.token_hex(8)}"
+    n = _made[tag] = _made.get(tag, 0) + 1
+    return f"CANARY{tag}-{hashlib.sha256(f'{_RUN}:{tag}:{n}'.encode()).hexdigest()[:16]}"
 
 
 @pytest.fixture

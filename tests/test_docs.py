@@ -787,3 +787,18 @@ class TestTheJournalExampleOfThePluginsPagePassesTheKit(SinkContract):
 def test_the_journal_section_says_when_the_journal_is_none() -> None:
     body = section(read("plugins.md"), "`Journal`")
     assert "**`None`**" in body and "only after a successful" in body
+
+
+@pytest.mark.parametrize("shape", ["Artifact", "Opened"])
+def test_the_documented_constructor_is_the_dataclass(shape: str) -> None:
+    """`Artifact(...)` and `Opened(...)` on the page list the dataclass's fields, in order."""
+    import dataclasses
+    import re
+
+    import portshift.api as api
+
+    text = " ".join(read("plugins.md").split())
+    m = re.search(rf"`{shape}\(([^)]*)\)`", text)
+    assert m, f"no `{shape}(...)` signature on the page"
+    documented = [p.strip().split("=")[0] for p in m.group(1).split(",")]
+    assert documented == [f.name for f in dataclasses.fields(getattr(api, shape))]

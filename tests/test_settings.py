@@ -32,8 +32,22 @@ def test_defaults_when_nothing_is_set(clean: pytest.MonkeyPatch) -> None:
     assert (s.state_key_endpoint_url, s.state_key_ca_bundle) == (None, None)
     assert SETTINGS == [
         "PORTSHIFT_STATE", "PORTSHIFT_LOAD_PLUGINS", "PORTSHIFT_STATE_KEY_ENDPOINT_URL", "PORTSHIFT_STATE_KEY_CA_BUNDLE",
-        "PORTSHIFT_DEBUG", "PORTSHIFT_RETRY_BASE", "PORTSHIFT_LEASE",
+        "PORTSHIFT_DEBUG", "PORTSHIFT_RETRY_BASE", "PORTSHIFT_LEASE", "PORTSHIFT_RESUME_ABOVE",
     ]  # fmt: skip
+    assert s.resume_above == "64MiB"
+
+
+@pytest.mark.parametrize("value", ["64", "12 parsecs", "-1MiB"])
+def test_a_resume_size_that_does_not_parse_is_one_line_naming_the_variable(clean: pytest.MonkeyPatch, value: str) -> None:
+    from portshift.errors import ConfigError
+
+    clean.setenv("PORTSHIFT_RESUME_ABOVE", value)
+    if value == "64":  # a plain number is bytes
+        assert read_settings().resume_above == "64"
+        return
+    with pytest.raises(ConfigError, match="PORTSHIFT_RESUME_ABOVE") as e:
+        read_settings()
+    assert "\n" not in str(e.value)
 
 
 def test_values_are_read_fresh_on_each_call(clean: pytest.MonkeyPatch, tmp_path: Path) -> None:

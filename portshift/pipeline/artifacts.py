@@ -19,7 +19,7 @@ from ..plugins import call_event
 from ..progress import Progress
 from ..records import JobRecord
 from ..redact import sanitize_message
-from ..resume import Continuation, ResumePoint, ResumeRefused, resume_above
+from ..resume import Continuation, ResumePoint, ResumeRefused
 from ..state import FileRecord, State
 from .planning import iso
 from .readahead import READ_AHEAD_FROM, ReadAhead
@@ -43,6 +43,7 @@ class ArtifactSteps:
     payload_prefix: str
     seat: WorkerSeat
     resumables: Resumables
+    resume_from: int  #: uploads of at least this size are offered a resume point (-1: none)
 
     # --- one artifact ------------------------------------------------------------------------
     def _artifact(self, rec: Recording, artifact: Artifact) -> None:
@@ -162,7 +163,7 @@ class ArtifactSteps:
 
     def _may_resume(self, declared: int | None) -> bool:
         """Whether this upload is offered a resume point (see :meth:`HashingStream.keep_states`)."""
-        above = resume_above()
+        above = self.resume_from
         return above >= 0 and (declared is None or declared >= above) and can_resume(self.sink)
 
     def _record(

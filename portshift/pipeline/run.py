@@ -23,6 +23,7 @@ from ..plugins import call_event
 from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
+from ..resume import resume_above
 from ..state import State, new_job_id, now_iso
 from ..state.claims import finishing_lock, planning_lock
 from .manifests import ManifestRun
@@ -155,7 +156,7 @@ class Runner:
         phase = ""
         try:
             info = self._job_info(job.id)
-            resumable = self._recover(job.id, sink, seat, resumable=True)
+            resumable = self._recover(job.id, sink, seat, resumable=resume_above() >= 0)  # off: none continued
             call_event("job_started", job=info, resumed=plan.resume is not None)
             transfer = Transfer(
                 self.cfg,

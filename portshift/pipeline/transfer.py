@@ -38,6 +38,7 @@ from ..logs import recording_context
 from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
+from ..resume import resume_above
 from ..retry import Attempts, Backoff
 from ..state import Claimed, State
 from ..state.claims import listing_lock
@@ -101,6 +102,7 @@ class Transfer(ArtifactSteps):
         self._taken = threading.Event()  #: a transfer took work from the queue
         self.lister: Lister | None = None
         self.resumables = Resumables()  #: uploads gone workers left mid-file (see .resuming)
+        self.resume_from = resume_above()
         self._lister_thread: threading.Thread | None = None
 
     @property
@@ -273,7 +275,8 @@ class Transfer(ArtifactSteps):
                 if self.state.reap(self.job.id, self.seat.id):
                     log.info("a worker of this job stopped; its recordings are claimed again")
                     # its open uploads too (those it left mid-file are kept, to be continued)
-                    self.resumables.add(recover_orphans(self.state, self.job.id, self.sink, self.cancel))
+                    left = recover_orphans(self.state, self.job.id, self.sink, self.cancel, keep_resumable=self.resume_from >= 0)
+                    self.resumables.add(left)
             return True
         return False
 

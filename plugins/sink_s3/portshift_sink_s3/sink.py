@@ -288,7 +288,8 @@ class S3Sink(BucketProbe, UploadRecovery, UploadResume, Sink):
             )
         except BaseException as exc:
             inflight.close()  # in-flight parts end before the abort, or they could outlive it
-            if isinstance(exc, Interrupted) and resumable.journaled:
+            stopping = isinstance(exc, Interrupted) or (self.cancel is not None and self.cancel.is_set())
+            if stopping and resumable.journaled:
                 # stopped (SIGTERM, Ctrl-C) with parts stored: the next run continues the upload
                 log.info("%s: upload kept at %d bytes, to be continued by the next run", loc, resumable.stored)
                 raise
