@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -94,9 +95,11 @@ def _journaled_offset(state: Path) -> int:
     return max(points, default=0)
 
 
-def _kill_at(argv: list[str], env: dict[str, str], state: Path, server: Server, size: int, chunk: int, fraction: float) -> int:
-    """Start `portshift run` and SIGKILL it once the journal says ``fraction`` of the media is
-    stored: the chunks from the first boundary past that point are held at the emulator."""
+def _kill_at(
+    argv: list[str], env: dict[str, str], state: Path, server: Server, size: int, chunk: int, fraction: float, sig: int = 9
+) -> int:
+    """Start `portshift run` and SIGKILL it (or ``sig``) once the journal says ``fraction`` of the
+    media is stored: the chunks from the first boundary past that point are held at the emulator."""
     assert server.hold_file is not None
     held = -(-int(fraction * size) // chunk) * chunk
     server.hold_file.write_text(str(held))
@@ -108,10 +111,11 @@ def _kill_at(argv: list[str], env: dict[str, str], state: Path, server: Server, 
             assert time.monotonic() < deadline, "the upload never reached the kill point"
             time.sleep(0.02)
     finally:
-        proc.kill()
-        proc.wait(30)
-        server.hold_file.unlink(missing_ok=True)
-    return stored
+        proc.send_signal(sig)
+        server.hold_file.unlink(missing_ok=True)  # the held chunk is answered 503 now
+        proc.wait(60)
+    assert proc.returncode == (-9 if sig == 9 else 130), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    return max(stored, _journaled_offset(state))  # chunks in flight may have ended after a SIGTERM
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -143,6 +147,22 @@ def _verify_export(server: Server, prefix: str, tmp_path: Path, media_sha256: st
     assert meta["md5Hash"] == base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
 
 
+def _journal_holds_no_content(state: Path, sim: Any) -> None:
+    """What a killed run left in the state: ids, the sealed session, checksum states; no content."""
+    (entry,) = _journal(state)
+    assert set(entry) == {"bucket", "name", "session", "piece_size", "pieces", "resume"}
+    for record in json.loads(entry["pieces"]):
+        crc, md5 = record.split(" ")
+        assert 0 <= int(crc) < 2**32 and md5.startswith("md5-v1:") and len(md5) == len("md5-v1:") + 48
+    (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+    head = b"".join(sim.tenant.media_chunks(cid, 0, 4096))
+    raw = b"".join(p.read_bytes() for p in state.parent.glob(state.name + "*") if p.is_file())  # the file, its WAL and shm
+    for i in range(0, 4096, 64):  # no 64-byte block of the media, as bytes, hex or base64
+        block = head[i : i + 64]
+        assert block not in raw and block.hex().encode() not in raw and base64.b64encode(block) not in raw
+    assert TOKEN.encode() not in raw
+
+
 def _no_session_in_clear(tmp_path: Path, server: Server, canary: CanaryKey) -> None:
     """The open session's URI (and its upload id, raw and encoded) and the key appear in no file
     the run wrote; the journal holds the session sealed."""
@@ -163,9 +183,12 @@ def _no_session_in_clear(tmp_path: Path, server: Server, canary: CanaryKey) -> N
     assert sealed and all(s.startswith("gs1:") for s in sealed)
 
 
+@pytest.mark.parametrize("mode", ["resume", "off"])
 def test_a_big_upload_killed_at_90_percent_is_continued_in_its_session(
-    tmp_path: Path, emulator: Server, certs: Certs, canary: CanaryKey
+    tmp_path: Path, emulator: Server, certs: Certs, canary: CanaryKey, mode: str
 ) -> None:
+    """``off``: the same second run with ``PORTSHIFT_RESUME_ABOVE=off``, what every run did before
+    (the session cancelled, the whole recording sent again): the baseline of the figures."""
     state, chunk = tmp_path / "state.db", _chunk_for(SIZE)
     assert SIZE // chunk >= 10
     with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
@@ -173,23 +196,56 @@ def test_a_big_upload_killed_at_90_percent_is_continued_in_its_session(
         env = _env(tmp_path, canary)
         argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress", "--log-level", "info"]
         stored = _kill_at(argv, env, state, emulator, SIZE, chunk, 0.9)
+        _journal_holds_no_content(state, sim)
         _no_session_in_clear(tmp_path, emulator, canary)
-        served_before, received_before = sim.stats.media_bytes, emulator.admin.resumable()["received"]
-        r = _run(argv, env)
+        before = emulator.admin.resumable()
+        served_before = sim.stats.media_bytes
+        r = _run(argv, {**env, "PORTSHIFT_RESUME_ABOVE": "16MiB" if mode == "resume" else "off"})
         media_again = sim.stats.media_bytes - served_before
-        store_again = emulator.admin.resumable()["received"] - received_before
+        store_again = emulator.admin.resumable()["received"] - before["received"]
         (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
         media_sha256 = sim.tenant.media_sha256(cid)
-    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in r.stderr, r.stderr[-3000:]
-    assert "sending it again from byte 0" not in r.stderr
-    print(f"\nGCS: killed at {stored / SIZE:.1%} of {SIZE // MiB} MiB ({SIZE // chunk} chunks of {chunk // MiB} MiB); "
-          f"re-sent: source {media_again} B ({media_again / SIZE:.1%}), "
+    print(f"\n[GCS {mode}] killed at {stored / SIZE:.1%} of {SIZE // MiB} MiB ({SIZE // chunk} chunks of {chunk // MiB} MiB); "
+          f"sent again: source {media_again} B ({media_again / SIZE:.1%}), "
           f"store {store_again} B ({store_again / SIZE:.1%})")  # fmt: skip
-    assert media_again == SIZE - stored
-    assert store_again <= 0.15 * SIZE, store_again
+    if mode == "resume":
+        assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in r.stderr, r.stderr[-3000:]
+        assert "sending it again from byte 0" not in r.stderr
+        # what the issue asks: at most 15 % of the bytes again, at the source and at the store
+        assert media_again == SIZE - stored
+        assert store_again <= 0.15 * SIZE, store_again
+    else:
+        assert "continued the upload" not in r.stderr
+        assert media_again == SIZE and store_again >= SIZE
+        # recover() cancelled the old session (nobody else could finish it): it is no longer open
+        assert [i for i in before["ids"] if prefix in i] and not set(before["ids"]) & set(emulator.admin.resumable()["ids"])
     _verify_export(emulator, prefix, tmp_path, media_sha256)
     assert _journal(state) == []
     assert not any(prefix in i for i in emulator.admin.resumable()["ids"]), "a session was left open"
+
+
+def test_an_upload_stopped_by_sigterm_keeps_its_session_and_is_continued(
+    tmp_path: Path, emulator: Server, certs: Certs, canary: CanaryKey
+) -> None:
+    """A stop request (SIGTERM: a node drained) with chunks stored keeps the session instead of
+    cancelling it: the next run sends only the rest."""
+    size, state = 24 * MiB, tmp_path / "state.db"
+    chunk = _chunk_for(size)
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
+        job, prefix = _job(tmp_path, sim, emulator, certs, chunk)
+        env = _env(tmp_path, canary)
+        argv = [*PORTSHIFT, "run", "--config", str(job), "--state", str(state), "--no-progress"]
+        stored = _kill_at(argv, env, state, emulator, size, chunk, 0.5, sig=signal.SIGTERM)
+        assert [i for i in emulator.admin.resumable()["ids"] if prefix in i], "the session was not kept open"
+        served_before = sim.stats.media_bytes
+        r = _run(argv, env)
+        media_again = sim.stats.media_bytes - served_before
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert f"continued the upload a stopped worker left at byte {stored} of {size} bytes" in r.stderr, r.stderr[-3000:]
+    assert media_again == size - stored
+    _verify_export(emulator, prefix, tmp_path, media_sha256)
+    assert _journal(state) == []
 
 
 def test_a_session_lost_between_runs_is_said_once_and_the_file_sent_again(
@@ -197,7 +253,7 @@ def test_a_session_lost_between_runs_is_said_once_and_the_file_sent_again(
 ) -> None:
     """GCS no longer has the session (cancelled; expired after a week): one line says so, the
     recording is sent again from byte 0 in a new session, the export is whole."""
-    size, state = 40 * MiB, tmp_path / "state.db"
+    size, state = 24 * MiB, tmp_path / "state.db"
     chunk = _chunk_for(size)
     with chorus.ChorusSimulator(chorus.Tenant(_spec(size)), token=TOKEN) as sim:
         job, prefix = _job(tmp_path, sim, emulator, certs, chunk)
