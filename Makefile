@@ -31,7 +31,7 @@ soak: setup
 	PORTSHIFT_SOAK=1 $(BIN)/python -m pytest tests/test_crash_resume.py plugins/source_chorus/tests/test_soak.py plugins/sink_s3/tests/test_crash_resume.py -q -s -p no:randomly
 	PORTSHIFT_WORKER_CALLS=2000 PORTSHIFT_WORKER_KILLS=20 $(BIN)/python -m pytest tests/test_workers.py plugins/sink_s3/tests/test_workers.py -q -s -p no:randomly
 	PORTSHIFT_SOAK=1 $(BIN)/python -m pytest plugins/server/tests/test_handover.py -q -s -p no:randomly
-	PORTSHIFT_RESUME_MIB=1024 $(BIN)/python -m pytest plugins/sink_s3/tests/test_resume_midfile.py plugins/sink_azure/tests/test_resume_midfile.py -k big -q -s -p no:randomly
+	PORTSHIFT_RESUME_MIB=1024 $(BIN)/python -m pytest plugins/sink_s3/tests/test_resume_midfile.py plugins/sink_azure/tests/test_resume_midfile.py plugins/sink_gcs/tests/test_resume_midfile.py -k big -q -s -p no:randomly
 
 demo: setup
 	$(BIN)/python demo/demo.py

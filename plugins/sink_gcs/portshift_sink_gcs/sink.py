@@ -14,7 +14,8 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
   which GCS checks before it creates the object (the header google-cloud-storage itself sends
   on the final chunk). Until that final request succeeds nothing is visible under the name.
 - Any failure after initiation cancels the session (``DELETE`` on the session URI, GCS answers
-  499), so no upload is left behind, and the error is raised.
+  499), so no upload is left behind, and the error is raised; except a stop (SIGTERM, Ctrl-C) of
+  a journaled upload, whose session is kept for the next run.
 - The object resource GCS returns is compared with what was sent: size, ``crc32c`` and
   ``md5Hash`` must match, or the put fails (:class:`~portshift.errors.IntegrityError`).
 - Every upload (the single request, the resumable session) carries ``ifGenerationMatch=0``:
@@ -25,8 +26,10 @@ How one file is stored (JSON API, on a hardened :class:`~.transport.GcsSession`)
   :class:`~portshift.api.PutResult`); different is a non-retryable error. Reading the stored
   object's metadata needs ``storage.objects.get`` (see docs/permissions/gcs.md).
 - The session URI is a capability (whoever holds it can write the object): it is registered
-  as a mask, never logged, stored or put in an error, and must point at the configured
-  endpoint's host over https.
+  as a mask, never logged or put in an error, and must point at the configured endpoint's host
+  over https. It is stored nowhere in clear: a big upload's session is journaled only sealed
+  under a key derived from the service-account private key (:mod:`.session_seal`), so that the
+  next run can continue it after a crash (:mod:`.resuming`); without a key it is not journaled.
 - Memory: about one chunk (plus one chunk of the source) per transfer.
 """
 
@@ -48,20 +51,24 @@ from portshift import (
     Backoff,
     HashingStream,
     InFlight,
+    Interrupted,
     PortshiftError,
     PutResult,
+    ResumableUpload,
     Sink,
     SinkError,
     content_type_for,
     parse_retry_after,
-    register_mask,
 )
 
 from . import errors
-from .chunks import Digests, persisted_of, read_chunks
+from .chunks import Digests, read_chunks
 from .credentials import connect
 from .options import GcsOptions
 from .probe import BucketProbe
+from .resuming import SessionResume
+from .session import _ONLY_IF_ABSENT, SessionRequests
+from .session_seal import SessionSeal
 from .stored import StoredObjects
 
 log = logging.getLogger("portshift.sink.gcs")
@@ -73,17 +80,13 @@ class _ObjectExists(Exception):
     """GCS answered 412 to an upload carrying ``ifGenerationMatch=0``: an object exists."""
 
 
-#: Sent with every upload: create the object only if none exists under the name.
-_ONLY_IF_ABSENT = {"ifGenerationMatch": "0"}
-
-
 def _sent_checksums(values: dict[str, str]) -> dict[str, str]:
     """The checksums put on the wire. A module-level function so that tests can make it lie
     (a test-only corruption path) and watch GCS refuse the upload."""
     return dict(values)
 
 
-class GcsSink(BucketProbe, StoredObjects, Sink):
+class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
     Options = GcsOptions
     description = "Google Cloud Storage: resumable streaming uploads checked by GCS with CRC32C and MD5"
 
@@ -101,6 +104,8 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
         self._backoff = Backoff(base=0.5, cap=8.0, attempts=options.request_retries + 1)
         self._residency_lock = threading.Lock()
         self._residency_checked = options.allowed_regions is None
+        #: seals the session URI for the journal (None: no key to seal with, nothing is journaled)
+        self._seal = SessionSeal.for_options(options)
 
     # --- names ----------------------------------------------------------------------------------
     def object_name(self, key: str) -> str:
@@ -176,14 +181,17 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
         where = self._where(name)
         self._check_residency()
         content_type = content_type_for(getattr(stream, "content_type", None), name)
-        digests = Digests()
+        resumable = self._resumable_upload(key, name, stream, size)
+        digests = (Digests.saveable(self.options.chunk_size) if resumable.enabled else None) or Digests()
         stream.observe(digests.update)
         chunks = read_chunks(stream, self.options.chunk_size)
         first, last = next(chunks)
         try:
             if last:
                 return self._multipart(name, where, content_type, first, digests)
-            return self._resumable(name, where, content_type, first, chunks, digests, size)
+            session_uri = self._initiate(name, where, content_type, size)
+            self._journal_session(key, name, session_uri, resumable)
+            return self._send_chunks(key, name, session_uri, (first, False), chunks, 0, 0, digests, resumable)
         except _ObjectExists:
             pass
         del first
@@ -221,114 +229,68 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
             name, where, response, len(data), values, "GCS checked CRC32C and MD5 of the whole object (single-request upload)"
         )
 
-    def _resumable(
+    def _send_chunks(
         self,
+        key: str,
         name: str,
-        where: str,
-        content_type: str,
-        first: bytes,
+        session_uri: str,
+        first: tuple[bytes, bool],
         rest: Iterator[tuple[bytes, bool]],
+        offset: int,
+        persisted: int,
         digests: Digests,
-        size: int | None,
+        resumable: ResumableUpload,
     ) -> PutResult:
-        session_uri = self._initiate(name, where, content_type, size)
+        """Send the chunks from ``first`` on (at byte ``offset`` of the object; GCS holds the
+        first ``persisted`` bytes already) and finish the session. Any failure cancels the
+        session, unless the run is stopping with a resume point journaled: then it is kept."""
+        where = self._where(name)
         # A chunk goes up on a worker thread while the next one is read; a resumable session
         # takes its chunks in order, so one at a time (the final one once all are persisted).
         inflight: InFlight[None] = InFlight(1, "portshift-gcs-chunk")
+        how = f"resumable upload continued at byte {offset} after a stop" if offset else "resumable upload"
         try:
-            offset = 0
             count = 0
-            chunk, last = first, False
+            chunk, last = first
             while True:
                 count += 1
+                skip = min(max(persisted - offset, 0), len(chunk))  # bytes of it GCS holds already
                 if last:
                     inflight.finish()
                     values = digests.values()
-                    response = self._final_chunk(session_uri, where, chunk, offset, values)
+                    response = self._final_chunk(session_uri, where, chunk[skip:], offset + skip, values)
+                    self._journal_end(key, resumable)
                     return self._confirm(
                         name,
                         where,
                         response,
                         offset + len(chunk),
                         values,
-                        f"GCS checked CRC32C and MD5 of the whole object at finalize (resumable upload, {count} chunks)",
+                        f"GCS checked CRC32C and MD5 of the whole object at finalize ({how}, {count} chunks)",
                     )
-                inflight.submit(self._chunk, session_uri, where, chunk, offset)
+                inflight.submit(self._confirmed_chunk, session_uri, where, chunk, offset, skip, digests, resumable)
                 offset += len(chunk)
                 chunk = b""  # drop the reference before reading the next chunk
                 chunk, last = next(rest)
-        except BaseException:
+        except BaseException as exc:
             inflight.close()  # the chunk in flight ends before the session is cancelled
+            if isinstance(exc, Interrupted) and resumable.journaled:
+                # stopped (SIGTERM, Ctrl-C) with chunks stored: the next run continues the session
+                log.info("%s: upload kept at %d bytes, to be continued by the next run", where, resumable.stored)
+                raise
             self._cancel(session_uri, where)
+            self._journal_end(key, resumable)
             raise
         finally:
             inflight.close()
 
-    def _initiate(self, name: str, where: str, content_type: str, size: int | None) -> str:
-        headers = {"Content-Type": "application/json; charset=UTF-8", "X-Upload-Content-Type": content_type}
-        if size is not None:
-            headers["X-Upload-Content-Length"] = str(size)
-        response = self._send(
-            "POST",
-            self._upload_url(),
-            "start resumable upload",
-            where,
-            ok=(200, 201),
-            data=json.dumps(self._metadata(name, content_type)).encode(),
-            params={"uploadType": "resumable", **_ONLY_IF_ABSENT},
-            headers=headers,
-        )
-        session_uri = response.headers.get("Location", "")
-        response.close()
-        if session_uri:
-            register_mask(session_uri)
-            query = urllib.parse.parse_qs(urllib.parse.urlsplit(session_uri).query)
-            for value in query.get("upload_id", []):
-                register_mask(value)
-        parts = urllib.parse.urlsplit(session_uri)
-        if parts.scheme != "https" or parts.netloc.lower() != self._host:
-            # never send data (or the bearer token) anywhere but the configured endpoint: such a
-            # session cannot even be cancelled; GCS drops unused sessions after a week
-            raise SinkError(
-                "GCS returned a resumable session URI that is not https on the configured endpoint's host",
-                operation="start resumable upload",
-                location=where,
-                retryable=False,
-            )
-        return session_uri
-
-    def _chunk(self, session_uri: str, where: str, chunk: bytes, offset: int) -> None:
-        """PUT one non-final chunk; resend what GCS did not persist."""
-        end = offset + len(chunk)
-        pos = offset
-        attempts = self._attempts("upload chunk")
-        while pos < end:
-            piece = chunk[pos - offset :]
-            headers = {"Content-Range": f"bytes {pos}-{end - 1}/*"}
-            try:
-                response = self._send(
-                    "PUT", session_uri, "upload chunk", where, ok=(308,), data=piece, headers=headers, retry=False
-                )
-                persisted = persisted_of(response)
-                response.close()
-            except PortshiftError as e:
-                if not e.retryable:
-                    raise
-                attempts.backoff(e)  # re-raises e when the policy is exhausted
-                persisted = self._status(session_uri, where)
-            if persisted < pos or persisted > end:
-                raise SinkError(
-                    f"GCS reports {persisted} bytes persisted, expected between {pos} and {end}",
-                    operation="upload chunk",
-                    location=where,
-                    retryable=True,
-                )
-            if persisted == pos:
-                if attempts.exhausted():
-                    raise SinkError("GCS persisted none of the chunk", operation="upload chunk", location=where)
-                attempts.wait(0)  # counts the attempt; raises Interrupted if the run is stopping
-                continue
-            pos = persisted
+    def _confirmed_chunk(
+        self, session_uri: str, where: str, chunk: bytes, offset: int, skip: int, digests: Digests, resumable: ResumableUpload
+    ) -> None:
+        self._chunk(session_uri, where, chunk, offset, skip)
+        if resumable.enabled and digests.every:  # journal the resume point, with the CRC32C and MD5 there
+            end = offset + len(chunk)
+            resumable.confirmed(offset // resumable.piece_size, digests.kept(end))
 
     def _final_chunk(self, session_uri: str, where: str, chunk: bytes, offset: int, values: dict[str, str]) -> requests.Response:
         total = offset + len(chunk)
@@ -364,30 +326,6 @@ class GcsSink(BucketProbe, StoredObjects, Sink):
                         location=where,
                         retryable=True,
                     ) from None
-
-    def _status(self, session_uri: str, where: str) -> int:
-        """Bytes GCS persisted in the session, or -1 when the upload is already complete."""
-        response = self._send(
-            "PUT", session_uri, "query upload status", where, ok=(200, 201, 308), data=b"", headers={"Content-Range": "bytes */*"}
-        )
-        response.close()
-        if response.status_code in (200, 201):
-            return -1
-        return persisted_of(response)
-
-    def _cancel(self, session_uri: str, where: str) -> None:
-        """Cancel a resumable session (GCS answers 499); never raises."""
-        try:
-            response = self._session.request("DELETE", session_uri, timeout=self._timeout)
-            status = response.status_code
-            response.close()
-        except Exception as e:  # noqa: BLE001 - best effort, never masks the original failure
-            log.warning("could not cancel the resumable upload of %s (%s)", where, type(e).__name__)
-            return
-        if status in (499, 200, 204, 404, 410):
-            log.debug("cancelled the resumable upload of %s (HTTP %d)", where, status)
-        else:
-            log.warning("cancelling the resumable upload of %s: GCS answered HTTP %d", where, status)
 
     # --- check / close --------------------------------------------------------------------------
     def close(self) -> None:

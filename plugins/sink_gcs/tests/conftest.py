@@ -108,12 +108,14 @@ class Server:
     port: int
     admin: Admin
     verifies_checksums: bool
+    hold_file: Path | None = None  #: chunks from the offset written here are held (emulator_tls.py)
 
 
 @pytest.fixture(scope="session")
 def emulator(certs: Certs) -> Iterator[Server]:
     port = free_port()
     log = certs.dir / f"emulator-{port}.log"
+    hold = certs.dir / f"emulator-{port}.hold"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
@@ -129,6 +131,8 @@ def emulator(certs: Certs) -> Iterator[Server]:
                 BUCKET,
                 "--bucket",
                 OTHER_BUCKET,
+                "--hold-file",
+                str(hold),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -137,7 +141,7 @@ def emulator(certs: Certs) -> Iterator[Server]:
     try:
         wait_port(port, proc, what="gcp-storage-emulator", log=log)
         endpoint = f"https://127.0.0.1:{port}"
-        yield Server("gcp-storage-emulator", endpoint, port, Admin(endpoint, certs.ca_pem), True)
+        yield Server("gcp-storage-emulator", endpoint, port, Admin(endpoint, certs.ca_pem), True, hold)
     finally:
         stop_process(proc)
 

@@ -15,21 +15,28 @@ gcp-storage-emulator (PyPI, pure Python) is the local GCS server that verifies `
    hashes given in the metadata. The header's values are put into the pending object's
    metadata, so the emulator's own check (and its 400 answer) applies.
 4. **Cancel**: ``DELETE`` on a session URI cancels the session, answering 499 like GCS.
-5. ``GET /_test/resumable``: ``{"open": N, "cancelled": M}`` so that tests can prove no
-   session is left behind.
+5. ``GET /_test/resumable``: ``{"open": N, "cancelled": M, "ids": [...], "received": B}`` so
+   that tests can prove no session is left behind, look for a session's id where it must not be,
+   and count the bytes of chunk bodies the server received; ``DELETE`` cancels every open session
+   (a session lost between two runs).
 6. **ifGenerationMatch=0** (the emulator ignores preconditions): a multipart upload, a
    resumable session's initiation and its finalizing request that carry it are refused with
    412 ``conditionNotMet`` when an object of that name exists (nothing is written; a refused
    session is dropped). fake-gcs-server honours it natively for multipart uploads only.
+7. ``--hold-file PATH``: while PATH exists and holds a number N, a chunk whose
+   ``Content-Range`` starts at byte N or later is held (the server is single-threaded: everything
+   waits) until PATH is removed, then answered 503: a test kills the uploading process there.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
+import os
 import ssl
 import sys
 import threading
+import time
 from http import HTTPStatus
 from types import SimpleNamespace
 
@@ -41,6 +48,8 @@ from gcp_storage_emulator.server import Request
 from gcp_storage_emulator.storage import Storage
 
 CANCELLED = {"count": 0}
+RECEIVED = {"bytes": 0}
+HOLD: dict[str, str] = {}
 _lock = threading.Lock()
 
 _original_init = Request.__init__
@@ -59,7 +68,28 @@ Request.__init__ = _https_request_init  # type: ignore[method-assign]
 _original_upload_partial = objects.upload_partial
 
 
+def _held(request) -> bool:  # type: ignore[no-untyped-def]
+    """Hold a chunk at or past the hold file's offset until the file is removed (see 7.)."""
+    path = HOLD.get("file")
+    try:
+        at = int(open(path).read().strip()) if path else -1  # noqa: SIM115
+    except (OSError, ValueError):
+        return False
+    start = (request.get_header("Content-Range", "") or "").removeprefix("bytes ").split("-", 1)[0]
+    if at < 0 or not start.isdigit() or int(start) < at:
+        return False
+    deadline = time.monotonic() + 120
+    while path and os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return True
+
+
 def _upload_partial_with_hash(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+    if _held(request):
+        response.status = HTTPStatus.SERVICE_UNAVAILABLE
+        return None
+    with _lock:
+        RECEIVED["bytes"] += int(request.get_header("Content-Length", "0") or 0)
     header = request.get_header("X-Goog-Hash", "") or ""
     if header:
         try:
@@ -166,7 +196,20 @@ def _honouring_if_generation_match(handler, initiation):  # type: ignore[no-unty
 
 
 def _test_status(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
-    response.json({"open": len(storage.resumable), "cancelled": CANCELLED["count"]})
+    response.json(
+        {
+            "open": len(storage.resumable),
+            "cancelled": CANCELLED["count"],
+            "ids": list(storage.resumable),
+            "received": RECEIVED["bytes"],
+        }
+    )
+
+
+def _test_cancel_all(request, response, storage, *args, **kwargs):  # type: ignore[no-untyped-def]
+    for upload_id in list(storage.resumable):
+        storage.delete_resumable_file_obj(upload_id)
+    response.json({"open": len(storage.resumable)})
 
 
 def _patch_routes() -> None:
@@ -176,7 +219,10 @@ def _patch_routes() -> None:
             handlers[emu_server.POST] = _honouring_if_generation_match(handlers[emu_server.POST], True)
             handlers[emu_server.PUT] = _honouring_if_generation_match(_upload_partial_with_hash, False)
             handlers[emu_server.DELETE] = _cancel
-    emu_server.HANDLERS = ((r"^/_test/resumable$", {emu_server.GET: _test_status}), *emu_server.HANDLERS)
+    emu_server.HANDLERS = (
+        (r"^/_test/resumable$", {emu_server.GET: _test_status, emu_server.DELETE: _test_cancel_all}),
+        *emu_server.HANDLERS,
+    )
 
 
 def main() -> None:
@@ -185,7 +231,10 @@ def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--bucket", action="append", default=[])
+    parser.add_argument("--hold-file", default="")
     args = parser.parse_args()
+    if args.hold_file:
+        HOLD["file"] = args.hold_file
 
     _patch_routes()
     storage = Storage(use_memory_fs=True)
