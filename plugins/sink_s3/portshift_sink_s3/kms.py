@@ -55,8 +55,15 @@ class AwsKmsKey(KeyProvider):
 
     name = "kms"
 
-    def __init__(self, ref: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None) -> None:
-        super().__init__(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle)
+    def __init__(
+        self,
+        ref: str,
+        *,
+        endpoint_url: str | None = None,
+        ca_bundle: Path | None = None,
+        credentials: dict[str, Secret] | None = None,
+    ) -> None:
+        super().__init__(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials)
         m = _ARN.match(ref)
         if not m:
             raise ConfigError(
@@ -85,6 +92,9 @@ class AwsKmsKey(KeyProvider):
         kwargs: dict[str, Any] = {}
         access, secret = secret_from_env(ENV_ACCESS_KEY_ID, "access_key_id"), secret_from_env(ENV_SECRET_ACCESS_KEY, "secret")
         token = secret_from_env(ENV_SESSION_TOKEN, "session_token")
+        if "access_key_id" in self.credentials:  # given with the job (--secrets-from-stdin): these, not the environment's
+            access, secret = self.credentials["access_key_id"], self.credentials.get("secret_access_key")
+            token = self.credentials.get("session_token")
         if access is not None and secret is not None:
             kwargs = {"aws_access_key_id": access.reveal(), "aws_secret_access_key": secret.reveal()}
             if token is not None:
