@@ -131,9 +131,8 @@ class JobManager:
                 f.write(text)
             if built.state_key:
                 place_ca(self.catalogue.state_key, work)
-            self.db.insert_job(
-                id=job_id, status="starting", source_type=built.source_type, sink_type=built.sink_type, state_key=built.state_key
-            )
+            types = {"source_type": built.source_type, "sink_type": built.sink_type, "sealed_with": built.state_key}
+            self.db.insert_job(id=job_id, status="starting", **types)
             self._start(job_id, built.secrets, client)
         finally:
             zero(built.secrets)
@@ -156,7 +155,7 @@ class JobManager:
         row = self.db.job(job_id)
         if row is None:
             raise KeyError(job_id)
-        creds = build_credentials(self.catalogue, doc, row["source_type"], row["sink_type"], sealed=bool(row.get("state_key")))
+        creds = build_credentials(self.catalogue, doc, row["source_type"], row["sink_type"], sealed=bool(row.get("sealed_with")))
         try:
             if row["status"] not in ("failed", "partial", "cancelled"):
                 raise Conflict(f"a {row['status']} job cannot be resumed")
@@ -272,7 +271,7 @@ class JobManager:
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
         row = self.db.job(job_id) or {}
-        run.sealed = bool(row.get("state_key"))
+        run.sealed = bool(row.get("sealed_with"))
         try:
             run.handle = self.launcher.start(run.spec, secrets)
         except OSError as e:

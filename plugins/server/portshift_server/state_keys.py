@@ -204,7 +204,7 @@ def seal_outcome(values: dict[str, Any], worker_error: str | None) -> dict[str, 
 
 def sealed_view(row: dict[str, Any], kept: dict[str, Any] | None) -> dict[str, Any]:
     """The API's ``state_key`` and ``sealed`` of a job, and a sealed job's fields kept in memory."""
-    key = row.get("state_key")
+    key = row.get("sealed_with")
     out: dict[str, Any] = {"state_key": key, "sealed": None}
     if not key:
         return out

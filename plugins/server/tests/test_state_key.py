@@ -226,7 +226,7 @@ def test_a_sandboxed_job_sealed_with_a_kms_key_on_postgres(
             digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in export.rglob("*") if p.is_file()]
             with db.admin() as a:  # the service's own row holds only clear fields
                 row = a.execute(
-                    "select manifest_sha256, export_root, state_key from portshift_service.jobs where id = %s", [job["id"]]
+                    "select manifest_sha256, export_root, sealed_with from portshift_service.jobs where id = %s", [job["id"]]
                 ).fetchone()
                 assert row == (None, None, f"kms:{arn}"), row
                 sealed_rows = a.execute("select count(*) from public.job_keys where key_label = %s", [f"kms:{arn}"]).fetchone()
