@@ -49,7 +49,24 @@ def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsServer]:
 
 
 def config_with_kms(kms: KmsServer, ca: Path) -> str:
-    return SERVICE_CONFIG + f'\n[state_key]\nendpoint_url = "{kms.url}"\nca_bundle = "{ca}"\n'
+    """The tests' service configuration, with moto as the KMS endpoint and as the S3 sink's store."""
+    s3 = f'\n[sink.s3.fixed]\nendpoint_url = "{kms.url}"\nca_bundle = "{kms.ca_pem}"\naddressing_style = "path"\n'
+    return SERVICE_CONFIG + s3 + f'\n[state_key]\nendpoint_url = "{kms.url}"\nca_bundle = "{ca}"\n'
+
+
+def s3_client(kms: KmsServer) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=kms.url,
+        region_name="eu-west-1",
+        verify=str(kms.ca_pem),
+        aws_access_key_id="test",
+        aws_secret_access_key="test",  # noqa: S106 - moto accepts any key
+        config=Config(s3={"addressing_style": "path"}),
+    )
 
 
 def new_key(kms: KmsServer) -> tuple[str, str]:
@@ -245,3 +262,37 @@ def test_a_sandboxed_job_sealed_with_a_kms_key_on_postgres(
         assert not any(leaks.values()), leaks
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_s3_job_sealed_with_the_sink_credentials_on_the_sqlite_service(kms_service: Server, kms: KmsServer) -> None:
+    """``use_sink_credentials``: the S3 destination's credentials open the key too (unisolated
+    launcher, SQLite service database: the worker's state file in the job's work folder)."""
+    arn, _ = new_key(kms)
+    bucket, seed = f"zqx-acme-{secrets.token_hex(6)}", secrets.randbelow(9000) + 1000
+    s3 = s3_client(kms)
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    access, secret = "AKIAZQX" + secrets.token_hex(8).upper(), canary_value("s3secret")
+    c = kms_service.client()
+    body = {
+        "source": {"type": "canary", "token": canary_value("s3token"), "count": 3, "seed": seed},
+        "sink": {"type": "s3", "bucket": bucket, "region": "eu-west-1", "access_key_id": access, "secret_access_key": secret},
+        "state_key": {"key": f"kms:{arn}", "use_sink_credentials": True},
+    }
+    job = start_job(c, body)
+    done = wait_status(c, job["id"], ("complete", "failed", "partial"), timeout=120)
+    assert done["status"] == "complete" and done["files"] == 6 and done["state_key"] == f"kms:{arn}", done
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    manifest_key = next(k for k in keys if k.endswith("portshift-manifest.txt"))
+    manifest = s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
+    assert done["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    digests = [line.split(b"  ", 1)[0].decode() for line in manifest.splitlines() if line and not line.startswith(b"#")]
+    assert len(digests) == 7
+    work = kms_service.work_dir(job["id"])
+    state = b"".join(p.read_bytes() for p in work.glob("state.db*") if p.is_file())
+    service = b"".join(p.read_bytes() for p in kms_service.data_dir.glob("service.db*") if p.is_file())
+    assert job["id"].encode() in service and arn.encode() in state  # the control: the rows are there
+    ids = [f"ex{seed:04d}{i:06d}" for i in range(3)]
+    needles = [*ids, bucket, done["manifest_sha256"], *digests]
+    assert not find_canary(state, needles) and not find_canary(service, needles)
+    files = [p for p in kms_service.data_dir.rglob("*") if p.is_file()] + [kms_service.stdout, kms_service.stderr]
+    assert not {str(p): h for p in files if (h := find_canary(p.read_bytes(), [secret]))}
