@@ -12,6 +12,7 @@ again the job resumes to a manifest that verifies.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -296,3 +297,46 @@ def test_an_s3_job_sealed_with_the_sink_credentials_on_the_sqlite_service(kms_se
     assert not find_canary(state, needles) and not find_canary(service, needles)
     files = [p for p in kms_service.data_dir.rglob("*") if p.is_file()] + [kms_service.stdout, kms_service.stderr]
     assert not {str(p): h for p in files if (h := find_canary(p.read_bytes(), [secret]))}
+
+
+def test_the_page_seals_a_job_with_a_kms_key_and_shows_a_disabled_one(
+    kms_service: Server, kms: KmsServer, certs: Certs, tmp_path: Path
+) -> None:
+    """The job form's key fields in Chromium (driven as test_browser.py drives the page)."""
+    from .test_browser import DRIVER, PLAYWRIGHT, spki_pin
+
+    if not (Path("/usr/bin/chromium").exists() and PLAYWRIGHT.is_dir()):
+        pytest.fail("the browser test needs Debian's chromium and playwright-core: run plugins/server/setup.sh")
+    arn, _ = new_key(kms)
+    disabled_arn, disabled_id = new_key(kms)
+    kms.client().disable_key(KeyId=disabled_id)
+    token, secret = canary_value("pagetoken"), canary_value("pagesecret")
+    cfg = {
+        "url": kms_service.url + "/",
+        "token": token,
+        "arn": arn,
+        "disabledArn": disabled_arn,
+        "accessKeyId": "AKIAZQX" + secrets.token_hex(8).upper(),
+        "secretAccessKey": secret,
+        "spki": spki_pin(certs.cert),
+        "profile": str(tmp_path / "profile"),
+        "playwright": str(PLAYWRIGHT),
+    }
+    r = subprocess.run(
+        ["node", str(DRIVER.parent / "drive_state_key.cjs")],
+        input=json.dumps(cfg),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout)
+    assert seen["fieldsetShown"] and seen["console"] == [], seen
+    enabled, disabled = seen["enabled"], seen["disabled"]
+    assert enabled["status"] == "complete" and enabled["key"] == f"kms:{arn}" and enabled["sealed"] is None, enabled
+    assert len(enabled["manifest"]) == 64 and enabled["secretAfterSubmit"] == ""
+    assert disabled["status"] == "failed" and disabled["key"] == f"kms:{disabled_arn}", disabled
+    assert disabled["sealed"] == f"sealed: the customer's key is not available (kms:{disabled_arn}: the key is disabled)"
+    leaks = {str(p): h for p in (tmp_path / "profile").rglob("*") if p.is_file() and (h := find_canary(p.read_bytes(), [secret]))}
+    assert not leaks, leaks
