@@ -114,7 +114,9 @@ class LocalKeyFile(KeyProvider):
         ca_bundle: Path | None = None,
         credentials: dict[str, Secret] | None = None,
     ) -> None:
-        super().__init__(str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle)
+        super().__init__(
+            str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials
+        )
 
     def _kek(self) -> AESGCM:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
