@@ -172,7 +172,9 @@ def place_ca(options: StateKeyOptions, work: Path) -> None:
 # --- what the service keeps of a sealed job's outcome ---------------------------------------------
 
 #: the worker's one line when the customer's key cannot be used (the S3 plugin's kms.py)
-_UNAVAILABLE = re.compile(r"^the customer's key (kms:arn:[\w:/.-]+) is not available for job [\w-]+: ([A-Za-z ]+(?: \(\w+\))?)")
+_UNAVAILABLE = re.compile(
+    r"^the customer's key (kms:arn:[\w:/.-]+) is not available for job [\w-]+: ([A-Za-z][\w ]{0,80}?(?: \(\w+\))?)(?: \(|;|$)"
+)
 #: kept in memory, never in the service database, for a sealed job (they may name the customer's data)
 SEALED_FIELDS = ("export_root", "manifest_sha256")
 

@@ -340,3 +340,32 @@ def test_the_page_seals_a_job_with_a_kms_key_and_shows_a_disabled_one(
     assert disabled["sealed"] == f"sealed: the customer's key is not available (kms:{disabled_arn}: the key is disabled)"
     leaks = {str(p): h for p in (tmp_path / "profile").rglob("*") if p.is_file() and (h := find_canary(p.read_bytes(), [secret]))}
     assert not leaks, leaks
+
+
+@pytest.mark.parametrize(
+    ("why", "shown"),
+    [
+        (
+            "the key is disabled (the key's owner can enable it again or grant access; nothing recorded is lost)",
+            "the key is disabled",
+        ),
+        ("the key policy does not allow portshift", "the key policy does not allow portshift"),
+        ("KMS answered ThrottlingException (the key's owner ...)", "KMS answered ThrottlingException"),
+        ("KMS could not be reached (EndpointConnectionError)", "KMS could not be reached (EndpointConnectionError)"),
+    ],
+)
+def test_the_service_keeps_its_own_line_for_a_key_that_is_not_available(why: str, shown: str) -> None:
+    from portshift_server.state_keys import key_unavailable, seal_outcome
+
+    key = "kms:" + ARN
+    line = f"the customer's key {key} is not available for job 20261205T020714Z-3493c7: {why}"
+    assert key_unavailable(line) == (
+        f"sealed: the customer's key is not available ({key}: {shown}); "
+        "the key's owner can enable it again or grant access, nothing is lost"
+    )
+    # any other text of a sealed job's worker stays in memory only: it may name the customer's data
+    other = "recording ex0042000001 failed: s3://zqx-bucket/prefix/ex0042000001.mp4 was refused"
+    values = {"status": "failed", "error": other, "manifest_sha256": None, "export_root": "s3://zqx-bucket/prefix/x"}
+    kept = seal_outcome(values, other)
+    assert kept == {"error": other, "export_root": "s3://zqx-bucket/prefix/x"}
+    assert values["export_root"] is None and "zqx" not in values["error"] and "ex0042" not in values["error"]

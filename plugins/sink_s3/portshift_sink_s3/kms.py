@@ -9,8 +9,10 @@ the job of every use. The customer's key policy grants portshift's role those tw
 The client is built like the S3 sink's: a private botocore session, portshift's own TLS context
 (TLS >= 1.2, the system store plus ``ca_bundle``; ``AWS_CA_BUNDLE`` and the like ignored), no
 proxy, ``AWS_ENDPOINT_URL*`` ignored (``endpoint_url`` only from ``[state] key_endpoint_url``),
-one attempt per call. Credentials: ``PORTSHIFT_AWS_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``/
-``..._SESSION_TOKEN`` when set, else the AWS credential chain (a role).
+one attempt per call. Credentials: those given with the job (``key_access_key_id``... on
+``--secrets-from-stdin``: how ``portshift serve`` hands them to a worker), else
+``PORTSHIFT_AWS_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``/``..._SESSION_TOKEN`` when set, else the
+AWS credential chain (a role).
 """
 
 from __future__ import annotations
