@@ -257,6 +257,8 @@ def test_a_sandboxed_job_sealed_with_a_kms_key_on_postgres(
         assert job["id"].encode() in dump and b"s1:" in dump and arn.encode() in dump  # the control: real, sealed rows
         ids = [f"ex{seed:04d}{i:06d}" for i in range(20)]
         assert not find_canary(dump, [*ids, folder, manifest, *digests]), "the service database names the customer's data"
+        assert b"parameters: $1 = " in log  # the control: the log holds the statements' values
+        assert not find_canary(log, [*ids, folder, manifest, *digests]), "the statements (log_statement=all) name them"
         files = [p for p in (root / "service").rglob("*") if p.is_file() and not p.is_relative_to(export)]
         leaks = {str(p): h for p in files if (h := find_canary(p.read_bytes(), [access, secret, token]))}
         leaks |= {"pg_dump": find_canary(dump, [access, secret]), "server log": find_canary(log, [access, secret])}
