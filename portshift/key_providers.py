@@ -91,7 +91,9 @@ def key_provider(
             hint='use "file:/path/to/state.key" or "kms:arn:aws:kms:<region>:<account>:key/<id>"',
         )
     cls = plugins.key_providers().get(name)
-    return cls(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials)  # type: ignore[no-any-return]
+    if credentials:  # only then: a provider written before credentials existed still builds without them
+        return cls(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials)  # type: ignore[no-any-return]
+    return cls(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle)  # type: ignore[no-any-return]
 
 
 def _whole(e: KeyUnavailableError) -> KeyUnavailableError:
