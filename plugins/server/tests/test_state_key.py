@@ -94,6 +94,8 @@ def kms_service(
         root,
         "--rate-jobs",
         "1000/60",
+        "--max-jobs-per-client",  # the page starts its next job as soon as it shows the last one ended
+        "4",
         config_text=config_with_kms(kms, kms.ca_pem),
         env_extra={"PORTSHIFT_LOAD_PLUGINS": PLUGINS},
     )
@@ -336,6 +338,7 @@ def test_the_page_seals_a_job_with_a_kms_key_and_shows_a_disabled_one(
     seen = json.loads(r.stdout)
     assert seen["fieldsetShown"] and seen["console"] == [], seen
     enabled, disabled = seen["enabled"], seen["disabled"]
+    assert enabled["formError"] is None and disabled["formError"] is None, seen
     assert enabled["status"] == "complete" and enabled["key"] == f"kms:{arn}" and enabled["sealed"] is None, enabled
     assert len(enabled["manifest"]) == 64 and enabled["secretAfterSubmit"] == ""
     assert disabled["status"] == "failed" and disabled["key"] == f"kms:{disabled_arn}", disabled

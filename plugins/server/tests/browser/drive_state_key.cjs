@@ -14,7 +14,10 @@ async function runJob(page, cfg, arn) {
   await page.fill("#state-key-access_key_id", cfg.accessKeyId);
   await page.fill("#state-key-secret_access_key", cfg.secretAccessKey);
   await page.click("#start-button");
-  await page.waitForSelector("#progress:not([hidden])", { timeout: 15000 });
+  // this job's document is shown (the panel may still show the previous job until then)
+  await page.waitForFunction(
+    (key) => document.querySelector("#job-key").textContent === key || !document.querySelector("#form-error").hidden,
+    "kms:" + arn, { timeout: 15000 });
   const seen = { secretAfterSubmit: await page.inputValue("#state-key-secret_access_key") };
   const deadline = Date.now() + 60000;
   while (Date.now() < deadline) {
@@ -25,6 +28,7 @@ async function runJob(page, cfg, arn) {
   seen.key = await page.textContent("#job-key");
   seen.sealed = await page.$eval("#job-sealed", (e) => (e.hidden ? null : e.textContent));
   seen.manifest = await page.textContent("#job-manifest");
+  seen.formError = await page.$eval("#form-error", (e) => (e.hidden ? null : e.textContent));
   return seen;
 }
 
