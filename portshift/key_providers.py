@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .errors import ConfigError
 from .sealing import DATA_KEY_BYTES, NONCE_BYTES, KeyUnavailableError, new_data_key
+from .secrets import Secret
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,14 +30,23 @@ __all__ = ["KeyProvider", "LocalKeyFile", "key_provider"]
 class KeyProvider(ABC):
     """Wraps and unwraps data keys with one customer key. ``ref`` is the reference after
     ``<name>:``; ``endpoint_url`` and ``ca_bundle`` reach a KMS-compatible service (a provider
-    that needs neither ignores them)."""
+    that needs neither ignores them). ``credentials`` (e.g. ``access_key_id``/``secret_access_key``
+    from ``--secrets-from-stdin``): the provider's own, when given, instead of its usual source."""
 
     name: ClassVar[str] = ""
 
-    def __init__(self, ref: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None) -> None:
+    def __init__(
+        self,
+        ref: str,
+        *,
+        endpoint_url: str | None = None,
+        ca_bundle: Path | None = None,
+        credentials: dict[str, Secret] | None = None,
+    ) -> None:
         self.ref = ref
         self.endpoint_url = endpoint_url
         self.ca_bundle = ca_bundle
+        self.credentials = dict(credentials or {})
 
     @property
     def label(self) -> str:
@@ -68,7 +78,9 @@ class KeyProvider(ABC):
             raise KeyUnavailableError(f"the key {self.label} did not give back the data key it wrapped")
 
 
-def key_provider(spec: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None) -> KeyProvider:
+def key_provider(
+    spec: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None, credentials: dict[str, Secret] | None = None
+) -> KeyProvider:
     """The provider a ``<provider>:<reference>`` string names (one clear line when it is wrong)."""
     from . import plugins
 
@@ -79,6 +91,8 @@ def key_provider(spec: str, *, endpoint_url: str | None = None, ca_bundle: Path 
             hint='use "file:/path/to/state.key" or "kms:arn:aws:kms:<region>:<account>:key/<id>"',
         )
     cls = plugins.key_providers().get(name)
+    if credentials:  # only then: a provider written before credentials existed still builds without them
+        return cls(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials)  # type: ignore[no-any-return]
     return cls(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle)  # type: ignore[no-any-return]
 
 
@@ -94,8 +108,17 @@ class LocalKeyFile(KeyProvider):
     name = "file"
     _AAD = b"portshift data key\x00"
 
-    def __init__(self, ref: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None) -> None:
-        super().__init__(str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle)
+    def __init__(
+        self,
+        ref: str,
+        *,
+        endpoint_url: str | None = None,
+        ca_bundle: Path | None = None,
+        credentials: dict[str, Secret] | None = None,
+    ) -> None:
+        super().__init__(
+            str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials
+        )
 
     def _kek(self) -> AESGCM:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM

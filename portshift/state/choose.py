@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from ..errors import ConfigError
 from ..options import PluginOptions
@@ -42,6 +42,18 @@ class StateOptions(PluginOptions):
     )
     key_endpoint_url: str | None = Field(default=None, description="the https:// endpoint of a KMS-compatible service")
     key_ca_bundle: Path | None = Field(default=None, description="the CA (PEM) of key_endpoint_url")
+    #: the key provider's credentials from ``--secrets-from-stdin`` (``key_access_key_id``, ...), never a field
+    _key_credentials: dict[str, Secret] = PrivateAttr(default_factory=dict)
+
+    def key_provider(self) -> Any:
+        """The provider of ``key`` with this section's endpoint, CA and credentials (None without a key)."""
+        if self.key is None:
+            return None
+        from ..key_providers import key_provider
+
+        return key_provider(
+            self.key, endpoint_url=self.key_endpoint_url, ca_bundle=self.key_ca_bundle, credentials=self._key_credentials
+        )
 
     @model_validator(mode="after")
     def _one_target(self) -> StateOptions:
@@ -60,6 +72,14 @@ class StateOptions(PluginOptions):
         return self
 
 
+#: the key provider's credentials ``--secrets-from-stdin`` may carry in "state" (name there -> the provider's name)
+KEY_SECRETS = {
+    "key_access_key_id": "access_key_id",
+    "key_secret_access_key": "secret_access_key",
+    "key_session_token": "session_token",
+}
+
+
 def state_options(section: dict[str, Any] | None, stdin_secrets: dict[str, Any] | None = None) -> StateOptions:
     """Build :class:`StateOptions` from a ``[state]`` table and the ``"state"`` part of
     ``--secrets-from-stdin`` (``{"state": {"password": "..."}}``)."""
@@ -67,13 +87,22 @@ def state_options(section: dict[str, Any] | None, stdin_secrets: dict[str, Any] 
 
     data = dict(section or {})
     given = (stdin_secrets or {}).get("state") or {}
-    if not isinstance(given, dict) or set(given) - {"password"}:
-        raise ConfigError('secrets for [state]: expected {"state": {"password": "..."}}')
+    if not isinstance(given, dict) or set(given) - {"password", *KEY_SECRETS}:
+        raise ConfigError(
+            'secrets for [state]: expected {"state": {"password": "...", "key_access_key_id": "...", '
+            '"key_secret_access_key": "...", "key_session_token": "..."}} (each optional)'
+        )
+    for name, value in given.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"secret state.{name} must be a non-empty string")
     if given.get("password") is not None:
-        if not isinstance(given["password"], str) or not given["password"].strip():
-            raise ConfigError("secret state.password must be a non-empty string")
         data["password"] = Secret(given["password"], "password")
-    return build_options(StateOptions, data, "state")  # type: ignore[return-value]
+    options: StateOptions = build_options(StateOptions, data, "state")  # type: ignore[assignment]
+    options._key_credentials = {KEY_SECRETS[k]: Secret(v, KEY_SECRETS[k]) for k, v in given.items() if k in KEY_SECRETS}
+    pair = {"access_key_id", "secret_access_key"}
+    if options._key_credentials and not pair <= set(options._key_credentials):
+        raise ConfigError("secrets for [state]: key_access_key_id and key_secret_access_key go together")
+    return options
 
 
 def chosen_target(cli_value: str | Path | None, options: StateOptions | None) -> str | Path | None:
@@ -96,7 +125,5 @@ def open_chosen_state(cli_value: str | Path | None, options: StateOptions | None
     else:
         state = open_state(target, create=create)
     if options.key is not None:
-        from ..key_providers import key_provider
-
-        state.seals.use(key_provider(options.key, endpoint_url=options.key_endpoint_url, ca_bundle=options.key_ca_bundle))
+        state.seals.use(options.key_provider())
     return state

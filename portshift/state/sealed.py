@@ -63,6 +63,9 @@ class Seals:
         self._providers: dict[str, KeyProvider] = {}
         self._failed: dict[str, tuple[float, KeyUnavailableError]] = {}  #: key name -> (when, why)
         self._lock = threading.Lock()
+        #: False in a process that must never unwrap a customer's key (the service reading its
+        #: sandboxed workers' progress): a sealed job then reads as "sealed", with its clear fields
+        self.unwrap = True
 
     def use(self, provider: KeyProvider) -> None:
         """Seal new jobs with ``provider``'s key; its endpoint and CA reach the jobs' keys too."""
@@ -114,6 +117,8 @@ class Seals:
         sealer = None
         if rows:
             name, wrapped = rows[0]
+            if not self.unwrap:
+                raise KeyUnavailableError(f"the key {name} is used only by the job's own worker")
             with self._lock:
                 failed = self._failed.get(name)
             if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:

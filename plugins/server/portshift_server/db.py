@@ -41,6 +41,8 @@ JOB_COLUMNS = {
     "manifest_sha256": str,
     "exit_code": int,
     "error": str,
+    #: the name of the customer's key sealing the job's state (a KMS key ARN; never a secret), or None
+    "sealed_with": str,
 }
 
 
@@ -67,6 +69,8 @@ class ServiceDB:
                 self.db["jobs"].create(JOB_COLUMNS, pk="id", not_null={"status"})
             if "recordings_total" not in self.db["jobs"].columns_dict:  # a service.db from before the total
                 self.db["jobs"].add_column("recordings_total", int)
+            if "sealed_with" not in self.db["jobs"].columns_dict:  # a service.db from before customer keys
+                self.db["jobs"].add_column("sealed_with", str)
             if "signups" not in self.db.table_names():
                 self.db["signups"].create({"id": int, "created_at": str, "name": str, "email": str, "company": str}, pk="id")
             if "email_key" not in self.db["signups"].columns_dict:

@@ -14,6 +14,7 @@ from typing import Any
 from .bodies import TEXT
 from .destinations import DestinationRefused
 from .offers import MAX_INTEGER, MAX_NUMBER, MAX_SECRET, MAX_STRING, NAME, Catalogue, Field_, Offer, RequestError
+from .state_keys import job_file_state, parse_state_key, resume_credentials
 
 # --- turning a request into a job file and a credential document --------------------------------------
 
@@ -24,6 +25,7 @@ class BuiltJob:
     secrets: bytearray  #: the JSON document for ``--secrets-from-stdin``; zeroed after hand-off
     source_type: str
     sink_type: str
+    state_key: str | None = None  #: the customer's key (its name: a KMS key ARN) sealing the job's state
 
 
 def _value(offer: Offer, f: Field_, value: Any) -> Any:
@@ -113,15 +115,19 @@ def _check_destination(catalogue: Catalogue, sink_type: str, options: dict[str, 
         raise RequestError(str(e)) from None
 
 
-def _credentials(catalogue: Catalogue, source: dict[str, str], sink: dict[str, str]) -> bytearray:
+def _credentials(
+    catalogue: Catalogue, source: dict[str, str], sink: dict[str, str], state: dict[str, str] | None = None
+) -> bytearray:
     """The document handed to the hardened worker over its credential channel: the customer's
-    credentials and, when the service signs manifests, its signing key (never a file the worker
-    could be pointed at, never the job file)."""
+    credentials (the state key's in ``state``) and, when the service signs manifests, its signing
+    key (never a file the worker could be pointed at, never the job file)."""
     doc: dict[str, dict[str, str]] = {}
     if source:
         doc["source"] = source
     if sink:
         doc["sink"] = sink
+    if state:
+        doc["state"] = state
     if catalogue.signing_key is not None:
         doc["job"] = {"signing_key": catalogue.signing_key.reveal()}
     return bytearray(json.dumps(doc).encode())
@@ -133,34 +139,38 @@ def build_job(catalogue: Catalogue, doc: Any, default_folder: str) -> BuiltJob:
     name, never its id)."""
     if not isinstance(doc, dict):
         raise RequestError("the body must be a JSON object with source and sink")
-    unknown = set(doc) - {"source", "sink", "since", "until"}
+    unknown = set(doc) - {"source", "sink", "since", "until", "state_key"}
     if unknown:
-        raise RequestError("unknown top-level fields (valid: source, sink, since, until)")
+        raise RequestError("unknown top-level fields (valid: source, sink, since, until, state_key)")
     if "source" not in doc or "sink" not in doc:
         raise RequestError("source and sink are required")
     src_offer, src_opts, src_creds = _section(catalogue, "source", doc["source"])
     snk_offer, snk_opts, snk_creds = _section(catalogue, "sink", doc["sink"])
     window = _window(doc)
     _check_destination(catalogue, snk_offer.type, snk_opts, snk_creds)
+    key = parse_state_key(catalogue.state_key, doc.get("state_key"), snk_offer.type, snk_creds)
     if snk_offer.type == "local":
         assert catalogue.local_root is not None
         folder = snk_opts.pop("folder", None) or default_folder  # checked against its pattern
         snk_opts["path"] = str(catalogue.local_root / folder)
     job: dict[str, Any] = {"transfers": catalogue.transfers, **window}
-    text = to_toml(
-        {
-            "job": job,
-            "source": {"type": src_offer.type, **src_offer.fixed, **src_opts},
-            "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
-        }
-    )
-    return BuiltJob(text, _credentials(catalogue, src_creds, snk_creds), src_offer.type, snk_offer.type)
+    tables: dict[str, dict[str, Any]] = {
+        "job": job,
+        "source": {"type": src_offer.type, **src_offer.fixed, **src_opts},
+        "sink": {"type": snk_offer.type, **snk_offer.fixed, **snk_opts},
+    }
+    if key is not None:
+        tables["state"] = job_file_state(catalogue.state_key, key.key)
+    secrets = _credentials(catalogue, src_creds, snk_creds, key.credentials if key else None)
+    return BuiltJob(to_toml(tables), secrets, src_offer.type, snk_offer.type, key.key if key else None)
 
 
-def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_type: str) -> bytearray:
-    """Validate a resume body (credentials only, for the types the job was created with)."""
-    if not isinstance(doc, dict) or set(doc) - {"source", "sink"}:
-        raise RequestError("the body must be a JSON object with source and sink credentials only")
+def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_type: str, sealed: bool = False) -> bytearray:
+    """Validate a resume body (credentials only, for the types the job was created with; with
+    ``sealed``, the state key's credentials too)."""
+    allowed = {"source", "sink", "state_key"} if sealed else {"source", "sink"}
+    if not isinstance(doc, dict) or set(doc) - allowed:
+        raise RequestError(f"the body must be a JSON object with {' and '.join(sorted(allowed))} credentials only")
     src = dict(doc.get("source") or {})
     snk = dict(doc.get("sink") or {})
     for part, expected in ((src, source_type), (snk, sink_type)):
@@ -169,7 +179,8 @@ def build_credentials(catalogue: Catalogue, doc: Any, source_type: str, sink_typ
     _, _, src_creds = _section(catalogue, "source", src, secrets_only=True)
     _, _, snk_creds = _section(catalogue, "sink", snk, secrets_only=True)
     _check_destination(catalogue, sink_type, {}, snk_creds)
-    return _credentials(catalogue, src_creds, snk_creds)
+    state = resume_credentials(doc.get("state_key"), sink_type, snk_creds) if sealed else None
+    return _credentials(catalogue, src_creds, snk_creds, state)
 
 
 # --- a small TOML writer (job files only: tables of scalars, lists of scalars) ------------------------

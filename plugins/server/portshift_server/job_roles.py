@@ -11,8 +11,9 @@ state job id) and read ``_portshift_migrations``; nothing in the schema
 on each state table (one policy per table, whatever columns a later migration adds) limits the
 group to the state jobs of the service job its login role was made for:
 
-- a worker's first ``insert into jobs`` claims that state job id for its service job
-  (``claim_state_job``, in the policy's ``WITH CHECK``); an id that exists already is refused;
+- a worker's first ``insert into jobs`` (or ``job_keys``, written first for a job sealed with the
+  customer's key) claims that state job id for its service job (``claim_state_job``, in the
+  policy's ``WITH CHECK``); an id that exists already is refused;
 - every other row is visible and writable only when its job id is one its service job claimed
   (``my_state_jobs()``, evaluated once per statement).
 
@@ -88,6 +89,9 @@ def _functions(state_schema: str) -> list[sql.Composed]:
     ]
 
 
+#: state tables whose first insert of a job may claim it, as ``insert into jobs`` does: a sealed
+#: job's wrapped data key is recorded before the job (portshift/state/sealed.py)
+CLAIMING_TABLES = {"job_keys": "job_id"}
 #: state tables whose rows name their state job inside a text key, ``<what>:<state job id>``
 #: (the request budget a job's workers share: portshift/pipeline/shared_rate.py)
 KEYED_TABLES = {"rate_slots": "key"}
@@ -150,6 +154,9 @@ def setup_isolation(conn: psycopg.Connection[Any], state_schema: str, dbname: st
             else:
                 own = sql.SQL("create policy portshift_own on {} to {} using ({e} {m}) with check ({e} {m})")
                 conn.execute(own.format(t, g, e=tables[table], m=mine))
+            if table in CLAIMING_TABLES:
+                claim = sql.SQL("create policy portshift_claim on {} for insert to {} with check ({}.claim_state_job({}))")
+                conn.execute(claim.format(t, g, s, sql.Identifier(CLAIMING_TABLES[table])))
         for table in shared_tables(conn, state_schema, tables):
             # no job's rows (e.g. source_rates: what a source found at a tenant's address): a job's
             # role sees none of them and can add none (the worker goes on without that memory)
@@ -244,6 +251,7 @@ class PgJobStates:
             raise ConfigError(
                 str(e), hint="the service's role needs CREATEROLE and must own the state tables (docs/serve.md)"
             ) from None
+        db.state.seals.unwrap = False  # a sealed job's key is for its worker only: the service reads its clear fields
         self.tables: dict[str, sql.Composable] = db.state.connections.run(
             "list the state tables", lambda c: state_tables(c, self.schema)
         )

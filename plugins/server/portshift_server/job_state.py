@@ -47,6 +47,7 @@ def read_state(path: Path) -> dict[str, Any] | None:
     created, not migrated, or busy — the next tick reads it again."""
     try:
         with open_state(path, read_only=True) as state:
+            state.seals.unwrap = False  # a sealed job's key is for its worker only: its clear fields here
             latest = state.jobs(1)
             return progress_of(state, latest[0].id) if latest else None
     except (PortshiftError, sqlite3.Error):
@@ -92,8 +93,16 @@ class FileJobStates:
 
 def add_state_password(secrets: bytearray, password: str) -> None:
     """Add ``"state": {"password": ...}`` to the credential document (``--secrets-from-stdin``),
-    in place: the bytearray the launcher zeroes once handed over."""
+    in place: the bytearray the launcher zeroes once handed over. A ``"state"`` object already
+    there (the state key's credentials) gets the password as its first member."""
     if not secrets.endswith(b"}"):
         raise ValueError("the credential document is not a JSON object")
-    piece = b'"state": ' + json.dumps({"password": password}).encode() + b"}"
+    member = b'"password": ' + json.dumps(password).encode()
+    # json.dumps escapes every quote inside a string, so this only matches the top-level member
+    at = secrets.find(b'"state": {')
+    if at >= 0:
+        at += len(b'"state": {')
+        secrets[at:at] = member + b", "
+        return
+    piece = b'"state": {' + member + b"}}"
     secrets[-1:] = piece if len(secrets) == 2 else b", " + piece

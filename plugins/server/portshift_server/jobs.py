@@ -30,6 +30,7 @@ from .job_request import build_credentials, build_job
 from .job_state import FileJobStates, JobStates, add_state_password
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
+from .state_keys import place_ca, seal_outcome, sealed_view
 from .workdirs import WorkDirs, local_export
 
 log = logging.getLogger("portshift.server.jobs")
@@ -37,6 +38,9 @@ log = logging.getLogger("portshift.server.jobs")
 #: exit codes of ``portshift run`` (docs/cli.md)
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_FATAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 2, 3, 5, 6, 130
 _MANIFEST = re.compile(r"^manifest sha256: ([0-9a-f]{64})$")
+#: what the service copies from a worker's state into its own row
+_PROGRESS = ("file_count", "byte_count", "recordings_done", "recordings_failed", "recordings_skipped", "recordings_total")
+_PROGRESS += ("portshift_job_id", "export_root")
 _RESUMED = re.compile(r"^resumed job \S+: (\d+) recordings were already exported")
 
 
@@ -67,6 +71,7 @@ class Run:
     error_line: str | None = None
     manifest_sha256: str | None = None
     already_done: int | None = None
+    sealed: bool = False  #: the job's state is sealed with the customer's key (state_keys.py)
 
 
 class JobManager:
@@ -95,6 +100,7 @@ class JobManager:
         self.poll_interval = poll_interval
         self.max_runtime = max_runtime
         self._runs: dict[str, Run] = {}
+        self._kept: dict[str, dict[str, Any]] = {}  #: a sealed job's outcome, memory only (state_keys.seal_outcome)
         self._lock = threading.RLock()  # re-entrant: begin_shutdown runs in a signal handler
         self._closing = False
         jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -123,7 +129,10 @@ class JobManager:
             fd = os.open(work / "job.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(text)
-            self.db.insert_job(id=job_id, status="starting", source_type=built.source_type, sink_type=built.sink_type)
+            if built.state_key:
+                place_ca(self.catalogue.state_key, work)
+            types = {"source_type": built.source_type, "sink_type": built.sink_type, "sealed_with": built.state_key}
+            self.db.insert_job(id=job_id, status="starting", **types)
             self._start(job_id, built.secrets, client)
         finally:
             zero(built.secrets)
@@ -146,7 +155,7 @@ class JobManager:
         row = self.db.job(job_id)
         if row is None:
             raise KeyError(job_id)
-        creds = build_credentials(self.catalogue, doc, row["source_type"], row["sink_type"])
+        creds = build_credentials(self.catalogue, doc, row["source_type"], row["sink_type"], sealed=bool(row.get("sealed_with")))
         try:
             if row["status"] not in ("failed", "partial", "cancelled"):
                 raise Conflict(f"a {row['status']} job cannot be resumed")
@@ -205,6 +214,7 @@ class JobManager:
             "error": blur_network_error(row["error"]),
             "messages": [blur_network_error(m) for m in run.messages] if run else [],
         }
+        out.update(sealed_view(row, self._kept.get(job_id)))
         return out
 
     def running(self) -> int:
@@ -261,6 +271,7 @@ class JobManager:
             self._runs[job_id] = run
             self.db.update_job(job_id, status="starting", finished_at=None, error=None, exit_code=None)
         row = self.db.job(job_id) or {}
+        run.sealed = bool(row.get("sealed_with"))
         try:
             run.handle = self.launcher.start(run.spec, secrets)
         except OSError as e:
@@ -318,20 +329,7 @@ class JobManager:
         st = self.states.read(run.job_id, run.spec.state_file)
         if st is None:
             return None
-        values = {
-            k: st[k]
-            for k in (
-                "file_count",
-                "byte_count",
-                "recordings_done",
-                "recordings_failed",
-                "recordings_skipped",
-                "recordings_total",
-                "portshift_job_id",
-                "export_root",
-            )
-        }
-        return {**values, "_state": st}
+        return {**{k: st[k] for k in _PROGRESS}, "_state": st}
 
     def _monitor(self, run: Run) -> None:
         assert run.handle is not None
@@ -378,6 +376,8 @@ class JobManager:
         values.update(status=status, finished_at=now_iso(), exit_code=rc, error=sanitize_message(error, 500) if error else None)
         if status == "complete":
             values["manifest_sha256"] = manifest
+        if run.sealed:  # what may name the customer's data stays in memory
+            self._kept[run.job_id] = seal_outcome(values, error if error and error == run.error_line else None)
         self.db.update_job(run.job_id, **values)
         try:
             self.states.end(run.job_id)  # the run's database role, when there is one

@@ -117,6 +117,14 @@ def _run_url(spec: JobSpec) -> str | None:
     return target if target.startswith(("postgresql://", "postgres://")) else None
 
 
+def _key_ca(spec: JobSpec) -> dict[str, str]:
+    """The operator's KMS CA (a public certificate) when the job is sealed with a customer's key."""
+    from .state_keys import CA_NAME
+
+    ca = spec.job_file.parent / CA_NAME
+    return {CA_NAME: ca.read_text(encoding="utf-8")} if ca.is_file() else {}
+
+
 def job_objects(spec: JobSpec, settings: KubernetesSettings) -> list[dict[str, Any]]:
     """The ConfigMap, Job and NetworkPolicy of one export (the Job is created first and owns the
     other two)."""
@@ -132,7 +140,7 @@ def job_objects(spec: JobSpec, settings: KubernetesSettings) -> list[dict[str, A
         "kind": "ConfigMap",
         "metadata": copy.deepcopy(meta),
         "immutable": True,
-        "data": {"job.toml": spec.job_file.read_text(encoding="utf-8")},
+        "data": {"job.toml": spec.job_file.read_text(encoding="utf-8"), **_key_ca(spec)},
     }
     container = {
         "name": "worker",
@@ -140,6 +148,7 @@ def job_objects(spec: JobSpec, settings: KubernetesSettings) -> list[dict[str, A
         "imagePullPolicy": "IfNotPresent",
         "command": worker_argv(settings, _run_url(spec))[:1],
         "args": worker_argv(settings, _run_url(spec))[1:],
+        "workingDir": JOB_FILE_DIR,  # the job file names the operator's KMS CA beside it (state_keys.py)
         "stdin": True,
         "stdinOnce": True,
         "tty": False,

@@ -15,12 +15,15 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portshift import ConfigError, Secret
 
 from .bodies import TEXT as TEXT  # re-exported for openapi.py
 from .destinations import Outbound
+
+if TYPE_CHECKING:
+    from .state_keys import StateKeyOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -160,9 +163,15 @@ class Catalogue:
     #: the service's manifest signing key, kept in memory and handed to each worker with the
     #: credentials (``{"job": {"signing_key": ...}}`` on its credential channel)
     signing_key: Secret | None = None
+    #: where the workers reach KMS for a customer's state key (state_keys.py)
+    state_key: StateKeyOptions = field(default_factory=lambda: _state_key_options(None))
 
     def describe(self) -> dict[str, Any]:
-        return {"sources": [o.describe() for o in self.sources.values()], "sinks": [o.describe() for o in self.sinks.values()]}
+        return {
+            "sources": [o.describe() for o in self.sources.values()],
+            "sinks": [o.describe() for o in self.sinks.values()],
+            "state_key": {"providers": ["kms"] if self.state_key.offered() else []},
+        }
 
     def offer(self, section: str, type_: Any) -> Offer:
         table = self.sources if section == "source" else self.sinks
@@ -195,10 +204,11 @@ def load_catalogue(config_path: Path | None, local_root: Path | None, transfers:
             raise ConfigError(f"--service-config {config_path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"--service-config {config_path} is not valid TOML: {e}") from None
-    unknown = set(doc) - {"sources", "sinks", "source", "sink", "outbound"}
+    unknown = set(doc) - {"sources", "sinks", "source", "sink", "outbound", "state_key"}
     if unknown:
         raise ConfigError(
-            f"--service-config: unknown keys {', '.join(sorted(unknown))} (valid: sources, sinks, source, sink, outbound)"
+            f"--service-config: unknown keys {', '.join(sorted(unknown))} "
+            "(valid: sources, sinks, source, sink, outbound, state_key)"
         )
     tables: dict[str, dict[str, Offer]] = {"source": {}, "sink": {}}
     for section in ("source", "sink"):
@@ -220,7 +230,15 @@ def load_catalogue(config_path: Path | None, local_root: Path | None, transfers:
         for name in configured:
             if name not in names:
                 raise ConfigError(f"--service-config: [{section}.{name}] is configured but not in {section}s")
-    return Catalogue(tables["source"], tables["sink"], local_root, transfers, Outbound.from_config(doc.get("outbound")))
+    outbound = Outbound.from_config(doc.get("outbound"))
+    state_key = _state_key_options(doc.get("state_key"))
+    return Catalogue(tables["source"], tables["sink"], local_root, transfers, outbound, state_key=state_key)
+
+
+def _state_key_options(table: Any) -> StateKeyOptions:
+    from .state_keys import StateKeyOptions  # it refuses requests with this module's RequestError
+
+    return StateKeyOptions.from_config(table)
 
 
 def _offer(section: str, name: str, base: Offer | None, table: dict[str, Any]) -> Offer:

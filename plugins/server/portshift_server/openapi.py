@@ -65,6 +65,15 @@ def _json(schema_ref: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": schema_ref}}}}
 
 
+def _state_key(with_key: bool) -> dict[str, Any]:
+    """A customer's KMS key sealing the job's state (docs/byok.md), and its credentials."""
+    props: dict[str, Any] = {"key": {"type": "string", "description": "kms:arn:aws:kms:<region>:<account>:key/<key id>"}}
+    props = props if with_key else {}
+    props |= {name: {"type": "string", "writeOnly": True} for name in ("access_key_id", "secret_access_key", "session_token")}
+    props["use_sink_credentials"] = {"type": "boolean", "description": "use the s3 sink's credentials for the key"}
+    return {"type": "object", "properties": props, "additionalProperties": False, **({"required": ["key"]} if with_key else {})}
+
+
 def spec(catalogue: Catalogue) -> dict[str, Any]:
     job_id = {
         "name": "job_id",
@@ -108,6 +117,11 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
             "manifest_sha256": {"type": ["string", "null"], "description": "SHA-256 of portshift-manifest.txt"},
             "error": {"type": ["string", "null"]},
             "messages": {"type": "array", "items": {"type": "string"}, "description": "recent warnings of the worker"},
+            "state_key": {"type": ["string", "null"], "description": "the customer's key sealing the job's state (its ARN)"},
+            "sealed": {
+                "type": ["string", "null"],
+                "description": "set when the customer's key was not available to the job's last run",
+            },
         },
         "required": ["id", "status", "files", "bytes"],
     }
@@ -245,6 +259,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                         "sink": {"oneOf": [_offer_schema(o) for o in catalogue.sinks.values()]},
                         "since": date,
                         "until": date,
+                        "state_key": _state_key(True),
                     },
                     "required": ["source", "sink"],
                     "additionalProperties": False,
@@ -254,6 +269,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                     "properties": {
                         "source": {"oneOf": [_offer_schema(o, True) for o in catalogue.sources.values()]},
                         "sink": {"oneOf": [_offer_schema(o, True) for o in catalogue.sinks.values()]},
+                        "state_key": _state_key(False),
                     },
                     "additionalProperties": False,
                 },

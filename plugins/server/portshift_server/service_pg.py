@@ -35,6 +35,7 @@ SETUP = [
     "create table if not exists portshift_service.jobs ("
     + ", ".join(f"{name} {_TYPES[kind]}" + (" primary key" if name == "id" else "") for name, kind in JOB_COLUMNS.items())
     + ")",
+    "alter table portshift_service.jobs add column if not exists sealed_with text",  # a schema from before customer keys
     "create table if not exists portshift_service.signups (id bigint generated always as identity primary key, created_at text, "
     "name text, email text, company text, email_key text not null unique)",
     "create table if not exists portshift_service.rate_limits (key text, bucket text, window_start double precision, "

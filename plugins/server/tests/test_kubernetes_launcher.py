@@ -296,3 +296,39 @@ def test_the_client_is_imported_only_when_the_launcher_needs_it() -> None:
 def test_the_ready_line_is_the_one_the_handover_protocol_uses() -> None:
     """After the sandbox branch merges, both must print and expect the same line."""
     assert READY == "portshift-ready 1"
+
+
+def test_a_job_sealed_with_a_customer_key_gets_the_operators_kms_ca_beside_its_job_file(tmp_path: Path) -> None:
+    """The job file names the KMS CA relatively (state_keys.py); the pod runs in the job file's
+    folder, where the ConfigMap puts the CA. The key's credentials are in no object."""
+    pytest.importorskip("portshift_sink_s3", reason="the kms key provider comes with the S3 plugin")
+    from portshift_server.kubernetes_launcher import JOB_FILE_DIR
+    from portshift_server.state_keys import CA_NAME, place_ca
+
+    ca = tmp_path / "operator-kms-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    config = tmp_path / "service.toml"
+    config.write_text(f'[state_key]\nendpoint_url = "https://kms.internal.example"\nca_bundle = "{ca}"\n')
+    catalogue = load_catalogue(config, None)
+    secret = canary_value("kms-secret")
+    body = {
+        "source": {"type": "chorus", "token": canary_value("token")},
+        "sink": {"type": "s3", "bucket": "acme-calls", "region": "eu-west-1", "access_key_id": "a", "secret_access_key": "b"},
+        "state_key": {
+            "key": "kms:arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "access_key_id": "AKIAEXAMPLE",
+            "secret_access_key": secret,
+        },
+    }
+    built = build_job(catalogue, body, "name")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.toml").write_text(built.job_toml)
+    place_ca(catalogue.state_key, work)
+    objects = {o["kind"]: o for o in job_objects(JobSpec("job", work, work / "job.toml", work / "state.db"), settings())}
+    assert objects["ConfigMap"]["data"][CA_NAME] == ca.read_text()
+    assert f'key_ca_bundle = "{CA_NAME}"' in objects["ConfigMap"]["data"]["job.toml"]
+    [container] = objects["Job"]["spec"]["template"]["spec"]["containers"]
+    assert container["workingDir"] == JOB_FILE_DIR
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {JOB_FILE_DIR}
+    assert not find_canary(json.dumps(list(objects.values())).encode(), [secret])

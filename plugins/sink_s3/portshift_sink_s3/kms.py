@@ -9,8 +9,10 @@ the job of every use. The customer's key policy grants portshift's role those tw
 The client is built like the S3 sink's: a private botocore session, portshift's own TLS context
 (TLS >= 1.2, the system store plus ``ca_bundle``; ``AWS_CA_BUNDLE`` and the like ignored), no
 proxy, ``AWS_ENDPOINT_URL*`` ignored (``endpoint_url`` only from ``[state] key_endpoint_url``),
-one attempt per call. Credentials: ``PORTSHIFT_AWS_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``/
-``..._SESSION_TOKEN`` when set, else the AWS credential chain (a role).
+one attempt per call. Credentials: those given with the job (``key_access_key_id``... on
+``--secrets-from-stdin``: how ``portshift serve`` hands them to a worker), else
+``PORTSHIFT_AWS_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``/``..._SESSION_TOKEN`` when set, else the
+AWS credential chain (a role).
 """
 
 from __future__ import annotations
@@ -55,8 +57,15 @@ class AwsKmsKey(KeyProvider):
 
     name = "kms"
 
-    def __init__(self, ref: str, *, endpoint_url: str | None = None, ca_bundle: Path | None = None) -> None:
-        super().__init__(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle)
+    def __init__(
+        self,
+        ref: str,
+        *,
+        endpoint_url: str | None = None,
+        ca_bundle: Path | None = None,
+        credentials: dict[str, Secret] | None = None,
+    ) -> None:
+        super().__init__(ref, endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials)
         m = _ARN.match(ref)
         if not m:
             raise ConfigError(
@@ -85,6 +94,9 @@ class AwsKmsKey(KeyProvider):
         kwargs: dict[str, Any] = {}
         access, secret = secret_from_env(ENV_ACCESS_KEY_ID, "access_key_id"), secret_from_env(ENV_SECRET_ACCESS_KEY, "secret")
         token = secret_from_env(ENV_SESSION_TOKEN, "session_token")
+        if "access_key_id" in self.credentials:  # given with the job (--secrets-from-stdin): these, not the environment's
+            access, secret = self.credentials["access_key_id"], self.credentials.get("secret_access_key")
+            token = self.credentials.get("session_token")
         if access is not None and secret is not None:
             kwargs = {"aws_access_key_id": access.reveal(), "aws_secret_access_key": secret.reveal()}
             if token is not None:

@@ -14,6 +14,7 @@ const TERMINAL = ["complete", "partial", "failed", "cancelled"];
 
 let offers = { sources: [], sinks: [] };
 let currentJob = null;
+let currentSealed = false; // the job is sealed with the customer's key: resuming needs its credentials again
 let events = null;
 let samples = []; // [time ms, bytes] of the running job, for the rate
 let followedAt = Date.now();
@@ -103,6 +104,18 @@ function collect(section, secretsOnly) {
       else if (kind === "number") out[input.dataset.field] = Number(input.value);
       else out[input.dataset.field] = input.value.trim();
     }
+  }
+  return out;
+}
+
+// the customer's own KMS key for the job's records (docs/byok.md); withKey: a new job names the key
+function collectStateKey(withKey) {
+  const arn = $("state-key-arn").value.trim();
+  if (withKey && !arn) return null;
+  const out = withKey ? { key: arn } : {};
+  if ($("state-key-sink").checked) out.use_sink_credentials = true;
+  for (const input of $("state-key").querySelectorAll("input[data-secret]")) {
+    if (input.value) out[input.dataset.secret] = input.value;
   }
   return out;
 }
@@ -204,6 +217,10 @@ function render(job) {
   $("job-recordings").textContent = `${r.done} done, ${r.failed} failed, ${r.skipped} skipped`;
   $("job-root").textContent = job.export_root || "–";
   $("job-manifest").textContent = job.manifest_sha256 || "–";
+  currentSealed = Boolean(job.state_key);
+  $("job-key").textContent = job.state_key || "–";
+  $("job-sealed").textContent = job.sealed || "";
+  $("job-sealed").hidden = !job.sealed;
   const list = $("job-messages");
   list.replaceChildren(...(job.messages || []).map((m) => el("li", {}, m)));
   const err = $("job-error");
@@ -239,6 +256,8 @@ async function startJob(ev) {
   const body = { source: collect("source", false), sink: collect("sink", false) };
   if ($("since").value) body.since = $("since").value;
   if ($("until").value) body.until = $("until").value;
+  const key = $("state-key").hidden ? null : collectStateKey(true);
+  if (key) body.state_key = key;
   clearSecrets();
   $("start-button").disabled = true;
   try {
@@ -262,6 +281,7 @@ async function resumeJob() {
   if (!currentJob) return;
   showFormError("");
   const body = { source: collect("source", true), sink: collect("sink", true) };
+  if (currentSealed) body.state_key = collectStateKey(false);
   clearSecrets();
   try {
     render(await post(`/api/jobs/${encodeURIComponent(currentJob)}/resume`, body));
@@ -296,6 +316,7 @@ async function init() {
   }
   fillSelect("source", offers.sources);
   fillSelect("sink", offers.sinks);
+  $("state-key").hidden = !((offers.state_key || {}).providers || []).includes("kms");
   $("job-form").addEventListener("submit", startJob);
   $("cancel-button").addEventListener("click", cancelJob);
   $("resume-button").addEventListener("click", resumeJob);
