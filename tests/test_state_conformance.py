@@ -137,6 +137,26 @@ def test_the_sink_journal(state: State) -> None:
     assert state.journal("other").pending() == []
 
 
+def test_an_entry_of_a_gone_worker_is_taken_over_by_one_worker_only(state: State) -> None:
+    """An upload a gone worker left mid-file is continued by the worker that takes its entry: one
+    only, and never the entry of a worker still alive."""
+    state.create_job(id="J", job_key="k")
+    for w in ("A", "B", "C"):
+        state.register_worker("J", w, w, 1, 30.0)
+    state.journal("J", "A").begin("big/key", {"upload_id": "u1", "resume": "{}"})
+    state.journal("J", "B").begin("live/key", {"upload_id": "u2"})
+    assert state.journal_take("J", "big/key", "C") is None  # A is alive: its entry stays its own
+    state.end_worker("J", "A")
+    assert [k for k, _ in state.journal_orphans("J")] == ["big/key"]
+    assert state.journal_take("J", "big/key", "C") == {"upload_id": "u1", "resume": "{}"}
+    assert state.journal_take("J", "big/key", "B") is None  # taken: C's now
+    assert state.journal_orphans("J") == [] and dict(state.journal_pending("J", "C")) == {
+        "big/key": {"upload_id": "u1", "resume": "{}"}
+    }
+    assert state.journal_take("J", "live/key", "C") is None
+    assert state.journal_take("J", "no/such/key", "C") is None
+
+
 def test_outcome_counts_listed_ids_and_earlier_exports(state: State, monkeypatch: pytest.MonkeyPatch) -> None:
     import portshift.state.postgres
 
