@@ -48,6 +48,14 @@ def _reason(e: PortshiftError) -> str:
     return sanitize_message(m.group(1) if m else e.message, 200)
 
 
+def _end_round_trip(secrets: dict[str, Secret]) -> None:
+    """The round trip has ended: its credentials leave the log scrubber, and its place is free."""
+    for s in secrets.values():
+        forget_mask(s.reveal())
+    secrets.clear()
+    _slots.release()
+
+
 def verify_key(options: StateKeyOptions, key: str | None, credentials: dict[str, str], timeout: float = CHECK_TIMEOUT) -> None:
     """Wrap and unwrap once with ``key`` (``kms:arn:...``; nothing to do when None) and the
     request's ``credentials`` (``key_access_key_id``, ...): :class:`RequestError` or
@@ -66,19 +74,16 @@ def verify_key(options: StateKeyOptions, key: str | None, credentials: dict[str,
             key_provider(key, endpoint_url=options.endpoint_url, ca_bundle=options.ca_bundle, credentials=secrets).check()
         except (KeyUnavailableError, ConfigError) as e:
             outcome["error"] = e
-        except Exception as e:  # noqa: BLE001 - never the SDK's text
-            outcome["error"] = KeyUnavailableError(f"the key check failed ({type(e).__name__})")
+        except Exception as e:  # noqa: BLE001 - never the SDK's text; the service's trouble, not the key's (503)
+            outcome["error"] = ConfigError(f"the key check failed ({type(e).__name__})")
         finally:
-            for s in secrets.values():
-                forget_mask(s.reveal())
-            secrets.clear()
-            _slots.release()
+            _end_round_trip(secrets)
 
     worker = threading.Thread(target=round_trip, name="key-check", daemon=True)
     try:
         worker.start()
-    except RuntimeError:  # no thread to be had: the slot is not taken
-        _slots.release()
+    except RuntimeError:  # no thread to be had
+        _end_round_trip(secrets)
         raise KeyUnreachable("the service cannot check customer keys just now; try again in a minute") from None
     worker.join(timeout)
     if worker.is_alive():

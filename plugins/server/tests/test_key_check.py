@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from portshift_server.offers import RequestError
 from portshift_source_chorus.simulator import ChorusSimulator
 
 from portshift.testing import LocalCA
@@ -226,3 +227,47 @@ def test_kms_out_of_reach_is_refused_with_its_own_line(
         assert job_rows(server) == 0 and [p for p in (server.data_dir / "jobs").iterdir() if not p.name.startswith(".")] == []
     finally:
         server.stop()
+
+
+def test_at_most_four_key_checks_wait_on_a_slow_kms(iam_kms: tuple[KmsServer, dict[str, str]]) -> None:
+    """A KMS that never answers holds at most ``MAX_CHECKS`` threads: one more request is refused at
+    once; when KMS goes away the round trips end, and the next check with a working KMS passes."""
+    from portshift_server.key_check import MAX_CHECKS, KeyUnreachable, verify_key
+    from portshift_server.state_keys import StateKeyOptions
+
+    kms, creds = iam_kms
+    key_creds = {f"key_{k}": v for k, v in creds.items()}
+    arn = "kms:" + kms_client(kms, creds).create_key()["KeyMetadata"]["Arn"]
+    lines: list[str] = []
+
+    def check(options: StateKeyOptions) -> None:
+        try:
+            verify_key(options, arn, key_creds, timeout=3)
+        except KeyUnreachable as e:
+            lines.append(str(e))
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        options = StateKeyOptions(f"https://127.0.0.1:{silent.getsockname()[1]}", kms.ca_pem)
+        waiting = [threading.Thread(target=check, args=(options,)) for _ in range(MAX_CHECKS)]
+        for t in waiting:
+            t.start()
+        deadline = time.monotonic() + 10
+        while sum(t.name == "key-check" for t in threading.enumerate()) < MAX_CHECKS:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        with pytest.raises(KeyUnreachable, match="^the service is checking too many customer keys at once; try again"):
+            verify_key(options, arn, key_creds, timeout=3)
+        assert time.monotonic() - started < 0.5
+        for t in waiting:
+            t.join(10)
+        assert lines == [f"state_key: KMS did not answer within 3 s for the key {arn}; try again in a minute"] * MAX_CHECKS
+    deadline = time.monotonic() + 60  # the listener is closed: the round trips end and free their places
+    while any(t.name == "key-check" for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    verify_key(StateKeyOptions(kms.url, kms.ca_pem), arn, key_creds)  # a working KMS: passes
+    with pytest.raises(RequestError, match="KMS refused the credentials"):
+        verify_key(StateKeyOptions(kms.url, kms.ca_pem), arn, {**key_creds, "key_secret_access_key": "wrong-secret"})
