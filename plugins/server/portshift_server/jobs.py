@@ -124,7 +124,7 @@ class JobManager:
         job_id = _random.token_urlsafe(18)
         built = build_job(self.catalogue, doc, self._work_dirs.name(job_id))  # the local sink's default folder: not the id
         try:  # the customer's key wraps and unwraps (key_check.py) before anything exists on disk
-            verify_key(self.catalogue.state_key, built.state_key, json.loads(built.secrets).get("state", {}))
+            verify_key(self.catalogue.state_key, built.state_key, built.secrets)
             text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
             work = self.work_dir(job_id)
             work.mkdir(mode=0o700)
@@ -164,7 +164,7 @@ class JobManager:
             if not (self.work_dir(job_id) / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
             self._check_capacity(client)
-            verify_key(self.catalogue.state_key, row.get("sealed_with"), json.loads(creds).get("state", {}))
+            verify_key(self.catalogue.state_key, row.get("sealed_with"), creds)
             self._start(job_id, creds, client)
         finally:
             zero(creds)

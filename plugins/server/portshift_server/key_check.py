@@ -18,6 +18,7 @@ them when it ends.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from typing import Any
@@ -56,12 +57,17 @@ def _end_round_trip(secrets: dict[str, Secret]) -> None:
     _slots.release()
 
 
-def verify_key(options: StateKeyOptions, key: str | None, credentials: dict[str, str], timeout: float = CHECK_TIMEOUT) -> None:
+def verify_key(
+    options: StateKeyOptions, key: str | None, credentials: dict[str, str] | bytearray, timeout: float = CHECK_TIMEOUT
+) -> None:
     """Wrap and unwrap once with ``key`` (``kms:arn:...``; nothing to do when None) and the
-    request's ``credentials`` (``key_access_key_id``, ...): :class:`RequestError` or
-    :class:`KeyUnreachable`, one line naming the key, when it cannot."""
+    request's ``credentials`` (``key_access_key_id``, ...; or the worker's credential document,
+    whose ``"state"`` they are): :class:`RequestError` or :class:`KeyUnreachable`, one line naming
+    the key, when it cannot."""
     if key is None:
         return
+    if isinstance(credentials, bytearray):
+        credentials = json.loads(credentials).get("state", {})
     if not _slots.acquire(blocking=False):
         raise KeyUnreachable("the service is checking too many customer keys at once; try again in a minute")
     outcome: dict[str, Any] = {}
