@@ -111,6 +111,14 @@ def submit(server: Server, arn: str, creds: dict[str, str], token: str) -> Any:
     return server.client().post("/api/jobs", json=body)
 
 
+def assert_no_secret(server: Server, creds: dict[str, str]) -> None:
+    """No file of the service (its data folder, its logs) holds the key's credentials."""
+    files = [p for p in server.data_dir.rglob("*") if p.is_file()] + [server.stdout, server.stderr]
+    values = [v for k, v in creds.items() if k != "access_key_id"]  # the id is not a secret (and is shown by AWS)
+    leaks = {str(p): h for p in files if (h := find_canary(p.read_bytes(), values))}
+    assert not leaks, leaks
+
+
 def assert_refused(server: Server, arn: str, creds: dict[str, str], status: int, expected: str) -> str:
     """The request is refused with ``status`` in one line naming the key, no secret, nothing written."""
     token = canary_value("keychecktoken")
@@ -122,6 +130,7 @@ def assert_refused(server: Server, arn: str, creds: dict[str, str], status: int,
     assert "\n" not in line and "Traceback" not in line
     assert not find_canary(line.encode(), [token, *creds.values()]), line
     assert set((server.data_dir / "jobs").iterdir()) == before_dirs and job_rows(server) == before_rows
+    assert_no_secret(server, creds)
     return str(line)
 
 
@@ -135,6 +144,7 @@ def test_a_good_key_is_accepted_and_the_job_completes(auth_service: Server, iam_
     assert job["state_key"] == f"kms:{arn}" and job_rows(auth_service) == before + 1
     done = wait_status(c, job["id"], ("complete", "failed", "partial"), timeout=120)
     assert done["status"] == "complete" and done["files"] == 4 and done["sealed"] is None, done
+    assert_no_secret(auth_service, creds)
 
 
 def test_a_disabled_key_is_refused_at_submission(auth_service: Server, iam_kms: tuple[KmsServer, dict[str, str]]) -> None:
