@@ -14,6 +14,7 @@ from .bodies import read_json
 from .events import ChangeFeed, EventStream, StreamRefused
 from .headers import error
 from .jobs import Busy, Conflict, JobManager, TooMany
+from .key_check import KeyUnreachable
 from .offers import RequestError
 
 Guard = Callable[[Request, str], Awaitable[Response | None]]
@@ -31,7 +32,7 @@ def refused(e: Exception) -> Response:
         return error(409, str(e))
     if isinstance(e, TooMany):
         return error(429, str(e), {"Retry-After": "60"})
-    return error(503, str(e), {"Retry-After": "60"})  # Busy
+    return error(503, str(e), {"Retry-After": "60"})  # Busy, KeyUnreachable
 
 
 def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: Callable[[Request], str]) -> list[Route]:
@@ -43,7 +44,7 @@ def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: 
         doc = await read_json(request)
         try:
             job_id = await run_in_threadpool(manager.create, doc, client_key(request))
-        except (RequestError, TooMany, Busy) as e:
+        except (RequestError, TooMany, Busy, KeyUnreachable) as e:
             return refused(e)
         finally:
             del doc
@@ -73,7 +74,7 @@ def job_routes(manager: JobManager, feed: ChangeFeed, guard: Guard, client_key: 
         doc: Any = await read_json(request)
         try:
             await run_in_threadpool(manager.resume, job_id, doc, client_key(request))
-        except (KeyError, RequestError, Conflict, TooMany, Busy) as e:
+        except (KeyError, RequestError, Conflict, TooMany, Busy, KeyUnreachable) as e:
             return refused(e)
         finally:
             del doc

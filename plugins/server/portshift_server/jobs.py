@@ -28,6 +28,7 @@ from .db import TERMINAL, ServiceDB, now_iso
 from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
 from .job_state import FileJobStates, JobStates, add_state_password
+from .key_check import verify_key
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
 from .state_keys import place_ca, seal_outcome, sealed_view
@@ -122,7 +123,8 @@ class JobManager:
         self._check_capacity(client)
         job_id = _random.token_urlsafe(18)
         built = build_job(self.catalogue, doc, self._work_dirs.name(job_id))  # the local sink's default folder: not the id
-        try:
+        try:  # the customer's key wraps and unwraps (key_check.py) before anything exists on disk
+            verify_key(self.catalogue.state_key, built.state_key, built.secrets)
             text = built.job_toml.encode("utf-8")  # before anything exists on disk: no half-written job
             work = self.work_dir(job_id)
             work.mkdir(mode=0o700)
@@ -162,6 +164,7 @@ class JobManager:
             if not (self.work_dir(job_id) / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
             self._check_capacity(client)
+            verify_key(self.catalogue.state_key, row.get("sealed_with"), creds)
             self._start(job_id, creds, client)
         finally:
             zero(creds)

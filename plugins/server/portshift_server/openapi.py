@@ -172,12 +172,14 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                     "requestBody": _body("JobRequest"),
                     "responses": {
                         "201": _json("#/components/schemas/Job", "started"),
-                        "400": _err("invalid request (the message names the field, never its value)"),
+                        "400": _err(
+                            "invalid request (the message names the field, never its value), or state_key's key cannot be used"
+                        ),
                         "403": _err("cross-origin request"),
                         "413": _err("body too large"),
                         "415": _err("not application/json"),
                         **limited,
-                        "503": _err("too many jobs running"),
+                        "503": _err("too many jobs running, or KMS out of reach for state_key's key"),
                     },
                 }
             },
@@ -222,14 +224,14 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                     "requestBody": _body("ResumeRequest"),
                     "responses": {
                         "202": _json("#/components/schemas/Job", "resumed"),
-                        "400": _err("invalid request"),
+                        "400": _err("invalid request, or the sealed job's key cannot be used"),
                         "403": _err("cross-origin request"),
                         "404": _err("no such job"),
                         "409": _err("the job cannot be resumed now"),
                         "413": _err("body too large"),
                         "415": _err("not application/json"),
                         **limited,
-                        "503": _err("too many jobs running"),
+                        "503": _err("too many jobs running, or KMS out of reach for state_key's key"),
                     },
                 }
             },

@@ -1,5 +1,5 @@
 // Drives the job form's "your own key" fields in Debian's Chromium with playwright-core: a job
-// sealed with an enabled KMS key, then one with a disabled key. Settings as JSON on stdin (the
+// sealed with an enabled KMS key, then one with a disabled key (refused at submission: the form shows why). Settings as JSON on stdin (the
 // canary token and key credentials), what it saw as JSON on stdout.
 "use strict";
 
