@@ -24,8 +24,14 @@ lint: setup
 	$(BIN)/ruff check portshift plugins tests benchmarks demo
 	$(BIN)/ruff format --check portshift plugins tests benchmarks demo
 
+# Two parts: everything on two workers (pytest-xdist; the service's tests share one), then the
+# tests that measure time or memory (marked `serial`) alone, so that no other test skews them.
+TESTS  := tests $(addsuffix /tests,$(PLUGIN_DIRS))
+PYTEST := $(BIN)/python -m pytest $(TESTS) -q -p no:randomly -p no:schemathesis
+
 test: setup lint
-	$(BIN)/python -m pytest tests $(addsuffix /tests,$(PLUGIN_DIRS)) -q -p no:randomly
+	$(PYTEST) -n 2 --dist loadgroup -m "not serial"
+	$(PYTEST) -m serial
 
 soak: setup
 	PORTSHIFT_SOAK=1 $(BIN)/python -m pytest tests/test_crash_resume.py plugins/source_chorus/tests/test_soak.py plugins/sink_s3/tests/test_crash_resume.py -q -s -p no:randomly

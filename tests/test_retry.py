@@ -177,6 +177,7 @@ def test_rate_limiter_pause_stops_everyone(monkeypatch: pytest.MonkeyPatch) -> N
     assert RateLimiter(0).acquire() == 0.0 and RateLimiter(-1).acquire() == 0.0
 
 
+@pytest.mark.serial
 def test_rate_limiter_across_threads_for_real() -> None:
     """A short real run: 4 threads, 50/s, burst 2. The grant times are read from the limiter's own
     clock calls (inside its lock), so a loaded machine can only make the run slower, never make

@@ -189,6 +189,7 @@ def test_workers_killed_at_random_finish_the_job_with_nothing_lost_or_doubled(
     assert manifests, "the manifest was written"
 
 
+@pytest.mark.serial
 def test_four_workers_share_the_request_ceiling_and_a_pause(tmp_path: Path) -> None:
     """The simulator enforces R requests/s; the job asks for R. Four workers together keep to it:
     the combined rate is at least 0.9 R and no 429 comes after the first 10 s."""

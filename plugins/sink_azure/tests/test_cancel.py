@@ -15,6 +15,8 @@ from portshift.testing import LocalCA, Request, clean_env, interrupt_run
 
 from .conftest import ACCOUNT, Azurite, TLSServer
 
+pytestmark = pytest.mark.serial  # measures time or memory: run alone (make test's second part)
+
 STAGED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nRetry-After: 600\r\n"

@@ -193,6 +193,7 @@ def test_declared_sha256_mismatch_aborts_before_commit(sink: AzureSink, admin: B
     assert download(admin, sink.blob_name(key)) is None
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_memory_is_bounded_by_the_blocks_in_flight(
     make_sink: Callable[..., AzureSink], admin: BlobServiceClient, concurrency: int

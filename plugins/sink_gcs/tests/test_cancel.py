@@ -16,6 +16,8 @@ from portshift.testing import Request, clean_env, interrupt_run
 
 from .conftest import Certs, TLSServer, server_context
 
+pytestmark = pytest.mark.serial  # measures time or memory: run alone (make test's second part)
+
 BUSY = json.dumps({"error": {"code": 503, "message": "Backend Error", "errors": [{"reason": "backendError"}]}}).encode()
 
 

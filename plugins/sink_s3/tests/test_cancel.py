@@ -16,6 +16,8 @@ from portshift.testing import clean_env, interrupt_run
 
 from .conftest import ACCESS_KEY, SECRET_KEY, Certs
 
+pytestmark = pytest.mark.serial  # measures time or memory: run alone (make test's second part)
+
 
 @pytest.mark.parametrize("phase", ["check", "put"])
 def test_sigint_during_a_slowdown_backoff_stops_the_run_within_a_second(

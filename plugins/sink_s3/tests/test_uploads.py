@@ -114,6 +114,7 @@ def _generated(total: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
         yield piece
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_memory_is_bounded_by_part_size_not_file_size(make_sink: MakeSink, concurrency: int) -> None:
     total = 40 * MiB

@@ -23,6 +23,8 @@ from portshift import Interrupted
 from .conftest import CANARY, WINDOW, make_source
 from .test_end_to_end import write_job
 
+pytestmark = pytest.mark.serial  # measures time or memory: run alone (make test's second part)
+
 
 def start_run(tmp_path: Path, sim: ChorusSimulator, source_extra: str = "") -> subprocess.Popen[str]:
     job = write_job(tmp_path, sim, tmp_path / "export")

@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from portshift_source_chorus import ChorusSource
 from portshift_source_chorus.listing import query_for
 from portshift_source_chorus.pacing import AutoPacing
@@ -20,6 +21,8 @@ from portshift.rate_auto import SOFT_CUT
 from portshift.state import open_state
 
 from .conftest import CANARY, make_source
+
+pytestmark = pytest.mark.serial  # measures time or memory: run alone (make test's second part)
 
 
 def hammer(source: ChorusSource, seconds: float, threads: int = 4) -> None:
