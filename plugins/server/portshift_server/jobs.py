@@ -28,7 +28,7 @@ from .db import TERMINAL, ServiceDB, now_iso
 from .destinations import blur_network_error
 from .job_request import build_credentials, build_job
 from .job_state import FileJobStates, JobStates, add_state_password
-from .key_check import verify_key
+from .key_check import verify_key, verify_resume
 from .launcher import Handle, JobSpec, Launcher, zero
 from .offers import Catalogue
 from .state_keys import place_ca, seal_outcome, sealed_view
@@ -164,7 +164,7 @@ class JobManager:
             if not (self.work_dir(job_id) / "job.toml").is_file():
                 raise Conflict("this job's work folder is gone; start a new job")
             self._check_capacity(client)
-            verify_key(self.catalogue.state_key, row.get("sealed_with"), creds)
+            verify_resume(self.catalogue.state_key, row.get("sealed_with"), creds, self._kept.setdefault(job_id, {}))
             self._start(job_id, creds, client)
         finally:
             zero(creds)

@@ -24,6 +24,7 @@ import threading
 from typing import Any
 
 from portshift import ConfigError, KeyUnavailableError, PortshiftError, Secret, forget_mask, sanitize_message
+from portshift.state.sealed import UNAVAILABLE
 
 from .offers import RequestError
 from .state_keys import CREDENTIALS, StateKeyOptions
@@ -103,6 +104,23 @@ def verify_key(
     upstream = why.startswith("KMS could not be reached") or why.removeprefix("KMS answered ") in _UPSTREAM
     if upstream or isinstance(error, ConfigError):
         raise KeyUnreachable(f"state_key: the service could not reach KMS for the key {key}: {why}; try again in a minute")
-    raise RequestError(
+    refused = RequestError(
         f"state_key: the service cannot use the key {key}: {why}; check the key, its key policy and the credentials"
     )
+    refused.sealed = f"{UNAVAILABLE} ({key}: {why})"  # type: ignore[attr-defined]
+    raise refused
+
+
+def verify_resume(
+    options: StateKeyOptions, key: str | None, credentials: dict[str, str] | bytearray, kept: dict[str, Any]
+) -> None:
+    """:func:`verify_key` for the resume of a sealed job; when KMS refuses the key itself (disabled,
+    gone, access denied), the job shows "sealed: the customer's key is not available (...)" from then
+    on (``kept``: what the service keeps of the job in memory), until a check passes again."""
+    try:
+        verify_key(options, key, credentials)
+    except RequestError as e:
+        if getattr(e, "sealed", None):
+            kept["sealed"] = e.sealed  # type: ignore[attr-defined]
+        raise
+    kept.pop("sealed", None)

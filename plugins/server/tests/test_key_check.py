@@ -188,8 +188,11 @@ def test_a_sealed_job_resumes_only_when_the_key_works(auth_service: Server, iam_
     assert r.status_code == 400 and f"kms:{meta['Arn']}: the key is disabled" in r.json()["error"], r.text
     after = c.get(f"/api/jobs/{job['id']}").json()
     assert (after["status"], after["attempts"], after["error"]) == (stopped["status"], 1, stopped["error"])  # nothing started
+    # the job now shows what the issue asks for: its clear fields and the sealed line naming the key
+    assert after["sealed"] == f"sealed: the customer's key is not available (kms:{meta['Arn']}: the key is disabled)", after
     kms_client(kms, creds).enable_key(KeyId=meta["KeyId"])
     assert c.post(f"/api/jobs/{job['id']}/resume", json={"source": {"token": token}, "state_key": creds}).status_code == 202
+    assert c.get(f"/api/jobs/{job['id']}").json()["sealed"] is None  # the key works again
     assert c.post(f"/api/jobs/{job['id']}/cancel").status_code == 202  # (the service's test ends here)
     wait_status(c, job["id"], ("cancelled", "failed", "complete"))
 
