@@ -75,6 +75,7 @@ def _state_key(with_key: bool) -> dict[str, Any]:
 
 
 def spec(catalogue: Catalogue) -> dict[str, Any]:
+    keys = catalogue.state_key.offered()  # a customer's key is described only where it is accepted
     job_id = {
         "name": "job_id",
         "in": "path",
@@ -261,7 +262,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                         "sink": {"oneOf": [_offer_schema(o) for o in catalogue.sinks.values()]},
                         "since": date,
                         "until": date,
-                        "state_key": _state_key(True),
+                        **({"state_key": _state_key(True)} if keys else {}),
                     },
                     "required": ["source", "sink"],
                     "additionalProperties": False,
@@ -271,7 +272,7 @@ def spec(catalogue: Catalogue) -> dict[str, Any]:
                     "properties": {
                         "source": {"oneOf": [_offer_schema(o, True) for o in catalogue.sources.values()]},
                         "sink": {"oneOf": [_offer_schema(o, True) for o in catalogue.sinks.values()]},
-                        "state_key": _state_key(False),
+                        **({"state_key": _state_key(False)} if keys else {}),
                     },
                     "additionalProperties": False,
                 },
