@@ -226,9 +226,8 @@ class S3Sink(BucketProbe, UploadRecovery, UploadResume, Sink):
                     self._journal_end(key)  # else the intent stays, and the next run finds it
                 raise
         resumable.entry["upload_id"] = str(upload_id)
-        piece, carry = seed
-        seed.clear()
-        return self._send_parts(full_key, key, stream, upload_id, [piece, carry], [], resumable)
+        # the list itself is handed on (no local name here keeps the first part alive meanwhile)
+        return self._send_parts(full_key, key, stream, upload_id, seed, [], resumable)
 
     def _send_parts(
         self,
