@@ -107,15 +107,18 @@ def _kill_at(
     argv: list[str], env: dict[str, str], state: Path, proxy: Any, fraction: float, sig: int = 9, size: int = SIZE
 ) -> int:
     """Start `portshift run` and SIGKILL it once the journal says ``fraction`` of the media is
-    stored: the parts after that point are held at the proxy until then, so the kill lands there."""
+    stored: the parts after that point are held at the proxy until then, so the kill lands there.
+    A sealed journal cannot be read here: then the kill comes 2 s after the first held part
+    arrived (the parts before it have ended by then), and 0 is returned."""
     import threading
 
     held = -(-int(fraction * size) // PART) + 1  # the first part number past the fraction
-    killed = threading.Event()
+    killed, reached = threading.Event(), threading.Event()
 
     def rule(req: Any) -> Any:
         number = req.target.partition("partNumber=")[2].partition("&")[0]
         if req.method == "PUT" and number.isdigit() and int(number) >= held:
+            reached.set()
             killed.wait(120)
             return proxy.Action(close=True)
         return None
@@ -123,18 +126,22 @@ def _kill_at(
     proxy.rule = rule
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
+    sealed = "[state]" in Path(argv[argv.index("--config") + 1]).read_text()
+    stored = 0
     try:
-        while (stored := _journaled_offset(state)) < fraction * size:
+        while not (reached.wait(2.0) if sealed else (stored := _journaled_offset(state)) >= fraction * size):
             assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "the upload never reached the kill point"
             time.sleep(0.02)
+        if sealed:
+            time.sleep(2.0)
     finally:
         proc.send_signal(sig)
         killed.set()  # the parts held at the proxy are dropped now
         proc.wait(60)
         proxy.rule = lambda req: None
     assert proc.returncode == (-9 if sig == 9 else 130), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-    return max(stored, _journaled_offset(state))  # parts in flight may have ended after a SIGTERM
+    return 0 if sealed else max(stored, _journaled_offset(state))  # parts in flight may have ended after a SIGTERM
 
 
 def _run(argv: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -329,5 +336,36 @@ def test_another_worker_of_the_job_continues_the_upload_a_killed_worker_left(
         media_sha256 = sim.tenant.media_sha256(cid)
     assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in err, err[-3000:]
     assert media_again == SIZE - stored
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
+
+
+def test_a_sealed_job_continues_its_upload_through_the_sealed_journal(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """With the customer's key ([state] key, docs/byok.md) the journal row is sealed like the
+    rest: the entry is found and taken over through its keyed hash, and the upload continued."""
+    key_file = tmp_path / "state.key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    key_file.chmod(0o600)
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries)
+        job = Path(argv[argv.index("--config") + 1])
+        job.write_text(job.read_text() + f'\n[state]\nkey = "file:{key_file}"\n')
+        _kill_at(argv, env, state, tls_proxy, 0.9)
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+            ((data,),) = db.execute("select data from sink_journal").fetchall()
+        assert "upload_id" not in data and "sha256_state" not in data  # sealed, not a JSON in clear
+        served_before = sim.stats.media_bytes
+        r = _run(argv, env)
+        media_again = sim.stats.media_bytes - served_before
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    import re
+
+    m = re.search(rf"continued the upload a stopped worker left at byte (\d+) of {SIZE} bytes", r.stderr)
+    assert m, r.stderr[-3000:]
+    stored = int(m.group(1))
+    assert stored >= 0.8 * SIZE and media_again == SIZE - stored
     assert pending() == []
     _verify_export(admin, bucket, tmp_path, media_sha256)
