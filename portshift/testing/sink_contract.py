@@ -69,6 +69,13 @@ def _distinct_chunks(total: int, size: int = MiB) -> Iterator[bytes]:
         yield piece
 
 
+def _swallow(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except BaseException:  # noqa: BLE001 - the frozen put's end is not what is tested
+        pass
+
+
 class SinkContract:
     """Contract tests every sink must pass. Provide ``sink`` and ``read_back`` fixtures.
 
@@ -304,6 +311,69 @@ class SinkContract:
         assert outcome and isinstance(outcome[0], Exception), "the frozen put should have failed once released"
         self._check(sink, read_back, data, declare=True, key=key)
         assert journal.pending() == [] and journal.misuse == []
+
+    def test_resume_after_a_crash(self, sink: Sink, read_back: ReadBack) -> None:
+        """For a sink that implements ``resume()``: a put frozen mid-stream stands for a killed
+        process; the resume point it journaled lets ``resume()`` finish the object from that
+        offset, reading only the rest, and the result is what a fresh put gives."""
+        from ..resume import Continuation, ResumePoint, ResumeRefused
+
+        if type(sink).resume is Sink.resume:  # the default refuses: the core then sends the artifact again
+            with pytest.raises(ResumeRefused):
+                sink.resume("k", Continuation(key="k", data={}, offset=0, size=0, _open=lambda: HashingStream(iter(()))), 0)
+            return
+        journal = self._journal(sink)
+        data = pattern_bytes(self.many_size, seed=21)
+        key = unique_key("resumed")
+        frozen, release = threading.Event(), threading.Event()
+
+        def frozen_source() -> Iterator[bytes]:
+            yield from chunked(data[: len(data) * 3 // 4])
+            frozen.set()
+            release.wait(120)
+            raise SourceFailure("the process was killed")
+
+        stream = HashingStream(frozen_source(), expect_size=len(data))
+        stream.resume_info = {"recording": "r1", "artifact": "media", "ext": "bin", "validator": None}  # the core's part
+        worker = threading.Thread(target=lambda: _swallow(lambda: sink.put(key, stream, len(data))), daemon=True)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 120
+            while not frozen.wait(0.05):
+                assert worker.is_alive() and time.monotonic() < deadline, "the put ended before three quarters of the stream"
+            points: list[tuple[str, dict[str, str]]] = []
+            waited = time.monotonic() + 10  # the parts read before the freeze are confirmed by then
+            while not points and time.monotonic() < waited:
+                pending = journal.pending()
+                points = [(k, d) for k, d in pending if d.get("resume")]
+                if not pending and time.monotonic() > waited - 8:  # journals nothing at all here
+                    break
+                time.sleep(0.05)
+            if not points:
+                pytest.skip("the sink journaled no resume point for this configuration (see its README)")
+            (entry_key, entry), *_ = points
+            point = ResumePoint.decode(entry["resume"])
+            assert point is not None and 0 < point.offset < len(data), entry["resume"]
+            asked: list[int] = []
+
+            def rest() -> HashingStream:
+                asked.append(point.offset)
+                resumed = HashingStream(
+                    chunked(data[point.offset :]), expect_size=len(data), resume=(point.offset, point.sha256_state)
+                )
+                resumed.resume_info = dict(stream.resume_info or {})
+                return resumed
+
+            cont = Continuation(key=entry_key, data=entry, offset=point.offset, size=len(data), _open=rest)
+            result = sink.resume(entry_key, cont, len(data))
+        finally:
+            release.set()
+            worker.join(120)
+        assert asked == [point.offset], "resume() must read the rest of the artifact once, from the offset"
+        assert result.size == len(data), f"resume() reported {result.size} bytes, the artifact has {len(data)}"
+        confirmed_checksums_match(result, data)
+        stored = read_back(key)
+        assert stored is not None and hashlib.sha256(stored).hexdigest() == hashlib.sha256(data).hexdigest()
 
     # --- check(), close(), location() ---------------------------------------------------------------
     def test_check_reaches_the_destination(self, sink: Sink) -> None:
