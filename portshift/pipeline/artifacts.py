@@ -37,6 +37,9 @@ class ArtifactSteps:
     cancel: threading.Event
     payload_prefix: str
 
+    def _add_file(self, job_id: str, f: FileRecord) -> None:  # Transfer: with the recording's outcome
+        self.state.add_file(job_id, f)
+
     # --- one artifact ------------------------------------------------------------------------
     def _artifact(self, rec: Recording, artifact: Artifact) -> None:
         opened = artifact.open()
@@ -70,7 +73,7 @@ class ArtifactSteps:
             got, digest = self._checked(rel, stream, declared, artifact.sha256, result)
         finally:
             _close(opened.close, ahead, self.cancel.is_set())
-        self.state.add_file(
+        self._add_file(
             self.job.id,
             FileRecord(
                 key=rel,

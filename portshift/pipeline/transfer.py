@@ -6,8 +6,9 @@ through a :class:`HashingStream` into the sink, check it and record it.
                     claim, wait for what the listing or other live workers may still bring
                     (a dead worker's rows come back), and end when the job has nothing left
     N transfers:    source.artifacts(rec) -> for each: open -> [read-ahead] -> HashingStream
-                    -> sink.put -> size/SHA-256 checks -> state: file done -> recording done
-                    (only while this worker still holds the claim: nothing recorded twice)
+                    -> sink.put -> size/SHA-256 checks -> state: the recording's files and its
+                    outcome in one transaction (the outcome only while this worker still holds
+                    the claim: nothing recorded twice; a file of 8 MiB or more when stored)
 
 Threads are daemons and every wait polls the cancel event, so SIGINT/SIGTERM end a run within
 about a second in any phase: a worker still blocked after the grace period (a socket read) is
@@ -39,7 +40,7 @@ from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
 from ..retry import Attempts, Backoff
-from ..state import Claimed, State
+from ..state import Claimed, FileRecord, State
 from ..state.claims import listing_lock
 from .artifacts import ArtifactSteps
 from .listing import Lister
@@ -54,6 +55,7 @@ GRACE = 0.8  #: seconds the workers get to stop after a cancel before the run en
 _TICK = 0.1
 _WAIT = 0.2  #: between looks for work when there is nothing to claim
 REAP_EVERY = 1.0  #: seconds between looks for dead workers while others hold recordings
+RECORD_AT_ONCE = 8 * 1024 * 1024  #: files this large are recorded when stored, smaller ones with their recording
 
 
 def _message(e: BaseException) -> str:
@@ -95,9 +97,9 @@ class Transfer(ArtifactSteps):
         self._listing_error: str | None = None
         self._left_behind = False  #: the run ended while a worker was still busy
         self._mine: set[str] = set()  #: claimed by this worker and not finished
-        self._reaped_at = 0.0
-        self._counted_at = 0.0
+        self._reaped_at = self._counted_at = 0.0
         self._taken = threading.Event()  #: a transfer took work from the queue
+        self._held = threading.local()  #: ``files``: the files of the recording a transfer thread exports
         self.lister: Lister | None = None
         self._lister_thread: threading.Thread | None = None
 
@@ -313,12 +315,36 @@ class Transfer(ArtifactSteps):
         self.progress.recording_finished(how)
 
     def _finish(self, rec: Recording, status: RecordingStatus, reason: str = "", message: str = "") -> bool:
-        if self.state.finish_claim(self.job.id, rec.id, self.seat.id, status, reason, message):
+        files = getattr(self._held, "files", None) or []
+        finished = self.state.finish_claim(self.job.id, rec.id, self.seat.id, status, reason, message, files=files)
+        self._held.files = []  # recorded with the outcome, in one transaction
+        if finished:
             return True
         log.warning("recording %s was given to another worker while this one worked on it (lease lost)", rec.id)
         return False
 
+    def _add_file(self, job_id: str, f: FileRecord) -> None:
+        """A file the sink confirmed: a small one is recorded with its recording's outcome (one
+        transaction per recording; a crash before it redoes the file), a large one at once."""
+        files = getattr(self._held, "files", None)
+        if files is None or f.size >= RECORD_AT_ONCE:
+            self.state.add_file(job_id, f)
+        else:
+            files.append(f)
+
     def _recording(self, rec: Recording) -> None:
+        self._held.files = []
+        try:
+            self._export(rec)
+        finally:
+            files, self._held.files = self._held.files, None
+            if files:  # the recording ended without an outcome (a cancel, a fatal error): keep its files
+                try:
+                    self.state.add_files(self.job.id, files)
+                except Exception as e:  # noqa: BLE001 - they are exported again by the next run
+                    log.warning("recording %s: its stored files could not be recorded (%s)", rec.id, type(e).__name__)
+
+    def _export(self, rec: Recording) -> None:
         try:
             artifacts = self._with_retries(lambda: list(self.source.artifacts(rec)), f"recording {rec.id}")
             done = self.state.done_artifacts(self.job.id, rec.id)
