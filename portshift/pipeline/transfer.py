@@ -212,7 +212,7 @@ class Transfer(ArtifactSteps):
         try:
             while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
                 room = self.transfers - self._work.qsize()
-                if room <= 0:  # every transfer has work waiting: wait until one takes it
+                if room < (self.transfers + 1) // 2:  # enough work waiting: claim half a queue at once, later
                     self._job_progress()
                     self._taken.wait(_WAIT)
                     self._taken.clear()
