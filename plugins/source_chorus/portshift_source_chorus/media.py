@@ -70,6 +70,7 @@ class MediaResponse:
         self._drained = False  #: http.client's buffer holds no more body bytes (readinto)
         self._failed: BaseException | None = None  #: raised by the next readinto (after bytes it returned)
         self._closed = False
+        self.content = b""  #: the body, once :meth:`read`
 
     # --- the body ---------------------------------------------------------------------------
     def _read(self, amt: int) -> bytes:
@@ -214,8 +215,10 @@ class MediaResponse:
                 raise httpx.DecodingError("the compressed media body ended early")
 
     def read(self) -> bytes:
-        """The whole body (for small answers: redirects, errors)."""
-        return b"".join(self.iter_raw())
+        """The whole body, decoded, also kept as :attr:`content` (small answers: API documents,
+        redirects, errors)."""
+        self.content = b"".join(self.iter_bytes())
+        return self.content
 
     def close(self) -> None:
         """Release the connection: kept for reuse when the body was read to its end, otherwise
@@ -237,6 +240,9 @@ class MediaResponse:
 
 class MediaConnections:
     """HTTPS connections to media hosts, kept for reuse. Thread-safe."""
+
+    #: request headers never sent (the token goes only to the API: :class:`ApiConnections`)
+    DROP: tuple[str, ...] = ("authorization", "host", "cookie")
 
     def __init__(
         self, context: ssl.SSLContext, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 8
@@ -284,9 +290,10 @@ class MediaConnections:
         host = url.host
         port = url.port or 443
         key = (host, port)
+        self._allowed(key)
         target = url.raw_path.decode("ascii") or "/"
         hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
-        hdrs.update({k: v for k, v in headers.items() if k.lower() not in ("authorization", "host", "cookie")})
+        hdrs.update({k: v for k, v in headers.items() if k.lower() not in self.DROP})
         for attempt in (1, 2):
             conn = self._take(key)
             reused = conn is not None
@@ -310,6 +317,9 @@ class MediaConnections:
             return MediaResponse(self, key, conn, sock, raw, url)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _allowed(self, key: tuple[str, int]) -> None:
+        """Any host (a media link may point anywhere https); :class:`ApiConnections`: one origin."""
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -317,3 +327,20 @@ class MediaConnections:
             self._idle.clear()
         for conn in idle:
             conn.close()
+
+
+class ApiConnections(MediaConnections):
+    """Connections to the API's own origin (``base_url``) for its small GETs (a conversation, the
+    media request that answers with a redirect): the same path as the media host's, without
+    httpx's per-request layers. The ``Authorization`` header is sent, so these connections refuse
+    any other host and port than the one they were made for."""
+
+    DROP = ("host", "cookie")
+
+    def __init__(self, context: ssl.SSLContext, origin: tuple[str, int], *, connect_timeout: float, read_timeout: float) -> None:
+        super().__init__(context, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._origin = origin
+
+    def _allowed(self, key: tuple[str, int]) -> None:
+        if key != self._origin:
+            raise httpx.UnsupportedProtocol("refusing to send the API's credentials to another origin")

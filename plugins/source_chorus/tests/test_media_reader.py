@@ -305,3 +305,25 @@ def test_a_request_is_refused_unless_https() -> None:
     finally:
         listener.close()
         pool.close()
+
+
+def test_the_api_connections_carry_the_token_to_their_origin_only() -> None:
+    """The API's own connections send ``Authorization`` (the media host's drop it), so they
+    refuse any other host or port before connecting."""
+    import httpx
+    from portshift_source_chorus.media import ApiConnections, MediaConnections
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pool = ApiConnections(ssl.create_default_context(), ("127.0.0.1", port + 1), connect_timeout=1, read_timeout=1)
+    try:
+        for url in (f"https://127.0.0.1:{port}/x", f"https://localhost:{port + 1}/x"):
+            with pytest.raises(httpx.UnsupportedProtocol, match="another origin"):
+                pool.get(httpx.URL(url), {"Authorization": "t0ken"})
+        listener.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nothing connected
+    finally:
+        listener.close()
+        pool.close()
+    assert "authorization" in MediaConnections.DROP and "authorization" not in ApiConnections.DROP

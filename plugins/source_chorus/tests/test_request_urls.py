@@ -13,15 +13,21 @@ from portshift_source_chorus.simulator import ChorusSimulator
 from .conftest import WINDOW, make_source
 
 
-def _spy(source: Any) -> list[httpx.Request]:
-    sent: list[httpx.Request] = []
-    real = source.client.http.send
+def _spy(source: Any) -> list[httpx.URL]:
+    """The URLs the client sends, through httpx or its own API connections (media.py)."""
+    sent: list[httpx.URL] = []
+    real, real_api = source.client.http.send, source.client.api.get
 
     def send(request: httpx.Request, **kw: Any) -> httpx.Response:
-        sent.append(request)
+        sent.append(request.url)
         return real(request, **kw)
 
+    def get(url: httpx.URL, headers: dict[str, str]) -> Any:
+        sent.append(url)
+        return real_api(url, headers)
+
     source.client.http.send = send
+    source.client.api.get = get
     return sent
 
 
@@ -38,9 +44,9 @@ def test_conversation_url_is_what_httpx_builds_from_params(sim: ChorusSimulator)
                 "GET", sim.base_url + path, params={"fields": ",".join(fields), "skip_summary_generation": "true"}
             ).url
             assert len(sent) == 1
-            assert str(sent[0].url) == str(expected)
-            assert sent[0].url.raw_path == expected.raw_path
-            assert sent[0].url.params == httpx.QueryParams({"fields": ",".join(fields), "skip_summary_generation": "true"})
+            assert str(sent[0]) == str(expected)
+            assert sent[0].raw_path == expected.raw_path
+            assert sent[0].params == httpx.QueryParams({"fields": ",".join(fields), "skip_summary_generation": "true"})
             assert body == sim.tenant.conversation_bytes(rec.id, set(fields))
         finally:
             source.close()
