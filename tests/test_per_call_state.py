@@ -61,3 +61,15 @@ def test_without_a_ceiling_a_shared_pause_is_seen_within_a_look(state_backend: S
         # with a ceiling, every request takes its own slot in the state (none shared twice)
         assert one.reserve_request("source:K", 10.0, 1.0)[0] == 0.0
         assert StateRate(other, "source:K").reserve(10.0, 1.0)[0] > 0.05
+
+
+def test_fewer_collections_during_a_transfer_is_undone_at_its_end() -> None:
+    import gc
+
+    from portshift.pipeline.collector import YOUNG_THRESHOLD, fewer_collections
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with fewer_collections():
+        assert gc.get_threshold()[0] >= YOUNG_THRESHOLD and gc.get_threshold()[1:] == before[1:]
+        assert gc.get_freeze_count() > frozen  # what existed at the start is not walked again
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # a service's later jobs collect it all

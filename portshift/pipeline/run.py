@@ -25,6 +25,7 @@ from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
 from ..state import State, new_job_id, now_iso
 from ..state.claims import finishing_lock, planning_lock
+from .collector import fewer_collections
 from .manifests import ManifestRun
 from .planning import Plan, iso, plan_job, run_command
 from .recovery import cancellable, recover_orphans
@@ -172,7 +173,8 @@ class Runner:
                 payload_prefix=self._payload_prefix,
                 seat=seat,
             )
-            status, error = transfer.run()
+            with fewer_collections():
+                status, error = transfer.run()
             result.already_done, result.exported_now = transfer.already, transfer.exported
             if req.worker:  # what the job's workers together exported in this run, not only this one
                 done = self.state.recording_counts(job.id).get(RecordingStatus.DONE.value, 0)
