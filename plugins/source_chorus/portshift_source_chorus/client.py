@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -54,6 +55,8 @@ from .pacing import AdaptiveRate, AutoPacing
 
 log = logging.getLogger("portshift.chorus")
 
+#: a path and query made only of characters httpx sends unchanged (no ``#``, space or non-ASCII)
+AS_SENT = re.compile(r"[!$%&'()*+,\-./0-9:;=?@A-Z\[\\\]^_a-z|~]*")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: ``check()``: a short connect timeout, and no retry when nothing answers (an unreachable host
 #: fails in seconds); an answer that says "later" (429, 5xx) is retried as always
@@ -263,6 +266,10 @@ class ChorusClient:
         if api:
             hdrs["Authorization"] = self._auth_value()
             if params is None and not check:  # a small GET on the API: without httpx's layers (media.py)
+                if isinstance(url, str) and self._origin_prefix and url.startswith(self._origin_prefix):
+                    target = url[len(self._origin_prefix) - 1 :]
+                    if AS_SENT.fullmatch(target):  # built here, already as httpx would send it: no parse
+                        return self.api.get_path(target, url, hdrs)
                 return self.api.get(url if isinstance(url, httpx.URL) else httpx.URL(url), hdrs)
         elif params is None:
             # a media link on another origin (no token): its body is read with http.client

@@ -52,14 +52,14 @@ class MediaResponse:
         conn: http.client.HTTPSConnection,
         sock: socket.socket,
         raw: http.client.HTTPResponse,
-        url: httpx.URL,
+        url: httpx.URL | str,
     ) -> None:
         self._pool = pool
         self._key = key
         self._conn = conn
         self._sock = sock
         self._raw = raw
-        self.url = url
+        self._url = url  #: parsed when first asked for (an API answer's URL is needed only on an error)
         self.status_code: int = raw.status
         self.headers = httpx.Headers(raw.getheaders())
         length = self.headers.get("content-length")
@@ -71,6 +71,12 @@ class MediaResponse:
         self._failed: BaseException | None = None  #: raised by the next readinto (after bytes it returned)
         self._closed = False
         self.content = b""  #: the body, once :meth:`read`
+
+    @property
+    def url(self) -> httpx.URL:
+        if isinstance(self._url, str):
+            self._url = httpx.URL(self._url)
+        return self._url
 
     # --- the body ---------------------------------------------------------------------------
     def _read(self, amt: int) -> bytes:
@@ -292,6 +298,10 @@ class MediaConnections:
         key = (host, port)
         self._allowed(key)
         target = url.raw_path.decode("ascii") or "/"
+        return self._send(key, target, headers, url)
+
+    def _send(self, key: tuple[str, int], target: str, headers: dict[str, str], url: httpx.URL | str) -> MediaResponse:
+        host, port = key
         hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
         hdrs.update({k: v for k, v in headers.items() if k.lower() not in self.DROP})
         for attempt in (1, 2):
@@ -344,3 +354,8 @@ class ApiConnections(MediaConnections):
     def _allowed(self, key: tuple[str, int]) -> None:
         if key != self._origin:
             raise httpx.UnsupportedProtocol("refusing to send the API's credentials to another origin")
+
+    def get_path(self, target: str, url: str, headers: dict[str, str]) -> MediaResponse:
+        """``GET target`` (the path and query, as sent) on the origin: ``url`` is the whole URL
+        the caller built from ``base_url`` (parsed only if the answer's ``url`` is asked for)."""
+        return self._send(self._origin, target, headers, url)
