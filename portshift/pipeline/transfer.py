@@ -86,10 +86,7 @@ class Transfer(ArtifactSteps):
         self.cfg, self.state, self.job, self.plan = cfg, state, job, plan
         self.source, self.sink, self.info = source, sink, info
         self.progress, self.cancel = progress, cancel
-        self.transfers = transfers
-        self.retry_base = retry_base
-        self.payload_prefix = payload_prefix
-        self.seat = seat
+        self.transfers, self.retry_base, self.payload_prefix, self.seat = transfers, retry_base, payload_prefix, seat
         self.exported = 0  #: recordings exported by this worker
         self._work: queue.Queue[Recording | None] = queue.Queue()
         self._fatal: BaseException | None = None
@@ -98,7 +95,8 @@ class Transfer(ArtifactSteps):
         self._left_behind = False  #: the run ended while a worker was still busy
         self._mine: set[str] = set()  #: claimed by this worker and not finished
         self._reaped_at = self._counted_at = 0.0
-        self._taken = threading.Event()  #: a transfer took work from the queue
+        self._taken = threading.Event()  #: transfers took enough work from the queue to claim more
+        self._batch = (transfers + 1) // 2  #: recordings claimed at once (at least)
         self._held = threading.local()  #: ``files``: the files of the recording a transfer thread exports
         self.lister: Lister | None = None
         self._lister_thread: threading.Thread | None = None
@@ -212,7 +210,7 @@ class Transfer(ArtifactSteps):
         try:
             while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
                 room = self.transfers - self._work.qsize()
-                if room < (self.transfers + 1) // 2:  # enough work waiting: claim half a queue at once, later
+                if room < self._batch:  # enough work waiting: claim half a queue at once, later
                     self._job_progress()
                     self._taken.wait(_WAIT)
                     self._taken.clear()
@@ -283,7 +281,8 @@ class Transfer(ArtifactSteps):
                 rec = self._work.get(timeout=_TICK)
             except queue.Empty:
                 continue
-            self._taken.set()  # the claims thread may fill the queue again
+            if self.transfers - self._work.qsize() >= self._batch and not self._taken.is_set():
+                self._taken.set()  # the claims thread may fill the queue again (not woken for less)
             if rec is None:
                 return
             try:
