@@ -249,6 +249,8 @@ class MediaConnections:
 
     #: request headers never sent (the token goes only to the API: :class:`ApiConnections`)
     DROP: tuple[str, ...] = ("authorization", "host", "cookie")
+    #: sent unless the caller says otherwise (the API's: what httpx offers, answers decoded by ``read``)
+    DEFAULTS: dict[str, str] = {"User-Agent": USER_AGENT, "Accept": "*/*"}
 
     def __init__(
         self, context: ssl.SSLContext, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 8
@@ -302,7 +304,7 @@ class MediaConnections:
 
     def _send(self, key: tuple[str, int], target: str, headers: dict[str, str], url: httpx.URL | str) -> MediaResponse:
         host, port = key
-        hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        hdrs = dict(self.DEFAULTS)
         hdrs.update({k: v for k, v in headers.items() if k.lower() not in self.DROP})
         for attempt in (1, 2):
             conn = self._take(key)
@@ -346,6 +348,7 @@ class ApiConnections(MediaConnections):
     any other host and port than the one they were made for."""
 
     DROP = ("host", "cookie")
+    DEFAULTS = {**MediaConnections.DEFAULTS, "Accept-Encoding": "gzip, deflate"}
 
     def __init__(self, context: ssl.SSLContext, origin: tuple[str, int], *, connect_timeout: float, read_timeout: float) -> None:
         super().__init__(context, connect_timeout=connect_timeout, read_timeout=read_timeout)
