@@ -234,8 +234,9 @@ class Transfer(ArtifactSteps):
                 self._work.put(None)
 
     def _job_progress(self) -> None:
-        """Every second: the job's totals, so the progress line counts what all workers did."""
-        if time.monotonic() - self._counted_at < 1.0:
+        """The job's totals, once per progress line (at most every second), so that it counts what
+        all workers did; not without a progress display (a count scans the job's recordings)."""
+        if not self.progress.enabled or time.monotonic() - self._counted_at < max(1.0, self.progress.interval):
             return
         self._counted_at = time.monotonic()
         counts = self.state.recording_counts(self.job.id)
