@@ -140,8 +140,14 @@ def portshift_run(
     proc = subprocess.Popen(argv, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     hwm = [0]
 
+    def exited() -> bool:  # without reaping it (proc.poll() would, and wait4 below would then fail)
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # wait4 below reaped it
+            return True
+
     def poll_hwm() -> None:
-        while proc.poll() is None:
+        while not exited():
             try:
                 status = Path(f"/proc/{proc.pid}/status").read_text()
                 hwm[0] = max(hwm[0], int(status.split("VmHWM:")[1].split()[0]))

@@ -33,6 +33,9 @@ from .errors import ConfigError
 _MASK = "**********"
 _lock = threading.Lock()
 _known: set[str] = set()
+#: the forms registered for each value still masked: a short-lived value (a media link, registered
+#: then forgotten per download) is encoded once, not again when it is forgotten
+_forms: dict[str, frozenset[str]] = {}
 _version = 0
 
 
@@ -54,8 +57,11 @@ def register_mask(value: str) -> None:
     if not value or len(value) < 4:
         return
     global _version
-    forms = _variants(value)
+    forms = _forms.get(value)
+    if forms is None:
+        forms = frozenset(_variants(value))
     with _lock:
+        _forms[value] = forms
         if not forms <= _known:
             _known.update(forms)
             _version += 1
@@ -65,7 +71,10 @@ def forget_mask(value: str) -> None:
     """Stop masking ``value`` (a short-lived derived secret that can no longer be used, such as
     a media link that expired or was consumed), so that the mask set does not grow for ever."""
     global _version
-    forms = _variants(value)
+    with _lock:
+        forms = _forms.pop(value, None)
+    if forms is None:
+        forms = frozenset(_variants(value))
     with _lock:
         if forms & _known:
             _known.difference_update(forms)

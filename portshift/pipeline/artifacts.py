@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..api import Artifact, JobInfo, Recording, Sink
 from ..config import JobConfig
-from ..errors import IntegrityError, Interrupted
+from ..errors import ArtifactMissing, ConfigError, FatalError, IntegrityError, Interrupted, PortshiftError, SkipRecording
 from ..events import FileExported
 from ..hashing import HashingStream
 from ..keys import build_key
@@ -20,6 +20,7 @@ from ..progress import Progress
 from ..records import JobRecord
 from ..redact import sanitize_message
 from ..resume import Continuation, ResumePoint, ResumeRefused
+from ..retry import Attempts, Backoff
 from ..state import FileRecord, State
 from .planning import iso
 from .readahead import READ_AHEAD_FROM, ReadAhead
@@ -28,6 +29,7 @@ from .resuming import Resumables, can_resume
 from .seat import WorkerSeat
 
 log = logging.getLogger("portshift.run")
+T = TypeVar("T")
 
 
 class ArtifactSteps:
@@ -42,8 +44,12 @@ class ArtifactSteps:
     cancel: threading.Event
     payload_prefix: str
     seat: WorkerSeat
+    retry_base: float
     resumables: Resumables
     resume_from: int  #: uploads of at least this size are offered a resume point (-1: none)
+
+    def _add_file(self, job_id: str, f: FileRecord) -> None:  # Transfer: with the recording's outcome
+        self.state.add_file(job_id, f)
 
     # --- one artifact ------------------------------------------------------------------------
     def _artifact(self, rec: Recording, artifact: Artifact) -> None:
@@ -169,7 +175,7 @@ class ArtifactSteps:
     def _record(
         self, rec: Recording, artifact: Artifact, rel: str, got: int, digest: str, content_type: str | None, result: Any
     ) -> None:
-        self.state.add_file(
+        self._add_file(
             self.job.id,
             FileRecord(
                 key=rel,
@@ -186,6 +192,30 @@ class ArtifactSteps:
         self.progress.file_done(got)
         exported = FileExported(key=rel, size=got, sha256=digest, recording_id=rec.id, artifact=artifact.name)
         call_event("file_exported", job=self.info, file=exported)
+
+    def _with_retries(self, fn: Callable[[], T], what: str) -> T:
+        policy = Backoff(base=self.retry_base, cap=max(30.0, self.retry_base), attempts=self.cfg.job.retries + 1)
+        attempts = Attempts(policy, cancel=self.cancel, what=f"waiting to retry {what}")
+        while True:
+            try:
+                return fn()
+            except (SkipRecording, FatalError, ConfigError, Interrupted, ArtifactMissing):
+                raise
+            except Exception as e:  # noqa: BLE001
+                retryable = e.retryable if isinstance(e, PortshiftError) else True
+                if self.cancel.is_set() or not retryable:
+                    raise
+                delay = attempts.next_delay()
+                if delay is None:
+                    raise
+                log.warning(
+                    "%s: attempt %d failed (%s); retrying in %.1fs",
+                    what,
+                    attempts.count,
+                    sanitize_message(str(e) if isinstance(e, PortshiftError) else type(e).__name__),
+                    delay,
+                )
+                attempts.wait(delay)
 
     @staticmethod
     def _checked(rel: str, stream: HashingStream, declared: int | None, sha256: str | None, result: Any) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from ..redact import sanitize_message
 from ..resume import resume_above
 from ..state import State, new_job_id, now_iso
 from ..state.claims import finishing_lock, planning_lock
+from .collector import fewer_collections
 from .manifests import ManifestRun
 from .planning import Plan, iso, plan_job, run_command
 from .recovery import cancellable, recover_orphans
@@ -174,7 +175,8 @@ class Runner:
                 seat=seat,
             )
             transfer.resumables.add(resumable)
-            status, error = transfer.run()
+            with fewer_collections():
+                status, error = transfer.run()
             if status is not JobStatus.INTERRUPTED:  # uploads left mid-file that nobody continued
                 self._abort_left(job.id, sink)
             result.already_done, result.exported_now = transfer.already, transfer.exported

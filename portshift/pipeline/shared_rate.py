@@ -6,10 +6,15 @@ stops them all. Each request reserves its slot with one atomic update (GCRA: the
 from __future__ import annotations
 
 import logging
+import time
 
 from ..state import State
 
 log = logging.getLogger("portshift.run")
+
+#: with no ceiling (``rate <= 0``) only a pause holds: a look at the shared pause is trusted this
+#: long (seconds), instead of a read of the state before every request
+PAUSE_LOOK = 0.1
 
 
 class StateRate:
@@ -18,11 +23,20 @@ class StateRate:
     def __init__(self, state: State, key: str) -> None:
         self.state = state
         self.key = key
+        self._paused_until = 0.0  #: (wall clock) the shared pause as last seen, or set here
+        self._looked_at = float("-inf")  #: (monotonic) when the state was last read for it
 
     def reserve(self, rate: float, burst: float) -> tuple[float, float]:
-        return self.state.reserve_request(self.key, rate, burst)
+        if rate > 0:
+            return self.state.reserve_request(self.key, rate, burst)
+        now = time.monotonic()
+        if now - self._looked_at >= PAUSE_LOOK:
+            wait, _ = self.state.reserve_request(self.key, rate, burst)
+            self._paused_until, self._looked_at = time.time() + wait, now
+        return max(0.0, self._paused_until - time.time()), rate
 
     def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.time() + seconds)
         try:
             self.state.pause_requests(self.key, seconds)
         except Exception as e:  # noqa: BLE001 - this worker pauses anyway; the others see the next 429

@@ -6,8 +6,9 @@ through a :class:`HashingStream` into the sink, check it and record it.
                     claim, wait for what the listing or other live workers may still bring
                     (a dead worker's rows come back), and end when the job has nothing left
     N transfers:    source.artifacts(rec) -> for each: open -> [read-ahead] -> HashingStream
-                    -> sink.put -> size/SHA-256 checks -> state: file done -> recording done
-                    (only while this worker still holds the claim: nothing recorded twice)
+                    -> sink.put -> size/SHA-256 checks -> state: the recording's files and its
+                    outcome in one transaction (the outcome only while this worker still holds
+                    the claim: nothing recorded twice; a file of 8 MiB or more when stored)
 
 Threads are daemons and every wait polls the cancel event, so SIGINT/SIGTERM end a run within
 about a second in any phase: a worker still blocked after the grace period (a socket read) is
@@ -20,14 +21,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import TypeVar
 
 from ..api import JobInfo, Recording, Sink, Source
 from ..config import JobConfig
 from ..errors import (
     ArtifactMissing,
-    ConfigError,
     FatalError,
     Interrupted,
     PortshiftError,
@@ -39,8 +38,7 @@ from ..progress import Progress
 from ..records import JobRecord, JobStatus, RecordingStatus
 from ..redact import sanitize_message
 from ..resume import resume_above
-from ..retry import Attempts, Backoff
-from ..state import Claimed, State
+from ..state import Claimed, FileRecord, State
 from ..state.claims import listing_lock
 from .artifacts import ArtifactSteps
 from .listing import Lister
@@ -56,6 +54,7 @@ GRACE = 0.8  #: seconds the workers get to stop after a cancel before the run en
 _TICK = 0.1
 _WAIT = 0.2  #: between looks for work when there is nothing to claim
 REAP_EVERY = 1.0  #: seconds between looks for dead workers while others hold recordings
+RECORD_AT_ONCE = 8 * 1024 * 1024  #: files this large are recorded when stored, smaller ones with their recording
 
 
 def _message(e: BaseException) -> str:
@@ -86,10 +85,7 @@ class Transfer(ArtifactSteps):
         self.cfg, self.state, self.job, self.plan = cfg, state, job, plan
         self.source, self.sink, self.info = source, sink, info
         self.progress, self.cancel = progress, cancel
-        self.transfers = transfers
-        self.retry_base = retry_base
-        self.payload_prefix = payload_prefix
-        self.seat = seat
+        self.transfers, self.retry_base, self.payload_prefix, self.seat = transfers, retry_base, payload_prefix, seat
         self.exported = 0  #: recordings exported by this worker
         self._work: queue.Queue[Recording | None] = queue.Queue()
         self._fatal: BaseException | None = None
@@ -97,9 +93,10 @@ class Transfer(ArtifactSteps):
         self._listing_error: str | None = None
         self._left_behind = False  #: the run ended while a worker was still busy
         self._mine: set[str] = set()  #: claimed by this worker and not finished
-        self._reaped_at = 0.0
-        self._counted_at = 0.0
-        self._taken = threading.Event()  #: a transfer took work from the queue
+        self._reaped_at = self._counted_at = 0.0
+        self._taken = threading.Event()  #: transfers took enough work from the queue to claim more
+        self._batch = (transfers + 1) // 2  #: recordings claimed at once (at least)
+        self._held = threading.local()  #: ``files``: the files of the recording a transfer thread exports
         self.lister: Lister | None = None
         self.resumables = Resumables()  #: uploads gone workers left mid-file (see .resuming)
         self.resume_from = resume_above()
@@ -214,7 +211,7 @@ class Transfer(ArtifactSteps):
         try:
             while not self.cancel.is_set() and not self._listing_error and self.seat.alive:
                 room = self.transfers - self._work.qsize()
-                if room <= 0:  # every transfer has work waiting: wait until one takes it
+                if room < self._batch:  # enough work waiting: claim half a queue at once, later
                     self._job_progress()
                     self._taken.wait(_WAIT)
                     self._taken.clear()
@@ -238,8 +235,9 @@ class Transfer(ArtifactSteps):
                 self._work.put(None)
 
     def _job_progress(self) -> None:
-        """Every second: the job's totals, so the progress line counts what all workers did."""
-        if time.monotonic() - self._counted_at < 1.0:
+        """The job's totals, once per progress line (at most every second), so that it counts what
+        all workers did; not without a progress display (a count scans the job's recordings)."""
+        if not self.progress.enabled or time.monotonic() - self._counted_at < max(1.0, self.progress.interval):
             return
         self._counted_at = time.monotonic()
         counts = self.state.recording_counts(self.job.id)
@@ -287,7 +285,8 @@ class Transfer(ArtifactSteps):
                 rec = self._work.get(timeout=_TICK)
             except queue.Empty:
                 continue
-            self._taken.set()  # the claims thread may fill the queue again
+            if self.transfers - self._work.qsize() >= self._batch and not self._taken.is_set():
+                self._taken.set()  # the claims thread may fill the queue again (not woken for less)
             if rec is None:
                 return
             try:
@@ -319,12 +318,36 @@ class Transfer(ArtifactSteps):
         self.progress.recording_finished(how)
 
     def _finish(self, rec: Recording, status: RecordingStatus, reason: str = "", message: str = "") -> bool:
-        if self.state.finish_claim(self.job.id, rec.id, self.seat.id, status, reason, message):
+        files = getattr(self._held, "files", None) or []
+        finished = self.state.finish_claim(self.job.id, rec.id, self.seat.id, status, reason, message, files=files)
+        self._held.files = []  # recorded with the outcome, in one transaction
+        if finished:
             return True
         log.warning("recording %s was given to another worker while this one worked on it (lease lost)", rec.id)
         return False
 
+    def _add_file(self, job_id: str, f: FileRecord) -> None:
+        """A file the sink confirmed: a small one is recorded with its recording's outcome (one
+        transaction per recording; a crash before it redoes the file), a large one at once."""
+        files = getattr(self._held, "files", None)
+        if files is None or f.size >= RECORD_AT_ONCE:
+            self.state.add_file(job_id, f)
+        else:
+            files.append(f)
+
     def _recording(self, rec: Recording) -> None:
+        self._held.files = []
+        try:
+            self._export(rec)
+        finally:
+            files, self._held.files = self._held.files, None
+            if files:  # the recording ended without an outcome (a cancel, a fatal error): keep its files
+                try:
+                    self.state.add_files(self.job.id, files)
+                except Exception as e:  # noqa: BLE001 - they are exported again by the next run
+                    log.warning("recording %s: its stored files could not be recorded (%s)", rec.id, type(e).__name__)
+
+    def _export(self, rec: Recording) -> None:
         try:
             artifacts = self._with_retries(lambda: list(self.source.artifacts(rec)), f"recording {rec.id}")
             done = self.state.done_artifacts(self.job.id, rec.id)
@@ -354,27 +377,3 @@ class Transfer(ArtifactSteps):
             with self._lock:
                 self.exported += 1
         self.progress.recording_finished("done")
-
-    def _with_retries(self, fn: Callable[[], T], what: str) -> T:
-        policy = Backoff(base=self.retry_base, cap=max(30.0, self.retry_base), attempts=self.cfg.job.retries + 1)
-        attempts = Attempts(policy, cancel=self.cancel, what=f"waiting to retry {what}")
-        while True:
-            try:
-                return fn()
-            except (SkipRecording, FatalError, ConfigError, Interrupted, ArtifactMissing):
-                raise
-            except Exception as e:  # noqa: BLE001
-                retryable = e.retryable if isinstance(e, PortshiftError) else True
-                if self.cancel.is_set() or not retryable:
-                    raise
-                delay = attempts.next_delay()
-                if delay is None:
-                    raise
-                log.warning(
-                    "%s: attempt %d failed (%s); retrying in %.1fs",
-                    what,
-                    attempts.count,
-                    sanitize_message(str(e) if isinstance(e, PortshiftError) else type(e).__name__),
-                    delay,
-                )
-                attempts.wait(delay)

@@ -16,10 +16,12 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..records import RecordingStatus
+from .rows import FILE_UPSERT, FileRecord
 
 
 def worker_lock(job_id: str, worker_id: str) -> str:
@@ -83,6 +85,14 @@ class Claims:
 
     def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         """One write that returns rows (``RETURNING``), committed when it returns."""
+        raise NotImplementedError
+
+    def _write_batch(self, what: str, steps: list[tuple[str, list[list[Any]]]]) -> list[int]:
+        """Several statements, each with its rows of parameters, in one transaction committed when
+        it returns: the rows each changed (a statement with one row of parameters; else -1)."""
+        raise NotImplementedError
+
+    def _file_row(self, job_id: str, f: FileRecord) -> list[Any]:
         raise NotImplementedError
 
     def try_lock(self, name: str, *, shared: bool = False) -> bool:
@@ -217,23 +227,26 @@ class Claims:
         status: RecordingStatus,
         reason: str = "",
         message: str = "",
+        files: Sequence[FileRecord] = (),
     ) -> bool:
         """Record a claimed recording's outcome, only while this worker still holds it: False when
-        it was given to another worker meanwhile (nothing recorded twice)."""
+        it was given to another worker meanwhile (nothing recorded twice). ``files``: files of the
+        recording the sink confirmed, recorded in the same transaction (whatever the outcome)."""
         from . import now_iso
 
         s, message = self._sealer(job_id), message[:500]
         if s is not None:
             recording_id = s.lookup("recording_id", recording_id)
             message = s.seal("recordings", "message", message, recording_id) or ""
-        return bool(
-            self._write(
-                "record a recording",
-                "update recordings set status = ?, reason = ?, message = ?, updated_at = ?, claimed_by = null "
-                "where job_id = ? and recording_id = ? and claimed_by = ? and status = 'todo'",
-                [RecordingStatus(status).value, reason, message, now_iso(), job_id, recording_id, worker_id],
-            )
+        finish = (
+            "update recordings set status = ?, reason = ?, message = ?, updated_at = ?, claimed_by = null "
+            "where job_id = ? and recording_id = ? and claimed_by = ? and status = 'todo'"
         )
+        params = [RecordingStatus(status).value, reason, message, now_iso(), job_id, recording_id, worker_id]
+        if not files:
+            return bool(self._write("record a recording", finish, params))
+        rows = [self._file_row(job_id, f) for f in files]
+        return bool(self._write_batch("record a recording", [(FILE_UPSERT, rows), (finish, [params])])[-1])
 
     def todo_counts(self, job_id: str) -> tuple[int, int]:
         """(unclaimed, claimed) ``todo`` recordings of the job."""

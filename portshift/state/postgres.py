@@ -130,6 +130,20 @@ class PostgresState(State):
 
         self._run(what, write)
 
+    def _write_batch(self, what: str, steps: list[tuple[str, list[list[Any]]]]) -> list[int]:
+        def write(c: psycopg.Connection[Any]) -> list[int]:
+            counts = []
+            with c.transaction(), c.cursor() as cur:
+                for query, rows in steps:
+                    if len(rows) == 1:
+                        counts.append(cur.execute(self._pg(query), rows[0]).rowcount)
+                    else:
+                        cur.executemany(self._pg(query), rows)
+                        counts.append(-1)
+            return counts
+
+        return self._run(what, write)
+
     _GREATEST = "greatest"
 
     def _write_returning(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:

@@ -54,6 +54,18 @@ FILE_COLUMNS = ("key", "size", "sha256", "recording_id", "artifact", "content_ty
 
 PAGE = 5000  #: rows per statement when a read is streamed
 
+#: record a file (or record it again: a re-exported file replaces its row)
+FILE_UPSERT = (
+    "insert into files (job_id, key, sealed_key, size, sha256, recording_id, sealed_recording_id, artifact, "
+    "content_type, recorded_at, done_at, verified, provider_checksums, kind) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "on conflict (job_id, key) do update set size = excluded.size, sha256 = excluded.sha256, "
+    "recording_id = excluded.recording_id, sealed_recording_id = excluded.sealed_recording_id, "
+    "sealed_key = excluded.sealed_key, artifact = excluded.artifact, "
+    "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
+    "done_at = excluded.done_at, verified = excluded.verified, "
+    "provider_checksums = excluded.provider_checksums, kind = excluded.kind"
+)
+
 
 class SharedRows:
     """Mixed into :class:`~portshift.state.State`: progress, files and the sinks' journal."""
@@ -63,6 +75,9 @@ class SharedRows:
 
     @abstractmethod
     def _write(self, what: str, query: str, params: list[Any]) -> int: ...
+
+    @abstractmethod
+    def _write_many(self, what: str, query: str, rows: list[list[Any]]) -> None: ...
 
     @abstractmethod
     def _sealer(self, job_id: str) -> Sealer | None: ...
@@ -257,6 +272,14 @@ class SharedRows:
 
     # --- files
     def add_file(self, job_id: str, f: FileRecord) -> None:
+        self._write("record a file", FILE_UPSERT, self._file_row(job_id, f))
+
+    def add_files(self, job_id: str, files: list[FileRecord]) -> None:
+        """Several files in one transaction."""
+        self._write_many("record files", FILE_UPSERT, [self._file_row(job_id, f) for f in files])
+
+    def _file_row(self, job_id: str, f: FileRecord) -> list[Any]:
+        """The parameters of :data:`FILE_UPSERT` for one file (a sealed job's values sealed)."""
         s = self._sealer(job_id)
         checksums = json.dumps(f.provider_checksums or {}, sort_keys=True)
         key, sha, rid, sealed_key, sealed_rid = f.key, f.sha256, f.recording_id, None, None
@@ -268,19 +291,8 @@ class SharedRows:
             )
             rid, sha = s.lookup("recording_id", f.recording_id), s.seal("files", "sha256", f.sha256, key)
             checksums = s.seal("files", "provider_checksums", checksums, key)  # type: ignore[assignment]
-        self._write(
-            "record a file",
-            "insert into files (job_id, key, sealed_key, size, sha256, recording_id, sealed_recording_id, artifact, "
-            "content_type, recorded_at, done_at, verified, provider_checksums, kind) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-            "on conflict (job_id, key) do update set size = excluded.size, sha256 = excluded.sha256, "
-            "recording_id = excluded.recording_id, sealed_recording_id = excluded.sealed_recording_id, "
-            "sealed_key = excluded.sealed_key, artifact = excluded.artifact, "
-            "content_type = excluded.content_type, recorded_at = excluded.recorded_at, "
-            "done_at = excluded.done_at, verified = excluded.verified, "
-            "provider_checksums = excluded.provider_checksums, kind = excluded.kind",
-            [job_id, key, sealed_key, f.size, sha, rid, sealed_rid, f.artifact, f.content_type, f.recorded_at, _now(),
-             f.verified, checksums, f.kind],
-        )  # fmt: skip
+        return [job_id, key, sealed_key, f.size, sha, rid, sealed_rid, f.artifact, f.content_type, f.recorded_at, _now(),
+                f.verified, checksums, f.kind]  # fmt: skip
 
     def remove_files_of(self, job_id: str, recording_id: str) -> None:
         rid = self._rid(self._sealer(job_id), recording_id)

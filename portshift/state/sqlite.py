@@ -251,6 +251,18 @@ class SqliteState(State):
         with self._lock, self._immediate():
             return self.conn.execute(query, params).fetchall()
 
+    @_guard
+    def _write_batch(self, what: str, steps: list[tuple[str, list[list[Any]]]]) -> list[int]:
+        counts = []
+        with self._lock, self._immediate():
+            for query, rows in steps:
+                if len(rows) == 1:
+                    counts.append(self.conn.execute(query, rows[0]).rowcount)
+                else:
+                    self.conn.executemany(query, rows)
+                    counts.append(-1)
+        return counts
+
     def _claim(self, job_id: str, worker_id: str, limit: int) -> list[tuple[Any, ...]]:
         # one statement under SQLite's single writer: no two workers can take the same row
         return self._write_returning(

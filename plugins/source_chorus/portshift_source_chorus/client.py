@@ -4,7 +4,10 @@ error mapping. Media downloads are :mod:`.download`'s; messages are :mod:`.diagn
 Rules this module keeps:
 
 - Every request goes through :func:`portshift.https_client` (https only, portshift's SSL
-  context, no automatic redirects, no proxy or CA variables from the environment).
+  context, no automatic redirects, no proxy or CA variables from the environment), or, for the
+  media host and the API's small GETs without ``params`` (a conversation, the media request),
+  through :mod:`.media`'s ``http.client`` connections, which keep the same rules (fewer layers
+  per request); the API's connections refuse any host but ``base_url``'s.
 - Only ``GET``: an export reads the tenant and changes nothing in it. The conversation request
   always carries ``skip_summary_generation=true`` (the API's default would make Chorus generate
   an AI summary for every call the export reads).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -45,12 +49,14 @@ from portshift import (
 
 from .diagnostics import connection_failure, error_text, from_chorus, tls_failure
 from .download import JSONAPI, MediaDownloader
-from .media import MediaConnections, MediaResponse
+from .media import ApiConnections, MediaConnections, MediaResponse
 from .options import ChorusOptions
 from .pacing import AdaptiveRate, AutoPacing
 
 log = logging.getLogger("portshift.chorus")
 
+#: a path and query made only of characters httpx sends unchanged (no ``#``, space or non-ASCII)
+AS_SENT = re.compile(r"[!$%&'()*+,\-./0-9:;=?@A-Z\[\\\]^_a-z|~]*")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: ``check()``: a short connect timeout, and no retry when nothing answers (an unreachable host
 #: fails in seconds); an answer that says "later" (429, 5xx) is retried as always
@@ -93,8 +99,11 @@ class ChorusClient:
         )
         self.http = https_client(options.ca_bundle, timeout=timeout, max_connections=32)
         #: the media host (another origin, no token): bodies read with http.client, see media.py
-        self.media = MediaConnections(
-            ssl_context(options.ca_bundle), connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
+        ctx = ssl_context(options.ca_bundle)
+        self.media = MediaConnections(ctx, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout)
+        #: the API's own origin, for its GETs without params (the token goes there and nowhere else)
+        self.api = ApiConnections(
+            ctx, self._origin[1:], connect_timeout=options.connect_timeout, read_timeout=options.read_timeout
         )
         rps = options.requests_per_second
         self.pacing: AdaptiveRate | AutoPacing = (
@@ -149,6 +158,7 @@ class ChorusClient:
     def close(self) -> None:
         self.http.close()
         self.media.close()
+        self.api.close()
 
     def request(
         self,
@@ -255,6 +265,12 @@ class ChorusClient:
         hdrs = dict(headers or {})
         if api:
             hdrs["Authorization"] = self._auth_value()
+            if params is None and not check:  # a small GET on the API: without httpx's layers (media.py)
+                if isinstance(url, str) and self._origin_prefix and url.startswith(self._origin_prefix):
+                    target = url[len(self._origin_prefix) - 1 :]
+                    if AS_SENT.fullmatch(target):  # built here, already as httpx would send it: no parse
+                        return self.api.get_path(target, url, hdrs)
+                return self.api.get(url if isinstance(url, httpx.URL) else httpx.URL(url), hdrs)
         elif params is None:
             # a media link on another origin (no token): its body is read with http.client
             return self.media.get(url if isinstance(url, httpx.URL) else httpx.URL(url), hdrs)

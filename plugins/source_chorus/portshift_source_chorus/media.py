@@ -52,14 +52,14 @@ class MediaResponse:
         conn: http.client.HTTPSConnection,
         sock: socket.socket,
         raw: http.client.HTTPResponse,
-        url: httpx.URL,
+        url: httpx.URL | str,
     ) -> None:
         self._pool = pool
         self._key = key
         self._conn = conn
         self._sock = sock
         self._raw = raw
-        self.url = url
+        self._url = url  #: parsed when first asked for (an API answer's URL is needed only on an error)
         self.status_code: int = raw.status
         self.headers = httpx.Headers(raw.getheaders())
         length = self.headers.get("content-length")
@@ -70,6 +70,13 @@ class MediaResponse:
         self._drained = False  #: http.client's buffer holds no more body bytes (readinto)
         self._failed: BaseException | None = None  #: raised by the next readinto (after bytes it returned)
         self._closed = False
+        self.content = b""  #: the body, once :meth:`read`
+
+    @property
+    def url(self) -> httpx.URL:
+        if isinstance(self._url, str):
+            self._url = httpx.URL(self._url)
+        return self._url
 
     # --- the body ---------------------------------------------------------------------------
     def _read(self, amt: int) -> bytes:
@@ -214,8 +221,10 @@ class MediaResponse:
                 raise httpx.DecodingError("the compressed media body ended early")
 
     def read(self) -> bytes:
-        """The whole body (for small answers: redirects, errors)."""
-        return b"".join(self.iter_raw())
+        """The whole body, decoded, also kept as :attr:`content` (small answers: API documents,
+        redirects, errors)."""
+        self.content = b"".join(self.iter_bytes())
+        return self.content
 
     def close(self) -> None:
         """Release the connection: kept for reuse when the body was read to its end, otherwise
@@ -237,6 +246,11 @@ class MediaResponse:
 
 class MediaConnections:
     """HTTPS connections to media hosts, kept for reuse. Thread-safe."""
+
+    #: request headers never sent (the token goes only to the API: :class:`ApiConnections`)
+    DROP: tuple[str, ...] = ("authorization", "host", "cookie")
+    #: sent unless the caller says otherwise (the API's: what httpx offers, answers decoded by ``read``)
+    DEFAULTS: dict[str, str] = {"User-Agent": USER_AGENT, "Accept": "*/*"}
 
     def __init__(
         self, context: ssl.SSLContext, *, connect_timeout: float, read_timeout: float, max_idle_per_host: int = 8
@@ -284,9 +298,14 @@ class MediaConnections:
         host = url.host
         port = url.port or 443
         key = (host, port)
+        self._allowed(key)
         target = url.raw_path.decode("ascii") or "/"
-        hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
-        hdrs.update({k: v for k, v in headers.items() if k.lower() not in ("authorization", "host", "cookie")})
+        return self._send(key, target, headers, url)
+
+    def _send(self, key: tuple[str, int], target: str, headers: dict[str, str], url: httpx.URL | str) -> MediaResponse:
+        host, port = key
+        hdrs = dict(self.DEFAULTS)
+        hdrs.update({k: v for k, v in headers.items() if k.lower() not in self.DROP})
         for attempt in (1, 2):
             conn = self._take(key)
             reused = conn is not None
@@ -310,6 +329,9 @@ class MediaConnections:
             return MediaResponse(self, key, conn, sock, raw, url)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _allowed(self, key: tuple[str, int]) -> None:
+        """Any host (a media link may point anywhere https); :class:`ApiConnections`: one origin."""
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -317,3 +339,26 @@ class MediaConnections:
             self._idle.clear()
         for conn in idle:
             conn.close()
+
+
+class ApiConnections(MediaConnections):
+    """Connections to the API's own origin (``base_url``) for its small GETs (a conversation, the
+    media request that answers with a redirect): the same path as the media host's, without
+    httpx's per-request layers. The ``Authorization`` header is sent, so these connections refuse
+    any other host and port than the one they were made for."""
+
+    DROP = ("host", "cookie")
+    DEFAULTS = {**MediaConnections.DEFAULTS, "Accept-Encoding": "gzip, deflate"}
+
+    def __init__(self, context: ssl.SSLContext, origin: tuple[str, int], *, connect_timeout: float, read_timeout: float) -> None:
+        super().__init__(context, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._origin = origin
+
+    def _allowed(self, key: tuple[str, int]) -> None:
+        if key != self._origin:
+            raise httpx.UnsupportedProtocol("refusing to send the API's credentials to another origin")
+
+    def get_path(self, target: str, url: str, headers: dict[str, str]) -> MediaResponse:
+        """``GET target`` (the path and query, as sent) on the origin: ``url`` is the whole URL
+        the caller built from ``base_url`` (parsed only if the answer's ``url`` is asked for)."""
+        return self._send(self._origin, target, headers, url)

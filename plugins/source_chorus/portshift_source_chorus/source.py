@@ -54,6 +54,11 @@ log = logging.getLogger("portshift.chorus")
 
 #: engagement items kept between listing and export (the core lists only a little ahead)
 METADATA_CACHE = 4096
+#: a worker that did not list the job lists ahead of the call it needs the metadata of: first
+#: this far, then wider or narrower (never beyond these bounds) to find about a page of calls
+AHEAD_START, AHEAD_MIN, AHEAD_MAX = timedelta(days=1), timedelta(minutes=1), timedelta(days=31)
+AHEAD_PAGES = 3  #: pages a look ahead reads at most (then the call is asked for by id)
+AHEAD_FEW = 50  #: a look that found fewer calls than this (in one page) looks further next time
 #: artifacts that need the full conversation document
 FROM_CONVERSATION = frozenset({"transcript", "captions", "summary", "action_items"})
 #: artifacts read per call from the conversation's endpoints (the rest come from the listing)
@@ -77,6 +82,9 @@ class ChorusSource(Source):
         self.extras = Extras(self.client)
         self._metadata: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._ahead_lock = threading.Lock()
+        #: how far a worker that did not list looks ahead, per engagement type (:meth:`_look_ahead`)
+        self._ahead: dict[str, timedelta] = {}
         self._rate_memory: RateMemory | None = None
 
     # the core sets ``cancel`` before listing: every wait of the client ends when it is set
@@ -207,11 +215,21 @@ class ChorusSource(Source):
             known = self._metadata.get(rec.id)
         if known is not None:
             return known
-        # Not listed by this process (evicted): ask for it by id around its start time.
+        # Not listed by this process (another worker of the job listed it, or it was evicted)
         if rec.started_at is None:
             raise SourceError(f"call {rec.id}: its engagement is not known", retryable=False)
-        day = timedelta(days=1)
         kind = rec.fields.get("type", "meeting")
+        with self._ahead_lock:  # one look ahead at a time: the threads that wait for it find their calls
+            with self._lock:
+                known = self._metadata.get(rec.id)
+            if known is None:
+                self._look_ahead(rec.started_at, kind)
+                with self._lock:
+                    known = self._metadata.get(rec.id)
+        if known is not None:
+            return known
+        # ask for it by id around its start time
+        day = timedelta(days=1)
         filters = listing.query_for(rec.started_at - day, rec.started_at + day, kind)
         filters["engagement_id"] = rec.id
         filters["with_trackers"] = "true"
@@ -225,6 +243,37 @@ class ChorusSource(Source):
                     self._remember(rec.id, item, what)
                     return self._metadata[rec.id]
         raise SourceError(f"call {rec.id}: its engagement is no longer listed", retryable=False)
+
+    def _look_ahead(self, start: datetime, kind: str) -> None:
+        """List the calls of ``kind`` from ``start`` on, for its span (``_ahead``, at most
+        ``AHEAD_PAGES`` pages) and remember them: a worker that did not list the job gets its
+        calls (claimed oldest first) one listing request per page of them, not one per call.
+        The span follows the tenant: wider while a look finds less than half a page, narrower
+        when it needs more than one."""
+        span = self._ahead.get(kind, AHEAD_START)
+        filters = listing.query_for(start, start + span, kind)
+        filters["with_trackers"] = "true"
+        o, count, pages, whole = self.options, 0, 0, False  # whole: every page of the span was read
+        for items in listing.pages(self.client.list_page, filters):
+            pages += 1
+            for item in items:
+                if not isinstance(item, dict) or not isinstance(item.get("engagement_id"), str):
+                    continue
+                count += 1
+                what = listing.plan(item, kind, o.include_unprocessed, o.include_no_show)
+                if item.get("engagement_type", kind) == kind and not isinstance(what, SkipRecording):
+                    self._remember(item["engagement_id"], item, what)
+            if pages >= AHEAD_PAGES:
+                break
+        else:
+            whole = True
+        if not whole:
+            span = max(AHEAD_MIN, span / 4)
+        elif pages > 1:
+            span = max(AHEAD_MIN, span / 2)
+        elif count < AHEAD_FEW:  # in proportion, at most 8 times as far
+            span = min(AHEAD_MAX, span * min(8.0, AHEAD_FEW / max(count, 1)))
+        self._ahead[kind] = span
 
     # --- artifacts -----------------------------------------------------------------------------
     def artifacts(self, recording: Recording) -> list[Artifact]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from portshift_source_chorus.captions import webvtt
-from portshift_source_chorus.simulator import ChorusSimulator, MediaConfig
+from portshift_source_chorus.simulator import Behaviour, ChorusSimulator, MediaConfig, Paging
 
 from .conftest import WINDOW, check_export, export_all, make_source, read
 
@@ -68,9 +68,33 @@ def test_metadata_only_needs_the_listing(sim: ChorusSimulator) -> None:
     assert sim.stats.requests["api:conversation"] == 0 and sim.stats.requests["api:media_api"] == 0
 
 
-def test_metadata_of_a_call_not_in_the_cache_is_fetched_by_id(sim: ChorusSimulator) -> None:
+def test_metadata_of_a_call_not_in_the_cache_is_listed_ahead_from_its_time(sim: ChorusSimulator) -> None:
+    """A worker that did not list the job (or evicted the call) lists from the call's start on and
+    keeps what it finds: the calls claimed after it (oldest first) need no request of their own."""
+    sim.configure(paging=Paging(page_sizes=(100,)))
+    lister = make_source(sim, artifacts=["metadata"])
+    recs = sorted((r for r in lister.recordings(WINDOW) if r.skipped is None), key=lambda r: (r.started_at, r.id))
+    lister.close()
+    worker = make_source(sim, artifacts=["metadata"])  # another process: nothing listed here
+    before = sim.stats.requests["api:list"]
+    for rec in recs:
+        (artifact,) = worker.artifacts(rec)
+        data, _ = read(artifact)
+        assert json.loads(data) == sim.tenant.engagement(sim.tenant.by_id[rec.id])
+    asked = sim.stats.requests["api:list"] - before
+    assert 0 < asked <= len(recs) // 3, f"{asked} listing requests for {len(recs)} calls"
+    assert not any(q.get("engagement_id") for q in sim.stats.list_queries)  # none asked for by id
+    worker.close()
+
+
+def test_metadata_of_a_call_not_found_ahead_is_fetched_by_id(sim: ChorusSimulator) -> None:
+    """A tenant that ignores the date filters lists newest first from its last call: a call the
+    look ahead does not reach in its pages is asked for by id."""
+    sim.configure(behaviour=Behaviour(ignore_date_filters=True), paging=Paging(page_sizes=(2,)))
     source = make_source(sim, artifacts=["metadata"])
-    rec = next(r for r in source.recordings(WINDOW) if r.skipped is None)
+    meetings = [r for r in source.recordings(WINDOW) if r.skipped is None and r.fields["type"] == "meeting"]
+    rec = min(meetings, key=lambda r: r.started_at)
+    assert len(meetings) > 3 * 2  # beyond the look ahead's pages
     source._metadata.clear()
     before = sim.stats.requests["api:list"]
     (artifact,) = source.artifacts(rec)

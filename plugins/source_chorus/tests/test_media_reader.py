@@ -305,3 +305,79 @@ def test_a_request_is_refused_unless_https() -> None:
     finally:
         listener.close()
         pool.close()
+
+
+def test_the_api_connections_carry_the_token_to_their_origin_only() -> None:
+    """The API's own connections send ``Authorization`` (the media host's drop it), so they
+    refuse any other host or port before connecting."""
+    import httpx
+    from portshift_source_chorus.media import ApiConnections, MediaConnections
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pool = ApiConnections(ssl.create_default_context(), ("127.0.0.1", port + 1), connect_timeout=1, read_timeout=1)
+    try:
+        for url in (f"https://127.0.0.1:{port}/x", f"https://localhost:{port + 1}/x"):
+            with pytest.raises(httpx.UnsupportedProtocol, match="another origin"):
+                pool.get(httpx.URL(url), {"Authorization": "t0ken"})
+        listener.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nothing connected
+    finally:
+        listener.close()
+        pool.close()
+    assert "authorization" in MediaConnections.DROP and "authorization" not in ApiConnections.DROP
+
+
+def test_the_api_connections_offer_gzip_as_httpx_did_and_read_the_answer_decoded() -> None:
+    """A real HTTPS server on 127.0.0.1 that compresses when asked: the API's connections ask (as
+    httpx's client did), ``read()`` gives the document decoded, and the token reaches it."""
+    import gzip
+    import http.server
+
+    import httpx
+    from portshift_source_chorus.media import ApiConnections
+    from portshift_source_chorus.simulator.certs import make_certs
+
+    doc = b'{"data": {"id": "x", "text": "' + b"words " * 2000 + b'"}}'
+    seen: dict[str, str | None] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            seen["accept-encoding"] = self.headers.get("Accept-Encoding")
+            seen["authorization"] = self.headers.get("Authorization")
+            body = gzip.compress(doc) if "gzip" in (seen["accept-encoding"] or "") else doc
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if body is not doc:
+                self.send_header("Content-Encoding", "gzip")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    certs = make_certs()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = certs.server_context().wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ctx = ssl.create_default_context(cadata=certs.ca_pem.decode())
+    pool = ApiConnections(ctx, ("127.0.0.1", port), connect_timeout=5, read_timeout=5)
+    try:
+        url = f"https://127.0.0.1:{port}/api/v1/conversations/x"
+        resp = pool.get_path("/api/v1/conversations/x", url, {"Authorization": "t0ken"})
+        assert resp.read() == doc and resp.content == doc and resp.status_code == 200
+        assert resp.url == httpx.URL(url)
+        resp.close()
+        assert seen == {"accept-encoding": "gzip, deflate", "authorization": "t0ken"}
+        resp = pool.get_path("/api/v1/conversations/x", url, {"Authorization": "t0ken", "Accept-Encoding": "identity"})
+        assert resp.read() == doc and seen["accept-encoding"] == "identity"  # the caller's choice wins
+        resp.close()
+    finally:
+        pool.close()
+        server.shutdown()
+        server.server_close()

@@ -13,16 +13,39 @@ from portshift_source_chorus.simulator import ChorusSimulator
 from .conftest import WINDOW, make_source
 
 
-def _spy(source: Any) -> list[httpx.Request]:
-    sent: list[httpx.Request] = []
-    real = source.client.http.send
+def _spy(source: Any) -> list[httpx.URL]:
+    """The URLs the client sends, through httpx or its own API connections (media.py)."""
+    sent: list[httpx.URL] = []
+    real, real_api, real_path = source.client.http.send, source.client.api.get, source.client.api.get_path
 
     def send(request: httpx.Request, **kw: Any) -> httpx.Response:
-        sent.append(request)
+        sent.append(request.url)
         return real(request, **kw)
 
+    def get(url: httpx.URL, headers: dict[str, str]) -> Any:
+        sent.append(url)
+        return real_api(url, headers)
+
+    def get_path(target: str, url: str, headers: dict[str, str]) -> Any:
+        parsed = httpx.URL(url)
+        assert parsed.raw_path.decode("ascii") == target  # what is sent is what httpx would send
+        sent.append(parsed)
+        return real_path(target, url, headers)
+
     source.client.http.send = send
+    source.client.api.get = get
+    source.client.api.get_path = get_path
     return sent
+
+
+def test_a_url_the_client_built_is_sent_unparsed_only_when_httpx_would_send_it_unchanged() -> None:
+    from portshift_source_chorus.client import AS_SENT
+
+    for c in map(chr, range(32, 127)):
+        target = f"/a{c}b?x{c}y"
+        unchanged = c != "#" and httpx.URL("https://h" + target).raw_path.decode("ascii") == target
+        assert bool(AS_SENT.fullmatch(target)) == unchanged, repr(c)
+    assert not AS_SENT.fullmatch("/é") and not AS_SENT.fullmatch("/a\x7f")
 
 
 def test_conversation_url_is_what_httpx_builds_from_params(sim: ChorusSimulator) -> None:
@@ -38,9 +61,9 @@ def test_conversation_url_is_what_httpx_builds_from_params(sim: ChorusSimulator)
                 "GET", sim.base_url + path, params={"fields": ",".join(fields), "skip_summary_generation": "true"}
             ).url
             assert len(sent) == 1
-            assert str(sent[0].url) == str(expected)
-            assert sent[0].url.raw_path == expected.raw_path
-            assert sent[0].url.params == httpx.QueryParams({"fields": ",".join(fields), "skip_summary_generation": "true"})
+            assert str(sent[0]) == str(expected)
+            assert sent[0].raw_path == expected.raw_path
+            assert sent[0].params == httpx.QueryParams({"fields": ",".join(fields), "skip_summary_generation": "true"})
             assert body == sim.tenant.conversation_bytes(rec.id, set(fields))
         finally:
             source.close()

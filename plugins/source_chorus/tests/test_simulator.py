@@ -88,3 +88,29 @@ def test_range_requests(sim: ChorusSimulator) -> None:
         assert r.status_code == 403 and b"AccessDenied" in r.content
         r = c.get(sim.link(call, expired=True))
         assert r.status_code == 403 and b"expired" in r.content
+
+
+def test_a_continuation_key_serves_every_query_it_was_issued_to(sim: ChorusSimulator) -> None:
+    """Two queries whose pages end at the same call get the same key text: it is valid for both
+    (two workers list at once); a key resent with filters it was never issued for is refused."""
+    from datetime import datetime, timezone
+
+    from portshift_source_chorus.simulator import Paging
+
+    from .conftest import CANARY
+
+    sim.configure(paging=Paging(page_sizes=(3,)))
+    url, auth = f"{sim.base_url}/v3/engagements", {"Authorization": CANARY}
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(sim.ca_path))) as c:
+        whole = {"engagement_type": "meeting"}
+        first = c.get(url, params=whole, headers=auth).json()
+        newest = datetime.fromtimestamp(first["engagements"][0]["date_time"] + 1, tz=timezone.utc)
+        bounded = {**whole, "max_date": newest.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        other = c.get(url, params=bounded, headers=auth).json()
+        key = first["continuation_key"]
+        assert other["continuation_key"] == key  # the same page, another query
+        for params in (whole, bounded):
+            assert c.get(url, params={**params, "continuation_key": key}, headers=auth).status_code == 200
+        never = {**whole, "engagement_type": "dialer"}
+        r = c.get(url, params={**never, "continuation_key": key}, headers=auth)
+        assert r.status_code == 400 and b"other filters" in r.content

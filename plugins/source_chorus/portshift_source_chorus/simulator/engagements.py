@@ -21,7 +21,7 @@ class EngagementRoutes:
     paging: Paging
     behaviour: Behaviour
     tenant: Tenant
-    _issued_keys: dict[str, str]
+    _issued_keys: dict[str, set[str]]  #: a key, and the filters of every query it was issued to
 
     def _send_json(self, h: Handler, status: int, doc: Any, **kw: Any) -> None:
         raise NotImplementedError
@@ -65,7 +65,7 @@ class EngagementRoutes:
             if issued is None:
                 self._send_json(h, 400, {"message": "unknown continuation_key"})
                 return
-            if issued != filters:
+            if filters not in issued:  # the same key text may end a page of two queries: valid for both
                 self._send_json(h, 400, {"message": "continuation_key was issued for other filters; resend the same filters"})
                 return
             pos = self._position(items, key)
@@ -85,7 +85,7 @@ class EngagementRoutes:
         if not end or (marker == "empty_page" and page):
             last = page[-1]
             next_key = f"{last.date_time}.0 {last.engagement_id}"
-            self._issued_keys[next_key] = filters
+            self._issued_keys.setdefault(next_key, set()).add(filters)
             doc["continuation_key"] = next_key
         elif marker == "empty_page":
             doc["continuation_key"] = f"{int(time.time())}.0 END{secrets.token_hex(4).upper()}"

@@ -82,7 +82,7 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
         self._bucket_lock = threading.Lock()
         self._window = (0.0, 0)
         self._limit_since = time.monotonic()
-        self._issued_keys: dict[str, str] = {}
+        self._issued_keys: dict[str, set[str]] = {}
         self._active = 0
         self._idle = threading.Condition()
         self._servers: list[Server] = []
