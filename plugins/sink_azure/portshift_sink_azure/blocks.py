@@ -22,18 +22,9 @@ from portshift import HashingStream, ResumableUpload, hash_state
 ATTEMPT = re.compile(r"[0-9a-f]{16}")
 
 
-def read_blocks(stream: HashingStream, block_size: int) -> Iterator[tuple[bytes, bool]]:
-    """``(block, is_last)`` pairs of up to ``block_size`` bytes; at least one (empty) block.
-
-    One byte of look-ahead tells whether a block is the last, so memory stays at one block.
-    """
-    carry = b""
-    while True:
-        block = carry + stream.read(block_size - len(carry))
-        carry = stream.read(1)
-        yield block, not carry
-        if not carry:
-            return
+def read_blocks(stream: HashingStream, size: int) -> Iterator[tuple[bytes, bool]]:
+    """``(block, is_last)`` pairs of up to ``size`` bytes (:meth:`portshift.HashingStream.pieces`)."""
+    return stream.pieces(size)
 
 
 def block_id(attempt: str, n: int) -> str:

@@ -19,15 +19,9 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def read_chunks(stream: HashingStream, chunk_size: int) -> Iterator[tuple[bytes, bool]]:
-    """``(chunk, is_last)`` pairs of up to ``chunk_size`` bytes; at least one (empty) chunk."""
-    carry = b""
-    while True:
-        chunk = carry + stream.read(chunk_size - len(carry))
-        carry = stream.read(1)
-        yield chunk, not carry
-        if not carry:
-            return
+def read_chunks(stream: HashingStream, size: int) -> Iterator[tuple[bytes, bool]]:
+    """``(chunk, is_last)`` pairs of up to ``size`` bytes (:meth:`portshift.HashingStream.pieces`)."""
+    return stream.pieces(size)
 
 
 class Digests:
