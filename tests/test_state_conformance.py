@@ -150,6 +150,7 @@ def test_an_entry_of_a_gone_worker_is_taken_over_by_one_worker_only(state: State
     assert [k for k, _ in state.journal_orphans("J")] == ["big/key"]
     assert state.journal_take("J", "big/key", "C") == {"upload_id": "u1", "resume": "{}"}
     assert state.journal_take("J", "big/key", "B") is None  # taken: C's now
+    assert state.journal_take("J", "big/key", "C") == {"upload_id": "u1", "resume": "{}"}  # C's retry
     assert state.journal_orphans("J") == [] and dict(state.journal_pending("J", "C")) == {
         "big/key": {"upload_id": "u1", "resume": "{}"}
     }

@@ -139,6 +139,11 @@ class ArtifactSteps:
             )
             self._abandon(key, data)
             return False
+        except Exception:
+            # failed otherwise (the store or the source out of reach): the retry tries to continue
+            # it again, unless the sink ended the entry (it aborted the upload)
+            self.resumables.add([(key, data)])
+            raise
         finally:
             opened = held.get("opened")
             _close(opened.close if opened is not None else None, held.get("ahead"), self.cancel.is_set())

@@ -314,14 +314,15 @@ class Claims:
 
     def journal_take(self, job_id: str, key: str, worker: str | None) -> dict[str, str] | None:
         """Make a gone worker's entry for ``key`` this worker's (to continue its upload): the
-        entry's data, or ``None`` when no gone worker has one (another worker took it first)."""
+        entry's data, or ``None`` when no gone worker has one (another worker took it first). An
+        entry this worker took already is given again (a retry of the continuation)."""
         s = self._sealer(job_id)
         tag = s.lookup("journal_key", key) if s is not None else key
         rows = self._write_returning(
             "take over an operation in flight",
-            "update sink_journal set worker = ? where job_id = ? and key = ? and (worker is null or worker in "
+            "update sink_journal set worker = ? where job_id = ? and key = ? and (worker is null or worker = ? or worker in "
             "(select id from workers where job_id = ? and ended_at is not null)) returning key, data",
-            [worker, job_id, tag, job_id],
+            [worker, job_id, tag, worker, job_id],
         )
         opened = self._journal_opened(job_id, rows)
         return opened[0][1] if opened else None

@@ -369,3 +369,33 @@ def test_a_sealed_job_continues_its_upload_through_the_sealed_journal(
     assert stored >= 0.8 * SIZE and media_again == SIZE - stored
     assert pending() == []
     _verify_export(admin, bucket, tmp_path, media_sha256)
+
+
+def test_a_continuation_that_fails_on_the_way_is_tried_again_not_dropped(
+    tmp_path: Path, tls_proxy: Any, certs: Any, admin: Any, bucket: str, canaries: Canaries, pending: Any
+) -> None:
+    """S3 answers the first ListParts with a 503: the artifact's retry continues the upload (the
+    journal entry, now this worker's, is taken again), instead of leaving it open and starting over."""
+    with chorus.ChorusSimulator(chorus.Tenant(_spec(SIZE)), token=TOKEN) as sim:
+        argv, env, state = _commands(tmp_path, sim, bucket, tls_proxy, certs.ca_pem, canaries)
+        stored = _kill_at(argv, env, state, tls_proxy, 0.9)
+        failed: list[str] = []
+
+        def rule(req: Any) -> Any:
+            if req.method == "GET" and "uploadId=" in req.target and not failed:
+                failed.append(req.target)
+                return tls_proxy.Action(respond=tls_proxy.error_response(503, "Slow Down", "SlowDown"))
+            return None
+
+        tls_proxy.rule = rule
+        served_before = sim.stats.media_bytes
+        r = _run(argv, {**env, "PORTSHIFT_RETRY_BASE": "0"})
+        media_again = sim.stats.media_bytes - served_before
+        (cid,) = [c.engagement_id for c in sim.tenant.exportable()]
+        media_sha256 = sim.tenant.media_sha256(cid)
+    assert len(failed) == 1, "the first ListParts was not refused"
+    assert f"continued the upload a stopped worker left at byte {stored} of {SIZE} bytes" in r.stderr, r.stderr[-3000:]
+    assert "sending it again from byte 0" not in r.stderr
+    assert media_again == SIZE - stored
+    assert pending() == []
+    _verify_export(admin, bucket, tmp_path, media_sha256)
