@@ -18,6 +18,7 @@ from which no byte of it can be computed; docs/security.md).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from .sizes import parse_size
 if TYPE_CHECKING:
     from .api import Journal
     from .hashing import HashingStream
+
+log = logging.getLogger("portshift.run")
 
 #: the journal field a resumable upload's point is kept in (the sink copies it from the stream)
 RESUME_FIELD = "resume"
@@ -171,6 +174,18 @@ class ResumableUpload:
             assert self._journal is not None
             self._journal.begin(self._key, data)
             self.journaled, self.stored = True, n * self.piece_size
+
+    def kept(self, exc: BaseException, cancel: threading.Event | None, where: str) -> bool:
+        """Whether an upload that failed with ``exc`` stays open for the next run instead of being
+        aborted: the run is being stopped (SIGTERM, Ctrl-C; a part's failure may surface first)
+        and parts are journaled. Said once, in the log."""
+        from .errors import Interrupted
+
+        stopping = isinstance(exc, Interrupted) or (cancel is not None and cancel.is_set())
+        if not (stopping and self.journaled):
+            return False
+        log.info("%s: upload kept at %d bytes, to be continued by the next run", where, self.stored)
+        return True
 
     @staticmethod
     def pieces_of(data: dict[str, str], offset: int) -> tuple[int, list[str]]:

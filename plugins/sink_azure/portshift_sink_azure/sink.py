@@ -39,7 +39,6 @@ from portshift import (
     HashingStream,
     InFlight,
     IntegrityError,
-    Interrupted,
     PortshiftError,
     PutResult,
     ResumableUpload,
@@ -226,8 +225,7 @@ class AzureSink(BlockResume, Sink):
             digest = up.whole.digest()
             response = self._commit(up, stream, digest)
         except BaseException as exc:
-            if isinstance(exc, Interrupted) and up.resumable.journaled:
-                log.info("%s: upload kept at %d bytes, to be continued by the next run", up.location, up.resumable.stored)
+            if up.resumable.kept(exc, self.cancel, up.location):  # stopped with blocks staged: continued next run
                 raise
             self._journal_end(up)
             raise

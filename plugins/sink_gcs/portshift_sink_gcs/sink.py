@@ -51,7 +51,6 @@ from portshift import (
     Backoff,
     HashingStream,
     InFlight,
-    Interrupted,
     PortshiftError,
     PutResult,
     ResumableUpload,
@@ -274,9 +273,7 @@ class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
                 chunk, last = next(rest)
         except BaseException as exc:
             inflight.close()  # the chunk in flight ends before the session is cancelled
-            if isinstance(exc, Interrupted) and resumable.journaled:
-                # stopped (SIGTERM, Ctrl-C) with chunks stored: the next run continues the session
-                log.info("%s: upload kept at %d bytes, to be continued by the next run", where, resumable.stored)
+            if resumable.kept(exc, self.cancel, where):  # stopped with chunks stored: the next run continues it
                 raise
             self._cancel(session_uri, where)
             self._journal_end(key, resumable)

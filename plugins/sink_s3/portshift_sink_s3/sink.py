@@ -25,7 +25,6 @@ from portshift import (
     HashingStream,
     InFlight,
     IntegrityError,
-    Interrupted,
     PutResult,
     ResumableUpload,
     Sink,
@@ -287,10 +286,7 @@ class S3Sink(BucketProbe, UploadRecovery, UploadResume, Sink):
             )
         except BaseException as exc:
             inflight.close()  # in-flight parts end before the abort, or they could outlive it
-            stopping = isinstance(exc, Interrupted) or (self.cancel is not None and self.cancel.is_set())
-            if stopping and resumable.journaled:
-                # stopped (SIGTERM, Ctrl-C) with parts stored: the next run continues the upload
-                log.info("%s: upload kept at %d bytes, to be continued by the next run", loc, resumable.stored)
+            if resumable.kept(exc, self.cancel, loc):  # stopped with parts stored: the next run continues it
                 raise
             if self._abort(full_key, upload_id):
                 self._journal_end(key)  # else it stays journaled, and the next run aborts it
