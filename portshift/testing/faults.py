@@ -144,11 +144,14 @@ class FaultProxy:
                             self._reset(src, dst)
                             return
                         if fault == "half-close":
-                            with contextlib.suppress(OSError):
-                                dst.shutdown(socket.SHUT_WR)  # the server sees EOF mid-request
-                            _drop(src)  # the client's connection is gone at once, as before
+                            # the client's connection goes first: the server answers only once
+                            # it sees EOF, and that answer must not reach the client (it did
+                            # when the two steps ran the other way round and the answer won)
+                            _drop(src)
                             with contextlib.suppress(OSError):
                                 src.close()
+                            with contextlib.suppress(OSError):
+                                dst.shutdown(socket.SHUT_WR)  # the server sees EOF mid-request
                             break  # the server's answer (if any) is drained by the other direction
                         if fault == "stall":
                             time.sleep(self.stall_seconds)
