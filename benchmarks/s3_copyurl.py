@@ -18,11 +18,15 @@ all alike:
 - **boto3**: ``upload_fileobj`` of the same bytes from memory (``BytesIO``, default TransferConfig).
 
 Every object is checked (size on the server; the portshift manifest's SHA-256 against the
-simulator's), the last round's objects are downloaded and re-hashed. Prints MB/s (10^6 B/s), the
+simulator's), the last round's objects are downloaded and re-hashed. The Chorus source runs with
+``requests_per_second = --rate`` (default 0, no pacing, as ``chorus_throughput.py``): what is
+compared is the data path of one big recording; at the product default of 1 request/s the three
+API requests portshift makes before the media (listing, metadata, media link) wait about 2 s for
+their turns, where rclone is handed the link. Prints MB/s (10^6 B/s), the
 ratios portshift/rclone (target >= 1.0) and portshift/boto3 (target >= 0.9), and the load average.
 
     .venv/bin/python benchmarks/s3_copyurl.py [--size 512MiB] [--rounds 3] [--sink 8MiB:4 --sink 16MiB:2 ...]
-        [--only portshift,rclone,boto3] [--profile DIR]
+        [--only portshift,rclone,boto3] [--profile DIR] [--rate R]
 """
 
 from __future__ import annotations
@@ -88,6 +92,13 @@ def main() -> None:
     ap.add_argument("--rclone-args", default="", help="extra rclone flags, e.g. '--s3-chunk-size 8M'")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy record each portshift run into DIR (speedscope)")
     ap.add_argument("--log-level", default="info", help="portshift's log level (debug keeps each run's log in the temp dir)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="the Chorus source's requests_per_second (default 0: no pacing; the product default 1 adds about 2 s "
+        "for the 3 API requests portshift makes before the media)",
+    )
     ap.add_argument("--only", default="portshift,rclone,boto3", help="comma-separated subset of portshift,rclone,boto3")
     args = ap.parse_args()
     size: int = args.size
@@ -124,7 +135,7 @@ def main() -> None:
             job.write_text(
                 f"[job]\ntransfers = 1\nsince = {day}\nuntil = {day.fromordinal(day.toordinal() + 1)}\n\n"
                 f'[source]\ntype = "chorus"\nbase_url = "{sim.base_url}"\nca_bundle = "{sim.ca}"\n'
-                f'token_file = "{sim.token_file}"\nartifacts = ["media"]\n'
+                f'token_file = "{sim.token_file}"\nartifacts = ["media"]\nrequests_per_second = {args.rate:g}\n'
                 f'engagement_types = ["{call.engagement_type}"]\n\n'  # type: ignore[attr-defined]
                 f'[sink]\ntype = "s3"\nbucket = "bench"\nprefix = "{prefix}"\nregion = "us-east-1"\n'
                 f'endpoint_url = "{url}"\nca_bundle = "{moto_ca}"\naddressing_style = "path"\n{sink_extra}'
@@ -219,7 +230,7 @@ def main() -> None:
     rate = {n: size / statistics.median(t) / 1e6 for n, t in runs.items()}
     settings = "portshift variants (part_size:max_concurrency): " + ", ".join(variants)
     print(f"\none {size // MIB} MiB recording, Chorus simulator (HTTPS) -> moto (TLS), 127.0.0.1, median of {args.rounds}")
-    print(f"  {settings}; rclone {args.rclone_args or 'defaults'} (5 MiB chunks, 4 in flight) with --s3-no-head")
+    print(f"  {settings}; rclone {args.rclone_args or 'defaults'} (5 MiB chunks, 4 in flight) with --s3-no-head; Chorus requests_per_second = {args.rate:g}")
     for name, times in runs.items():
         print(f"  {name:22s} {rate[name]:7.1f} MB/s   (runs: {', '.join(f'{t:.2f}' for t in times)} s)")
     for mine in (n for n in runs if n.startswith(PS)):
