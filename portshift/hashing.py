@@ -14,6 +14,7 @@ Receiving, hashing and writing then run on three threads at once (each releases 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -84,12 +85,19 @@ class HashingStream:
         self.content_type = content_type
         self.bytes_read = self.resumed_at  #: bytes taken from the source (and hashed), from offset 0
         self.finished = False  #: the source is exhausted
+        #: readinto() on a buffered source: the hashing thread, the bytes hashed before it started,
+        #: and the source buffer being copied out (view, its hasher piece, how far it was copied)
+        self._hasher: _Hasher | None = None
+        self._hasher_from = 0
+        self._held: tuple[memoryview, list[object], int] | None = None
 
     # --- what the core reads afterwards -------------------------------------------------
     def sha256_hex(self) -> str:
+        self.settle()
         return self._sha.hexdigest()
 
     def sha256_digest(self) -> bytes:
+        self.settle()
         return self._sha.digest()
 
     def keep_states(self, every: int) -> bool:
@@ -119,6 +127,9 @@ class HashingStream:
         bytes (a multiple of the ``every`` given to :meth:`keep_states`) are stored and confirmed:
         text that :class:`portshift.Continuation` gives back to the sink's ``resume``. ``None``
         when nothing was kept. A point is given once (and the ones before it are forgotten)."""
+        hasher = self._hasher
+        if hasher is not None:  # readinto(): the state at offset is taken by the hashing thread
+            hasher.wait_for(offset - self._hasher_from)
         state = self._states.pop(offset, None)
         for older in [o for o in list(self._states) if o < offset]:
             self._states.pop(older, None)
@@ -225,6 +236,8 @@ class HashingStream:
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all that is left when ``n < 0``); ``b""`` at the end."""
+        if self._hasher is not None:
+            self.settle()
         if n is None or n < 0:
             while self._pull():
                 pass
@@ -322,10 +335,90 @@ class HashingStream:
         finally:
             hasher.stop()
 
+    def readinto(self, b: Any) -> int:
+        """Fill ``b`` (a writable buffer) from the stream; the number of bytes put in it, fewer
+        than ``len(b)`` only at the end (0 there). For a sink that gathers pieces (parts, blocks)
+        in buffers of its own: with a large download read ahead, the source's buffers are copied
+        straight into ``b`` (one copy) while a thread of the stream hashes them, so hashing is off
+        the sink's thread. Errors and end-of-stream checks as :meth:`read`."""
+        out = memoryview(b).cast("B")
+        n = 0
+        if self._buf:  # what read() took from the source and did not hand out yet
+            n = min(len(self._buf), len(out))
+            out[:n] = self._buf[:n]
+            del self._buf[:n]
+        src = self._buffers()
+        if src is None:
+            while n < len(out) and (chunk := self._next()) is not None:
+                k = min(len(chunk), len(out) - n)
+                out[n : n + k] = memoryview(chunk)[:k]
+                if k < len(chunk):
+                    self._buf += memoryview(chunk)[k:]
+                n += k
+            return n
+        while n < len(out):
+            if self._held is None and not self._take_buffer(src):
+                break
+            view, piece, pos = self._held  # type: ignore[misc]
+            k = min(len(view) - pos, len(out) - n)
+            out[n : n + k] = view[pos : pos + k]
+            n, pos = n + k, pos + k
+            if pos < len(view):
+                self._held = (view, piece, pos)
+            else:
+                self._held = None
+                self._hasher.done(piece)  # type: ignore[union-attr]
+        return n
+
+    def _take_buffer(self, src: BufferSource) -> bool:
+        """The source's next buffer, handed to the hashing thread and held for readinto();
+        ``False`` at the end (after the end-of-stream checks)."""
+        if self.finished:
+            return False
+        if self._cancel is not None and self._cancel.is_set():
+            raise Interrupted("interrupted while transferring")
+        if self._hasher is None:
+            self._hasher = _Hasher(self._hash, self._observers, src.release)
+            self._hasher_from = self.bytes_read
+        elif self._hasher.error is not None:
+            raise self._hasher.error
+        view = src.next_buffer()
+        if view is None:
+            self.settle()
+            self._check_end()
+            self.finished = True
+            return False
+        self.bytes_read += len(view)
+        if self._max is not None and self.bytes_read > self._max:
+            from .errors import IntegrityError
+
+            raise IntegrityError(f"the source sent more than the {self._max} bytes declared")
+        self._held = (view, self._hasher.submit(view), 0)
+        return True
+
+    def settle(self) -> None:
+        """End the hashing thread readinto() started, once it hashed what it was given (what is
+        left of a buffer being copied out is kept for the next read). Called by the stream itself
+        before it hashes in the caller's thread again; the core calls it when a transfer ends."""
+        hasher = self._hasher
+        if hasher is None:
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            view, piece, pos = held
+            self._buf += view[pos:]
+            hasher.done(piece)
+        self._hasher = None
+        hasher.stop()
+        if hasher.error is not None:
+            raise hasher.error
+
     def readable(self) -> bool:
         return True
 
     def close(self) -> None:
+        with contextlib.suppress(BaseException):
+            self.settle()
         close = getattr(self._source, "close", None)
         if close is not None:
             close()

@@ -24,6 +24,7 @@ class _Hasher:
         self._queue: list[list[object]] = []
         self._busy = False
         self._stop = False
+        self.hashed = 0  #: bytes hashed by this thread so far
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"{threading.current_thread().name}-hash", daemon=True)
         self._thread.start()
@@ -62,6 +63,9 @@ class _Hasher:
                         fn(view)  # type: ignore[arg-type]
                 except BaseException as e:  # noqa: BLE001 - raised in the sink's thread
                     self.error = e
+            with self._cond:
+                self.hashed += len(view)
+                self._cond.notify_all()
             self.done(piece)
 
     def drain(self) -> None:
@@ -71,6 +75,12 @@ class _Hasher:
                 self._cond.wait()
         if self.error is not None:
             raise self.error
+
+    def wait_for(self, n: int) -> None:
+        """Wait until this thread has hashed ``n`` bytes (or failed, or ran out of pieces)."""
+        with self._cond:
+            while self.hashed < n and self.error is None and (self._queue or self._busy):
+                self._cond.wait()
 
     def stop(self) -> None:
         """Hash what was submitted, then end the thread."""

@@ -4,6 +4,7 @@ against what the source declared and the sink confirmed, and record the file."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -59,6 +60,7 @@ class ArtifactSteps:
                 return
         opened = artifact.open()
         ahead: ReadAhead | None = None
+        stream: HashingStream | None = None
         try:
             ext = opened.extension or artifact.extension
             rel = self._rel(rec, artifact, ext)
@@ -82,6 +84,7 @@ class ArtifactSteps:
             result = self.sink.put(f"{self.job.export_root}/{rel}", stream, declared)
             got, digest = self._checked(rel, stream, declared, artifact.sha256, result)
         finally:
+            _settle(stream)
             _close(opened.close, ahead, self.cancel.is_set())
         self._record(rec, artifact, rel, got, digest, content_type, result)
 
@@ -146,6 +149,7 @@ class ArtifactSteps:
             raise
         finally:
             opened = held.get("opened")
+            _settle(held.get("stream"))
             _close(opened.close if opened is not None else None, held.get("ahead"), self.cancel.is_set())
         log.info("%s: continued the upload a stopped worker left at byte %d of %s", rel, point.offset, size)
         self._record(rec, artifact, rel, got, digest, held["type"], result)
@@ -239,6 +243,14 @@ class ArtifactSteps:
         if confirmed and confirmed.lower() != digest:
             raise IntegrityError(f"{rel}: the sink confirmed a different SHA-256")
         return got, digest
+
+
+def _settle(stream: HashingStream | None) -> None:
+    """End the stream's hashing thread, if the sink's reads started one (its error, if any, was
+    raised to the sink already)."""
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            stream.settle()
 
 
 def _close(close: Callable[[], None] | None, ahead: ReadAhead | None, cancelled: bool) -> None:

@@ -28,34 +28,43 @@ def send_buffer(body: bytes | bytearray) -> bytearray:
     return body if isinstance(body, bytearray) else bytearray(body)
 
 
-def read_part(stream: HashingStream, size: int, start: bytes = b"") -> bytes | bytearray:
+def read_part(stream: HashingStream, size: int, start: bytes | bytearray = b"") -> bytes | bytearray:
     """Up to ``size`` bytes of ``stream`` (after ``start``), fewer only at its end.
 
-    A small artifact comes back as the bytes read; a large one is copied into one buffer of
-    ``size`` bytes allocated up front, so that a part costs its own size in memory and not the
-    several transient copies a single ``stream.read(size)`` would make.
+    A small artifact comes back as the bytes read; a large one is read into one buffer of
+    ``size`` bytes allocated once it is known to be large (``stream.readinto``: a large
+    download's buffers are copied straight into it while the stream hashes them on a thread of
+    its own), so that a part costs its own size in memory and the whole-file SHA-256 is off this
+    thread.
     """
-    head = start or stream.read(min(READ_SIZE, size))
-    if len(head) < READ_SIZE:
-        more = stream.read(min(READ_SIZE, size - len(head))) if head and len(head) < size else b""
-        if not more:
+    head: bytes | bytearray = start
+    if not head:
+        head = bytearray(min(READ_SIZE, size))
+        got = _fill(stream, memoryview(head))
+        if got < len(head):
+            del head[got:]
             return head
-        head = head + more
+    if len(head) >= size:
+        return head
     buf = bytearray(size)
-    view = memoryview(buf)
-    pos = len(head)
-    view[:pos] = head
+    with memoryview(buf) as view:
+        view[: len(head)] = head
+        pos = len(head) + _fill(stream, view[len(head) :])
     del head
-    while pos < size:
-        chunk = stream.read(min(READ_SIZE, size - pos))
-        if not chunk:
-            break
-        view[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    view.release()
     if pos < size:
         del buf[pos:]
     return buf
+
+
+def _fill(stream: HashingStream, view: memoryview) -> int:
+    """Fill ``view`` from ``stream``; fewer bytes only at its end."""
+    pos = 0
+    while pos < len(view):
+        got = stream.readinto(view[pos:])
+        if not got:
+            break
+        pos += got
+    return pos
 
 
 def b64(digest: bytes) -> str:

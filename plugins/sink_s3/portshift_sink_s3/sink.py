@@ -104,7 +104,7 @@ class S3Sink(BucketProbe, UploadRecovery, UploadResume, Sink):
         # Fill one part; if the stream ends within it (the next read gives nothing), it is one
         # PutObject whose S3-verified SHA-256 is the stream's own, i.e. the manifest's.
         first = read_part(stream, self.options.part_size)
-        lookahead = stream.read(READ_SIZE) if len(first) == self.options.part_size else b""
+        lookahead = read_part(stream, READ_SIZE) if len(first) == self.options.part_size else b""
         if not lookahead:
             if not stream.finished or stream.bytes_read != len(first):
                 raise SinkError(
