@@ -230,7 +230,8 @@ def main() -> None:
     rate = {n: size / statistics.median(t) / 1e6 for n, t in runs.items()}
     settings = "portshift variants (part_size:max_concurrency): " + ", ".join(variants)
     print(f"\none {size // MIB} MiB recording, Chorus simulator (HTTPS) -> moto (TLS), 127.0.0.1, median of {args.rounds}")
-    print(f"  {settings}; rclone {args.rclone_args or 'defaults'} (5 MiB chunks, 4 in flight) with --s3-no-head; Chorus requests_per_second = {args.rate:g}")
+    rclone = f"rclone {args.rclone_args or 'defaults'} (5 MiB chunks, 4 in flight) with --s3-no-head"
+    print(f"  {settings}; {rclone}; Chorus requests_per_second = {args.rate:g}")
     for name, times in runs.items():
         print(f"  {name:22s} {rate[name]:7.1f} MB/s   (runs: {', '.join(f'{t:.2f}' for t in times)} s)")
     for mine in (n for n in runs if n.startswith(PS)):
