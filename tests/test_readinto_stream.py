@@ -132,3 +132,17 @@ def test_a_sink_that_stops_half_way_or_a_cancel_leaves_no_hashing_thread() -> No
         _fill(s, 4 * MiB)
     s.close()
     assert not _hash_threads()
+
+
+@pytest.mark.parametrize("extra", [0, 1, 777])
+def test_pieces_of_a_large_download_are_filled_on_the_sinks_thread_and_hashed_on_the_streams(extra: int) -> None:
+    data = _data(3 * 2 * MiB + extra)
+    s = _buffered(data, expect_size=len(data))
+    threads: set[str] = set()
+    s.observe(lambda chunk: threads.add(threading.current_thread().name))
+    got = list(s.pieces(2 * MiB))
+    assert b"".join(p for p, _ in got) == data
+    assert [last for _, last in got] == [False] * (len(got) - 1) + [True]
+    assert [len(p) for p, _ in got] == [2 * MiB] * 3 + ([extra] if extra else [])
+    assert threads == {threading.current_thread().name + "-hash"}
+    assert s.sha256_hex() == hashlib.sha256(data).hexdigest() and not _hash_threads()
