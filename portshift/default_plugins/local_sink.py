@@ -31,6 +31,8 @@ from portshift import (
     hookimpl,
 )
 
+from .local_folders import Folders
+
 CHUNK = 1024 * 1024
 WRITE_BEHIND = 32 * 1024 * 1024  #: bytes written between two hints to write the file out (large files only)
 _DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
@@ -78,7 +80,7 @@ class LocalSink(Sink):
         self.root = Path(options.path).expanduser()
         self._root_seen = False
         self._root_lock = threading.Lock()
-        self._real_root: str | None = None  #: the resolved root, once (not on every put)
+        self._folders: Folders | None = None  #: the folders made under the resolved root, once each
 
     def _ensure_root(self) -> None:
         """Create the destination folder once; if it vanishes later (an unmounted volume, a
@@ -123,31 +125,41 @@ class LocalSink(Sink):
         os.close(fd)
         _unlink_quietly(probe)
 
-    def _target(self, key: str) -> Path:
-        root = self._real_root
-        if root is None:
-            root = self._real_root = os.path.realpath(self.root)
-        target = os.path.realpath(os.path.join(root, key))
-        prefix = root if root.endswith(os.sep) else root + os.sep
-        if not target.startswith(prefix) or len(target) == len(prefix):
-            raise SinkError(f"key {key!r} escapes the destination folder", retryable=False)
-        return Path(target)
+    def _place(self, key: str) -> tuple[Path, bool]:
+        """The file's path for ``key`` (its folder made if missing) and whether this process
+        created that folder."""
+        folders = self._folders
+        if folders is None:
+            folders = self._folders = Folders(os.path.realpath(self.root))
+        with _disk_errors(self.root / key):
+            folder, name, fresh = folders.place(key)
+        return Path(folder, name), fresh
 
     def put(self, key: str, stream: HashingStream, size: int | None = None) -> PutResult:
         self._ensure_root()
-        target = self._target(key)
-        tmp = target.parent / f".{target.name}.portshift-{uuid.uuid4().hex[:8]}.part"
+        target, fresh = self._place(key)
+        stale_prefix = f".{target.name}.portshift-"
+        tmp = target.parent / f"{stale_prefix}{os.urandom(4).hex()}.part"
         fd = -1
         written = 0
         pieces: Generator[memoryview, None, None] | None = None
         try:
             with _disk_errors(target):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: the
-                # next put of the same key removes it
-                for stale in target.parent.glob(f".{target.name}.portshift-*.part"):
-                    _unlink_quietly(stale)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                if not fresh:
+                    # a process killed mid-write (SIGKILL, power loss) leaves its temporary file:
+                    # the next put of the same key removes it (a folder this process made has none)
+                    with os.scandir(target.parent) as entries:
+                        stale = [e.path for e in entries if e.name.startswith(stale_prefix) and e.name.endswith(".part")]
+                    for path in stale:
+                        _unlink_quietly(Path(path))
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileNotFoundError:  # its folder was removed since this process made it
+                    assert self._folders is not None
+                    self._folders.forget(key)
+                    target, fresh = self._place(key)
+                    tmp = target.parent / tmp.name
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             # errors raised by the stream (the source) pass through unchanged: they are retryable
             advised = 0
             pieces = stream.views()  # a large download's own buffers, hashed meanwhile
@@ -168,12 +180,12 @@ class LocalSink(Sink):
             with _disk_errors(target):
                 if self.options.fsync:
                     os.fsync(fd)
+                on_disk = os.fstat(fd).st_size
                 os.close(fd)
                 fd = -1
                 os.replace(tmp, target)
                 if self.options.fsync:
                     _fsync_dir(target.parent)
-                on_disk = target.stat().st_size
         except BaseException:
             if pieces is not None:
                 pieces.close()  # ends the stream's hashing thread now, not when the generator is collected
