@@ -38,6 +38,8 @@ import httpx
 
 from portshift import __version__
 
+from .fast_headers import FastResponse
+
 DEFAULT_READ = 1024 * 1024
 USER_AGENT = f"portshift/{__version__}"
 
@@ -265,6 +267,7 @@ class MediaConnections:
 
     def _connect(self, host: str, port: int) -> http.client.HTTPSConnection:
         conn = http.client.HTTPSConnection(host, port, timeout=self._connect_timeout, context=self._ctx)
+        conn.response_class = FastResponse  # headers read without the email package
         try:
             conn.connect()  # TCP and the TLS handshake, within the connect timeout
         except TimeoutError as e:
