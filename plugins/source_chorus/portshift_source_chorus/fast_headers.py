@@ -3,23 +3,21 @@
 ``http.client`` hands every response's header block to ``email.parser``, a general MIME parser
 written in Python: at many small calls it was the largest single cost of a worker's own CPU (18 %
 of the time the transfer threads held the GIL, issue 16). :class:`FastResponse` reads the block
-itself, with ``http.client``'s own limits (line length, number of headers), and lets
-``http.client`` work out the framing (chunked, length, keep-alive) from the status line and the
-framing headers alone, so the body is read exactly as before. The headers it exposes are the same
-name/value pairs, in order, repeated names kept, folded lines joined.
+itself, with ``http.client``'s own status line reader and limits (line length, number of
+headers), and decides where the body ends by the same rules as ``http.client`` (chunked, a
+length, or the connection's close; the tests compare both on the same answers), so the body is
+read exactly as before. The headers it exposes are the same name/value pairs, in order, repeated
+names kept, folded lines joined.
 """
 
 from __future__ import annotations
 
 import http.client
-import io
 from typing import Any
 
 #: http.client's own limits
 MAX_LINE = 65536
 MAX_HEADERS = 100
-#: the headers http.client needs to find where the body ends and whether the connection stays open
-_FRAMING = frozenset({b"transfer-encoding", b"content-length", b"connection", b"keep-alive", b"proxy-connection"})
 
 
 def _read_block(fp: Any) -> list[bytes]:
@@ -59,26 +57,40 @@ class FastResponse(http.client.HTTPResponse):
     def begin(self) -> None:
         if self.headers is not None:
             return
-        fp = self.fp
-        block: list[bytes] = []
-        while True:
-            status = fp.readline(MAX_LINE + 1)
-            if len(status) > MAX_LINE:
-                raise http.client.LineTooLong("status line")
-            if not status:
-                break  # http.client raises RemoteDisconnected for it below
-            block = _read_block(fp)
-            if status.split(None, 2)[1:2] != [b"100"]:  # a 100 Continue is skipped, as http.client does
+        while True:  # http.client's own status line reader: its errors and limits
+            version, status, reason = self._read_status()  # type: ignore[attr-defined]
+            if status != http.client.CONTINUE:
                 break
-        block = block if status else []
-        framing = b"".join(line for line in block if line.split(b":", 1)[0].strip().lower() in _FRAMING)
-        real = self.fp
-        self.fp = io.BytesIO(status + framing + b"\r\n" if status else b"")  # type: ignore[assignment]
-        try:
-            super().begin()  # the status line and the framing: http.client's own checks and rules
-        finally:
-            self.fp = real
+            _read_block(self.fp)  # a 100 Continue's headers are skipped
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
         message = http.client.HTTPMessage()
-        for name, value in header_pairs(block):
+        for name, value in header_pairs(_read_block(self.fp)):
             message[name] = value
         self.headers = self.msg = message
+        # where the body ends (RFC 9112 section 6.3), as http.client decides it
+        coding = message.get("transfer-encoding")
+        self.chunked = bool(coding and coding.lower() == "chunked")
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.length = None
+        length = message.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
