@@ -26,7 +26,10 @@ FIELDS = ("id", "artifact", "ext", "date", "year", "month", "day", "type", "sour
 
 def safe_component(value: str, max_len: int = 100) -> str:
     """``value`` as one key segment: one-to-one, never empty, never ``.`` or ``..``."""
-    raw = str(value).encode("utf-8", "surrogatepass")
+    text = str(value)
+    if text and len(text) <= max_len and text[0] != "." and _SAFE.search(text) is None:
+        return text  # only [A-Za-z0-9._-], not led by '.': as it is (the loop below gives the same)
+    raw = text.encode("utf-8", "surrogatepass")
     out = []
     for i, b in enumerate(raw):
         if b in _SAFE_BYTES and not (i == 0 and b == 0x2E):
@@ -94,14 +97,15 @@ def build_key(
     when = started_at
     if when is not None:
         when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    year, month, day = when.strftime("%Y-%m-%d").split("-") if when else ("undated", "00", "00")
     values = {
         "id": safe_component(recording_id),
         "artifact": safe_component(artifact),
         "ext": safe_component(ext or "bin", 16),
-        "date": when.strftime("%Y-%m-%d") if when else "undated",
-        "year": when.strftime("%Y") if when else "undated",
-        "month": when.strftime("%m") if when else "00",
-        "day": when.strftime("%d") if when else "00",
+        "date": f"{year}-{month}-{day}" if when else "undated",
+        "year": year,
+        "month": month,
+        "day": day,
         "type": safe_component((fields or {}).get("type", "call")),
         "source": safe_component(source or "source"),
     }
