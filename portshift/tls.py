@@ -58,7 +58,7 @@ def _system_trust(ctx: ssl.SSLContext) -> None:
     capath = paths.openssl_capath if paths.openssl_capath and os.path.isdir(paths.openssl_capath) else None
     if cafile or capath:
         ctx.load_verify_locations(cafile=cafile, capath=capath)
-    if not ctx.get_ca_certs() and not capath:
+    if not ctx.cert_store_stats()["x509_ca"] and not capath:  # a count, not a decoded list of every CA
         try:  # a machine with no system store at all (slim containers): certifi, if present
             import certifi
 

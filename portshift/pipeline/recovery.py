@@ -26,25 +26,42 @@ def cancellable(fn: Callable[[], T], cancel: threading.Event, what: str) -> T:
     """Run ``fn`` (a plugin call: a check, a clean-up, a manifest upload) in a thread of its own and
     wait for it, so that a cancel ends the wait at once even when the plugin is blocked (a long
     backoff, a socket read): :class:`Interrupted` is raised and the daemon thread is left behind."""
-    box: list[Any] = []
+    return cancellable_all([(fn, what)], cancel)[0]
 
-    def call() -> None:
+
+def cancellable_all(calls: list[tuple[Callable[[], Any], str]], cancel: threading.Event) -> list[Any]:
+    """:func:`cancellable` for independent calls at once (each in its own thread): their
+    results in order, or the first failure in that order once all ended."""
+    boxes: list[list[Any]] = [[] for _ in calls]
+    done = threading.Semaphore(0)
+
+    def call(fn: Callable[[], Any], box: list[Any]) -> None:
         try:
             box.append((True, fn()))
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             box.append((False, e))
+        finally:
+            done.release()
 
-    thread = threading.Thread(target=call, name=what, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        if cancel.wait(0.05) and thread.is_alive():
-            thread.join(0.5)  # a plugin that noticed the cancel ends by itself
-            if thread.is_alive():
-                raise Interrupted(f"interrupted while {what}")
-    ok, value = box[0]
-    if ok:
-        return value
-    raise value
+    threads = [threading.Thread(target=call, args=(fn, box), name=what, daemon=True) for (fn, what), box in zip(calls, boxes)]
+    for thread in threads:
+        thread.start()
+    left = len(threads)
+    while left:
+        if done.acquire(timeout=0.05):  # a call ended: no polling delay
+            left -= 1
+            continue
+        if cancel.is_set():
+            for thread in threads:
+                thread.join(0.5)  # a plugin that noticed the cancel ends by itself
+            running = [t.name for t in threads if t.is_alive()]
+            if running:
+                raise Interrupted(f"interrupted while {running[0]}")
+            break
+    for ok, value in (box[0] for box in boxes):
+        if not ok:
+            raise value
+    return [box[0][1] for box in boxes]
 
 
 def recover_orphans(

@@ -29,7 +29,7 @@ from ..state.claims import finishing_lock, planning_lock
 from .collector import fewer_collections
 from .manifests import ManifestRun
 from .planning import Plan, iso, plan_job, run_command
-from .recovery import cancellable, recover_orphans
+from .recovery import cancellable, cancellable_all, recover_orphans
 from .result import EXIT_CODES, RunRequest, RunResult
 from .seat import WorkerSeat
 from .shared_rate import share_source_rate
@@ -204,8 +204,7 @@ class Runner:
         """Source and sink answer before any listing: a destination that cannot be written to is
         one line now, not a failure per call after spending the source's rate limit."""
         set_log_context(phase="check")
-        cancellable(sink.check, self.cancel, "checking the sink")
-        cancellable(source.check, self.cancel, "checking the source")
+        cancellable_all([(sink.check, "checking the sink"), (source.check, "checking the source")], self.cancel)
 
     def _start(self, plan: Plan, source: Source, sink: Sink) -> tuple[JobRecord, WorkerSeat]:
         """Create the job, or join it: a job no live worker works on starts its next attempt (its
