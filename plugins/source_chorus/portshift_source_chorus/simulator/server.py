@@ -78,7 +78,8 @@ class ChorusSimulator(Replies, EngagementRoutes, ConversationRoutes, MediaRoutes
         self._link_key = secrets.token_bytes(32)
         self._fault_counts: Counter[tuple[str, str]] = Counter()
         self._fault_lock = threading.Lock()
-        self._bucket = (0.0, time.monotonic())
+        # full, as after a reset: a client's first requests may come the instant the server is up
+        self._bucket = (self.faults.rate_limit_burst, time.monotonic())
         self._bucket_lock = threading.Lock()
         self._window = (0.0, 0)
         self._limit_since = time.monotonic()
