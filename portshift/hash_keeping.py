@@ -46,14 +46,22 @@ class KeptStates:
         self._hash = self._hash_keeping
         return True
 
+    def wait_hashed(self, offset: int) -> None:
+        """Wait until the SHA-256 and the observers have taken in the first ``offset`` bytes. With
+        ``readinto`` (and ``pieces`` of a large download) they run on a thread of the stream, a
+        few buffers behind the bytes handed out: a sink that reads an observer's state at a piece
+        boundary from another thread (when the store confirms the piece) waits for it here.
+        Returns at once otherwise, or when that thread failed or has nothing left to hash."""
+        hasher = self._hasher
+        if hasher is not None:
+            hasher.wait_for(offset - self._hasher_from)
+
     def resume_point(self, offset: int) -> str | None:
         """What the sink journals, in its entry's ``"resume"`` field, once the first ``offset``
         bytes (a multiple of the ``every`` given to :meth:`keep_states`) are stored and confirmed:
         text that :class:`portshift.Continuation` gives back to the sink's ``resume``. ``None``
         when nothing was kept. A point is given once (and the ones before it are forgotten)."""
-        hasher = self._hasher
-        if hasher is not None:  # readinto(): the state at offset is taken by the hashing thread
-            hasher.wait_for(offset - self._hasher_from)
+        self.wait_hashed(offset)  # readinto(): the state at offset is taken by the hashing thread
         state = self._states.pop(offset, None)
         for older in [o for o in list(self._states) if o < offset]:
             self._states.pop(older, None)

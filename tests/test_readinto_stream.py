@@ -146,3 +146,25 @@ def test_pieces_of_a_large_download_are_filled_on_the_sinks_thread_and_hashed_on
     assert [len(p) for p, _ in got] == [2 * MiB] * 3 + ([extra] if extra else [])
     assert threads == {threading.current_thread().name + "-hash"}
     assert s.sha256_hex() == hashlib.sha256(data).hexdigest() and not _hash_threads()
+
+
+def test_wait_hashed_returns_once_the_observers_took_in_the_bytes_handed_out() -> None:
+    """A sink reading an observer's state at a piece boundary from another thread (the GCS sink's
+    CRC32C/MD5 when the store confirms a chunk) waits for the stream's thread to get there."""
+    import time
+
+    data = _data(6 * MiB)
+    s = _buffered(data, expect_size=len(data))
+    seen = [0]
+
+    def slow(chunk: bytes) -> None:
+        time.sleep(0.01)  # an observer slower than the copy: it falls behind the bytes handed out
+        seen[0] += len(chunk)
+
+    s.observe(slow)
+    assert _fill(s, 2 * MiB) == data[: 2 * MiB]
+    behind = seen[0]
+    s.wait_hashed(2 * MiB)
+    assert seen[0] >= 2 * MiB, "returned before the observer had the bytes handed out"
+    assert behind < 2 * MiB, "the observer kept up: this test shows nothing (make it slower)"
+    assert _fill(s, len(data)) == data[2 * MiB :] and seen[0] == len(data)

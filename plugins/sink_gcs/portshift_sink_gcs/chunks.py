@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import google_crc32c
@@ -39,6 +39,12 @@ class Digests:
         self.every = every
         self._kept: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._wait: Callable[[int], None] | None = None
+
+    def follow(self, stream: HashingStream) -> None:
+        """Be fed by ``stream`` (an observer; on a thread of the stream for a large download)."""
+        stream.observe(self.update)
+        self._wait = stream.wait_hashed
 
     @classmethod
     def saveable(cls, every: int) -> Digests | None:
@@ -84,10 +90,13 @@ class Digests:
         """The state now, as text: ``"<crc32c> <md5 state>"`` (at a 64-byte boundary)."""
         return f"{self.crc} {self.md5.export()}"
 
-    def kept(self, offset: int) -> str:
-        """The state kept at ``offset`` (a multiple of ``every`` already read), forgotten then."""
+    def kept(self, offset: int) -> str | None:
+        """The state kept at ``offset`` (a multiple of ``every`` already read), forgotten then;
+        ``None`` if the stream's hashing never got there (it failed)."""
+        if self._wait is not None:
+            self._wait(offset)  # the observer may still be a few buffers behind the bytes read
         with self._lock:
-            return self._kept.pop(offset)
+            return self._kept.pop(offset, None)
 
     def values(self) -> dict[str, str]:
         return {"crc32c": b64(self.crc.to_bytes(4, "big")), "md5": b64(self.md5.digest())}

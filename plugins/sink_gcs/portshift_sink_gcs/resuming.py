@@ -127,7 +127,7 @@ class SessionResume:
         resumable = ResumableUpload(self.journal, key, {"bucket": self.options.bucket, "name": name}, stream, chunk_size)
         resumable.entry["session"] = data["session"]
         resumable.start_from(records)
-        stream.observe(digests.update)
+        digests.follow(stream)
         chunks = read_chunks(stream, chunk_size)
         first = next(chunks)
         if first[1] and offset + len(first[0]) < persisted:

@@ -182,7 +182,7 @@ class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
         content_type = content_type_for(getattr(stream, "content_type", None), name)
         resumable = self._resumable_upload(key, name, stream, size)
         digests = (Digests.saveable(self.options.chunk_size) if resumable.enabled else None) or Digests()
-        stream.observe(digests.update)
+        digests.follow(stream)
         chunks = read_chunks(stream, self.options.chunk_size)
         first, last = next(chunks)
         try:
@@ -286,8 +286,9 @@ class GcsSink(BucketProbe, StoredObjects, SessionRequests, SessionResume, Sink):
     ) -> None:
         self._chunk(session_uri, where, chunk, offset, skip)
         if resumable.enabled and digests.every:  # journal the resume point, with the CRC32C and MD5 there
-            end = offset + len(chunk)
-            resumable.confirmed(offset // resumable.piece_size, digests.kept(end))
+            record = digests.kept(offset + len(chunk))
+            if record is not None:
+                resumable.confirmed(offset // resumable.piece_size, record)
 
     def _final_chunk(self, session_uri: str, where: str, chunk: bytes, offset: int, values: dict[str, str]) -> requests.Response:
         total = offset + len(chunk)
