@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..pipeline import RunRequest
-from ..pipeline.planning import iso
+from ..records import JobRecord
 
 log = logging.getLogger("portshift.run")
 
@@ -38,24 +38,23 @@ class LocalWorkers:
         self.log_args = log_args
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def argv(self) -> list[str]:
+    def argv(self, job: JobRecord) -> list[str]:
+        """The other workers' command: the job's own window, so that a worker that starts after
+        the job ended finds it complete and exits, instead of planning another job (``--since
+        last`` would move on from the job just finished)."""
         args = [sys.executable, "-m", "portshift", *self.log_args, "worker", "--config", str(self.config_path)]
         args += ["--state", self.state_target, "--no-progress"]
-        if self.req.since_last:
-            args += ["--since", "last"]
-        elif self.req.since is not None:
-            args += ["--since", iso(self.req.since)]
-        if self.req.until is not None:
-            args += ["--until", iso(self.req.until)]
+        args += ["--since", job.window_start, "--until", job.window_end]
         if self.req.transfers:
             args += ["--transfers", str(self.req.transfers)]
         if self._secrets is not None:
             args.append("--secrets-from-stdin")
         return args
 
-    def start(self, job_id: str) -> None:
+    def start(self, job: JobRecord) -> None:
         """Start the other workers (the job exists now: they join it)."""
-        argv = self.argv()
+        job_id = job.id
+        argv = self.argv(job)
         for _ in range(self.count - 1):
             proc = subprocess.Popen(
                 argv,

@@ -8,7 +8,9 @@ The rules, in order (docs/job-file.md, "Windows and resume"):
    names a different window: ``--since DATE`` other than its start, or ``--until DATE`` other
    than its end. ``--since last`` and a repeated ``--since DATE`` without ``--until`` resume it,
    whatever "now" is: a scheduled run after a failed one picks the failed one up.
-3. No unfinished job and no window asked for, but a complete one exists: up to date.
+3. No unfinished job and no window asked for, but a complete one exists: up to date. The same
+   for a worker (``portshift worker``) whose window is the last complete job's: the job it was
+   started for is done.
 4. Otherwise a new job: ``--since last`` starts ``relist_margin`` before the last complete job's
    end (or at the oldest call a job left pending, within ``pending_lookback``), so that calls
    that were still processing are exported once ready; what earlier jobs exported is not
@@ -79,6 +81,10 @@ def plan_job(cfg: JobConfig, state: State | None, req: RunRequest, key: str) -> 
         if not asked and not req.new and last is not None:
             return Plan(key, Window(from_iso(last.window_start), from_iso(last.window_end)), up_to_date=last)
         window, incremental = _new_window(cfg, state, req, key, last)
+        if req.worker and last is not None and (last.window_start, last.window_end) == (iso(window.start), iso(window.end)):
+            # a worker of a job that is complete already (it started after the others finished
+            # it): nothing left to claim; planning the same window again would export it twice
+            return Plan(key, window, up_to_date=last)
         plan = Plan(key, window, abandon=abandon, incremental=incremental)
     if plan.incremental and state is not None:
         plan.earlier = state.exported_by_earlier_jobs(key, iso(plan.window.start), plan.resume.id if plan.resume else "")

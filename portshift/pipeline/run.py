@@ -62,9 +62,9 @@ class Runner:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
         retry_base: float = 1.0,
-        on_started: Callable[[str], None] | None = None,
+        on_started: Callable[[JobRecord], None] | None = None,
     ) -> None:
-        self.on_started = on_started  #: called with the job id once this worker has its seat
+        self.on_started = on_started  #: called with the job once this worker has its seat
         self.cfg = cfg
         self.state = state
         self.progress = progress or Progress(enabled=False)
@@ -130,7 +130,7 @@ class Runner:
             if not budget:  # a lone run: its job's budget, now that the job is known
                 share_source_rate(source, state, f"source:{job.id}")
             if self.on_started is not None:
-                self.on_started(job.id)
+                self.on_started(job)
             set_log_context(job=job.id, phase="transfer")
             result = RunResult(job_id=job.id, status="", exit_code=0, export_root=job.export_root)
             result.resumed = plan.resume is not None
