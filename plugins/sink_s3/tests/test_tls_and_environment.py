@@ -160,7 +160,11 @@ def test_a_tls_1_1_server_is_refused(make_sink: MakeSink, old_tls_server: TLSSer
             assert s.version() == "TLSv1.1"
     except ssl.SSLError as exc:  # pragma: no cover - this OpenSSL build cannot do TLS 1.1 at all
         pytest.fail(f"the TLS 1.1 test server does not work on this machine: {exc}")
+    # the server's thread counts the control handshake after the client is through it: wait for
+    # that count, or it could land after `before` is read and look like the sink's handshake
+    assert old_tls_server.wait_for(lambda: old_tls_server.handshakes >= 1)
     before = old_tls_server.handshakes
+    assert before == 1
 
     sink = make_sink(endpoint_url=f"https://127.0.0.1:{old_tls_server.port}")
     with pytest.raises(SinkError) as e:
