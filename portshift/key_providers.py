@@ -43,10 +43,15 @@ class KeyProvider(ABC):
         ca_bundle: Path | None = None,
         credentials: dict[str, Secret] | None = None,
     ) -> None:
-        self.ref = ref
+        self.ref = self.normalized(ref)
         self.endpoint_url = endpoint_url
         self.ca_bundle = ca_bundle
         self.credentials = dict(credentials or {})
+
+    @staticmethod
+    def normalized(ref: str) -> str:
+        """``ref`` as the provider keeps it (a file key: its absolute path)."""
+        return ref
 
     @property
     def label(self) -> str:
@@ -108,17 +113,9 @@ class LocalKeyFile(KeyProvider):
     name = "file"
     _AAD = b"portshift data key\x00"
 
-    def __init__(
-        self,
-        ref: str,
-        *,
-        endpoint_url: str | None = None,
-        ca_bundle: Path | None = None,
-        credentials: dict[str, Secret] | None = None,
-    ) -> None:
-        super().__init__(
-            str(Path(ref).expanduser().absolute()), endpoint_url=endpoint_url, ca_bundle=ca_bundle, credentials=credentials
-        )
+    @staticmethod
+    def normalized(ref: str) -> str:
+        return str(Path(ref).expanduser().absolute())
 
     def _kek(self) -> AESGCM:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
