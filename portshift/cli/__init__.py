@@ -17,6 +17,7 @@ from ..logs import configure_logging, json_logging
 from ..plugins import load_plugins, pm
 from ..redact import sanitize_message
 from ..settings import read_settings
+from .process_end import end_process
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,6 +112,19 @@ def _fatal(text: str, exit_code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``portshift`` command. Without ``argv`` (the console script, ``python -m portshift``)
+    the process ends without the interpreter's teardown (see :mod:`.process_end`)."""
+    if argv is not None:
+        _main(argv)
+        return
+    try:
+        _main(None)
+    except SystemExit as e:
+        end_process(e.code)
+    end_process(0)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = _debug()
     group = get_cli()
     try:
