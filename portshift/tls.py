@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,37 @@ def _system_trust(ctx: ssl.SSLContext) -> None:
             pass
 
 
-def ssl_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
-    """The SSL context every client uses: TLS >= 1.2, CERT_REQUIRED, host names checked."""
+_contexts: dict[tuple[str, int, int] | None, ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def ssl_context(ca_bundle: str | os.PathLike[str] | None = None, *, fresh: bool = False) -> ssl.SSLContext:
+    """The SSL context every client uses: TLS >= 1.2, CERT_REQUIRED, host names checked.
+
+    Loading the trust (the system store and ``ca_bundle``) costs about 20 ms, so one context is
+    made per trust and process and handed to every client that asks for the same one (a context
+    is safe to share between threads and connections). The ``ca_bundle`` file is looked at again
+    on every call: changed or replaced, it is loaded again. Do not change the context you get;
+    ``fresh=True`` gives one of your own to change."""
     report_ignored_environment()
+    key: tuple[str, int, int] | None = None
+    if ca_bundle is not None:
+        path = Path(ca_bundle)
+        try:
+            st = path.stat()
+        except OSError:
+            raise ConfigError(f"ca_bundle {path} does not exist or is not a file") from None
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if fresh:
+        return _new_context(ca_bundle)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _contexts[key] = _new_context(ca_bundle)
+        return ctx
+
+
+def _new_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from portshift import tls
 from portshift.errors import ConfigError
 from portshift.tls import https_client, require_https, ssl_context
 
@@ -58,6 +59,24 @@ def test_host_names_are_checked(tls_material: TLSMaterial, https_server: HTTPSSe
         handshake(ssl_context(tls_material.ca_pem), https_server.port, host="not-the-cert-name.example")
 
 
+def test_one_context_per_trust_and_process_made_again_when_the_bundle_changes(tls_material: TLSMaterial, tmp_path: Path) -> None:
+    """Loading the trust costs ~20 ms: every client asking for the same trust shares one context;
+    a ca_bundle file rewritten in place is loaded again; ``fresh=True`` is a context of one's own."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(tls_material.ca_pem.read_bytes())
+    first = ssl_context(bundle)
+    assert ssl_context(bundle) is first and ssl_context(str(bundle)) is first
+    assert ssl_context() is ssl_context() and ssl_context() is not first
+    assert ssl_context(bundle, fresh=True) is not first
+    before = first.cert_store_stats()["x509_ca"]
+    bundle.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a PEM certificate file"):
+        ssl_context(bundle)  # the file is looked at again, not taken from the cache
+    bundle.write_bytes(tls_material.ca_pem.read_bytes() * 2 + b"\n")
+    again = ssl_context(bundle)
+    assert again is not first and again.cert_store_stats()["x509_ca"] == before
+
+
 def _hashed_ca_dir(pem: Path, folder: Path) -> Path:
     """An OpenSSL CApath folder holding ``pem`` under its subject-hash name."""
     folder.mkdir()
@@ -91,6 +110,7 @@ def test_trust_variables_in_the_environment_add_no_ca(
         monkeypatch.setenv("SSL_CERT_FILE", str(unrelated))
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE"):
         monkeypatch.setenv(name, str(hostile))
+    monkeypatch.setattr(tls, "_contexts", {})  # every context below is made with the variables set
 
     # control: the stdlib default honours the variable, so the hostile CA would be trusted
     assert handshake(ssl.create_default_context(), https_server.port)
