@@ -55,12 +55,13 @@ class Lister:
         outcome: Callable[[Recording, BaseException], None],
         on_listed: Callable[[int | None], None],
         on_already: Callable[[], None],
+        on_rows: Callable[[], None] = lambda: None,
     ) -> None:
         self.state, self.job, self.plan, self.source = state, job, plan, source
         self.attempt = attempt
         self.cancel = cancel
         self.outcome = outcome
-        self.on_listed, self.on_already = on_listed, on_already
+        self.on_listed, self.on_already, self.on_rows = on_listed, on_already, on_rows
         self.already = 0
         self.complete = False  #: the whole window was listed
         self._known: OrderedDict[str, Recording] = OrderedDict()
@@ -68,6 +69,7 @@ class Lister:
         self._batch: list[tuple[str, str | None, str]] = []
         self._batch_since = 0.0
         self._batch_lock = threading.Lock()
+        self._wanted = False  #: a transfer found nothing to claim: the next row is written at once
 
     def recording(self, claimed: Claimed) -> Recording:
         """The recording as listed by this process, else rebuilt from what the state keeps."""
@@ -112,6 +114,7 @@ class Lister:
                     # the whole window: a total for progress bars, and the job can now complete
                     self.state.update_job(self.job.id, listed_count=listed, listing_attempt=self.attempt)
                     self.complete = True
+                    self.on_rows()  # the claims may end now
         finally:
             if not self.complete:
                 try:
@@ -119,24 +122,37 @@ class Lister:
                 except Exception:  # noqa: BLE001 - the listing's own error is the one to report
                     log.debug("recording the last listed recordings failed", exc_info=True)
             self.state.unlock(listing_lock(self.job.id))
+            self.on_rows()
 
     def _add(self, rid: str, started: str | None, ref: str) -> None:
         with self._batch_lock:
             if not self._batch:
                 self._batch_since = time.monotonic()
             self._batch.append((rid, started, ref))
-            full = len(self._batch) >= BATCH
+            full = len(self._batch) >= BATCH or self._wanted
         if full:
             self.flush()
         else:
             self.flush(stale_only=True)
 
+    def want(self) -> None:
+        """A transfer found nothing to claim: write what is listed now, and the next row as soon
+        as it is listed (the first rows of a job are not held back for a batch to fill)."""
+        with self._batch_lock:
+            self._wanted = True
+            waiting = bool(self._batch)
+        if waiting:
+            self.flush()
+
     def flush(self, stale_only: bool = False) -> None:
-        """Write the batch (``stale_only``: only when it waited ``BATCH_SECONDS``; the transfers
-        call this when they find nothing to claim, so a slow listing is not held back)."""
+        """Write the batch (``stale_only``: only when it waited ``BATCH_SECONDS``) and tell the
+        claims (``on_rows``)."""
         with self._batch_lock:
             if stale_only and (not self._batch or time.monotonic() - self._batch_since < BATCH_SECONDS):
                 return
             batch, self._batch = self._batch, []
             if batch:
                 self.state.add_todo(self.job.id, batch)
+                self._wanted = False
+        if batch:
+            self.on_rows()

@@ -94,7 +94,9 @@ class Transfer(ArtifactSteps):
         self._left_behind = False  #: the run ended while a worker was still busy
         self._mine: set[str] = set()  #: claimed by this worker and not finished
         self._reaped_at = self._counted_at = 0.0
-        self._taken = threading.Event()  #: transfers took enough work from the queue to claim more
+        self._wake = threading.Event()  #: for the claims: work taken, rows listed, a recording done
+        self._running = transfers  #: transfer threads not ended
+        self._ended = threading.Event()  #: every transfer thread ended
         self._batch = (transfers + 1) // 2  #: recordings claimed at once (at least)
         self._held = threading.local()  #: ``files``: the files of the recording a transfer thread exports
         self.lister: Lister | None = None
@@ -118,8 +120,8 @@ class Transfer(ArtifactSteps):
         for t in (dispatcher, *workers):
             t.start()
         try:
-            while any(t.is_alive() for t in workers) and not self.cancel.is_set():
-                self.cancel.wait(_TICK)
+            while not self._ended.is_set() and not self.cancel.is_set():
+                self._ended.wait(_TICK)
             if self.cancel.is_set():
                 deadline = time.monotonic() + GRACE
                 for t in (self._lister_thread, dispatcher, *workers):
@@ -178,6 +180,7 @@ class Transfer(ArtifactSteps):
             outcome=lambda rec, e: self._record_outcome(rec, e, claimed=False),
             on_listed=self.progress.listed,
             on_already=lambda: self.progress.recording_finished("already"),
+            on_rows=self._wake.set,
         )
         self._lister_thread = threading.Thread(target=self._list, name="listing", daemon=True)
         self._lister_thread.start()
@@ -213,8 +216,8 @@ class Transfer(ArtifactSteps):
                 room = self.transfers - self._work.qsize()
                 if room < self._batch:  # enough work waiting: claim half a queue at once, later
                     self._job_progress()
-                    self._taken.wait(_WAIT)
-                    self._taken.clear()
+                    self._wake.wait(_WAIT)
+                    self._wake.clear()
                     continue
                 claimed = self.state.claim(self.job.id, self.seat.id, room)
                 if claimed:
@@ -226,7 +229,8 @@ class Transfer(ArtifactSteps):
                 if not self._more_to_come():
                     return
                 self._job_progress()
-                self.cancel.wait(_WAIT)
+                self._wake.wait(_WAIT)  # rows listed here, a recording of this worker done, or a look again
+                self._wake.clear()
         except BaseException as e:  # noqa: BLE001 - a lost state database stops this worker
             if not self.cancel.is_set():
                 self._set_fatal(e)
@@ -256,7 +260,7 @@ class Transfer(ArtifactSteps):
         workers hold, or this worker's own still in flight)?"""
         if self._listing():
             assert self.lister is not None
-            self.lister.flush(stale_only=True)
+            self.lister.want()
             return True
         job = self.state.job(self.job.id)
         if job is not None and job.listing_attempt != self.seat.attempt:
@@ -280,13 +284,22 @@ class Transfer(ArtifactSteps):
 
     # --- one recording (N worker threads) ----------------------------------------------------
     def _worker(self) -> None:
+        try:
+            self._work_loop()
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self._ended.set()
+
+    def _work_loop(self) -> None:
         while not self.cancel.is_set():
             try:
                 rec = self._work.get(timeout=_TICK)
             except queue.Empty:
                 continue
-            if self.transfers - self._work.qsize() >= self._batch and not self._taken.is_set():
-                self._taken.set()  # the claims thread may fill the queue again (not woken for less)
+            if self.transfers - self._work.qsize() >= self._batch and not self._wake.is_set():
+                self._wake.set()  # the claims thread may fill the queue again (not woken for less)
             if rec is None:
                 return
             try:
@@ -299,6 +312,8 @@ class Transfer(ArtifactSteps):
             finally:
                 with self._lock:
                     self._mine.discard(rec.id)
+                if self._work.empty():
+                    self._wake.set()  # the claims may be waiting for the last ones to end
 
     def _record_outcome(self, rec: Recording, e: BaseException, *, claimed: bool = True) -> None:
         started = iso(rec.started_at) if rec.started_at else None
