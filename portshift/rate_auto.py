@@ -1,21 +1,26 @@
 """Find a server's request rate limit by itself: the rate decisions of ``requests_per_second =
 "auto"``, kept apart from the pacing (a :class:`portshift.RateLimiter` applies the rate).
 
-The server's limit L is unknown. The algorithm is CUBIC's (RFC 9438) applied to a request rate:
+The server's limit L is unknown, and it may change. A CUBIC-like (RFC 9438) search over the
+request rate, whose every cut is deep enough to follow a limit that halves in one step:
 
-- **Slow start** (no limit found yet): the rate doubles every round (at least a second) in which
-  the limiter held requests back (the rate, not the work, was the bottleneck) and no request
-  sent in it was answered 429.
+- **Slow start** (no limit found yet): the rate doubles every round in which the limiter held
+  requests back (the rate, not the work, was the bottleneck) and no request was answered 429. A
+  round lasts a second, or 1.5 requests' time if longer.
 - **On a 429** for a request sent after the last cut (the 429s of requests already on their way
-  are one signal): ``found`` = the rate then, the rate drops to ``found * 0.8``; in slow start,
-  to half (the round before, at half the rate, was clean). A second 429 shortly after a cut
-  (within ``HARD_WINDOW`` seconds: the limit fell, e.g. halved) cuts to half.
-- **Between 429s** the rate follows ``found * (1 - 0.2 * (1 - t/K)**3)`` over the time ``t`` the
-  limiter was busy since the cut: back near ``found`` within seconds, flat around it for about a
-  minute, then growing ever faster past it (a limit that went up is found again). ``K`` is
-  ``PLATEAU`` seconds: at a steady limit there is about one 429 per ``PLATEAU`` seconds, and the
-  average rate is about 0.95 L. After a hard cut the rate climbs back to the curve by ``CLIMB``
-  per round.
+  are one signal): ``found`` = the rate then, and the rate drops to **half** of it, under the
+  limit even if the limit just halved. It stays there ``HOLD`` seconds (the ``Retry-After``
+  pause, and a clean look at the new rate), then **climbs back** by ``CLIMB`` per clean round
+  toward the curve below.
+- **A 429 while climbing back** means the limit is lower than ``found``: it lies between the last
+  clean rate and this one. ``found`` becomes that last clean rate and the rate drops just under
+  it (``1 - DEPTH``), without a second deep cut; the curve then looks past ``found`` sooner
+  (``PLATEAU_BELOW``), as the limit may be up to ``CLIMB`` times higher.
+- **Between 429s** the rate follows ``found * (1 - DEPTH * (1 - t/K)**3)`` over the time ``t``
+  the limiter was busy since the cut: flat just under ``found`` for most of ``K`` (``PLATEAU``
+  seconds), then growing ever faster past it, so a limit that went up is found again. At a steady
+  limit there is about one 429 per ``PLATEAU`` seconds, each costing the half-rate ``HOLD`` and
+  the climb: about 0.93-0.95 L on average in the virtual-time model of tests/test_rate_auto.py.
 
 The ``Retry-After`` pause is the caller's (the limiter's :meth:`~portshift.RateLimiter.pause`):
 it holds every request; this class only decides the rate after it. One instance per source
@@ -31,12 +36,16 @@ from typing import Protocol
 
 __all__ = ["AutoRate", "RateMemory"]
 
-SOFT_CUT = 0.8  #: the rate after a 429 near the limit found, as a share of it
-HARD_CUT = 0.5  #: after a 429 in slow start, or a second one right after a cut
-PLATEAU = 120.0  #: seconds of busy time from a cut back to the limit found (CUBIC's K)
-HARD_WINDOW = 2.5  #: a 429 this soon after a cut (seconds, at least 3 requests' time) cuts hard
-CLIMB = 1.2  #: growth per round while climbing back to the curve after a hard cut
-ROUND = 1.0  #: seconds (at least 3 requests' time) per round of growth
+CUT = 0.5  #: the rate after a 429, as a share of the rate then: under a limit that halved
+HOLD = 5.0  #: seconds at the cut rate before climbing back (a second 429 sooner: the limit fell further)
+CLIMB = 1.3  #: growth per clean round while climbing back to the curve after a cut
+DEPTH = 0.1  #: the curve starts this far under the limit found (as a share of it)
+PLATEAU = 180.0  #: seconds of busy time from a cut until the curve passes the limit found (CUBIC's K)
+PLATEAU_BELOW = 30.0  #: the same after a limit found from below (by a 429 while climbing back)
+ROUND = 1.0  #: seconds per round of growth (at least ROUND_REQUESTS requests' time)
+ROUND_REQUESTS = 1.5
+CLIMB_ROUND = 2.0  #: seconds per round while climbing back (at least CLIMB_ROUND_REQUESTS requests' time)
+CLIMB_ROUND_REQUESTS = 2.0
 
 
 class RateMemory(Protocol):
@@ -67,7 +76,11 @@ class AutoRate:
         #: the rate at the last 429 (None: none seen yet, slow start)
         self.found: float | None = found
         self._cut_at = float("-inf")  #: clock time of the last cut
+        self._plateau = PLATEAU
         self._busy = PLATEAU if found is not None else 0.0  #: busy seconds since the cut (a remembered limit: on it)
+        self._climbing = False  #: climbing back after a cut, not yet on the curve
+        self._hold_until = float("-inf")
+        self._clean_rate = self.rate  #: the last rate a whole round went through clean while climbing
         self._round_start = clock()
         self._acquired = 0
         self._held = 0
@@ -79,7 +92,7 @@ class AutoRate:
         """Start from a rate a previous run found (treated as the limit found)."""
         with self._lock:
             self.rate = min(self.ceiling, max(self.floor, float(rate)))
-            self.found, self._busy = self.rate, PLATEAU
+            self.found, self._busy, self._plateau, self._climbing = self.rate, PLATEAU, PLATEAU, False
         self._tell(self.rate)
 
     def acquired(self, waited: float) -> None:
@@ -94,11 +107,14 @@ class AutoRate:
         now = self._clock()
         new = None
         with self._lock:
-            length = max(ROUND, 3.0 / self.rate)
+            if self._climbing:  # long enough for a small excess to show against a server's burst
+                length = max(CLIMB_ROUND, CLIMB_ROUND_REQUESTS / self.rate)
+            else:
+                length = max(ROUND, ROUND_REQUESTS / self.rate)
             if now - self._round_start < length:
                 return
             busy = self._acquired > 0 and self._held * 4 >= self._acquired
-            if busy and self._clean:
+            if busy and self._clean and now >= self._hold_until:
                 new = self._grow(now - self._round_start)
             self._round_start, self._acquired, self._held, self._clean = now, 0, 0, True
         if new is not None:
@@ -112,9 +128,17 @@ class AutoRate:
                 return False  # on its way before the last cut: the same signal
             self.throttles += 1
             self._clean = False
-            hard = self.found is None or now - self._cut_at < max(HARD_WINDOW, 3.0 / self.rate)
-            self.found = self.rate
-            self.rate = max(self.floor, self.rate * (HARD_CUT if hard else SOFT_CUT))
+            if self._climbing and now >= self._hold_until:
+                # the limit lies between the last clean rate and this one: just under the former
+                self.found = self._clean_rate
+                self.rate = max(self.floor, self._clean_rate * (1.0 - DEPTH))
+                self._climbing, self._plateau = False, PLATEAU_BELOW
+            else:
+                self.found = self.rate
+                self.rate = max(self.floor, self.rate * CUT)
+                self._climbing, self._plateau = True, PLATEAU
+                self._hold_until = now + HOLD
+                self._clean_rate = self.rate
             self._cut_at, self._busy, self._round_start = now, 0.0, now
             self._acquired = self._held = 0
             new = self.rate
@@ -127,9 +151,13 @@ class AutoRate:
             self.rate = min(self.ceiling, self.rate * 2)
             return self.rate
         self._busy += busy_seconds
-        target = self.found * (1.0 - (1.0 - SOFT_CUT) * (1.0 - self._busy / PLATEAU) ** 3)
-        if self.rate < target:  # below the curve after a hard cut: climb back to it quickly
-            target = min(target, self.rate * CLIMB)
+        target = self.found * (1.0 - DEPTH * (1.0 - self._busy / self._plateau) ** 3)
+        if self._climbing:
+            self._clean_rate = self.rate  # this round went through clean
+            if self.rate * CLIMB < target:
+                target = self.rate * CLIMB
+            else:
+                self._climbing = False  # on the curve
         target = min(self.ceiling, max(self.floor, target))
         if target <= self.rate:
             return None

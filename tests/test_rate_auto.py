@@ -8,15 +8,20 @@ import math
 
 import pytest
 
+from portshift import rate_auto
 from portshift.rate_auto import AutoRate
 
 
-def drive(limit: float, seconds: float, halve_at: float | None = None, retry_after: bool = True) -> tuple[float, float, AutoRate]:
-    """A client always wanting more than its rate: accepted/L and 429s per minute from 60 s on, and the AutoRate."""
+def drive(
+    limit: float, seconds: float, halve_at: float | None = None, retry_after: bool = True
+) -> tuple[float, float, AutoRate, list[float]]:
+    """A client always wanting more than its rate: accepted/L and 429s per minute from 60 s on,
+    the AutoRate, and the times of every 429."""
     now = [0.0]
     auto = AutoRate(1.0, floor=0.1, clock=lambda: now[0])
     tokens, last, t, paused = 2.0, 0.0, 0.0, 0.0
     share = refused = 0.0
+    refusals: list[float] = []
     while t < seconds:
         lim = limit / 2 if halve_at is not None and t >= halve_at else limit
         t = max(t + 1.0 / auto.rate, paused)
@@ -30,34 +35,102 @@ def drive(limit: float, seconds: float, halve_at: float | None = None, retry_aft
             auto.succeeded(t)
         else:
             refused += 1 if t >= 60 else 0
+            refusals.append(t)
             paused = t + 0.005 + (max(1, math.ceil((1 - tokens) / lim)) if retry_after else 0.75)
             auto.throttled(t)
     span = seconds - 60
-    return share / span, refused / (span / 60), auto
+    return share / span, refused / (span / 60), auto, refusals
 
 
 @pytest.mark.parametrize("limit", [1, 5, 20, 50])
 def test_auto_finds_a_hidden_limit_and_holds_it_with_few_429s(limit: float) -> None:
-    achieved, per_minute, auto = drive(limit, 600)
+    achieved, per_minute, auto, _ = drive(limit, 600)
     assert achieved >= 0.9, achieved
     assert per_minute <= 1.0, per_minute
     assert auto.found is not None and 0.9 * limit <= auto.found <= 1.2 * limit
 
 
-def test_a_limit_that_halves_is_followed_down() -> None:
-    achieved, per_minute, auto = drive(20, 480, halve_at=180)
-    assert auto.rate <= 10.5 and auto.found is not None and auto.found <= 12
-    assert achieved >= 0.85, achieved
+@pytest.mark.parametrize("limit", [5, 20, 50])
+@pytest.mark.parametrize("halve_at", [100, 150, 230])
+def test_a_limit_that_halves_is_followed_in_one_step(limit: float, halve_at: float) -> None:
+    """Wherever in its cycle the limit halves, the first 429 after it puts the rate under the new
+    limit: no 429 follows within 5 s of another (each time above the limit ends at its first 429)."""
+    seen: list[tuple[float, float]] = []  # (time, rate) after every cut
+
+    class Watched(AutoRate):
+        def throttled(self, sent_at: float) -> bool:
+            cut = super().throttled(sent_at)
+            if cut:
+                seen.append((sent_at, self.rate))
+            return cut
+
+    import tests.test_rate_auto as me  # drive() builds an AutoRate: hand it the watched one
+
+    original = me.AutoRate
+    me.AutoRate = Watched  # type: ignore[misc]
+    try:
+        achieved, per_minute, auto, refusals = drive(limit, 480, halve_at=halve_at)
+    finally:
+        me.AutoRate = original  # type: ignore[misc]
+    after = [t for t in refusals if t >= halve_at]
+    assert after, "the halving was never noticed"
+    assert all(b - a >= 5.0 for a, b in zip(after, after[1:])), after[:6]
+    first = next(rate for t, rate in seen if t >= halve_at)
+    # half the rate at the 429: under the new limit, or a few percent over it when the rate was
+    # probing past the old limit as it halved (that 429 is then the only one for 5 s and more)
+    assert first <= limit / 2 * 1.05, f"the first cut after the halving left the rate at {first:.2f}, limit {limit / 2}"
+    assert auto.rate <= limit / 2 * 1.05 and auto.found is not None and auto.found <= limit / 2 * 1.2
+    assert achieved >= 0.9, achieved
 
 
-def test_429s_of_requests_sent_before_a_cut_are_one_signal_and_a_remembered_rate_is_resumed() -> None:
+def test_a_429_halves_the_rate_holds_it_then_climbs_back() -> None:
     now = [10.0]
     auto = AutoRate(clock=lambda: now[0])
     auto.resume(8.0)
     sent = now[0]
     now[0] += 0.01
-    assert auto.throttled(sent) and auto.rate == pytest.approx(8.0 * 0.8)
-    assert not auto.throttled(sent) and auto.rate == pytest.approx(6.4)  # on its way before the cut
-    now[0] += 1.0
-    assert auto.throttled(now[0])  # sent after the cut, this soon: the limit fell, cut hard
-    assert auto.rate == pytest.approx(3.2)
+    assert auto.throttled(sent) and auto.rate == pytest.approx(8.0 * rate_auto.CUT) and auto.found == 8.0
+    assert not auto.throttled(sent) and auto.rate == pytest.approx(4.0)  # on its way before the cut: one signal
+
+    def busy_round(seconds: float) -> None:
+        for _ in range(20):
+            auto.acquired(0.01)
+        now[0] += seconds
+        auto.succeeded(now[0])
+
+    busy_round(rate_auto.HOLD - 1.0)
+    assert auto.rate == 4.0  # held
+    busy_round(rate_auto.CLIMB_ROUND + 0.01)
+    assert auto.rate == pytest.approx(4.0 * rate_auto.CLIMB)
+    busy_round(rate_auto.CLIMB_ROUND + 0.01)
+    assert auto.rate == pytest.approx(4.0 * rate_auto.CLIMB**2)
+    busy_round(rate_auto.CLIMB_ROUND + 0.01)  # the curve, just under the limit found, is nearer than another step
+    assert 8.0 * (1 - rate_auto.DEPTH) <= auto.rate <= 8.0 * (1 - rate_auto.DEPTH) * 1.02
+
+
+def test_a_429_while_climbing_back_finds_the_limit_from_below_without_a_second_deep_cut() -> None:
+    now = [10.0]
+    auto = AutoRate(clock=lambda: now[0])
+    auto.resume(20.0)
+    now[0] += 0.01
+    assert auto.throttled(now[0]) and auto.rate == 10.0
+    for _ in range(2):
+        for _ in range(20):
+            auto.acquired(0.01)
+        now[0] += rate_auto.HOLD
+        auto.succeeded(now[0])
+    assert auto.rate == pytest.approx(13.0)  # one clean climbing round at 10, then 13
+    now[0] += 0.5
+    assert auto.throttled(now[0])
+    assert auto.found == pytest.approx(10.0)  # the last clean rate
+    assert auto.rate == pytest.approx(10.0 * (1 - rate_auto.DEPTH))
+
+
+def test_a_second_429_during_the_hold_cuts_again() -> None:
+    now = [10.0]
+    auto = AutoRate(clock=lambda: now[0])
+    auto.resume(16.0)
+    now[0] += 0.01
+    assert auto.throttled(now[0]) and auto.rate == 8.0
+    now[0] += 1.5  # still holding: the limit fell by more than half
+    assert auto.throttled(now[0]) and auto.rate == 4.0

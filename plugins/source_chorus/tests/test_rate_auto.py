@@ -17,7 +17,7 @@ from portshift_source_chorus.listing import query_for
 from portshift_source_chorus.pacing import AutoPacing
 from portshift_source_chorus.simulator import ChorusSimulator, Fault, Faults
 
-from portshift.rate_auto import SOFT_CUT
+from portshift.rate_auto import CUT
 from portshift.state import open_state
 
 from .conftest import CANARY, make_source
@@ -81,10 +81,10 @@ def test_a_429_cuts_the_rate_once_and_its_retry_after_holds_every_request(sim: C
     source = auto_source(sim)
     try:
         p = pacing(source)
-        p.resume(10.0)  # a remembered rate: the first 429 cuts softly
+        p.resume(10.0)  # a remembered rate: the first 429 halves it
         hammer(source, 3.0)
         assert p.auto.throttles == 1
-        assert p.rate <= 10.0 * SOFT_CUT * 1.05
+        assert p.rate <= 10.0 * CUT * 1.05
         times = sorted(sim.stats.api_times)
         first_429 = times[0]
         after = [t for t in times if t > first_429 + 0.05]
