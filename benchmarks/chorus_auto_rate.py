@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--burst", type=float, default=2.0, help="the simulator's bucket size (1: no two requests closer than 1/L)")
     ap.add_argument("--start", type=float, default=0.0, help="a remembered rate to start from (0: none, search)")
+    ap.add_argument("--trace", type=Path, help="write the client's rate every 0.25 s and the time of every 429 here (JSON)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -152,6 +153,8 @@ def main() -> int:
     ratio = (sum(1.0 / limit_at(t) for t in sent if t >= warm) - sum(1.0 / limit_at(t) for t in refused if t >= warm)) / span
     per_min = sum(1 for t in refused if t >= warm) / (span / 60)
     runs = episodes([t for t in refused if t >= warm])
+    if args.trace is not None:
+        args.trace.write_text(json.dumps({"rate": samples, "refused": refused, "limit": args.limit, "halving": halving}))
     longest = max((b - a for a, b, _ in runs), default=0.0)
     mode = "no Retry-After" if args.no_retry_after else "Retry-After"
     halves = f", halving at {args.halve_after:g} s" if args.halve_after else ""

@@ -8,7 +8,8 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   requests back (the rate, not the work, was the bottleneck) and no request was answered 429. A
   round lasts a second, or 1.5 requests' time if longer.
 - **On a 429** for a request sent after the last cut (the 429s of requests already on their way
-  are one signal): ``found`` = the rate then, and the rate drops to **half** of it, under the
+  are one signal): ``found`` = a little under the rate then (``FOUND_MARGIN``: that rate was over
+  the limit), and the rate drops to **half** the rate then, under the
   limit even if the limit just halved. It stays there ``HOLD`` seconds (the ``Retry-After``
   pause, and a clean look at the new rate), then **climbs back** by ``CLIMB`` per clean round
   toward the curve below.
@@ -37,11 +38,12 @@ from typing import Protocol
 __all__ = ["AutoRate", "RateMemory"]
 
 CUT = 0.5  #: the rate after a 429, as a share of the rate then: under a limit that halved
+FOUND_MARGIN = 0.97  #: the limit found, as a share of the rate a 429 came at (it was over the limit)
 HOLD = 5.0  #: seconds at the cut rate before climbing back (a second 429 sooner: the limit fell further)
 CLIMB = 1.3  #: growth per clean round while climbing back to the curve after a cut
 DEPTH = 0.1  #: the curve starts this far under the limit found (as a share of it)
 PLATEAU = 180.0  #: seconds of busy time from a cut until the curve passes the limit found (CUBIC's K)
-PLATEAU_BELOW = 30.0  #: the same after a limit found from below (by a 429 while climbing back)
+PLATEAU_BELOW = 12.0  #: the same after a limit found from below (by a 429 while climbing back)
 ROUND = 1.0  #: seconds per round of growth (at least ROUND_REQUESTS requests' time)
 ROUND_REQUESTS = 1.5
 CLIMB_ROUND = 2.0  #: seconds per round while climbing back (at least CLIMB_ROUND_REQUESTS requests' time)
@@ -134,7 +136,7 @@ class AutoRate:
                 self.rate = max(self.floor, self._clean_rate * (1.0 - DEPTH))
                 self._climbing, self._plateau = False, PLATEAU_BELOW
             else:
-                self.found = self.rate
+                self.found = self.rate * FOUND_MARGIN
                 self.rate = max(self.floor, self.rate * CUT)
                 self._climbing, self._plateau = True, PLATEAU
                 self._hold_until = now + HOLD
