@@ -9,14 +9,16 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   round lasts a second, or 1.5 requests' time if longer.
 - **On a 429** for a request sent after the last cut (the 429s of requests already on their way
   are one signal): ``found`` = a little under the rate then (``FOUND_MARGIN``: that rate was over
-  the limit), and the rate drops to **half** the rate then, under the
-  limit even if the limit just halved. It stays there ``HOLD`` seconds (the ``Retry-After``
+  the limit), and the rate drops to **half** of that, under the
+  limit even if the limit just halved (also when the 429 came as the rate probed a little past the
+  old limit). It stays there ``HOLD`` seconds (the ``Retry-After``
   pause, and a clean look at the new rate), then **climbs back** by ``CLIMB`` per clean round
   toward the curve below.
-- **A 429 while climbing back** means the limit is lower than ``found``: it lies between the last
-  clean rate and this one. ``found`` becomes that last clean rate and the rate drops just under
-  it (``1 - DEPTH``), without a second deep cut; the curve then looks past ``found`` sooner
-  (``PLATEAU_BELOW``), as the limit may be up to ``CLIMB`` times higher.
+- **A 429 while climbing back** means the limit is lower than ``found``. ``found`` becomes the
+  rate before the last clean round (a small excess over a server's burst can take longer than one
+  round to show; the held rate at the latest) and the rate drops just under it (``1 - DEPTH``),
+  without a second deep cut; the curve then looks past ``found`` sooner (``PLATEAU_BELOW``), as
+  the limit may be higher.
 - **Between 429s** the rate follows ``found * (1 - DEPTH * (1 - t/K)**3)`` over the time ``t``
   the limiter was busy since the cut: flat just under ``found`` for most of ``K`` (``PLATEAU``
   seconds), then growing ever faster past it, so a limit that went up is found again. At a steady
@@ -37,7 +39,7 @@ from typing import Protocol
 
 __all__ = ["AutoRate", "RateMemory"]
 
-CUT = 0.5  #: the rate after a 429, as a share of the rate then: under a limit that halved
+CUT = 0.5  #: the rate after a 429, as a share of the limit found: under a limit that halved
 FOUND_MARGIN = 0.97  #: the limit found, as a share of the rate a 429 came at (it was over the limit)
 HOLD = 5.0  #: seconds at the cut rate before climbing back (a second 429 sooner: the limit fell further)
 CLIMB = 1.3  #: growth per clean round while climbing back to the curve after a cut
@@ -83,6 +85,7 @@ class AutoRate:
         self._climbing = False  #: climbing back after a cut, not yet on the curve
         self._hold_until = float("-inf")
         self._clean_rate = self.rate  #: the last rate a whole round went through clean while climbing
+        self._trusted = self.rate  #: the rate before that (two clean rounds, or the held rate)
         self._round_start = clock()
         self._acquired = 0
         self._held = 0
@@ -131,16 +134,16 @@ class AutoRate:
             self.throttles += 1
             self._clean = False
             if self._climbing and now >= self._hold_until:
-                # the limit lies between the last clean rate and this one: just under the former
-                self.found = self._clean_rate
-                self.rate = max(self.floor, self._clean_rate * (1.0 - DEPTH))
+                # the limit lies under this rate: just under the last rate known to be under it
+                self.found = self._trusted
+                self.rate = max(self.floor, self._trusted * (1.0 - DEPTH))
                 self._climbing, self._plateau = False, PLATEAU_BELOW
             else:
                 self.found = self.rate * FOUND_MARGIN
-                self.rate = max(self.floor, self.rate * CUT)
+                self.rate = max(self.floor, self.found * CUT)
                 self._climbing, self._plateau = True, PLATEAU
                 self._hold_until = now + HOLD
-                self._clean_rate = self.rate
+                self._clean_rate = self._trusted = self.rate
             self._cut_at, self._busy, self._round_start = now, 0.0, now
             self._acquired = self._held = 0
             new = self.rate
@@ -155,7 +158,9 @@ class AutoRate:
         self._busy += busy_seconds
         target = self.found * (1.0 - DEPTH * (1.0 - self._busy / self._plateau) ** 3)
         if self._climbing:
-            self._clean_rate = self.rate  # this round went through clean
+            # this round went through clean; the one before it is trusted (a small excess over a
+            # server's burst can take longer than a round to show)
+            self._trusted, self._clean_rate = self._clean_rate, self.rate
             if self.rate * CLIMB < target:
                 target = self.rate * CLIMB
             else:
