@@ -18,7 +18,8 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   rate before the last clean round (a small excess over a server's burst can take longer than one
   round to show; the held rate at the latest) and the rate drops just under it (``1 - DEPTH``),
   without a second deep cut; the curve then looks past ``found`` sooner (``PLATEAU_BELOW``), as
-  the limit may be higher.
+  the limit may be higher. The 429 that probe meets is the limit found from below: the rate goes
+  just under it, again without a deep cut.
 - **Between 429s** the rate follows ``found * (1 - DEPTH * (1 - t/K)**3)`` over the time ``t``
   the limiter was busy since the cut: flat just under ``found`` for most of ``K`` (``PLATEAU``
   seconds), then growing ever faster past it, so a limit that went up is found again. At a steady
@@ -138,6 +139,11 @@ class AutoRate:
                 self.found = self._trusted
                 self.rate = max(self.floor, self._trusted * (1.0 - DEPTH))
                 self._climbing, self._plateau = False, PLATEAU_BELOW
+            elif self._plateau == PLATEAU_BELOW and self._busy <= 3 * PLATEAU_BELOW:
+                # probing past a limit found from below: this rate is just over the limit
+                self.found = self.rate * FOUND_MARGIN
+                self.rate = max(self.floor, self.found * (1.0 - DEPTH))
+                self._plateau = PLATEAU
             else:
                 self.found = self.rate * FOUND_MARGIN
                 self.rate = max(self.floor, self.found * CUT)

@@ -129,6 +129,36 @@ def test_a_429_while_climbing_back_finds_the_limit_from_below_without_a_second_d
     assert auto.rate == pytest.approx(clean * (1 - rate_auto.DEPTH))
 
 
+def test_the_429_that_probes_past_a_limit_found_from_below_is_no_deep_cut() -> None:
+    now = [10.0]
+    auto = AutoRate(clock=lambda: now[0])
+    auto.resume(20.0)
+    now[0] += 0.01
+    assert auto.throttled(now[0])
+    for _ in range(3):  # held, then two clean climbing rounds, then a 429: found from below
+        for _ in range(20):
+            auto.acquired(0.01)
+        now[0] += rate_auto.HOLD
+        auto.succeeded(now[0])
+    now[0] += 0.5
+    assert auto.throttled(now[0])
+    below = auto.found
+    assert below is not None
+    for _ in range(20):  # the curve looks past it within PLATEAU_BELOW seconds
+        for _ in range(20):
+            auto.acquired(0.01)
+        now[0] += 1.01
+        auto.succeeded(now[0])
+    probing = auto.rate
+    assert probing > below
+    now[0] += 0.1
+    assert auto.throttled(now[0])  # this rate is just over the limit: just under it, not half
+    assert auto.found == pytest.approx(probing * rate_auto.FOUND_MARGIN)
+    assert auto.rate == pytest.approx(probing * rate_auto.FOUND_MARGIN * (1 - rate_auto.DEPTH))
+    now[0] += 30.0
+    assert auto.throttled(now[0]) and auto.rate < probing * 0.5  # and the next 429 halves again
+
+
 def test_a_second_429_during_the_hold_cuts_again() -> None:
     now = [10.0]
     auto = AutoRate(clock=lambda: now[0])
