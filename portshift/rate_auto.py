@@ -18,8 +18,9 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   rate before the last clean round (a small excess over a server's burst can take longer than one
   round to show; the held rate at the latest) and the rate drops just under it (``1 - DEPTH``),
   without a second deep cut; the curve then looks past ``found`` sooner (``PLATEAU_BELOW``), as
-  the limit may be higher. The 429 that probe meets is the limit found from below: the rate goes
-  just under it, again without a deep cut.
+  the limit may be higher. The 429 that probe meets is the limit found from below (no higher than
+  the rate before the last clean round: the probe grows fast): the rate goes just under it, again
+  without a deep cut.
 - **Between 429s** the rate follows ``found * (1 - DEPTH * (1 - t/K)**3)`` over the time ``t``
   the limiter was busy since the cut: flat just under ``found`` for most of ``K`` (``PLATEAU``
   seconds), then growing ever faster past it, so a limit that went up is found again. At a steady
@@ -139,11 +140,14 @@ class AutoRate:
                 self.found = self._trusted
                 self.rate = max(self.floor, self._trusted * (1.0 - DEPTH))
                 self._climbing, self._plateau = False, PLATEAU_BELOW
+                self._clean_rate = self._trusted = self.rate
             elif self._plateau == PLATEAU_BELOW and self._busy <= 3 * PLATEAU_BELOW:
-                # probing past a limit found from below: this rate is just over the limit
-                self.found = self.rate * FOUND_MARGIN
+                # probing past a limit found from below: this rate is just over the limit, and
+                # the probe grows fast: no higher than the rate before the last clean round
+                self.found = min(self.rate * FOUND_MARGIN, self._trusted)
                 self.rate = max(self.floor, self.found * (1.0 - DEPTH))
                 self._plateau = PLATEAU
+                self._clean_rate = self._trusted = self.rate
             else:
                 self.found = self.rate * FOUND_MARGIN
                 self.rate = max(self.floor, self.found * CUT)
@@ -162,11 +166,11 @@ class AutoRate:
             self.rate = min(self.ceiling, self.rate * 2)
             return self.rate
         self._busy += busy_seconds
+        # this round went through clean; the one before it is trusted (a small excess over a
+        # server's burst can take longer than a round to show)
+        self._trusted, self._clean_rate = self._clean_rate, self.rate
         target = self.found * (1.0 - DEPTH * (1.0 - self._busy / self._plateau) ** 3)
         if self._climbing:
-            # this round went through clean; the one before it is trusted (a small excess over a
-            # server's burst can take longer than a round to show)
-            self._trusted, self._clean_rate = self._clean_rate, self.rate
             if self.rate * CLIMB < target:
                 target = self.rate * CLIMB
             else:

@@ -151,10 +151,12 @@ def test_the_429_that_probes_past_a_limit_found_from_below_is_no_deep_cut() -> N
         auto.succeeded(now[0])
     probing = auto.rate
     assert probing > below
+    before_last = auto._trusted  # the rate before the last clean round
+    assert below < before_last < probing
     now[0] += 0.1
     assert auto.throttled(now[0])  # this rate is just over the limit: just under it, not half
-    assert auto.found == pytest.approx(probing * rate_auto.FOUND_MARGIN)
-    assert auto.rate == pytest.approx(probing * rate_auto.FOUND_MARGIN * (1 - rate_auto.DEPTH))
+    assert auto.found == pytest.approx(min(probing * rate_auto.FOUND_MARGIN, before_last))
+    assert auto.rate == pytest.approx(auto.found * (1 - rate_auto.DEPTH))
     now[0] += 30.0
     assert auto.throttled(now[0]) and auto.rate < probing * 0.5  # and the next 429 halves again
 
