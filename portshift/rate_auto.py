@@ -16,7 +16,7 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   toward the curve below.
 - **A 429 while climbing back** means the limit is lower than ``found``. ``found`` becomes the
   rate before the last clean round (a small excess over a server's burst can take longer than one
-  round to show; the held rate at the latest) and the rate drops just under it (``1 - DEPTH``),
+  round to show; the held rate at the latest) and the rate drops just under it (``UNDER``),
   without a second deep cut; the curve then looks past ``found`` sooner (``PLATEAU_BELOW``), as
   the limit may be higher. The 429 that probe meets is the limit found from below (no higher than
   the rate before the last clean round: the probe grows fast): the rate goes just under it, again
@@ -46,6 +46,7 @@ FOUND_MARGIN = 0.97  #: the limit found, as a share of the rate a 429 came at (i
 HOLD = 5.0  #: seconds at the cut rate before climbing back (a second 429 sooner: the limit fell further)
 CLIMB = 1.3  #: growth per clean round while climbing back to the curve after a cut
 DEPTH = 0.1  #: the curve starts this far under the limit found (as a share of it)
+UNDER = 0.95  #: the rate after a 429 that found the limit from below, as a share of it (no deep cut)
 PLATEAU = 180.0  #: seconds of busy time from a cut until the curve passes the limit found (CUBIC's K)
 PLATEAU_BELOW = 12.0  #: the same after a limit found from below (by a 429 while climbing back)
 ROUND = 1.0  #: seconds per round of growth (at least ROUND_REQUESTS requests' time)
@@ -138,14 +139,14 @@ class AutoRate:
             if self._climbing and now >= self._hold_until:
                 # the limit lies under this rate: just under the last rate known to be under it
                 self.found = self._trusted
-                self.rate = max(self.floor, self._trusted * (1.0 - DEPTH))
+                self.rate = max(self.floor, self._trusted * UNDER)
                 self._climbing, self._plateau = False, PLATEAU_BELOW
                 self._clean_rate = self._trusted = self.rate
             elif self._plateau == PLATEAU_BELOW and self._busy <= 3 * PLATEAU_BELOW:
                 # probing past a limit found from below: this rate is just over the limit, and
                 # the probe grows fast: no higher than the rate before the last clean round
                 self.found = min(self.rate * FOUND_MARGIN, self._trusted)
-                self.rate = max(self.floor, self.found * (1.0 - DEPTH))
+                self.rate = max(self.floor, self.found * UNDER)
                 self._plateau = PLATEAU
                 self._clean_rate = self._trusted = self.rate
             else:

@@ -126,7 +126,7 @@ def test_a_429_while_climbing_back_finds_the_limit_from_below_without_a_second_d
     now[0] += 0.5
     assert auto.throttled(now[0])
     assert auto.found == pytest.approx(clean)  # the last clean rate
-    assert auto.rate == pytest.approx(clean * (1 - rate_auto.DEPTH))
+    assert auto.rate == pytest.approx(clean * rate_auto.UNDER)
 
 
 def test_the_429_that_probes_past_a_limit_found_from_below_is_no_deep_cut() -> None:
@@ -156,7 +156,7 @@ def test_the_429_that_probes_past_a_limit_found_from_below_is_no_deep_cut() -> N
     now[0] += 0.1
     assert auto.throttled(now[0])  # this rate is just over the limit: just under it, not half
     assert auto.found == pytest.approx(min(probing * rate_auto.FOUND_MARGIN, before_last))
-    assert auto.rate == pytest.approx(auto.found * (1 - rate_auto.DEPTH))
+    assert auto.rate == pytest.approx(auto.found * rate_auto.UNDER)
     now[0] += 30.0
     assert auto.throttled(now[0]) and auto.rate < probing * 0.5  # and the next 429 halves again
 
