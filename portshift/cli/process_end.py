@@ -39,4 +39,4 @@ def end_process(code: object) -> NoReturn:
                 stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
-    os._exit(code & 0xFF if code >= 0 else 1)
+    os._exit(code & 0xFF)  # what the C exit() makes of any int, as sys.exit would
