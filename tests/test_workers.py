@@ -56,12 +56,12 @@ def sim() -> Iterator[object]:
         yield s
 
 
-def write_job(tmp_path: Path, sim: object) -> Path:
+def write_job(tmp_path: Path, sim: object, rate: float = 0) -> Path:
     job = tmp_path / "job.toml"
     job.write_text(
         "[job]\ntransfers = 2\nretries = 1\n\n"
         f'[source]\ntype = "chorus"\nbase_url = "{sim.base_url}"\nca_bundle = "{sim.ca_path}"\n'  # type: ignore[attr-defined]
-        "requests_per_second = 0\nbackoff_base = 0.01\nbackoff_cap = 0.05\nretries = 1\n\n"
+        f"requests_per_second = {rate:g}\nbackoff_base = 0.01\nbackoff_cap = 0.05\nretries = 1\n\n"
         f'[sink]\ntype = "local"\npath = "{tmp_path / "out"}"\n'
     )
     return job
@@ -89,7 +89,10 @@ def exported_calls(root: Path) -> Counter[str]:
 
 
 def test_run_with_four_workers_exports_every_call_exactly_once(tmp_path: Path, sim: object, state_backend: StateBackend) -> None:
-    job = write_job(tmp_path, sim)
+    # paced so that the job lasts about 6 s (two API requests per call, shared by the workers):
+    # long enough for the three worker processes to start and take part, however fast one is
+    rate = max(20.0, 2 * len(sim.tenant.exportable()) / 6)  # type: ignore[attr-defined]
+    job = write_job(tmp_path, sim, rate=rate)
     cmd = [*PORTSHIFT, "run", "--config", str(job), "--state", state_backend.target, "--workers", "4"]
     cmd += ["--since", SINCE, "--until", UNTIL, "--no-progress", "--report", "json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(state_backend), timeout=300)
