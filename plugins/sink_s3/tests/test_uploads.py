@@ -278,8 +278,10 @@ def test_botocore_sends_our_sha256_and_hashes_nothing_again(make_sink: MakeSink,
     uploads = [(op, h, body) for op, h, body in seen if op in ("PutObject", "UploadPart")]
     assert len(uploads) == (1 if size < PART else 3)
     pieces = [data] if size < PART else [data[i : i + PART] for i in range(0, size, PART)]
-    sent = sorted(uploads, key=lambda u: int(u[1].get("Content-Length", 0)), reverse=True)
-    for (op, headers, body), piece in zip(sent, sorted(pieces, key=len, reverse=True)):
+    # parts go out concurrently, in any order: each request is matched with the piece it carries
+    assert sorted(bytes(body) for _, _, body in uploads) == sorted(pieces)
+    for op, headers, body in uploads:
+        piece = next(p for p in pieces if p == body)
         lower = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in headers.items()}
         assert lower["x-amz-checksum-sha256"] == base64.b64encode(hashlib.sha256(piece).digest()).decode(), op
         assert lower["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD", op  # the signature does not hash the body
