@@ -9,11 +9,10 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   round lasts a second, or 1.5 requests' time if longer.
 - **On a 429** for a request sent after the last cut (the 429s of requests already on their way
   are one signal): ``found`` = a little under the rate then (``FOUND_MARGIN``: that rate was over
-  the limit), and the rate drops to **half** of that, under the
-  limit even if the limit just halved (also when the 429 came as the rate probed a little past the
-  old limit). It stays there ``HOLD`` seconds (the ``Retry-After``
-  pause, and a clean look at the new rate), then **climbs back** by ``CLIMB`` per clean round
-  toward the curve below.
+  the limit), and the rate drops to **half** of that, under the limit even if the limit just
+  halved (also when the 429 came as the rate probed a little past the old limit). It stays there
+  ``HOLD`` seconds (the ``Retry-After`` pause, and a clean look at the new rate), then **climbs
+  back** by ``CLIMB`` per clean round (``CLIMB_ROUND``) toward the curve below.
 - **A 429 while climbing back** means the limit is lower than ``found``. ``found`` becomes the
   rate before the last clean round (a small excess over a server's burst can take longer than one
   round to show; the held rate at the latest) and the rate drops just under it (``UNDER``),
