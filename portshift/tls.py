@@ -16,6 +16,7 @@ import os
 import ssl
 import threading
 import urllib.parse
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,9 @@ def _system_trust(ctx: ssl.SSLContext) -> None:
             pass
 
 
-_contexts: dict[tuple[str, int, int] | None, ssl.SSLContext] = {}
+_contexts: OrderedDict[tuple[str, int, int] | None, ssl.SSLContext] = OrderedDict()
 _contexts_lock = threading.Lock()
+KEEP_CONTEXTS = 16  #: contexts kept per process (a long-lived process may see many bundles)
 
 
 def ssl_context(ca_bundle: str | os.PathLike[str] | None = None, *, fresh: bool = False) -> ssl.SSLContext:
@@ -95,6 +97,9 @@ def ssl_context(ca_bundle: str | os.PathLike[str] | None = None, *, fresh: bool 
         ctx = _contexts.get(key)
         if ctx is None:
             ctx = _contexts[key] = _new_context(ca_bundle)
+            while len(_contexts) > KEEP_CONTEXTS:
+                _contexts.popitem(last=False)
+        _contexts.move_to_end(key)
         return ctx
 
 

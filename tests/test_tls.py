@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def test_one_context_per_trust_and_process_made_again_when_the_bundle_changes(tl
     bundle.write_bytes(tls_material.ca_pem.read_bytes() * 2 + b"\n")
     again = ssl_context(bundle)
     assert again is not first and again.cert_store_stats()["x509_ca"] == before
+    for n in range(tls.KEEP_CONTEXTS + 2):  # a long-lived process seeing many bundles keeps a few
+        other = tmp_path / f"ca-{n}.pem"
+        other.write_bytes(tls_material.ca_pem.read_bytes())
+        ssl_context(other)
+    assert len(tls._contexts) <= tls.KEEP_CONTEXTS
 
 
 def _hashed_ca_dir(pem: Path, folder: Path) -> Path:
@@ -110,7 +116,7 @@ def test_trust_variables_in_the_environment_add_no_ca(
         monkeypatch.setenv("SSL_CERT_FILE", str(unrelated))
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE"):
         monkeypatch.setenv(name, str(hostile))
-    monkeypatch.setattr(tls, "_contexts", {})  # every context below is made with the variables set
+    monkeypatch.setattr(tls, "_contexts", OrderedDict())  # every context below is made with the variables set
 
     # control: the stdlib default honours the variable, so the hostile CA would be trusted
     assert handshake(ssl.create_default_context(), https_server.port)
