@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,15 +60,25 @@ def lister_for(state, source: GatedSource, woken: threading.Event) -> Lister:  #
     )
 
 
+@contextmanager
+def listing(state, source: GatedSource, woken: threading.Event) -> Iterator[Lister]:  # type: ignore[no-untyped-def]
+    """The lister running in its own thread, stopped at the source's gate; let go and joined after."""
+    lister = lister_for(state, source, woken)
+    thread = threading.Thread(target=lister.run)
+    thread.start()
+    try:
+        assert source.waiting.wait(30)
+        yield lister
+    finally:
+        source.go.set()
+        thread.join(30)
+
+
 def test_a_hungry_transfer_gets_the_rows_listed_so_far_and_the_next_one_at_once(tmp_path: Path) -> None:
     with open_state(tmp_path / "state.db") as state:
         source = GatedSource(first=3, rest=2)
         woken = threading.Event()
-        lister = lister_for(state, source, woken)
-        thread = threading.Thread(target=lister.run)
-        thread.start()
-        try:
-            assert source.waiting.wait(30)
+        with listing(state, source, woken) as lister:
             # three rows listed, far from a batch of BATCH and its 0.3 s: nothing written yet
             assert BATCH > 3 and state.todo_counts("J1") == (0, 0) and not woken.is_set()
             lister.want()  # a transfer found nothing to claim
@@ -78,9 +89,6 @@ def test_a_hungry_transfer_gets_the_rows_listed_so_far_and_the_next_one_at_once(
             lister.want()
             source.go.set()  # the next row is written as soon as it is listed, and the claims told
             assert woken.wait(10)
-        finally:
-            source.go.set()
-            thread.join(30)
         assert lister.complete
         assert sorted(c.id for c in state.claim("J1", "w1", 10)) == ["call-003", "call-004"]
 
@@ -89,14 +97,7 @@ def test_without_a_hungry_transfer_rows_are_written_in_batches(tmp_path: Path) -
     with open_state(tmp_path / "state.db") as state:
         source = GatedSource(first=3, rest=0)
         woken = threading.Event()
-        lister = lister_for(state, source, woken)
-        thread = threading.Thread(target=lister.run)
-        thread.start()
-        try:
-            assert source.waiting.wait(30)
+        with listing(state, source, woken) as lister:
             lister.flush(stale_only=True)  # not stale yet: kept for the batch
             assert state.todo_counts("J1") == (0, 0)
-        finally:
-            source.go.set()
-            thread.join(30)
         assert state.todo_counts("J1") == (3, 0) and woken.is_set()  # the end of the listing writes them

@@ -13,12 +13,12 @@ from portshift.rate_auto import AutoRate
 
 
 def drive(
-    limit: float, seconds: float, halve_at: float | None = None, retry_after: bool = True
+    limit: float, seconds: float, halve_at: float | None = None, retry_after: bool = True, kind: type[AutoRate] = AutoRate
 ) -> tuple[float, float, AutoRate, list[float]]:
     """A client always wanting more than its rate: accepted/L and 429s per minute from 60 s on,
-    the AutoRate, and the times of every 429."""
+    the AutoRate (of class ``kind``), and the times of every 429."""
     now = [0.0]
-    auto = AutoRate(1.0, floor=0.1, clock=lambda: now[0])
+    auto = kind(1.0, floor=0.1, clock=lambda: now[0])
     tokens, last, t, paused = 2.0, 0.0, 0.0, 0.0
     share = refused = 0.0
     refusals: list[float] = []
@@ -64,14 +64,7 @@ def test_a_limit_that_halves_is_followed_in_one_step(limit: float, halve_at: flo
                 seen.append((sent_at, self.rate))
             return cut
 
-    import tests.test_rate_auto as me  # drive() builds an AutoRate: hand it the watched one
-
-    original = me.AutoRate
-    me.AutoRate = Watched  # type: ignore[misc]
-    try:
-        achieved, per_minute, auto, refusals = drive(limit, 480, halve_at=halve_at)
-    finally:
-        me.AutoRate = original  # type: ignore[misc]
+    achieved, per_minute, auto, refusals = drive(limit, 480, halve_at=halve_at, kind=Watched)
     after = [t for t in refusals if t >= halve_at]
     assert after, "the halving was never noticed"
     assert all(b - a >= 5.0 for a, b in zip(after, after[1:])), after[:6]
@@ -79,6 +72,14 @@ def test_a_limit_that_halves_is_followed_in_one_step(limit: float, halve_at: flo
     assert first <= limit / 2, f"the first cut after the halving left the rate at {first:.2f}, limit {limit / 2}"
     assert auto.rate <= limit / 2 * 1.05 and auto.found is not None and auto.found <= limit / 2 * 1.2
     assert achieved >= 0.9, achieved
+
+
+def busy_round(auto: AutoRate, now: list[float], seconds: float) -> None:
+    """A round of requests the limiter held back, all answered, ``seconds`` long."""
+    for _ in range(20):
+        auto.acquired(0.01)
+    now[0] += seconds
+    auto.succeeded(now[0])
 
 
 def test_a_429_halves_the_rate_holds_it_then_climbs_back() -> None:
@@ -93,19 +94,13 @@ def test_a_429_halves_the_rate_holds_it_then_climbs_back() -> None:
     assert auto.rate == pytest.approx(half)
     assert not auto.throttled(sent) and auto.rate == pytest.approx(half)  # on its way before the cut: one signal
 
-    def busy_round(seconds: float) -> None:
-        for _ in range(20):
-            auto.acquired(0.01)
-        now[0] += seconds
-        auto.succeeded(now[0])
-
-    busy_round(rate_auto.HOLD - 1.0)
+    busy_round(auto, now, rate_auto.HOLD - 1.0)
     assert auto.rate == pytest.approx(half)  # held
-    busy_round(rate_auto.CLIMB_ROUND + 0.01)
+    busy_round(auto, now, rate_auto.CLIMB_ROUND + 0.01)
     assert auto.rate == pytest.approx(half * rate_auto.CLIMB)
-    busy_round(rate_auto.CLIMB_ROUND + 0.01)
+    busy_round(auto, now, rate_auto.CLIMB_ROUND + 0.01)
     assert auto.rate == pytest.approx(half * rate_auto.CLIMB**2)
-    busy_round(rate_auto.CLIMB_ROUND + 0.01)  # the curve, just under the limit found, is nearer than another step
+    busy_round(auto, now, rate_auto.CLIMB_ROUND + 0.01)  # the curve, just under the limit found, is nearer than another step
     found = 8.0 * rate_auto.FOUND_MARGIN
     assert found * (1 - rate_auto.DEPTH) <= auto.rate <= found * (1 - rate_auto.DEPTH) * 1.02
 
@@ -117,10 +112,7 @@ def test_a_429_while_climbing_back_finds_the_limit_from_below_without_a_second_d
     now[0] += 0.01
     assert auto.throttled(now[0]) and auto.rate == pytest.approx(10.0 * rate_auto.FOUND_MARGIN)
     for _ in range(2):
-        for _ in range(20):
-            auto.acquired(0.01)
-        now[0] += rate_auto.HOLD
-        auto.succeeded(now[0])
+        busy_round(auto, now, rate_auto.HOLD)
     clean = 10.0 * rate_auto.FOUND_MARGIN
     assert auto.rate == pytest.approx(clean * rate_auto.CLIMB)  # one clean climbing round, then up
     now[0] += 0.5
@@ -136,19 +128,13 @@ def test_the_429_that_probes_past_a_limit_found_from_below_is_no_deep_cut() -> N
     now[0] += 0.01
     assert auto.throttled(now[0])
     for _ in range(3):  # held, then two clean climbing rounds, then a 429: found from below
-        for _ in range(20):
-            auto.acquired(0.01)
-        now[0] += rate_auto.HOLD
-        auto.succeeded(now[0])
+        busy_round(auto, now, rate_auto.HOLD)
     now[0] += 0.5
     assert auto.throttled(now[0])
     below = auto.found
     assert below is not None
     for _ in range(20):  # the curve looks past it within PLATEAU_BELOW seconds
-        for _ in range(20):
-            auto.acquired(0.01)
-        now[0] += 1.01
-        auto.succeeded(now[0])
+        busy_round(auto, now, 1.01)
     probing = auto.rate
     assert probing > below
     before_last = auto._trusted  # the rate before the last clean round
