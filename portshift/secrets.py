@@ -36,6 +36,8 @@ _known: set[str] = set()
 #: the forms registered for each value still masked: a short-lived value (a media link, registered
 #: then forgotten per download) is encoded once, not again when it is forgotten
 _forms: dict[str, frozenset[str]] = {}
+#: values registered whose forms are not made yet (in the order they came)
+_pending: dict[str, None] = {}
 _version = 0
 
 
@@ -57,14 +59,20 @@ def register_mask(value: str) -> None:
     if not value or len(value) < 4:
         return
     global _version
-    forms = _forms.get(value)
-    if forms is None:
-        forms = frozenset(_variants(value))
     with _lock:
-        _forms[value] = forms
-        if not forms <= _known:
-            _known.update(forms)
-            _version += 1
+        if value in _pending:
+            return
+        forms = _forms.get(value)
+        if forms is not None:  # encoded already: masked again if a form of it was forgotten
+            if not forms <= _known:
+                _known.update(forms)
+                _version += 1
+            return
+        # its encoded forms are made when the scrubber next asks for the masks (known_masks): a
+        # short-lived value (a media link per download) is most often forgotten before any line
+        # is logged, and then never encoded at all
+        _pending[value] = None
+        _version += 1
 
 
 def forget_mask(value: str) -> None:
@@ -72,10 +80,13 @@ def forget_mask(value: str) -> None:
     a media link that expired or was consumed), so that the mask set does not grow for ever."""
     global _version
     with _lock:
+        if value in _pending:  # registered, never encoded: nothing else to undo
+            del _pending[value]
+            _version += 1
+            return
         forms = _forms.pop(value, None)
-    if forms is None:
-        forms = frozenset(_variants(value))
-    with _lock:
+        if forms is None:
+            forms = frozenset(_variants(value))
         if forms & _known:
             _known.difference_update(forms)
             _version += 1
@@ -83,6 +94,12 @@ def forget_mask(value: str) -> None:
 
 def known_masks() -> frozenset[str]:
     with _lock:
+        while _pending:
+            value = next(iter(_pending))
+            forms = frozenset(_variants(value))
+            _forms[value] = forms
+            _known.update(forms)
+            del _pending[value]
         return frozenset(_known)
 
 

@@ -120,3 +120,30 @@ def test_piling_up_masks_warns_once(monkeypatch: pytest.MonkeyPatch, caplog: pyt
         for value in pile:
             forget_mask(value)
         scrub("sync")
+
+
+def test_a_mask_is_encoded_when_the_scrubber_needs_it_and_never_if_forgotten_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import urllib.parse
+
+    from portshift import secrets as secrets_module
+
+    encoded: list[str] = []
+    variants = secrets_module._variants
+    monkeypatch.setattr(secrets_module, "_variants", lambda v: encoded.append(v) or variants(v))
+    link = f"https://media.example/{secrets.token_hex(16)}?sig={secrets.token_hex(32)}"
+    register_mask(link)
+    forget_mask(link)  # a download that logged nothing: its link is never encoded
+    assert encoded == [] and link not in known_masks()
+    value = "sig/" + secrets.token_hex(24) + "+="
+    register_mask(value)
+    assert encoded == []
+    b64 = base64.b64encode(value.encode()).decode().rstrip("=")
+    line = f"a {urllib.parse.quote(value, safe='')} b {b64} c"
+    assert scrub(line) == f"a {REDACTED} b {REDACTED} c"  # every form hidden at the first line
+    assert encoded == [value]
+    forget_mask(value)
+    assert scrub(line) == line
+    register_mask(value)  # registered again: hidden again
+    assert scrub(line) == f"a {REDACTED} b {REDACTED} c"
+    forget_mask(value)

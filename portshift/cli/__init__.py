@@ -125,10 +125,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    debug = _debug()
     group = get_cli()
+    rv = guarded(lambda: group.main(args=argv, prog_name="portshift", standalone_mode=False))
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """``fn()`` under the command line's error policy: what it returns, or ``SystemExit`` with
+    the documented exit code after one line on stderr (a traceback only with ``PORTSHIFT_DEBUG``)."""
+    debug = _debug()
     try:
-        rv = group.main(args=argv, prog_name="portshift", standalone_mode=False)
+        return fn()
     except PortshiftError as e:
         if debug:
             traceback.print_exc()
@@ -155,4 +162,3 @@ def _main(argv: list[str] | None) -> None:
             "(set PORTSHIFT_DEBUG=1 for the traceback, and please report it)",
             ExitCode.INTERNAL,
         )
-    sys.exit(rv if isinstance(rv, int) else 0)

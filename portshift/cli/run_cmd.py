@@ -142,19 +142,39 @@ def _run(
     dry_run = req.dry_run
     secrets = read_stdin_secrets() if secrets_from_stdin else None
     cfg = load_job(config_path, secrets=secrets)
+    others = None
+    if req.worker and workers > 1:
+        others = LocalWorkers(workers, config_path, req, secrets, _log_args())
+        # before this process starts any thread: the others are copies of it, started at once
+        others.fork(lambda since, until: _forked_worker(cfg, state_path, req.transfers, since, until))
+    try:
+        cancel = threading.Event()
+        bar = Progress(enabled=progress if progress is not None else not dry_run)
+        with _signals(cancel):
+            target = chosen_target(state_path, cfg.state)
+            if dry_run and not is_postgres_url(target) and not Path(target or default_state_path()).exists():
+                return Runner(cfg, None, progress=bar, cancel=cancel).run(req)  # a dry run writes nothing
+            state = open_chosen_state(state_path, cfg.state, create=not dry_run)
+            if others is not None:
+                others.state_target = str(target) if target else str(state.path or state.location)
+            try:
+                return _with_state(cfg, state, bar, cancel, req, others)
+            finally:
+                state.close()
+    finally:
+        if others is not None:
+            others.release()  # forked workers still waiting: the job did not start, they end
+
+
+def _forked_worker(cfg: JobConfig, state_path: str | None, transfers: int | None, since: str, until: str) -> int:
+    """One forked worker of ``run --workers`` (:mod:`.local_workers`): what ``portshift worker
+    --since S --until U --no-progress`` does, with the job file and credentials already read."""
+    req = _request(since, until, transfers, False, False, False, worker=True)
     cancel = threading.Event()
-    bar = Progress(enabled=progress if progress is not None else not dry_run)
     with _signals(cancel):
-        target = chosen_target(state_path, cfg.state)
-        if dry_run and not is_postgres_url(target) and not Path(target or default_state_path()).exists():
-            return Runner(cfg, None, progress=bar, cancel=cancel).run(req)  # a dry run writes nothing
-        state = open_chosen_state(state_path, cfg.state, create=not dry_run)
-        others = None
-        if req.worker and workers > 1:
-            where = str(target) if target else str(state.path or state.location)
-            others = LocalWorkers(workers, config_path, where, req, secrets, _log_args())
+        state = open_chosen_state(state_path, cfg.state, create=True)
         try:
-            return _with_state(cfg, state, bar, cancel, req, others)
+            return int(_with_state(cfg, state, Progress(enabled=False), cancel, req).exit_code)
         finally:
             state.close()
 
