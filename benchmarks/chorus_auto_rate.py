@@ -22,8 +22,13 @@ Printed, from ``--warmup`` seconds on (figures from the simulator's own counters
   1 s without it);
 - the rate the client ended at, and the limit it found.
 
+With ``--workers N`` the client is N processes of ``--threads`` threads each, sharing one request
+budget in a real SQLite job state as the workers of a job do (the core's ``share_source_rate``):
+one leads the search, the others follow; the client rate printed is the budget's.
+
     .venv/bin/python benchmarks/chorus_auto_rate.py --limit 5 [--seconds 180] [--no-retry-after]
     .venv/bin/python benchmarks/chorus_auto_rate.py --limit 20 --halve-after 120 --seconds 240
+    .venv/bin/python benchmarks/chorus_auto_rate.py --limit 20 --workers 4 --threads 4
 """
 
 from __future__ import annotations
@@ -95,12 +100,16 @@ def main() -> int:
     ap.add_argument("--burst", type=float, default=2.0, help="the simulator's bucket size (1: no two requests closer than 1/L)")
     ap.add_argument("--start", type=float, default=0.0, help="a remembered rate to start from (0: none, search)")
     ap.add_argument("--trace", type=Path, help="write the client's rate every 0.25 s and the time of every 429 here (JSON)")
+    ap.add_argument("--workers", type=int, default=0, help="N client processes sharing the budget in a job state")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(json.loads(args.serve), Path(args.work))
         return 0
+    if args.client:
+        return client(json.loads(args.client), Path(args.work))
 
     with tempfile.TemporaryDirectory(prefix="auto-rate-") as tmp:
         work = Path(tmp)
@@ -112,32 +121,44 @@ def main() -> int:
                 raise SystemExit("the simulator did not start")
             time.sleep(0.05)
         info = json.loads(info_path.read_text())
-        options = ChorusOptions(
-            base_url=info["base_url"], token=Secret(info["token"], "token"), ca_bundle=info["ca"], requests_per_second="auto"
-        )
-        source = ChorusSource(options)
-        pacing = source.client.pacing
-        if args.start:
-            pacing.resume(args.start)  # type: ignore[union-attr]
-        filters = query_for(datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 4, 1, tzinfo=timezone.utc), "meeting")
         started = time.monotonic()
         halving = info["limit_since"] + args.halve_after - started if args.halve_after else None
         stop = started + args.seconds
         samples: list[tuple[float, float]] = []  # (t, client rate)
+        if args.workers:
+            state_path = work / "state.db"
+            from portshift.state import State
 
-        def work_loop() -> None:
+            State.open(state_path).close()  # created and migrated once, before the workers open it
+            spec = {"info": info, "state": str(state_path), "threads": args.threads, "stop_in": args.seconds, "start": args.start}
+            clients = [
+                subprocess.Popen([sys.executable, __file__, "--limit", "0", "--client", json.dumps(spec), "--work", tmp])
+                for _ in range(args.workers)
+            ]
             while time.monotonic() < stop:
-                source.client.list_page(dict(filters))
-
-        threads = [threading.Thread(target=work_loop, daemon=True) for _ in range(args.threads)]
-        for t in threads:
-            t.start()
-        while time.monotonic() < stop:
-            time.sleep(0.25)
-            samples.append((time.monotonic() - started, pacing.rate))
-        for t in threads:
-            t.join()
-        source.close()
+                time.sleep(0.25)
+                samples.append((time.monotonic() - started, budget_rate(state_path)))
+            for c in clients:
+                c.wait(120)
+            ends = [json.loads(line) for line in (work / "clients.jsonl").read_text().splitlines()]
+            lead = sorted((e for e in ends if e["found"] is not None), key=lambda e: -e["led"])
+            found = lead[0]["found"] if lead else None
+            ended_at = samples[-1][1] if samples else 0.0
+        else:
+            source = ChorusSource(chorus_options(info))
+            pacing = source.client.pacing
+            if args.start:
+                pacing.resume(args.start)  # type: ignore[union-attr]
+            threads = [threading.Thread(target=work_loop, args=(source, stop), daemon=True) for _ in range(args.threads)]
+            for t in threads:
+                t.start()
+            while time.monotonic() < stop:
+                time.sleep(0.25)
+                samples.append((time.monotonic() - started, pacing.rate))
+            for t in threads:
+                t.join()
+            source.close()
+            found, ended_at, ends = pacing.auto.found, pacing.rate, []  # type: ignore[union-attr]
         child.send_signal(signal.SIGTERM)
         child.wait(60)
         stats = json.loads((work / "sim-stats.json").read_text())
@@ -157,9 +178,10 @@ def main() -> int:
         args.trace.write_text(json.dumps({"rate": samples, "refused": refused, "limit": args.limit, "halving": halving}))
     longest = max((b - a for a, b, _ in runs), default=0.0)
     mode = "no Retry-After" if args.no_retry_after else "Retry-After"
+    who = f"{args.workers} workers x {args.threads} threads" if args.workers else f"{args.threads} threads"
     halves = f", halving at {args.halve_after:g} s" if args.halve_after else ""
     print(
-        f"L = {args.limit:g} req/s (burst {args.burst:g}, {mode}{halves}), {args.threads} threads, {args.seconds:g} s, "
+        f"L = {args.limit:g} req/s (burst {args.burst:g}, {mode}{halves}), {who}, {args.seconds:g} s, "
         f"load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
     )
     print(f"  from {warm:g} s on: achieved/L = {ratio:.3f} (target >= 0.9)")
@@ -178,8 +200,76 @@ def main() -> int:
         f"  longest run of 429s = {longest:.2f} s ({len(runs)} runs, {max((n for *_, n in runs), default=0)} 429s at most "
         "in one; target <= one back-off step, 1 s)"
     )
-    found = pacing.auto.found  # type: ignore[union-attr]
-    print(f"  client ended at {pacing.rate:.3g} req/s; limit found {found if found is None else round(found, 3)}")
+    print(f"  client ended at {ended_at:.3g} req/s; limit found {found if found is None else round(found, 3)}")
+    if ends:
+        led = ", ".join(f"{e['led']:.2f}" for e in ends)
+        print(
+            f"  workers: share of the run each led: {led} (one at a time: sum {sum(e['led'] for e in ends):.2f}); "
+            f"{sum(e['requests'] for e in ends)} requests sent"
+        )
+    return 0
+
+
+FILTERS = query_for(datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 4, 1, tzinfo=timezone.utc), "meeting")
+
+
+def chorus_options(info: dict[str, Any]) -> ChorusOptions:
+    return ChorusOptions(
+        base_url=info["base_url"], token=Secret(info["token"], "token"), ca_bundle=info["ca"], requests_per_second="auto"
+    )
+
+
+def work_loop(source: ChorusSource, stop: float) -> int:
+    n = 0
+    while time.monotonic() < stop:
+        source.client.list_page(dict(FILTERS))
+        n += 1
+    return n
+
+
+def budget_rate(path: Path) -> float:
+    """The shared budget's rate in the job state (0 before any worker set it)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            row = db.execute("select rate from rate_slots where key = 'source:bench'").fetchone()
+        return float(row[0]) if row and row[0] is not None else 0.0
+    except sqlite3.Error:
+        return 0.0
+
+
+def client(spec: dict[str, Any], work: Path) -> int:
+    """One worker: the Chorus client's limiter shared through the job state, as the core shares it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from portshift.pipeline.shared_rate import share_source_rate
+    from portshift.state import State
+
+    stop = time.monotonic() + spec["stop_in"]
+    if os.environ.get("AUTO_RATE_LOG"):  # each worker's rate decisions on stderr
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format=f"%(relativeCreated)7.0f ms {os.getpid()} %(name)s: %(message)s")
+    with State.open(Path(spec["state"])) as state:
+        source = ChorusSource(chorus_options(spec["info"]))
+        share_source_rate(source, state, "source:bench")
+        pacing = source.client.pacing
+        if spec["start"]:
+            pacing.resume(spec["start"])  # type: ignore[union-attr]
+        led = 0
+        with ThreadPoolExecutor(spec["threads"] + 1) as pool:
+            loops = [pool.submit(work_loop, source, stop) for _ in range(spec["threads"])]
+            while time.monotonic() < stop - 1:  # how long this worker led (the lead may pass as workers end)
+                time.sleep(0.5)
+                led += pacing.leads()  # type: ignore[union-attr]
+            requests = sum(f.result() for f in loops)
+        leads = pacing.leads()  # type: ignore[union-attr]
+        share = led / max(1, int((spec["stop_in"] - 1) / 0.5))
+        end = {"leads": leads, "led": share, "found": pacing.auto.found if leads else None, "requests": requests}  # type: ignore[union-attr]
+        source.client.close()
+    with (work / "clients.jsonl").open("a") as f:
+        f.write(json.dumps(end) + "\n")
     return 0
 
 

@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "Backoff": "retry",
     "RateLimiter": "retry",
     "AutoRate": "rate_auto",
+    "AutoPacer": "rate_auto_pacing",
     "RateMemory": "rate_auto",
     "SharedRate": "retry",
     "call_with_retries": "retry",
@@ -166,6 +167,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .media_types import content_type_for, media_type
     from .options import HttpsUrl, PluginOptions
     from .rate_auto import AutoRate, RateMemory
+    from .rate_auto_pacing import AutoPacer
     from .redact import redact_url, sanitize_message
     from .requests_tls import (
         PlainHTTPRefused,

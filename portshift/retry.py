@@ -208,6 +208,11 @@ class RateLimiter:
         request reserves its slot there, and a pause stops every process sharing it."""
         self._shared = shared
 
+    @property
+    def shared(self) -> SharedRate | None:
+        """The budget this limiter paces through with other processes (None: its own)."""
+        return self._shared
+
     def pause(self, seconds: float) -> None:
         """Stop everyone for ``seconds`` (e.g. after a 429 with ``Retry-After``)."""
         with self._lock:
@@ -250,12 +255,58 @@ class RateLimiter:
             wait_or_interrupt(cancel, wait, "waiting for the request rate limit")
             waited += wait
         if self._shared is not None:  # one slot among every process of the job: reserved, then waited for
-            wait, rate = self._shared.reserve(self.rate, self.burst)
-            self.rate = rate  # the budget's pace, which another process may have changed
-            if wait > 0:
-                wait_or_interrupt(cancel, wait, "waiting for the request rate limit")
-                waited += wait
+            waited += self._wait_for_slot(cancel)
         return waited
+
+    def _wait_for_slot(self, cancel: threading.Event | None) -> float:
+        """Reserve this request's slot in the shared budget and wait for it.
+
+        No slot is reserved more than ``SLOT_AHEAD`` seconds (or 1.5 slots) out: a request that
+        would queue further waits first, so that a change of pace (a climb or a cut, made here
+        or by another process) reaches every waiting request within that time. A waiting
+        request looks at the budget every ``SLOT_LOOK`` seconds: a slower pace moves its slot
+        later, and a slot reserved before a cut after a 429 is given up for one after the cut's
+        pause, at the new pace. A pause of this process holds it too."""
+        shared = self._shared
+        assert shared is not None
+        look = getattr(shared, "look", None)
+        within = getattr(shared, "reserve_within", None)
+        start = self._clock()
+        while True:
+            reserved_at = time.time()
+            if within is not None:
+                wait, rate, retry_in = within(self.rate, self.burst, max(SLOT_AHEAD, 1.5 / max(self.rate, 1e-9)))
+            else:
+                (wait, rate), retry_in = shared.reserve(self.rate, self.burst), 0.0
+            with self._lock:
+                self.rate = rate  # the budget's pace, which another process may have changed
+            if wait is None:  # the queue is long: ask again when it is short enough
+                wait_or_interrupt(cancel, min(max(retry_in, 0.01), SLOT_LOOK), "waiting for the request rate limit")
+                continue
+            slot, pace = self._clock() + wait, rate
+            while True:
+                now = self._clock()
+                if look is not None and slot > now:
+                    seen, cut_at = look()
+                    if cut_at > reserved_at:
+                        break  # reserved before the cut: a slot after it instead
+                    if seen > 0:
+                        with self._lock:
+                            self.rate = seen
+                with self._lock:
+                    if 0 < self.rate < pace:  # slower now: the slot moves later (never earlier)
+                        slot = now + max(0.0, slot - now) * pace / self.rate
+                        pace = self.rate
+                    slot = max(slot, self._paused_until)
+                if now >= slot:
+                    return now - start
+                wait_or_interrupt(cancel, min(slot - now, SLOT_LOOK), "waiting for the request rate limit")
+
+
+#: seconds ahead a request may reserve its slot in a shared budget (at least 1.5 slots)
+SLOT_AHEAD = 1.0
+#: seconds between two looks of a request waiting for its slot at the budget's pace and pause
+SLOT_LOOK = 0.25
 
 
 class SharedRate(Protocol):

@@ -52,7 +52,7 @@ EXPECTED = {
     },
     "sink_journal": {"job_id": S, "key": S, "data": S, "started_at": S, "worker": S},
     "missing_artifacts": {"job_id": S, "recording_id": S, "artifact": S, "reason": S, "message": S, "sealed_id": S},
-    "rate_slots": {"key": S, "tat": float, "rate": float},
+    "rate_slots": {"key": S, "tat": float, "rate": float, "throttled_at": float},
     "workers": {
         "job_id": S, "id": S, "label": S, "attempt": N, "host": S, "pid": N, "started_at": S, "lease_until": float,
         "ended_at": S,

@@ -4,6 +4,8 @@ earlier jobs, the sinks' journal, totals)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from portshift.records import JobStatus, Problem, RecordingStatus
@@ -178,3 +180,19 @@ def test_outcome_counts_listed_ids_and_earlier_exports(state: State, monkeypatch
     }
     assert state.exported_earlier("J") == [("Z", "exported by job J0")]
     assert list(state.listed_ids("none")) == [] and state.outcome_counts("none") == {}
+
+
+def test_a_shared_request_budget_is_cut_once_per_burst_of_429s(state: State) -> None:
+    key = "source:J"
+    wait, rate, cut_at = state.reserve_request(key, 10.0, 1.0)
+    assert wait == 0.0 and rate == 10.0 and cut_at == 0.0  # never cut
+    sent = time.time()
+    first = state.throttle_requests(key, sent, 0.5)
+    assert first is not None and first >= sent
+    assert state.throttle_requests(key, sent, 0.5) is None  # sent before that cut: the same burst, no second cut
+    _, rate, cut_at = state.reserve_request(key, 10.0, 1.0)
+    assert rate == 5.0 and cut_at == first  # every worker paces by the cut rate and sees when it was made
+    later = state.throttle_requests(key, first + 0.001, 0.5)  # a request sent after the cut: a new signal
+    assert later is not None and later >= first
+    assert state.reserve_request(key, 10.0, 1.0)[1] == 2.5
+    assert state.throttle_requests("source:unknown", sent, 0.5) is None  # no budget yet: nothing to cut

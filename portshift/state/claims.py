@@ -261,33 +261,77 @@ class Claims:
     #: the SQL function of the larger of two numbers (``greatest`` on PostgreSQL)
     _GREATEST = "max"
 
-    def reserve_request(self, key: str, rate: float, burst: float) -> tuple[float, float]:
-        """Take the next request slot of budget ``key``: (seconds to wait, the budget's rate). The
-        slots are spaced by the budget's own rate (:meth:`set_request_rate`, the last any worker
-        set), else ``rate``: one pace for every worker, so one that slowed down after a 429 slows
-        all of them alike, and each of them sees it."""
+    def reserve_request(
+        self, key: str, rate: float, burst: float, ahead: float | None = None
+    ) -> tuple[float, float, float] | tuple[None, float, float]:
+        """Take the next request slot of budget ``key``: (seconds to wait, the budget's rate, the
+        time of its last cut by :meth:`throttle_requests`, 0 if none). The slots are spaced by the
+        budget's own rate (:meth:`set_request_rate`, the last any worker set), else ``rate``: one
+        pace for every worker, so one that slowed down after a 429 slows all of them alike, and
+        each of them sees it.
+
+        With ``ahead``, no slot further than ``ahead`` seconds out is taken, so that a change of
+        pace reaches every waiting request within ``ahead`` seconds: when the queue is longer,
+        nothing is taken and the answer is (None, the budget's rate, seconds until the queue is
+        short enough to ask again)."""
         now = time.time()
         if rate <= 0:  # no ceiling: only a pause holds
-            rows = self._rows("read the request budget", "select tat from rate_slots where key = ?", [key])
-            return (max(0.0, float(rows[0][0]) - now) if rows and rows[0][0] is not None else 0.0), rate
+            rows = self._rows("read the request budget", "select tat, throttled_at from rate_slots where key = ?", [key])
+            if not rows:
+                return 0.0, rate, 0.0
+            return (max(0.0, float(rows[0][0]) - now) if rows[0][0] is not None else 0.0), rate, float(rows[0][1] or 0.0)
         g = self._GREATEST
+        bound, params = "", [key, now, rate, rate, now, rate]
+        if ahead is not None:
+            bound = "where rate_slots.tat is null or rate_slots.tat - ? <= ? "
+            params += [now, ahead]
         rows = self._write_returning(
             "reserve a request",
             f"insert into rate_slots (key, tat, rate) values (?, ? + 1.0 / ?, ?) on conflict (key) do update "  # noqa: S608
-            f"set tat = {g}(rate_slots.tat, ?) + 1.0 / coalesce(rate_slots.rate, ?) returning tat, coalesce(rate, ?)",
-            [key, now, rate, rate, now, rate, rate],
+            f"set tat = {g}(rate_slots.tat, ?) + 1.0 / coalesce(rate_slots.rate, ?) {bound}"
+            "returning tat, coalesce(rate, ?), throttled_at",
+            [*params, rate],
         )
+        if not rows:  # the queue is longer than ``ahead``: no slot taken
+            query = "select tat, coalesce(rate, ?) from rate_slots where key = ?"
+            rows = self._rows("read the request budget", query, [rate, key])
+            return None, float(rows[0][1]), max(0.0, float(rows[0][0]) - (ahead or 0.0) - now)
         tat, shared = float(rows[0][0]), float(rows[0][1])
         interval = 1.0 / shared
         tolerance = (max(1.0, burst) - 1.0) * interval
-        return max(0.0, tat - interval - tolerance - now), shared
+        return max(0.0, tat - interval - tolerance - now), shared, float(rows[0][2] or 0.0)
+
+    def request_budget(self, key: str) -> tuple[float, float]:
+        """Budget ``key`` as it stands: (its rate, 0 if none set; the time of its last cut, 0 if none)."""
+        rows = self._rows("read the request budget", "select rate, throttled_at from rate_slots where key = ?", [key])
+        return (float(rows[0][0] or 0.0), float(rows[0][1] or 0.0)) if rows else (0.0, 0.0)
+
+    def throttle_requests(self, key: str, sent_at: float, factor: float) -> float | None:
+        """A 429 to a request of budget ``key`` sent at ``sent_at`` (wall clock): the budget's rate
+        times ``factor`` (its queue of reserved slots re-spaced to match), and this cut's time
+        recorded; unless a cut was made after that request went out (the 429s of one burst are
+        one signal). The time of this cut, or None."""
+        now = time.time()
+        rows = self._write_returning(
+            "cut the request rate",
+            "update rate_slots set tat = case when tat > ? and ? > 0 then ? + (tat - ?) / ? else tat end, "
+            "rate = rate * ?, throttled_at = ? where key = ? and coalesce(throttled_at, 0) <= ? returning throttled_at",
+            [now, factor, now, now, factor, factor, now, key, sent_at],
+        )
+        return float(rows[0][0]) if rows else None
 
     def set_request_rate(self, key: str, rate: float) -> None:
-        """The pace of budget ``key`` from now on (an adaptive limiter after a 429, or recovering)."""
+        """The pace of budget ``key`` from now on (an adaptive limiter after a 429, or recovering):
+        when slower, the slots already reserved at the old pace are re-spaced at the new one (when
+        faster they are left as they are: moved earlier they could meet the slots of a process
+        that has not seen the change yet)."""
+        now = time.time()
         self._write(
             "set the request rate",
-            "insert into rate_slots (key, tat, rate) values (?, 0, ?) on conflict (key) do update set rate = excluded.rate",
-            [key, rate],
+            "insert into rate_slots (key, tat, rate) values (?, 0, ?) on conflict (key) do update set "
+            "tat = case when rate_slots.tat > ? and excluded.rate < rate_slots.rate "
+            "then ? + (rate_slots.tat - ?) * rate_slots.rate / excluded.rate else rate_slots.tat end, rate = excluded.rate",
+            [key, rate, now, now, now],
         )
 
     def pause_requests(self, key: str, seconds: float) -> None:

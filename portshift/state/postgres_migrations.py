@@ -83,6 +83,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         alter table files add column sealed_recording_id {_T};
         """,
     ),
+    ("m005_rate_cuts", "alter table rate_slots add column throttled_at double precision"),  # as SQLite's m009_rate_cuts
 ]
 
 

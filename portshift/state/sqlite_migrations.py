@@ -171,3 +171,11 @@ def m008_sealing(db: sqlite_utils.Database) -> None:
     db["missing_artifacts"].add_column("sealed_id", str)
     db["files"].add_column("sealed_key", str)
     db["files"].add_column("sealed_recording_id", str)
+
+
+@migration
+def m009_rate_cuts(db: sqlite_utils.Database) -> None:
+    """When a worker last cut a shared request budget after a 429 (``requests_per_second =
+    "auto"`` with several workers: the others' 429s of the same burst cut no further, and the
+    worker that leads the search learns of it)."""
+    db["rate_slots"].add_column("throttled_at", float)

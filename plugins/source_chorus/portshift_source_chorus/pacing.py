@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from portshift import AutoRate, RateLimiter
+from portshift import AutoPacer, RateLimiter
 
 log = logging.getLogger("portshift.chorus")
 
@@ -81,41 +81,7 @@ class AdaptiveRate:
             self.limiter.set_rate(min(self.ceiling, self.limiter.rate * 1.25))
 
 
-class AutoPacing:
-    """``requests_per_second = "auto"``: the core's :class:`AutoRate` decides, a
-    :class:`RateLimiter` paces (and holds everyone during a ``Retry-After`` pause)."""
-
-    def __init__(self, floor: float, burst: int = 1, start: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limiter = RateLimiter(start, burst=burst, clock=clock)
-        self.auto = AutoRate(start, floor=floor, clock=clock)
-        self.auto.on_change = self._changed
-        self._clock = clock
-
-    def _changed(self, rate: float) -> None:
-        self.limiter.set_rate(rate)
-        log.info("request rate now %.3g requests/s (auto)", rate)
-
-    @property
-    def rate(self) -> float:
-        return self.auto.rate
-
-    @property
-    def found(self) -> bool:
-        """Has a limit been found (a 429 seen, or a rate remembered)?"""
-        return self.auto.found is not None
-
-    def resume(self, rate: float) -> None:
-        self.auto.resume(rate)
-
-    def acquire(self, cancel: threading.Event | None) -> float:
-        self.auto.acquired(self.limiter.acquire(cancel))
-        return self._clock()
-
-    def succeeded(self, sent_at: float = 0.0) -> None:
-        self.auto.succeeded(sent_at)
-
-    def throttled(self, sent_at: float = 0.0) -> None:
-        self.auto.throttled(sent_at)
-
-    def status(self) -> str:
-        return f"API {self.auto.rate:.3g} req/s (auto{'' if self.found else ', searching'})"
+class AutoPacing(AutoPacer):
+    """``requests_per_second = "auto"``: the core's :class:`portshift.AutoPacer` (an
+    :class:`~portshift.AutoRate` deciding, a :class:`~portshift.RateLimiter` pacing, one search
+    for every worker of the job)."""
