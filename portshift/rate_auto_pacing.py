@@ -43,6 +43,7 @@ class AutoPacer:
         self.limiter = RateLimiter(start, burst=burst, clock=clock)
         self.auto = AutoRate(start, floor=floor, clock=clock)
         self.auto.on_change = self._changed
+        self.limiter.on_cut = self._cut_seen
         self._clock = clock
         self._lock = threading.Lock()
         self._budget: Any = None  #: the shared budget the lead was decided for
@@ -90,10 +91,17 @@ class AutoPacer:
     def _learn_cuts(self) -> None:
         """Feed the search the cuts the followers made since the last look (leader only)."""
         cut_at = getattr(self.limiter.shared, "cut_at", 0.0)
-        if cut_at <= self._cuts_seen:
-            return
-        self._cuts_seen = cut_at
+        with self._lock:
+            if cut_at <= self._cuts_seen:
+                return
+            self._cuts_seen = cut_at
         self.auto.throttled(self._clock() - max(0.0, time.time() - cut_at))
+
+    def _cut_seen(self) -> None:
+        """A request of this process waiting for its slot saw a cut: the leader decides now,
+        not at its next request (which waits for the cut's pause)."""
+        if self._leading:
+            self._learn_cuts()
 
     # --- the source's client calls these -------------------------------------------------------
     @property

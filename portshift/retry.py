@@ -202,6 +202,8 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._paused_until = 0.0
         self._shared: SharedRate | None = None
+        #: called (by a waiting request's thread) when the shared budget was cut after a 429 elsewhere
+        self.on_cut: Callable[[], None] | None = None
 
     def share(self, shared: SharedRate | None) -> None:
         """Pace through ``shared`` as well (the core does, for every worker of a job): each
@@ -289,6 +291,8 @@ class RateLimiter:
                 if look is not None and slot > now:
                     seen, cut_at = look()
                     if cut_at > reserved_at:
+                        if self.on_cut is not None:
+                            self.on_cut()
                         break  # reserved before the cut: a slot after it instead
                     if seen > 0:
                         with self._lock:

@@ -113,3 +113,22 @@ def test_alone_the_search_is_this_processs() -> None:
     assert p.leads()
     p.throttled(p.acquire(None))
     assert p.auto.throttles == 1 and p.rate == pytest.approx(5.0 * FOUND_MARGIN * CUT)
+
+
+def test_the_leader_decides_as_soon_as_a_waiting_request_of_its_own_sees_a_followers_cut(two) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    a, b, clock, _ = two
+    a.auto.on_change(1.0)  # type: ignore[misc]  # slow: the leader's next request waits about a second
+    a.limiter.acquire(None)
+    returned = threading.Event()
+    waiting = threading.Thread(target=lambda: (a.acquire(None), returned.set()))
+    waiting.start()
+    time.sleep(0.1)
+    b.limiter.pause(1.0)  # a 429 with Retry-After: 1 at the follower
+    b.throttled(clock())
+    deadline = time.monotonic() + 0.8
+    while a.auto.throttles == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert a.auto.throttles == 1 and not returned.is_set()  # decided while its own request still waits
+    waiting.join(5)
