@@ -167,6 +167,10 @@ class LocalWorkers:
 def _child(r: int, run: ChildRun) -> NoReturn:
     """A forked worker: wait for the job's window on ``r``, work on the job, end the process."""
     code = 0
+    # Ctrl-C reaches every process of the terminal's group: while waiting, the first worker
+    # decides (it stops, its pipe closes and this worker ends); once working, the run's own
+    # handler stops this worker cleanly
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         data = b""
         while chunk := os.read(r, 4096):
@@ -178,6 +182,7 @@ def _child(r: int, run: ChildRun) -> NoReturn:
             os.dup2(null, 1)  # as a `portshift worker` of `run --workers`: no summary of its own
             os.close(null)
             window = json.loads(data)
+            signal.signal(signal.SIGINT, previous)
             code = _guarded(lambda: run(window["since"], window["until"]))
     except BaseException:  # noqa: BLE001 - a forked worker must never return into its parent's stack
         code = 70

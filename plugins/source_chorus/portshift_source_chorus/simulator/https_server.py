@@ -48,6 +48,10 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = _write  # noqa: N815 - stdlib naming
 
 
+#: seconds an accept() of the listening socket may block (see Server.__init__)
+ACCEPT_TIMEOUT = 1.0
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -58,6 +62,10 @@ class Server(ThreadingHTTPServer):
         self.role = role
         self.ctx = ctx
         super().__init__(addr, Handler)
+        # serve_forever accepts only when the listening socket is ready, but a connection can be
+        # gone again before accept() takes it: without a timeout that accept() would block for
+        # ever, and shutdown() (which waits for the loop) with it
+        self.socket.settimeout(ACCEPT_TIMEOUT)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # TLS handshake in the worker thread, so a slow or failing client blocks nobody.
