@@ -51,6 +51,9 @@ class StateRate:
     def reserve_within(self, rate: float, burst: float, ahead: float) -> tuple[float | None, float, float]:
         """:meth:`reserve`, but no slot further than ``ahead`` seconds out: (the wait, the
         budget's rate, 0), or (None, the budget's rate, seconds until it is worth asking again)."""
+        if rate <= 0:  # no ceiling: only a pause, looked at every PAUSE_LOOK seconds
+            wait, shared = self.reserve(rate, burst)
+            return wait, shared, 0.0
         wait, shared, third = self.state.reserve_request(self.key, rate, burst, ahead)
         self._rate_seen = shared
         if wait is None:
