@@ -17,9 +17,9 @@ request rate, whose every cut is deep enough to follow a limit that halves in on
   rate before the last clean round (a small excess over a server's burst can take longer than one
   round to show; the held rate at the latest) and the rate drops just under it (``UNDER``),
   without a second deep cut; the curve then looks past ``found`` sooner (``PLATEAU_BELOW``), as
-  the limit may be higher. The 429 that probe meets is the limit found from below (no higher than
-  the rate before the last clean round: the probe grows fast): the rate goes just under it, again
-  without a deep cut.
+  the limit may be higher. The 429 that probe meets puts the limit found just under the rate
+  before the probe's last clean round (the probe grows fast, and that rate may be a little over
+  the limit too: the excess shows late), and the rate there, again without a deep cut.
 - **Between 429s** the rate follows ``found * (1 - DEPTH * (1 - t/K)**3)`` over the time ``t``
   the limiter was busy since the cut: flat just under ``found`` for most of ``K`` (``PLATEAU``
   seconds), then growing ever faster past it, so a limit that went up is found again. At a steady
@@ -144,8 +144,10 @@ class AutoRate:
             elif self._plateau == PLATEAU_BELOW and self._busy <= 3 * PLATEAU_BELOW:
                 # probing past a limit found from below: this rate is just over the limit, and
                 # the probe grows fast: no higher than the rate before the last clean round
-                self.found = min(self.rate * FOUND_MARGIN, self._trusted)
-                self.rate = max(self.floor, self.found * UNDER)
+                # the rate before the last round may be a little over it too (the excess shows
+                # late against a server's burst): the curve stays under that, at this rate
+                self.found = min(self.rate * FOUND_MARGIN, self._trusted) * UNDER
+                self.rate = max(self.floor, self.found)
                 self._plateau = PLATEAU
                 self._clean_rate = self._trusted = self.rate
             else:
