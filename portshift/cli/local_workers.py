@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from ..pipeline import RunRequest
 from ..records import JobRecord
+from .process_end import end_process
 
 log = logging.getLogger("portshift.run")
 
@@ -190,7 +191,7 @@ def _child(r: int, run: ChildRun) -> NoReturn:
             sys.stderr.write("portshift: internal error in a worker process:\n" + traceback.format_exc(limit=3))
         except Exception:  # noqa: BLE001, S110
             pass
-    _end(code)
+    end_process(code, forked=True)
 
 
 def _guarded(fn: Callable[[], int]) -> int:
@@ -201,19 +202,3 @@ def _guarded(fn: Callable[[], int]) -> int:
         return guarded(fn)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
-
-
-def _end(code: int) -> NoReturn:
-    """End a forked worker: its threads joined and its log handlers flushed, but without the
-    ``atexit`` callbacks it inherited (they are its parent's: a temporary folder of the parent's
-    would be removed under it)."""
-    try:
-        shutdown = getattr(threading, "_shutdown", None)
-        if shutdown is not None:
-            shutdown()
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    finally:
-        os._exit(code & 0xFF)

@@ -16,27 +16,48 @@ normal ``sys.exit``. Only the console script does this: ``main(argv)`` called fr
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
 from typing import NoReturn
 
 
-def end_process(code: object) -> NoReturn:
-    """Exit with ``code`` (what ``SystemExit`` carried): quickly when it is an exit status."""
+def end_process(code: object, *, forked: bool = False) -> NoReturn:
+    """Exit with ``code`` (what ``SystemExit`` carried): quickly when it is an exit status.
+    ``forked``: a worker forked by ``run --workers`` (:func:`_end_forked`)."""
     if code is None:
         code = 0
     shutdown = getattr(threading, "_shutdown", None)
+    if forked:
+        _end_forked(code if isinstance(code, int) else 1, shutdown)
     run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
     usual = shutdown is None or run_exitfuncs is None or threading.current_thread() is not threading.main_thread()
     if usual or not isinstance(code, int):
         sys.exit(code)
     shutdown()  # waits for non-daemon threads, as the interpreter's exit does first
     run_exitfuncs()
+    _flush()
+    os._exit(code & 0xFF)  # what the C exit() makes of any int, as sys.exit would
+
+
+def _end_forked(code: int, shutdown: object) -> NoReturn:
+    """A forked worker ends the same way, but without the ``atexit`` callbacks it inherited (they
+    are its parent's: a temporary folder of the parent's would be removed under it; logging's is
+    run here) and never by ``sys.exit``, which would unwind into the parent's stack it copied."""
+    try:
+        if callable(shutdown):
+            shutdown()
+        logging.shutdown()
+        _flush()
+    finally:
+        os._exit(code & 0xFF)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
-    os._exit(code & 0xFF)  # what the C exit() makes of any int, as sys.exit would
