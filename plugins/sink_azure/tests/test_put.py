@@ -111,11 +111,14 @@ def _lie_on(monkeypatch: pytest.MonkeyPatch, which: int) -> list[int]:
     """Make the sink send a wrong Content-MD5 on its ``which``-th request body (1-based)."""
     calls: list[int] = []
     real = sink_module._transactional_md5
+    lock = threading.Lock()  # blocks go out from several threads: which call this is, counted once
 
     def lying(data: bytes) -> bytes:
-        calls.append(len(data))
+        with lock:
+            calls.append(len(data))
+            nth = len(calls)
         digest = real(data)
-        return md5(b"not " + data) if len(calls) == which else digest
+        return md5(b"not " + data) if nth == which else digest
 
     monkeypatch.setattr(sink_module, "_transactional_md5", lying)
     return calls
