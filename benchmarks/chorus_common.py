@@ -109,6 +109,8 @@ class RunResult:
     #: bytes: the process's VmHWM from /proc, polled every 0.1 s (wait4's ru_maxrss would count
     #: the benchmark's own memory, inherited across fork + exec)
     peak_rss: int = 0
+    #: of ``cpu``, the kernel's share (system seconds): file creation on a busy ext4 is most of it
+    sys_cpu: float = 0.0
 
 
 def portshift_run(
@@ -170,7 +172,9 @@ def portshift_run(
     text = "".join(err)
     if proc.returncode != 0 or "complete" not in out:
         sys.exit(f"portshift run failed ({proc.returncode}):\n{out[-1500:]}\n{text[-3000:]}")
-    return RunResult(ended - started, ended - (job_started or started), usage.ru_utime + usage.ru_stime, text, hwm[0] * 1024)
+    return RunResult(
+        ended - started, ended - (job_started or started), usage.ru_utime + usage.ru_stime, text, hwm[0] * 1024, usage.ru_stime
+    )
 
 
 def manifest_digests(root: Path) -> dict[str, str]:

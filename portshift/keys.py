@@ -97,7 +97,8 @@ def build_key(
     when = started_at
     if when is not None:
         when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    year, month, day = when.strftime("%Y-%m-%d").split("-") if when else ("undated", "00", "00")
+    # as strftime("%Y-%m-%d") splits them (years from 1000 on), without its cost at every file
+    year, month, day = (str(when.year), f"{when.month:02d}", f"{when.day:02d}") if when else ("undated", "00", "00")
     values = {
         "id": safe_component(recording_id),
         "artifact": safe_component(artifact),

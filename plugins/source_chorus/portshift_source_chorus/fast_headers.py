@@ -7,13 +7,15 @@ itself, with ``http.client``'s own status line reader and limits (line length, n
 headers), and decides where the body ends by the same rules as ``http.client`` (chunked, a
 length, or the connection's close; the tests compare both on the same answers), so the body is
 read exactly as before. The headers it exposes are the same name/value pairs, in order, repeated
-names kept, folded lines joined.
+names kept, folded lines joined, in a :class:`ResponseHeaders` that the Chorus client reads
+directly (no second copy into ``httpx.Headers`` per answer).
 """
 
 from __future__ import annotations
 
 import http.client
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, overload
 
 #: http.client's own limits
 MAX_LINE = 65536
@@ -51,6 +53,57 @@ def header_pairs(lines: list[bytes]) -> list[tuple[str, str]]:
     return pairs
 
 
+class ResponseHeaders:
+    """A response's header pairs, looked up by name in any case.
+
+    ``get`` answers as ``httpx.Headers.get`` does (a repeated name's values joined with ``", "``),
+    ``get_all`` and ``items`` as the ``email`` message ``http.client`` would have made, and
+    ``first`` gives a repeated name's first value (what ``http.client`` frames a body by)."""
+
+    __slots__ = ("_pairs", "_by_name")
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        by_name: dict[str, list[str]] = {}
+        for name, value in pairs:
+            by_name.setdefault(name.lower(), []).append(value)
+        self._by_name = by_name
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._by_name.get(name.lower())
+        return default if values is None else ", ".join(values)
+
+    def first(self, name: str) -> str | None:
+        values = self._by_name.get(name.lower())
+        return None if values is None else values[0]
+
+    def get_all(self, name: str, default: Any = None) -> Any:
+        values = self._by_name.get(name.lower())
+        return default if values is None else list(values)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
 class FastResponse(http.client.HTTPResponse):
     """An ``HTTPResponse`` that parses its header block itself (see the module's text)."""
 
@@ -70,18 +123,16 @@ class FastResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        message = http.client.HTTPMessage()
-        for name, value in header_pairs(_read_block(self.fp)):
-            message[name] = value
-        self.headers = self.msg = message
-        # where the body ends (RFC 9112 section 6.3), as http.client decides it
-        coding = message.get("transfer-encoding")
+        message = ResponseHeaders(header_pairs(_read_block(self.fp)))
+        self.headers = self.msg = message  # type: ignore[assignment]
+        # where the body ends (RFC 9112 section 6.3), as http.client decides it (by the first value)
+        coding = message.first("transfer-encoding")
         self.chunked = bool(coding and coding.lower() == "chunked")
         if self.chunked:
             self.chunk_left = None
-        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.will_close = self._closes(message)
         self.length = None
-        length = message.get("content-length")
+        length = message.first("content-length")
         if length and not self.chunked:
             try:
                 self.length = int(length)
@@ -94,3 +145,14 @@ class FastResponse(http.client.HTTPResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+
+    def _closes(self, headers: ResponseHeaders) -> bool:
+        """Whether the server closes the connection after this answer: ``http.client``'s rules,
+        by the first value of each header as its email message gives it."""
+        conn = headers.first("connection")
+        if self.version == 11:
+            return bool(conn and "close" in conn.lower())
+        if headers.first("keep-alive") or (conn and "keep-alive" in conn.lower()):
+            return False
+        pconn = headers.first("proxy-connection")
+        return not (pconn and "keep-alive" in pconn.lower())

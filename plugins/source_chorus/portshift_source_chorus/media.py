@@ -38,7 +38,7 @@ import httpx
 
 from portshift import __version__
 
-from .fast_headers import FastResponse
+from .fast_headers import FastResponse, ResponseHeaders
 
 DEFAULT_READ = 1024 * 1024
 USER_AGENT = f"portshift/{__version__}"
@@ -63,7 +63,8 @@ class MediaResponse:
         self._raw = raw
         self._url = url  #: parsed when first asked for (an API answer's URL is needed only on an error)
         self.status_code: int = raw.status
-        self.headers = httpx.Headers(raw.getheaders())
+        headers = raw.headers
+        self.headers = headers if isinstance(headers, ResponseHeaders) else ResponseHeaders(raw.getheaders())
         length = self.headers.get("content-length")
         chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         self._length = int(length) if length is not None and length.isdigit() and not chunked else None

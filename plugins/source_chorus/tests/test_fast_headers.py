@@ -7,7 +7,7 @@ import http.client
 import io
 
 import pytest
-from portshift_source_chorus.fast_headers import FastResponse
+from portshift_source_chorus.fast_headers import FastResponse, ResponseHeaders
 
 
 class _Sock:
@@ -74,3 +74,37 @@ def test_a_line_without_a_colon_is_left_out_and_the_headers_after_it_are_kept() 
     raw = b"HTTP/1.1 200 OK\r\nNoColonHere\r\nContent-Length: 2\r\n\r\nok"
     status, *_, headers, chunked, length, will_close, body = _answer(FastResponse, raw)
     assert (status, headers, length, body) == (200, [("Content-Length", "2")], 2, b"ok")
+
+
+def test_the_headers_are_looked_up_in_any_case_repeated_names_joined_as_httpx_does() -> None:
+    import httpx
+
+    raw = ANSWERS["json with a length and a repeated header"]
+    for cls in (FastResponse, http.client.HTTPResponse):  # getheader: http.client's own answer
+        r = cls(_Sock(raw), method="GET")  # type: ignore[arg-type]
+        r.begin()
+        assert (r.getheader("set-cookie"), r.getheader("X-None", "-")) == ("a=1, b=2", "-")
+    r = FastResponse(_Sock(raw), method="GET")  # type: ignore[arg-type]
+    r.begin()
+    headers, theirs = r.headers, httpx.Headers(r.getheaders())
+    assert isinstance(headers, ResponseHeaders)  # the client reads these, no copy into httpx.Headers
+    for name in ("SET-COOKIE", "content-type", "Content-Length", "x-none"):
+        assert headers.get(name) == theirs.get(name)
+        assert (name in headers) == (name in theirs)
+    assert headers.get("x-none", "") == "" and headers.first("Set-Cookie") == "a=1"
+    assert headers.get_all("set-cookie") == ["a=1", "b=2"] and headers["content-length"] == "5"
+    with pytest.raises(KeyError):
+        headers["x-none"]
+
+
+def test_a_connection_is_kept_or_closed_as_http_client_decides_it() -> None:
+    answers = [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nProxy-Connection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for raw in answers:
+        assert _answer(FastResponse, raw)[6] == _answer(http.client.HTTPResponse, raw)[6], raw

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from portshift_source_chorus import ChorusSource
 from portshift_source_chorus.simulator import ChorusSimulator
@@ -35,13 +37,27 @@ def _read(opened: object) -> bytes:
     return b"".join(opened.chunks)  # type: ignore[attr-defined]
 
 
+def _media_bytes_settled(sim: ChorusSimulator) -> int:
+    """The media bytes sent so far, once the simulator's threads of the media opened and closed
+    unread by ``_media`` have stopped writing (they go on until the closed socket fails them)."""
+    last = sim.stats.media_bytes
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = sim.stats.media_bytes
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the simulator kept sending media for 5 s")
+
+
 def test_the_rest_of_the_media_is_sent_from_the_offset_if_unchanged(source: ChorusSource, sim: ChorusSimulator) -> None:
     media = _media(source, 1_500_000)
     assert media.open_from is not None
     whole = media.open()
     data = _read(whole)
     assert whole.validator  # the media host's ETag
-    before = sim.stats.media_bytes
+    before = _media_bytes_settled(sim)
     rest = media.open_from(1_048_576, whole.validator)
     assert rest.size == 1_500_000 and rest.validator == whole.validator  # the whole size, as the core checks it
     assert _read(rest) == data[1_048_576:]
