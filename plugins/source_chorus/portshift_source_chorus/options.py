@@ -75,9 +75,10 @@ class ChorusOptions(PluginOptions):
         default=False, description="ask /media?info=true (a JSON answer carrying a download link) instead of a redirect"
     )
     requests_per_second: Annotated[float, Field(ge=0, le=1000)] | Literal["auto"] = Field(
-        default=1.0,
-        description="ceiling on requests to the Chorus API (0: no limit); halved after each 429, regained slowly; "
-        "'auto': find the tenant's limit (kept in the state for the next run)",
+        default="auto",
+        description="'auto' (the default): find the tenant's limit, starting at 1 request a second (the rate found is "
+        "kept in the state for the next run); a number: a fixed ceiling on requests to the Chorus API (0: no limit), "
+        "halved after each 429, regained slowly",
     )
     min_requests_per_second: float = Field(
         default=0.1, gt=0, le=1000, description="the rate 429s never push the client below (0.1/s = 6 a minute)"

@@ -41,6 +41,9 @@ def test_every_option_is_documented_with_its_default(text: str) -> None:
             shown = re.findall(r"`([0-9.]+)`", row)
             assert len(shown) > names.index(name), (name, row)
             assert float(shown[names.index(name)]) == float(default), (name, default, row)
+        elif isinstance(default, str) and default:  # e.g. requests_per_second = "auto"
+            row = next(v for k, v in rows.items() if f"`{name}`" in k)
+            assert f'`"{default}"`' in row or f"`{default}`" in row, (name, default, row)
 
 
 def test_every_simulator_flag_is_documented() -> None:
