@@ -21,7 +21,7 @@ from ..pipeline import Runner, RunRequest, RunResult
 from ..pipeline.result import error_report
 from ..progress import Progress, human_bytes
 from ..redact import sanitize_message
-from ..state import State, default_state_path, is_postgres_url
+from ..state import State, default_state_path, import_backend, is_postgres_url
 from ..state.choose import chosen_target, open_chosen_state
 from . import common_options
 from .local_workers import LocalWorkers
@@ -145,6 +145,7 @@ def _run(
     others = None
     if req.worker and workers > 1:
         others = LocalWorkers(workers, config_path, req, secrets, _log_args())
+        import_backend(chosen_target(state_path, cfg.state))  # once, not in every copy
         # before this process starts any thread: the others are copies of it, started at once
         others.fork(lambda since, until: _forked_worker(cfg, state_path, req.transfers, since, until))
     try:

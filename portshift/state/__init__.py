@@ -80,6 +80,19 @@ JOB_COLUMNS = frozenset(
 )  # fmt: skip
 
 
+def import_backend(target: str | Path | None) -> None:
+    """Import the module that opens ``target`` now (``run --workers`` does, before it forks its
+    workers: imported once in the first process instead of once in each). What cannot be
+    imported is left for :func:`open_state` to report."""
+    try:
+        if target is not None and is_postgres_url(str(target)):
+            from . import postgres  # noqa: F401
+        else:
+            from . import sqlite  # noqa: F401
+    except ImportError:
+        pass
+
+
 def open_state(
     target: str | Path | None = None,
     *,

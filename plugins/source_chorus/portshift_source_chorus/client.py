@@ -298,7 +298,8 @@ class ChorusClient:
             self.api_url("/v3/engagements"), operation=op, params=params, headers={"Accept": "application/json"}, check=check
         )
         status = resp.status_code
-        chorus = from_chorus(resp.content, resp.headers.get("content-type"))
+        # an error's body only: a page is parsed once, below
+        chorus = status != 200 and from_chorus(resp.content, resp.headers.get("content-type"))
         if status == 403 and chorus:
             raise AuthError(
                 f"the token may not list engagements: {error_text(resp.content, status)}",
