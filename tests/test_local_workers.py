@@ -95,3 +95,28 @@ def test_forked_workers_end_when_the_job_never_starts(tmp_path: Path) -> None:
     while (left := _processes_naming(str(job))) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left == [], f"worker processes left behind: {left}"
+
+
+@pytest.mark.parametrize(
+    ("workers", "in_job", "on_command", "each"),
+    [(2, None, None, 2), (2, 3, None, 3), (2, None, 5, 5), (1, None, None, 4)],
+    ids=["two workers: 2 each", "the job file's", "--transfers", "one worker: the job's default 4"],
+)
+def test_local_workers_run_two_transfers_each_unless_told(
+    tmp_path: Path, workers: int, in_job: int | None, on_command: int | None, each: int
+) -> None:
+    """`run --workers N` is there for the machine's cores: each worker runs 2 transfers (N x 4
+    threads cost CPU per call on few cores), unless `[job] transfers` or `--transfers` says."""
+    with simulator(8) as sim:
+        job = write_job(tmp_path, sim, rate=8)  # about 2 s: the forked worker joins a job under way
+        job.write_text(job.read_text().replace("transfers = 2\n", "" if in_job is None else f"transfers = {in_job}\n"))
+        argv = ["run", "--config", str(job), "--state", str(tmp_path / "state.db"), "--workers", str(workers)]
+        argv += ["--since", SINCE, "--until", UNTIL, "--no-progress", "--log-level", "debug"]
+        argv += ["--transfers", str(on_command)] if on_command else []
+        env = {**_env(), "PORTSHIFT_CHORUS_TOKEN": TOKEN}
+        proc = subprocess.run([*PORTSHIFT, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if "transfers in this process" in line]
+    assert len(said) == workers and all(f": {each} transfers in this process" in line for line in said), said
+    if workers > 1:
+        assert f"{workers} worker processes on this machine (1 forked from this one), {each} transfers each" in proc.stderr

@@ -48,8 +48,11 @@ class LocalWorkers:
         req: RunRequest,
         secrets: dict[str, Any] | None,
         log_args: list[str],
+        *,
+        transfers: int,
     ) -> None:
         self.count = count
+        self.transfers = transfers  #: each worker's, for the log line
         self.config_path = config_path
         self.state_target = ""  #: for ``portshift worker`` processes: set once the state is open
         self.req = req
@@ -115,7 +118,7 @@ class LocalWorkers:
         else:
             self._spawn(job)
             how = f"{len(self.procs)} started as `portshift worker`"
-        log.info("job %s: %d worker processes on this machine (%s)", job.id, self.count, how)
+        log.info("job %s: %d worker processes on this machine (%s), %d transfers each", job.id, self.count, how, self.transfers)
 
     def _spawn(self, job: JobRecord) -> None:
         argv = self.argv(job)

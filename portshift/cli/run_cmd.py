@@ -30,6 +30,13 @@ from .options import config_option, read_stdin_secrets, secrets_stdin_option
 log = logging.getLogger("portshift.run")
 
 
+#: transfers per worker of ``run --workers N`` (N > 1) when neither ``[job] transfers`` nor
+#: ``--transfers`` sets them: the workers are there for the machine's cores, and N x 4 threads on
+#: them cost CPU per call (2 x 4 on 2 cores: 0.86-0.94 of a plain client, 2 x 2: 0.91-1.01;
+#: benchmarks/README.md, issue 16, session 9). A ``portshift worker`` keeps the job's default.
+LOCAL_WORKER_TRANSFERS = 2
+
+
 def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and not 1 <= value <= 64:
         raise click.BadParameter("must be between 1 and 64", ctx=ctx, param=param)
@@ -54,7 +61,11 @@ def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) ->
 @click.option("--report", type=click.Choice(["json"]), default=None, help="print a machine-readable summary on stdout")
 @click.option("--progress/--no-progress", default=None, help="live progress (default: on a terminal)")
 @click.option(
-    "--workers", type=click.IntRange(1, 64), default=1, help="worker processes on this machine sharing the job (default 1)"
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="worker processes on this machine sharing the job (default 1); each runs 2 transfers unless "
+    "--transfers or [job] transfers says otherwise",
 )
 @secrets_stdin_option
 @common_options
@@ -144,7 +155,9 @@ def _run(
     cfg = load_job(config_path, secrets=secrets)
     others = None
     if req.worker and workers > 1:
-        others = LocalWorkers(workers, config_path, req, secrets, _log_args())
+        if req.transfers is None and "transfers" not in cfg.job.model_fields_set:
+            req.transfers = LOCAL_WORKER_TRANSFERS
+        others = LocalWorkers(workers, config_path, req, secrets, _log_args(), transfers=req.transfers or cfg.job.transfers)
         import_backend(chosen_target(state_path, cfg.state))  # once, not in every copy
         # before this process starts any thread: the others are copies of it, started at once
         others.fork(lambda since, until: _forked_worker(cfg, state_path, req.transfers, since, until))

@@ -159,6 +159,8 @@ class Runner:
             info = self._job_info(job.id)
             resumable = self._recover(job.id, sink, seat, resumable=resume_above() >= 0)  # off: none continued
             call_event("job_started", job=info, resumed=plan.resume is not None)
+            transfers = req.transfers or self.cfg.job.transfers
+            log.debug("job %s: %d transfers in this process", job.id, transfers)
             transfer = Transfer(
                 self.cfg,
                 self.state,
@@ -169,7 +171,7 @@ class Runner:
                 info=info,
                 progress=self.progress,
                 cancel=self.cancel,
-                transfers=req.transfers or self.cfg.job.transfers,
+                transfers=transfers,
                 retry_base=self.retry_base,
                 payload_prefix=self._payload_prefix,
                 seat=seat,
