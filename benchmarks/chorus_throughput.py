@@ -163,8 +163,8 @@ def main() -> None:
         "--rate",
         type=float,
         default=0,
-        help="the Chorus source's requests_per_second (default 0: no pacing; the product default 2 adds about 1 s for the "
-        "3 API requests portshift makes, where curl makes 1)",
+        help="the Chorus source's requests_per_second (default 0: no pacing; the product default, auto, starts at 1 "
+        "request a second: about 2 s for the 3 API requests portshift makes, where curl makes 1)",
     )
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy record each portshift run into DIR")
     args = ap.parse_args()

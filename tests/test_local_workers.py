@@ -97,18 +97,30 @@ def test_forked_workers_end_when_the_job_never_starts(tmp_path: Path) -> None:
     assert left == [], f"worker processes left behind: {left}"
 
 
+def test_local_workers_run_about_two_transfers_per_core_between_two_and_four() -> None:
+    from portshift.cli.local_workers import local_worker_transfers
+
+    # (workers, cores) -> transfers each: two per core over the machine, 2 at least, 4 at most
+    cases = {(2, 2): 2, (4, 2): 2, (64, 2): 2, (2, 1): 2, (3, 4): 2, (2, 8): 4, (4, 8): 4, (8, 8): 2, (2, 64): 4}
+    assert {case: local_worker_transfers(*case) for case in cases} == cases
+
+
 @pytest.mark.parametrize(
     ("workers", "in_job", "on_command", "each"),
-    [(2, None, None, 2), (2, 3, None, 3), (2, None, 5, 5), (1, None, None, 4)],
-    ids=["two workers: 2 each", "the job file's", "--transfers", "one worker: the job's default 4"],
+    [(2, None, None, 0), (2, 3, None, 3), (2, None, 5, 5), (1, None, None, 4)],
+    ids=["two workers: by the cores", "the job file's", "--transfers", "one worker: the job's default 4"],
 )
-def test_local_workers_run_two_transfers_each_unless_told(
+def test_local_workers_run_fewer_transfers_each_unless_told(
     tmp_path: Path, workers: int, in_job: int | None, on_command: int | None, each: int
 ) -> None:
-    """`run --workers N` is there for the machine's cores: each worker runs 2 transfers (N x 4
-    threads cost CPU per call on few cores), unless `[job] transfers` or `--transfers` says."""
-    with simulator(8) as sim:
-        job = write_job(tmp_path, sim, rate=8)  # about 2 s: the forked worker joins a job under way
+    """`run --workers N` is there for the machine's cores: each worker runs about two transfers
+    per core over the machine (N x 4 threads cost CPU per call on few cores), unless `[job]
+    transfers` or `--transfers` says."""
+    from portshift.cli.local_workers import local_worker_transfers, machine_cores
+
+    each = each or local_worker_transfers(workers, machine_cores())  # 2 on these 2-core machines
+    with simulator(12) as sim:
+        job = write_job(tmp_path, sim, rate=8)  # about 3 s: the forked worker joins a job under way
         job.write_text(job.read_text().replace("transfers = 2\n", "" if in_job is None else f"transfers = {in_job}\n"))
         argv = ["run", "--config", str(job), "--state", str(tmp_path / "state.db"), "--workers", str(workers)]
         argv += ["--since", SINCE, "--until", UNTIL, "--no-progress", "--log-level", "debug"]
@@ -120,3 +132,19 @@ def test_local_workers_run_two_transfers_each_unless_told(
     assert len(said) == workers and all(f": {each} transfers in this process" in line for line in said), said
     if workers > 1:
         assert f"{workers} worker processes on this machine (1 forked from this one), {each} transfers each" in proc.stderr
+
+
+def test_the_state_backend_is_imported_before_the_workers_are_forked() -> None:
+    """`import_backend` (called by `run --workers` before it forks): the module that opens the
+    state is imported once in the first process, not in every copy of it."""
+    code = (
+        "import sys\n"
+        "import portshift.state as state\n"
+        "assert 'portshift.state.sqlite' not in sys.modules\n"
+        "state.import_backend('x.db')\n"
+        "assert 'portshift.state.sqlite' in sys.modules and 'portshift.state.postgres' not in sys.modules\n"
+        "state.import_backend('postgresql://portshift@db.example.com/portshift')\n"
+        "assert 'portshift.state.postgres' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr

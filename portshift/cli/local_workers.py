@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..config import JobSection
 from ..pipeline import RunRequest
 from ..records import JobRecord
 from .process_end import end_process
@@ -33,6 +34,30 @@ log = logging.getLogger("portshift.run")
 
 #: a forked worker's run: (the job's window start, its end) -> exit status
 ChildRun = Callable[[str, str], int]
+
+
+#: the fewest transfers a worker of ``run --workers`` runs by default (one would leave its core
+#: idle while it waits on the network)
+LOCAL_MIN_TRANSFERS = 2
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def local_worker_transfers(workers: int, cores: int) -> int:
+    """Transfers per worker of ``run --workers N`` when neither ``[job] transfers`` nor
+    ``--transfers`` sets them: about two per core over the machine, between 2 and the job's
+    default (4). The workers are there for the cores, and more threads than that cost CPU per
+    call: on 2 cores, 2 workers x 4 transfers reached 0.86-0.94 of a plain client, 2 x 2
+    0.87-1.01 (benchmarks/README.md, issue 16, session 9). A ``portshift worker`` keeps the job's
+    default: it may be alone on its machine."""
+    default = int(JobSection.model_fields["transfers"].default)
+    return max(LOCAL_MIN_TRANSFERS, min(default, (2 * max(1, cores)) // max(1, workers)))
 
 
 def can_fork() -> bool:

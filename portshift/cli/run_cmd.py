@@ -24,17 +24,10 @@ from ..redact import sanitize_message
 from ..state import State, default_state_path, import_backend, is_postgres_url
 from ..state.choose import chosen_target, open_chosen_state
 from . import common_options
-from .local_workers import LocalWorkers
+from .local_workers import LocalWorkers, local_worker_transfers, machine_cores
 from .options import config_option, read_stdin_secrets, secrets_stdin_option
 
 log = logging.getLogger("portshift.run")
-
-
-#: transfers per worker of ``run --workers N`` (N > 1) when neither ``[job] transfers`` nor
-#: ``--transfers`` sets them: the workers are there for the machine's cores, and N x 4 threads on
-#: them cost CPU per call (2 x 4 on 2 cores: 0.86-0.94 of a plain client, 2 x 2: 0.91-1.01;
-#: benchmarks/README.md, issue 16, session 9). A ``portshift worker`` keeps the job's default.
-LOCAL_WORKER_TRANSFERS = 2
 
 
 def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -50,7 +43,10 @@ def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) ->
 )
 @click.option("--until", "until", metavar="DATE", help="end of the window (ISO date), default now")
 @click.option(
-    "--transfers", type=int, callback=_transfers, help="artifacts in parallel (1-64, default from the job file, else 4)"
+    "--transfers",
+    type=int,
+    callback=_transfers,
+    help="artifacts in parallel in each worker (1-64, default from the job file, else 4; with --workers, see docs/scaling.md)",
 )
 @click.option(
     "--state", "state_path", metavar="PATH|URL", help="the state: a file, or a postgresql:// URL (default: [state], else a file)"
@@ -64,8 +60,8 @@ def _transfers(ctx: click.Context, param: click.Parameter, value: int | None) ->
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
-    help="worker processes on this machine sharing the job (default 1); each runs 2 transfers unless "
-    "--transfers or [job] transfers says otherwise",
+    help="worker processes on this machine sharing the job (default 1); unless --transfers or [job] transfers "
+    "says, each runs 2 to 4 transfers, about two per core in all",
 )
 @secrets_stdin_option
 @common_options
@@ -156,7 +152,7 @@ def _run(
     others = None
     if req.worker and workers > 1:
         if req.transfers is None and "transfers" not in cfg.job.model_fields_set:
-            req.transfers = LOCAL_WORKER_TRANSFERS
+            req.transfers = local_worker_transfers(workers, machine_cores())
         others = LocalWorkers(workers, config_path, req, secrets, _log_args(), transfers=req.transfers or cfg.job.transfers)
         import_backend(chosen_target(state_path, cfg.state))  # once, not in every copy
         # before this process starts any thread: the others are copies of it, started at once

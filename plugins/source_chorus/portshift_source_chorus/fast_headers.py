@@ -81,11 +81,13 @@ class ResponseHeaders:
         values = self._by_name.get(name.lower())
         return None if values is None else values[0]
 
-    def get_all(self, name: str, default: Any = None) -> Any:
+    def get_all(self, name: str, default: Any = None) -> list[str] | Any:
         values = self._by_name.get(name.lower())
         return default if values is None else list(values)
 
     def items(self) -> list[tuple[str, str]]:
+        """Every pair as received: names in their own case, repeated names repeated (as
+        ``http.client``'s ``getheaders()``; not ``httpx.Headers.items()``, which joins them)."""
         return list(self._pairs)
 
     def __getitem__(self, name: str) -> str:

@@ -137,10 +137,12 @@ class ChorusSource(Source):
             raise check_failure(e) from None
 
     def close(self) -> None:
-        pacing, memory = self.client.pacing, self._rate_memory
-        if memory is not None and isinstance(pacing, AutoPacing) and pacing.found:
-            memory.save_source_rate(self._rate_key, pacing.rate)
-        self.client.close()
+        try:
+            pacing, memory = self.client.pacing, self._rate_memory
+            if memory is not None and isinstance(pacing, AutoPacing) and pacing.found:
+                memory.save_source_rate(self._rate_key, pacing.rate)
+        finally:  # connections closed even when the rate cannot be kept (a state that refuses it)
+            self.client.close()
 
     # --- listing -----------------------------------------------------------------------------
     def recordings(self, window: Window) -> Iterator[Recording]:

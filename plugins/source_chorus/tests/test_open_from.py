@@ -41,15 +41,16 @@ def _media_bytes_settled(sim: ChorusSimulator) -> int:
     """The media bytes sent so far, once the simulator's threads have stopped writing and counting
     (those of the media ``_media`` opened and closed unread go on until the closed socket fails
     them; a piece is counted after its write returned, which can be after the client read it)."""
-    last = sim.stats.media_bytes
-    deadline = time.monotonic() + 5
+    last, same = sim.stats.media_bytes, 0
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         time.sleep(0.1)
         now = sim.stats.media_bytes
-        if now == last:
+        same = same + 1 if now == last else 0
+        if same == 3:  # unchanged for 0.3 s
             return now
         last = now
-    raise AssertionError("the simulator kept sending media for 5 s")
+    raise AssertionError("the simulator kept sending media for 10 s")
 
 
 def test_the_rest_of_the_media_is_sent_from_the_offset_if_unchanged(source: ChorusSource, sim: ChorusSimulator) -> None:
