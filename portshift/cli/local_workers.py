@@ -54,7 +54,7 @@ def local_worker_transfers(workers: int, cores: int) -> int:
     ``--transfers`` sets them: about two per core over the machine, between 2 and the job's
     default (4). The workers are there for the cores, and more threads than that cost CPU per
     call: on 2 cores, 2 workers x 4 transfers reached 0.86-0.94 of a plain client, 2 x 2
-    0.87-1.01 (benchmarks/README.md, issue 16, session 9). A ``portshift worker`` keeps the job's
+    0.87-1.03 (benchmarks/README.md, issue 16, session 9). A ``portshift worker`` keeps the job's
     default: it may be alone on its machine."""
     default = int(JobSection.model_fields["transfers"].default)
     return max(LOCAL_MIN_TRANSFERS, min(default, (2 * max(1, cores)) // max(1, workers)))
