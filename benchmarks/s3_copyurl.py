@@ -88,6 +88,13 @@ def signed_link(sim: Simulator, cid: str) -> str:
     sys.exit("the simulator did not redirect to a signed link")
 
 
+def tool(argv: list[str], env: dict[str, str], what: str) -> None:
+    """Run a baseline's process; a failure ends the benchmark with its last words."""
+    res = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"{what} failed: {res.stderr[-2000:]}")
+
+
 def load() -> str:
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -187,26 +194,14 @@ def main() -> None:
                 RCLONE_CONFIG_MOTO_FORCE_PATH_STYLE="true",
             )
             link = signed_link(sim, cid)
-            res = subprocess.run(
-                ["rclone", "copyurl", "--config", "/dev/null", "--ca-cert", str(both_cas), "--s3-no-head"]
-                + [*args.rclone_args.split(), link, f"moto:bench/{key}"],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if res.returncode != 0:
-                sys.exit(f"rclone failed: {res.stderr[-2000:]}")
+            argv = ["rclone", "copyurl", "--config", "/dev/null", "--ca-cert", str(both_cas), "--s3-no-head"]
+            tool(argv + [*args.rclone_args.split(), link, f"moto:bench/{key}"], env, "rclone")
             return key
 
         def boto3_(r: int) -> str:
             key = f"boto3-{r}.bin"
             plain.upload_fileobj(io.BytesIO(data), "bench", key)
             return key
-
-        steps: dict[str, Callable[[int], str]] = {}
-        variants = args.sink or ["default"]
-        for v in variants:
-            steps[PS if v == "default" else f"{PS} {v}"] = lambda r, v=v: portshift(r, v)
 
         def boto3_process(r: int) -> str:
             key = f"boto3p-{r}.bin"
@@ -217,15 +212,13 @@ def main() -> None:
             data_file = held[0] / "media.bin"
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             env.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET)  # not in argv
-            res = subprocess.run(
-                [sys.executable, "-c", BOTO3_PROCESS, str(data_file), url, str(moto_ca), key],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if res.returncode != 0:
-                sys.exit(f"boto3 as a process failed: {res.stderr[-2000:]}")
+            tool([sys.executable, "-c", BOTO3_PROCESS, str(data_file), url, str(moto_ca), key], env, "boto3 as a process")
             return key
+
+        steps: dict[str, Callable[[int], str]] = {}
+        variants = args.sink or ["default"]
+        for v in variants:
+            steps[PS if v == "default" else f"{PS} {v}"] = lambda r, v=v: portshift(r, v)
 
         steps |= {"rclone copyurl": rclone, "boto3 upload_fileobj": boto3_, "boto3-process upload_fileobj": boto3_process}
         wanted = [n for n in steps if n.split()[0] in args.only.split(",")]
