@@ -7,6 +7,8 @@
 - :func:`https_client` is an httpx client built on it that refuses anything but ``https://``,
   never follows redirects by itself and ignores proxy/trust environment variables.
 - :func:`require_https` checks an endpoint option before any connection is made.
+- :func:`prepare_trust` loads the system store into a few contexts on a thread while the
+  process does something else (a run imports its plugins meanwhile), for the clients to come.
 """
 
 from __future__ import annotations
@@ -69,6 +71,59 @@ def _system_trust(ctx: ssl.SSLContext) -> None:
             pass
 
 
+def _base_context() -> ssl.SSLContext:
+    """A client context with portshift's settings and the system store (no ``ca_bundle`` yet)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    _system_trust(ctx)
+    return ctx
+
+
+#: Contexts with the system store loaded ahead of need (:func:`prepare_trust`), and the thread
+#: loading them. Parsing the store (~20 ms a context) runs in OpenSSL without the GIL, so on a
+#: second core it costs the process no wall time.
+_prepared: list[ssl.SSLContext] = []
+_preparing: list[threading.Thread] = []
+_prepared_lock = threading.Lock()
+
+
+def prepare_trust(count: int = 2) -> None:
+    """Start loading the system store into ``count`` contexts on a daemon thread; the next
+    contexts :func:`ssl_context` makes take them (and add their ``ca_bundle``) instead of loading
+    the store themselves. A run calls it before it imports its plugins (a source and a sink
+    usually make two). Not in a process about to fork: call it after."""
+
+    def load() -> None:
+        for _ in range(count):
+            try:
+                ctx = _base_context()
+            except Exception:  # noqa: BLE001 - the context is made again, on demand, and fails there
+                return
+            with _prepared_lock:
+                _prepared.append(ctx)
+
+    thread = threading.Thread(target=load, name="portshift-trust", daemon=True)
+    with _prepared_lock:
+        _preparing.append(thread)
+    thread.start()
+
+
+def _take_prepared() -> ssl.SSLContext | None:
+    with _prepared_lock:
+        if _prepared:
+            return _prepared.pop(0)
+        waiting = [t for t in _preparing if t.is_alive()]
+        _preparing[:] = waiting
+    for thread in waiting:  # under way: waiting for it costs less than loading the store again
+        thread.join()
+        with _prepared_lock:
+            if _prepared:
+                return _prepared.pop(0)
+    return None
+
+
 _contexts: OrderedDict[tuple[str, int, int] | None, ssl.SSLContext] = OrderedDict()
 _contexts_lock = threading.Lock()
 KEEP_CONTEXTS = 16  #: contexts kept per process (a long-lived process may see many bundles)
@@ -104,11 +159,7 @@ def ssl_context(ca_bundle: str | os.PathLike[str] | None = None, *, fresh: bool 
 
 
 def _new_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.check_hostname = True
-    _system_trust(ctx)
+    ctx = _take_prepared() or _base_context()
     if ca_bundle is not None:
         path = Path(ca_bundle)
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""Settings from the environment: one pydantic-settings model (portshift/settings.py), read
+"""Settings from the environment: one pydantic model (portshift/settings.py), read
 fresh on every call, a bad value one clear line through the real CLI; docs/cli.md lists every
 field (tests/test_docs.py keeps the table and the model in step)."""
 
@@ -81,6 +81,16 @@ def test_an_empty_plugin_allow_list_is_kept_apart_from_unset(clean: pytest.Monke
 def test_debug_flag_words(clean: pytest.MonkeyPatch, value: str, on: bool) -> None:
     clean.setenv("PORTSHIFT_DEBUG", value)
     assert read_settings().debug is on
+
+
+def test_a_variable_counts_in_any_case_and_unrelated_ones_are_ignored(clean: pytest.MonkeyPatch) -> None:
+    clean.setenv("portshift_lease", "7")  # what pydantic-settings accepted is still accepted
+    clean.setenv("PORTSHIFT_NOT_A_SETTING", "x")
+    clean.setenv("LEASE", "9")
+    s = read_settings()
+    assert s.lease == 7.0 and not hasattr(s, "not_a_setting")
+    with pytest.raises(ValueError):
+        s.__setattr__("lease", 1.0)  # frozen, as before
 
 
 def test_a_bad_value_is_a_config_error_naming_the_variable_not_the_value(clean: pytest.MonkeyPatch) -> None:

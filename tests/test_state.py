@@ -204,6 +204,28 @@ def test_open_errors(tmp_path: Path) -> None:
         State.open(tmp_path / "junk.db")
 
 
+def test_an_up_to_date_file_opens_without_sqlite_utils_and_a_newer_one_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    State.open(path).close()  # created and migrated
+    probe = (
+        "import sys; from pathlib import Path; from portshift.state import State\n"
+        "s = State.open(Path(sys.argv[1])); rows = s._job_rows('select name from _portshift_migrations', [])\n"
+        "print(len(rows), 'sqlite_utils' in sys.modules); s.close()"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(len(MIGRATIONS)), "False"]  # the rows as dicts, read with plain sqlite3
+    with sqlite3.connect(path) as conn:
+        conn.execute("insert into _portshift_migrations values ('m999_from_the_future', '2030-01-01')")
+    conn.close()
+    with pytest.raises(ConfigError, match="migrated by a newer portshift"):
+        State.open(path)
+    with sqlite3.connect(path) as conn:  # one missing (an older file): migrated, not taken as up to date
+        conn.execute("delete from _portshift_migrations where name in ('m999_from_the_future', ?)", [MIGRATIONS[-1].__name__])
+    conn.close()
+    with pytest.raises(ConfigError, match="duplicate column"):  # its column is there: the migration really ran again
+        State.open(path)
+
+
 # --- a full run: nothing but ids, sizes, hashes in the file -----------------------------------
 CANARY_TITLE = make_canary("TITLE")
 CANARY_PERSON = make_canary("PERSON")

@@ -83,6 +83,43 @@ def test_one_context_per_trust_and_process_made_again_when_the_bundle_changes(tl
     assert len(tls._contexts) <= tls.KEEP_CONTEXTS
 
 
+def test_prepared_contexts_are_the_same_policy_and_trust_and_each_is_used_once(
+    tls_material: TLSMaterial, https_server: HTTPSServer, tmp_path: Path
+) -> None:
+    """``prepare_trust`` loads the system store ahead of need; the contexts made next take those
+    (one each) and add their ca_bundle: the same policy and the same trust as a context made on
+    the spot, the server's CA trusted, another CA not."""
+    for t in list(tls._preparing):  # what an earlier test in this process left: not this test's
+        t.join(10)
+    tls._prepared.clear()
+    on_the_spot = ssl_context(tls_material.ca_pem, fresh=True)
+    system = ssl_context(fresh=True).cert_store_stats()["x509_ca"]
+    tls.prepare_trust(2)
+    for t in list(tls._preparing):
+        t.join(10)
+    prepared = list(tls._prepared)
+    assert len(prepared) == 2
+    first = ssl_context(tls_material.ca_pem, fresh=True)
+    second = ssl_context(fresh=True)
+    assert [first, second] == prepared and not tls._prepared  # each taken once, in order
+    third = ssl_context(fresh=True)  # none left: made on the spot
+    assert third not in prepared
+    for ctx in (first, second):
+        assert (ctx.minimum_version, ctx.verify_mode, ctx.check_hostname, ctx.protocol) == (
+            on_the_spot.minimum_version, on_the_spot.verify_mode, on_the_spot.check_hostname, on_the_spot.protocol
+        )  # fmt: skip
+    assert first.cert_store_stats()["x509_ca"] == on_the_spot.cert_store_stats()["x509_ca"] == system + 1
+    assert second.cert_store_stats()["x509_ca"] == system
+    assert handshake(first, https_server.port) in ("TLSv1.2", "TLSv1.3")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(second, https_server.port)
+    tls.prepare_trust(1)  # a context asked for while the store is still loading waits for it
+    assert ssl_context(tls_material.ca_pem, fresh=True).cert_store_stats()["x509_ca"] == system + 1
+    for t in list(tls._preparing):
+        t.join(10)
+    assert not tls._prepared
+
+
 def _hashed_ca_dir(pem: Path, folder: Path) -> Path:
     """An OpenSSL CApath folder holding ``pem`` under its subject-hash name."""
     folder.mkdir()

@@ -23,6 +23,7 @@ from ..progress import Progress, human_bytes
 from ..redact import sanitize_message
 from ..state import State, default_state_path, import_backend, is_postgres_url
 from ..state.choose import chosen_target, open_chosen_state
+from ..tls import prepare_trust
 from . import common_options
 from .local_workers import LocalWorkers, local_worker_transfers, machine_cores
 from .options import config_option, read_stdin_secrets, secrets_stdin_option
@@ -148,15 +149,19 @@ def _run(
 ) -> RunResult:
     dry_run = req.dry_run
     secrets = read_stdin_secrets() if secrets_from_stdin else None
+    forks = req.worker and workers > 1
+    if not forks:
+        prepare_trust()  # the system store, on another core while load_job imports the plugins
     cfg = load_job(config_path, secrets=secrets)
     others = None
-    if req.worker and workers > 1:
+    if forks:
         if req.transfers is None and "transfers" not in cfg.job.model_fields_set:
             req.transfers = local_worker_transfers(workers, machine_cores())
         others = LocalWorkers(workers, config_path, req, secrets, _log_args(), transfers=req.transfers or cfg.job.transfers)
         import_backend(chosen_target(state_path, cfg.state))  # once, not in every copy
         # before this process starts any thread: the others are copies of it, started at once
         others.fork(lambda since, until: _forked_worker(cfg, state_path, req.transfers, since, until))
+        prepare_trust()
     try:
         cancel = threading.Event()
         bar = Progress(enabled=progress if progress is not None else not dry_run)
@@ -181,6 +186,7 @@ def _forked_worker(cfg: JobConfig, state_path: str | None, transfers: int | None
     --since S --until U --no-progress`` does, with the job file and credentials already read."""
     req = _request(since, until, transfers, False, False, False, worker=True)
     cancel = threading.Event()
+    prepare_trust()
     with _signals(cancel):
         state = open_chosen_state(state_path, cfg.state, create=True)
         try:

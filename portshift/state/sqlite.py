@@ -18,11 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from ..errors import ConfigError, LockedError, StateError
 from . import JOB_COLUMNS, State, default_state_path
-from .sqlite_migrations import migrate
+from .sqlite_migrations import migrate, up_to_date
 
 
 def _guard(fn):  # noqa: ANN001, ANN202
@@ -55,7 +53,7 @@ class SqliteState(State):
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self._db: Any = None
         self._lock = threading.RLock()
         self._lock_files: list[int] = []
         self._named: dict[str, int] = {}  #: named locks held (try_lock), by name
@@ -105,7 +103,8 @@ class SqliteState(State):
             conn.execute("PRAGMA foreign_keys=ON")
             state = cls(path, conn)
             state.created = created
-            migrate(state.db)
+            if not up_to_date(conn):
+                migrate(state.db)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"cannot open the state file {path}: {e}", hint="use --state to choose another file") from None
         try:
@@ -117,6 +116,16 @@ class SqliteState(State):
     @property
     def location(self) -> str:
         return str(self.path)
+
+    @property
+    def db(self) -> Any:
+        """The connection as a ``sqlite_utils.Database`` (migrations, tests); imported when first
+        used, so a run on an up-to-date file never imports sqlite_utils."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     def close(self) -> None:
         self.seals.forget()
@@ -212,7 +221,9 @@ class SqliteState(State):
 
     def _job_rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.query(query, params))
+            cur = self.conn.execute(query, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur]
 
     def _rows(self, what: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         # reads take the lock too: a statement of another thread must never run inside (and, by

@@ -23,7 +23,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import boto3.session
 import botocore.session
 from botocore.config import Config
 
@@ -112,7 +111,7 @@ class AwsKmsKey(KeyProvider):
             use_dualstack_endpoint=False,
         )
         try:
-            client = boto3.session.Session(botocore_session=core).client(
+            client = core.create_client(
                 "kms",
                 region_name=self.region,
                 endpoint_url=self.endpoint_url,
