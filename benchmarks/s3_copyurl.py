@@ -19,7 +19,11 @@ all alike:
   in this process with a warm client (the issue's baseline);
 - **boto3-process** (``--only`` it): the same as a process of its own, timed from its start as
   ``portshift run`` is: interpreter start, boto3's import, the client, the bytes read into memory
-  from a file on tmpfs, ``upload_fileobj``.
+  from a file on tmpfs, ``upload_fileobj``;
+- **sink** (``--only`` it): portshift's S3 sink alone, in this process, fed the same bytes from
+  memory (``S3Sink.put`` of a ``HashingStream`` over 1 MiB chunks, its defaults, a warm client):
+  the same work as boto3's step plus the whole-file SHA-256 and a SHA-256 per part, without
+  the download and the process start of ``portshift run``.
 
 Every object is checked (size on the server; the portshift manifest's SHA-256 against the
 simulator's), the last round's objects are downloaded and re-hashed. The Chorus source runs with
@@ -49,10 +53,11 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chorus_common import MIB, Simulator, child_env, children_cpu, portshift_run, proc_cpu
 from chorus_throughput import media_sha256, parse_size, pick_seed
-from s3_throughput import bench_bucket, sha256_stream, start_moto
+from s3_throughput import bench_bucket, bench_sink, sha256_stream, start_moto
 
 KEY_ID, SECRET = "AKIABENCHMARK0000001", "benchmark-secret"
 #: boto3 as a user runs it, a process of its own: argv = the bytes' file, endpoint, CA, key
@@ -121,7 +126,9 @@ def main() -> None:
         "request a second: about 2 s for the 3 API requests portshift makes before the media)",
     )
     ap.add_argument(
-        "--only", default="portshift,rclone,boto3", help="comma-separated subset of portshift,rclone,boto3,boto3-process"
+        "--only",
+        default="portshift,rclone,boto3",
+        help="comma-separated subset of portshift,rclone,boto3,boto3-process,sink",
     )
     args = ap.parse_args()
     size: int = args.size
@@ -140,6 +147,7 @@ def main() -> None:
     moto, url, moto_ca = start_moto(work)
     both_cas = work / "both-cas.pem"
     held: list[Path] = []  #: the folder of the bytes boto3-process reads (made on first use)
+    sinks: list[Any] = []  #: the S3 sink of the "sink" step (made on first use)
     both_cas.write_text(sim.ca.read_text() + moto_ca.read_text())
     runs: dict[str, list[float]] = {}
     loads: list[str] = []
@@ -215,12 +223,29 @@ def main() -> None:
             tool([sys.executable, "-c", BOTO3_PROCESS, str(data_file), url, str(moto_ca), key], env, "boto3 as a process")
             return key
 
+        def sink_(r: int) -> str:
+            from portshift.hashing import HashingStream
+
+            if not sinks:
+                os.environ["PORTSHIFT_AWS_ACCESS_KEY_ID"] = KEY_ID
+                os.environ["PORTSHIFT_AWS_SECRET_ACCESS_KEY"] = SECRET
+                sinks.append(bench_sink(url, moto_ca))
+            view = memoryview(data)
+            result = sinks[0].put(f"sink-{r}.bin", HashingStream(bytes(view[i : i + MIB]) for i in range(0, size, MIB)), size)
+            assert result.size == size
+            return f"sink-{r}.bin"
+
         steps: dict[str, Callable[[int], str]] = {}
         variants = args.sink or ["default"]
         for v in variants:
             steps[PS if v == "default" else f"{PS} {v}"] = lambda r, v=v: portshift(r, v)
 
-        steps |= {"rclone copyurl": rclone, "boto3 upload_fileobj": boto3_, "boto3-process upload_fileobj": boto3_process}
+        steps |= {
+            "rclone copyurl": rclone,
+            "boto3 upload_fileobj": boto3_,
+            "boto3-process upload_fileobj": boto3_process,
+            "sink S3Sink.put": sink_,
+        }
         wanted = [n for n in steps if n.split()[0] in args.only.split(",")]
         plain.upload_fileobj(io.BytesIO(data[: 64 * MIB]), "bench", "warm-up")  # connections, moto
         plain.delete_object(Bucket="bench", Key="warm-up")
@@ -252,6 +277,8 @@ def main() -> None:
             got = sha256_stream(plain.get_object(Bucket="bench", Key=key)["Body"])
             assert got == expected, f"{name}: the stored object differs"
     finally:
+        for sink in sinks:
+            sink.close()
         sim.stop()
         moto.terminate()
         moto.wait(30)
@@ -266,7 +293,7 @@ def main() -> None:
     print(f"  {settings}; {rclone}; Chorus requests_per_second = {args.rate:g}")
     for name, times in runs.items():
         print(f"  {name:22s} {rate[name]:7.1f} MB/s   (runs: {', '.join(f'{t:.2f}' for t in times)} s)")
-    for mine in (n for n in runs if n.startswith(PS)):
+    for mine in (n for n in runs if n.startswith((PS, "sink"))):
         for other, target in (("rclone copyurl", 1.0), ("boto3 upload_fileobj", 0.9), ("boto3-process upload_fileobj", 0.9)):
             if other in rate:
                 pairs = [b / a for a, b in zip(runs[mine], runs[other])]
