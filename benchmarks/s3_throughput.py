@@ -4,8 +4,8 @@ Starts moto in server mode over HTTPS with a throw-away trustme CA, then, in the
 alternating so that machine noise hits both alike, uploads the same N MiB of random bytes:
 
 - through the portshift S3 sink (HashingStream over 1 MiB chunks from memory -> sink.put:
-  the stream's SHA-256, a SHA-256 per part, x-amz-checksum-sha256 on every request), with the
-  default max_concurrency (2) and with 10 (boto3's default thread count);
+  the stream's SHA-256, a SHA-256 per part, x-amz-checksum-sha256 on every request), with
+  max_concurrency 2 (the default until session 5; 4 since) and with 10 (boto3's default thread count);
 - with boto3's ``upload_fileobj`` from an in-memory BytesIO (default TransferConfig: 8 MiB parts,
   10 threads, CRC32 checksums as boto3 computes them by default).
 
@@ -20,7 +20,7 @@ S3 server, in the same run, round by round in rotating order:
   TransferConfig);
 - portshift through the real pipeline: a ``portshift run`` subprocess with the built-in
   ``example`` source (one recording whose media file is those same bytes, generated on the fly)
-  into the ``s3`` sink with its defaults (8 MiB parts, max_concurrency 2), timed from process
+  into the ``s3`` sink with its defaults (8 MiB parts, max_concurrency 4), timed from process
   start to exit (interpreter start, plugin loading, state DB, the metadata file and both
   manifests included);
 - the sink alone: ``S3Sink.put`` of a ``HashingStream`` over the in-memory bytes (1 MiB chunks).
