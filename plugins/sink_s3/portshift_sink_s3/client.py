@@ -24,6 +24,9 @@ whom it trusts, or what it logs.
 - Loggers ``botocore``, ``boto3``, ``s3transfer`` and ``urllib3`` are pinned to WARNING: their
   DEBUG output carries the session token and request signatures.
 - Retries: none inside botocore (``total_max_attempts = 1``); see :meth:`S3Sink._call`.
+- With a key pair, the session's model loader looks into S3's model folder alone
+  (:class:`OneServiceLoader`; botocore's lists all of its ~400 services to check one name): that
+  session can build no client of another service.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 import botocore.session
 from botocore.config import Config
 from botocore.httpsession import URLLib3Session
+from botocore.loaders import Loader
 
 from portshift import AuthError, ConfigError, pin_loggers, register_mask, ssl_context
 
@@ -63,6 +67,32 @@ _NO_FILE = os.path.join(os.sep, "nonexistent", "portshift", "no-aws-config")
 
 def pin_sdk_loggers() -> None:
     pin_loggers(SDK_LOGGERS)
+
+
+class OneServiceLoader(Loader):
+    """botocore's model loader, for a private session that builds clients of ``services`` only.
+
+    To check a service name, botocore lists every service folder it ships (over 400) and looks
+    into each: about 30 ms of every process's start. This loader looks into the folders of
+    ``services`` alone; the search paths, model files and extras are botocore's own. A session
+    with it cannot build a client of another service (the credential chain's STS and SSO clients
+    among them), so only sessions with a static key pair get it."""
+
+    def __init__(self, services: tuple[str, ...]) -> None:
+        super().__init__()
+        self._services = services
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        found = []
+        for name in self._services:
+            for base in self.search_paths:
+                folder = os.path.join(base, name)
+                if os.path.isdir(folder) and any(
+                    self.file_loader.exists(os.path.join(folder, version, type_name)) for version in os.listdir(folder)
+                ):
+                    found.append(name)
+                    break
+        return sorted(found)
 
 
 def system_ca_file() -> str:
@@ -168,6 +198,8 @@ def build_client(options: S3Options, *, max_pool_connections: int = 32) -> tuple
         session_vars["config_file"] = (None, None, _NO_FILE, None)
         session_vars["credentials_file"] = (None, None, _NO_FILE, None)
     core = botocore.session.Session(session_vars=session_vars)
+    if not options.credential_chain:
+        core.register_component("data_loader", OneServiceLoader(("s3",)))
     kwargs: dict[str, Any] = {}
     if not options.credential_chain:
         assert options.access_key_id is not None and options.secret_access_key is not None

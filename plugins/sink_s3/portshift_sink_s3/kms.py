@@ -28,7 +28,7 @@ from botocore.config import Config
 
 from portshift import ConfigError, KeyProvider, KeyUnavailableError, Secret, register_mask, ssl_context
 
-from .client import _install_https_session, pin_sdk_loggers, system_ca_file
+from .client import OneServiceLoader, _install_https_session, pin_sdk_loggers, system_ca_file
 from .options import ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY, ENV_SESSION_TOKEN
 
 
@@ -97,6 +97,7 @@ class AwsKmsKey(KeyProvider):
             access, secret = self.credentials["access_key_id"], self.credentials.get("secret_access_key")
             token = self.credentials.get("session_token")
         if access is not None and secret is not None:
+            core.register_component("data_loader", OneServiceLoader(("kms",)))  # no chain: KMS clients only
             kwargs = {"aws_access_key_id": access.reveal(), "aws_secret_access_key": secret.reveal()}
             if token is not None:
                 kwargs["aws_session_token"] = token.reveal()

@@ -4,6 +4,7 @@ change whom it trusts."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -111,6 +112,40 @@ def test_static_keys_read_no_shared_file(
     sink = make_sink()
     sink.put("static.bin", HashingStream(iter([b"ok"])), 2)
     assert read_obj("static.bin") == b"ok"
+
+
+def test_a_static_key_session_looks_into_the_s3_models_alone(
+    make_options: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, read_obj: ReadObj
+) -> None:
+    """botocore lists its ~400 service folders to check one name (~15 ms a process); with a key
+    pair the private session can only build S3 clients, so only S3's folder is looked into. With
+    the credential chain (which may build STS or SSO clients) botocore's own loader stays."""
+    import botocore.loaders
+    from portshift_sink_s3 import S3Sink
+    from portshift_sink_s3.client import build_client
+
+    listed: list[str] = []
+    real = os.listdir
+
+    def spy(path: Any = ".") -> list[str]:
+        listed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", spy)
+    everything = botocore.loaders.Loader.BUILTIN_DATA_PATH
+    client, _ = build_client(make_options())
+    assert client.meta.service_model.service_name == "s3"
+    assert everything not in listed and os.path.join(everything, "s3") in listed
+    sink = S3Sink(make_options())
+    sink.put("one-service.bin", HashingStream(iter([b"ok"])), 2)  # and the client works
+    assert read_obj("one-service.bin") == b"ok"
+    listed.clear()
+    for name in ("PORTSHIFT_AWS_ACCESS_KEY_ID", "PORTSHIFT_AWS_SECRET_ACCESS_KEY", "PORTSHIFT_AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIACHAIN")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret")
+    build_client(make_options(credential_chain=True))
+    assert everything in listed
 
 
 def test_the_client_uses_portshifts_tls_context(make_sink: MakeSink) -> None:
