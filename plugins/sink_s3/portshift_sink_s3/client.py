@@ -1,5 +1,5 @@
-"""Building the S3 client (botocore's, without boto3's layer: nothing here needs it, and it costs
-~35 ms of every run's start) so that nothing outside the job file can change where it goes,
+"""Building the S3 client (botocore's, without boto3's layer: nothing here needs it, and it cost
+about 35 ms of every run's start) so that nothing outside the job file can change where it goes,
 whom it trusts, or what it logs.
 
 - A private ``botocore.session.Session`` (never boto3's default session). With a static key pair
@@ -73,7 +73,7 @@ class OneServiceLoader(Loader):
     """botocore's model loader, for a private session that builds clients of ``services`` only.
 
     To check a service name, botocore lists every service folder it ships (over 400) and looks
-    into each: about 30 ms of every process's start. This loader looks into the folders of
+    into each: 15-30 ms of every process's start (measured: 16 ms less per client). This loader looks into the folders of
     ``services`` alone; the search paths, model files and extras are botocore's own. A session
     with it cannot build a client of another service (the credential chain's STS and SSO clients
     among them), so only sessions with a static key pair get it."""
@@ -198,10 +198,9 @@ def build_client(options: S3Options, *, max_pool_connections: int = 32) -> tuple
         session_vars["config_file"] = (None, None, _NO_FILE, None)
         session_vars["credentials_file"] = (None, None, _NO_FILE, None)
     core = botocore.session.Session(session_vars=session_vars)
-    if not options.credential_chain:
-        core.register_component("data_loader", OneServiceLoader(("s3",)))
     kwargs: dict[str, Any] = {}
     if not options.credential_chain:
+        core.register_component("data_loader", OneServiceLoader(("s3",)))  # no chain: S3 clients only
         assert options.access_key_id is not None and options.secret_access_key is not None
         kwargs["aws_access_key_id"] = options.access_key_id.reveal()
         kwargs["aws_secret_access_key"] = options.secret_access_key.reveal()
